@@ -1,0 +1,63 @@
+# Developer entry points. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEVSTACK := scripts/devstack
+# Exports KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL, MINIO_* for the command after it.
+WITH_ENV = eval "$$($(DEVSTACK) env)" &&
+PYTEST_ARGS ?=
+ROLES ?= all,whatsapp_mock,instagram_mock
+
+.PHONY: help venv stack migrate topics run test lint down status
+
+help:
+	@echo "make venv     create .venv and install the package with its dev extras"
+	@echo "make stack    start Kafka, PostgreSQL, Redis and S3 (scripts/devstack up)"
+	@echo "make migrate  apply the database migrations"
+	@echo "make topics   create the Kafka topics"
+	@echo "make run      everything above, then run all roles and the channel mocks"
+	@echo "make test     venv + stack + lint, then the test suite (PYTEST_ARGS=... to pass options)"
+	@echo "make lint     ruff, mypy --strict, import-linter"
+	@echo "make status   state of each service"
+	@echo "make down     stop the services devstack started"
+
+venv: $(STAMP)
+
+# pip runs again only when pyproject.toml is newer than the stamp.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+stack: venv
+	$(DEVSTACK) up
+
+migrate: venv stack
+	$(WITH_ENV) $(BIN)/chat4all-workers db migrate
+
+topics: venv stack
+	$(WITH_ENV) $(BIN)/chat4all-workers topics ensure
+
+run: venv stack migrate topics
+	$(WITH_ENV) exec $(BIN)/chat4all-workers run --roles $(ROLES)
+
+# The tools hold the line: lint first, then every test against the real stack.
+test: venv stack lint
+	$(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+status:
+	$(DEVSTACK) status
+
+down:
+	$(DEVSTACK) down

@@ -1,0 +1,478 @@
+"""Typed, frozen settings, built once at the edge of the process.
+
+There is exactly one loader, `Settings.load`. A value comes from, in order of precedence: a CLI flag,
+the environment, `supervisor.toml`, the field's default. Each field of a section dataclass is one
+setting; its TOML key is `section.field`, its environment name is the legacy name from the platform's
+documentation when there is one (`metadata={"env": ...}`) and `CHAT4ALL_<SECTION>_<FIELD>` otherwise,
+so every key can be overridden in a container without a file. Everything below `cli.py` receives
+these values and never reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from chat4all_workers.errors import ConfigError
+
+
+class Secret:
+    """A credential; `repr`/`str` hide it so it cannot leak into logs, `config show` or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self._value else "Secret('')"
+
+    __str__ = __repr__
+
+
+def _env(name: str) -> dict[str, str]:
+    return {"env": name}
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    bootstrap_servers: str = field(
+        default="127.0.0.1:9092", metadata=_env("KAFKA_BOOTSTRAP_SERVERS")
+    )
+    consumer_group: str = field(default="chat4all-workers", metadata=_env("KAFKA_CONSUMER_GROUP"))
+    auto_offset_reset: str = field(
+        default="earliest",
+        metadata={"env": "KAFKA_AUTO_OFFSET_RESET", "choices": ("earliest", "latest")},
+    )
+    client_id: str = "chat4all-workers"
+    max_in_flight: int = 1000
+    fetch_max_records: int = 500
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 10_000
+    request_timeout_ms: int = 30_000
+    linger_ms: int = 5
+    default_partitions: int = 12
+    replication_factor: int = 1
+    dlq_retention_ms: int = 7 * 24 * 3600 * 1000
+    partitions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicSettings:
+    """Topic names; overridable so that tests and tenants can run side by side."""
+
+    message_processing: str = "message_processing"
+    message_status_updates: str = "message_status_updates"
+    dlq: str = "message_processing_dlq"
+    file_merge_requests: str = "file_merge_requests"
+    file_upload_completed: str = "file_upload_completed"
+    message_events: str = "message_events"
+    file_events: str = "file_events"
+    conversation_events: str = "conversation_events"
+    default_events: str = "default_events"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PostgresSettings:
+    url: Secret = field(
+        default=Secret("postgresql://chat4all:chat4all@127.0.0.1:5432/chat4all"),
+        metadata=_env("DATABASE_URL"),
+    )
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    command_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisSettings:
+    url: Secret = field(default=Secret("redis://127.0.0.1:6379/0"), metadata=_env("REDIS_URL"))
+    key_prefix: str = ""
+    max_connections: int = 50
+
+
+@dataclass(frozen=True, kw_only=True)
+class S3Settings:
+    endpoint: str = field(default="127.0.0.1:9000", metadata=_env("MINIO_ENDPOINT"))
+    access_key: Secret = field(default=Secret("chat4all"), metadata=_env("MINIO_ACCESS_KEY"))
+    secret_key: Secret = field(default=Secret("chat4all-secret"), metadata=_env("MINIO_SECRET_KEY"))
+    bucket: str = field(default="chat4all-files", metadata=_env("MINIO_BUCKET"))
+    secure: bool = field(default=False, metadata=_env("MINIO_SECURE"))
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BreakerSettings:
+    failure_threshold: int = 5
+    cooldown_s: float = 10.0
+    call_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorSettings:
+    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    reset_after_s: float = 300.0
+    shutdown_timeout_s: float = 25.0
+    loop_lag_interval_s: float = 0.5
+    loop_lag_warn_s: float = 1.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoleSettings:
+    enabled: tuple[str, ...] = field(
+        default=("router", "status_updater", "outbox", "backfill", "merge", "gc"),
+        metadata=_env("ROLES"),
+    )
+    restart: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObservabilitySettings:
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = field(default=8000, metadata=_env("METRICS_PORT"))
+    log_level: str = field(
+        default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")}
+    )
+    service_name: str = field(default="chat4all-workers", metadata=_env("OTEL_SERVICE_NAME"))
+    otlp_endpoint: str = field(default="", metadata=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OutboxSettings:
+    poll_interval_ms: int = field(default=500, metadata=_env("OUTBOX_POLL_INTERVAL_MS"))
+    max_retries: int = field(default=3, metadata=_env("OUTBOX_MAX_RETRIES"))
+    batch_size: int = field(default=100, metadata=_env("OUTBOX_BATCH_SIZE"))
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    notify_channel: str = "outbox_events"
+    routes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FallbackSettings:
+    queue_key: str = "fallback:message_queue"
+    poll_interval_s: float = field(default=10.0, metadata=_env("FALLBACK_POLL_INTERVAL"))
+    batch_size: int = field(default=50, metadata=_env("FALLBACK_BATCH_SIZE"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GcSettings:
+    retention_hours: float = field(default=24.0, metadata=_env("GC_RETENTION_HOURS"))
+    batch_size: int = field(default=100, metadata=_env("GC_BATCH_SIZE"))
+    schedule: str = "0 2 * * *"
+    merging_stuck_minutes: float = 60.0
+    dry_run: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeSettings:
+    # Merges running at once per process; each streaming merge holds about two parts in memory.
+    max_concurrent: int = 4
+    # Part size of a streamed (multipart) merge; S3 requires at least 5 MiB for all but the last.
+    stream_part_size_bytes: int = 8 * 1024 * 1024
+    # How much is read from S3 (and hashed) at a time.
+    read_block_bytes: int = 1024 * 1024
+    # Lifetime of the presigned download URL in the completion event (SPEC: 24 h).
+    download_url_expiry_s: int = 24 * 3600
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSettings:
+    max_attempts: int = 3
+    retry_base_s: float = 0.2
+    retry_cap_s: float = 5.0
+    dedup_ttl_s: int = 86_400
+    all_channels: tuple[str, ...] = ("whatsapp", "instagram")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhatsAppSettings:
+    base_url: str = field(
+        default="https://graph.facebook.com", metadata=_env("WHATSAPP_API_BASE_URL")
+    )
+    api_version: str = "v21.0"
+    access_token: Secret = field(default=Secret(""), metadata=_env("WHATSAPP_ACCESS_TOKEN"))
+    phone_number_id: str = field(default="", metadata=_env("WHATSAPP_PHONE_NUMBER_ID"))
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class InstagramSettings:
+    base_url: str = field(
+        default="https://graph.facebook.com", metadata=_env("INSTAGRAM_API_BASE_URL")
+    )
+    api_version: str = "v21.0"
+    access_token: Secret = field(default=Secret(""), metadata=_env("INSTAGRAM_ACCESS_TOKEN"))
+    user_id: str = field(default="", metadata=_env("INSTAGRAM_USER_ID"))
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MockSettings:
+    host: str = "127.0.0.1"
+    whatsapp_port: int = 8101
+    instagram_port: int = 8102
+    latency_ms: float = 0.0
+    error_rate: float = 0.0
+    rate_limit_per_s: float = 0.0
+    delivered_after_ms: float = 200.0
+    read_after_ms: float = 500.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Every setting of the process, one frozen section per concern."""
+
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    s3: S3Settings = field(default_factory=S3Settings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    roles: RoleSettings = field(default_factory=RoleSettings)
+    observability: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    outbox: OutboxSettings = field(default_factory=OutboxSettings)
+    fallback: FallbackSettings = field(default_factory=FallbackSettings)
+    gc: GcSettings = field(default_factory=GcSettings)
+    merge: MergeSettings = field(default_factory=MergeSettings)
+    router: RouterSettings = field(default_factory=RouterSettings)
+    whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
+    instagram: InstagramSettings = field(default_factory=InstagramSettings)
+    mocks: MockSettings = field(default_factory=MockSettings)
+    # "section.key" -> where its value came from ("default", "supervisor.toml", "env X", "--flag").
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    DEFAULT_PATH: ClassVar[str] = "supervisor.toml"
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str],
+        toml: Mapping[str, Any] | Path | None = None,
+        *,
+        overrides: Mapping[str, tuple[str, str]] | None = None,
+    ) -> Settings:
+        """Build settings from a TOML document (or file), the environment and CLI overrides.
+
+        `overrides` maps "section.key" to (raw value, source label), e.g. {"roles.enabled":
+        ("router", "--roles")}. Raises ConfigError naming the key and source of the first bad value.
+        """
+        doc, file_label = _read_toml(toml)
+        overrides = overrides or {}
+        sections: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        hints = typing.get_type_hints(cls)
+        known_sections = {f.name for f in dataclasses.fields(cls) if f.name != "sources"}
+        for name in doc:
+            if name not in known_sections:
+                raise ConfigError(
+                    name, file_label, f"unknown section; known: {sorted(known_sections)}"
+                )
+        for section in dataclasses.fields(cls):
+            if section.name == "sources":
+                continue
+            section_cls = hints[section.name]
+            table = doc.get(section.name, {})
+            if not isinstance(table, dict):
+                raise ConfigError(section.name, file_label, "must be a table")
+            sections[section.name] = _load_section(
+                section.name, section_cls, table, environ, overrides, file_label, sources
+            )
+        return cls(**sections, sources=sources)
+
+    @classmethod
+    def from_environ(
+        cls, environ: Mapping[str, str], *, config_path: str | None = None
+    ) -> Settings:
+        """Settings from `CHAT4ALL_CONFIG` (or `config_path`, or ./supervisor.toml if present)."""
+        path = config_path or environ.get("CHAT4ALL_CONFIG")
+        if path is None:
+            default = Path(cls.DEFAULT_PATH)
+            return cls.load(environ, default if default.exists() else None)
+        return cls.load(environ, Path(path))
+
+    def replace(self, **changes: Mapping[str, Any]) -> Settings:
+        """A copy with some fields of some sections changed: `s.replace(kafka={"max_in_flight": 5})`."""
+        new = {
+            name: dataclasses.replace(getattr(self, name), **values)
+            for name, values in changes.items()
+        }
+        return dataclasses.replace(self, **new)
+
+    def describe(self) -> list[SettingRow]:
+        """Every setting with its printable value, source and env name; secrets stay hidden."""
+        rows = []
+        for section in dataclasses.fields(self):
+            if section.name == "sources":
+                continue
+            value = getattr(self, section.name)
+            for f in dataclasses.fields(value):
+                key = f"{section.name}.{f.name}"
+                rows.append(
+                    SettingRow(
+                        key=key,
+                        value=_printable(getattr(value, f.name)),
+                        source=self.sources.get(key, "default"),
+                        env=env_name(section.name, f),
+                    )
+                )
+        return rows
+
+
+class SettingRow(typing.NamedTuple):
+    key: str
+    value: str
+    source: str
+    env: str
+
+
+def env_name(section: str, f: dataclasses.Field[Any]) -> str:
+    legacy = f.metadata.get("env")
+    return str(legacy) if legacy else f"CHAT4ALL_{section}_{f.name}".upper()
+
+
+def _read_toml(toml: Mapping[str, Any] | Path | None) -> tuple[Mapping[str, Any], str]:
+    if toml is None:
+        return {}, "supervisor.toml"
+    if isinstance(toml, Path):
+        try:
+            with toml.open("rb") as fh:
+                return tomllib.load(fh), str(toml)
+        except FileNotFoundError:
+            raise ConfigError("--config", str(toml), "file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", str(toml), f"not valid TOML: {exc}") from None
+    return toml, "supervisor.toml"
+
+
+def _load_section(
+    section: str,
+    section_cls: type[Any],
+    table: Mapping[str, Any],
+    environ: Mapping[str, str],
+    overrides: Mapping[str, tuple[str, str]],
+    file_label: str,
+    sources: dict[str, str],
+) -> Any:
+    hints = typing.get_type_hints(section_cls)
+    fields = {f.name: f for f in dataclasses.fields(section_cls)}
+    for key in table:
+        if key not in fields:
+            raise ConfigError(
+                f"{section}.{key}", file_label, f"unknown key; known: {sorted(fields)}"
+            )
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = f"{section}.{name}"
+        env = env_name(section, f)
+        if key in overrides:
+            raw, source = overrides[key]
+            value = _parse_text(key, source, raw, hints[name])
+        elif env in environ:
+            source = f"env {env}"
+            value = _parse_text(key, source, environ[env], hints[name])
+        elif name in table:
+            source = file_label
+            value = _parse_toml(key, source, table[name], hints[name])
+        else:
+            continue
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(key, source, f"must be one of {list(choices)}, got {value!r}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(key, source, f"must not be negative, got {value!r}")
+        values[name] = value
+        sources[key] = source
+    return section_cls(**values)
+
+
+def _parse_text(key: str, source: str, raw: str, kind: Any) -> Any:
+    """Parse an environment or CLI string into the field's type."""
+    try:
+        if kind is bool:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(f"expected true/false, got {raw!r}")
+        if kind is int:
+            return int(raw.strip())
+        if kind is float:
+            return float(raw.strip())
+        if kind is Secret:
+            return Secret(raw)
+        if kind is str:
+            return raw
+        origin = typing.get_origin(kind)
+        if origin is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if origin is dict:
+            _, value_kind = typing.get_args(kind)
+            pairs = [item.split("=", 1) for item in raw.split(",") if item.strip()]
+            if any(len(p) != 2 for p in pairs):
+                raise ValueError("expected comma-separated name=value pairs")
+            return {k.strip(): _parse_text(key, source, v, value_kind) for k, v in pairs}
+    except ValueError as exc:
+        raise ConfigError(key, source, str(exc)) from None
+    raise ConfigError(key, source, f"unsupported setting type {kind!r}")
+
+
+def _parse_toml(key: str, source: str, value: Any, kind: Any) -> Any:
+    """Check a TOML value against the field's type (TOML already typed it)."""
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, bool, str) and type(value) is kind:
+        return value
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    origin = typing.get_origin(kind)
+    if origin is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    if origin is tuple and isinstance(value, str):
+        return _parse_text(key, source, value, kind)
+    if origin is dict and isinstance(value, dict):
+        _, value_kind = typing.get_args(kind)
+        return {str(k): _parse_toml(f"{key}.{k}", source, v, value_kind) for k, v in value.items()}
+    raise ConfigError(
+        key, source, f"expected {_type_name(kind)}, got {type(value).__name__} {value!r}"
+    )
+
+
+def _type_name(kind: Any) -> str:
+    if isinstance(kind, type):
+        return "string" if kind in (str, Secret) else kind.__name__
+    if isinstance(kind, types.GenericAlias):
+        return "list of strings" if typing.get_origin(kind) is tuple else "table"
+    return str(kind)
+
+
+def _printable(value: Any) -> str:
+    if isinstance(value, Secret):
+        return repr(value)
+    if isinstance(value, tuple):
+        return ",".join(value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)

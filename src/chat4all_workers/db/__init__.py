@@ -1,0 +1,1 @@
+"""PostgreSQL: the pool factory, the migrations and the queries roles share."""

@@ -1,0 +1,56 @@
+"""Versioned SQL migrations: files `NNNN_name.sql` beside this module, applied in order.
+
+Each file runs in its own transaction and is recorded in `schema_migrations`; an advisory lock
+makes concurrent `db migrate` runs (one per container at start-up) wait for each other instead of
+racing, so applying is idempotent.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from dataclasses import dataclass
+
+import asyncpg
+
+_LOCK_KEY = 0x43_34_41_4D  # "C4AM": one advisory lock id for migrations, cluster-wide
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: str
+    sql: str
+
+
+def bundled_migrations() -> list[Migration]:
+    folder = importlib.resources.files("chat4all_workers.db") / "migrations"
+    found = [
+        Migration(entry.name.removesuffix(".sql"), entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    ]
+    return sorted(found, key=lambda m: m.version)
+
+
+async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
+    """Apply what is missing; returns the versions applied by this call."""
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version text PRIMARY KEY,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    applied: list[str] = []
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in migrations or bundled_migrations():
+            if migration.version in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(migration.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version) VALUES ($1)", migration.version
+                )
+            applied.append(migration.version)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    return applied

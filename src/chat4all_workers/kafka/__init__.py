@@ -1,0 +1,1 @@
+"""Kafka plumbing shared by every role: consumer engine, producer, circuit breaker, admin."""

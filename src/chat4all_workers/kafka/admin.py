@@ -1,0 +1,64 @@
+"""Topic administration: `topics ensure` creates the SPEC topics, idempotently."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from chat4all_workers.config import Settings
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    name: str
+    partitions: int
+    config: dict[str, str]
+
+
+def planned_topics(settings: Settings) -> list[TopicPlan]:
+    t, k = settings.topics, settings.kafka
+    plans = []
+    for name in (
+        t.message_processing,
+        t.message_status_updates,
+        t.dlq,
+        t.file_merge_requests,
+        t.file_upload_completed,
+        t.message_events,
+        t.file_events,
+        t.conversation_events,
+        t.default_events,
+    ):
+        config = {"retention.ms": str(k.dlq_retention_ms)} if name == t.dlq else {}
+        plans.append(TopicPlan(name, k.partitions.get(name, k.default_partitions), config))
+    return plans
+
+
+async def ensure_topics(settings: Settings) -> tuple[list[str], list[str]]:
+    """Create the missing topics; returns (created, already present). Existing topics are left
+    as they are: partition counts only grow by an operator's deliberate decision."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-admin",
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        plans = planned_topics(settings)
+        missing = [p for p in plans if p.name not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        p.name,
+                        p.partitions,
+                        settings.kafka.replication_factor,
+                        topic_configs=p.config,
+                    )
+                    for p in missing
+                ]
+            )
+        return [p.name for p in missing], [p.name for p in plans if p.name in existing]
+    finally:
+        await admin.close()

@@ -1,0 +1,110 @@
+"""A circuit breaker (closed -> open -> half-open) with an injectable clock.
+
+Closed: calls pass; `failure_threshold` consecutive failures open it. Open: calls are refused at
+once with CircuitOpenError until `cooldown_s` has passed. Half-open: exactly one probe call is let
+through; its success closes the breaker, its failure opens it for another cool-down.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from chat4all_workers.errors import CircuitOpenError
+
+
+class BreakerState(enum.IntEnum):
+    CLOSED = 0
+    OPEN = 1
+    HALF_OPEN = 2
+
+
+@dataclass(frozen=True)
+class BreakerStats:
+    service: str
+    state: str
+    consecutive_failures: int
+    opened_at: float | None
+    times_opened: int
+
+
+class CircuitBreaker:
+    def __init__(
+        self,
+        service: str,
+        *,
+        failure_threshold: int,
+        cooldown_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[BreakerState], None] | None = None,
+    ) -> None:
+        self.service = service
+        self.failure_threshold = max(1, failure_threshold)
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._on_change = on_change
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probe_in_flight = False
+        self._times_opened = 0
+
+    @property
+    def state(self) -> BreakerState:
+        if self._state is BreakerState.OPEN and self._cooled_down():
+            self._set(BreakerState.HALF_OPEN)
+        return self._state
+
+    @property
+    def is_closed(self) -> bool:
+        return self.state is BreakerState.CLOSED
+
+    def before_call(self) -> None:
+        """Raise CircuitOpenError unless a call may go through now; pair with a report."""
+        state = self.state
+        if state is BreakerState.OPEN:
+            raise CircuitOpenError(f"{self.service} circuit is open")
+        if state is BreakerState.HALF_OPEN:
+            if self._probe_in_flight:
+                raise CircuitOpenError(f"{self.service} circuit is half-open, probe in flight")
+            self._probe_in_flight = True
+
+    def record_success(self) -> None:
+        self._failures = 0
+        self._probe_in_flight = False
+        if self._state is not BreakerState.CLOSED:
+            self._opened_at = None
+            self._set(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        self._failures += 1
+        was_probe = self._probe_in_flight
+        self._probe_in_flight = False
+        if (
+            was_probe
+            or self._state is BreakerState.HALF_OPEN
+            or (self._state is BreakerState.CLOSED and self._failures >= self.failure_threshold)
+        ):
+            self._opened_at = self._clock()
+            self._times_opened += 1
+            self._set(BreakerState.OPEN)
+
+    def stats(self) -> BreakerStats:
+        return BreakerStats(
+            service=self.service,
+            state=self.state.name.lower(),
+            consecutive_failures=self._failures,
+            opened_at=self._opened_at,
+            times_opened=self._times_opened,
+        )
+
+    def _cooled_down(self) -> bool:
+        return self._opened_at is not None and self._clock() - self._opened_at >= self.cooldown_s
+
+    def _set(self, state: BreakerState) -> None:
+        if state is not self._state:
+            self._state = state
+            if self._on_change is not None:
+                self._on_change(state)

@@ -1,0 +1,47 @@
+"""Dead-lettering: the original bytes, the original key, and the reason in `dlq.*` headers.
+
+The value is never re-encoded, so an operator can replay a record exactly as it first arrived
+(SPEC section 3). Every role that dead-letters goes through `dead_letter`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
+
+DLQ_HEADER_PREFIX = "dlq."
+MAX_REASON_BYTES = 2000
+
+
+async def dead_letter(
+    producer: Producer,
+    *,
+    dlq_topic: str,
+    value: bytes,
+    key: bytes | None,
+    source: str,
+    reason: str,
+    error_type: str,
+    attempts: int,
+    original_topic: str,
+    original_partition: int | None = None,
+    original_offset: int | None = None,
+    extra_headers: list[tuple[str, bytes]] | None = None,
+) -> Delivery:
+    """Publish `value` unchanged to the DLQ with the reason in headers; waits for the ack."""
+    headers = [
+        *(extra_headers or []),
+        ("dlq.reason", reason.encode("utf-8")[:MAX_REASON_BYTES]),
+        ("dlq.error_type", error_type.encode()),
+        ("dlq.source", source.encode()),
+        ("dlq.original_topic", original_topic.encode()),
+        (
+            "dlq.original_partition",
+            b"" if original_partition is None else str(original_partition).encode(),
+        ),
+        ("dlq.original_offset", b"" if original_offset is None else str(original_offset).encode()),
+        ("dlq.attempts", str(attempts).encode()),
+        ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
+    ]
+    return await producer.send(OutgoingRecord(dlq_topic, value, key, headers))

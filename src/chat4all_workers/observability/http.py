@@ -1,0 +1,55 @@
+"""The operations endpoints: /metrics, /healthz, /readyz, on one small aiohttp server."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aioprometheus.renderer import render
+
+from chat4all_workers.observability.metrics import Metrics
+
+Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
+
+
+def build_app(metrics: Metrics, readiness: Readiness) -> web.Application:
+    async def get_metrics(request: web.Request) -> web.Response:
+        body, headers = render(metrics.registry, request.headers.getall("Accept", []))
+        return web.Response(body=body, headers=headers)
+
+    async def get_healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def get_readyz(_: web.Request) -> web.Response:
+        ready, detail = await readiness()
+        body = orjson.dumps({"ready": ready, **detail}, default=str)
+        return web.Response(
+            body=body, status=200 if ready else 503, content_type="application/json"
+        )
+
+    app = web.Application()
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/healthz", get_healthz)
+    app.router.add_get("/readyz", get_readyz)
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serve_operations(
+    metrics: Metrics, readiness: Readiness, *, host: str, port: int
+) -> AsyncIterator[int]:
+    """Serve the endpoints for the duration of the block; yields the bound port (0 picks one)."""
+    runner = web.AppRunner(build_app(metrics, readiness), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        yield int(bound)
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,69 @@
+"""Every metric of SPEC section 7, in one registry per process (or per embedded supervisor).
+
+A registry per `Metrics` instance, not the library's global one, lets several supervisors live in
+one test process without their counters colliding.
+"""
+
+from __future__ import annotations
+
+from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = Registry()
+        r = self.registry
+        self.messages_processed = Counter(
+            "messages_processed_total",
+            "Records finished, by role, channel and outcome.",
+            registry=r,
+        )
+        self.processing_duration = Histogram(
+            "worker_processing_duration_seconds",
+            "Time from taking a record to finishing it.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dlq_messages = Counter(
+            "dlq_messages_total", "Records dead-lettered, by source and reason.", registry=r
+        )
+        self.outbox_pending = Gauge(
+            "outbox_pending_events", "Unpublished rows in outbox_events.", registry=r
+        )
+        self.fallback_queue_length = Gauge(
+            "redis_fallback_queue_length", "Items waiting in the Redis fallback list.", registry=r
+        )
+        self.uploads_cleaned = Counter(
+            "uploads_cleaned_total", "Abandoned uploads cleaned by the GC.", registry=r
+        )
+        self.breaker_state = Gauge(
+            "circuit_breaker_state", "0 closed, 1 open, 2 half-open.", registry=r
+        )
+        self.supervisor_restarts = Counter(
+            "supervisor_restarts_total", "Restarts of a role after a crash.", registry=r
+        )
+        self.role_state = Gauge(
+            "supervisor_role_state",
+            "0 stopped, 1 running, 2 backing off, 3 failed.",
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "kafka_consumer_lag",
+            "Records between the committed offset and the log end.",
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "event_loop_lag_seconds",
+            "How late the event loop ran a timer, last sample.",
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "worker_in_flight_records", "Records taken from Kafka and not yet finished.", registry=r
+        )
+        self.channel_requests = Counter(
+            "channel_requests_total",
+            "HTTP calls to channel providers, by channel and status.",
+            registry=r,
+        )

@@ -1,0 +1,199 @@
+"""The connection pools a process shares: opened once, in order, and closed in reverse.
+
+Only what the enabled roles declare they need is opened, so a `gc`-only process never connects to
+Kafka and a `backfill`-only one never to PostgreSQL. Roles get a typed `Resources`, never a dict,
+and never open connections of their own (a Kafka consumer is the exception: a consumer group
+member is per role by nature).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import aiohttp
+import asyncpg
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+from aiokafka.errors import KafkaConnectionError
+from miniopy_async.api import Minio
+
+from chat4all_workers.backoff import backoff_delay_s
+from chat4all_workers.config import Settings
+from chat4all_workers.kafka.breaker import BreakerState
+from chat4all_workers.kafka.producer import Producer
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.storage.s3 import new_client
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# What "not reachable yet" looks like from each client library.
+_UNREACHABLE: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    asyncpg.CannotConnectNowError,
+    KafkaConnectionError,
+)
+_PROBE_TIMEOUT_S = 3.0
+
+
+class Need(enum.Enum):
+    KAFKA = "kafka"
+    POSTGRES = "postgres"
+    REDIS = "redis"
+    S3 = "s3"
+    HTTP = "http"
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    metrics: Metrics
+    producer: Producer | None = None
+    pg: asyncpg.Pool | None = None
+    redis: aioredis.Redis | None = None
+    s3: Minio | None = None
+    http: aiohttp.ClientSession | None = None
+
+    # Accessors for roles: a role that declared a need gets the resource, or it is a bug.
+    def kafka(self) -> Producer:
+        return _present(self.producer, Need.KAFKA)
+
+    def postgres(self) -> asyncpg.Pool:
+        return _present(self.pg, Need.POSTGRES)
+
+    def redis_client(self) -> aioredis.Redis:
+        return _present(self.redis, Need.REDIS)
+
+    def s3_client(self) -> Minio:
+        return _present(self.s3, Need.S3)
+
+    def http_session(self) -> aiohttp.ClientSession:
+        return _present(self.http, Need.HTTP)
+
+    def redis_key(self, key: str) -> str:
+        """Every Redis key and channel goes through here, so a prefix isolates a deployment."""
+        return f"{self.settings.redis.key_prefix}{key}"
+
+    async def probe(self) -> dict[str, bool]:
+        """Whether each opened dependency answers now (for /readyz)."""
+        checks: dict[str, Callable[[], Awaitable[object]]] = {}
+        if self.producer is not None:
+            checks["kafka"] = self._probe_kafka
+        if self.pg is not None:
+            checks["postgres"] = lambda: _present(self.pg, Need.POSTGRES).fetchval("SELECT 1")
+        if self.redis is not None:
+            checks["redis"] = _present(self.redis, Need.REDIS).ping
+        if self.s3 is not None:
+            checks["s3"] = lambda: _present(self.s3, Need.S3).bucket_exists(self.settings.s3.bucket)
+        names = list(checks)
+        results = await asyncio.gather(*(_answers(checks[n]) for n in names))
+        return dict(zip(names, results, strict=True))
+
+    async def _probe_kafka(self) -> bool:
+        if not await self.kafka().probe():
+            raise ConnectionError("kafka metadata request failed")
+        return True
+
+
+async def _answers(check: Callable[[], Awaitable[object]]) -> bool:
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            result = await check()
+    except Exception:
+        return False
+    return result is not False
+
+
+def _present(value: T | None, need: Need) -> T:
+    if value is None:
+        raise RuntimeError(
+            f"resource {need.value!r} was not opened: declare it in the role's needs"
+        )
+    return value
+
+
+@contextlib.asynccontextmanager
+async def open_resources(
+    settings: Settings, metrics: Metrics, needs: frozenset[Need], *, connect_timeout_s: float = 60.0
+) -> AsyncIterator[Resources]:
+    """Open what `needs` asks for, waiting (with backoff, up to `connect_timeout_s`) for
+    dependencies that are still starting, and close everything in reverse order on exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        producer = pg = redis_client = s3 = http = None
+        if Need.REDIS in needs:
+            redis_client = aioredis.Redis.from_url(
+                settings.redis.url.get(), max_connections=settings.redis.max_connections
+            )
+            stack.push_async_callback(redis_client.aclose)
+            await _connect("redis", redis_client.ping, connect_timeout_s)
+        if Need.POSTGRES in needs:
+            pg = await _connect(
+                "postgres",
+                lambda: asyncpg.create_pool(
+                    settings.postgres.url.get(),
+                    min_size=settings.postgres.pool_min_size,
+                    max_size=settings.postgres.pool_max_size,
+                    command_timeout=settings.postgres.command_timeout_s,
+                ),
+                connect_timeout_s,
+            )
+            stack.push_async_callback(pg.close)
+        if Need.KAFKA in needs:
+            producer = Producer(
+                settings.kafka,
+                settings.breaker,
+                on_breaker_change=lambda state: _breaker_gauge(metrics, state),
+            )
+            _breaker_gauge(metrics, BreakerState.CLOSED)
+            await _connect("kafka", producer.start, connect_timeout_s)
+            stack.push_async_callback(producer.stop)
+            if redis_client is not None:
+                queue = f"{settings.redis.key_prefix}{settings.fallback.queue_key}"
+                client = redis_client
+
+                async def park(envelope: bytes) -> None:
+                    await client.rpush(queue, envelope)
+
+                producer.fallback_sink = park
+        if Need.S3 in needs:
+            s3 = new_client(settings.s3)
+            stack.push_async_callback(s3.close_session)
+        if Need.HTTP in needs:
+            http = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=60), raise_for_status=False
+            )
+            stack.push_async_callback(http.close)
+        yield Resources(settings, metrics, producer, pg, redis_client, s3, http)
+
+
+def _breaker_gauge(metrics: Metrics, state: BreakerState) -> None:
+    metrics.breaker_state.set({"service": "kafka"}, int(state))
+
+
+async def _connect(name: str, attempt: Callable[[], Awaitable[T]], timeout_s: float) -> T:
+    """Retry a connection while the dependency is starting; the last error names it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    tries = 0
+    while True:
+        try:
+            return await attempt()
+        except _UNREACHABLE as exc:
+            error: Exception = exc
+        if loop.time() >= deadline:
+            raise ConnectionError(
+                f"{name} is unreachable after {timeout_s:.0f}s: {error}"
+            ) from error
+        delay = backoff_delay_s(tries, base_s=0.2, cap_s=5.0)
+        tries += 1
+        log.warning("waiting for %s (%s); retrying in %.1fs", name, error, delay)
+        await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))

@@ -1,0 +1,29 @@
+"""The role registry: one line per role. A role is one module in this package."""
+
+from __future__ import annotations
+
+from chat4all_workers.roles import (
+    backfill,
+    gc,
+    instagram_mock,
+    merge,
+    outbox,
+    router,
+    status_updater,
+    whatsapp_mock,
+)
+from chat4all_workers.roles.base import RoleSpec
+
+REGISTRY: dict[str, RoleSpec] = {
+    spec.name: spec
+    for spec in (
+        router.ROLE,
+        status_updater.ROLE,
+        outbox.ROLE,
+        backfill.ROLE,
+        merge.ROLE,
+        gc.ROLE,
+        whatsapp_mock.ROLE,
+        instagram_mock.ROLE,
+    )
+}

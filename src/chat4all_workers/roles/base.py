@@ -1,0 +1,73 @@
+"""What a role is: a name, what it needs, and one coroutine (long-running or one pass).
+
+A new worker is one module in `roles/` that defines a `ROLE = RoleSpec(...)`, plus a line in the
+registry. Roles never import the supervisor or each other; they receive a `RoleContext`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from chat4all_workers.config import Settings
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.resources import Need, Resources
+
+
+class Restart(enum.StrEnum):
+    """OTP restart types."""
+
+    PERMANENT = "permanent"  # always restarted; past its intensity the process exits non-zero
+    TRANSIENT = "transient"  # restarted only after an abnormal exit; past intensity: left failed
+    TEMPORARY = "temporary"  # never restarted
+
+
+@dataclass
+class RoleContext:
+    """Everything a running role may touch."""
+
+    name: str
+    settings: Settings
+    resources: Resources
+    metrics: Metrics
+    # Set when the process drains: stop taking work, finish or hand back what is in flight.
+    stopping: asyncio.Event
+    # Tests: return once the input is exhausted instead of waiting for more.
+    drain: bool = False
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def mark_ready(self) -> None:
+        """The role serves now (partitions assigned, socket bound, schedule armed)."""
+        self._ready.set()
+
+    @property
+    def is_ready(self) -> bool:
+        return self._ready.is_set()
+
+
+RunFn = Callable[[RoleContext], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    name: str
+    description: str
+    needs: frozenset[Need]
+    # Exactly one of: `run` (long-running, returns when ctx.stopping is set) or `run_once`
+    # (one pass of a periodic role, scheduled by `schedule(settings)`, a cron expression).
+    run: RunFn | None = None
+    run_once: RunFn | None = None
+    schedule: Callable[[Settings], str] | None = None
+    restart: Restart = Restart.PERMANENT
+    # Development helpers (the channel mocks) are not part of `--roles all`.
+    dev_only: bool = False
+    # Settings that must be non-empty when the role is enabled, e.g. "whatsapp.access_token".
+    required_settings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (self.run_once is None):
+            raise ValueError(f"role {self.name}: give exactly one of run or run_once")
+        if self.run_once is not None and self.schedule is None:
+            raise ValueError(f"role {self.name}: a periodic role needs a schedule")

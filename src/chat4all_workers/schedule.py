@@ -1,0 +1,97 @@
+"""Five-field cron expressions (minute hour day-of-month month day-of-week), evaluated in UTC.
+
+Enough of cron for periodic roles: numbers, `*`, ranges `a-b`, lists `a,b`, and steps `*/n` or
+`a-b/n`; day-of-week 0-7 with 0 and 7 both Sunday. When both day fields are restricted, a day
+matching either fires, as in classic cron.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+_BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+
+
+@dataclass(frozen=True)
+class Cron:
+    expression: str
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    days_restricted: bool
+    weekdays_restricted: bool
+
+    @classmethod
+    def parse(cls, expression: str) -> Cron:
+        parts = expression.split()
+        if len(parts) != 5:
+            raise ValueError(f"cron needs 5 fields, got {len(parts)} in {expression!r}")
+        sets = [
+            _parse_field(p, lo, hi, name)
+            for p, (lo, hi), name in zip(parts, _BOUNDS, _NAMES, strict=True)
+        ]
+        weekdays = frozenset(d % 7 for d in sets[4])
+        return cls(
+            expression,
+            sets[0],
+            sets[1],
+            sets[2],
+            sets[3],
+            weekdays,
+            days_restricted=parts[2] != "*",
+            weekdays_restricted=parts[4] != "*",
+        )
+
+    def next_after(self, moment: datetime) -> datetime:
+        """The first firing time strictly after `moment` (aware or naive-as-UTC)."""
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        candidate = moment.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
+        limit = candidate + timedelta(days=366 * 5)
+        while candidate < limit:
+            if candidate.month not in self.months:
+                candidate = (
+                    candidate.replace(day=1, hour=0, minute=0) + timedelta(days=32)
+                ).replace(day=1)
+                continue
+            if not self._day_matches(candidate):
+                candidate = candidate.replace(hour=0, minute=0) + timedelta(days=1)
+                continue
+            if candidate.hour not in self.hours:
+                candidate = candidate.replace(minute=0) + timedelta(hours=1)
+                continue
+            if candidate.minute not in self.minutes:
+                candidate += timedelta(minutes=1)
+                continue
+            return candidate
+        raise ValueError(f"cron {self.expression!r} never fires")
+
+    def _day_matches(self, moment: datetime) -> bool:
+        in_days = moment.day in self.days
+        in_weekdays = (moment.isoweekday() % 7) in self.weekdays
+        if self.days_restricted and self.weekdays_restricted:
+            return in_days or in_weekdays
+        return in_days and in_weekdays
+
+
+def _parse_field(text: str, lo: int, hi: int, name: str) -> frozenset[int]:
+    values: set[int] = set()
+    for item in text.split(","):
+        body, _, step_text = item.partition("/")
+        step = int(step_text) if step_text else 1
+        if body == "*":
+            start, end = lo, hi
+        elif "-" in body:
+            a, b = body.split("-", 1)
+            start, end = int(a), int(b)
+        else:
+            start = int(body)
+            end = hi if step_text else start
+        if step < 1 or not (lo <= start <= end <= hi):
+            raise ValueError(f"cron {name} field {item!r} is outside {lo}-{hi}")
+        values.update(range(start, end + 1, step))
+    return frozenset(values)

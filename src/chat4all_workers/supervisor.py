@@ -1,0 +1,419 @@
+"""The supervisor: every enabled role as a supervised task in one event loop (OTP one_for_one).
+
+Child spec = a `RoleSpec` plus its restart type. A child that crashes is restarted after an
+exponential backoff with full jitter; more than `max_restarts` restarts within `restart_window_s`
+escalates: the child is marked failed and readiness turns false; for a permanent child the whole
+supervisor then shuts down and `wait()` raises RoleFailedError (the CLI exits 1). A child that ran
+healthy for `reset_after_s` gets its backoff and restart budget back. A crash in one child never
+stops the others.
+
+Shutdown: `stop()` sets the shared `stopping` event; roles stop taking work and hand back or finish
+what is in flight. Children still running after `shutdown_timeout_s` are cancelled and reported
+as stuck. Resources close last, in reverse order of opening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from chat4all_workers.backoff import backoff_delay_s
+from chat4all_workers.config import Settings
+from chat4all_workers.errors import ConfigError, RoleFailedError
+from chat4all_workers.observability.http import serve_operations
+from chat4all_workers.observability.logging import bind_service
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.resources import Need, Resources, open_resources
+from chat4all_workers.roles import REGISTRY
+from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
+from chat4all_workers.schedule import Cron
+
+log = logging.getLogger(__name__)
+
+
+class ChildState(enum.IntEnum):
+    STOPPED = 0
+    RUNNING = 1
+    BACKING_OFF = 2
+    FAILED = 3
+
+
+@dataclass
+class _Child:
+    spec: RoleSpec
+    restart: Restart
+    ctx: RoleContext
+    state: ChildState = ChildState.STOPPED
+    restarts: deque[float] = field(default_factory=deque)
+    restarts_total: int = 0
+    last_error: BaseException | None = None
+    started_at: float | None = None
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass(frozen=True)
+class ChildStats:
+    role: str
+    state: str
+    ready: bool
+    restart: str
+    restarts_total: int
+    last_error: str | None
+
+
+def resolve_roles(
+    names: Iterable[str], registry: Mapping[str, RoleSpec] = REGISTRY, *, source: str = "--roles"
+) -> list[RoleSpec]:
+    """Role names (with `all` for every production role) to specs; unknown names are an error."""
+    specs: dict[str, RoleSpec] = {}
+    for name in names:
+        if name == "all":
+            specs.update({n: s for n, s in registry.items() if not s.dev_only})
+        elif name in registry:
+            specs[name] = registry[name]
+        else:
+            valid = ", ".join(["all", *registry])
+            raise ConfigError("roles", source, f"unknown role {name!r}; valid roles: {valid}")
+    if not specs:
+        raise ConfigError("roles", source, "no role enabled")
+    return list(specs.values())
+
+
+def check_required_settings(settings: Settings, specs: Sequence[RoleSpec]) -> None:
+    for spec in specs:
+        for key in spec.required_settings:
+            section, _, name = key.partition(".")
+            if not getattr(getattr(settings, section), name):
+                source = settings.sources.get(key, "default")
+                raise ConfigError(key, source, f"required by role {spec.name!r} but empty")
+
+
+class Supervisor:
+    """`async with Supervisor(settings, roles=["router"]) as sup: await sup.wait_ready()`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        roles: Sequence[str | RoleSpec] | None = None,
+        registry: Mapping[str, RoleSpec] = REGISTRY,
+        drain: bool = False,
+        serve_http: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        names = roles if roles is not None else settings.roles.enabled
+        source = (
+            "roles argument"
+            if roles is not None
+            else settings.sources.get("roles.enabled", "default")
+        )
+        named = [r for r in names if isinstance(r, str)]
+        self.specs = [r for r in names if isinstance(r, RoleSpec)]
+        if named:
+            self.specs += resolve_roles(named, registry, source=source)
+        check_required_settings(settings, self.specs)
+        self.metrics = Metrics()
+        self.drain = drain
+        self._serve_http = serve_http
+        self._clock = clock
+        self._stopping = asyncio.Event()
+        self._children: dict[str, _Child] = {}
+        self._failure: RoleFailedError | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._tasks: asyncio.TaskGroup | None = None
+        self.resources: Resources | None = None
+        self.http_port: int | None = None
+
+    @property
+    def needs(self) -> frozenset[Need]:
+        return frozenset().union(*(spec.needs for spec in self.specs))
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        stack = contextlib.AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self.resources = await stack.enter_async_context(
+                open_resources(self.settings, self.metrics, self.needs)
+            )
+            if self._serve_http:
+                obs = self.settings.observability
+                self.http_port = await stack.enter_async_context(
+                    serve_operations(
+                        self.metrics, self.readiness, host=obs.metrics_host, port=obs.metrics_port
+                    )
+                )
+            self._tasks = await stack.enter_async_context(asyncio.TaskGroup())
+            for spec in self.specs:
+                restart = Restart(self.settings.roles.restart.get(spec.name, spec.restart))
+                ctx = RoleContext(
+                    name=spec.name,
+                    settings=self.settings,
+                    resources=self.resources,
+                    metrics=self.metrics,
+                    stopping=self._stopping,
+                    drain=self.drain,
+                )
+                child = _Child(spec, restart, ctx)
+                self._children[spec.name] = child
+                child.task = self._tasks.create_task(
+                    self._supervise(child), name=f"role:{spec.name}"
+                )
+            self._tasks.create_task(self._watch_loop_lag(), name="loop-lag-watchdog")
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            # Children have ended, so the task group exits quietly; the body's own exception
+            # (if any) propagates unchanged instead of wrapped in an ExceptionGroup.
+            await stack.__aexit__(None, None, None)
+
+    async def stop(self) -> None:
+        """Drain: ask every role to stop, wait up to the shutdown timeout, then cancel the rest."""
+        self._stopping.set()
+        tasks = [
+            c.task for c in self._children.values() if c.task is not None and not c.task.done()
+        ]
+        if not tasks:
+            return
+        _, stuck = await asyncio.wait(tasks, timeout=self.settings.supervisor.shutdown_timeout_s)
+        for task in stuck:
+            log.error(
+                "role %s did not stop within %.1fs; cancelling it",
+                task.get_name().removeprefix("role:"),
+                self.settings.supervisor.shutdown_timeout_s,
+            )
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=5)
+
+    def request_stop(self) -> None:
+        """Begin draining without waiting (safe from a signal handler); `wait()` then returns."""
+        self._stopping.set()
+
+    async def wait(self) -> None:
+        """Until a stop is requested, a permanent role escalates, or every child has ended
+        (drain mode). Raises RoleFailedError when a permanent role failed past its intensity.
+        Leaving the `async with` block then drains the rest within the shutdown timeout."""
+        tasks = [c.task for c in self._children.values() if c.task is not None]
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+            while not stopping.done() and not all(t.done() for t in tasks):
+                await asyncio.wait([*tasks, stopping], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        if self._failure is not None:
+            raise self._failure
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Until every role reports ready; TimeoutError names the ones that did not."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not all(c.ctx.is_ready for c in self._children.values()):
+                    if self._failure is not None:
+                        raise self._failure
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            waiting = [n for n, c in self._children.items() if not c.ctx.is_ready]
+            raise TimeoutError(f"roles not ready after {timeout_s}s: {waiting}") from None
+
+    @property
+    def failure(self) -> RoleFailedError | None:
+        return self._failure
+
+    # -- introspection ----------------------------------------------------------------------
+
+    def stats(self) -> list[ChildStats]:
+        return [
+            ChildStats(
+                role=name,
+                state=child.state.name.lower(),
+                ready=child.ctx.is_ready,
+                restart=child.restart.value,
+                restarts_total=child.restarts_total,
+                last_error=None if child.last_error is None else repr(child.last_error),
+            )
+            for name, child in self._children.items()
+        ]
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        deps = await self.resources.probe() if self.resources else {}
+        roles = {
+            s.role: {
+                "state": s.state,
+                "ready": s.ready,
+                "restarts": s.restarts_total,
+                "last_error": s.last_error,
+            }
+            for s in self.stats()
+        }
+        breaker = (
+            self.resources.producer.breaker.stats().state
+            if self.resources and self.resources.producer
+            else None
+        )
+        ready = (
+            not self._stopping.is_set()
+            and all(deps.values())
+            and all(r["ready"] and r["state"] == "running" for r in roles.values())
+        )
+        detail: dict[str, Any] = {"roles": roles, "dependencies": deps}
+        if breaker is not None:
+            detail["circuit_breakers"] = {"kafka": breaker}
+        return ready, detail
+
+    # -- the child wrapper ------------------------------------------------------------------
+
+    async def _supervise(self, child: _Child) -> None:
+        """Run, restart, escalate. The one place where a broad `except` is right."""
+        bind_service(child.spec.name)
+        sup = self.settings.supervisor
+        attempt = 0
+        while not self._stopping.is_set():
+            self._set_state(child, ChildState.RUNNING)
+            child.started_at = self._clock()
+            abnormal = False
+            try:
+                await self._run_child(child)
+            except asyncio.CancelledError:
+                self._set_state(child, ChildState.STOPPED)
+                raise
+            except Exception as exc:
+                abnormal = True
+                child.last_error = exc
+                if not self._stopping.is_set():
+                    log.error("role %s crashed: %r", child.spec.name, exc, exc_info=exc)
+            child.ctx._ready.clear()
+            if self._stopping.is_set():
+                break
+            if not self._should_restart(child, abnormal):
+                self._set_state(child, ChildState.STOPPED if not abnormal else ChildState.FAILED)
+                return
+            now = self._clock()
+            if child.started_at is not None and now - child.started_at >= sup.reset_after_s:
+                attempt = 0
+                child.restarts.clear()
+            child.restarts.append(now)
+            while child.restarts and now - child.restarts[0] > sup.restart_window_s:
+                child.restarts.popleft()
+            child.restarts_total += 1
+            reason = (
+                type(child.last_error).__name__ if abnormal and child.last_error else "normal_exit"
+            )
+            self.metrics.supervisor_restarts.inc({"role": child.spec.name, "reason": reason})
+            if len(child.restarts) > sup.max_restarts:
+                self._escalate(child)
+                return
+            delay = backoff_delay_s(attempt, base_s=sup.backoff_base_s, cap_s=sup.backoff_cap_s)
+            attempt += 1
+            log.warning(
+                "restarting role %s in %.2fs (restart %d within %.0fs)",
+                child.spec.name,
+                delay,
+                len(child.restarts),
+                sup.restart_window_s,
+            )
+            self._set_state(child, ChildState.BACKING_OFF)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+        if child.state is not ChildState.FAILED:
+            self._set_state(child, ChildState.STOPPED)
+
+    def _should_restart(self, child: _Child, abnormal: bool) -> bool:
+        if self.drain and not abnormal:
+            return False
+        if child.restart is Restart.TEMPORARY:
+            if abnormal:
+                log.error(
+                    "temporary role %s ended abnormally; it is not restarted", child.spec.name
+                )
+            return False
+        if child.restart is Restart.TRANSIENT:
+            return abnormal
+        return True
+
+    def _escalate(self, child: _Child) -> None:
+        self._set_state(child, ChildState.FAILED)
+        failure = RoleFailedError(child.spec.name, child.last_error)
+        if child.restart is Restart.PERMANENT:
+            log.critical("%s; shutting down", failure)
+            self._failure = failure
+            self._stopping.set()
+        else:
+            log.error("%s; left stopped (restart=%s)", failure, child.restart.value)
+
+    async def _run_child(self, child: _Child) -> None:
+        spec = child.spec
+        if spec.run is not None:
+            await spec.run(child.ctx)
+            return
+        assert spec.run_once is not None
+        assert spec.schedule is not None
+        cron = Cron.parse(spec.schedule(self.settings))
+        child.ctx.mark_ready()
+        while not self._stopping.is_set():
+            now = datetime.now(UTC)
+            wait_s = (cron.next_after(now) - now).total_seconds()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
+            await spec.run_once(child.ctx)
+
+    def _set_state(self, child: _Child, state: ChildState) -> None:
+        child.state = state
+        self.metrics.role_state.set({"role": child.spec.name}, int(state))
+
+    async def _watch_loop_lag(self) -> None:
+        """How late the loop wakes a timer: blocking code on the loop shows up here first."""
+        sup = self.settings.supervisor
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            expected = loop.time() + sup.loop_lag_interval_s
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(sup.loop_lag_interval_s):
+                    await self._stopping.wait()
+            lag = max(0.0, loop.time() - expected)
+            self.metrics.loop_lag.set({}, lag)
+            if lag > sup.loop_lag_warn_s:
+                log.warning("event loop ran %.2fs late: something blocks the loop", lag)
+
+
+async def run_once(
+    settings: Settings, role: str, registry: Mapping[str, RoleSpec] = REGISTRY
+) -> None:
+    """One pass of a periodic role (for a Kubernetes CronJob): open its resources, run, close."""
+    (spec,) = resolve_roles([role], registry, source="run-once")
+    if spec.run_once is None:
+        raise ConfigError("run-once", "argv", f"role {role!r} is not periodic")
+    check_required_settings(settings, [spec])
+    metrics = Metrics()
+    async with open_resources(settings, metrics, spec.needs) as resources:
+        ctx = RoleContext(spec.name, settings, resources, metrics, asyncio.Event(), drain=True)
+        bind_service(spec.name)
+        await spec.run_once(ctx)

@@ -1,0 +1,163 @@
+"""Shared fixtures: the backing services (`stack`) and per-test isolation.
+
+Every isolation fixture is a factory or a value that owns its teardown: a unique Kafka topic,
+consumer group, Redis key prefix, PostgreSQL database or S3 bucket, removed after the test.
+This module must not import `chat4all_workers` (the infra smoke tests run without it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from miniopy_async import Minio
+from miniopy_async.deleteobjects import DeleteObject
+
+from tests.stack import (
+    KafkaTopicFactory,
+    StackEndpoints,
+    StackUnavailableError,
+    discover,
+    unique_name,
+)
+
+TOPIC_READY_TIMEOUT_S = 30.0
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[StackEndpoints]:
+    """The backing services, found or started once per session; unreachable is an error."""
+    with contextlib.ExitStack() as exit_stack:
+        try:
+            endpoints = discover(exit_stack)
+        except StackUnavailableError as exc:
+            pytest.fail(f"backing services unavailable: {exc}", pytrace=False)
+        yield endpoints
+
+
+@pytest.fixture
+def consumer_group() -> str:
+    """A Kafka consumer group id no other test uses."""
+    return unique_name("group")
+
+
+@pytest.fixture
+async def kafka_topic(stack: StackEndpoints) -> AsyncIterator[KafkaTopicFactory]:
+    """`await kafka_topic(partitions=1, prefix="test")` creates a uniquely named topic and waits
+    until every partition has a leader; all topics created are deleted after the test."""
+    admin: AIOKafkaAdminClient | None = None
+    created: list[str] = []
+
+    async def create(partitions: int = 1, *, prefix: str = "test") -> str:
+        nonlocal admin
+        if admin is None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+            await admin.start()
+        name = unique_name(prefix)
+        response = await admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1)]
+        )
+        for topic, error_code, *rest in response.topic_errors:
+            if error_code != 0:
+                raise RuntimeError(f"create topic {topic}: error {error_code} {rest}")
+        created.append(name)
+        await _wait_for_leaders(admin, name, partitions)
+        return name
+
+    try:
+        yield create
+    finally:
+        if admin is not None:
+            try:
+                if created:
+                    await admin.delete_topics(created)
+            finally:
+                await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
+    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+    while True:
+        (described,) = await admin.describe_topics([topic])
+        leaders = [p for p in described["partitions"] if p["leader"] >= 0]
+        if described["error_code"] == 0 and len(leaders) == partitions:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} has no leader after {TOPIC_READY_TIMEOUT_S} s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def redis_prefix(stack: StackEndpoints) -> AsyncIterator[str]:
+    """A key prefix (`test-<hex>:`) no other test uses; its keys are deleted after the test."""
+    prefix = unique_name("test") + ":"
+    yield prefix
+    client = aioredis.from_url(stack.redis_url)
+    try:
+        keys = [key async for key in client.scan_iter(match=prefix + "*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def pg_database(stack: StackEndpoints) -> AsyncIterator[str]:
+    """The DSN of a fresh, empty database; dropped (WITH (FORCE)) after the test."""
+    name = unique_name("test").replace("-", "_")
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield urlunsplit(urlsplit(stack.database_url)._replace(path=f"/{name}"))
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def s3_client(stack: StackEndpoints) -> AsyncIterator[Minio]:
+    """A miniopy-async client for the stack's S3; its HTTP session is closed after the test."""
+    async with Minio(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        secure=stack.s3_secure,
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+async def s3_bucket(stack: StackEndpoints) -> AsyncIterator[str]:
+    """A fresh bucket; its objects and the bucket itself are removed after the test."""
+    name = unique_name("test")
+    async with Minio(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        secure=stack.s3_secure,
+    ) as client:
+        await client.make_bucket(name)
+        try:
+            yield name
+        finally:
+            leftovers = [
+                DeleteObject(obj.object_name)
+                async for obj in client.list_objects(name, recursive=True)
+                if obj.object_name is not None
+            ]
+            if leftovers:
+                errors = [error async for error in client.remove_objects(name, leftovers)]
+                if errors:
+                    raise RuntimeError(f"could not empty bucket {name}: {errors}")
+            await client.remove_bucket(name)

@@ -1,0 +1,240 @@
+"""The consumer engine against a real broker: order per key, bounded in-flight, honest commits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
+from chat4all_workers.kafka.consumer import ConsumerEngine
+from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.observability.metrics import Metrics
+from tests.stack import StackEndpoints
+from tests.support import eventually, settings_for
+
+pytestmark = pytest.mark.stack
+
+Handler = Callable[[ConsumedRecord], Awaitable[None]]
+
+
+async def produce(stack: StackEndpoints, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def committed(stack: StackEndpoints, topic: str, group: str, partitions: int) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        result = {}
+        for p in range(partitions):
+            offset = await consumer.committed(TopicPartition(topic, p))
+            result[p] = -1 if offset is None else offset
+        return result
+    finally:
+        await consumer.stop()
+
+
+def engine_for(
+    stack: StackEndpoints,
+    topic: str,
+    group: str,
+    handler: Handler,
+    *,
+    on_permanent: Callable[[ConsumedRecord, PermanentError], Awaitable[None]] | None = None,
+    max_in_flight: int = 100,
+    drain: bool = True,
+    commit_interval_s: float = 0.1,
+) -> ConsumerEngine:
+    async def ignore(record: ConsumedRecord, exc: PermanentError) -> None:
+        raise AssertionError(f"unexpected permanent error for {record.offset}: {exc}")
+
+    return ConsumerEngine(
+        settings=settings_for(stack).kafka,
+        topics=[topic],
+        group_id=group,
+        role="test",
+        handler=handler,
+        on_permanent=on_permanent or ignore,
+        metrics=Metrics(),
+        max_in_flight=max_in_flight,
+        commit_interval_s=commit_interval_s,
+        drain=drain,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(engine: ConsumerEngine) -> AsyncIterator[asyncio.Event]:
+    """Run a non-draining engine in the background; stop it (gracefully) on exit."""
+    stopping = asyncio.Event()
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(engine.run(stopping))
+        try:
+            yield stopping
+        finally:
+            stopping.set()
+
+
+async def test_consumer_keeps_order_per_key_and_runs_keys_concurrently(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=3)
+    await produce(stack, topic, [(f"k{i % 20}".encode(), str(i).encode()) for i in range(400)])
+    seen: dict[bytes, list[int]] = {}
+    active = 0
+    peak = 0
+
+    async def handler(record: ConsumedRecord) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.005)
+        assert record.key is not None and record.value is not None
+        seen.setdefault(record.key, []).append(int(record.value))
+        active -= 1
+
+    await engine_for(stack, topic, consumer_group, handler).run(asyncio.Event())
+
+    assert sum(len(v) for v in seen.values()) == 400
+    assert all(values == sorted(values) for values in seen.values())
+    assert peak > 1  # different keys really overlapped
+    assert peak <= 20  # but one key never ran twice at once
+
+
+async def test_consumer_commits_only_up_to_the_first_unfinished_record(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    await produce(stack, topic, [(f"k{i}".encode(), str(i).encode()) for i in range(10)])
+    release = asyncio.Event()
+    finished: set[int] = set()
+
+    async def handler(record: ConsumedRecord) -> None:
+        if record.offset == 3:
+            await release.wait()
+        finished.add(record.offset)
+
+    engine = engine_for(stack, topic, consumer_group, handler, drain=False)
+    async with running(engine):
+        await eventually(lambda: len(finished) == 9, message="all but offset 3 finished")
+        await eventually(lambda: engine.stats().last_commit_age_s is not None, message="a commit")
+        assert (await committed(stack, topic, consumer_group, 1))[0] == 3
+        release.set()
+        await eventually(
+            lambda: _committed_is(stack, topic, consumer_group, 10), message="commit after offset 3"
+        )
+
+
+async def _committed_is(stack: StackEndpoints, topic: str, group: str, expected: int) -> bool:
+    return (await committed(stack, topic, group, 1))[0] == expected
+
+
+async def test_consumer_bounds_in_flight_records_and_pauses_fetching(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=2)
+    await produce(stack, topic, [(f"k{i}".encode(), b"x") for i in range(300)])
+    gate = asyncio.Event()
+    started = 0
+
+    async def handler(record: ConsumedRecord) -> None:
+        nonlocal started
+        started += 1
+        await gate.wait()
+
+    engine = engine_for(stack, topic, consumer_group, handler, max_in_flight=25, drain=False)
+    async with running(engine):
+        await eventually(lambda: engine.stats().paused, message="fetching paused at the bound")
+        assert engine.stats().in_flight == 25
+        assert started == 25
+        gate.set()
+        await eventually(lambda: engine.stats().finished_total == 300, message="all finished")
+
+
+async def test_consumer_retries_retryable_errors_in_place(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    await produce(stack, topic, [(b"same", b"1"), (b"same", b"2")])
+    calls: list[bytes] = []
+
+    async def handler(record: ConsumedRecord) -> None:
+        assert record.value is not None
+        calls.append(record.value)
+        if calls.count(b"1") < 3 and record.value == b"1":
+            raise RetryableError("flaky", retry_after_s=0.01)
+
+    await engine_for(stack, topic, consumer_group, handler).run(asyncio.Event())
+
+    assert calls == [b"1", b"1", b"1", b"2"]
+
+
+async def test_consumer_hands_permanent_errors_to_the_role_and_moves_on(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    await produce(stack, topic, [(b"k", b"bad"), (b"k", b"good")])
+    dead: list[tuple[bytes | None, str]] = []
+    handled: list[bytes | None] = []
+
+    async def handler(record: ConsumedRecord) -> None:
+        if record.value == b"bad":
+            raise InvalidRecordError("not a message")
+        handled.append(record.value)
+
+    async def on_permanent(record: ConsumedRecord, exc: PermanentError) -> None:
+        dead.append((record.value, str(exc)))
+
+    await engine_for(stack, topic, consumer_group, handler, on_permanent=on_permanent).run(
+        asyncio.Event()
+    )
+
+    assert dead == [(b"bad", "not a message")]
+    assert handled == [b"good"]
+    assert (await committed(stack, topic, consumer_group, 1))[0] == 2
+
+
+async def test_consumer_redelivers_unfinished_work_after_a_stop(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    await produce(stack, topic, [(b"one-key", str(i).encode()) for i in range(5)])
+    first_run: list[int] = []
+    blocked = asyncio.Event()
+
+    async def slow_on_two(record: ConsumedRecord) -> None:
+        assert record.value is not None
+        if record.value == b"2":
+            blocked.set()
+            await asyncio.Event().wait()  # never finishes: cancelled at shutdown
+        first_run.append(int(record.value))
+
+    engine = engine_for(stack, topic, consumer_group, slow_on_two, drain=False)
+    stopping = asyncio.Event()
+    async with asyncio.TaskGroup() as tasks:
+        run = tasks.create_task(engine.run(stopping))
+        await asyncio.wait_for(blocked.wait(), 30)
+        stopping.set()
+        await asyncio.sleep(0)  # let the engine see the stop before we cancel it
+        run.cancel()
+
+    second_run: list[int] = []
+
+    async def record_all(record: ConsumedRecord) -> None:
+        assert record.value is not None
+        second_run.append(int(record.value))
+
+    await engine_for(stack, topic, consumer_group, record_all).run(asyncio.Event())
+
+    assert first_run == [0, 1]
+    assert second_run == [2, 3, 4]

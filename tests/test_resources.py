@@ -1,0 +1,128 @@
+"""Shared resources: opened only for what the roles need, probed for /readyz."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from chat4all_workers.resources import Need
+from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.supervisor import Supervisor
+from tests.stack import StackEndpoints
+from tests.support import eventually, free_port, settings_for
+
+pytestmark = pytest.mark.stack
+
+DEAD = "127.0.0.1:1"  # nothing listens on port 1: any connection attempt fails at once
+
+
+async def idle(ctx: RoleContext) -> None:
+    ctx.mark_ready()
+    await ctx.stopping.wait()
+
+
+def role_needing(*needs: Need) -> RoleSpec:
+    return RoleSpec(name="probe", description="test", needs=frozenset(needs), run=idle)
+
+
+async def test_resources_gc_only_opens_no_kafka_connection(stack: StackEndpoints) -> None:
+    settings = settings_for(stack, kafka={"bootstrap_servers": DEAD})
+
+    async with Supervisor(settings, roles=["gc"], serve_http=False) as sup:
+        assert sup.resources is not None
+        assert sup.resources.producer is None
+        assert sup.resources.pg is not None
+        assert sup.resources.s3 is not None
+
+
+async def test_resources_backfill_only_opens_no_postgres_pool(stack: StackEndpoints) -> None:
+    settings = settings_for(stack, database_url=f"postgresql://x:y@{DEAD}/none")
+
+    async with Supervisor(settings, roles=["backfill"], serve_http=False) as sup:
+        assert sup.resources is not None
+        assert sup.resources.pg is None
+        assert sup.resources.redis is not None
+        assert sup.resources.producer is not None
+
+
+@contextlib.contextmanager
+def own_redis(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A Redis server this test owns, so it can stop it without disturbing anyone."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+async def readyz(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:
+    async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+        return response.status, await response.json()
+
+
+async def test_readyz_turns_503_while_a_dependency_is_down_and_200_when_back(
+    stack: StackEndpoints, tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = settings_for(stack, redis={"url": f"redis://127.0.0.1:{port}/0"})
+    with own_redis(port, tmp_path) as first:
+        await eventually(lambda: _accepts(port), message="redis up")
+        async with Supervisor(settings, roles=[role_needing(Need.REDIS)]) as sup, \
+                aiohttp.ClientSession() as http:
+            await sup.wait_ready(10)
+            assert sup.http_port is not None
+            status, body = await readyz(http, sup.http_port)
+            assert (status, body["dependencies"]) == (200, {"redis": True})
+
+            first.terminate()
+            first.wait(10)
+            await eventually(lambda: _status_is(http, sup.http_port, 503), message="503")
+
+            with own_redis(port, tmp_path):
+                await eventually(lambda: _status_is(http, sup.http_port, 200), message="200 again")
+            assert [s.restarts_total for s in sup.stats()] == [0]
+
+
+async def test_metrics_endpoint_exposes_supervisor_metrics(stack: StackEndpoints) -> None:
+    settings = settings_for(stack)
+    async with Supervisor(settings, roles=[role_needing()]) as sup, aiohttp.ClientSession() as http:
+        await sup.wait_ready(10)
+        sup.metrics.supervisor_restarts.inc({"role": "probe", "reason": "test"})
+        async with http.get(f"http://127.0.0.1:{sup.http_port}/metrics") as response:
+            text = await response.text()
+        async with http.get(f"http://127.0.0.1:{sup.http_port}/healthz") as response:
+            health = response.status
+
+    assert 'supervisor_restarts_total{reason="test",role="probe"} 1' in text
+    assert "supervisor_role_state" in text
+    assert health == 200
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+async def _status_is(http: aiohttp.ClientSession, port: int | None, expected: int) -> bool:
+    assert port is not None
+    status, _ = await readyz(http, port)
+    return status == expected

@@ -1,0 +1,187 @@
+"""Supervision semantics (OTP one_for_one) with roles defined in the test; no services needed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from chat4all_workers.backoff import backoff_delay_s
+from chat4all_workers.config import Settings
+from chat4all_workers.errors import ConfigError, RoleFailedError
+from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
+from chat4all_workers.supervisor import Supervisor, resolve_roles
+from tests.support import eventually
+
+
+def fast_settings(**supervisor: float) -> Settings:
+    values = {"backoff_base_s": 0.01, "backoff_cap_s": 0.05, "max_restarts": 3,
+              "restart_window_s": 60.0, "shutdown_timeout_s": 2.0, **supervisor}
+    return Settings.load({}, {"supervisor": values, "observability": {"metrics_port": 0}})
+
+
+class Crasher:
+    """A role body that crashes every time, counting its starts."""
+
+    def __init__(self) -> None:
+        self.starts: list[float] = []
+
+    async def __call__(self, ctx: RoleContext) -> None:
+        self.starts.append(time.monotonic())
+        raise RuntimeError(f"crash {len(self.starts)}")
+
+
+class Ticker:
+    """A healthy role body: ticks until asked to stop."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def __call__(self, ctx: RoleContext) -> None:
+        ctx.mark_ready()
+        while not ctx.stopping.is_set():
+            self.ticks += 1
+            await asyncio.sleep(0.005)
+
+
+def spec(name: str, run: object, restart: Restart = Restart.PERMANENT) -> RoleSpec:
+    return RoleSpec(name=name, description="test", needs=frozenset(), run=run, restart=restart)  # type: ignore[arg-type]
+
+
+def test_backoff_ceiling_grows_exponentially_up_to_the_cap() -> None:
+    delays = [backoff_delay_s(n, base_s=0.5, cap_s=4.0, jitter=False) for n in range(6)]
+
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_backoff_full_jitter_stays_within_the_ceiling() -> None:
+    samples = [backoff_delay_s(3, base_s=0.5, cap_s=30.0) for _ in range(200)]
+
+    assert all(0.0 <= s <= 4.0 for s in samples)
+    assert len(set(samples)) > 100
+
+
+async def test_supervisor_restarts_a_crashing_role_and_counts_restarts() -> None:
+    crasher, ticker = Crasher(), Ticker()
+    settings = fast_settings(max_restarts=100)
+    async with Supervisor(settings, roles=[spec("crashy", crasher), spec("steady", ticker)],
+                          serve_http=False) as sup:
+        await eventually(lambda: len(crasher.starts) >= 4, message="four starts")
+        (restarts,) = [s.restarts_total for s in sup.stats() if s.role == "crashy"]
+
+    assert restarts >= 3
+    counted = sup.metrics.supervisor_restarts.get({"role": "crashy", "reason": "RuntimeError"})
+    assert counted >= 3
+    assert ticker.ticks > 0
+
+
+async def test_supervisor_escalates_a_permanent_role_past_its_intensity() -> None:
+    crasher, ticker = Crasher(), Ticker()
+    settings = fast_settings(max_restarts=2)
+    async with Supervisor(settings, roles=[spec("crashy", crasher), spec("steady", ticker)],
+                          serve_http=False) as sup:
+        with pytest.raises(RoleFailedError, match="crashy") as failure:
+            await asyncio.wait_for(sup.wait(), 10)
+        ticks_while_crashing = ticker.ticks
+
+    assert len(crasher.starts) == 3  # the first run and two restarts; the third crash escalates
+    assert isinstance(failure.value.last_error, RuntimeError)
+    assert ticks_while_crashing > 0  # the other role kept running meanwhile
+    assert {s.role: s.state for s in sup.stats()} == {"crashy": "failed", "steady": "stopped"}
+
+
+async def test_supervisor_leaves_a_transient_role_failed_and_keeps_running() -> None:
+    crasher, ticker = Crasher(), Ticker()
+    settings = fast_settings(max_restarts=1)
+    async with Supervisor(
+        settings,
+        roles=[spec("crashy", crasher, Restart.TRANSIENT), spec("steady", ticker)],
+        serve_http=False,
+    ) as sup:
+        await eventually(lambda: _state(sup, "crashy") == "failed", message="crashy failed")
+        ticks = ticker.ticks
+        await eventually(lambda: ticker.ticks > ticks + 5, message="steady still ticking")
+        ready, detail = await sup.readiness()
+
+    assert sup.failure is None
+    assert len(crasher.starts) == 2
+    assert ready is False
+    assert detail["roles"]["crashy"]["state"] == "failed"
+
+
+async def test_supervisor_never_restarts_a_temporary_role() -> None:
+    crasher, ticker = Crasher(), Ticker()
+    async with Supervisor(
+        fast_settings(),
+        roles=[spec("once", crasher, Restart.TEMPORARY), spec("steady", ticker)],
+        serve_http=False,
+    ) as sup:
+        await eventually(lambda: _state(sup, "once") == "failed", message="temporary role ended")
+        await eventually(lambda: ticker.ticks > 10, message="steady ticking")
+
+    assert len(crasher.starts) == 1
+    assert sup.failure is None
+
+
+async def test_supervisor_gives_back_the_restart_budget_after_a_healthy_run() -> None:
+    now = [0.0]
+    starts = 0
+
+    async def healthy_then_crash(ctx: RoleContext) -> None:
+        nonlocal starts
+        starts += 1
+        now[0] += 1000.0  # each run "lasts" longer than reset_after_s
+        raise RuntimeError("crash after a long healthy run")
+
+    settings = fast_settings(max_restarts=2, reset_after_s=300.0)
+    async with Supervisor(settings, roles=[spec("long", healthy_then_crash)], serve_http=False,
+                          clock=lambda: now[0]) as sup:
+        await eventually(lambda: starts >= 8, message="many restarts without escalation")
+
+    assert sup.failure is None
+
+
+async def test_supervisor_cancels_a_role_that_ignores_the_stop_after_the_timeout() -> None:
+    async def stubborn(ctx: RoleContext) -> None:
+        ctx.mark_ready()
+        await asyncio.Event().wait()
+
+    settings = fast_settings(shutdown_timeout_s=0.2)
+    sup = Supervisor(settings, roles=[spec("stubborn", stubborn)], serve_http=False)
+    async with sup:
+        await sup.wait_ready(5)
+        began = time.monotonic()
+    elapsed = time.monotonic() - began
+
+    assert elapsed < 2.0
+    assert _state(sup, "stubborn") == "stopped"
+
+
+async def test_supervisor_drain_mode_returns_when_roles_finish() -> None:
+    done: list[str] = []
+
+    async def finite(ctx: RoleContext) -> None:
+        ctx.mark_ready()
+        done.append(ctx.name)
+
+    async with Supervisor(fast_settings(), roles=[spec("a", finite), spec("b", finite)],
+                          drain=True, serve_http=False) as sup:
+        await asyncio.wait_for(sup.wait(), 5)
+
+    assert sorted(done) == ["a", "b"]
+
+
+def test_resolve_roles_rejects_unknown_names_listing_the_valid_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown role 'nosuch'; valid roles: all, router"):
+        resolve_roles(["router", "nosuch"])
+
+
+def test_resolve_roles_all_excludes_the_mocks() -> None:
+    names = [s.name for s in resolve_roles(["all"])]
+
+    assert names == ["router", "status_updater", "outbox", "backfill", "merge", "gc"]
+
+
+def _state(sup: Supervisor, role: str) -> str:
+    return next(s.state for s in sup.stats() if s.role == role)
