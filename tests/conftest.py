@@ -2,7 +2,6 @@
 
 Every isolation fixture is a factory or a value that owns its teardown: a unique Kafka topic,
 consumer group, Redis key prefix, PostgreSQL database or S3 bucket, removed after the test.
-This module must not import `chat4all_workers` (the infra smoke tests run without it).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from miniopy_async import Minio
 from miniopy_async.deleteobjects import DeleteObject
 
+from chat4all_workers.db.migrate import migrate
 from tests.stack import (
     KafkaTopicFactory,
     StackEndpoints,
@@ -27,6 +27,7 @@ from tests.stack import (
     discover,
     unique_name,
 )
+from tests.support import TOPIC_FIELDS, Deployment
 
 TOPIC_READY_TIMEOUT_S = 30.0
 
@@ -161,3 +162,32 @@ async def s3_bucket(stack: StackEndpoints) -> AsyncIterator[str]:
                 if errors:
                     raise RuntimeError(f"could not empty bucket {name}: {errors}")
             await client.remove_bucket(name)
+
+
+@pytest.fixture
+async def deployment(
+    stack: StackEndpoints,
+    kafka_topic: KafkaTopicFactory,
+    pg_database: str,
+    redis_prefix: str,
+    s3_bucket: str,
+) -> Deployment:
+    """A whole isolated deployment: every topic (4 partitions), a migrated database, a Redis
+    prefix, a bucket, a consumer-group prefix and free ports (see tests/support.Deployment)."""
+    conn = await asyncpg.connect(pg_database)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    topics = {
+        name: await kafka_topic(partitions=4, prefix=name.replace("_", "-"))
+        for name in TOPIC_FIELDS
+    }
+    return Deployment(
+        stack=stack,
+        database_url=pg_database,
+        redis_prefix=redis_prefix,
+        bucket=s3_bucket,
+        group=unique_name("group"),
+        topics=topics,
+    )

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import aiohttp
+import orjson
 
 from chat4all_workers.config import Settings
 from tests.stack import StackEndpoints
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def settings_for(
@@ -74,3 +84,189 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
         await asyncio.sleep(interval_s)
+
+
+TOPIC_FIELDS = (
+    "message_processing",
+    "message_status_updates",
+    "dlq",
+    "file_merge_requests",
+    "file_upload_completed",
+    "message_events",
+    "file_events",
+    "conversation_events",
+    "default_events",
+)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Everything one test owns, as a worker process or an embedded supervisor would see it:
+    its own topics (all of them), consumer-group prefix, Redis key prefix, migrated database and
+    bucket, and free ports for the operations server and the channel mocks."""
+
+    stack: StackEndpoints
+    database_url: str
+    redis_prefix: str
+    bucket: str
+    group: str
+    topics: dict[str, str]
+    metrics_port: int = field(default_factory=free_port)
+    whatsapp_port: int = field(default_factory=free_port)
+    instagram_port: int = field(default_factory=free_port)
+
+    def sections(self, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        doc: dict[str, dict[str, Any]] = {
+            "observability": {"metrics_port": self.metrics_port, "metrics_host": "127.0.0.1"},
+            "mocks": {"whatsapp_port": self.whatsapp_port, "instagram_port": self.instagram_port},
+            "whatsapp": {
+                "base_url": f"http://127.0.0.1:{self.whatsapp_port}",
+                "access_token": "test-token",
+                "phone_number_id": "1000",
+            },
+            "instagram": {
+                "base_url": f"http://127.0.0.1:{self.instagram_port}",
+                "access_token": "test-token",
+                "user_id": "2000",
+            },
+        }
+        for name, values in overrides.items():
+            doc.setdefault(name, {}).update(values)
+        return doc
+
+    def settings(self, **overrides: dict[str, Any]) -> Settings:
+        return settings_for(
+            self.stack,
+            database_url=self.database_url,
+            redis_prefix=self.redis_prefix,
+            bucket=self.bucket,
+            consumer_group=self.group,
+            topics=self.topics,
+            **self.sections(**overrides),
+        )
+
+    def environ(self, **overrides: dict[str, Any]) -> dict[str, str]:
+        """The same deployment as environment variables, for `chat4all-workers` subprocesses."""
+        env = {
+            **self.stack.as_environ(),
+            "DATABASE_URL": self.database_url,
+            "MINIO_BUCKET": self.bucket,
+            "KAFKA_CONSUMER_GROUP": self.group,
+            "CHAT4ALL_REDIS_KEY_PREFIX": self.redis_prefix,
+            "CHAT4ALL_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "CHAT4ALL_CONFIG": str(REPO / "supervisor.toml"),
+        }
+        env.update({f"CHAT4ALL_TOPICS_{k.upper()}": v for k, v in self.topics.items()})
+        for section, values in self.sections(**overrides).items():
+            for key, value in values.items():
+                env[_env_name(section, key)] = _env_text(value)
+        return env
+
+
+def _env_name(section: str, key: str) -> str:
+    settings = Settings.load({})
+    for row in settings.describe():
+        if row.key == f"{section}.{key}":
+            return row.env
+    raise KeyError(f"{section}.{key} is not a setting")
+
+
+def _env_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+class WorkerProcess:
+    """`chat4all-workers run` as a real OS process (for signals, kill -9 and multi-process tests).
+
+    Its JSON log goes to a file; `ready()` waits for /readyz 200 and fails with the log's tail if
+    the process exits first.
+    """
+
+    def __init__(self, roles: str, env: dict[str, str], log_path: Path) -> None:
+        self.roles = roles
+        self.env = env
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.metrics_port = int(env.get("METRICS_PORT", "8000"))
+
+    async def start(self) -> WorkerProcess:
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CHAT4ALL_", "ROLES", "KAFKA_", "MINIO_", "OUTBOX_"))
+        }
+        log = self.log_path.open("ab")
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "chat4all_workers",
+                "run",
+                "--roles",
+                self.roles,
+                env={**base, **self.env},
+                stdout=log,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            log.close()
+        return self
+
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        async def answers() -> bool:
+            assert self.proc is not None
+            if self.proc.returncode is not None:
+                raise AssertionError(
+                    f"worker exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{self.metrics_port}/readyz") as response,
+                ):
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        try:
+            await eventually(answers, timeout_s=timeout_s, interval_s=0.2, message="worker ready")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.log_tail()}") from None
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout_s: float) -> int:
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
+    async def stop(self) -> None:
+        """Teardown: SIGTERM, then SIGKILL if it does not go."""
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 30)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_records(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                records.append(orjson.loads(line))
+        return records

@@ -13,18 +13,24 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.errors import ConfigError, RoleFailedError
 from chat4all_workers.kafka.admin import ensure_topics
+from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.kafka.replay import ReplayFilter, ReplaySummary, replay_dlq
 from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.observability.tracing import configure_tracing
 from chat4all_workers.roles import REGISTRY
+from chat4all_workers.status import Thresholds, collect_status
+from chat4all_workers.status import render as render_status
 from chat4all_workers.supervisor import Supervisor, resolve_roles, run_once
 
 log = logging.getLogger("chat4all_workers.cli")
@@ -61,6 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database administration")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_commands.add_parser("migrate", help="apply the bundled SQL migrations (idempotent)")
+
+    status = commands.add_parser(
+        "status", help="lag, outbox, fallback queue, DLQ, stuck files, workers; exit 1 if unhealthy"
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument(
+        "--workers", metavar="URLS",
+        help="comma-separated base URLs of workers' operations ports "
+        "(default: http://127.0.0.1:$METRICS_PORT)",
+    )
+    status.add_argument("--max-lag", type=int, default=10_000, metavar="N",
+                        help="lag above this per group and topic is unhealthy (default 10000)")
+    status.add_argument("--max-outbox-age-s", type=float, default=300.0, metavar="S",
+                        help="an unpublished outbox event older than this is unhealthy (300)")
+
+    dlq = commands.add_parser("dlq", help="dead-letter queue tools")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    replay = dlq_commands.add_parser(
+        "replay", help="re-publish DLQ records to their original topic (not repeated next time)"
+    )
+    replay.add_argument("--limit", type=int, metavar="N", help="replay at most N records")
+    replay.add_argument("--since", type=_parse_since, metavar="T",
+                        help="only records dead-lettered since T (ISO 8601, or 30m, 2h, 1d ago)")
+    replay.add_argument("--reason", metavar="TEXT", help="only records whose reason contains TEXT")
+    replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
 
     topics = commands.add_parser("topics", help="Kafka topic administration")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
@@ -125,6 +156,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return _run_async(_migrate(settings))
         case "topics":
             return _run_async(_ensure_topics(settings))
+        case "status":
+            return _run_async(_status(settings, args))
+        case "dlq":
+            return _run_async(_replay(settings, args))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -184,6 +219,47 @@ async def _migrate(settings: Settings) -> int:
         await conn.close()
     sys.stdout.write(f"applied: {', '.join(applied)}\n" if applied else "database is up to date\n")
     return 0
+
+
+async def _status(settings: Settings, args: argparse.Namespace) -> int:
+    default = f"http://127.0.0.1:{settings.observability.metrics_port}"
+    workers = [u.strip() for u in (args.workers or default).split(",") if u.strip()]
+    thresholds = Thresholds(max_lag=args.max_lag, max_outbox_age_s=args.max_outbox_age_s)
+    report = await collect_status(settings, workers=workers, thresholds=thresholds)
+    if args.json:
+        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        render_status(report, write=sys.stdout.write)
+    return 0 if report.healthy else 1
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    def progress(summary: ReplaySummary, record: ConsumedRecord, outcome: str) -> None:
+        reason = record.header("dlq.reason") or ""
+        sys.stdout.write(
+            f"[{summary.examined}] {record.partition}@{record.offset} {outcome}  ({reason[:80]})\n"
+        )
+
+    filters = ReplayFilter(limit=args.limit, since=args.since, reason=args.reason)
+    summary = await replay_dlq(settings, filters=filters, dry_run=args.dry_run, progress=progress)
+    verb = "would replay" if args.dry_run else "replayed"
+    topics = ", ".join(f"{t}: {n}" for t, n in sorted(summary.by_topic.items())) or "none"
+    sys.stdout.write(
+        f"{verb} {summary.replayed} of {summary.examined} examined ({topics}); "
+        f"{summary.skipped} left by the filters, {summary.unreplayable} without an original topic\n"
+    )
+    return 0
+
+
+def _parse_since(text: str) -> datetime:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601, or 30m, 2h, 1d)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 async def _ensure_topics(settings: Settings) -> int:

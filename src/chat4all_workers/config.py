@@ -166,6 +166,7 @@ class OutboxSettings:
     backoff_cap_s: float = 300.0
     notify_channel: str = "outbox_events"
     routes: dict[str, str] = field(default_factory=dict)
+    pending_refresh_s: float = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +174,9 @@ class FallbackSettings:
     queue_key: str = "fallback:message_queue"
     poll_interval_s: float = field(default=10.0, metadata=_env("FALLBACK_POLL_INTERVAL"))
     batch_size: int = field(default=50, metadata=_env("FALLBACK_BATCH_SIZE"))
+    # A backfill worker whose heartbeat is older than this is presumed dead; its taken items
+    # go back to the head of the queue.
+    heartbeat_ttl_s: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)

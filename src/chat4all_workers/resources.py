@@ -148,13 +148,23 @@ async def open_resources(
             )
             stack.push_async_callback(pg.close)
         if Need.KAFKA in needs:
-            producer = Producer(
-                settings.kafka,
-                settings.breaker,
-                on_breaker_change=lambda state: _breaker_gauge(metrics, state),
-            )
+
+            async def start_producer() -> Producer:
+                # A fresh client per attempt: aiokafka cannot restart one whose start failed.
+                candidate = Producer(
+                    settings.kafka,
+                    settings.breaker,
+                    on_breaker_change=lambda state: _breaker_gauge(metrics, state),
+                )
+                try:
+                    await candidate.start()
+                except BaseException:
+                    await candidate.stop()
+                    raise
+                return candidate
+
+            producer = await _connect("kafka", start_producer, connect_timeout_s)
             _breaker_gauge(metrics, BreakerState.CLOSED)
-            await _connect("kafka", producer.start, connect_timeout_s)
             stack.push_async_callback(producer.stop)
             if redis_client is not None:
                 queue = f"{settings.redis.key_prefix}{settings.fallback.queue_key}"

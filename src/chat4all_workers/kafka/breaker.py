@@ -78,6 +78,14 @@ class CircuitBreaker:
             self._opened_at = None
             self._set(BreakerState.CLOSED)
 
+    def record_abandoned(self) -> None:
+        """A call ended with neither verdict (cancelled, or a bug): hand back the probe slot.
+
+        Without this, a cancelled half-open probe would leave the breaker refusing every call
+        for ever, since only a success or a failure would otherwise clear the slot.
+        """
+        self._probe_in_flight = False
+
     def record_failure(self) -> None:
         self._failures += 1
         was_probe = self._probe_in_flight

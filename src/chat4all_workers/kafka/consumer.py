@@ -183,16 +183,18 @@ class ConsumerEngine:
             if room <= 0:
                 self._pause(consumer)
                 self._capacity.clear()
-                # Keep polling while paused so the group does not think this member died.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await self._capacity.wait()
-                await consumer.getmany(timeout_ms=0, max_records=1)
-                continue
-            self._resume(consumer)
-            batch = await consumer.getmany(
-                timeout_ms=200, max_records=min(room, self._settings.fetch_max_records)
-            )
+                # Keep polling while paused, or the group thinks this member died. Paused
+                # partitions return nothing; a partition assigned since the pause may return a
+                # record, which is accepted (never dropped: that would commit past it).
+                batch = await consumer.getmany(timeout_ms=0, max_records=1)
+            else:
+                self._resume(consumer)
+                batch = await consumer.getmany(
+                    timeout_ms=200, max_records=min(room, self._settings.fetch_max_records)
+                )
             if consumer.assignment():
                 self.ready.set()
             for tp, records in batch.items():
@@ -323,9 +325,8 @@ class ConsumerEngine:
             self._idle.set()
 
     def _pause(self, consumer: AIOKafkaConsumer) -> None:
-        if not self._paused:
-            consumer.pause(*consumer.assignment())
-            self._paused = True
+        consumer.pause(*consumer.assignment())  # every time: the assignment may have changed
+        self._paused = True
 
     def _resume(self, consumer: AIOKafkaConsumer) -> None:
         if self._paused:

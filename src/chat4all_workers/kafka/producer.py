@@ -135,6 +135,9 @@ class Producer:
             if fallback and self.fallback_sink is not None:
                 return await self._park(records)
             raise RetryableError(f"kafka send failed: {exc!r}") from exc
+        except BaseException:
+            self.breaker.record_abandoned()  # cancelled mid-call: free the half-open probe slot
+            raise
         self.breaker.record_success()
         return [Delivery(m.topic, m.partition, m.offset) for m in metas]
 
