@@ -15,6 +15,10 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 
 from chat4all_workers.config import Settings
 from tests.stack import StackEndpoints
@@ -270,3 +274,142 @@ class WorkerProcess:
             with contextlib.suppress(orjson.JSONDecodeError):
                 records.append(orjson.loads(line))
         return records
+
+
+@dataclass
+class ChannelCall:
+    channel: str
+    recipient: str
+    text: str
+    body: dict[str, Any]
+
+
+class FakeChannelApi:
+    """A loopback HTTP server that answers like the WhatsApp Cloud API and the Instagram
+    Messaging API (the outside world is the one thing tests fake), recording every call.
+
+    `latency_s` delays each answer; `fail_first[recipient] = n` answers the first n calls for that
+    recipient with 503; a recipient containing "invalid" gets a permanent 400.
+    """
+
+    def __init__(self, *, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+        self.fail_first: dict[str, int] = {}
+        self.calls: list[ChannelCall] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def texts(self, channel: str | None = None) -> list[str]:
+        return [c.text for c in self.calls if channel is None or c.channel == channel]
+
+    async def __aenter__(self) -> FakeChannelApi:
+        app = web.Application()
+        app.router.add_post("/{version}/{account}/messages", self._messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        whatsapp = body.get("messaging_product") == "whatsapp"
+        channel = "whatsapp" if whatsapp else "instagram"
+        recipient = str(body.get("to") if whatsapp else body.get("recipient", {}).get("id"))
+        if whatsapp:
+            text = str(body.get("text", {}).get("body") or body.get("document", {}).get("link", ""))
+        else:
+            message = body.get("message", {})
+            text = str(message.get("text") or message.get("attachment", {}))
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if "invalid" in recipient:
+            return web.json_response(
+                {"error": {"message": "invalid recipient", "code": 131026}}, status=400
+            )
+        if self.fail_first.get(recipient, 0) > 0:
+            self.fail_first[recipient] -= 1
+            return web.json_response({"error": {"message": "try later"}}, status=503)
+        self.calls.append(ChannelCall(channel, recipient, text, body))
+        provider_id = f"{channel}-{len(self.calls)}"
+        if whatsapp:
+            return web.json_response(
+                {
+                    "messaging_product": "whatsapp",
+                    "contacts": [{"input": recipient, "wa_id": recipient}],
+                    "messages": [{"id": f"wamid.{provider_id}"}],
+                }
+            )
+        return web.json_response({"recipient_id": recipient, "message_id": f"mid.{provider_id}"})
+
+
+async def produce(
+    stack: StackEndpoints,
+    topic: str,
+    records: list[tuple[bytes | None, bytes]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
+    """Produce (key, value) records in order and wait until all are acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send(topic, value, key=key, headers=headers)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def committed_offsets(stack: StackEndpoints, topic: str, group: str) -> dict[int, int]:
+    """The group's committed offset per partition (-1 where nothing was committed)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        partitions = sorted(p["partition"] for p in described["partitions"])
+        offsets = await admin.list_consumer_group_offsets(group)
+        return {
+            p: offsets[tp].offset if (tp := TopicPartition(topic, p)) in offsets else -1
+            for p in partitions
+        }
+    finally:
+        await admin.close()
+
+
+async def partitions_of(stack: StackEndpoints, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        (described,) = await admin.describe_topics([topic])
+        return [TopicPartition(topic, p["partition"]) for p in described["partitions"]]
+    finally:
+        await admin.close()
+
+
+async def read_topic(stack: StackEndpoints, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record now in the topic, from the beginning up to its current end."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = await partitions_of(stack, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records: list[ConsumerRecord[bytes, bytes]] = []
+        deadline = time.monotonic() + 30
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end")
+            batch = await consumer.getmany(timeout_ms=500)
+            for tp, items in batch.items():
+                records.extend(r for r in items if r.offset < ends[tp])
+        return records
+    finally:
+        await consumer.stop()

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import aiohttp
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import AIOKafkaConsumer
 
 from chat4all_workers.config import Settings
+from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.replay import replay_group
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
@@ -93,9 +93,7 @@ async def _guard(report: StatusReport, name: str, probe: Awaitable[None]) -> Non
 
 
 async def _kafka_status(settings: Settings, report: StatusReport) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                client_id=f"{settings.kafka.client_id}-status",
-                                request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000))
+    admin = new_admin(settings, "status")
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
                                 client_id=f"{settings.kafka.client_id}-status",
                                 request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000))
@@ -117,9 +115,8 @@ async def _kafka_status(settings: Settings, report: StatusReport) -> None:
                     if group == replay_group(settings):
                         continue
                     report.consumer_lag.append(GroupLag(group, topic, sum(lags), len(lags)))
-            dlq = settings.topics.dlq
-            if dlq in await consumer.topics():
-                tps = [TopicPartition(dlq, p) for p in consumer.partitions_for_topic(dlq) or ()]
+            tps = await topic_partitions(admin, settings.topics.dlq)
+            if tps:
                 begins, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
                 report.dlq_depth = sum(ends[tp] - begins[tp] for tp in tps)
                 replayed = await admin.list_consumer_group_offsets(replay_group(settings), partitions=tps)

@@ -7,42 +7,17 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
 from chat4all_workers.kafka.consumer import ConsumerEngine
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
 from tests.stack import StackEndpoints
-from tests.support import eventually, settings_for
+from tests.support import committed_offsets, eventually, produce, settings_for
 
 pytestmark = pytest.mark.stack
 
 Handler = Callable[[ConsumedRecord], Awaitable[None]]
-
-
-async def produce(stack: StackEndpoints, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-    await producer.start()
-    try:
-        for key, value in records:
-            await producer.send(topic, value, key=key)
-        await producer.flush()
-    finally:
-        await producer.stop()
-
-
-async def committed(stack: StackEndpoints, topic: str, group: str, partitions: int) -> dict[int, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, group_id=group)
-    await consumer.start()
-    try:
-        result = {}
-        for p in range(partitions):
-            offset = await consumer.committed(TopicPartition(topic, p))
-            result[p] = -1 if offset is None else offset
-        return result
-    finally:
-        await consumer.stop()
 
 
 def engine_for(
@@ -128,7 +103,7 @@ async def test_consumer_commits_only_up_to_the_first_unfinished_record(
     async with running(engine):
         await eventually(lambda: len(finished) == 9, message="all but offset 3 finished")
         await eventually(lambda: engine.stats().last_commit_age_s is not None, message="a commit")
-        assert (await committed(stack, topic, consumer_group, 1))[0] == 3
+        assert (await committed_offsets(stack, topic, consumer_group))[0] == 3
         release.set()
         await eventually(
             lambda: _committed_is(stack, topic, consumer_group, 10), message="commit after offset 3"
@@ -136,7 +111,7 @@ async def test_consumer_commits_only_up_to_the_first_unfinished_record(
 
 
 async def _committed_is(stack: StackEndpoints, topic: str, group: str, expected: int) -> bool:
-    return (await committed(stack, topic, group, 1))[0] == expected
+    return (await committed_offsets(stack, topic, group))[0] == expected
 
 
 async def test_consumer_bounds_in_flight_records_and_pauses_fetching(
@@ -201,7 +176,7 @@ async def test_consumer_hands_permanent_errors_to_the_role_and_moves_on(
 
     assert dead == [(b"bad", "not a message")]
     assert handled == [b"good"]
-    assert (await committed(stack, topic, consumer_group, 1))[0] == 2
+    assert (await committed_offsets(stack, topic, consumer_group))[0] == 2
 
 
 async def test_consumer_redelivers_unfinished_work_after_a_stop(

@@ -67,8 +67,8 @@ class ChunkRow:
     checksum_sha256: str | None
 
 
-_FILE_COLUMNS = """id, conversation_id, uploader_id, filename, file_size, mime_type, checksum_sha256,
-    storage_key, status, total_chunks, error, completed_at"""
+_FILE_COLUMNS = """id, conversation_id, uploader_id, filename, file_size, mime_type,
+    checksum_sha256, storage_key, status, total_chunks, error, completed_at"""
 
 
 async def try_lock_merge(conn: asyncpg.Connection, file_id: uuid.UUID) -> bool:
@@ -81,7 +81,9 @@ async def try_lock_merge(conn: asyncpg.Connection, file_id: uuid.UUID) -> bool:
 
 
 async def unlock_merge(conn: asyncpg.Connection, file_id: uuid.UUID) -> None:
-    await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", MERGE_LOCK_CLASS, str(file_id))
+    await conn.execute(
+        "SELECT pg_advisory_unlock($1, hashtext($2))", MERGE_LOCK_CLASS, str(file_id)
+    )
 
 
 async def get_file(conn: asyncpg.Connection, file_id: uuid.UUID) -> FileRow | None:

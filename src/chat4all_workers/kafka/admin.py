@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from chat4all_workers.config import Settings
@@ -62,3 +63,19 @@ async def ensure_topics(settings: Settings) -> tuple[list[str], list[str]]:
         return [p.name for p in missing], [p.name for p in plans if p.name in existing]
     finally:
         await admin.close()
+
+
+async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
+    """The topic's partitions, or [] when it does not exist (fresh metadata, not a cache)."""
+    (described,) = await admin.describe_topics([topic])
+    if described["error_code"] != 0:
+        return []
+    return sorted(TopicPartition(topic, p["partition"]) for p in described["partitions"])
+
+
+def new_admin(settings: Settings, purpose: str) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-{purpose}",
+        request_timeout_ms=settings.kafka.request_timeout_ms,
+    )

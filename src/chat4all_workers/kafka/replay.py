@@ -19,6 +19,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from chat4all_workers.config import Settings
+from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.dlq import DLQ_HEADER_PREFIX
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer
 from chat4all_workers.kafka.records import ConsumedRecord
@@ -70,6 +71,14 @@ async def replay_dlq(
     progress: Callable[[ReplaySummary, ConsumedRecord, str], None] | None = None,
 ) -> ReplaySummary:
     summary = ReplaySummary(dry_run=dry_run)
+    admin = new_admin(settings, "dlq-replay")
+    await admin.start()
+    try:
+        partitions = await topic_partitions(admin, settings.topics.dlq)
+    finally:
+        await admin.close()
+    if not partitions:
+        return summary
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         group_id=replay_group(settings),
@@ -82,10 +91,6 @@ async def replay_dlq(
     try:
         if producer is not None:
             await producer.start()
-        topic = settings.topics.dlq
-        partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
-        if not partitions:
-            return summary
         consumer.assign(partitions)
         ends = await consumer.end_offsets(partitions)
         for tp in partitions:
@@ -150,12 +155,6 @@ async def _replay_partition(
             if progress is not None:
                 progress(summary, record, outcome)
     return commit_to
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    if topic not in await consumer.topics():
-        return set()
-    return set(consumer.partitions_for_topic(topic) or ())
 
 
 def _parse_time(text: str | None) -> datetime | None:

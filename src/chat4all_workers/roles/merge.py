@@ -1,14 +1,333 @@
-"""PLACEHOLDER being written in this session; replaced before commit."""
+"""The `merge` role: turns an upload's chunks into one object and announces it.
+
+For each `file_merge_requests` record (key `upload_id`), under a per-upload lock (a PostgreSQL
+advisory lock, so a rebalance that briefly gives the same upload to two workers cannot merge it
+twice at once):
+
+1. read the file; COMPLETED -> finish any interrupted cleanup and emit nothing; FAILED -> nothing;
+2. move it to MERGING;
+3. verify that chunks 1..total_chunks exist, exactly, as `file_chunks` rows and as S3 objects,
+   with matching sizes (and the declared file size, when there is one);
+4. merge to `files/{upload_id}/{sanitised filename}`: server-side `compose_object` when every
+   chunk but the last is at least 5 MiB, otherwise a streamed multipart upload with bounded
+   memory; the file's SHA-256, when `files.checksum_sha256` is set, is checked while reading the
+   data once, before the merged object becomes visible;
+5. emit `file_upload_completed` with a presigned GET URL and wait for Kafka's acknowledgement;
+6. mark the file COMPLETED (file_size, storage_key, completed_at: the same instant as the event);
+7. delete the chunk objects, then the `file_chunks` rows.
+
+A failed check (missing or extra chunks, size or checksum mismatch) marks the file FAILED with the
+reason in `files.error`, keeps every chunk for inspection, and dead-letters the request
+(`dlq.source=merge`). Transient trouble (S3, PostgreSQL, Kafka) retries the whole request.
+
+Crash windows (the offset is committed only after the handler finished, so a crash means the
+request is redelivered and the steps above run again):
+
+- before 5: the merge is redone; the merged object is overwritten with the same bytes; a streamed
+  merge may leave an incomplete multipart upload, which the `gc` role aborts.
+- between 5 and 6 (after Kafka acknowledged the event, before the UPDATE committed): the redelivery
+  merges again and emits a SECOND completion event with a newer URL and completed_at. This is the
+  one duplicate window, one SQL statement wide; consumers key on upload_id. Marking COMPLETED
+  before emitting would instead lose the event in the same window, which is worse.
+- between 6 and 7: the redelivery finds COMPLETED, emits nothing and finishes the cleanup.
+- between FAILED and the DLQ record: the redelivery finds FAILED and does nothing; the reason is
+  still in `files.error`, only the DLQ copy is missing.
+"""
 
 from __future__ import annotations
 
-from chat4all_workers.resources import Need
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from chat4all_workers.config import Settings
+from chat4all_workers.db import files as files_db
+from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
+from chat4all_workers.kafka.consumer import ConsumerEngine
+from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.observability.logging import log_context
+from chat4all_workers.resources import Need, Resources
 from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.storage import merge as s3merge
+from chat4all_workers.storage.s3 import chunk_key, file_key
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL trouble a later attempt may not meet (anything else is a bug).
+_PG_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
+_MAX_LISTED = 20
+
+
+class UnknownUploadError(PermanentError):
+    error_type = "unknown_upload"
+
+
+class MergeRejectedError(PermanentError):
+    """The chunks do not make the file the upload declared; the file is FAILED."""
+
+    error_type = "merge_rejected"
+
+
+@dataclass(frozen=True)
+class MergeRequest:
+    upload_id: uuid.UUID
+    filename: str | None
+    total_chunks: int
+
+
+def parse_request(value: bytes | None) -> MergeRequest:
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecordError(f"merge request is not JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise InvalidRecordError("merge request must be a JSON object")
+    try:
+        upload_id = uuid.UUID(str(doc["upload_id"]))
+    except (KeyError, ValueError) as exc:
+        raise InvalidRecordError(f"merge request needs a uuid upload_id: {exc!r}") from exc
+    total = doc.get("total_chunks")
+    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+        raise InvalidRecordError(f"total_chunks must be a positive integer, got {total!r}")
+    filename = doc.get("filename")
+    return MergeRequest(upload_id, filename if isinstance(filename, str) else None, total)
+
+
+class Merger:
+    """The handler of one merge role instance; holds only what it was given."""
+
+    def __init__(self, settings: Settings, resources: Resources) -> None:
+        self._settings = settings
+        self._resources = resources
+        self._bucket = settings.s3.bucket
+
+    async def handle(self, record: ConsumedRecord) -> None:
+        request = parse_request(record.value)
+        try:
+            async with self._resources.postgres().acquire() as conn:
+                if not await files_db.try_lock_merge(conn, request.upload_id):
+                    raise RetryableError(f"upload {request.upload_id} is being merged elsewhere")
+                try:
+                    await self._merge(conn, request)
+                finally:
+                    # asyncpg's connection reset also drops advisory locks, should this fail.
+                    await files_db.unlock_merge(conn, request.upload_id)
+        except _PG_ERRORS as exc:
+            raise RetryableError(f"postgres: {exc!r}") from exc
+
+    async def dead_letter(self, record: ConsumedRecord, exc: PermanentError) -> None:
+        log.error("merge request dead-lettered (%s): %s", exc.error_type, exc)
+        await dead_letter(
+            self._resources.kafka(),
+            dlq_topic=self._settings.topics.dlq,
+            value=record.value or b"",
+            key=record.key,
+            source="merge",
+            reason=str(exc),
+            error_type=exc.error_type,
+            attempts=1,
+            original_topic=record.topic,
+            original_partition=record.partition,
+            original_offset=record.offset,
+        )
+        self._resources.metrics.dlq_messages.inc({"source": "merge", "reason": exc.error_type})
+
+    async def _merge(self, conn: asyncpg.Connection, request: MergeRequest) -> None:
+        upload_id = request.upload_id
+        current = await files_db.get_file(conn, upload_id)
+        if current is None:
+            raise UnknownUploadError(f"no file row for upload {upload_id}")
+        with log_context(conversation_id=current.conversation_id, user_id=current.uploader_id):
+            if current.status == "COMPLETED":
+                log.info("upload %s is already COMPLETED; replay ignored", upload_id)
+                await self._remove_chunks(conn, upload_id)
+                return
+            file = await files_db.start_merging(conn, upload_id)
+            if file is None:
+                log.info("upload %s is %s; merge request ignored", upload_id, current.status)
+                return
+            try:
+                chunks = await self._verified_chunks(conn, file, request)
+                key = file_key(str(upload_id), file.filename)
+                await self._write(key, chunks, file)
+            except PermanentError as exc:
+                await files_db.mark_failed(conn, upload_id, str(exc))
+                raise
+            completed_at = datetime.now(UTC)
+            size = sum(c.size for c in chunks)
+            await self._announce(file, key, size, completed_at)
+            await files_db.mark_completed(
+                conn, upload_id, file_size=size, storage_key=key, completed_at=completed_at
+            )
+            log.info("upload %s merged into %s (%d bytes)", upload_id, key, size)
+            await self._remove_chunks(conn, upload_id)
+
+    async def _verified_chunks(
+        self, conn: asyncpg.Connection, file: files_db.FileRow, request: MergeRequest
+    ) -> list[s3merge.SourceChunk]:
+        total = request.total_chunks
+        if file.total_chunks is not None and file.total_chunks != total:
+            raise MergeRejectedError(
+                f"request says {total} chunks, the upload declared {file.total_chunks}"
+            )
+        expected = range(1, total + 1)
+        rows = {row.chunk_number: row for row in await files_db.chunk_rows(conn, file.id)}
+        objects = await s3merge.list_sizes(
+            self._resources.s3_client(), self._bucket, f"chunks/{file.id}/"
+        )
+        keys = {n: chunk_key(str(file.id), n) for n in expected}
+        problems = [
+            _numbers("missing chunk rows", [n for n in expected if n not in rows]),
+            _numbers("extra chunk rows", sorted(n for n in rows if n > total)),
+            _numbers("missing chunk objects", [n for n in expected if keys[n] not in objects]),
+            _names("extra chunk objects", sorted(set(objects) - set(keys.values()))),
+            _numbers(
+                "chunk sizes differ between rows and objects",
+                [
+                    n
+                    for n in expected
+                    if n in rows and keys[n] in objects and rows[n].chunk_size != objects[keys[n]]
+                ],
+            ),
+        ]
+        reasons = [p for p in problems if p]
+        if not reasons:
+            size = sum(objects[keys[n]] for n in expected)
+            if file.file_size is not None and file.file_size != size:
+                reasons.append(
+                    f"chunks add up to {size} bytes, the upload declared {file.file_size}"
+                )
+        if reasons:
+            raise MergeRejectedError("; ".join(reasons))
+        return [
+            s3merge.SourceChunk(keys[n], objects[keys[n]], rows[n].checksum_sha256)
+            for n in expected
+        ]
+
+    async def _write(
+        self, key: str, chunks: Sequence[s3merge.SourceChunk], file: files_db.FileRow
+    ) -> None:
+        client = self._resources.s3_client()
+        merge = self._settings.merge
+        if s3merge.can_compose([c.size for c in chunks]):
+            await s3merge.merge_server_side(
+                client,
+                self._bucket,
+                key,
+                chunks,
+                content_type=file.mime_type,
+                expected_sha256=file.checksum_sha256,
+                block_bytes=merge.read_block_bytes,
+            )
+        else:
+            await s3merge.merge_streaming(
+                client,
+                self._bucket,
+                key,
+                chunks,
+                content_type=file.mime_type,
+                expected_sha256=file.checksum_sha256,
+                part_size_bytes=merge.stream_part_size_bytes,
+                block_bytes=merge.read_block_bytes,
+            )
+
+    async def _announce(
+        self, file: files_db.FileRow, key: str, size: int, completed_at: datetime
+    ) -> None:
+        try:
+            url = await self._resources.s3_client().presigned_get_object(
+                self._bucket,
+                key,
+                expires=timedelta(seconds=self._settings.merge.download_url_expiry_s),
+            )
+        except s3merge.S3_ERRORS as exc:
+            raise RetryableError(f"presigning {key} failed: {exc!r}") from exc
+        event: dict[str, Any] = {
+            "upload_id": str(file.id),
+            "file_id": str(file.id),
+            "conversation_id": file.conversation_id,
+            "uploader_id": file.uploader_id,
+            "filename": file.filename,
+            "file_size": size,
+            "mime_type": file.mime_type,
+            "storage_key": key,
+            "download_url": url,
+            "completed_at": completed_at.isoformat().replace("+00:00", "Z"),
+        }
+        await self._resources.kafka().send(
+            OutgoingRecord(
+                self._settings.topics.file_upload_completed,
+                orjson.dumps(event),
+                key=str(file.id).encode(),
+            )
+        )
+
+    async def _remove_chunks(self, conn: asyncpg.Connection, upload_id: uuid.UUID) -> None:
+        await s3merge.remove_prefix(
+            self._resources.s3_client(), self._bucket, f"chunks/{upload_id}/"
+        )
+        await files_db.delete_chunk_rows(conn, upload_id)
+
+
+def _numbers(what: str, numbers: Sequence[int]) -> str:
+    if not numbers:
+        return ""
+    shown = ", ".join(str(n) for n in numbers[:_MAX_LISTED])
+    more = f" and {len(numbers) - _MAX_LISTED} more" if len(numbers) > _MAX_LISTED else ""
+    return f"{what}: {shown}{more}"
+
+
+def _names(what: str, names: Sequence[str]) -> str:
+    if not names:
+        return ""
+    more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+    return f"{what}: {', '.join(names[:_MAX_LISTED])}{more}"
 
 
 async def run(ctx: RoleContext) -> None:
+    merger = Merger(ctx.settings, ctx.resources)
+    engine = ConsumerEngine(
+        settings=ctx.settings.kafka,
+        topics=[ctx.settings.topics.file_merge_requests],
+        group_id=f"{ctx.settings.kafka.consumer_group}-merge",
+        role=ctx.name,
+        handler=merger.handle,
+        on_permanent=merger.dead_letter,
+        metrics=ctx.metrics,
+        max_in_flight=ctx.settings.merge.max_concurrent,
+        drain=ctx.drain,
+    )
+    async with asyncio.TaskGroup() as tasks:
+        announcer = tasks.create_task(_ready_when_assigned(engine, ctx))
+        try:
+            await engine.run(ctx.stopping)
+        finally:
+            announcer.cancel()
+
+
+async def _ready_when_assigned(engine: ConsumerEngine, ctx: RoleContext) -> None:
+    await engine.ready.wait()
     ctx.mark_ready()
-    await ctx.stopping.wait()
 
 
-ROLE = RoleSpec(name="merge", description="(being written)", needs=frozenset({Need.REDIS}), run=run)
+ROLE = RoleSpec(
+    name="merge",
+    description="merges uploaded chunks into one S3 object and emits file_upload_completed",
+    needs=frozenset({Need.KAFKA, Need.POSTGRES, Need.S3}),
+    run=run,
+)

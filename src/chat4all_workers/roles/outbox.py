@@ -1,14 +1,303 @@
-"""PLACEHOLDER being written in this session; replaced before commit."""
+"""The outbox poller: publishes `outbox_events` rows to Kafka, in order per aggregate, once.
+
+A batch is claimed, published and marked in ONE transaction: the rows stay locked while Kafka
+acknowledges them, and they are marked published only after every acknowledgement. A crash before
+the commit leaves them unpublished for the next poller (at least once); in the normal case no
+event is published twice, however many pollers run (see db/outbox.py for the claim).
+
+What happens to a claimed event:
+- acknowledged: marked published; a `message.*` event with a `conversation_id` is also announced
+  on the Redis channel `conversation:{id}` after the commit (best effort, like all pub/sub);
+- Kafka failed: `attempts` + 1, `last_error`, and `next_attempt_at` = now + base * 2**attempts;
+  later events of the same aggregate wait behind it;
+- claimed again with `attempts` past `outbox.max_retries`: dead-lettered (source `outbox`, the
+  intended topic as `dlq.original_topic`) and marked published with `last_error` kept;
+- Kafka refused it for good (PermanentError): dead-lettered at once;
+- breaker open (CircuitOpenError): the transaction rolls back, nothing is burned, the poller waits.
+
+Woken by LISTEN/NOTIFY on `outbox.notify_channel` (one pooled connection is held for it) and by a
+poll every `outbox.poll_interval_ms`; a full batch is followed at once by the next one.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.exceptions as redis_errors
+
+from chat4all_workers.backoff import backoff_delay_s
+from chat4all_workers.config import Settings
+from chat4all_workers.db import outbox as db
+from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
+from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
 
+log = logging.getLogger(__name__)
+
+
+def route(settings: Settings, event_type: str, row_topic: str | None) -> str:
+    """The topic of an event: the row's own, else `outbox.routes` (exact, then glob), else the
+    SPEC's table."""
+    if row_topic:
+        return row_topic
+    routes = settings.outbox.routes
+    if event_type in routes:
+        return routes[event_type]
+    for pattern, topic in routes.items():
+        if fnmatch.fnmatchcase(event_type, pattern):
+            return topic
+    topics = settings.topics
+    if event_type == "message.created":
+        return topics.message_processing
+    if event_type.startswith("message."):
+        return topics.message_events
+    if event_type.startswith("file."):
+        return topics.file_events
+    if event_type.startswith("conversation."):
+        return topics.conversation_events
+    return topics.default_events
+
+
+@dataclass
+class _Prepared:
+    event: db.OutboxEvent
+    topic: str
+    record: OutgoingRecord
+    payload: Any
+
+
+def _prepare(settings: Settings, event: db.OutboxEvent) -> _Prepared:
+    payload = orjson.loads(event.payload)
+    conversation_id = payload.get("conversation_id") if isinstance(payload, dict) else None
+    key = f"conversation:{conversation_id}" if conversation_id is not None else event.aggregate_id
+    topic = route(settings, event.event_type, event.topic)
+    headers = [
+        ("event_id", str(event.id).encode()),
+        ("event_type", event.event_type.encode()),
+        ("aggregate_type", event.aggregate_type.encode()),
+        ("aggregate_id", event.aggregate_id.encode()),
+    ]
+    record = OutgoingRecord(topic, orjson.dumps(payload), key.encode(), headers)
+    return _Prepared(event, topic, record, payload)
+
+
+@dataclass
+class _Outcome:
+    published: list[_Prepared] = field(default_factory=list)
+    dead: list[uuid.UUID] = field(default_factory=list)
+    failed: list[db.Failure] = field(default_factory=list)
+
+
+class _Poller:
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings.outbox
+        self.pool: asyncpg.Pool = ctx.resources.postgres()
+        self.producer = ctx.resources.kafka()
+        self._pending_at = -float("inf")
+
+    async def publish_once(self) -> int:
+        """Claim, publish and mark one batch; returns how many events it claimed."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            events = await db.claim(conn, limit=self.settings.batch_size)
+            if not events:
+                return 0
+            outcome = await self._deliver(events)
+            await db.mark_published(
+                conn, [p.event.id for p in outcome.published] + outcome.dead
+            )
+            await db.mark_failed(conn, outcome.failed)
+        await self._announce(outcome.published)
+        for label, count in (
+            ("published", len(outcome.published)),
+            ("dead_lettered", len(outcome.dead)),
+            ("failed", len(outcome.failed)),
+        ):
+            if count:
+                self.ctx.metrics.messages_processed.add(
+                    {"role": self.ctx.name, "channel": "", "outcome": label}, count
+                )
+        return len(events)
+
+    async def _deliver(self, events: Sequence[db.OutboxEvent]) -> _Outcome:
+        outcome = _Outcome()
+        blocked: set[tuple[str, str]] = set()
+        to_send: list[_Prepared] = []
+        for event in events:
+            if event.aggregate in blocked:
+                continue
+            prepared = _prepare(self.ctx.settings, event)
+            if event.attempts > self.settings.max_retries:
+                if await self._dead_letter(prepared, event.last_error or "retries exhausted"):
+                    outcome.dead.append(event.id)
+                else:
+                    blocked.add(event.aggregate)
+                continue
+            to_send.append(prepared)
+        try:
+            await self.producer.send_many([p.record for p in to_send])
+        except CircuitOpenError:
+            raise
+        except RetryableError as exc:
+            outcome.failed += [self._failure(p.event, exc) for p in to_send]
+        except PermanentError:
+            await self._deliver_one_by_one(to_send, outcome)
+        else:
+            outcome.published += to_send
+        return outcome
+
+    async def _deliver_one_by_one(self, batch: Sequence[_Prepared], outcome: _Outcome) -> None:
+        """Kafka refused something in the batch: find which, keeping per-aggregate order."""
+        blocked: set[tuple[str, str]] = set()
+        for prepared in batch:
+            event = prepared.event
+            if event.aggregate in blocked:
+                continue
+            try:
+                await self.producer.send(prepared.record)
+            except PermanentError as exc:
+                if await self._dead_letter(prepared, str(exc)):
+                    outcome.dead.append(event.id)
+                    continue
+                blocked.add(event.aggregate)
+                outcome.failed.append(self._failure(event, exc))
+            except RetryableError as exc:  # includes CircuitOpenError: wait like any failure
+                blocked.add(event.aggregate)
+                outcome.failed.append(self._failure(event, exc))
+            else:
+                outcome.published.append(prepared)
+
+    def _failure(self, event: db.OutboxEvent, exc: Exception) -> db.Failure:
+        delay = backoff_delay_s(
+            event.attempts,
+            base_s=self.settings.backoff_base_s,
+            cap_s=self.settings.backoff_cap_s,
+            jitter=False,
+        )
+        log.warning(
+            "outbox event %s (%s) failed, attempt %d, retry in %.1fs: %s",
+            event.id,
+            event.event_type,
+            event.attempts + 1,
+            delay,
+            exc,
+        )
+        return db.Failure(event.id, f"{type(exc).__name__}: {exc}"[:2000], delay)
+
+    async def _dead_letter(self, prepared: _Prepared, reason: str) -> bool:
+        """True when the DLQ acknowledged; False leaves the event for a later claim."""
+        event = prepared.event
+        try:
+            await dead_letter(
+                self.producer,
+                dlq_topic=self.ctx.settings.topics.dlq,
+                value=prepared.record.value,
+                key=prepared.record.key,
+                source="outbox",
+                reason=reason,
+                error_type="retries_exhausted"
+                if event.attempts > self.settings.max_retries
+                else "kafka_refused",
+                attempts=event.attempts,
+                original_topic=prepared.topic,
+                extra_headers=list(prepared.record.headers),
+            )
+        except CircuitOpenError:
+            raise
+        except (RetryableError, PermanentError) as exc:
+            log.warning("could not dead-letter outbox event %s yet: %s", event.id, exc)
+            return False
+        self.ctx.metrics.dlq_messages.inc({"source": "outbox", "reason": "retries_exhausted"})
+        log.error("outbox event %s dead-lettered: %s", event.id, reason)
+        return True
+
+    async def _announce(self, published: Sequence[_Prepared]) -> None:
+        """Tell live clients about message events; pub/sub is best effort by nature."""
+        notes = [
+            (p.payload["conversation_id"], {"type": p.event.event_type, **p.payload})
+            for p in published
+            if p.event.event_type.startswith("message.")
+            and isinstance(p.payload, dict)
+            and p.payload.get("conversation_id") is not None
+        ]
+        if not notes:
+            return
+        resources = self.ctx.resources
+        try:
+            async with resources.redis_client().pipeline(transaction=False) as pipe:
+                for conversation_id, note in notes:
+                    channel = resources.redis_key(f"conversation:{conversation_id}")
+                    pipe.publish(channel, orjson.dumps(note))
+                await pipe.execute()
+        except (redis_errors.RedisError, OSError) as exc:
+            log.warning("could not announce %d outbox events on Redis: %s", len(notes), exc)
+
+    async def refresh_pending(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._pending_at >= self.settings.pending_refresh_s:
+            self._pending_at = now
+            self.ctx.metrics.outbox_pending.set({}, await db.count_pending(self.pool))
+
 
 async def run(ctx: RoleContext) -> None:
-    ctx.mark_ready()
-    await ctx.stopping.wait()
+    poller = _Poller(ctx)
+    wake = asyncio.Event()
+    channel = ctx.settings.outbox.notify_channel
+    interval_s = ctx.settings.outbox.poll_interval_ms / 1000
+
+    def on_notify(*_: object) -> None:
+        wake.set()
+
+    async with poller.pool.acquire() as listener, asyncio.TaskGroup() as tasks:
+        await listener.add_listener(channel, on_notify)
+        stop_waker = tasks.create_task(_wake_on(ctx.stopping, wake))
+        try:
+            ctx.mark_ready()
+            await _poll(ctx, poller, wake, interval_s)
+        finally:
+            stop_waker.cancel()
+            await listener.remove_listener(channel, on_notify)
+            await poller.refresh_pending(force=True)
 
 
-ROLE = RoleSpec(name="outbox", description="(being written)", needs=frozenset({Need.REDIS}), run=run)
+async def _poll(ctx: RoleContext, poller: _Poller, wake: asyncio.Event, interval_s: float) -> None:
+    while not ctx.stopping.is_set():
+        wake.clear()
+        try:
+            claimed = await poller.publish_once()
+        except CircuitOpenError as exc:
+            log.info("kafka circuit open; outbox events wait: %s", exc)
+            claimed = 0
+        await poller.refresh_pending()
+        if claimed:
+            continue
+        if ctx.drain and not await db.has_due(poller.pool):
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await wake.wait()
+
+
+async def _wake_on(stopping: asyncio.Event, wake: asyncio.Event) -> None:
+    await stopping.wait()
+    wake.set()
+
+
+ROLE = RoleSpec(
+    name="outbox",
+    description="publishes outbox_events rows to Kafka in per-aggregate order",
+    needs=frozenset({Need.POSTGRES, Need.KAFKA, Need.REDIS}),
+    run=run,
+)

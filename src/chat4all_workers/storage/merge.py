@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -36,7 +36,12 @@ log = logging.getLogger(__name__)
 MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 # Errors of the S3 client or its transport that a later attempt may not meet.
-S3_ERRORS: tuple[type[Exception], ...] = (MinioException, aiohttp.ClientError, OSError, TimeoutError)
+S3_ERRORS: tuple[type[Exception], ...] = (
+    MinioException,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 class ChecksumMismatchError(PermanentError):
@@ -81,7 +86,9 @@ async def merge_server_side(
     if expected_sha256 is not None:
         hasher = hashlib.sha256()
         for chunk in chunks:
-            async with contextlib.aclosing(_read_chunk(client, bucket, chunk, block_bytes)) as blocks:
+            async with contextlib.aclosing(
+                _read_chunk(client, bucket, chunk, block_bytes)
+            ) as blocks:
                 async for block in blocks:
                     hasher.update(block)
         _check_digest(hasher, expected_sha256)
@@ -118,7 +125,9 @@ async def merge_streaming(
         buffer = bytearray()
         part_number = 0
         for chunk in chunks:
-            async with contextlib.aclosing(_read_chunk(client, bucket, chunk, block_bytes)) as blocks:
+            async with contextlib.aclosing(
+                _read_chunk(client, bucket, chunk, block_bytes)
+            ) as blocks:
                 async for block in blocks:
                     hasher.update(block)
                     buffer += block
@@ -200,7 +209,7 @@ async def abort_multipart_uploads(
 
 async def _read_chunk(
     client: Minio, bucket: str, chunk: SourceChunk, block_bytes: int
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """A chunk's bytes in blocks of at most `block_bytes`, its size and SHA-256 checked.
     Callers wrap it in `contextlib.aclosing` so that the response is closed when they stop early.
     """

@@ -1,0 +1,97 @@
+"""`status` reads a deployment from the outside and says what is wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.producer import Producer
+from chat4all_workers.status import collect_status
+from tests.support import REPO, Deployment
+
+pytestmark = pytest.mark.stack
+
+
+async def seed_trouble(deployment: Deployment) -> None:
+    """Two stale outbox events, a stuck merge, a fallback backlog, a dead item, a DLQ record."""
+    conn = await asyncpg.connect(deployment.database_url)
+    try:
+        for _ in range(2):
+            await conn.execute(
+                """INSERT INTO outbox_events (id, aggregate_type, aggregate_id, event_type, payload,
+                                              created_at)
+                   VALUES ($1, 'conversation', '1', 'message.created', '{}',
+                           now() - interval '1 hour')""",
+                uuid.uuid4(),
+            )
+        await conn.execute(
+            """INSERT INTO files (id, filename, status, updated_at)
+               VALUES ($1, 'a.pdf', 'MERGING', now() - interval '3 hours')""",
+            uuid.uuid4(),
+        )
+    finally:
+        await conn.close()
+    redis = aioredis.from_url(deployment.stack.redis_url)
+    try:
+        queue = f"{deployment.redis_prefix}fallback:message_queue"
+        await redis.rpush(queue, b"{}", b"{}", b"{}")
+        await redis.rpush(f"{queue}:dead", b"junk")
+    finally:
+        await redis.aclose()
+    settings = deployment.settings()
+    producer = Producer(settings.kafka, settings.breaker)
+    await producer.start()
+    try:
+        await dead_letter(producer, dlq_topic=settings.topics.dlq, value=b"x", key=None,
+                          source="router", reason="r", error_type="e", attempts=1,
+                          original_topic=settings.topics.message_processing)
+    finally:
+        await producer.stop()
+
+
+async def test_status_reports_backlogs_and_calls_them_unhealthy(deployment: Deployment) -> None:
+    await seed_trouble(deployment)
+
+    report = await collect_status(deployment.settings(), workers=[])
+
+    assert report.errors == {}
+    assert report.outbox_pending == 2
+    assert report.outbox_oldest_age_s is not None
+    assert report.outbox_oldest_age_s > 3000
+    assert report.fallback_queue == 3
+    assert report.fallback_dead == 1
+    assert report.dlq_depth == 1
+    assert report.dlq_unreplayed == 1
+    assert report.files_stuck_merging == 1
+    assert not report.healthy
+    assert any("MERGING" in p for p in report.problems)
+
+
+async def test_status_of_a_quiet_deployment_is_healthy(deployment: Deployment) -> None:
+    report = await collect_status(deployment.settings(), workers=[])
+
+    assert report.problems == []
+    assert (report.outbox_pending, report.fallback_queue, report.dlq_depth) == (0, 0, 0)
+
+
+async def test_status_cli_prints_json_and_exits_1_when_unhealthy(deployment: Deployment) -> None:
+    await seed_trouble(deployment)
+    env = deployment.environ()
+
+    result = subprocess.run(
+        [sys.executable, "-m", "chat4all_workers", "status", "--json", "--workers", ""],
+        env={"PATH": "/usr/bin:/bin", **env}, cwd=REPO, capture_output=True, text=True,
+        timeout=60, check=False,
+    )
+
+    assert result.returncode == 1, result.stderr
+    body = json.loads(result.stdout)
+    assert body["healthy"] is False
+    assert body["fallback_queue"] == 3

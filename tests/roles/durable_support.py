@@ -1,0 +1,148 @@
+"""Test helpers for the durable pipeline: read a whole topic, and a Kafka outage on demand.
+
+`KafkaProxy` is a loopback TCP proxy in front of the shared broker that also rewrites Metadata
+responses so the broker appears to live at the proxy's address. Without the rewrite only the
+bootstrap connection would pass through it: the broker advertises 127.0.0.1:9092 and a client
+would connect there directly once it has metadata. With it, every producer connection goes
+through the proxy, and `stop()` (close the listener and cut every live connection) is an honest
+network outage for that client only, while other engineers keep using the broker. It assumes a
+single-broker cluster (the dev stack); only Metadata carries broker addresses for a producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.protocol import metadata as metadata_protocol
+
+from tests.stack import StackEndpoints
+
+_METADATA_API_KEY = 3
+
+
+async def read_topic(
+    stack: StackEndpoints, topic: str, *, expect: int, timeout_s: float = 30.0
+) -> list[tuple[int, bytes | None, bytes, dict[str, bytes]]]:
+    """Every record of `topic` from the beginning, once at least `expect` arrived (or the
+    deadline passed): (partition, key, value, headers)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        while partitions is None:
+            await consumer.topics()  # refreshes metadata
+            partitions = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[int, bytes | None, bytes, dict[str, bytes]]] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(out) < expect and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for tp_records in batch.values():
+                out += [(r.partition, r.key, r.value, dict(r.headers)) for r in tp_records]
+        # Whatever else is already there (duplicates would show up here).
+        ends = await consumer.end_offsets(tps)
+        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
+            for tp_records in batch.values():
+                out += [(r.partition, r.key, r.value, dict(r.headers)) for r in tp_records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+class KafkaProxy:
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.rpartition(":")
+        self._upstream = (host, int(port))
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """The outage: refuse new connections and cut the open ones."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(client_w)
+        upstream_w: asyncio.StreamWriter | None = None
+        try:
+            upstream_r, upstream_w = await asyncio.open_connection(*self._upstream)
+            self._writers.add(upstream_w)
+            pending: dict[int, tuple[int, int]] = {}  # correlation id -> (api key, version)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._requests(client_r, upstream_w, pending))
+                tg.create_task(self._responses(upstream_r, client_w, pending))
+        except (OSError, asyncio.IncompleteReadError, ExceptionGroup):
+            pass
+        finally:
+            for writer in (client_w, upstream_w):
+                if writer is not None:
+                    self._writers.discard(writer)
+                    writer.transport.abort()
+            self._tasks.discard(task)
+
+    async def _requests(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pending: dict[int, tuple[int, int]],
+    ) -> None:
+        async for frame in _frames(reader):
+            api_key, version, correlation = struct.unpack(">hhi", frame[:8])
+            pending[correlation] = (api_key, version)
+            writer.write(struct.pack(">i", len(frame)) + frame)
+            await writer.drain()
+
+    async def _responses(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        pending: dict[int, tuple[int, int]],
+    ) -> None:
+        async for frame in _frames(reader):
+            (correlation,) = struct.unpack(">i", frame[:4])
+            api_key, version = pending.pop(correlation, (-1, -1))
+            if api_key == _METADATA_API_KEY:
+                frame = frame[:4] + self._rewrite_metadata(version, frame[4:])
+            writer.write(struct.pack(">i", len(frame)) + frame)
+            await writer.drain()
+
+    def _rewrite_metadata(self, version: int, body: bytes) -> bytes:
+        response_type = getattr(metadata_protocol, f"MetadataResponse_v{version}")
+        response = response_type.decode(body)
+        response.brokers = [
+            (broker[0], "127.0.0.1", self.port, *broker[3:]) for broker in response.brokers
+        ]
+        return bytes(response.encode())
+
+
+async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
+    with contextlib.suppress(asyncio.IncompleteReadError):
+        while True:
+            (size,) = struct.unpack(">i", await reader.readexactly(4))
+            yield await reader.readexactly(size)
