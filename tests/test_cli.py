@@ -15,7 +15,9 @@ from tests.stack import StackEndpoints
 REPO = Path(__file__).resolve().parent.parent
 
 
-def cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT4ALL_", "ROLES"))}
     return subprocess.run(
         [sys.executable, "-m", "chat4all_workers", *args],
@@ -56,8 +58,11 @@ def test_cli_bad_file_value_exits_2_naming_the_key_and_file(tmp_path: Path) -> N
 
 
 def test_cli_config_show_hides_secrets_and_names_sources() -> None:
-    result = cli("config", "show", env={"DATABASE_URL": "postgresql://u:hunter2@db/x",
-                                        "MINIO_SECRET_KEY": "s3cr3t-value"})
+    result = cli(
+        "config",
+        "show",
+        env={"DATABASE_URL": "postgresql://u:hunter2@db/x", "MINIO_SECRET_KEY": "s3cr3t-value"},
+    )
 
     assert result.returncode == 0
     assert "hunter2" not in result.stdout
@@ -72,8 +77,16 @@ def test_cli_roles_lists_every_role_and_whether_enabled() -> None:
     lines = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()}
     assert lines["gc"] == "enabled"
     assert lines["router"] == "disabled"
-    assert set(lines) >= {"router", "status_updater", "outbox", "backfill", "merge", "gc",
-                          "whatsapp_mock", "instagram_mock"}
+    assert set(lines) >= {
+        "router",
+        "status_updater",
+        "outbox",
+        "backfill",
+        "merge",
+        "gc",
+        "whatsapp_mock",
+        "instagram_mock",
+    }
 
 
 def test_cli_run_once_rejects_a_long_running_role() -> None:
@@ -94,8 +107,10 @@ async def test_cli_db_migrate_is_idempotent(stack: StackEndpoints, pg_database: 
     assert "up to date" in second.stdout
     conn = await asyncpg.connect(pg_database)
     try:
-        tables = {r["tablename"] for r in await conn.fetch(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+        tables = {
+            r["tablename"]
+            for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
     finally:
         await conn.close()
     assert {"messages", "message_status_history", "outbox_events", "files", "file_chunks"} <= tables

@@ -29,7 +29,9 @@ def test_settings_precedence_is_flag_then_env_then_file_then_default() -> None:
 
 
 def test_settings_every_key_has_a_generic_env_name() -> None:
-    settings = Settings.load({"CHAT4ALL_KAFKA_MAX_IN_FLIGHT": "42", "CHAT4ALL_REDIS_KEY_PREFIX": "t:"})
+    settings = Settings.load(
+        {"CHAT4ALL_KAFKA_MAX_IN_FLIGHT": "42", "CHAT4ALL_REDIS_KEY_PREFIX": "t:"}
+    )
 
     assert settings.kafka.max_in_flight == 42
     assert settings.redis.key_prefix == "t:"
@@ -37,7 +39,11 @@ def test_settings_every_key_has_a_generic_env_name() -> None:
 
 def test_settings_parse_env_lists_tables_and_booleans() -> None:
     settings = Settings.load(
-        {"ROLES": "router, outbox", "MINIO_SECURE": "yes", "CHAT4ALL_OUTBOX_ROUTES": "a.b=t1,c.*=t2"}
+        {
+            "ROLES": "router, outbox",
+            "MINIO_SECURE": "yes",
+            "CHAT4ALL_OUTBOX_ROUTES": "a.b=t1,c.*=t2",
+        }
     )
 
     assert settings.roles.enabled == ("router", "outbox")
@@ -50,7 +56,11 @@ def test_settings_parse_env_lists_tables_and_booleans() -> None:
     [
         ({"OUTBOX_BATCH_SIZE": "lots"}, {}, "outbox.batch_size (env OUTBOX_BATCH_SIZE)"),
         ({"MINIO_SECURE": "maybe"}, {}, "s3.secure (env MINIO_SECURE)"),
-        ({}, {"kafka": {"max_in_flight": "many"}}, "kafka.max_in_flight (supervisor.toml): expected int"),
+        (
+            {},
+            {"kafka": {"max_in_flight": "many"}},
+            "kafka.max_in_flight (supervisor.toml): expected int",
+        ),
         ({}, {"kafka": {"no_such_key": 1}}, "kafka.no_such_key (supervisor.toml): unknown key"),
         ({}, {"nonsense": {}}, "nonsense (supervisor.toml): unknown section"),
         ({"KAFKA_AUTO_OFFSET_RESET": "middle"}, {}, "must be one of ['earliest', 'latest']"),

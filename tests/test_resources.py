@@ -58,9 +58,21 @@ def own_redis(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed"
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         yield proc
@@ -81,8 +93,10 @@ async def test_readyz_turns_503_while_a_dependency_is_down_and_200_when_back(
     settings = settings_for(stack, redis={"url": f"redis://127.0.0.1:{port}/0"})
     with own_redis(port, tmp_path) as first:
         await eventually(lambda: _accepts(port), message="redis up")
-        async with Supervisor(settings, roles=[role_needing(Need.REDIS)]) as sup, \
-                aiohttp.ClientSession() as http:
+        async with (
+            Supervisor(settings, roles=[role_needing(Need.REDIS)]) as sup,
+            aiohttp.ClientSession() as http,
+        ):
             await sup.wait_ready(10)
             assert sup.http_port is not None
             status, body = await readyz(http, sup.http_port)

@@ -16,8 +16,14 @@ from tests.support import eventually
 
 
 def fast_settings(**supervisor: float) -> Settings:
-    values = {"backoff_base_s": 0.01, "backoff_cap_s": 0.05, "max_restarts": 3,
-              "restart_window_s": 60.0, "shutdown_timeout_s": 2.0, **supervisor}
+    values = {
+        "backoff_base_s": 0.01,
+        "backoff_cap_s": 0.05,
+        "max_restarts": 3,
+        "restart_window_s": 60.0,
+        "shutdown_timeout_s": 2.0,
+        **supervisor,
+    }
     return Settings.load({}, {"supervisor": values, "observability": {"metrics_port": 0}})
 
 
@@ -65,8 +71,9 @@ def test_backoff_full_jitter_stays_within_the_ceiling() -> None:
 async def test_supervisor_restarts_a_crashing_role_and_counts_restarts() -> None:
     crasher, ticker = Crasher(), Ticker()
     settings = fast_settings(max_restarts=100)
-    async with Supervisor(settings, roles=[spec("crashy", crasher), spec("steady", ticker)],
-                          serve_http=False) as sup:
+    async with Supervisor(
+        settings, roles=[spec("crashy", crasher), spec("steady", ticker)], serve_http=False
+    ) as sup:
         await eventually(lambda: len(crasher.starts) >= 4, message="four starts")
         (restarts,) = [s.restarts_total for s in sup.stats() if s.role == "crashy"]
 
@@ -79,8 +86,9 @@ async def test_supervisor_restarts_a_crashing_role_and_counts_restarts() -> None
 async def test_supervisor_escalates_a_permanent_role_past_its_intensity() -> None:
     crasher, ticker = Crasher(), Ticker()
     settings = fast_settings(max_restarts=2)
-    async with Supervisor(settings, roles=[spec("crashy", crasher), spec("steady", ticker)],
-                          serve_http=False) as sup:
+    async with Supervisor(
+        settings, roles=[spec("crashy", crasher), spec("steady", ticker)], serve_http=False
+    ) as sup:
         with pytest.raises(RoleFailedError, match="crashy") as failure:
             await asyncio.wait_for(sup.wait(), 10)
         ticks_while_crashing = ticker.ticks
@@ -135,8 +143,9 @@ async def test_supervisor_gives_back_the_restart_budget_after_a_healthy_run() ->
         raise RuntimeError("crash after a long healthy run")
 
     settings = fast_settings(max_restarts=2, reset_after_s=300.0)
-    async with Supervisor(settings, roles=[spec("long", healthy_then_crash)], serve_http=False,
-                          clock=lambda: now[0]) as sup:
+    async with Supervisor(
+        settings, roles=[spec("long", healthy_then_crash)], serve_http=False, clock=lambda: now[0]
+    ) as sup:
         await eventually(lambda: starts >= 8, message="many restarts without escalation")
 
     assert sup.failure is None
@@ -165,8 +174,9 @@ async def test_supervisor_drain_mode_returns_when_roles_finish() -> None:
         ctx.mark_ready()
         done.append(ctx.name)
 
-    async with Supervisor(fast_settings(), roles=[spec("a", finite), spec("b", finite)],
-                          drain=True, serve_http=False) as sup:
+    async with Supervisor(
+        fast_settings(), roles=[spec("a", finite), spec("b", finite)], drain=True, serve_http=False
+    ) as sup:
         await asyncio.wait_for(sup.wait(), 5)
 
     assert sorted(done) == ["a", "b"]

@@ -73,14 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.add_argument(
-        "--workers", metavar="URLS",
+        "--workers",
+        metavar="URLS",
         help="comma-separated base URLs of workers' operations ports "
         "(default: http://127.0.0.1:$METRICS_PORT)",
     )
-    status.add_argument("--max-lag", type=int, default=10_000, metavar="N",
-                        help="lag above this per group and topic is unhealthy (default 10000)")
-    status.add_argument("--max-outbox-age-s", type=float, default=300.0, metavar="S",
-                        help="an unpublished outbox event older than this is unhealthy (300)")
+    status.add_argument(
+        "--max-lag",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="lag above this per group and topic is unhealthy (default 10000)",
+    )
+    status.add_argument(
+        "--max-outbox-age-s",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="an unpublished outbox event older than this is unhealthy (300)",
+    )
 
     dlq = commands.add_parser("dlq", help="dead-letter queue tools")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
@@ -88,8 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         "replay", help="re-publish DLQ records to their original topic (not repeated next time)"
     )
     replay.add_argument("--limit", type=int, metavar="N", help="replay at most N records")
-    replay.add_argument("--since", type=_parse_since, metavar="T",
-                        help="only records dead-lettered since T (ISO 8601, or 30m, 2h, 1d ago)")
+    replay.add_argument(
+        "--since",
+        type=_parse_since,
+        metavar="T",
+        help="only records dead-lettered since T (ISO 8601, or 30m, 2h, 1d ago)",
+    )
     replay.add_argument("--reason", metavar="TEXT", help="only records whose reason contains TEXT")
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed")
 
@@ -258,7 +273,9 @@ def _parse_since(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a time: {text!r} (ISO 8601, or 30m, 2h, 1d)") from None
+        raise argparse.ArgumentTypeError(
+            f"not a time: {text!r} (ISO 8601, or 30m, 2h, 1d)"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

@@ -1,11 +1,11 @@
 """Typed, frozen settings, built once at the edge of the process.
 
-There is exactly one loader, `Settings.load`. A value comes from, in order of precedence: a CLI flag,
-the environment, `supervisor.toml`, the field's default. Each field of a section dataclass is one
-setting; its TOML key is `section.field`, its environment name is the legacy name from the platform's
-documentation when there is one (`metadata={"env": ...}`) and `CHAT4ALL_<SECTION>_<FIELD>` otherwise,
-so every key can be overridden in a container without a file. Everything below `cli.py` receives
-these values and never reads `os.environ`.
+There is exactly one loader, `Settings.load`. A value comes from, in order of precedence: a CLI
+flag, the environment, `supervisor.toml`, the field's default. Each field of a section dataclass
+is one setting; its TOML key is `section.field`, its environment name is the legacy name from the
+platform's documentation when there is one (`metadata={"env": ...}`) and
+`CHAT4ALL_<SECTION>_<FIELD>` otherwise, so every key can be overridden in a container without a
+file. Everything below `cli.py` receives these values and never reads `os.environ`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from chat4all_workers.errors import ConfigError
 
 
 class Secret:
-    """A credential; `repr`/`str` hide it so it cannot leak into logs, `config show` or tracebacks."""
+    """A credential; `repr`/`str` hide it, so it cannot leak into logs, `config show` or errors."""
 
     __slots__ = ("_value",)
 
@@ -317,7 +317,7 @@ class Settings:
         return cls.load(environ, Path(path))
 
     def replace(self, **changes: Mapping[str, Any]) -> Settings:
-        """A copy with some fields of some sections changed: `s.replace(kafka={"max_in_flight": 5})`."""
+        """A copy with some fields changed: `s.replace(kafka={"max_in_flight": 5})`."""
         new = {
             name: dataclasses.replace(getattr(self, name), **values)
             for name, values in changes.items()

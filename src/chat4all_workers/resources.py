@@ -108,7 +108,7 @@ async def _answers(check: Callable[[], Awaitable[object]]) -> bool:
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT_S):
             result = await check()
-    except Exception:
+    except Exception:  # noqa: BLE001 - whatever a probe raises, the dependency is not usable
         return False
     return result is not False
 

@@ -94,15 +94,19 @@ async def _guard(report: StatusReport, name: str, probe: Awaitable[None]) -> Non
 
 async def _kafka_status(settings: Settings, report: StatusReport) -> None:
     admin = new_admin(settings, "status")
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers,
-                                client_id=f"{settings.kafka.client_id}-status",
-                                request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000))
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id=f"{settings.kafka.client_id}-status",
+        request_timeout_ms=int(_PROBE_TIMEOUT_S * 1000),
+    )
     await admin.start()
     try:
         await consumer.start()
         try:
             prefix = f"{settings.kafka.consumer_group}-"
-            groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
+            groups = sorted(
+                g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix)
+            )
             for group in groups:
                 offsets = await admin.list_consumer_group_offsets(group)
                 if not offsets:
@@ -117,9 +121,14 @@ async def _kafka_status(settings: Settings, report: StatusReport) -> None:
                     report.consumer_lag.append(GroupLag(group, topic, sum(lags), len(lags)))
             tps = await topic_partitions(admin, settings.topics.dlq)
             if tps:
-                begins, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+                begins, ends = (
+                    await consumer.beginning_offsets(tps),
+                    await consumer.end_offsets(tps),
+                )
                 report.dlq_depth = sum(ends[tp] - begins[tp] for tp in tps)
-                replayed = await admin.list_consumer_group_offsets(replay_group(settings), partitions=tps)
+                replayed = await admin.list_consumer_group_offsets(
+                    replay_group(settings), partitions=tps
+                )
                 report.dlq_unreplayed = sum(
                     ends[tp] - max(begins[tp], replayed[tp].offset if tp in replayed else -1)
                     for tp in tps
@@ -134,7 +143,9 @@ async def _kafka_status(settings: Settings, report: StatusReport) -> None:
 
 async def _store_status(settings: Settings, report: StatusReport) -> None:
     needs = frozenset({Need.POSTGRES, Need.REDIS})
-    async with open_resources(settings, Metrics(), needs, connect_timeout_s=_PROBE_TIMEOUT_S) as res:
+    async with open_resources(
+        settings, Metrics(), needs, connect_timeout_s=_PROBE_TIMEOUT_S
+    ) as res:
         pg, redis = res.postgres(), res.redis_client()
         row = await pg.fetchrow(
             """SELECT count(*) AS pending,
@@ -142,12 +153,16 @@ async def _store_status(settings: Settings, report: StatusReport) -> None:
                FROM outbox_events WHERE NOT published"""
         )
         report.outbox_pending = int(row["pending"])
-        report.outbox_oldest_age_s = None if row["oldest_age_s"] is None else float(row["oldest_age_s"])
-        report.files_stuck_merging = int(await pg.fetchval(
-            "SELECT count(*) FROM files WHERE status = 'MERGING'"
-            " AND updated_at < now() - make_interval(mins => $1)",
-            settings.gc.merging_stuck_minutes,
-        ))
+        report.outbox_oldest_age_s = (
+            None if row["oldest_age_s"] is None else float(row["oldest_age_s"])
+        )
+        report.files_stuck_merging = int(
+            await pg.fetchval(
+                "SELECT count(*) FROM files WHERE status = 'MERGING'"
+                " AND updated_at < now() - make_interval(mins => $1)",
+                settings.gc.merging_stuck_minutes,
+            )
+        )
         queue = res.redis_key(settings.fallback.queue_key)
         report.fallback_queue = int(await redis.llen(queue))
         report.fallback_dead = int(await redis.llen(f"{queue}:dead"))
@@ -163,20 +178,30 @@ async def _worker_status(url: str, report: StatusReport) -> None:
                 body = await response.json(content_type=None)
                 worker.reachable = True
                 worker.ready = response.status == 200
-                worker.roles = {name: r.get("state", "?") for name, r in body.get("roles", {}).items()}
+                worker.roles = {
+                    name: r.get("state", "?") for name, r in body.get("roles", {}).items()
+                }
                 worker.breaker = body.get("circuit_breakers", {}).get("kafka")
 
 
 def _judge(report: StatusReport, settings: Settings, thresholds: Thresholds) -> None:
     problems = report.problems
     problems += [f"cannot read {name}: {error}" for name, error in report.errors.items()]
-    problems += [f"consumer group {g.group} is {g.lag} records behind on {g.topic}"
-                 for g in report.consumer_lag if g.lag > thresholds.max_lag]
-    if report.outbox_oldest_age_s is not None and report.outbox_oldest_age_s > thresholds.max_outbox_age_s:
+    problems += [
+        f"consumer group {g.group} is {g.lag} records behind on {g.topic}"
+        for g in report.consumer_lag
+        if g.lag > thresholds.max_lag
+    ]
+    if (
+        report.outbox_oldest_age_s is not None
+        and report.outbox_oldest_age_s > thresholds.max_outbox_age_s
+    ):
         problems.append(f"oldest unpublished outbox event is {report.outbox_oldest_age_s:.0f}s old")
     if report.files_stuck_merging:
-        problems.append(f"{report.files_stuck_merging} files stuck in MERGING "
-                        f"over {settings.gc.merging_stuck_minutes:.0f} min")
+        problems.append(
+            f"{report.files_stuck_merging} files stuck in MERGING "
+            f"over {settings.gc.merging_stuck_minutes:.0f} min"
+        )
     if report.fallback_dead:
         problems.append(f"{report.fallback_dead} unreadable items in the fallback dead list")
     for w in report.workers:
@@ -188,6 +213,7 @@ def _judge(report: StatusReport, settings: Settings, thresholds: Thresholds) -> 
 
 def render(report: StatusReport, *, write: Callable[[str], Any]) -> None:
     """The human table."""
+
     def line(label: str, value: object) -> None:
         write(f"{label:<34} {value}\n")
 

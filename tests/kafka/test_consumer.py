@@ -74,7 +74,8 @@ async def test_consumer_keeps_order_per_key_and_runs_keys_concurrently(
         active += 1
         peak = max(peak, active)
         await asyncio.sleep(0.005)
-        assert record.key is not None and record.value is not None
+        assert record.key is not None
+        assert record.value is not None
         seen.setdefault(record.key, []).append(int(record.value))
         active -= 1
 

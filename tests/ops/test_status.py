@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-import subprocess
 import sys
 import uuid
 
@@ -49,9 +49,17 @@ async def seed_trouble(deployment: Deployment) -> None:
     producer = Producer(settings.kafka, settings.breaker)
     await producer.start()
     try:
-        await dead_letter(producer, dlq_topic=settings.topics.dlq, value=b"x", key=None,
-                          source="router", reason="r", error_type="e", attempts=1,
-                          original_topic=settings.topics.message_processing)
+        await dead_letter(
+            producer,
+            dlq_topic=settings.topics.dlq,
+            value=b"x",
+            key=None,
+            source="router",
+            reason="r",
+            error_type="e",
+            attempts=1,
+            original_topic=settings.topics.message_processing,
+        )
     finally:
         await producer.stop()
 
@@ -85,13 +93,22 @@ async def test_status_cli_prints_json_and_exits_1_when_unhealthy(deployment: Dep
     await seed_trouble(deployment)
     env = deployment.environ()
 
-    result = subprocess.run(
-        [sys.executable, "-m", "chat4all_workers", "status", "--json", "--workers", ""],
-        env={"PATH": "/usr/bin:/bin", **env}, cwd=REPO, capture_output=True, text=True,
-        timeout=60, check=False,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "chat4all_workers",
+        "status",
+        "--json",
+        "--workers",
+        "",
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
 
-    assert result.returncode == 1, result.stderr
-    body = json.loads(result.stdout)
+    assert proc.returncode == 1, stderr.decode()
+    body = json.loads(stdout)
     assert body["healthy"] is False
     assert body["fallback_queue"] == 3

@@ -25,18 +25,19 @@ _METADATA_API_KEY = 3
 
 
 async def read_topic(
-    stack: StackEndpoints, topic: str, *, expect: int, timeout_s: float = 30.0
+    stack: StackEndpoints,
+    topic: str,
+    *,
+    expect: int,
+    partitions: int = 1,
+    timeout_s: float = 30.0,
 ) -> list[tuple[int, bytes | None, bytes, dict[str, bytes]]]:
     """Every record of `topic` from the beginning, once at least `expect` arrived (or the
     deadline passed): (partition, key, value, headers)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        while partitions is None:
-            await consumer.topics()  # refreshes metadata
-            partitions = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[tuple[int, bytes | None, bytes, dict[str, bytes]]] = []
@@ -48,7 +49,7 @@ async def read_topic(
                 out += [(r.partition, r.key, r.value, dict(r.headers)) for r in tp_records]
         # Whatever else is already there (duplicates would show up here).
         ends = await consumer.end_offsets(tps)
-        while any(await consumer.position(tp) < ends[tp] for tp in tps):
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             for tp_records in batch.values():
                 out += [(r.partition, r.key, r.value, dict(r.headers)) for r in tp_records]

@@ -24,7 +24,9 @@ from tests.support import eventually, settings_for
 
 pytestmark = pytest.mark.stack
 
-Event = tuple[str, str, str, dict[str, Any], str | None]  # aggregate id, type, event type, payload, topic
+Event = tuple[
+    str, str, str, dict[str, Any], str | None
+]  # aggregate id, type, event type, payload, topic
 
 
 @pytest.fixture
@@ -57,7 +59,9 @@ async def insert(pool: asyncpg.Pool, events: Sequence[Event], **columns: Any) ->
             )
 
 
-async def bulk_insert(pool: asyncpg.Pool, rounds: int, aggregates: int, *, pause_s: float = 0.0) -> None:
+async def bulk_insert(
+    pool: asyncpg.Pool, rounds: int, aggregates: int, *, pause_s: float = 0.0
+) -> None:
     """`rounds` transactions, each one event for every aggregate, payload {conversation_id, n}."""
     for n in range(rounds):
         async with pool.acquire() as conn:
@@ -89,7 +93,9 @@ def outbox_settings(
     )
 
 
-def assert_once_in_order(records: list[tuple[int, bytes | None, bytes, dict[str, bytes]]], rounds: int, aggregates: int) -> None:
+def assert_once_in_order(
+    records: list[tuple[int, bytes | None, bytes, dict[str, bytes]]], rounds: int, aggregates: int
+) -> None:
     seen: dict[int, list[int]] = defaultdict(list)
     for _, key, value, _ in records:
         payload = orjson.loads(value)
@@ -99,7 +105,9 @@ def assert_once_in_order(records: list[tuple[int, bytes | None, bytes, dict[str,
     assert duplicates == 0, f"{duplicates} duplicates"
     assert len(seen) == aggregates
     for aggregate, ns in seen.items():
-        assert ns == list(range(rounds)), f"aggregate {aggregate} out of order or missing: {ns[:10]}"
+        assert ns == list(range(rounds)), (
+            f"aggregate {aggregate} out of order or missing: {ns[:10]}"
+        )
 
 
 def test_outbox_route_follows_row_then_settings_then_spec_table(stack: StackEndpoints) -> None:
@@ -114,15 +122,27 @@ def test_outbox_route_follows_row_then_settings_then_spec_table(stack: StackEndp
 
 
 async def test_outbox_publishes_value_key_headers_and_marks_published(
-    stack: StackEndpoints, db: asyncpg.Pool, pg_database: str, redis_prefix: str, kafka_topic: KafkaTopicFactory
+    stack: StackEndpoints,
+    db: asyncpg.Pool,
+    pg_database: str,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
 ) -> None:
     topic = await kafka_topic(partitions=1)
-    await insert(db, [
-        ("m-1", "message", "message.updated", {"conversation_id": 42, "text": "hi"}, None),
-        ("f-1", "file", "file.done", {"file_id": "abc"}, topic),
-    ])
+    await insert(
+        db,
+        [
+            ("m-1", "message", "message.updated", {"conversation_id": 42, "text": "hi"}, None),
+            ("f-1", "file", "file.done", {"file_id": "abc"}, topic),
+        ],
+    )
 
-    async with Supervisor(outbox_settings(stack, pg_database, redis_prefix, topic), roles=["outbox"], drain=True, serve_http=False) as sup:
+    async with Supervisor(
+        outbox_settings(stack, pg_database, redis_prefix, topic),
+        roles=["outbox"],
+        drain=True,
+        serve_http=False,
+    ) as sup:
         await sup.wait()
 
     records = await read_topic(stack, topic, expect=2)
@@ -131,22 +151,45 @@ async def test_outbox_publishes_value_key_headers_and_marks_published(
         (b"f-1", {"file_id": "abc"}),
     ]
     headers = records[0][3]
-    assert (headers["event_type"], headers["aggregate_type"], headers["aggregate_id"]) == (b"message.updated", b"message", b"m-1")
+    assert (headers["event_type"], headers["aggregate_type"], headers["aggregate_id"]) == (
+        b"message.updated",
+        b"message",
+        b"m-1",
+    )
     assert uuid.UUID(headers["event_id"].decode())
     assert await pending(db) == 0
 
 
 async def test_outbox_announces_message_events_on_redis(
-    stack: StackEndpoints, db: asyncpg.Pool, pg_database: str, redis_prefix: str, kafka_topic: KafkaTopicFactory
+    stack: StackEndpoints,
+    db: asyncpg.Pool,
+    pg_database: str,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
 ) -> None:
     topic = await kafka_topic(partitions=1)
     client = aioredis.from_url(stack.redis_url)
     pubsub = client.pubsub()
     await pubsub.subscribe(f"{redis_prefix}conversation:7")
     try:
-        async with Supervisor(outbox_settings(stack, pg_database, redis_prefix, topic), roles=["outbox"], serve_http=False) as sup:
+        async with Supervisor(
+            outbox_settings(stack, pg_database, redis_prefix, topic),
+            roles=["outbox"],
+            serve_http=False,
+        ) as sup:
             await sup.wait_ready()
-            await insert(db, [("m-7", "message", "message.read", {"conversation_id": 7, "message_id": "m-7"}, None)])
+            await insert(
+                db,
+                [
+                    (
+                        "m-7",
+                        "message",
+                        "message.read",
+                        {"conversation_id": 7, "message_id": "m-7"},
+                        None,
+                    )
+                ],
+            )
             note = None
             async with asyncio.timeout(10):
                 while note is None:
@@ -155,17 +198,42 @@ async def test_outbox_announces_message_events_on_redis(
         await pubsub.aclose()
         await client.aclose()
 
-    assert orjson.loads(note["data"]) == {"type": "message.read", "conversation_id": 7, "message_id": "m-7"}
+    assert orjson.loads(note["data"]) == {
+        "type": "message.read",
+        "conversation_id": 7,
+        "message_id": "m-7",
+    }
 
 
 async def test_outbox_event_waiting_for_retry_holds_back_its_aggregate(
-    stack: StackEndpoints, db: asyncpg.Pool, pg_database: str, redis_prefix: str, kafka_topic: KafkaTopicFactory
+    stack: StackEndpoints,
+    db: asyncpg.Pool,
+    pg_database: str,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
 ) -> None:
     topic = await kafka_topic(partitions=1)
-    await insert(db, [("a", "message", "message.updated", {"n": 0}, None)], attempts=1, retry_in_s=3600.0, last_error="boom")
-    await insert(db, [("a", "message", "message.updated", {"n": 1}, None), ("b", "message", "message.updated", {"n": 2}, None)])
+    await insert(
+        db,
+        [("a", "message", "message.updated", {"n": 0}, None)],
+        attempts=1,
+        retry_in_s=3600.0,
+        last_error="boom",
+    )
+    await insert(
+        db,
+        [
+            ("a", "message", "message.updated", {"n": 1}, None),
+            ("b", "message", "message.updated", {"n": 2}, None),
+        ],
+    )
 
-    async with Supervisor(outbox_settings(stack, pg_database, redis_prefix, topic), roles=["outbox"], drain=True, serve_http=False) as sup:
+    async with Supervisor(
+        outbox_settings(stack, pg_database, redis_prefix, topic),
+        roles=["outbox"],
+        drain=True,
+        serve_http=False,
+    ) as sup:
         await sup.wait()
 
     records = await read_topic(stack, topic, expect=1, timeout_s=5)
@@ -174,11 +242,21 @@ async def test_outbox_event_waiting_for_retry_holds_back_its_aggregate(
 
 
 async def test_outbox_dead_letters_event_past_max_retries_keeping_last_error(
-    stack: StackEndpoints, db: asyncpg.Pool, pg_database: str, redis_prefix: str, kafka_topic: KafkaTopicFactory
+    stack: StackEndpoints,
+    db: asyncpg.Pool,
+    pg_database: str,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
 ) -> None:
     topic = await kafka_topic(partitions=1)
     dlq = await kafka_topic(partitions=1)
-    await insert(db, [("a", "message", "message.updated", {"n": 0}, None)], attempts=4, retry_in_s=0.0, last_error="kafka down")
+    await insert(
+        db,
+        [("a", "message", "message.updated", {"n": 0}, None)],
+        attempts=4,
+        retry_in_s=0.0,
+        last_error="kafka down",
+    )
     await insert(db, [("a", "message", "message.updated", {"n": 1}, None)])
     settings = outbox_settings(stack, pg_database, redis_prefix, topic).replace(topics={"dlq": dlq})
 
@@ -195,7 +273,11 @@ async def test_outbox_dead_letters_event_past_max_retries_keeping_last_error(
 
 
 async def test_outbox_publishes_events_inserted_while_running_once_and_in_order(
-    stack: StackEndpoints, db: asyncpg.Pool, pg_database: str, redis_prefix: str, kafka_topic: KafkaTopicFactory
+    stack: StackEndpoints,
+    db: asyncpg.Pool,
+    pg_database: str,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
 ) -> None:
     topic = await kafka_topic(partitions=4)
     settings = outbox_settings(stack, pg_database, redis_prefix, topic, batch_size=500)
@@ -205,26 +287,41 @@ async def test_outbox_publishes_events_inserted_while_running_once_and_in_order(
         await bulk_insert(db, rounds=20, aggregates=500, pause_s=0.05)
         await eventually(lambda: _none_pending(db), timeout_s=60, message="outbox drained")
 
-    assert_once_in_order(await read_topic(stack, topic, expect=10_000), rounds=20, aggregates=500)
+    assert_once_in_order(
+        await read_topic(stack, topic, expect=10_000, partitions=4), rounds=20, aggregates=500
+    )
 
 
 async def test_outbox_three_pollers_publish_each_event_once(
-    stack: StackEndpoints, db: asyncpg.Pool, pg_database: str, redis_prefix: str, kafka_topic: KafkaTopicFactory
+    stack: StackEndpoints,
+    db: asyncpg.Pool,
+    pg_database: str,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
 ) -> None:
     topic = await kafka_topic(partitions=4)
     settings = outbox_settings(stack, pg_database, redis_prefix, topic, batch_size=200)
 
     async with contextlib.AsyncExitStack() as stack_:
         sups = [
-            await stack_.enter_async_context(Supervisor(settings, roles=["outbox"], serve_http=False))
+            await stack_.enter_async_context(
+                Supervisor(settings, roles=["outbox"], serve_http=False)
+            )
             for _ in range(3)
         ]
         await asyncio.gather(*(s.wait_ready() for s in sups))
         await bulk_insert(db, rounds=20, aggregates=500)
         await eventually(lambda: _none_pending(db), timeout_s=60, message="outbox drained")
-        published = [s.metrics.messages_processed.get({"role": "outbox", "channel": "", "outcome": "published"}) for s in sups]
+        published = [
+            s.metrics.messages_processed.get(
+                {"role": "outbox", "channel": "", "outcome": "published"}
+            )
+            for s in sups
+        ]
 
-    assert_once_in_order(await read_topic(stack, topic, expect=10_000), rounds=20, aggregates=500)
+    assert_once_in_order(
+        await read_topic(stack, topic, expect=10_000, partitions=4), rounds=20, aggregates=500
+    )
     assert sum(published) == 10_000
     assert sum(1 for n in published if n > 0) >= 2, f"work did not spread: {published}"
 

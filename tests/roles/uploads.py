@@ -71,9 +71,11 @@ async def seed_upload(
 
 async def object_keys(s3: Minio, bucket: str, prefix: str) -> list[str]:
     return sorted(
-        o.object_name
-        async for o in s3.list_objects(bucket, prefix=prefix, recursive=True)
-        if o.object_name is not None
+        [
+            o.object_name
+            async for o in s3.list_objects(bucket, prefix=prefix, recursive=True)
+            if o.object_name is not None
+        ]
     )
 
 

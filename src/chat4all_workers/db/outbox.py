@@ -26,8 +26,8 @@ _LOCK_NAMESPACE = 0x4F425831  # "OBX1"
 # How many candidate rows to read per batch slot: room to skip aggregates other pollers hold.
 _WINDOW_FACTOR = 4
 
-_CANDIDATES = """
-SELECT o.aggregate_type, o.aggregate_id
+# Due events not queued behind an earlier event of their aggregate that waits for a retry.
+_DUE = """
 FROM outbox_events o
 WHERE NOT o.published
   AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
@@ -36,9 +36,9 @@ WHERE NOT o.published
       WHERE NOT w.published AND w.next_attempt_at IS NOT NULL AND w.next_attempt_at > now()
         AND w.aggregate_type = o.aggregate_type AND w.aggregate_id = o.aggregate_id
         AND w.seq < o.seq)
-ORDER BY o.seq
-LIMIT $1
 """
+
+_CANDIDATES = f"SELECT o.aggregate_type, o.aggregate_id {_DUE} ORDER BY o.seq LIMIT $1"
 
 _TRY_LOCK = """
 SELECT a.n
@@ -95,9 +95,7 @@ async def claim(conn: asyncpg.Connection, *, limit: int) -> list[OutboxEvent]:
     locked = await _lock_enough(conn, list(counts.items()), limit)
     if not locked:
         return []
-    rows = await conn.fetch(
-        _ROWS_OF, [t for t, _ in locked], [i for _, i in locked], limit
-    )
+    rows = await conn.fetch(_ROWS_OF, [t for t, _ in locked], [i for _, i in locked], limit)
     return _due_prefixes(rows)
 
 
@@ -176,13 +174,8 @@ async def mark_failed(conn: asyncpg.Connection, failures: Sequence[Failure]) -> 
 
 
 async def has_due(conn: asyncpg.Connection | asyncpg.Pool) -> bool:
-    """Whether any unpublished event is due now, whoever holds it."""
-    return bool(
-        await conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM outbox_events WHERE NOT published "
-            "AND (next_attempt_at IS NULL OR next_attempt_at <= now()))"
-        )
-    )
+    """Whether any event could be published now, whoever holds it."""
+    return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 {_DUE})"))
 
 
 async def count_pending(conn: asyncpg.Connection | asyncpg.Pool) -> int:

@@ -38,7 +38,9 @@ class ReplayFilter:
             return False
         if self.since is not None:
             failed_at = _parse_time(record.header("dlq.failed_at"))
-            when = failed_at or datetime.fromtimestamp(record.timestamp_ms / 1000, self.since.tzinfo)
+            when = failed_at or datetime.fromtimestamp(
+                record.timestamp_ms / 1000, self.since.tzinfo
+            )
             if when < self.since:
                 return False
         return True
@@ -129,7 +131,9 @@ async def _replay_partition(
             break
         batch = await consumer.getmany(tp, timeout_ms=1000, max_records=500)
         for raw in batch.get(tp, []):
-            if raw.offset >= end or (filters.limit is not None and summary.replayed >= filters.limit):
+            if raw.offset >= end or (
+                filters.limit is not None and summary.replayed >= filters.limit
+            ):
                 return commit_to
             record = ConsumedRecord.from_aiokafka(raw)
             summary.examined += 1
@@ -145,7 +149,9 @@ async def _replay_partition(
             else:
                 if producer is not None:
                     await producer.send(
-                        OutgoingRecord(target, record.value or b"", record.key, replay_headers(record))
+                        OutgoingRecord(
+                            target, record.value or b"", record.key, replay_headers(record)
+                        )
                     )
                 summary.replayed += 1
                 summary.by_topic[target] = summary.by_topic.get(target, 0) + 1

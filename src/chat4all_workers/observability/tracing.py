@@ -39,7 +39,9 @@ def configure_tracing(*, service_name: str, otlp_endpoint: str) -> TracerProvide
         AIOKafkaInstrumentor().instrument(tracer_provider=provider)
         _kafka_instrumented = True
     except ImportError:  # pragma: no cover - the instrumentation is an install-time dependency
-        log.warning("opentelemetry-instrumentation-aiokafka missing; injecting trace context ourselves")
+        log.warning(
+            "opentelemetry-instrumentation-aiokafka missing; injecting trace context ourselves"
+        )
     return provider
 
 

@@ -1,14 +1,262 @@
-"""PLACEHOLDER being written in this session; replaced before commit."""
+"""The backfill worker: moves what was parked in the Redis fallback list back into Kafka.
+
+Crash safety without losing an item: a batch is taken with LMOVE (queue head -> this worker's
+processing list `{queue}:processing:{worker_id}`, one atomic step per item, oldest first since
+writers RPUSH) and the processing list is deleted only after Kafka acknowledged every record. A
+worker that dies in between (even `kill -9`) leaves its items in its processing list; its
+heartbeat key `{queue}:heartbeat:{worker_id}` (TTL `fallback.heartbeat_ttl_s`) then expires, and
+any backfill worker puts those items back at the head of the queue, in order, on start and
+periodically. Delivery is therefore at least once: consumers deduplicate (SPEC section 5).
+
+An item is a bare `message_processing` value (topic `topics.message_processing`, key
+`conversation:{conversation_id}`, sent byte for byte) or an envelope `{topic, key, value,
+headers}`. Anything else goes to `{queue}:dead` as `{"reason": ..., "item": <original text>}`:
+never silently dropped.
+
+It sends while the breaker lets calls through: not while it is open; when half-open it sends one
+item, which is the probe that closes the breaker (a backfill-only process has no other traffic).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.kafka.breaker import BreakerState
+from chat4all_workers.kafka.producer import OutgoingRecord, Producer
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
 
+log = logging.getLogger(__name__)
+
+
+class InvalidItemError(ValueError):
+    """The item is neither form of SPEC section 5."""
+
+
+@dataclass(frozen=True)
+class _Keys:
+    queue: str
+    processing: str
+    heartbeat: str
+    workers: str
+    dead: str
+
+    @classmethod
+    def for_worker(cls, queue: str, worker_id: str) -> _Keys:
+        return cls(
+            queue=queue,
+            processing=f"{queue}:processing:{worker_id}",
+            heartbeat=f"{queue}:heartbeat:{worker_id}",
+            workers=f"{queue}:workers",
+            dead=f"{queue}:dead",
+        )
+
+
+def parse_item(raw: bytes, *, message_processing_topic: str) -> OutgoingRecord:
+    """The record an item stands for; InvalidItemError says why there is none."""
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidItemError(f"not JSON: {exc}") from None
+    if not isinstance(item, dict):
+        raise InvalidItemError("not a JSON object")
+    if "topic" in item and "value" in item:
+        return _from_envelope(item)
+    conversation_id = item.get("conversation_id")
+    if "message_id" not in item or not isinstance(conversation_id, int | str):
+        raise InvalidItemError("neither an envelope nor a message_processing value")
+    return OutgoingRecord(message_processing_topic, raw, f"conversation:{conversation_id}".encode())
+
+
+def _from_envelope(item: dict[str, object]) -> OutgoingRecord:
+    topic, key, value, headers = item["topic"], item.get("key"), item["value"], item.get("headers")
+    if not isinstance(topic, str) or not topic:
+        raise InvalidItemError("envelope topic must be a non-empty string")
+    if key is not None and not isinstance(key, str):
+        raise InvalidItemError("envelope key must be a string or null")
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise InvalidItemError("envelope headers must be an object of strings")
+    # A value that was not JSON was parked as text (see producer.fallback_envelope).
+    body = value.encode() if isinstance(value, str) else orjson.dumps(value)
+    return OutgoingRecord(
+        topic,
+        body,
+        None if key is None else key.encode(),
+        [(k, _header_bytes(v)) for k, v in headers.items()],
+    )
+
+
+def _header_bytes(value: str) -> bytes:
+    try:
+        return value.encode("latin-1")  # how the producer parked raw header bytes
+    except UnicodeEncodeError:
+        return value.encode("utf-8")
+
+
+class _Backfill:
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings.fallback
+        self.redis: aioredis.Redis = ctx.resources.redis_client()
+        self.producer: Producer = ctx.resources.kafka()
+        worker_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        queue = ctx.resources.redis_key(self.settings.queue_key)
+        self.keys = _Keys.for_worker(queue, worker_id)
+        self.worker_id = worker_id
+        self._ttl_ms = max(1000, int(self.settings.heartbeat_ttl_s * 1000))
+
+    async def beat(self) -> None:
+        await self.redis.set(self.keys.heartbeat, b"1", px=self._ttl_ms)
+
+    async def register(self) -> None:
+        await self.beat()
+        await self.redis.sadd(self.keys.workers, self.worker_id)
+
+    async def heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_ttl_s / 3)
+            await self.beat()
+
+    async def recover_orphans(self) -> int:
+        """Put the items of workers whose heartbeat expired back at the head of the queue."""
+        recovered = 0
+        for member in await self.redis.smembers(self.keys.workers):
+            worker_id = member.decode() if isinstance(member, bytes) else str(member)
+            other = _Keys.for_worker(self.keys.queue, worker_id)
+            if worker_id == self.worker_id or await self.redis.exists(other.heartbeat):
+                continue
+            moved = await self._hand_back(other.processing)
+            await self.redis.srem(self.keys.workers, worker_id)
+            if moved:
+                log.warning("recovered %d fallback items of dead worker %s", moved, worker_id)
+            recovered += moved
+        return recovered
+
+    async def _hand_back(self, processing: str) -> int:
+        """Newest first to the queue head, so the queue keeps the original order."""
+        moved = 0
+        while await self.redis.lmove(processing, self.keys.queue, "RIGHT", "LEFT") is not None:
+            moved += 1
+        return moved
+
+    async def hand_back_own(self) -> int:
+        return await self._hand_back(self.keys.processing)
+
+    async def unregister(self) -> None:
+        await self.redis.delete(self.keys.heartbeat)
+        await self.redis.srem(self.keys.workers, self.worker_id)
+
+    async def move_once(self) -> int:
+        """Take up to a batch, send it, forget it once acknowledged; returns items handled."""
+        state = self.producer.breaker.state
+        if state is BreakerState.OPEN:
+            return 0
+        size = 1 if state is BreakerState.HALF_OPEN else self.settings.batch_size
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _ in range(size):
+                pipe.lmove(self.keys.queue, self.keys.processing, "LEFT", "RIGHT")
+            taken: list[bytes] = [item for item in await pipe.execute() if item is not None]
+        if not taken:
+            return 0
+        topic = self.ctx.settings.topics.message_processing
+        good: list[tuple[bytes, OutgoingRecord]] = []
+        for raw in taken:
+            try:
+                good.append((raw, parse_item(raw, message_processing_topic=topic)))
+            except InvalidItemError as exc:
+                await self._bury(raw, str(exc))
+        try:
+            await self.producer.send_many([record for _, record in good])
+        except RetryableError as exc:  # CircuitOpenError included: try again later
+            log.warning("fallback items go back to the queue; kafka: %s", exc)
+            await self.hand_back_own()
+            return 0
+        except PermanentError:
+            await self._send_one_by_one(good)
+        await self.redis.delete(self.keys.processing)
+        self.ctx.metrics.messages_processed.add(
+            {"role": self.ctx.name, "channel": "", "outcome": "backfilled"}, len(good)
+        )
+        return len(taken)
+
+    async def _send_one_by_one(self, items: Sequence[tuple[bytes, OutgoingRecord]]) -> None:
+        """Kafka refused something in the batch for good: find it and bury it with the reason.
+        A retriable failure here propagates; the supervisor restarts the role and the heartbeat
+        hands the items back."""
+        for raw, record in items:
+            try:
+                await self.producer.send(record)
+            except PermanentError as exc:
+                await self._bury(raw, f"kafka refused the record: {exc}")
+
+    async def _bury(self, raw: bytes, reason: str) -> None:
+        log.error("fallback item moved to %s: %s", self.keys.dead, reason)
+        wrapper = orjson.dumps({"reason": reason, "item": raw.decode("utf-8", errors="replace")})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self.keys.dead, wrapper)
+            pipe.lrem(self.keys.processing, 1, raw)  # type: ignore[arg-type]  # bytes work
+            await pipe.execute()
+        self.ctx.metrics.dlq_messages.inc({"source": "backfill", "reason": "invalid_item"})
+
+    async def queue_length(self) -> int:
+        length = int(await self.redis.llen(self.keys.queue))
+        self.ctx.metrics.fallback_queue_length.set({}, length)
+        return length
+
 
 async def run(ctx: RoleContext) -> None:
-    ctx.mark_ready()
-    await ctx.stopping.wait()
+    worker = _Backfill(ctx)
+    await worker.register()
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            beating = tasks.create_task(worker.heartbeat_forever())
+            await worker.recover_orphans()
+            ctx.mark_ready()
+            await _loop(ctx, worker)
+            beating.cancel()
+    finally:
+        # Whatever we hold goes back before we go (a kill -9 leaves it to the heartbeat).
+        with contextlib.suppress(OSError, redis_errors.RedisError):
+            await worker.hand_back_own()
+            await worker.unregister()
 
 
-ROLE = RoleSpec(name="backfill", description="(being written)", needs=frozenset({Need.REDIS}), run=run)
+async def _loop(ctx: RoleContext, worker: _Backfill) -> None:
+    interval_s = ctx.settings.fallback.poll_interval_s
+    loop = asyncio.get_running_loop()
+    next_recovery = loop.time() + ctx.settings.fallback.heartbeat_ttl_s
+    while not ctx.stopping.is_set():
+        moved = await worker.move_once()
+        length = await worker.queue_length()
+        if loop.time() >= next_recovery:
+            await worker.recover_orphans()
+            next_recovery = loop.time() + ctx.settings.fallback.heartbeat_ttl_s
+        if moved and length:
+            continue
+        if ctx.drain and length == 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await ctx.stopping.wait()
+
+
+ROLE = RoleSpec(
+    name="backfill",
+    description="moves records parked in the Redis fallback list back into Kafka",
+    needs=frozenset({Need.REDIS, Need.KAFKA}),
+    run=run,
+)

@@ -13,7 +13,9 @@ What happens to a claimed event:
 - claimed again with `attempts` past `outbox.max_retries`: dead-lettered (source `outbox`, the
   intended topic as `dlq.original_topic`) and marked published with `last_error` kept;
 - Kafka refused it for good (PermanentError): dead-lettered at once;
-- breaker open (CircuitOpenError): the transaction rolls back, nothing is burned, the poller waits.
+- breaker open (CircuitOpenError), or the failure that opened it: the transaction rolls back,
+  no attempt is burned, the poller waits (an outage is nobody's fault; a half-open probe that
+  fails must not push events towards the DLQ).
 
 Woken by LISTEN/NOTIFY on `outbox.notify_channel` (one pooled connection is held for it) and by a
 poll every `outbox.poll_interval_ms`; a full batch is followed at once by the next one.
@@ -115,9 +117,7 @@ class _Poller:
             if not events:
                 return 0
             outcome = await self._deliver(events)
-            await db.mark_published(
-                conn, [p.event.id for p in outcome.published] + outcome.dead
-            )
+            await db.mark_published(conn, [p.event.id for p in outcome.published] + outcome.dead)
             await db.mark_failed(conn, outcome.failed)
         await self._announce(outcome.published)
         for label, count in (
@@ -151,6 +151,10 @@ class _Poller:
         except CircuitOpenError:
             raise
         except RetryableError as exc:
+            if not self.producer.breaker.is_closed:
+                # This failure opened (or re-opened) the breaker: an outage, not the events'
+                # fault. Roll back like CircuitOpenError so half-open probes burn no attempts.
+                raise CircuitOpenError(f"kafka outage: {exc}") from exc
             outcome.failed += [self._failure(p.event, exc) for p in to_send]
         except PermanentError:
             await self._deliver_one_by_one(to_send, outcome)
@@ -268,7 +272,9 @@ async def run(ctx: RoleContext) -> None:
             await _poll(ctx, poller, wake, interval_s)
         finally:
             stop_waker.cancel()
-            await listener.remove_listener(channel, on_notify)
+            # A connection that died (database gone) has no listener left to remove.
+            with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                await listener.remove_listener(channel, on_notify)
             await poller.refresh_pending(force=True)
 
 

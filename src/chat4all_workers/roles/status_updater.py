@@ -1,14 +1,235 @@
-"""PLACEHOLDER being written in this session; replaced before commit."""
+"""The status updater: applies `message_status_updates` to `messages` and its history.
+
+Every valid update appends one `message_status_history` row per (message, channel, status)
+(ON CONFLICT DO NOTHING, so a redelivered update changes nothing and announces nothing twice),
+then moves `messages.status` forward, never backwards, under a row lock:
+
+- `messages.status` is the highest status reached on ANY channel, in the order
+  ACCEPTED < PROCESSING < SENT < DELIVERED < READ. A late SENT after DELIVERED is history only.
+- FAILED is set only when EVERY channel of the message (its `channels` column; the update's own
+  channel when that list is empty) has reported FAILED: one failed channel of two leaves the
+  status at what the other reached. FAILED is terminal: nothing moves the message after it.
+- An update for a message that has no row yet is recorded in the history only, with a warning
+  (the row may be written later by the API; the history keeps the evidence). It is not
+  dead-lettered: the update is valid, only our view of the message is incomplete.
+
+After the commit, a new history row is announced on the Redis channel `conversation:{id}` as
+`{"type": "MessageStatusUpdated", ...}` (best effort: pub/sub has no delivery guarantee anyway).
+A record that violates the wire format is dead-lettered (`dlq.source=status_updater`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.exceptions as redis_errors
+
+from chat4all_workers.db import statuses as db
+from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
+from chat4all_workers.kafka.consumer import ConsumerEngine
+from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
 
+log = logging.getLogger(__name__)
+
+PROGRESS = ("ACCEPTED", "PROCESSING", "SENT", "DELIVERED", "READ")
+FAILED = "FAILED"
+_TRANSIENT_DB_ERRORS = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
+)
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    message_id: uuid.UUID
+    conversation_id: int
+    channel: str
+    status: str
+    at: datetime
+    details: dict[str, Any]
+
+
+def parse_update(value: bytes | None) -> StatusUpdate:
+    """The update a record carries, or InvalidRecordError naming what is wrong."""
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecordError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRecordError("not a JSON object")
+    try:
+        message_id = uuid.UUID(str(doc.get("message_id")))
+    except ValueError:
+        raise InvalidRecordError("message_id is not a UUID") from None
+    conversation_id = doc.get("conversation_id")
+    if not isinstance(conversation_id, int) or isinstance(conversation_id, bool):
+        raise InvalidRecordError("conversation_id must be an integer")
+    channel = doc.get("channel")
+    if not isinstance(channel, str) or not channel:
+        raise InvalidRecordError("channel must be a non-empty string")
+    status = doc.get("new_status")
+    if status not in (*PROGRESS, FAILED):
+        raise InvalidRecordError(f"unknown new_status {status!r}")
+    details = doc.get("details") or {}
+    if not isinstance(details, dict):
+        raise InvalidRecordError("details must be an object")
+    return StatusUpdate(message_id, conversation_id, channel, status, _timestamp(doc), details)
+
+
+def _timestamp(doc: dict[str, Any]) -> datetime:
+    raw = doc.get("timestamp")
+    if raw is None:
+        return datetime.now(UTC)
+    if not isinstance(raw, str):
+        raise InvalidRecordError("timestamp must be an ISO 8601 string")
+    try:
+        at = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRecordError(f"timestamp {raw!r} is not ISO 8601") from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def next_status(current: str, update: str, *, every_channel_failed: bool) -> str:
+    """The message's status after an update (the rule of the module docstring)."""
+    if current == FAILED:
+        return FAILED
+    if update == FAILED:
+        return FAILED if every_channel_failed else current
+    rank = PROGRESS.index(current) if current in PROGRESS else -1
+    return update if PROGRESS.index(update) > rank else current
+
+
+class _Updater:
+    def __init__(self, ctx: RoleContext) -> None:
+        self.ctx = ctx
+        self.pool: asyncpg.Pool = ctx.resources.postgres()
+
+    async def handle(self, record: ConsumedRecord) -> None:
+        update = parse_update(record.value)
+        try:
+            new, overall = await self._apply(update)
+        except _TRANSIENT_DB_ERRORS as exc:
+            raise RetryableError(f"postgres: {exc!r}") from exc
+        outcome = "applied" if new else "duplicate"
+        if new and overall is None:
+            outcome = "unknown_message"
+        self.ctx.metrics.messages_processed.inc(
+            {"role": self.ctx.name, "channel": update.channel, "outcome": outcome}
+        )
+        if new:
+            await self._announce(update, overall)
+
+    async def _apply(self, update: StatusUpdate) -> tuple[bool, str | None]:
+        """(history row is new, the message's status now or None when it has no row)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            message = await db.lock_message(conn, update.message_id)
+            new = await db.record_history(
+                conn,
+                message_id=update.message_id,
+                channel=update.channel,
+                status=update.status,
+                details=update.details,
+                at=update.at,
+            )
+            if message is None:
+                log.warning(
+                    "status %s for unknown message %s recorded in history only",
+                    update.status,
+                    update.message_id,
+                )
+                return new, None
+            every_failed = False
+            if update.status == FAILED:
+                channels = set(message.channels) - {"all"} or {update.channel}
+                every_failed = channels <= await db.failed_channels(conn, update.message_id)
+            status = next_status(message.status, update.status, every_channel_failed=every_failed)
+            if status != message.status:
+                await db.set_status(conn, update.message_id, status)
+            return new, status
+
+    async def _announce(self, update: StatusUpdate, overall: str | None) -> None:
+        resources = self.ctx.resources
+        note = {
+            "type": "MessageStatusUpdated",
+            "message_id": str(update.message_id),
+            "conversation_id": update.conversation_id,
+            "channel": update.channel,
+            "status": update.status,
+            "message_status": overall,
+            "timestamp": update.at.isoformat(),
+            "details": update.details,
+        }
+        channel = resources.redis_key(f"conversation:{update.conversation_id}")
+        try:
+            await resources.redis_client().publish(channel, orjson.dumps(note))
+        except (redis_errors.RedisError, OSError) as exc:
+            log.warning("could not announce status of %s: %s", update.message_id, exc)
+
+    async def dead_letter(self, record: ConsumedRecord, exc: PermanentError) -> None:
+        log.error(
+            "status update %s-%d@%d dead-lettered: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            exc,
+        )
+        await dead_letter(
+            self.ctx.resources.kafka(),
+            dlq_topic=self.ctx.settings.topics.dlq,
+            value=record.value or b"",
+            key=record.key,
+            source="status_updater",
+            reason=str(exc),
+            error_type=exc.error_type,
+            attempts=1,
+            original_topic=record.topic,
+            original_partition=record.partition,
+            original_offset=record.offset,
+        )
+        self.ctx.metrics.dlq_messages.inc({"source": "status_updater", "reason": exc.error_type})
+
 
 async def run(ctx: RoleContext) -> None:
+    updater = _Updater(ctx)
+    engine = ConsumerEngine(
+        settings=ctx.settings.kafka,
+        topics=[ctx.settings.topics.message_status_updates],
+        group_id=f"{ctx.settings.kafka.consumer_group}-status_updater",
+        role=ctx.name,
+        handler=updater.handle,
+        on_permanent=updater.dead_letter,
+        metrics=ctx.metrics,
+        drain=ctx.drain,
+    )
+    async with asyncio.TaskGroup() as tasks:
+        readiness = tasks.create_task(_ready_when(engine, ctx))
+        try:
+            await engine.run(ctx.stopping)
+        finally:
+            readiness.cancel()
+
+
+async def _ready_when(engine: ConsumerEngine, ctx: RoleContext) -> None:
+    await engine.ready.wait()
     ctx.mark_ready()
-    await ctx.stopping.wait()
 
 
-ROLE = RoleSpec(name="status_updater", description="(being written)", needs=frozenset({Need.REDIS}), run=run)
+ROLE = RoleSpec(
+    name="status_updater",
+    description="applies message_status_updates to messages and their history",
+    needs=frozenset({Need.KAFKA, Need.POSTGRES, Need.REDIS}),
+    run=run,
+)

@@ -1,4 +1,4 @@
-"""PLACEHOLDER being written in this session; replaced before commit."""
+"""placeholder: being written in this session; replaced before commit."""
 
 from __future__ import annotations
 

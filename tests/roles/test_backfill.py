@@ -1,0 +1,259 @@
+"""The backfill worker against real Redis and Kafka, including a SIGKILL and a Kafka outage."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from chat4all_workers.config import Settings
+from chat4all_workers.db.migrate import migrate
+from chat4all_workers.kafka.breaker import BreakerState
+from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.supervisor import Supervisor
+from tests.roles.durable_support import KafkaProxy, read_topic
+from tests.stack import KafkaTopicFactory, StackEndpoints
+from tests.support import eventually, free_port, settings_for
+
+pytestmark = pytest.mark.stack
+
+QUEUE = "fallback:message_queue"
+
+
+@pytest.fixture
+async def redis(stack: StackEndpoints) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.from_url(stack.redis_url)
+    yield client
+    await client.aclose()
+
+
+def bare(n: int) -> bytes:
+    return orjson.dumps(
+        {"message_id": str(uuid.UUID(int=n)), "conversation_id": n % 7, "n": n, "channels": []}
+    )
+
+
+def backfill_settings(stack: StackEndpoints, prefix: str, topic: str, **extra: Any) -> Settings:
+    return settings_for(
+        stack,
+        redis_prefix=prefix,
+        topics={"message_processing": topic},
+        fallback={"poll_interval_s": 0.1, "batch_size": 50, **extra},
+    )
+
+
+async def test_backfill_delivers_bare_values_and_envelopes_then_empties_the_queue(
+    stack: StackEndpoints, redis: aioredis.Redis, redis_prefix: str, kafka_topic: KafkaTopicFactory
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    other = await kafka_topic(partitions=1)
+    envelope = {"topic": other, "key": "k-1", "value": {"a": 1}, "headers": {"h": "v"}}
+    await redis.rpush(redis_prefix + QUEUE, bare(1), orjson.dumps(envelope), bare(2))
+
+    settings = backfill_settings(stack, redis_prefix, topic)
+    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+        await sup.wait()
+        assert sup.metrics.fallback_queue_length.get({}) == 0
+
+    main = await read_topic(stack, topic, expect=2)
+    assert [(r[1], r[2]) for r in main] == [
+        (b"conversation:1", bare(1)),
+        (b"conversation:2", bare(2)),
+    ]
+    (enveloped,) = await read_topic(stack, other, expect=1)
+    assert (enveloped[1], orjson.loads(enveloped[2]), enveloped[3]["h"]) == (b"k-1", {"a": 1}, b"v")
+    assert await redis.llen(redis_prefix + QUEUE) == 0
+    assert [k async for k in redis.scan_iter(match=f"{redis_prefix}{QUEUE}:processing:*")] == []
+
+
+async def test_backfill_moves_invalid_items_to_the_dead_list_with_the_reason(
+    stack: StackEndpoints, redis: aioredis.Redis, redis_prefix: str, kafka_topic: KafkaTopicFactory
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    await redis.rpush(redis_prefix + QUEUE, b"not json", b'{"x": 1}', bare(3))
+
+    settings = backfill_settings(stack, redis_prefix, topic)
+    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+        await sup.wait()
+
+    dead = [orjson.loads(d) for d in await redis.lrange(f"{redis_prefix}{QUEUE}:dead", 0, -1)]
+    assert [d["item"] for d in dead] == ["not json", '{"x": 1}']
+    assert all(d["reason"] for d in dead)
+    assert [r[2] for r in await read_topic(stack, topic, expect=1)] == [bare(3)]
+
+
+async def test_backfill_recovers_items_of_a_worker_whose_heartbeat_expired(
+    stack: StackEndpoints, redis: aioredis.Redis, redis_prefix: str, kafka_topic: KafkaTopicFactory
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    queue = redis_prefix + QUEUE
+    await redis.sadd(f"{queue}:workers", "gone-1")
+    await redis.rpush(f"{queue}:processing:gone-1", bare(1), bare(2))  # no heartbeat key
+    await redis.rpush(queue, bare(3))
+
+    settings = backfill_settings(stack, redis_prefix, topic)
+    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+        await sup.wait()
+
+    assert [r[2] for r in await read_topic(stack, topic, expect=3)] == [bare(1), bare(2), bare(3)]
+    assert await redis.exists(f"{queue}:processing:gone-1") == 0
+    assert await redis.smembers(f"{queue}:workers") == set()
+
+
+async def test_backfill_killed_between_take_and_ack_loses_nothing(
+    stack: StackEndpoints,
+    redis: aioredis.Redis,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
+    tmp_path: Path,
+) -> None:
+    topic = await kafka_topic(partitions=3)
+    queue = redis_prefix + QUEUE
+    total = 20_000
+    for start in range(0, total, 1000):
+        await redis.rpush(queue, *(bare(n) for n in range(start, start + 1000)))
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "REDIS_URL": stack.redis_url,
+        "CHAT4ALL_REDIS_KEY_PREFIX": redis_prefix,
+        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
+        "FALLBACK_BATCH_SIZE": "500",
+        "FALLBACK_POLL_INTERVAL": "0.1",
+        "CHAT4ALL_FALLBACK_HEARTBEAT_TTL_S": "1",
+        "METRICS_PORT": str(free_port()),
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
+        env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(
+            lambda: _holding(redis, queue), timeout_s=30, interval_s=0.001, message="items taken"
+        )
+        child.send_signal(signal.SIGKILL)
+    finally:
+        await child.wait()
+    assert await _holding(redis, queue), "the kill did not land between take and ack"
+
+    settings = backfill_settings(stack, redis_prefix, topic, heartbeat_ttl_s=1.0, batch_size=500)
+    await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
+    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+        await sup.wait()
+
+    records = await read_topic(stack, topic, expect=total, partitions=3)
+    delivered = {orjson.loads(r[2])["n"] for r in records}
+    assert delivered == set(range(total))
+    assert await redis.llen(queue) == 0
+
+
+async def _holding(redis: aioredis.Redis, queue: str) -> bool:
+    """Some worker holds taken, unacknowledged items right now."""
+    async for key in redis.scan_iter(match=f"{queue}:processing:*"):
+        if await redis.llen(key):
+            return True
+    return False
+
+
+async def _heartbeats_expired(redis: aioredis.Redis, queue: str) -> bool:
+    return [k async for k in redis.scan_iter(match=f"{queue}:heartbeat:*")] == []
+
+
+async def test_kafka_outage_parks_status_updates_holds_outbox_and_loses_nothing(
+    stack: StackEndpoints,
+    redis: aioredis.Redis,
+    redis_prefix: str,
+    pg_database: str,
+    kafka_topic: KafkaTopicFactory,
+) -> None:
+    """The producer reaches Kafka only through a proxy the test stops and starts (see
+    durable_support.KafkaProxy); status updates are produced as the router does, with
+    fallback=True, through the process's one producer."""
+    events_topic = await kafka_topic(partitions=2)
+    status_topic = await kafka_topic(partitions=2)
+    conn = await asyncpg.connect(pg_database)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(pg_database, min_size=1, max_size=2)
+    proxy = KafkaProxy(stack.kafka_bootstrap)
+    await proxy.start()
+    settings = settings_for(
+        stack,
+        database_url=pg_database,
+        redis_prefix=redis_prefix,
+        topics={"message_events": events_topic, "message_status_updates": status_topic},
+        kafka={"bootstrap_servers": proxy.address, "request_timeout_ms": 2000},
+        breaker={"failure_threshold": 2, "cooldown_s": 1.0, "call_timeout_s": 1.0},
+        outbox={"poll_interval_ms": 100},
+        fallback={"poll_interval_s": 0.2},
+    )
+    try:
+        async with Supervisor(settings, roles=["outbox", "backfill"], serve_http=False) as sup:
+            await sup.wait_ready()
+            assert sup.resources is not None
+            producer = sup.resources.kafka()
+            await _insert_events(pool, range(0, 100))
+            await eventually(lambda: _unpublished(pool, 0), message="first events published")
+
+            await proxy.stop()
+            for n in range(50):
+                await producer.send(_status_update(status_topic, n), fallback=True)
+            await _insert_events(pool, range(100, 200))
+            assert sup.metrics.breaker_state.get({"service": "kafka"}) != BreakerState.CLOSED
+            assert await redis.llen(redis_prefix + QUEUE) > 0
+            assert await _count(pool, "NOT published") == 100  # they wait
+
+            await proxy.start()
+            await eventually(lambda: _unpublished(pool, 0), timeout_s=30, message="outbox")
+            await eventually(lambda: _queue_empty(redis, redis_prefix), timeout_s=30)
+            assert producer.breaker.state is BreakerState.CLOSED
+    finally:
+        await proxy.stop()
+        await pool.close()
+
+    events = await read_topic(stack, events_topic, expect=200, partitions=2)
+    statuses = await read_topic(stack, status_topic, expect=50, partitions=2)
+    assert {orjson.loads(r[2])["n"] for r in events} == set(range(200))
+    assert {orjson.loads(r[2])["n"] for r in statuses} == set(range(50))
+
+
+async def _insert_events(pool: asyncpg.Pool, ns: range) -> None:
+    await pool.execute(
+        """INSERT INTO outbox_events (id, aggregate_type, aggregate_id, event_type, payload)
+           SELECT gen_random_uuid(), 'message', (n % 10)::text, 'message.updated',
+                  jsonb_build_object('n', n)
+           FROM generate_series($1::int, $2::int) n""",
+        ns.start,
+        ns.stop - 1,
+    )
+
+
+def _status_update(topic: str, n: int) -> OutgoingRecord:
+    value = {"message_id": str(uuid.UUID(int=n)), "conversation_id": 1, "channel": "whatsapp",
+             "new_status": "SENT", "n": n}  # fmt: skip
+    return OutgoingRecord(topic, orjson.dumps(value), b"conversation:1")
+
+
+async def _count(pool: asyncpg.Pool, where: str) -> int:
+    return int(await pool.fetchval(f"SELECT count(*) FROM outbox_events WHERE {where}"))
+
+
+async def _unpublished(pool: asyncpg.Pool, expected: int) -> bool:
+    return await _count(pool, "NOT published") == expected
+
+
+async def _queue_empty(redis: aioredis.Redis, prefix: str) -> bool:
+    return await redis.llen(prefix + QUEUE) == 0

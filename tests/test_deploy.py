@@ -1,0 +1,394 @@
+"""The shipping artifacts (Dockerfile, docker-compose.yml, deploy/) against the code they ship.
+
+They are text the code never reads, so nothing else notices when a role is renamed, a setting's
+environment name changes or a metric disappears: these tests do, without any service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aioprometheus.collectors import Histogram
+
+from chat4all_workers.cli import build_parser
+from chat4all_workers.config import Settings
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.roles import REGISTRY
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+K8S = ROOT / "deploy" / "k8s"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "chat4all-workers.json"
+IMAGE = "chat4all-workers"
+
+# Environment the deployment files may set besides the settings' own names: the config file's path
+# and the OpenTelemetry variables the SDK reads itself.
+EXTRA_ENV = {"CHAT4ALL_CONFIG", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
+# Set in the image for Python and pip, not for us.
+IMAGE_ONLY_ENV = re.compile(r"^(PYTHON|PIP_)")
+# Prometheus's own series, usable in alerts next to what the workers export.
+PROMETHEUS_SERIES = {"up"}
+
+PRODUCTION_SERVICES = {n for n, s in REGISTRY.items() if s.run is not None and not s.dev_only}
+PERIODIC = {n for n, s in REGISTRY.items() if s.run_once is not None}
+DEV_ONLY = {n for n, s in REGISTRY.items() if s.dev_only}
+
+
+def known_env() -> set[str]:
+    return {row.env for row in Settings.load({}).describe()} | EXTRA_ENV
+
+
+def exported_metrics() -> set[str]:
+    names = set()
+    for name, collector in Metrics().registry.collectors.items():
+        names.add(name)
+        if isinstance(collector, Histogram):
+            names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    return names
+
+
+def roles_in(value: str) -> list[str]:
+    """Role names of a ROLES value; `all` is the CLI's keyword, not a role."""
+    return [r.strip() for r in value.split(",") if r.strip() and r.strip() != "all"]
+
+
+def assert_cli_accepts(argv: list[str], where: str) -> None:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{where}: `chat4all-workers {shlex.join(argv)}` is not a valid command")
+    if args.command == "run-once":
+        assert args.role in PERIODIC, f"{where}: run-once {args.role}: not a periodic role"
+
+
+# --- docker-compose.yml --------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return doc
+
+
+def our_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run this project's image."""
+    return {
+        name: svc
+        for name, svc in compose()["services"].items()
+        if str(svc.get("image", "")).split(":")[0] == IMAGE
+    }
+
+
+def test_compose_roles_exist_in_the_registry() -> None:
+    for name, svc in our_services().items():
+        for role in roles_in(svc["environment"].get("ROLES", "")):
+            assert role in REGISTRY, f"compose service {name}: unknown role {role!r}"
+
+
+def test_compose_runs_every_production_role() -> None:
+    running = {
+        role
+        for svc in our_services().values()
+        for role in roles_in(svc["environment"].get("ROLES", ""))
+    }
+    assert running >= PRODUCTION_SERVICES
+
+
+def test_compose_dev_roles_only_under_the_dev_profile() -> None:
+    for name, svc in our_services().items():
+        if set(roles_in(svc["environment"].get("ROLES", ""))) & DEV_ONLY:
+            assert svc.get("profiles") == ["dev"], f"compose service {name} must be profile dev"
+
+
+def test_compose_env_names_are_settings() -> None:
+    known = known_env()
+    for name, svc in our_services().items():
+        unknown = set(svc["environment"]) - known
+        assert not unknown, f"compose service {name} sets unknown variables {sorted(unknown)}"
+
+
+def test_compose_commands_are_cli_commands() -> None:
+    for name, svc in our_services().items():
+        assert_cli_accepts(list(svc.get("command", ["run"])), f"compose service {name}")
+
+
+def test_compose_file_is_valid() -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("docker CLI not installed: `docker compose config` cannot check the file")
+    probe = subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True, check=False, timeout=30
+    )
+    if probe.returncode != 0:
+        pytest.skip("the docker CLI has no compose plugin: `docker compose config` cannot run")
+    result = subprocess.run(
+        [docker, "compose", "--profile", "dev", "--profile", "observability", "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> Iterator[tuple[str, str]]:
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            keyword, _, rest = line.strip().partition(" ")
+            yield keyword.upper(), rest.strip()
+
+
+def test_dockerfile_env_names_are_settings() -> None:
+    known = known_env()
+    names = {
+        pair.split("=", 1)[0]
+        for keyword, rest in dockerfile_instructions()
+        if keyword == "ENV"
+        for pair in shlex.split(rest)
+    }
+    unknown = {n for n in names if not IMAGE_ONLY_ENV.match(n)} - known
+    assert not unknown, f"Dockerfile sets unknown variables {sorted(unknown)}"
+
+
+def test_dockerfile_ships_the_config_where_chat4all_config_points() -> None:
+    instructions = list(dockerfile_instructions())
+    env = dict(
+        pair.split("=", 1) for kw, rest in instructions if kw == "ENV" for pair in shlex.split(rest)
+    )
+    copies = [rest.split() for kw, rest in instructions if kw == "COPY"]
+    assert ["supervisor.toml", env["CHAT4ALL_CONFIG"]] in copies
+
+
+def test_dockerfile_entrypoint_is_the_console_script() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    entrypoints = [json.loads(rest) for kw, rest in dockerfile_instructions() if kw == "ENTRYPOINT"]
+    assert entrypoints == [[IMAGE]]
+    assert IMAGE in scripts
+
+
+# --- deploy/k8s ----------------------------------------------------------------------------------
+
+
+def k8s_objects() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    return [
+        doc
+        for resource in kustomization["resources"]
+        for doc in yaml.safe_load_all((K8S / resource).read_text())
+        if doc
+    ]
+
+
+def k8s_find(kind: str, name: str) -> dict[str, Any]:
+    (obj,) = [o for o in k8s_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    for obj in k8s_objects():
+        where = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "Deployment":
+            yield where, obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            yield where, obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def container_env(pod: dict[str, Any]) -> dict[str, str]:
+    """Every variable a pod's container gets, from env and from envFrom ConfigMaps and Secrets."""
+    (container,) = pod["containers"]
+    env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            env |= k8s_find("ConfigMap", source["configMapRef"]["name"])["data"]
+        if "secretRef" in source:
+            env |= k8s_find("Secret", source["secretRef"]["name"])["stringData"]
+    return env
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"])
+    present = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == present
+
+
+def test_k8s_roles_exist_in_the_registry() -> None:
+    for where, pod in pod_specs():
+        for role in roles_in(container_env(pod).get("ROLES", "")):
+            assert role in REGISTRY, f"{where}: unknown role {role!r}"
+
+
+def test_k8s_commands_are_cli_commands() -> None:
+    for where, pod in pod_specs():
+        (container,) = pod["containers"]
+        assert_cli_accepts(list(container.get("args", ["run"])), where)
+
+
+def test_k8s_deploys_every_production_role_and_schedules_every_periodic_one() -> None:
+    deployed, scheduled = set(), set()
+    for where, pod in pod_specs():
+        (container,) = pod["containers"]
+        if where.startswith("Deployment/"):
+            deployed |= set(roles_in(container_env(pod)["ROLES"]))
+        elif container["args"][0] == "run-once":
+            scheduled.add(container["args"][1])
+    assert deployed | scheduled >= PRODUCTION_SERVICES
+    assert scheduled == PERIODIC
+
+
+def test_k8s_env_names_are_settings() -> None:
+    known = known_env()
+    for where, pod in pod_specs():
+        unknown = set(container_env(pod)) - known
+        assert not unknown, f"{where} sets unknown variables {sorted(unknown)}"
+
+
+def test_k8s_grace_period_outlasts_the_drain() -> None:
+    settings = Settings.from_environ({}, config_path=str(ROOT / "supervisor.toml"))
+    for where, pod in pod_specs():
+        if where.startswith("Deployment/"):
+            grace = pod["terminationGracePeriodSeconds"]
+            assert grace > settings.supervisor.shutdown_timeout_s, where
+
+
+def test_k8s_probes_hit_the_operations_port() -> None:
+    port = Settings.load({}).observability.metrics_port
+    for where, pod in pod_specs():
+        if not where.startswith("Deployment/"):
+            continue
+        (container,) = pod["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        ready, alive = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+        assert (ready["path"], ports[ready["port"]]) == ("/readyz", port), where
+        assert (alive["path"], ports[alive["port"]]) == ("/healthz", port), where
+
+
+def test_k8s_pods_run_as_non_root() -> None:
+    for where, pod in pod_specs():
+        assert pod["securityContext"]["runAsNonRoot"] is True, where
+        (container,) = pod["containers"]
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False, where
+
+
+def test_k8s_configmap_is_supervisor_toml() -> None:
+    configmap = k8s_find("ConfigMap", "chat4all-workers-config")
+    assert configmap["data"]["supervisor.toml"] == (ROOT / "supervisor.toml").read_text(), (
+        "deploy/k8s/configmap.yaml is stale: run scripts/k8s-configmap"
+    )
+
+
+# --- metrics in the dashboard and the alerts -----------------------------------------------------
+
+_PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right",
+    "and", "or", "unless", "bool", "offset", "inf", "nan",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """Series names in a PromQL expression: identifiers that are not functions, keywords, label
+    names (inside {...} or by/on (...)), strings or durations."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w$.])([a-zA-Z_:][\w:]*)\b(\s*\()?", expr):
+        word, call = match.group(1), match.group(2)
+        if not call and word.lower() not in _PROMQL_WORDS:
+            names.add(word)
+    return names
+
+
+def alert_expressions() -> list[str]:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    return [rule["expr"] for group in groups for rule in group["rules"]]
+
+
+def dashboard_expressions() -> list[str]:
+    def walk(panels: list[dict[str, Any]]) -> Iterator[str]:
+        for panel in panels:
+            yield from (t["expr"] for t in panel.get("targets", []))
+            yield from walk(panel.get("panels", []))
+
+    return list(walk(json.loads(DASHBOARD.read_text())["panels"]))
+
+
+def test_metric_names_reads_promql() -> None:
+    expr = (
+        'histogram_quantile(0.99, sum by (role, le) (rate(a_bucket{worker=~"$w"}[5m])))'
+        " > 1 and on (role) b unless max(c offset 5m) > bool 2"
+    )
+    assert metric_names(expr) == {"a_bucket", "b", "c"}
+
+
+def test_dashboard_uses_only_exported_metrics() -> None:
+    used = {name for expr in dashboard_expressions() for name in metric_names(expr)}
+    assert used - exported_metrics() == set()
+
+
+def test_dashboard_shows_the_operating_metrics() -> None:
+    used = {name for expr in dashboard_expressions() for name in metric_names(expr)}
+    assert used >= {
+        "messages_processed_total",
+        "worker_processing_duration_seconds_bucket",
+        "dlq_messages_total",
+        "kafka_consumer_lag",
+        "outbox_pending_events",
+        "redis_fallback_queue_length",
+        "circuit_breaker_state",
+        "supervisor_restarts_total",
+        "event_loop_lag_seconds",
+    }
+
+
+def test_alerts_use_only_exported_metrics() -> None:
+    used = {name for expr in alert_expressions() for name in metric_names(expr)}
+    assert used - exported_metrics() - PROMETHEUS_SERIES == set()
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("promtool missing in CI: install Debian's `prometheus` package")
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    return path
+
+
+def test_alert_rules_pass_promtool() -> None:
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(ALERTS)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_config_passes_promtool() -> None:
+    result = subprocess.run(
+        [promtool(), "check", "config", str(PROMETHEUS)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
