@@ -31,6 +31,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "chat4all-workers.json"
 IMAGE = "chat4all-workers"
 
@@ -375,6 +376,17 @@ def promtool() -> str:
 def test_alert_rules_pass_promtool() -> None:
     result = subprocess.run(
         [promtool(), "check", "rules", str(ALERTS)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerts_fire_as_their_unit_tests_expect() -> None:
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(ALERT_TESTS)],
         capture_output=True,
         text=True,
         check=False,

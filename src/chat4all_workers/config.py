@@ -207,6 +207,12 @@ class RouterSettings:
     retry_cap_s: float = 5.0
     dedup_ttl_s: int = 86_400
     all_channels: tuple[str, ...] = ("whatsapp", "instagram")
+    # A send whose worker died after claiming it has an unknown outcome: the provider may or may
+    # not have accepted it. "dead_letter" keeps the at-most-once promise and hands it to an
+    # operator (replayable); "resend" prefers at-least-once and may duplicate it.
+    on_unknown_outcome: str = field(
+        default="dead_letter", metadata={"choices": ("dead_letter", "resend")}
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,7 @@ def engine_for(
     max_in_flight: int = 100,
     drain: bool = True,
     commit_interval_s: float = 0.1,
+    metrics: Metrics | None = None,
 ) -> ConsumerEngine:
     async def ignore(record: ConsumedRecord, exc: PermanentError) -> None:
         raise AssertionError(f"unexpected permanent error for {record.offset}: {exc}")
@@ -41,7 +42,7 @@ def engine_for(
         role="test",
         handler=handler,
         on_permanent=on_permanent or ignore,
-        metrics=Metrics(),
+        metrics=metrics or Metrics(),
         max_in_flight=max_in_flight,
         commit_interval_s=commit_interval_s,
         drain=drain,
@@ -214,3 +215,30 @@ async def test_consumer_redelivers_unfinished_work_after_a_stop(
 
     assert first_run == [0, 1]
     assert second_run == [2, 3, 4]
+
+
+async def test_consumer_reports_lag_from_the_commit_position_even_when_idle(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    await produce(stack, topic, [(b"k", str(i).encode()) for i in range(10)])
+    release = asyncio.Event()
+    metrics = Metrics()
+
+    async def handler(record: ConsumedRecord) -> None:
+        if record.offset == 4:
+            await release.wait()
+
+    engine = engine_for(stack, topic, consumer_group, handler, drain=False, metrics=metrics)
+    labels = {"topic": topic, "partition": "0"}
+    async with running(engine):
+        await eventually(lambda: _gauge(metrics, labels) == 6, message="lag 6 behind offset 4")
+        release.set()
+        await eventually(lambda: _gauge(metrics, labels) == 0, message="lag back to 0")
+
+
+def _gauge(metrics: Metrics, labels: dict[str, str]) -> float | None:
+    try:
+        return float(metrics.consumer_lag.get(labels))
+    except KeyError:
+        return None

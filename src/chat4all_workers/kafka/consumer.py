@@ -35,7 +35,7 @@ from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import KafkaSettings
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.kafka.records import ConsumedRecord
-from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.observability.metrics import Metrics, forget
 from chat4all_workers.observability.tracing import context_from_headers, tracer
 
 log = logging.getLogger(__name__)
@@ -199,12 +199,6 @@ class ConsumerEngine:
                 self.ready.set()
             for tp, records in batch.items():
                 self._accept(tp, records)
-                highwater = consumer.highwater(tp)
-                if highwater is not None and records:
-                    self._metrics.consumer_lag.set(
-                        {"topic": tp.topic, "partition": str(tp.partition)},
-                        max(0, highwater - records[-1].offset - 1),
-                    )
             if self._drain and not batch and await self._caught_up():
                 return
 
@@ -342,6 +336,23 @@ class ConsumerEngine:
                 await self._commit_finished()
             except (CommitFailedError, KafkaError) as exc:
                 log.warning("offset commit failed, will retry: %r", exc)
+            self._report_lag()
+
+    def _report_lag(self) -> None:
+        """`kafka_consumer_lag`: records between what is committed (or about to be) and the log
+        end, for every partition this member owns, refreshed even when nothing arrives."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp, partition in self._partitions.items():
+            highwater = consumer.highwater(tp)
+            done = (
+                partition.commit_position
+                if partition.commit_position is not None
+                else partition.committed
+            )
+            if highwater is not None and done is not None:
+                self._metrics.consumer_lag.set(_lag_labels(tp), max(0, highwater - done))
 
     async def _commit_finished(self, only: Sequence[TopicPartition] | None = None) -> None:
         consumer = self._consumer
@@ -369,6 +380,7 @@ class ConsumerEngine:
             log.warning("commit on revocation failed; the new owner redoes that work: %r", exc)
         for tp in revoked:
             self._partitions.pop(tp, None)
+            forget(self._metrics.consumer_lag, _lag_labels(tp))  # the new owner reports it
         self._paused = False
 
     def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
@@ -385,6 +397,10 @@ class ConsumerEngine:
     def _require_tasks(self) -> asyncio.TaskGroup:
         assert self._tasks is not None, "the engine is not running"
         return self._tasks
+
+
+def _lag_labels(tp: TopicPartition) -> dict[str, str]:
+    return {"topic": tp.topic, "partition": str(tp.partition)}
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -6,7 +6,9 @@ one test process without their counters colliding.
 
 from __future__ import annotations
 
-from aioprometheus.collectors import Counter, Gauge, Histogram, Registry
+import contextlib
+
+from aioprometheus.collectors import Collector, Counter, Gauge, Histogram, Registry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -67,3 +69,10 @@ class Metrics:
             "HTTP calls to channel providers, by channel and status.",
             registry=r,
         )
+
+
+def forget(collector: Collector, labels: dict[str, str]) -> None:
+    """Drop one labelled series, e.g. the lag of a partition this process no longer owns (else
+    the last value would be reported forever)."""
+    with contextlib.suppress(KeyError):
+        del collector.values[labels]  # type: ignore[no-untyped-call]

@@ -2,16 +2,7 @@
 
 from __future__ import annotations
 
-from chat4all_workers.roles import (
-    backfill,
-    gc,
-    instagram_mock,
-    merge,
-    outbox,
-    router,
-    status_updater,
-    whatsapp_mock,
-)
+from chat4all_workers.roles import backfill, gc, merge, mocks, outbox, router, status_updater
 from chat4all_workers.roles.base import RoleSpec
 
 REGISTRY: dict[str, RoleSpec] = {
@@ -23,7 +14,7 @@ REGISTRY: dict[str, RoleSpec] = {
         backfill.ROLE,
         merge.ROLE,
         gc.ROLE,
-        whatsapp_mock.ROLE,
-        instagram_mock.ROLE,
+        mocks.WHATSAPP,
+        mocks.INSTAGRAM,
     )
 }

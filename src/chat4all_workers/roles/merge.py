@@ -36,7 +36,6 @@ request is redelivered and the steps above run again):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -50,13 +49,12 @@ import orjson
 from chat4all_workers.config import Settings
 from chat4all_workers.db import files as files_db
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
-from chat4all_workers.kafka.consumer import ConsumerEngine
-from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import Need, Resources
 from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.roles.consuming import consume
 from chat4all_workers.storage import merge as s3merge
 from chat4all_workers.storage.s3 import chunk_key, file_key
 
@@ -129,23 +127,6 @@ class Merger:
                     await files_db.unlock_merge(conn, request.upload_id)
         except _PG_ERRORS as exc:
             raise RetryableError(f"postgres: {exc!r}") from exc
-
-    async def dead_letter(self, record: ConsumedRecord, exc: PermanentError) -> None:
-        log.error("merge request dead-lettered (%s): %s", exc.error_type, exc)
-        await dead_letter(
-            self._resources.kafka(),
-            dlq_topic=self._settings.topics.dlq,
-            value=record.value or b"",
-            key=record.key,
-            source="merge",
-            reason=str(exc),
-            error_type=exc.error_type,
-            attempts=1,
-            original_topic=record.topic,
-            original_partition=record.partition,
-            original_offset=record.offset,
-        )
-        self._resources.metrics.dlq_messages.inc({"source": "merge", "reason": exc.error_type})
 
     async def _merge(self, conn: asyncpg.Connection, request: MergeRequest) -> None:
         upload_id = request.upload_id
@@ -301,28 +282,12 @@ def _names(what: str, names: Sequence[str]) -> str:
 
 async def run(ctx: RoleContext) -> None:
     merger = Merger(ctx.settings, ctx.resources)
-    engine = ConsumerEngine(
-        settings=ctx.settings.kafka,
-        topics=[ctx.settings.topics.file_merge_requests],
-        group_id=f"{ctx.settings.kafka.consumer_group}-merge",
-        role=ctx.name,
+    await consume(
+        ctx,
+        topic=ctx.settings.topics.file_merge_requests,
         handler=merger.handle,
-        on_permanent=merger.dead_letter,
-        metrics=ctx.metrics,
         max_in_flight=ctx.settings.merge.max_concurrent,
-        drain=ctx.drain,
     )
-    async with asyncio.TaskGroup() as tasks:
-        announcer = tasks.create_task(_ready_when_assigned(engine, ctx))
-        try:
-            await engine.run(ctx.stopping)
-        finally:
-            announcer.cancel()
-
-
-async def _ready_when_assigned(engine: ConsumerEngine, ctx: RoleContext) -> None:
-    await engine.ready.wait()
-    ctx.mark_ready()
 
 
 ROLE = RoleSpec(

@@ -1,14 +1,388 @@
-"""placeholder: being written in this session; replaced before commit."""
+"""The router: delivers each `message_processing` record to its channels, at most once each.
+
+Per record (records of one conversation in order, conversations concurrently: the consumer
+engine's keyed concurrency):
+
+1. Validate against the wire format (SPEC section 3). Bad JSON, a missing or mistyped field, an
+   unknown channel: straight to the DLQ with the reason, no retries, no sends.
+2. A file message is sent only when its file is COMPLETED and its object exists; otherwise every
+   channel FAILS (a permanent error) and the record is dead-lettered.
+3. `all` expands to `router.all_channels`. The channels of one message are sent concurrently; a
+   failure on one never holds back the other.
+4. Per channel, at most once within `router.dedup_ttl_s` (24 h), however often Kafka redelivers
+   (roles/dedup.py): the Redis key `message:dedup:{message_id}:{channel}` is claimed with a short
+   lease (renewed before each attempt), then set to `sent:{provider_message_id}` once the
+   provider accepted the message. A redelivered record that finds `sent:` re-emits SENT
+   (statuses are idempotent) and sends nothing; one that finds another worker's live lease waits
+   (the engine holds back only that conversation). A failed send releases its claim, so a replay
+   from the DLQ can try again. A lease that expired means a worker died mid-send and the
+   provider may or may not have the message: by default (`router.on_unknown_outcome =
+   "dead_letter"`) that channel is dead-lettered as `delivery_unknown` rather than sent again, so
+   the promise stays "at most once" and the doubt goes to an operator; "resend" trades it for
+   at-least-once.
+5. Send with up to `router.max_attempts` attempts and exponential backoff with jitter (the
+   provider's Retry-After when longer). Then SENT (with the provider's id) or, after exhaustion
+   or a permanent provider error, FAILED goes to `message_status_updates`; status updates are
+   produced with `fallback=True`, so they are parked in Redis while Kafka's breaker is open.
+6. If any channel failed, the ORIGINAL record (bytes and key unchanged) goes to the DLQ once, with
+   the per-channel reasons in `dlq.reason`.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from miniopy_async.error import S3Error
+
+from chat4all_workers.backoff import retry
+from chat4all_workers.channels import CHANNELS, build_adapters
+from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage, SendResult
+from chat4all_workers.errors import (
+    InvalidRecordError,
+    PermanentError,
+    ProviderRejectedError,
+    RetryableError,
+)
+from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.roles.consuming import consume, dead_letter_record
+from chat4all_workers.roles.dedup import SendMarkers, State
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    message_id: str
+    conversation_id: int
+    sender_id: int | None
+    kind: str
+    content: str
+    file_id: str | None
+    channels: tuple[str, ...]
+    recipients: dict[str, str]
+
+
+def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message:
+    """The message a record carries, or InvalidRecordError saying exactly what is wrong."""
+    try:
+        doc = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRecordError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidRecordError(f"expected a JSON object, got {type(doc).__name__}")
+    message_id = doc.get("message_id")
+    if not isinstance(message_id, str):
+        raise InvalidRecordError("message_id must be a string (a UUID)")
+    try:
+        uuid.UUID(message_id)
+    except ValueError:
+        raise InvalidRecordError("message_id is not a UUID") from None
+    conversation_id = doc.get("conversation_id")
+    if not isinstance(conversation_id, int) or isinstance(conversation_id, bool):
+        raise InvalidRecordError("conversation_id must be an integer")
+    sender_id = doc.get("sender_id")
+    if sender_id is not None and (not isinstance(sender_id, int) or isinstance(sender_id, bool)):
+        raise InvalidRecordError("sender_id must be an integer")
+    kind, content, file_id = _parse_payload(doc.get("payload"))
+    channels = _parse_channels(doc.get("channels"), all_channels)
+    recipients = doc.get("recipients", {})
+    if recipients is None:
+        recipients = {}
+    if not isinstance(recipients, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in recipients.items()
+    ):
+        raise InvalidRecordError("recipients must map channel names to strings")
+    return Message(
+        message_id=message_id,
+        conversation_id=conversation_id,
+        sender_id=sender_id,
+        kind=kind,
+        content=content,
+        file_id=file_id,
+        channels=channels,
+        recipients=recipients,
+    )
+
+
+def _parse_payload(payload: Any) -> tuple[str, str, str | None]:
+    if not isinstance(payload, dict):
+        raise InvalidRecordError("payload must be an object")
+    kind = payload.get("type")
+    if kind == "text":
+        content = payload.get("content")
+        if not isinstance(content, str) or not content:
+            raise InvalidRecordError("a text payload needs a non-empty string content")
+        return "text", content, None
+    if kind == "file":
+        file_id = payload.get("file_id")
+        if not isinstance(file_id, str):
+            raise InvalidRecordError("a file payload needs a file_id")
+        try:
+            uuid.UUID(file_id)
+        except ValueError:
+            raise InvalidRecordError("file_id is not a UUID") from None
+        caption = payload.get("content")
+        return "file", caption if isinstance(caption, str) else "", file_id
+    raise InvalidRecordError(f"payload type must be 'text' or 'file', got {kind!r:.40}")
+
+
+def _parse_channels(channels: Any, all_channels: tuple[str, ...]) -> tuple[str, ...]:
+    if channels == "all":
+        return all_channels
+    if not isinstance(channels, list) or not channels:
+        raise InvalidRecordError("channels must be a non-empty list or 'all'")
+    chosen: list[str] = []
+    for channel in channels:
+        if not isinstance(channel, str):
+            raise InvalidRecordError("channels must be strings")
+        names = all_channels if channel == "all" else (channel,)
+        for name in names:
+            if name not in CHANNELS:
+                raise InvalidRecordError(
+                    f"unknown channel {name!r:.40}; known: {', '.join(CHANNELS)}"
+                )
+            if name not in chosen:
+                chosen.append(name)
+    return tuple(chosen)
+
+
+class _UnknownOutcomeError(PermanentError):
+    error_type = "delivery_unknown"
+
+
+@dataclass(frozen=True)
+class _ChannelFailure:
+    channel: str
+    error: PermanentError | RetryableError
+    attempts: int
+
+
+class Router:
+    def __init__(self, ctx: RoleContext, adapters: dict[str, ChannelAdapter]) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.adapters = adapters
+        self.redis = ctx.resources.redis_client()
+        self.producer = ctx.resources.kafka()
+        r = self.settings.router
+        whatsapp, instagram = self.settings.whatsapp, self.settings.instagram
+        # A lease covers one attempt and the backoff before it, and is renewed per attempt; a
+        # worker that dies mid-send blocks its messages for at most this long.
+        lease_s = max(whatsapp.timeout_s, instagram.timeout_s) + r.retry_cap_s + 2.0
+        self.markers = SendMarkers(self.redis, ttl_s=r.dedup_ttl_s, lease_s=lease_s)
+
+    async def handle(self, record: ConsumedRecord) -> None:
+        message = parse_message(record.value, self.settings.router.all_channels)
+        with log_context(
+            message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            user_id=message.sender_id,
+        ):
+            outbound = await self._outbound(message)
+            failures: list[_ChannelFailure] = []
+            # gather, not a task group: one channel's trouble must not cancel the other's send
+            # halfway (a cancelled send may have reached the provider without being marked).
+            results = await asyncio.gather(
+                *(self._deliver(message, c, outbound, failures) for c in message.channels),
+                return_exceptions=True,
+            )
+            errors = [r for r in results if isinstance(r, BaseException)]
+            for error in errors:
+                if not isinstance(error, RetryableError):
+                    raise error  # a bug, or cancellation
+            if errors:
+                raise errors[0]  # the engine retries the record; sent channels are deduplicated
+            if failures:
+                await self._dead_letter(record, failures)
+
+    async def _outbound(self, message: Message) -> dict[str, OutboundMessage | PermanentError]:
+        """What to send per channel; a channel that cannot be sent to holds its reason."""
+        document_url = filename = mime_type = ""
+        file_problem: PermanentError | None = None
+        if message.kind == "file":
+            assert message.file_id is not None
+            try:
+                document_url, filename, mime_type = await self._file_link(message.file_id)
+            except PermanentError as exc:
+                file_problem = exc
+        prepared: dict[str, OutboundMessage | PermanentError] = {}
+        for channel in message.channels:
+            recipient = message.recipients.get(channel)
+            if file_problem is not None:
+                prepared[channel] = file_problem
+            elif not recipient:
+                prepared[channel] = ProviderRejectedError(f"{channel}: no recipient in the message")
+            else:
+                prepared[channel] = OutboundMessage(
+                    message_id=message.message_id,
+                    conversation_id=message.conversation_id,
+                    recipient=recipient,
+                    kind="file" if message.kind == "file" else "text",
+                    text=message.content,
+                    document_url=document_url,
+                    filename=filename,
+                    mime_type=mime_type,
+                )
+        return prepared
+
+    async def _file_link(self, file_id: str) -> tuple[str, str, str]:
+        """A download link for a COMPLETED file whose object exists; PermanentError otherwise."""
+        try:
+            row = await self.ctx.resources.postgres().fetchrow(
+                "SELECT status, storage_key, filename, mime_type FROM files WHERE id = $1",
+                uuid.UUID(file_id),
+            )
+        except (OSError, ConnectionError) as exc:
+            raise RetryableError(f"postgres: {exc}") from exc
+        if row is None:
+            raise PermanentError(f"file {file_id} does not exist")
+        if row["status"] != "COMPLETED" or not row["storage_key"]:
+            raise PermanentError(f"file {file_id} is {row['status']}, not COMPLETED")
+        s3 = self.ctx.resources.s3_client()
+        bucket = self.settings.s3.bucket
+        try:
+            await s3.stat_object(bucket, row["storage_key"])
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
+                raise PermanentError(
+                    f"file {file_id}: object {row['storage_key']} is missing"
+                ) from None
+            raise RetryableError(f"s3: {exc.code}") from exc
+        url = await s3.presigned_get_object(bucket, row["storage_key"], expires=timedelta(hours=24))
+        return str(url), str(row["filename"]), str(row["mime_type"] or "")
+
+    async def _deliver(
+        self,
+        message: Message,
+        channel: str,
+        outbound: dict[str, OutboundMessage | PermanentError],
+        failures: list[_ChannelFailure],
+    ) -> None:
+        prepared = outbound[channel]
+        if isinstance(prepared, PermanentError):
+            failures.append(_ChannelFailure(channel, prepared, 0))
+            await self._emit(message, channel, "FAILED", {"reason": str(prepared)})
+            self._count(channel, "failed")
+            return
+        key = self.ctx.resources.redis_key(f"message:dedup:{message.message_id}:{channel}")
+        claim = await self.markers.claim(key)
+        if claim.state is State.SENT:
+            # Sent before (a redelivery): say so again, harmlessly, and send nothing.
+            details = {"provider_message_id": claim.provider_message_id}
+            await self._emit(message, channel, "SENT", details)
+            self._count(channel, "duplicate")
+            return
+        if claim.state is State.BUSY:
+            raise RetryableError(
+                f"{channel}: another worker is sending this message",
+                retry_after_s=max(0.5, claim.retry_after_s),
+            )
+        if claim.state is State.ORPHANED and self.settings.router.on_unknown_outcome != "resend":
+            await self.markers.release(key, claim.lease)
+            reason = f"{channel}: a worker stopped mid-send; the provider may already have it"
+            failures.append(_ChannelFailure(channel, _UnknownOutcomeError(reason), 1))
+            self._count(channel, "unknown")
+            return
+        lease = claim.lease
+        attempts = 0
+
+        async def attempt() -> SendResult:
+            nonlocal attempts, lease
+            if attempts:
+                renewed = await self.markers.renew(key, lease)
+                if renewed is None:
+                    raise PermanentError(f"{channel}: lost the send lease to another worker")
+                lease = renewed
+            attempts += 1
+            result = await self.adapters[channel].send(prepared)
+            self.ctx.metrics.channel_requests.inc({"channel": channel, "outcome": "accepted"})
+            return result
+
+        r = self.settings.router
+        try:
+            result = await retry(
+                attempt,
+                attempts=r.max_attempts,
+                base_s=r.retry_base_s,
+                cap_s=r.retry_cap_s,
+                on_retry=lambda n, exc, delay: self._retrying(channel, n, exc, delay),
+            )
+        except (RetryableError, PermanentError) as exc:
+            await self.markers.release(key, lease)
+            failures.append(_ChannelFailure(channel, exc, attempts))
+            log.warning("%s send failed after %d attempt(s): %s", channel, attempts, exc)
+            await self._emit(message, channel, "FAILED", {"reason": str(exc), "attempts": attempts})
+            self._count(channel, "failed")
+            return
+        await self.markers.mark_sent(key, result.provider_message_id)
+        await self._emit(
+            message, channel, "SENT", {"provider_message_id": result.provider_message_id}
+        )
+        self._count(channel, "sent")
+
+    def _retrying(self, channel: str, attempt: int, exc: RetryableError, delay: float) -> None:
+        self.ctx.metrics.channel_requests.inc({"channel": channel, "outcome": "retryable_error"})
+        log.info("%s attempt %d failed (%s); retrying in %.2fs", channel, attempt, exc, delay)
+
+    async def _emit(
+        self, message: Message, channel: str, status: str, details: dict[str, Any]
+    ) -> None:
+        update = {
+            "message_id": message.message_id,
+            "conversation_id": message.conversation_id,
+            "channel": channel,
+            "new_status": status,
+            "timestamp": datetime.now(UTC).isoformat(),
+            "details": details,
+        }
+        record = OutgoingRecord(
+            self.settings.topics.message_status_updates,
+            orjson.dumps(update),
+            f"conversation:{message.conversation_id}".encode(),
+        )
+        await self.producer.send(record, fallback=True)
+
+    async def _dead_letter(self, record: ConsumedRecord, failures: list[_ChannelFailure]) -> None:
+        reason = "; ".join(f"{f.channel}: {f.error}" for f in failures)
+        permanent = [f.error for f in failures if isinstance(f.error, PermanentError)]
+        error_type = permanent[0].error_type if permanent else "retries_exhausted"
+        await dead_letter_record(
+            self.ctx,
+            record,
+            reason=reason,
+            error_type=error_type,
+            attempts=max(f.attempts for f in failures),
+        )
+
+    def _count(self, channel: str, outcome: str) -> None:
+        self.ctx.metrics.messages_processed.inc(
+            {"role": "router", "channel": channel, "outcome": outcome}
+        )
 
 
 async def run(ctx: RoleContext) -> None:
-    ctx.mark_ready()
-    await ctx.stopping.wait()
+    adapters = build_adapters(ctx.settings, ctx.resources.http_session())
+    router = Router(ctx, adapters)
+    try:
+        await consume(ctx, topic=ctx.settings.topics.message_processing, handler=router.handle)
+    finally:
+        for adapter in adapters.values():
+            await adapter.aclose()
 
 
-ROLE = RoleSpec(name="router", description="(being written)", needs=frozenset({Need.REDIS}), run=run)
+ROLE = RoleSpec(
+    name="router",
+    description="sends message_processing records to WhatsApp/Instagram, deduplicated, retried",
+    needs=frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3}),
+    run=run,
+)

@@ -20,7 +20,6 @@ A record that violates the wire format is dead-lettered (`dlq.source=status_upda
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -32,12 +31,11 @@ import orjson
 import redis.exceptions as redis_errors
 
 from chat4all_workers.db import statuses as db
-from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
-from chat4all_workers.kafka.consumer import ConsumerEngine
-from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.errors import InvalidRecordError, RetryableError
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.roles.consuming import consume
 
 log = logging.getLogger(__name__)
 
@@ -178,53 +176,10 @@ class _Updater:
         except (redis_errors.RedisError, OSError) as exc:
             log.warning("could not announce status of %s: %s", update.message_id, exc)
 
-    async def dead_letter(self, record: ConsumedRecord, exc: PermanentError) -> None:
-        log.error(
-            "status update %s-%d@%d dead-lettered: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            exc,
-        )
-        await dead_letter(
-            self.ctx.resources.kafka(),
-            dlq_topic=self.ctx.settings.topics.dlq,
-            value=record.value or b"",
-            key=record.key,
-            source="status_updater",
-            reason=str(exc),
-            error_type=exc.error_type,
-            attempts=1,
-            original_topic=record.topic,
-            original_partition=record.partition,
-            original_offset=record.offset,
-        )
-        self.ctx.metrics.dlq_messages.inc({"source": "status_updater", "reason": exc.error_type})
-
 
 async def run(ctx: RoleContext) -> None:
     updater = _Updater(ctx)
-    engine = ConsumerEngine(
-        settings=ctx.settings.kafka,
-        topics=[ctx.settings.topics.message_status_updates],
-        group_id=f"{ctx.settings.kafka.consumer_group}-status_updater",
-        role=ctx.name,
-        handler=updater.handle,
-        on_permanent=updater.dead_letter,
-        metrics=ctx.metrics,
-        drain=ctx.drain,
-    )
-    async with asyncio.TaskGroup() as tasks:
-        readiness = tasks.create_task(_ready_when(engine, ctx))
-        try:
-            await engine.run(ctx.stopping)
-        finally:
-            readiness.cancel()
-
-
-async def _ready_when(engine: ConsumerEngine, ctx: RoleContext) -> None:
-    await engine.ready.wait()
-    ctx.mark_ready()
+    await consume(ctx, topic=ctx.settings.topics.message_status_updates, handler=updater.handle)
 
 
 ROLE = RoleSpec(

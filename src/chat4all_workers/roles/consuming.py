@@ -1,0 +1,94 @@
+"""What every Kafka-consuming role shares: the engine wired to the role's context, and the
+dead-lettering of a record it consumed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chat4all_workers.errors import PermanentError
+from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHandler
+from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.roles.base import RoleContext
+
+log = logging.getLogger(__name__)
+
+
+def consumer_group(ctx: RoleContext) -> str:
+    """Each role is its own consumer group, so roles scale and rebalance independently."""
+    return f"{ctx.settings.kafka.consumer_group}-{ctx.name}"
+
+
+async def consume(
+    ctx: RoleContext,
+    *,
+    topic: str,
+    handler: Handler,
+    on_permanent: PermanentHandler | None = None,
+    max_in_flight: int | None = None,
+) -> None:
+    """Run the consumer engine for this role until it stops; ready once partitions are assigned.
+
+    Without `on_permanent`, a PermanentError dead-letters the record (`dead_letter_record`).
+    """
+
+    async def dead_letter_it(record: ConsumedRecord, exc: PermanentError) -> None:
+        await dead_letter_record(ctx, record, reason=str(exc), error_type=exc.error_type)
+
+    engine = ConsumerEngine(
+        settings=ctx.settings.kafka,
+        topics=[topic],
+        group_id=consumer_group(ctx),
+        role=ctx.name,
+        handler=handler,
+        on_permanent=on_permanent or dead_letter_it,
+        metrics=ctx.metrics,
+        max_in_flight=max_in_flight,
+        drain=ctx.drain,
+    )
+
+    async def announce_ready() -> None:
+        await engine.ready.wait()
+        ctx.mark_ready()
+
+    async with asyncio.TaskGroup() as tasks:
+        announcer = tasks.create_task(announce_ready())
+        try:
+            await engine.run(ctx.stopping)
+        finally:
+            announcer.cancel()
+
+
+async def dead_letter_record(
+    ctx: RoleContext,
+    record: ConsumedRecord,
+    *,
+    reason: str,
+    error_type: str,
+    attempts: int = 1,
+) -> None:
+    """Send the record, byte for byte, to the DLQ with the reason. Bad input is expected, so it
+    is logged as a warning, never an error."""
+    log.warning(
+        "dead-lettering %s-%d@%d (%s): %s",
+        record.topic,
+        record.partition,
+        record.offset,
+        error_type,
+        reason,
+    )
+    await dead_letter(
+        ctx.resources.kafka(),
+        dlq_topic=ctx.settings.topics.dlq,
+        value=record.value or b"",
+        key=record.key,
+        source=ctx.name,
+        reason=reason,
+        error_type=error_type,
+        attempts=attempts,
+        original_topic=record.topic,
+        original_partition=record.partition,
+        original_offset=record.offset,
+    )
+    ctx.metrics.dlq_messages.inc({"source": ctx.name, "reason": error_type})
