@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -191,3 +191,19 @@ async def deployment(
         group=unique_name("group"),
         topics=topics,
     )
+
+
+_SUMMARIES: list[str] = []
+
+
+@pytest.fixture
+def record_summary() -> Callable[[str], None]:
+    """Record a line for the end-of-run summary (fault scenarios say what they counted)."""
+    return _SUMMARIES.append
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _SUMMARIES:
+        terminalreporter.section("scenario summaries")
+        for line in _SUMMARIES:
+            terminalreporter.write_line(line)

@@ -17,6 +17,7 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer
 
 from chat4all_workers.config import Settings
+from chat4all_workers.db.files import count_stuck_merging
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.replay import replay_group
 from chat4all_workers.observability.metrics import Metrics
@@ -156,12 +157,8 @@ async def _store_status(settings: Settings, report: StatusReport) -> None:
         report.outbox_oldest_age_s = (
             None if row["oldest_age_s"] is None else float(row["oldest_age_s"])
         )
-        report.files_stuck_merging = int(
-            await pg.fetchval(
-                "SELECT count(*) FROM files WHERE status = 'MERGING'"
-                " AND updated_at < now() - make_interval(mins => $1)",
-                settings.gc.merging_stuck_minutes,
-            )
+        report.files_stuck_merging = await count_stuck_merging(
+            pg, minutes=settings.gc.merging_stuck_minutes
         )
         queue = res.redis_key(settings.fallback.queue_key)
         report.fallback_queue = int(await redis.llen(queue))

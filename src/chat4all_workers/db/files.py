@@ -264,3 +264,14 @@ async def abandoned_with_chunks(
         limit,
     )
     return [r["id"] for r in rows]
+
+
+async def count_stuck_merging(conn: asyncpg.Pool | asyncpg.Connection, *, minutes: float) -> int:
+    """Files in MERGING for longer than `minutes` (the gauge, `status` and the GC agree)."""
+    return int(
+        await conn.fetchval(
+            "SELECT count(*) FROM files WHERE status = 'MERGING'"
+            " AND updated_at < now() - make_interval(mins => $1)",
+            minutes,
+        )
+    )

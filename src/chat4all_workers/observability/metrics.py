@@ -37,6 +37,11 @@ class Metrics:
         self.fallback_queue_length = Gauge(
             "redis_fallback_queue_length", "Items waiting in the Redis fallback list.", registry=r
         )
+        self.files_stuck_merging = Gauge(
+            "files_stuck_merging",
+            "Files in MERGING for longer than gc.merging_stuck_minutes.",
+            registry=r,
+        )
         self.uploads_cleaned = Counter(
             "uploads_cleaned_total", "Abandoned uploads cleaned by the GC.", registry=r
         )

@@ -36,6 +36,8 @@ request is redelivered and the steps above run again):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -59,6 +61,8 @@ from chat4all_workers.storage import merge as s3merge
 from chat4all_workers.storage.s3 import chunk_key, file_key
 
 log = logging.getLogger(__name__)
+
+_STUCK_REFRESH_S = 30.0
 
 # PostgreSQL trouble a later attempt may not meet (anything else is a bug).
 _PG_ERRORS: tuple[type[Exception], ...] = (
@@ -282,12 +286,33 @@ def _names(what: str, names: Sequence[str]) -> str:
 
 async def run(ctx: RoleContext) -> None:
     merger = Merger(ctx.settings, ctx.resources)
-    await consume(
-        ctx,
-        topic=ctx.settings.topics.file_merge_requests,
-        handler=merger.handle,
-        max_in_flight=ctx.settings.merge.max_concurrent,
-    )
+    async with asyncio.TaskGroup() as tasks:
+        watcher = tasks.create_task(_watch_stuck(ctx))
+        try:
+            await consume(
+                ctx,
+                topic=ctx.settings.topics.file_merge_requests,
+                handler=merger.handle,
+                max_in_flight=ctx.settings.merge.max_concurrent,
+            )
+        finally:
+            watcher.cancel()
+
+
+async def _watch_stuck(ctx: RoleContext) -> None:
+    """Keep `files_stuck_merging` current, so an alert sees merges nobody is finishing."""
+    pool = ctx.resources.postgres()
+    while not ctx.stopping.is_set():
+        try:
+            stuck = await files_db.count_stuck_merging(
+                pool, minutes=ctx.settings.gc.merging_stuck_minutes
+            )
+            ctx.metrics.files_stuck_merging.set({}, stuck)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not count stuck merges: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STUCK_REFRESH_S):
+                await ctx.stopping.wait()
 
 
 ROLE = RoleSpec(

@@ -1,0 +1,194 @@
+"""Faults during a steady stream: a worker killed with -9, and each backing service (Kafka,
+PostgreSQL, Redis, S3) stopped and started again, for real, through `scripts/devstack`.
+
+Afterwards every message reached READ, or FAILED with a DLQ reason; every file is COMPLETED; no
+message was sent twice on a channel; per-conversation order held; and no worker needed a manual
+restart. Each test records a summary line (shown at the end of the run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from miniopy_async import Minio
+
+from tests.e2e.pipeline import (
+    Sent,
+    check_deliveries,
+    file_status,
+    insert_messages,
+    mock_sent,
+    statuses,
+    upload_file,
+)
+from tests.roles.uploads import MIB
+from tests.support import REPO, Deployment, WorkerProcess, eventually, free_port, read_topic
+
+pytestmark = [pytest.mark.stack, pytest.mark.faults]
+
+RATE_PER_S = 20
+SECONDS = 4
+CONVERSATIONS = range(1, 9)
+FAST = {
+    "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0},
+    "outbox": {"poll_interval_ms": 200, "backoff_base_s": 0.2},
+    "fallback": {"poll_interval_s": 0.5},
+    "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5},
+    "whatsapp": {"timeout_s": 2.0},
+    "instagram": {"timeout_s": 2.0},
+    "breaker": {"failure_threshold": 3, "cooldown_s": 1.0, "call_timeout_s": 3.0},
+    "supervisor": {"shutdown_timeout_s": 10.0},
+}
+
+
+async def devstack(*args: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        str(REPO / "scripts" / "devstack"),
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    text = out.decode(errors="replace")
+    if proc.returncode != 0 or "not started by devstack" in text:
+        pytest.fail(f"devstack {' '.join(args)} could not act on the service:\n{text}")
+
+
+@contextlib.asynccontextmanager
+async def service_down(name: str, *, kill: bool = False) -> AsyncIterator[None]:
+    await devstack("stop", *(["--kill"] if kill else []), name)
+    try:
+        yield
+    finally:
+        await devstack("start", name)
+
+
+@contextlib.asynccontextmanager
+async def deployment_running(
+    deployment: Deployment, tmp_path: Path
+) -> AsyncIterator[list[WorkerProcess]]:
+    """The production roles in one process, the channel mocks in another (so what the mocks
+    saw survives anything done to the workers)."""
+    mocks_env = deployment.environ(**FAST)
+    mocks_env["METRICS_PORT"] = str(free_port())
+    procs = [
+        WorkerProcess("all", deployment.environ(**FAST), tmp_path / "workers.log"),
+        WorkerProcess("whatsapp_mock,instagram_mock", mocks_env, tmp_path / "mocks.log"),
+    ]
+    try:
+        for proc in procs:
+            await proc.start()
+        for proc in procs:
+            await proc.ready()
+        yield procs
+    finally:
+        for proc in procs:
+            await proc.stop()
+
+
+async def steady_stream(
+    deployment: Deployment, during: Callable[[], Awaitable[None]]
+) -> list[Sent]:
+    """RATE_PER_S messages a second for SECONDS seconds; `during` runs halfway through."""
+    sent: list[Sent] = []
+    fault: asyncio.Task[None] | None = None
+    async with asyncio.TaskGroup() as tasks:
+        for tick in range(RATE_PER_S * SECONDS // len(CONVERSATIONS)):
+            if tick == RATE_PER_S * SECONDS // len(CONVERSATIONS) // 2:
+                fault = tasks.create_task(during())
+            sent += await insert_messages(
+                deployment, conversations=CONVERSATIONS, per_conversation=1, tag=f"t{tick}-"
+            )
+            await asyncio.sleep(len(CONVERSATIONS) / RATE_PER_S)
+    assert fault is not None
+    return sent
+
+
+async def settle_and_count(
+    deployment: Deployment, sent: list[Sent], record_summary: Callable[[str], None], fault: str
+) -> None:
+    ids = [s.message_id for s in sent]
+    dead = set()
+
+    async def finished() -> bool:
+        nonlocal dead
+        states = await statuses(deployment, ids)
+        dead = await dead_lettered(deployment)
+        return all(states.get(i) == "READ" or i in dead for i in ids)
+
+    await eventually(finished, timeout_s=120, interval_s=0.5, message="every message settled")
+    states = await statuses(deployment, ids)
+    counts = []
+    for channel in ("whatsapp", "instagram"):
+        accepted = await mock_sent(deployment, channel)
+        duplicates, disordered = check_deliveries(sent, accepted)
+        counts.append((channel, len(accepted), duplicates, disordered))
+    read = sum(1 for i in ids if states.get(i) == "READ")
+    lost = len(ids) - read - len(dead & set(ids))
+    record_summary(
+        f"{fault}: messages={len(ids)} read={read} dlq={len(dead & set(ids))} lost={lost} "
+        + " ".join(f"{c}: sent={n} duplicates={d} out_of_order={o}" for c, n, d, o in counts)
+    )
+    assert lost == 0
+    assert all(d == 0 and o == 0 for _, _, d, o in counts)
+
+
+async def dead_lettered(deployment: Deployment) -> set[str]:
+    ids = set()
+    for record in await read_topic(deployment.stack, deployment.topics["dlq"]):
+        with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+            ids.add(str(orjson.loads(record.value)["message_id"]))
+    return ids
+
+
+def no_restart_needed(procs: list[WorkerProcess]) -> None:
+    for proc in procs:
+        assert proc.proc is not None
+        assert proc.proc.returncode is None, f"a worker died:\n{proc.log_tail()}"
+
+
+async def test_fault_worker_killed_with_sigkill_and_restarted(
+    deployment: Deployment, tmp_path: Path, record_summary: Callable[[str], None]
+) -> None:
+    async with deployment_running(deployment, tmp_path) as (workers, mocks):
+
+        async def kill_and_restart() -> None:
+            workers.signal(signal.SIGKILL)
+            await workers.wait(10)
+            await workers.start()
+            await workers.ready()
+
+        sent = await steady_stream(deployment, kill_and_restart)
+        await settle_and_count(deployment, sent, record_summary, "worker kill -9")
+        no_restart_needed([workers, mocks])
+
+
+@pytest.mark.parametrize("service", ["kafka", "postgres", "redis", "s3"])
+async def test_fault_service_stopped_and_started(
+    deployment: Deployment,
+    s3_client: Minio,
+    tmp_path: Path,
+    record_summary: Callable[[str], None],
+    service: str,
+) -> None:
+    async with deployment_running(deployment, tmp_path) as procs:
+
+        async def outage() -> None:
+            async with service_down(service):
+                await asyncio.sleep(3)
+
+        sent = await steady_stream(deployment, outage)
+        upload_id = await upload_file(deployment, s3_client, [b"x" * 5 * MIB, b"y" * MIB])
+        await settle_and_count(deployment, sent, record_summary, f"{service} restart")
+
+        async def completed() -> bool:
+            return await file_status(deployment, upload_id) == "COMPLETED"
+
+        await eventually(completed, timeout_s=60, interval_s=0.5, message="file COMPLETED")
+        no_restart_needed(procs)
