@@ -68,9 +68,7 @@ async def test_sigterm_with_work_in_flight_exits_0_and_commits_only_finished_wor
 
         # Nothing committed before it was done: every record below a committed offset was sent.
         topic = deployment.topics["message_processing"]
-        committed = await committed_offsets(
-            deployment.stack, topic, f"{deployment.group}-router"
-        )
+        committed = await committed_offsets(deployment.stack, topic, f"{deployment.group}-router")
         for record in await read_topic(deployment.stack, topic):
             if record.offset < committed.get(record.partition, -1):
                 content = orjson.loads(record.value)["payload"]["content"]

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from aiokafka.errors import KafkaConnectionError
 from miniopy_async.api import Minio
+from miniopy_async.error import ServerError
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
@@ -33,14 +34,22 @@ from chat4all_workers.storage.s3 import new_client
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# What "not reachable yet" looks like from each client library.
-_UNREACHABLE: tuple[type[Exception], ...] = (
-    OSError,
+# What "a backing service is unreachable or restarting" looks like from each client library: the
+# one list every role uses to tell an outage (retry the work, keep it owned) from a bug (crash).
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # refused, reset, unreachable (aiohttp's ClientOSError is one)
     TimeoutError,
-    redis_errors.ConnectionError,
+    aiohttp.ClientConnectionError,  # S3 or a channel API dropped the connection
+    redis_errors.ConnectionError,  # BusyLoadingError too: Redis is replaying its AOF
     redis_errors.TimeoutError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,  # the connection was closed under the query
+    asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
+    asyncpg.InsufficientResourcesError,  # too many connections, out of memory or disk
+    asyncpg.DeadlockDetectedError,
+    asyncpg.SerializationError,
     KafkaConnectionError,
+    ServerError,  # an S3 5xx
 )
 _PROBE_TIMEOUT_S = 3.0
 
@@ -130,8 +139,12 @@ async def open_resources(
     async with contextlib.AsyncExitStack() as stack:
         producer = pg = redis_client = s3 = http = None
         if Need.REDIS in needs:
-            redis_client = aioredis.Redis.from_url(
-                settings.redis.url.get(), max_connections=settings.redis.max_connections
+            # A blocking pool: above max_connections a command waits for a free connection
+            # (the plain pool raises MaxConnectionsError at once, crashing busy roles).
+            redis_client = aioredis.Redis.from_pool(
+                aioredis.BlockingConnectionPool.from_url(
+                    settings.redis.url.get(), max_connections=settings.redis.max_connections
+                )
             )
             stack.push_async_callback(redis_client.aclose)
             await _connect("redis", redis_client.ping, connect_timeout_s)
@@ -178,8 +191,13 @@ async def open_resources(
             s3 = new_client(settings.s3)
             stack.push_async_callback(s3.close_session)
         if Need.HTTP in needs:
+            # No connection cap of its own (aiohttp's default is 100): kafka.max_in_flight
+            # already bounds concurrent sends, and a hidden 100 capped the router at
+            # 100 / provider latency sends/s (500/s at 200 ms) whatever max_in_flight said.
             http = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=60), raise_for_status=False
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=60),
+                raise_for_status=False,
             )
             stack.push_async_callback(http.close)
         yield Resources(settings, metrics, producer, pg, redis_client, s3, http)
@@ -197,7 +215,7 @@ async def _connect(name: str, attempt: Callable[[], Awaitable[T]], timeout_s: fl
     while True:
         try:
             return await attempt()
-        except _UNREACHABLE as exc:
+        except TRANSIENT_ERRORS as exc:
             error: Exception = exc
         if loop.time() >= deadline:
             raise ConnectionError(

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -34,7 +35,7 @@ from chat4all_workers.observability.logging import bind_service
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, Resources, open_resources
 from chat4all_workers.roles import REGISTRY
-from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
+from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec, outlast_outages
 from chat4all_workers.schedule import Cron
 
 log = logging.getLogger(__name__)
@@ -301,7 +302,7 @@ class Supervisor:
             except asyncio.CancelledError:
                 self._set_state(child, ChildState.STOPPED)
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the one broad except: a crash is restarted
                 abnormal = True
                 child.last_error = exc
                 if not self._stopping.is_set():
@@ -373,6 +374,7 @@ class Supervisor:
             return
         assert spec.run_once is not None
         assert spec.schedule is not None
+        one_pass = spec.run_once
         cron = Cron.parse(spec.schedule(self.settings))
         child.ctx.mark_ready()
         while not self._stopping.is_set():
@@ -383,7 +385,9 @@ class Supervisor:
                     await self._stopping.wait()
             if self._stopping.is_set():
                 return
-            await spec.run_once(child.ctx)
+            # A pass that meets an outage runs again once the service is back, not at the next
+            # scheduled time (a daily GC would otherwise skip a day).
+            await outlast_outages(child.ctx, partial(one_pass, child.ctx), what="the pass")
 
     def _set_state(self, child: _Child, state: ChildState) -> None:
         child.state = state

@@ -38,13 +38,14 @@ async def insert_messages(
     try:
         for n in range(per_conversation):
             for conversation in conversations:
-                written.append(await _insert_one(conn, conversation, f"{tag}{conversation}-{n}"))
+                written.append(await insert_one(conn, conversation, f"{tag}{conversation}-{n}"))
     finally:
         await conn.close()
     return written
 
 
-async def _insert_one(conn: asyncpg.Connection, conversation: int, content: str) -> Sent:
+async def insert_one(conn: asyncpg.Connection, conversation: int, content: str) -> Sent:
+    """One message and its `message.created` event, committed together."""
     message_id = uuid.uuid4()
     value = {
         "message_id": str(message_id),

@@ -14,6 +14,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 from miniopy_async import Minio
@@ -22,7 +23,7 @@ from tests.e2e.pipeline import (
     Sent,
     check_deliveries,
     file_status,
-    insert_messages,
+    insert_one,
     mock_sent,
     statuses,
     upload_file,
@@ -92,6 +93,28 @@ async def deployment_running(
             await proc.stop()
 
 
+async def insert_while_up(deployment: Deployment, *, tag: str) -> list[Sent]:
+    """One message per conversation, as the platform's API writes them: while PostgreSQL is down
+    its clients get errors and try again, so a failed write is retried (with new content, as a
+    write whose commit was lost may have landed; `sent` lists only the ones known written)."""
+    written: list[Sent] = []
+    for conversation in CONVERSATIONS:
+        for attempt in range(300):
+            try:
+                conn = await asyncpg.connect(deployment.database_url, timeout=2)
+                try:
+                    content = f"{tag}{conversation}-a{attempt}"
+                    written.append(await insert_one(conn, conversation, content))
+                finally:
+                    await conn.close()
+                break
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"PostgreSQL did not accept a write for 30 s (conversation {conversation})")
+    return written
+
+
 async def steady_stream(
     deployment: Deployment, during: Callable[[], Awaitable[None]]
 ) -> list[Sent]:
@@ -102,9 +125,7 @@ async def steady_stream(
         for tick in range(RATE_PER_S * SECONDS // len(CONVERSATIONS)):
             if tick == RATE_PER_S * SECONDS // len(CONVERSATIONS) // 2:
                 fault = tasks.create_task(during())
-            sent += await insert_messages(
-                deployment, conversations=CONVERSATIONS, per_conversation=1, tag=f"t{tick}-"
-            )
+            sent += await insert_while_up(deployment, tag=f"t{tick}-")
             await asyncio.sleep(len(CONVERSATIONS) / RATE_PER_S)
     assert fault is not None
     return sent

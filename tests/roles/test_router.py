@@ -207,6 +207,28 @@ async def test_router_survives_kill_9_without_losing_or_repeating_a_send(
         )
 
 
+async def test_router_waits_for_a_redis_connection_when_more_sends_are_in_flight(
+    deployment: Deployment,
+) -> None:
+    # More conversations in flight than Redis connections: commands queue for a connection
+    # instead of raising MaxConnectionsError (which crashed the role under load).
+    docs = [message(c, f"pool-{c}") for c in range(40)]
+    await produce(
+        deployment.stack, deployment.topics["message_processing"], [record(d) for d in docs]
+    )
+
+    async with FakeChannelApi(latency_s=0.02) as channel:
+        settings = deployment.settings(
+            whatsapp={"base_url": channel.base_url},
+            redis={"max_connections": 2},
+        )
+        async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
+            await asyncio.wait_for(sup.wait(), 60)
+
+    assert [s.restarts_total for s in sup.stats()] == [0]
+    assert sorted(channel.texts()) == sorted(d["payload"]["content"] for d in docs)
+
+
 async def test_router_sends_a_completed_file_and_fails_a_missing_one(
     deployment: Deployment, s3_client: Minio
 ) -> None:

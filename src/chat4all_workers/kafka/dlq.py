@@ -1,13 +1,18 @@
 """Dead-lettering: the original bytes, the original key, and the reason in `dlq.*` headers.
 
 The value is never re-encoded, so an operator can replay a record exactly as it first arrived
-(SPEC section 3). Every role that dead-letters goes through `dead_letter`.
+(SPEC section 3). Every role that dead-letters goes through `dead_letter`. The one exception: a
+copy Kafka refuses (an original at the record size limit has no room for the `dlq.*` headers)
+goes without its value and key, with `dlq.value_dropped` saying so; the original is still at
+`dlq.original_topic`/`partition`/`offset` while the topic's retention keeps it, and `dlq replay`
+leaves such a record alone.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from chat4all_workers.errors import PermanentError
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
 
 DLQ_HEADER_PREFIX = "dlq."
@@ -44,4 +49,11 @@ async def dead_letter(
         ("dlq.attempts", str(attempts).encode()),
         ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
     ]
-    return await producer.send(OutgoingRecord(dlq_topic, value, key, headers))
+    try:
+        return await producer.send(OutgoingRecord(dlq_topic, value, key, headers))
+    except PermanentError as exc:
+        # Kafka refuses the copy (a record at the size limit cannot also carry these headers).
+        # Crashing would redeliver it forever; keep the reason and where the original still is.
+        dropped = f"{len(value)}-byte value and {len(key or b'')}-byte key not copied: {exc}"
+        headers.append(("dlq.value_dropped", dropped.encode("utf-8")[:MAX_REASON_BYTES]))
+        return await producer.send(OutgoingRecord(dlq_topic, b"", None, headers))

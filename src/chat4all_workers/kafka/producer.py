@@ -120,12 +120,16 @@ class Producer:
             raise
         try:
             async with asyncio.timeout(self._call_timeout_s):
-                futures = [
-                    await self._client.send(
+                futures = []
+                for r in records:
+                    future = await self._client.send(
                         r.topic, r.value, key=r.key, headers=headers_with_trace(r.headers)
                     )
-                    for r in records
-                ]
+                    # Only the first failure is raised (by gather, or by a later `send` that
+                    # refuses its record); the others are seen here, or asyncio would log them
+                    # as "Future exception was never retrieved".
+                    future.add_done_callback(_retrieve_exception)
+                    futures.append(future)
                 metas = await asyncio.gather(*futures)
         except (KafkaError, TimeoutError) as exc:
             if isinstance(exc, KafkaError) and not exc.retriable:
@@ -155,3 +159,8 @@ class Producer:
         for r in records:
             await self.fallback_sink(fallback_envelope(r))
         return [Delivery(r.topic, None, None) for r in records]
+
+
+def _retrieve_exception(future: asyncio.Future[object]) -> None:
+    if not future.cancelled():
+        future.exception()

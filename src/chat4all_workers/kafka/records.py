@@ -26,7 +26,9 @@ class ConsumedRecord:
             offset=record.offset,
             key=record.key,
             value=record.value,
-            headers=tuple(record.headers or ()),
+            # Kafka allows a header without a value (null); any client may write one. Empty
+            # bytes keep `headers` what its type says, so no reader of it trips over None.
+            headers=tuple((k, b"" if v is None else v) for k, v in record.headers or ()),
             timestamp_ms=record.timestamp,
         )
 

@@ -142,10 +142,10 @@ async def _replay_partition(
                 summary.skipped += 1
                 contiguous = False
                 outcome = "skipped"
-            elif not target:
+            elif not target or record.header("dlq.value_dropped") is not None:
                 summary.unreplayable += 1
                 contiguous = False
-                outcome = "no dlq.original_topic header"
+                outcome = "no dlq.original_topic header" if not target else "value not copied"
             else:
                 if producer is not None:
                     await producer.send(

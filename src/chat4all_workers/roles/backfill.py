@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Sequence
@@ -36,9 +37,13 @@ from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
+
+
+# Kafka's rule for topic names (ASCII letters, digits, `.`, `_`, `-`; at most 249).
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
 
 
 class InvalidItemError(ValueError):
@@ -84,6 +89,10 @@ def _from_envelope(item: dict[str, object]) -> OutgoingRecord:
     topic, key, value, headers = item["topic"], item.get("key"), item["value"], item.get("headers")
     if not isinstance(topic, str) or not topic:
         raise InvalidItemError("envelope topic must be a non-empty string")
+    if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+        # The client would wait for metadata of a topic that cannot exist until the send times
+        # out, as if Kafka were down: the item would go round forever and open the breaker.
+        raise InvalidItemError(f"envelope topic {topic!r:.60} is not a legal Kafka topic name")
     if key is not None and not isinstance(key, str):
         raise InvalidItemError("envelope key must be a string or null")
     if headers is None:
@@ -204,7 +213,7 @@ class _Backfill:
                 await self._bury(raw, f"kafka refused the record: {exc}")
 
     async def _bury(self, raw: bytes, reason: str) -> None:
-        log.error("fallback item moved to %s: %s", self.keys.dead, reason)
+        log.warning("fallback item moved to %s: %s", self.keys.dead, reason)
         wrapper = orjson.dumps({"reason": reason, "item": raw.decode("utf-8", errors="replace")})
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(self.keys.dead, wrapper)
@@ -220,6 +229,12 @@ class _Backfill:
 
 async def run(ctx: RoleContext) -> None:
     worker = _Backfill(ctx)
+    # Through a Redis restart (AOF keeps the lists) the items stay where they were: in the
+    # queue, or in our processing list, handed back or recovered when Redis answers again.
+    await outlast_outages(ctx, lambda: _serve(ctx, worker), what="moving fallback items")
+
+
+async def _serve(ctx: RoleContext, worker: _Backfill) -> None:
     await worker.register()
     try:
         async with asyncio.TaskGroup() as tasks:

@@ -7,13 +7,24 @@ registry. Roles never import the supervisor or each other; they receive a `RoleC
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.metrics import Metrics
-from chat4all_workers.resources import Need, Resources
+from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_OUTAGE_BASE_S = 0.2
+_OUTAGE_CAP_S = 5.0
+# Task groups wrap what their tasks raised; `is_outage` looks inside.
+_OUTAGE_SHAPED: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, ExceptionGroup)
 
 
 class Restart(enum.StrEnum):
@@ -71,3 +82,40 @@ class RoleSpec:
             raise ValueError(f"role {self.name}: give exactly one of run or run_once")
         if self.run_once is not None and self.schedule is None:
             raise ValueError(f"role {self.name}: a periodic role needs a schedule")
+
+
+async def outlast_outages(ctx: RoleContext, call: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Await `call`, and again after a backoff for as long as a backing service is unreachable.
+
+    A database restart or a Redis failover is not a bug: crashing on it would spend the
+    supervisor's restart budget (a 30 s outage would fail the process) and rebalance every
+    consumer. Only once the process is stopping does the outage's error propagate.
+    """
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except _OUTAGE_SHAPED as exc:
+            if ctx.stopping.is_set() or not is_outage(exc):
+                raise
+            delay = backoff_delay_s(attempt, base_s=_OUTAGE_BASE_S, cap_s=_OUTAGE_CAP_S)
+            attempt += 1
+            log.warning(
+                "%s: %s failed, a backing service looks unreachable (%s: %s); again in %.1fs",
+                ctx.name,
+                what,
+                type(exc).__name__,
+                exc,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await ctx.stopping.wait()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A backing service is unreachable; for a task group's errors, every one of them says so."""
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(TRANSIENT_ERRORS)
+        return rest is None
+    return isinstance(exc, TRANSIENT_ERRORS)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from chat4all_workers.errors import PermanentError
+from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHandler
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.resources import TRANSIENT_ERRORS
 from chat4all_workers.roles.base import RoleContext
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,15 @@ async def consume(
     """Run the consumer engine for this role until it stops; ready once partitions are assigned.
 
     Without `on_permanent`, a PermanentError dead-letters the record (`dead_letter_record`).
+    A backing service that is unreachable (TRANSIENT_ERRORS) retries the record in place, like
+    a RetryableError: the record stays owned and uncommitted, the role keeps running.
     """
+
+    async def outage_is_retryable(record: ConsumedRecord) -> None:
+        try:
+            await handler(record)
+        except TRANSIENT_ERRORS as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def dead_letter_it(record: ConsumedRecord, exc: PermanentError) -> None:
         await dead_letter_record(ctx, record, reason=str(exc), error_type=exc.error_type)
@@ -41,7 +50,7 @@ async def consume(
         topics=[topic],
         group_id=consumer_group(ctx),
         role=ctx.name,
-        handler=handler,
+        handler=outage_is_retryable,
         on_permanent=on_permanent or dead_letter_it,
         metrics=ctx.metrics,
         max_in_flight=max_in_flight,

@@ -54,7 +54,7 @@ from chat4all_workers.errors import InvalidRecordError, PermanentError, Retryabl
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
-from chat4all_workers.resources import Need, Resources
+from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
 from chat4all_workers.roles.base import RoleContext, RoleSpec
 from chat4all_workers.roles.consuming import consume
 from chat4all_workers.storage import merge as s3merge
@@ -64,15 +64,9 @@ log = logging.getLogger(__name__)
 
 _STUCK_REFRESH_S = 30.0
 
-# PostgreSQL trouble a later attempt may not meet (anything else is a bug).
-_PG_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-)
 _MAX_LISTED = 20
+# Checking walks every chunk number on the loop; a request for 2**62 chunks must not freeze it.
+_MAX_CHUNKS = 100_000
 
 
 class UnknownUploadError(PermanentError):
@@ -120,17 +114,14 @@ class Merger:
 
     async def handle(self, record: ConsumedRecord) -> None:
         request = parse_request(record.value)
-        try:
-            async with self._resources.postgres().acquire() as conn:
-                if not await files_db.try_lock_merge(conn, request.upload_id):
-                    raise RetryableError(f"upload {request.upload_id} is being merged elsewhere")
-                try:
-                    await self._merge(conn, request)
-                finally:
-                    # asyncpg's connection reset also drops advisory locks, should this fail.
-                    await files_db.unlock_merge(conn, request.upload_id)
-        except _PG_ERRORS as exc:
-            raise RetryableError(f"postgres: {exc!r}") from exc
+        async with self._resources.postgres().acquire() as conn:
+            if not await files_db.try_lock_merge(conn, request.upload_id):
+                raise RetryableError(f"upload {request.upload_id} is being merged elsewhere")
+            try:
+                await self._merge(conn, request)
+            finally:
+                # asyncpg's connection reset also drops advisory locks, should this fail.
+                await files_db.unlock_merge(conn, request.upload_id)
 
     async def _merge(self, conn: asyncpg.Connection, request: MergeRequest) -> None:
         upload_id = request.upload_id
@@ -170,6 +161,8 @@ class Merger:
             raise MergeRejectedError(
                 f"request says {total} chunks, the upload declared {file.total_chunks}"
             )
+        if total > _MAX_CHUNKS:
+            raise MergeRejectedError(f"request says {total} chunks; at most {_MAX_CHUNKS} merge")
         expected = range(1, total + 1)
         rows = {row.chunk_number: row for row in await files_db.chunk_rows(conn, file.id)}
         objects = await s3merge.list_sizes(
@@ -308,7 +301,7 @@ async def _watch_stuck(ctx: RoleContext) -> None:
                 pool, minutes=ctx.settings.gc.merging_stuck_minutes
             )
             ctx.metrics.files_stuck_merging.set({}, stuck)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except TRANSIENT_ERRORS as exc:
             log.warning("could not count stuck merges: %s", exc)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STUCK_REFRESH_S):

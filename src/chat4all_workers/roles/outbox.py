@@ -44,7 +44,7 @@ from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableE
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,12 @@ class _Poller:
 
 async def run(ctx: RoleContext) -> None:
     poller = _Poller(ctx)
+    # A database outage rolls back the batch in flight (its rows stay unpublished) and takes
+    # the LISTEN connection with it: serve again, with a new listener, once it is back.
+    await outlast_outages(ctx, lambda: _serve(ctx, poller), what="the outbox poll")
+
+
+async def _serve(ctx: RoleContext, poller: _Poller) -> None:
     wake = asyncio.Event()
     channel = ctx.settings.outbox.notify_channel
     interval_s = ctx.settings.outbox.poll_interval_ms / 1000

@@ -53,7 +53,7 @@ from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 from chat4all_workers.roles.consuming import consume, dead_letter_record
 from chat4all_workers.roles.dedup import SendMarkers, State
 
@@ -237,13 +237,10 @@ class Router:
 
     async def _file_link(self, file_id: str) -> tuple[str, str, str]:
         """A download link for a COMPLETED file whose object exists; PermanentError otherwise."""
-        try:
-            row = await self.ctx.resources.postgres().fetchrow(
-                "SELECT status, storage_key, filename, mime_type FROM files WHERE id = $1",
-                uuid.UUID(file_id),
-            )
-        except (OSError, ConnectionError) as exc:
-            raise RetryableError(f"postgres: {exc}") from exc
+        row = await self.ctx.resources.postgres().fetchrow(
+            "SELECT status, storage_key, filename, mime_type FROM files WHERE id = $1",
+            uuid.UUID(file_id),
+        )
         if row is None:
             raise PermanentError(f"file {file_id} does not exist")
         if row["status"] != "COMPLETED" or not row["storage_key"]:
@@ -318,13 +315,21 @@ class Router:
                 on_retry=lambda n, exc, delay: self._retrying(channel, n, exc, delay),
             )
         except (RetryableError, PermanentError) as exc:
-            await self.markers.release(key, lease)
+            await outlast_outages(
+                self.ctx, lambda: self.markers.release(key, lease), what="releasing the lease"
+            )
             failures.append(_ChannelFailure(channel, exc, attempts))
             log.warning("%s send failed after %d attempt(s): %s", channel, attempts, exc)
             await self._emit(message, channel, "FAILED", {"reason": str(exc), "attempts": attempts})
             self._count(channel, "failed")
             return
-        await self.markers.mark_sent(key, result.provider_message_id)
+        # The provider has it: record that through a Redis outage, or a redelivery would find
+        # an expired lease and report the outcome unknown.
+        await outlast_outages(
+            self.ctx,
+            lambda: self.markers.mark_sent(key, result.provider_message_id),
+            what="marking the send done",
+        )
         await self._emit(
             message, channel, "SENT", {"provider_message_id": result.provider_message_id}
         )

@@ -31,7 +31,7 @@ import orjson
 import redis.exceptions as redis_errors
 
 from chat4all_workers.db import statuses as db
-from chat4all_workers.errors import InvalidRecordError, RetryableError
+from chat4all_workers.errors import InvalidRecordError
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
@@ -41,13 +41,9 @@ log = logging.getLogger(__name__)
 
 PROGRESS = ("ACCEPTED", "PROCESSING", "SENT", "DELIVERED", "READ")
 FAILED = "FAILED"
-_TRANSIENT_DB_ERRORS = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-)
+# The update's own values are what PostgreSQL refuses (a NUL in text or jsonb, a timestamp
+# outside its range, a channel too long for the history index): no retry can store them.
+_UNSTORABLE_ERRORS = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
 
 
 @dataclass(frozen=True)
@@ -81,7 +77,9 @@ def parse_update(value: bytes | None) -> StatusUpdate:
     status = doc.get("new_status")
     if status not in (*PROGRESS, FAILED):
         raise InvalidRecordError(f"unknown new_status {status!r}")
-    details = doc.get("details") or {}
+    details = doc.get("details")
+    if details is None:
+        details = {}
     if not isinstance(details, dict):
         raise InvalidRecordError("details must be an object")
     return StatusUpdate(message_id, conversation_id, channel, status, _timestamp(doc), details)
@@ -119,8 +117,8 @@ class _Updater:
         update = parse_update(record.value)
         try:
             new, overall = await self._apply(update)
-        except _TRANSIENT_DB_ERRORS as exc:
-            raise RetryableError(f"postgres: {exc!r}") from exc
+        except _UNSTORABLE_ERRORS as exc:
+            raise InvalidRecordError(f"postgres cannot store this update: {exc}") from None
         outcome = "applied" if new else "duplicate"
         if new and overall is None:
             outcome = "unknown_message"

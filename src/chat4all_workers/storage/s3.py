@@ -8,7 +8,10 @@ from miniopy_async.api import Minio
 
 from chat4all_workers.config import S3Settings
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]+")
+# Separators and control characters, C1 (U+0080-U+009F) included.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]+")
+# A key segment longer than this many BYTES fails on S3 servers that map it to a file name.
+_MAX_NAME_BYTES = 255
 
 
 def new_client(settings: S3Settings) -> Minio:
@@ -29,7 +32,9 @@ def sanitize_filename(filename: str) -> str:
     """A filename safe as the last segment of an object key: no separators, `..` or controls."""
     cleaned = _UNSAFE.sub("_", filename).strip().strip(".")
     cleaned = cleaned.replace("..", "_")
-    return cleaned[:255] or "file"
+    # Cut at a character boundary: a name of multi-byte characters stays valid UTF-8.
+    cleaned = cleaned.encode()[:_MAX_NAME_BYTES].decode("utf-8", errors="ignore")
+    return cleaned or "file"
 
 
 def file_key(upload_id: str, filename: str) -> str:

@@ -1,0 +1,632 @@
+"""Router benchmark: throughput and memory against a fake provider, next to two baselines, one run.
+
+    python bench/router.py [--messages 100000] [--partitions 12] [--conversations 2000]
+                           [--latency-ms 50] [--baseline-seconds 20] [--max-in-flight N]
+
+Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS_URL,
+DATABASE_URL, MINIO_*). One input topic of --messages text messages (--conversations
+conversations, key `conversation:{id}`, --partitions partitions) is produced once; every phase
+reads it with its own consumer group and writes to its own output topic:
+
+(a) provider latency 0: the router vs a bare aiokafka loop (getmany, produce one status record per
+    record, await the acks, commit); target router/bare >= 0.5.
+(b) provider latency --latency-ms: the router vs one record at a time per partition (one task per
+    partition: fetch one record, send it through the same WhatsApp adapter, produce its status and
+    await the ack, next; no Redis dedup, so this baseline is if anything flattered), time-boxed to
+    --baseline-seconds; target router/baseline >= 20.
+(c) the router's RSS during (b), sampled with psutil every 100 ms; target peak < 250 MB.
+
+The router runs as a subprocess (`--worker`): a real `Supervisor(roles=["router"], drain=True)`,
+so its RSS is its own and it exits once caught up. The fake provider (an aiohttp app answering
+like the WhatsApp Cloud API, `POST /{version}/{phone}/messages` -> {"messages":[{"id":"wamid.N"}]})
+is a second process, so its CPU is not the router's event loop. Throughput is measured from the
+first record consumed (the provider's first request for the router, the first non-empty fetch for
+the baselines) to the last status record produced (its Kafka timestamp for the router, its ack for
+the baselines). Topics, consumer groups and the Redis keys (the 24 h dedup markers, under a run
+prefix) are removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import psutil
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.admin import DeleteGroupsRequest
+
+from chat4all_workers.channels.base import OutboundMessage
+from chat4all_workers.channels.whatsapp import WhatsAppAdapter
+from chat4all_workers.config import Secret, Settings, WhatsAppSettings
+
+MB = 1024 * 1024
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+out = sys.stdout.write
+
+# The fake provider, run with `python -c`: no import of our package, and its own CPU.
+PROVIDER = r"""
+import asyncio, json, sys, time
+from aiohttp import web
+
+latency_s = float(sys.argv[1]) / 1000
+stats = {"accepted": 0, "first": None, "last": None}
+
+async def messages(request):
+    await request.read()
+    now = time.time()
+    if stats["first"] is None:
+        stats["first"] = now
+    if latency_s:
+        await asyncio.sleep(latency_s)
+    stats["accepted"] += 1
+    stats["last"] = time.time()
+    body = b'{"messaging_product":"whatsapp","messages":[{"id":"wamid.%d"}]}' % stats["accepted"]
+    return web.Response(body=body, content_type="application/json")
+
+async def get_stats(request):
+    return web.json_response(stats)
+
+async def main():
+    app = web.Application()
+    app.router.add_post("/{version}/{phone}/messages", messages)
+    app.router.add_get("/__bench__/stats", get_stats)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    sys.stdout.write(f"READY {port}\n")
+    sys.stdout.flush()
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+# -- the router subprocess ------------------------------------------------------------------------
+
+
+async def worker(doc: dict[str, Any]) -> None:
+    from chat4all_workers.supervisor import Supervisor
+
+    logging.basicConfig(level=logging.WARNING)
+    settings = Settings.load({}, doc)
+    async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sup.request_stop)
+        await sup.wait_ready(timeout_s=60)
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
+        await sup.wait()
+        restarts = sum(s.restarts_total for s in sup.stats())
+        sys.stdout.write(f"DONE {restarts}\n")
+        sys.stdout.flush()
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+async def _read_line(proc: asyncio.subprocess.Process, prefix: str, timeout_s: float) -> str:
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError(f"subprocess exited ({await proc.wait()}) before {prefix}")
+            if line.startswith(prefix):
+                return line.strip()
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(30):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def fake_provider(latency_ms: float) -> AsyncIterator[Provider]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", PROVIDER, str(latency_ms), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        port = int((await _read_line(proc, "READY", 30)).split()[1])
+        async with aiohttp.ClientSession() as http:
+            yield Provider(f"http://127.0.0.1:{port}", http)
+    finally:
+        await _stop(proc)
+
+
+@dataclass
+class Provider:
+    base_url: str
+    http: aiohttp.ClientSession
+
+    async def stats(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.base_url}/__bench__/stats") as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+
+class RssSampler:
+    """RSS of a process every `interval_s`, from a thread so no event loop is involved."""
+
+    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
+        self._process = psutil.Process(pid)
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.samples: list[int] = []
+
+    def rss(self) -> int:
+        try:
+            return int(self._process.memory_info().rss)
+        except psutil.NoSuchProcess:
+            return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            if rss := self.rss():
+                self.samples.append(rss)
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak(self) -> int:
+        return max(self.samples, default=0)
+
+
+# -- the run's scratch resources ------------------------------------------------------------------
+
+
+@dataclass
+class Scratch:
+    run: str
+    partitions: int
+    topics: dict[str, str] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)
+
+    def topic(self, name: str) -> str:
+        return self.topics.setdefault(name, f"bench-router-{self.run}-{name}")
+
+    def group(self, name: str) -> str:
+        group = f"bench-router-{self.run}-{name}"
+        self.groups.append(group)
+        return group
+
+    def redis_prefix(self, phase: str) -> str:
+        """Each router phase has its own dedup markers (else (b) would find (a)'s "sent")."""
+        return f"bench-router-{self.run}-{phase}:"
+
+
+@contextlib.asynccontextmanager
+async def scratch(partitions: int) -> AsyncIterator[Scratch]:
+    """Topics created up front; topics, consumer groups and Redis keys removed afterwards."""
+    s = Scratch(uuid.uuid4().hex[:8], partitions)
+    names = ["in", "status-a", "status-b", "dlq", "bare", "serial"]
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(s.topic(n), num_partitions=partitions, replication_factor=1) for n in names]
+        )
+        yield s
+    finally:
+        with contextlib.suppress(Exception):
+            await admin.delete_topics(list(s.topics.values()))
+        # aiokafka's admin has no delete_consumer_groups; DeleteGroups is one request.
+        for group in s.groups:
+            with contextlib.suppress(Exception):
+                node = await admin.find_coordinator(group)
+                await admin._send_request(DeleteGroupsRequest([group]), node)
+        await admin.close()
+        removed = await delete_redis_keys(f"bench-router-{s.run}-")
+        out(f"cleanup: topics, {len(s.groups)} consumer groups, {removed} Redis keys removed\n")
+
+
+async def delete_redis_keys(prefix: str) -> int:
+    redis = aioredis.Redis.from_url(REDIS)
+    removed = 0
+    try:
+        batch: list[bytes] = []
+        async for key in redis.scan_iter(match=f"{prefix}*", count=2000):
+            batch.append(key)
+            if len(batch) >= 2000:
+                removed += await redis.unlink(*batch)
+                batch.clear()
+        if batch:
+            removed += await redis.unlink(*batch)
+    finally:
+        await redis.aclose()
+    return removed
+
+
+async def produce_messages(topic: str, count: int, conversations: int) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, acks="all", linger_ms=20, max_batch_size=256 * 1024
+    )
+    await producer.start()
+    try:
+        pending = []
+        for n in range(count):
+            conversation = n % conversations
+            doc = {
+                "message_id": str(uuid.uuid4()),
+                "conversation_id": conversation,
+                "sender_id": 7,
+                "sender_username": "ana",
+                "payload": {
+                    "type": "text",
+                    "content": f"message {n} of conversation {conversation}",
+                },
+                "channels": ["whatsapp"],
+                "recipients": {"whatsapp": f"+55{conversation:011d}"},
+                "created_at": "2026-11-28T10:30:00Z",
+            }
+            key = f"conversation:{conversation}".encode()
+            pending.append(await producer.send(topic, orjson.dumps(doc), key=key))
+            if len(pending) >= 10_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def end_offsets_total(topic: str, partitions: int) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return sum((await consumer.end_offsets(tps)).values())
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class StatusSummary:
+    records: int
+    sent_messages: int
+    first_ms: int
+    last_ms: int
+
+
+async def read_statuses(topic: str, partitions: int) -> StatusSummary:
+    """Every status record of `topic`: how many messages got SENT, and the produce time span."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        sent: set[str] = set()
+        records, first_ms, last_ms = 0, 2**63, 0
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for items in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for r in items:
+                    records += 1
+                    first_ms, last_ms = min(first_ms, r.timestamp), max(last_ms, r.timestamp)
+                    doc = orjson.loads(r.value)
+                    if doc.get("new_status") == "SENT":
+                        sent.add(doc["message_id"])
+        return StatusSummary(records, len(sent), first_ms, last_ms)
+    finally:
+        await consumer.stop()
+
+
+# -- the router -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RouterRun:
+    rate: float
+    seconds: float
+    provider_sends: int
+    statuses: StatusSummary
+    dlq: int
+    restarts: int
+    rss_ready: int
+    rss_mid: int  # halfway through the run: a leak keeps climbing, a working set levels off
+    rss_peak: int
+    rss_done: int
+
+
+def router_settings(
+    s: Scratch, phase: str, base_url: str, max_in_flight: int | None
+) -> dict[str, Any]:
+    secure = os.environ.get("MINIO_SECURE", "false").lower() in ("1", "true", "yes")
+    doc: dict[str, Any] = {
+        "kafka": {"bootstrap_servers": KAFKA, "consumer_group": f"bench-router-{s.run}-{phase}"},
+        "topics": {
+            "message_processing": s.topic("in"),
+            "message_status_updates": s.topic(f"status-{phase}"),
+            "dlq": s.topic("dlq"),
+        },
+        "redis": {"url": REDIS, "key_prefix": s.redis_prefix(phase)},
+        "postgres": {"url": os.environ.get("DATABASE_URL", Settings().postgres.url.get())},
+        "s3": {
+            "endpoint": os.environ.get("MINIO_ENDPOINT", "127.0.0.1:9000"),
+            "access_key": os.environ.get("MINIO_ACCESS_KEY", "chat4all"),
+            "secret_key": os.environ.get("MINIO_SECRET_KEY", "chat4all-secret"),
+            "bucket": os.environ.get("MINIO_BUCKET", "chat4all-files"),
+            "secure": secure,
+        },
+        "whatsapp": {"base_url": base_url, "access_token": "bench", "phone_number_id": "1000"},
+        "observability": {"log_level": "WARNING"},
+    }
+    if max_in_flight:
+        doc["kafka"]["max_in_flight"] = max_in_flight
+    return doc
+
+
+async def run_router(
+    s: Scratch, phase: str, latency_ms: float, messages: int, max_in_flight: int | None
+) -> RouterRun:
+    async with fake_provider(latency_ms) as provider:
+        doc = router_settings(s, phase, provider.base_url, max_in_flight)
+        # The engine's group is "{kafka.consumer_group}-router": register that one for cleanup.
+        s.groups.append(f"{doc['kafka']['consumer_group']}-router")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--worker", orjson.dumps(doc).decode(),
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            with RssSampler(proc.pid) as sampler:
+                await _read_line(proc, "READY", 90)
+                rss_ready = sampler.rss()
+                done = await _read_line(proc, "DONE", 3600)
+                rss_done = sampler.rss()
+            await proc.wait()
+        finally:
+            await _stop(proc)
+        stats = await provider.stats()
+    statuses = await read_statuses(s.topic(f"status-{phase}"), s.partitions)
+    seconds = statuses.last_ms / 1000 - float(stats["first"])
+    return RouterRun(
+        rate=messages / seconds,
+        seconds=seconds,
+        provider_sends=int(stats["accepted"]),
+        statuses=statuses,
+        dlq=await end_offsets_total(s.topic("dlq"), s.partitions),
+        restarts=int(done.split()[1]),
+        rss_ready=rss_ready,
+        rss_mid=sampler.samples[len(sampler.samples) // 2],
+        rss_peak=sampler.peak,
+        rss_done=rss_done,
+    )
+
+
+# -- baselines ------------------------------------------------------------------------------------
+
+
+def status_of(value: bytes, provider_message_id: str = "") -> bytes:
+    doc = orjson.loads(value)
+    return orjson.dumps(
+        {
+            "message_id": doc["message_id"],
+            "conversation_id": doc["conversation_id"],
+            "channel": "whatsapp",
+            "new_status": "SENT",
+            "timestamp": time.time(),
+            "details": {"provider_message_id": provider_message_id},
+        }
+    )
+
+
+async def bare_loop(s: Scratch, messages: int) -> float:
+    """Records/s of the simplest at-least-once relay: getmany, produce a status per record (same
+    producer settings as the router's: acks=all, idempotent, linger 5 ms), await acks, commit."""
+    consumer = AIOKafkaConsumer(
+        s.topic("in"),
+        bootstrap_servers=KAFKA,
+        group_id=s.group("bare"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    await consumer.start()
+    await producer.start()
+    try:
+        done, first = 0, 0.0
+        while done < messages:
+            batch = await consumer.getmany(timeout_ms=200, max_records=500)
+            if not batch:
+                continue
+            first = first or time.perf_counter()
+            acks = [
+                await producer.send(s.topic("bare"), status_of(r.value), key=r.key)
+                for records in batch.values()
+                for r in records
+            ]
+            await asyncio.gather(*acks)
+            await consumer.commit()
+            done += len(acks)
+        return done / (time.perf_counter() - first)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def one_at_a_time(s: Scratch, latency_ms: float, seconds: float) -> tuple[float, int]:
+    """Records/s when each partition handles one record at a time: fetch one, send it, produce
+    its status and await the ack, then the next; offsets committed every second."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA,
+        group_id=s.group("serial"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, acks="all", enable_idempotence=True, linger_ms=0
+    )
+    tps = [TopicPartition(s.topic("in"), p) for p in range(s.partitions)]
+    positions: dict[TopicPartition, int] = {}
+    await consumer.start()
+    await producer.start()
+    try:
+        async with fake_provider(latency_ms) as provider, aiohttp.ClientSession() as http:
+            settings = WhatsAppSettings(
+                base_url=provider.base_url, phone_number_id="1000", access_token=Secret("bench")
+            )
+            adapter = WhatsAppAdapter(settings, http)
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            started = asyncio.Event()
+            clock: dict[str, float] = {}
+
+            async def partition(tp: TopicPartition) -> int:
+                done = 0
+                while not started.is_set() or time.perf_counter() < clock["until"]:
+                    batch = await consumer.getmany(tp, timeout_ms=200, max_records=1)
+                    for record in batch.get(tp, []):
+                        if not started.is_set():
+                            clock["first"] = time.perf_counter()
+                            clock["until"] = clock["first"] + seconds
+                            started.set()
+                        doc = orjson.loads(record.value)
+                        message = OutboundMessage(
+                            message_id=doc["message_id"],
+                            conversation_id=doc["conversation_id"],
+                            recipient=doc["recipients"]["whatsapp"],
+                            kind="text",
+                            text=doc["payload"]["content"],
+                        )
+                        result = await adapter.send(message)
+                        status = status_of(record.value, result.provider_message_id)
+                        await producer.send_and_wait(s.topic("serial"), status, key=record.key)
+                        positions[tp] = record.offset + 1
+                        clock["last"] = time.perf_counter()
+                        done += 1
+                return done
+
+            async def commit_every_second() -> None:
+                while True:
+                    await asyncio.sleep(1)
+                    if positions:
+                        await consumer.commit(dict(positions))
+
+            async with asyncio.TaskGroup() as tasks:
+                committer = tasks.create_task(commit_every_second())
+                counts = await asyncio.gather(*(partition(tp) for tp in tps))
+                committer.cancel()
+            await consumer.commit(dict(positions))
+        return sum(counts) / (clock["last"] - clock["first"]), sum(counts)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def check(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def router_line(label: str, run: RouterRun, messages: int) -> str:
+    st = run.statuses
+    return (
+        f"    {label}: {run.rate:,.0f} msg/s; provider sends {run.provider_sends}/{messages}, "
+        f"SENT statuses {st.sent_messages}/{messages} ({st.records} records), DLQ {run.dlq}, "
+        f"restarts {run.restarts}, {run.seconds:.1f} s\n"
+    )
+
+
+async def bench(args: argparse.Namespace) -> None:
+    defaults = Settings().kafka
+    max_in_flight = args.max_in_flight or defaults.max_in_flight
+    out(
+        f"router benchmark: {args.messages} messages, {args.partitions} partitions, "
+        f"{args.conversations} conversations, Kafka {KAFKA}, {psutil.cpu_count()} CPUs\n"
+        f"router settings: kafka.max_in_flight={max_in_flight}, kafka.fetch_max_records="
+        f"{defaults.fetch_max_records}, kafka.linger_ms={defaults.linger_ms}, "
+        f"redis.max_connections={Settings().redis.max_connections}, dedup on "
+        f"(router.dedup_ttl_s={Settings().router.dedup_ttl_s}), channels [whatsapp]\n"
+    )
+    async with scratch(args.partitions) as s:
+        started = time.perf_counter()
+        await produce_messages(s.topic("in"), args.messages, args.conversations)
+        out(f"produced {args.messages} messages in {time.perf_counter() - started:.1f} s\n")
+        rows: list[tuple[str, str, str, str, str]] = []
+        if args.only != "b":
+            bare = await bare_loop(s, args.messages)
+            out(f"(a) bare loop done: {bare:,.0f} msg/s\n")
+            fast = await run_router(s, "a", 0.0, args.messages, args.max_in_flight)
+            out(router_line("(a) router", fast, args.messages))
+            ratio_a = fast.rate / bare
+            rows += [
+                ("(a) bare consume+produce loop", f"{bare:,.0f}", "", "", ""),
+                ("(a) router, 0 ms provider", f"{fast.rate:,.0f}", f"{ratio_a:.2f}", ">= 0.5",
+                 check(ratio_a >= 0.5)),
+            ]  # fmt: skip
+        if args.only != "a":
+            serial, done = await one_at_a_time(s, args.latency_ms, args.baseline_seconds)
+            out(f"(b) one-at-a-time baseline: {serial:,.0f} msg/s ({done} in "
+                f"{args.baseline_seconds:.0f} s)\n")  # fmt: skip
+            slow = await run_router(s, "b", args.latency_ms, args.messages, args.max_in_flight)
+            out(router_line("(b) router", slow, args.messages))
+            ratio_b = slow.rate / serial
+            peak, ready = slow.rss_peak / MB, slow.rss_ready / MB
+            rows += [
+                (f"(b) one at a time/partition, {args.latency_ms:.0f} ms", f"{serial:,.0f}",
+                 "", "", ""),
+                (f"(b) router, {args.latency_ms:.0f} ms provider", f"{slow.rate:,.0f}",
+                 f"{ratio_b:.1f}", ">= 20", check(ratio_b >= 20)),
+                (f"(c) router RSS peak; ready {ready:.0f}, mid {slow.rss_mid / MB:.0f}, "
+                 f"end {slow.rss_done / MB:.0f} MB",
+                 f"{peak:.0f} MB", f"+{peak - ready:.0f} MB", "< 250 MB", check(peak < 250)),
+            ]  # fmt: skip
+        out(f"\n{'':48} {'msg/s':>10} {'ratio':>8} {'target':>9} {'met':>4}\n")
+        for label, value, ratio, target, met in rows:
+            out(f"{label:48} {value:>10} {ratio:>8} {target:>9} {met:>4}\n")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--conversations", type=int, default=2000)
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="provider latency in (b)")
+    parser.add_argument("--baseline-seconds", type=float, default=20.0)
+    parser.add_argument("--max-in-flight", type=int, help="kafka.max_in_flight for the router")
+    parser.add_argument("--only", choices=("a", "b"))
+    parser.add_argument("--worker", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        await worker(orjson.loads(args.worker))
+    else:
+        await bench(args)
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
