@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -103,10 +102,15 @@ asyncio.run(main())
 
 
 async def worker(doc: dict[str, Any]) -> None:
+    from chat4all_workers.observability.logging import configure_logging
+    from chat4all_workers.observability.tracing import configure_tracing
     from chat4all_workers.supervisor import Supervisor
 
-    logging.basicConfig(level=logging.WARNING)
     settings = Settings.load({}, doc)
+    # As `chat4all-workers run` sets the process up (spans exist, exported only with an OTLP
+    # endpoint), so the router pays what it pays in production.
+    configure_logging(level="WARNING", service="supervisor")
+    configure_tracing(service_name="bench-router", otlp_endpoint="")
     async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sup.request_stop)
         await sup.wait_ready(timeout_s=60)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from chat4all_workers.autopipeline import AutoPipeline
+
 _SENT = "sent:"
 _LEASE = "lease:"
 
@@ -56,6 +58,8 @@ class Claim:
 class SendMarkers:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: int, lease_s: float) -> None:
         self._redis = redis
+        # The hot path (claim, mark sent) rides one pipeline per loop iteration.
+        self._pipe = AutoPipeline(redis)
         self._ttl_s = ttl_s
         self._lease_s = lease_s
         self._swap = redis.register_script(_SWAP)
@@ -66,9 +70,9 @@ class SendMarkers:
 
     async def claim(self, key: str) -> Claim:
         lease = self._new_lease(secrets.token_hex(8))
-        if await self._redis.set(key, lease, nx=True, ex=self._ttl_s):
+        if await self._pipe.execute("SET", key, lease, "NX", "EX", self._ttl_s):
             return Claim(State.CLAIMED, lease=lease)
-        raw = await self._redis.get(key)
+        raw = await self._pipe.execute("GET", key)
         current = raw.decode() if isinstance(raw, bytes) else str(raw or "")
         if not current:  # expired between the two calls: try again from the top
             return await self.claim(key)
@@ -89,7 +93,7 @@ class SendMarkers:
         return fresh if await self._swap(keys=[key], args=[lease, fresh]) else None
 
     async def mark_sent(self, key: str, provider_message_id: str) -> None:
-        await self._redis.set(key, f"{_SENT}{provider_message_id}", ex=self._ttl_s)
+        await self._pipe.execute("SET", key, f"{_SENT}{provider_message_id}", "EX", self._ttl_s)
 
     async def release(self, key: str, lease: str) -> None:
         """Forget a failed send, so a replay from the DLQ may try again."""

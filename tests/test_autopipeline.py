@@ -1,0 +1,79 @@
+"""The auto-pipeline against a real Redis: many callers, one round trip, each its own reply."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from chat4all_workers.autopipeline import AutoPipeline
+from tests.stack import StackEndpoints
+
+pytestmark = pytest.mark.stack
+
+
+class CountingPool(aioredis.ConnectionPool):
+    """Counts checkouts: one per pipeline (or per plain command)."""
+
+    checkouts = 0
+
+    async def get_connection(self, *args: object, **kwargs: object) -> aioredis.Connection:
+        CountingPool.checkouts += 1
+        return await super().get_connection(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_concurrent_commands_share_one_round_trip_and_keep_their_replies(
+    stack: StackEndpoints, redis_prefix: str
+) -> None:
+    pool = CountingPool.from_url(stack.redis_url)
+    client = aioredis.Redis.from_pool(pool)
+    pipe = AutoPipeline(client)
+    try:
+        await client.set(f"{redis_prefix}taken", "old")
+        CountingPool.checkouts = 0
+        keys = [f"{redis_prefix}k{i}" for i in range(200)]
+        claims = await asyncio.gather(
+            *(pipe.execute("SET", key, f"v{i}", "NX", "EX", 60) for i, key in enumerate(keys)),
+            pipe.execute("SET", f"{redis_prefix}taken", "new", "NX", "EX", 60),
+            pipe.execute("GET", f"{redis_prefix}taken"),
+        )
+        assert CountingPool.checkouts == 1
+        assert claims[:200] == [True] * 200
+        assert claims[200] is None  # NX refused: the key was there
+        assert claims[201] == b"old"
+        assert await client.mget(keys[:3]) == [b"v0", b"v1", b"v2"]
+    finally:
+        await client.aclose()
+
+
+async def test_one_failing_command_fails_only_its_caller(
+    stack: StackEndpoints, redis_prefix: str
+) -> None:
+    client = aioredis.Redis.from_url(stack.redis_url)
+    pipe = AutoPipeline(client)
+    try:
+        await client.rpush(f"{redis_prefix}list", "x")
+        good, bad = await asyncio.gather(
+            pipe.execute("SET", f"{redis_prefix}fine", "1"),
+            pipe.execute("GET", f"{redis_prefix}list"),  # WRONGTYPE
+            return_exceptions=True,
+        )
+        assert good is True
+        assert isinstance(bad, redis_errors.ResponseError)
+        assert "WRONGTYPE" in str(bad)
+    finally:
+        await client.aclose()
+
+
+async def test_an_unreachable_redis_reaches_every_caller_as_a_connection_error() -> None:
+    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    pipe = AutoPipeline(client)
+    try:
+        results = await asyncio.gather(
+            *(pipe.execute("SET", f"k{i}", "v") for i in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, redis_errors.ConnectionError) for r in results), results
+    finally:
+        await client.aclose()
