@@ -12,7 +12,9 @@ happens to the work item, not the place where the error was raised::
     |   +-- ProviderRejectedError  a channel API refused the message for good (4xx)
     +-- RoleFailedError        a supervised role crashed past its restart intensity
 
-Anything else is a bug: it crashes the child task and the supervisor restarts it.
+Anything else is a bug: it crashes the child task and the supervisor restarts it. The exception
+is a backing service that is unreachable (`resources.TRANSIENT_ERRORS`, the client libraries'
+own errors): the roles treat it as retryable and wait the outage out.
 """
 
 from __future__ import annotations

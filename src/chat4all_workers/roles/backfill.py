@@ -210,7 +210,7 @@ class _Backfill:
             try:
                 await self.producer.send(record)
             except PermanentError as exc:
-                await self._bury(raw, f"kafka refused the record: {exc}")
+                await self._bury(raw, str(exc))
 
     async def _bury(self, raw: bytes, reason: str) -> None:
         log.warning("fallback item moved to %s: %s", self.keys.dead, reason)
