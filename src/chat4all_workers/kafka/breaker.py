@@ -8,11 +8,14 @@ through; its success closes the breaker, its failure opens it for another cool-d
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from chat4all_workers.errors import CircuitOpenError
+
+log = logging.getLogger(__name__)
 
 
 class BreakerState(enum.IntEnum):
@@ -114,5 +117,13 @@ class CircuitBreaker:
     def _set(self, state: BreakerState) -> None:
         if state is not self._state:
             self._state = state
+            # An operator's timeline of the outage: opened (WARNING), probing, closed again.
+            log.log(
+                logging.WARNING if state is BreakerState.OPEN else logging.INFO,
+                "%s circuit breaker %s (%d consecutive failures)",
+                self.service,
+                state.name.lower().replace("_", "-"),
+                self._failures,
+            )
             if self._on_change is not None:
                 self._on_change(state)
