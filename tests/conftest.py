@@ -6,9 +6,7 @@ consumer group, Redis key prefix, PostgreSQL database or S3 bucket, removed afte
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -17,7 +15,6 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from miniopy_async import Minio
-from miniopy_async.deleteobjects import DeleteObject
 
 from chat4all_workers.db.migrate import migrate
 from tests.stack import (
@@ -27,7 +24,7 @@ from tests.stack import (
     discover,
     unique_name,
 )
-from tests.support import TOPIC_FIELDS, Deployment
+from tests.support import TOPIC_FIELDS, Deployment, remove_bucket, wait_for_leaders
 
 TOPIC_READY_TIMEOUT_S = 30.0
 
@@ -69,7 +66,7 @@ async def kafka_topic(stack: StackEndpoints) -> AsyncIterator[KafkaTopicFactory]
             if error_code != 0:
                 raise RuntimeError(f"create topic {topic}: error {error_code} {rest}")
         created.append(name)
-        await _wait_for_leaders(admin, name, partitions)
+        await wait_for_leaders(admin, [name], partitions, TOPIC_READY_TIMEOUT_S)
         return name
 
     try:
@@ -81,18 +78,6 @@ async def kafka_topic(stack: StackEndpoints) -> AsyncIterator[KafkaTopicFactory]
                     await admin.delete_topics(created)
             finally:
                 await admin.close()
-
-
-async def _wait_for_leaders(admin: AIOKafkaAdminClient, topic: str, partitions: int) -> None:
-    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
-    while True:
-        (described,) = await admin.describe_topics([topic])
-        leaders = [p for p in described["partitions"] if p["leader"] >= 0]
-        if described["error_code"] == 0 and len(leaders) == partitions:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topic {topic} has no leader after {TOPIC_READY_TIMEOUT_S} s")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -152,16 +137,7 @@ async def s3_bucket(stack: StackEndpoints) -> AsyncIterator[str]:
         try:
             yield name
         finally:
-            leftovers = [
-                DeleteObject(obj.object_name)
-                async for obj in client.list_objects(name, recursive=True)
-                if obj.object_name is not None
-            ]
-            if leftovers:
-                errors = [error async for error in client.remove_objects(name, leftovers)]
-                if errors:
-                    raise RuntimeError(f"could not empty bucket {name}: {errors}")
-            await client.remove_bucket(name)
+            await remove_bucket(client, name)
 
 
 @pytest.fixture

@@ -8,20 +8,27 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import orjson
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
+from miniopy_async import Minio
+from miniopy_async.deleteobjects import DeleteObject
 
 from chat4all_workers.config import Settings
-from tests.stack import StackEndpoints
+from chat4all_workers.db.migrate import migrate
+from tests.stack import StackEndpoints, unique_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -165,6 +172,102 @@ class Deployment:
             for key, value in values.items():
                 env[_env_name(section, key)] = _env_text(value)
         return env
+
+
+@contextlib.asynccontextmanager
+async def isolated_deployment(
+    stack: StackEndpoints, *, partitions: int = 4, label: str = "scratch"
+) -> AsyncIterator[Deployment]:
+    """A whole Deployment outside pytest (benchmarks, load runs): every topic with `partitions`
+    partitions, a fresh migrated database, a bucket and a Redis key prefix, all named
+    `{label}-<hex>`; removed afterwards (topics, database, bucket and every key under the prefix,
+    e.g. the router's 24 h dedup markers)."""
+    run = f"{label}-{uuid.uuid4().hex[:10]}"
+    database = run.replace("-", "_")
+    topics = {name: f"{run}-{name.replace('_', '-')}" for name in TOPIC_FIELDS}
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    pg = await asyncpg.connect(stack.database_url)
+    s3 = Minio(
+        stack.s3_endpoint,
+        access_key=stack.s3_access_key,
+        secret_key=stack.s3_secret_key,
+        secure=stack.s3_secure,
+    )
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(pg.close)
+        await pg.execute(f'CREATE DATABASE "{database}"')
+        drop = f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'
+        cleanup.push_async_callback(pg.execute, drop)
+        database_url = urlunsplit(urlsplit(stack.database_url)._replace(path=f"/{database}"))
+        conn = await asyncpg.connect(database_url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        await admin.start()
+        cleanup.push_async_callback(admin.close)
+        await admin.create_topics(
+            [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics.values()]
+        )
+        cleanup.push_async_callback(admin.delete_topics, list(topics.values()))
+        await wait_for_leaders(admin, list(topics.values()), partitions)
+        await cleanup.enter_async_context(s3)
+        await s3.make_bucket(run)
+        cleanup.push_async_callback(remove_bucket, s3, run)
+        cleanup.push_async_callback(_delete_keys, stack, f"{run}:")
+        yield Deployment(
+            stack=stack,
+            database_url=database_url,
+            redis_prefix=f"{run}:",
+            bucket=run,
+            group=unique_name("group"),
+            topics=topics,
+        )
+
+
+async def wait_for_leaders(
+    admin: AIOKafkaAdminClient, topics: list[str], partitions: int, timeout_s: float = 30.0
+) -> None:
+    """Until every partition of `topics` has a leader (a fresh topic is not usable before)."""
+    deadline = time.monotonic() + timeout_s
+    for topic in topics:
+        while True:
+            (described,) = await admin.describe_topics([topic])
+            leaders = [p for p in described["partitions"] if p["leader"] >= 0]
+            if described["error_code"] == 0 and len(leaders) == partitions:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} has no leader after {timeout_s} s")
+            await asyncio.sleep(0.05)
+
+
+async def remove_bucket(s3: Minio, bucket: str) -> None:
+    """Empty the bucket, then remove it."""
+    objects = [
+        DeleteObject(obj.object_name)
+        async for obj in s3.list_objects(bucket, recursive=True)
+        if obj.object_name is not None
+    ]
+    if objects:
+        errors = [error async for error in s3.remove_objects(bucket, objects)]
+        if errors:
+            raise RuntimeError(f"could not empty bucket {bucket}: {errors}")
+    await s3.remove_bucket(bucket)
+
+
+async def _delete_keys(stack: StackEndpoints, prefix: str) -> None:
+    client = aioredis.from_url(stack.redis_url)
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{prefix}*", count=2000):
+            batch.append(key)
+            if len(batch) >= 2000:
+                await client.unlink(*batch)
+                batch.clear()
+        if batch:
+            await client.unlink(*batch)
+    finally:
+        await client.aclose()
 
 
 def _env_name(section: str, key: str) -> str:

@@ -34,9 +34,10 @@ WA_TOKEN = "SECRET-WA-TOKEN-xyz"
 IG_TOKEN = "SECRET-IG-TOKEN-xyz"
 
 # Few examples, each a whole list of records: every example starts the role against real Kafka.
-# HOSTILE_EXAMPLES=200 hunts longer.
+# HOSTILE_EXAMPLES=200 hunts longer (`make soak` does).
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "10"))
 HYPOTHESIS = settings(
-    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "10")),
+    max_examples=EXAMPLES,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

@@ -7,9 +7,11 @@ goes out through the outbox too (a row with `topic` set), so the whole flow star
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,7 +20,39 @@ import orjson
 from miniopy_async import Minio
 
 from tests.roles.uploads import seed_upload
-from tests.support import Deployment
+from tests.support import Deployment, WorkerProcess, free_port
+
+
+@contextlib.asynccontextmanager
+async def workers_running(
+    deployment: Deployment, log_dir: Path, groups: Sequence[str], **overrides: dict[str, Any]
+) -> AsyncIterator[list[WorkerProcess]]:
+    """One `chat4all-workers run --roles <group>` process per group, each with its own
+    operations port and `overrides` (settings sections); yields them once all answer /readyz,
+    and stops them afterwards."""
+    procs: list[WorkerProcess] = []
+    try:
+        for n, roles in enumerate(groups):
+            env = deployment.environ(**overrides)
+            if n:
+                env["METRICS_PORT"] = str(free_port())
+            procs.append(await WorkerProcess(roles, env, log_dir / f"worker-{n}.log").start())
+        for proc in procs:
+            await proc.ready()
+        yield procs
+    finally:
+        for proc in procs:
+            await proc.stop()
+
+
+def deployment_running(
+    deployment: Deployment, log_dir: Path, **overrides: dict[str, Any]
+) -> contextlib.AbstractAsyncContextManager[list[WorkerProcess]]:
+    """The production roles (`--roles all`) in one process, the channel mocks in another (so
+    what the mocks saw survives anything done to the workers): yields [workers, mocks]."""
+    return workers_running(
+        deployment, log_dir, ["all", "whatsapp_mock,instagram_mock"], **overrides
+    )
 
 
 @dataclass(frozen=True)

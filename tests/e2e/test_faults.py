@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from miniopy_async import Minio
 from tests.e2e.pipeline import (
     Sent,
     check_deliveries,
+    deployment_running,
     file_status,
     insert_one,
     mock_sent,
@@ -29,13 +31,17 @@ from tests.e2e.pipeline import (
     upload_file,
 )
 from tests.roles.uploads import MIB
-from tests.support import REPO, Deployment, WorkerProcess, eventually, free_port, read_topic
+from tests.support import REPO, Deployment, WorkerProcess, eventually, read_topic
 
-pytestmark = [pytest.mark.stack, pytest.mark.faults]
+# The steady stream each fault hits, and each test's time limit; `make soak` raises them
+# (defaults: 20/s for 4 s over 8 conversations, a 3 s outage, 120 s per test).
+RATE_PER_S = int(os.environ.get("FAULT_RATE_PER_S", "20"))
+SECONDS = int(os.environ.get("FAULT_SECONDS", "4"))
+CONVERSATIONS = range(1, 1 + int(os.environ.get("FAULT_CONVERSATIONS", "8")))
+OUTAGE_S = float(os.environ.get("FAULT_OUTAGE_S", "3"))
+TIMEOUT_S = float(os.environ.get("FAULT_TIMEOUT_S", "120"))
 
-RATE_PER_S = 20
-SECONDS = 4
-CONVERSATIONS = range(1, 9)
+pytestmark = [pytest.mark.stack, pytest.mark.faults, pytest.mark.timeout(TIMEOUT_S)]
 FAST = {
     "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0},
     "outbox": {"poll_interval_ms": 200, "backoff_base_s": 0.2},
@@ -68,29 +74,6 @@ async def service_down(name: str, *, kill: bool = False) -> AsyncIterator[None]:
         yield
     finally:
         await devstack("start", name)
-
-
-@contextlib.asynccontextmanager
-async def deployment_running(
-    deployment: Deployment, tmp_path: Path
-) -> AsyncIterator[list[WorkerProcess]]:
-    """The production roles in one process, the channel mocks in another (so what the mocks
-    saw survives anything done to the workers)."""
-    mocks_env = deployment.environ(**FAST)
-    mocks_env["METRICS_PORT"] = str(free_port())
-    procs = [
-        WorkerProcess("all", deployment.environ(**FAST), tmp_path / "workers.log"),
-        WorkerProcess("whatsapp_mock,instagram_mock", mocks_env, tmp_path / "mocks.log"),
-    ]
-    try:
-        for proc in procs:
-            await proc.start()
-        for proc in procs:
-            await proc.ready()
-        yield procs
-    finally:
-        for proc in procs:
-            await proc.stop()
 
 
 async def insert_while_up(deployment: Deployment, *, tag: str) -> list[Sent]:
@@ -177,7 +160,7 @@ def no_restart_needed(procs: list[WorkerProcess]) -> None:
 async def test_fault_worker_killed_with_sigkill_and_restarted(
     deployment: Deployment, tmp_path: Path, record_summary: Callable[[str], None]
 ) -> None:
-    async with deployment_running(deployment, tmp_path) as (workers, mocks):
+    async with deployment_running(deployment, tmp_path, **FAST) as (workers, mocks):
 
         async def kill_and_restart() -> None:
             workers.signal(signal.SIGKILL)
@@ -198,11 +181,11 @@ async def test_fault_service_stopped_and_started(
     record_summary: Callable[[str], None],
     service: str,
 ) -> None:
-    async with deployment_running(deployment, tmp_path) as procs:
+    async with deployment_running(deployment, tmp_path, **FAST) as procs:
 
         async def outage() -> None:
             async with service_down(service):
-                await asyncio.sleep(3)
+                await asyncio.sleep(OUTAGE_S)
 
         sent = await steady_stream(deployment, outage)
         upload_id = await upload_file(deployment, s3_client, [b"x" * 5 * MIB, b"y" * MIB])

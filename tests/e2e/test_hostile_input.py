@@ -32,6 +32,7 @@ from miniopy_async.api import Minio
 
 from tests.e2e.hostile import (
     EDGE_STRINGS,
+    EXAMPLES,
     FILENAMES,
     HUGE,
     HYPOTHESIS,
@@ -63,7 +64,8 @@ from tests.support import Deployment, FakeChannelApi
 
 pytestmark = [
     pytest.mark.stack,
-    pytest.mark.timeout(300),
+    # a property test's time grows with its examples: 300 s for the default 10
+    pytest.mark.timeout(max(300, 30 * EXAMPLES)),
     # a failing example of 1 MiB records is shrunk and shown; its repr is big, and that is fine
     pytest.mark.filterwarnings("ignore:Generating overly large repr"),
 ]

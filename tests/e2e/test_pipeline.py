@@ -4,10 +4,7 @@ updater -> messages.status READ; and upload -> merge request -> COMPLETED -> com
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -21,9 +18,10 @@ from tests.e2e.pipeline import (
     mock_sent,
     statuses,
     upload_file,
+    workers_running,
 )
 from tests.roles.uploads import MIB
-from tests.support import Deployment, WorkerProcess, eventually, free_port, read_topic
+from tests.support import Deployment, eventually, read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -33,27 +31,6 @@ FAST = {
     "fallback": {"poll_interval_s": 0.5},
     "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5},
 }
-
-
-@contextlib.asynccontextmanager
-async def workers(
-    deployment: Deployment, tmp_path: Path, groups: Sequence[str], **overrides: Any
-) -> AsyncIterator[list[WorkerProcess]]:
-    """One `chat4all-workers run` process per role group, each with its own operations port."""
-    procs = []
-    try:
-        for n, roles in enumerate(groups):
-            env = deployment.environ(**{**FAST, **overrides})
-            if n:
-                env["METRICS_PORT"] = str(free_port())
-            proc = WorkerProcess(roles, env, tmp_path / f"worker-{n}.log")
-            procs.append(await proc.start())
-        for proc in procs:
-            await proc.ready()
-        yield procs
-    finally:
-        for proc in procs:
-            await proc.stop()
 
 
 async def run_flow(deployment: Deployment, s3: Minio) -> None:
@@ -88,7 +65,7 @@ async def check_channels(deployment: Deployment, sent: list[Sent]) -> None:
 async def test_pipeline_in_one_process_reaches_read_and_completed(
     deployment: Deployment, s3_client: Minio, tmp_path: Path
 ) -> None:
-    async with workers(deployment, tmp_path, ["all,whatsapp_mock,instagram_mock"]):
+    async with workers_running(deployment, tmp_path, ["all,whatsapp_mock,instagram_mock"], **FAST):
         await run_flow(deployment, s3_client)
 
 
@@ -96,5 +73,5 @@ async def test_pipeline_split_across_three_processes(
     deployment: Deployment, s3_client: Minio, tmp_path: Path
 ) -> None:
     groups = ["router,whatsapp_mock,instagram_mock", "outbox,status_updater,backfill", "merge,gc"]
-    async with workers(deployment, tmp_path, groups):
+    async with workers_running(deployment, tmp_path, groups, **FAST):
         await run_flow(deployment, s3_client)

@@ -1,4 +1,4 @@
-"""Test helpers for the durable pipeline: read a whole topic, and a Kafka outage on demand.
+"""Test helpers for the durable pipeline: wait for a topic's records, and a Kafka outage on demand.
 
 `KafkaProxy` is a loopback TCP proxy in front of the shared broker that also rewrites Metadata
 responses so the broker appears to live at the proxy's address. Without the rewrite only the
@@ -16,46 +16,29 @@ import contextlib
 import struct
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.protocol import metadata as metadata_protocol
+from aiokafka.structs import ConsumerRecord
 
 from tests.stack import StackEndpoints
+from tests.support import eventually, read_topic
 
 _METADATA_API_KEY = 3
 
 
-async def read_topic(
-    stack: StackEndpoints,
-    topic: str,
-    *,
-    expect: int,
-    partitions: int = 1,
-    timeout_s: float = 30.0,
+async def wait_for_records(
+    stack: StackEndpoints, topic: str, *, expect: int, timeout_s: float = 30.0
 ) -> list[tuple[int, bytes | None, bytes, dict[str, bytes]]]:
-    """Every record of `topic` from the beginning, once at least `expect` arrived (or the
-    deadline passed): (partition, key, value, headers)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        out: list[tuple[int, bytes | None, bytes, dict[str, bytes]]] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while len(out) < expect and loop.time() < deadline:
-            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for tp_records in batch.values():
-                out += [(r.partition, r.key, r.value, dict(r.headers)) for r in tp_records]
-        # Whatever else is already there (duplicates would show up here).
-        ends = await consumer.end_offsets(tps)
-        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=200, max_records=5000)
-            for tp_records in batch.values():
-                out += [(r.partition, r.key, r.value, dict(r.headers)) for r in tp_records]
-        return out
-    finally:
-        await consumer.stop()
+    """Every record of `topic` once at least `expect` are there (duplicates included):
+    (partition, key, value, headers)."""
+    records: list[ConsumerRecord[bytes, bytes]] = []
+
+    async def enough() -> bool:
+        nonlocal records
+        records = await read_topic(stack, topic)
+        return len(records) >= expect
+
+    await eventually(enough, timeout_s=timeout_s, interval_s=0.2, message=f"{expect} in {topic}")
+    return [(r.partition, r.key, r.value or b"", dict(r.headers)) for r in records]
 
 
 class KafkaProxy:

@@ -21,7 +21,7 @@ from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.supervisor import Supervisor
-from tests.roles.durable_support import KafkaProxy, read_topic
+from tests.roles.durable_support import KafkaProxy, wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
 from tests.support import eventually, free_port, settings_for
 
@@ -65,12 +65,12 @@ async def test_backfill_delivers_bare_values_and_envelopes_then_empties_the_queu
         await sup.wait()
         assert sup.metrics.fallback_queue_length.get({}) == 0
 
-    main = await read_topic(stack, topic, expect=2)
+    main = await wait_for_records(stack, topic, expect=2)
     assert [(r[1], r[2]) for r in main] == [
         (b"conversation:1", bare(1)),
         (b"conversation:2", bare(2)),
     ]
-    (enveloped,) = await read_topic(stack, other, expect=1)
+    (enveloped,) = await wait_for_records(stack, other, expect=1)
     assert (enveloped[1], orjson.loads(enveloped[2]), enveloped[3]["h"]) == (b"k-1", {"a": 1}, b"v")
     assert await redis.llen(redis_prefix + QUEUE) == 0
     assert [k async for k in redis.scan_iter(match=f"{redis_prefix}{QUEUE}:processing:*")] == []
@@ -89,7 +89,7 @@ async def test_backfill_moves_invalid_items_to_the_dead_list_with_the_reason(
     dead = [orjson.loads(d) for d in await redis.lrange(f"{redis_prefix}{QUEUE}:dead", 0, -1)]
     assert [d["item"] for d in dead] == ["not json", '{"x": 1}']
     assert all(d["reason"] for d in dead)
-    assert [r[2] for r in await read_topic(stack, topic, expect=1)] == [bare(3)]
+    assert [r[2] for r in await wait_for_records(stack, topic, expect=1)] == [bare(3)]
 
 
 async def test_backfill_recovers_items_of_a_worker_whose_heartbeat_expired(
@@ -105,7 +105,11 @@ async def test_backfill_recovers_items_of_a_worker_whose_heartbeat_expired(
     async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
         await sup.wait()
 
-    assert [r[2] for r in await read_topic(stack, topic, expect=3)] == [bare(1), bare(2), bare(3)]
+    assert [r[2] for r in await wait_for_records(stack, topic, expect=3)] == [
+        bare(1),
+        bare(2),
+        bare(3),
+    ]
     assert await redis.exists(f"{queue}:processing:gone-1") == 0
     assert await redis.smembers(f"{queue}:workers") == set()
 
@@ -152,7 +156,7 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
     async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
         await sup.wait()
 
-    records = await read_topic(stack, topic, expect=total, partitions=3)
+    records = await wait_for_records(stack, topic, expect=total)
     delivered = {orjson.loads(r[2])["n"] for r in records}
     assert delivered == set(range(total))
     assert await redis.llen(queue) == 0
@@ -224,8 +228,8 @@ async def test_kafka_outage_parks_status_updates_holds_outbox_and_loses_nothing(
         await proxy.stop()
         await pool.close()
 
-    events = await read_topic(stack, events_topic, expect=200, partitions=2)
-    statuses = await read_topic(stack, status_topic, expect=50, partitions=2)
+    events = await wait_for_records(stack, events_topic, expect=200)
+    statuses = await wait_for_records(stack, status_topic, expect=50)
     assert {orjson.loads(r[2])["n"] for r in events} == set(range(200))
     assert {orjson.loads(r[2])["n"] for r in statuses} == set(range(50))
 

@@ -1,0 +1,43 @@
+"""The benchmarks still run: bench/pipeline.py for a few seconds at a low rate, against the real
+stack. Only correctness is checked (every message READ, nothing lost or dead-lettered); the
+timings it prints are not, a loaded CI machine must not fail a test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.stack import StackEndpoints
+from tests.support import REPO
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
+
+
+def test_bench_pipeline_delivers_every_message_at_a_low_rate(
+    stack: StackEndpoints, tmp_path: Path
+) -> None:
+    result = tmp_path / "result.json"
+    args = ["--rate", "20", "--seconds", "3", "--baseline-rate", "5", "--baseline-seconds", "1"]
+    args += ["--partitions", "4", "--conversations", "8", "--json", str(result)]
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "pipeline.py"), *args],
+        env={**os.environ, **stack.as_environ()},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    counts = orjson.loads(result.read_bytes())
+    assert [(p["name"], p["sent"]) for p in counts["phases"]] == [("baseline", 5), ("load", 60)]
+    for phase in counts["phases"]:
+        assert (phase["read"], phase["failed"], phase["lost"]) == (phase["sent"], 0, 0), phase
+    assert (counts["dlq"], counts["not_read"]) == (0, 0)
+    assert "RESULT: every message READ" in run.stdout
