@@ -18,7 +18,7 @@ from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.roles.outbox import route
 from chat4all_workers.supervisor import Supervisor
-from tests.roles.durable_support import read_topic
+from tests.roles.durable_support import wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
 from tests.support import eventually, settings_for
 
@@ -145,7 +145,7 @@ async def test_outbox_publishes_value_key_headers_and_marks_published(
     ) as sup:
         await sup.wait()
 
-    records = await read_topic(stack, topic, expect=2)
+    records = await wait_for_records(stack, topic, expect=2)
     assert [(r[1], orjson.loads(r[2])) for r in records] == [
         (b"conversation:42", {"conversation_id": 42, "text": "hi"}),
         (b"f-1", {"file_id": "abc"}),
@@ -236,7 +236,7 @@ async def test_outbox_event_waiting_for_retry_holds_back_its_aggregate(
     ) as sup:
         await sup.wait()
 
-    records = await read_topic(stack, topic, expect=1, timeout_s=5)
+    records = await wait_for_records(stack, topic, expect=1, timeout_s=5)
     assert [orjson.loads(r[2]) for r in records] == [{"n": 2}]
     assert await pending(db) == 2
 
@@ -263,11 +263,13 @@ async def test_outbox_dead_letters_event_past_max_retries_keeping_last_error(
     async with Supervisor(settings, roles=["outbox"], drain=True, serve_http=False) as sup:
         await sup.wait()
 
-    (dead,) = await read_topic(stack, dlq, expect=1)
+    (dead,) = await wait_for_records(stack, dlq, expect=1)
     assert orjson.loads(dead[2]) == {"n": 0}
     assert dead[3]["dlq.source"] == b"outbox"
     assert dead[3]["dlq.original_topic"] == topic.encode()
-    assert [orjson.loads(r[2]) for r in await read_topic(stack, topic, expect=1)] == [{"n": 1}]
+    assert [orjson.loads(r[2]) for r in await wait_for_records(stack, topic, expect=1)] == [
+        {"n": 1}
+    ]
     row = await db.fetchrow("SELECT published, last_error FROM outbox_events WHERE attempts = 4")
     assert (row["published"], row["last_error"]) == (True, "kafka down")
 
@@ -288,7 +290,7 @@ async def test_outbox_publishes_events_inserted_while_running_once_and_in_order(
         await eventually(lambda: _none_pending(db), timeout_s=60, message="outbox drained")
 
     assert_once_in_order(
-        await read_topic(stack, topic, expect=10_000, partitions=4), rounds=20, aggregates=500
+        await wait_for_records(stack, topic, expect=10_000), rounds=20, aggregates=500
     )
 
 
@@ -320,7 +322,7 @@ async def test_outbox_three_pollers_publish_each_event_once(
         ]
 
     assert_once_in_order(
-        await read_topic(stack, topic, expect=10_000, partitions=4), rounds=20, aggregates=500
+        await wait_for_records(stack, topic, expect=10_000), rounds=20, aggregates=500
     )
     assert sum(published) == 10_000
     assert sum(1 for n in published if n > 0) >= 2, f"work did not spread: {published}"

@@ -16,7 +16,7 @@ from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.roles.status_updater import next_status
 from chat4all_workers.supervisor import Supervisor
-from tests.roles.durable_support import read_topic
+from tests.roles.durable_support import wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
 from tests.support import settings_for
 
@@ -187,7 +187,7 @@ async def test_status_updater_dead_letters_invalid_records_with_reason(
 
     await run_drained(settings)
 
-    dead = await read_topic(stack, dlq, expect=2)
+    dead = await wait_for_records(stack, dlq, expect=2)
     assert [r[2] for r in dead] == [b"{not json", bad]
     assert {r[3]["dlq.source"] for r in dead} == {b"status_updater"}
     assert all(r[3]["dlq.reason"] for r in dead)
