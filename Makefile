@@ -28,7 +28,7 @@ help:
 	@echo "make topics   create the Kafka topics"
 	@echo "make run      everything above, then run all roles and the channel mocks"
 	@echo "make test     venv + stack + lint, then the test suite (PYTEST_ARGS=... to pass options)"
-	@echo "make lint     ruff, mypy --strict, import-linter"
+	@echo "make lint     ruff (check, format), mypy --strict (src, tests, bench), import-linter"
 	@echo "make soak     long run (tens of minutes): fault + hostile-input tests with bigger sizes,"
 	@echo "              then bench/pipeline.py for SOAK_SECONDS=$(SOAK_SECONDS) at SOAK_RATE=$(SOAK_RATE)/s"
 	@echo "make status   state of each service"
@@ -70,7 +70,8 @@ soak: venv stack
 		--drain-timeout 120
 
 lint: venv
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

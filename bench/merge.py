@@ -36,7 +36,7 @@ import orjson
 import psutil
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 from miniopy_async.deleteobjects import DeleteObject
 
 from chat4all_workers.config import Settings

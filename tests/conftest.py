@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from chat4all_workers.db.migrate import migrate
 from tests.stack import (

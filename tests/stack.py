@@ -168,9 +168,9 @@ def from_testcontainers(stack: contextlib.ExitStack) -> StackEndpoints:
         from testcontainers.community.postgres import PostgresContainer
         from testcontainers.community.redis import RedisContainer
     except ImportError:  # testcontainers < 4.14 kept the modules at the top level
-        from testcontainers.kafka import KafkaContainer  # type: ignore[no-redef]
-        from testcontainers.postgres import PostgresContainer  # type: ignore[no-redef]
-        from testcontainers.redis import RedisContainer  # type: ignore[no-redef]
+        from testcontainers.kafka import KafkaContainer  # type: ignore[no-redef,unused-ignore]
+        from testcontainers.postgres import PostgresContainer  # type: ignore[no-redef,unused-ignore]
+        from testcontainers.redis import RedisContainer  # type: ignore[no-redef,unused-ignore]
 
     kafka = stack.enter_context(KafkaContainer().with_kraft())
     postgres = stack.enter_context(
@@ -204,7 +204,7 @@ def from_testcontainers(stack: contextlib.ExitStack) -> StackEndpoints:
 def ensure_bucket(endpoints: StackEndpoints) -> None:
     """Create `endpoints.s3_bucket` if missing (on a private loop in a worker thread, so that it
     never touches the test session's event loop)."""
-    from miniopy_async import Minio
+    from miniopy_async.api import Minio
 
     async def make() -> None:
         async with Minio(

@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 from miniopy_async.deleteobjects import DeleteObject
 
 from chat4all_workers.config import Settings
@@ -75,6 +75,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def metric_value(metric: Any, labels: dict[str, str]) -> float:
+    """A counter's or gauge's value (aioprometheus types `get` as any metric's value); KeyError
+    when nothing was recorded under `labels`."""
+    value = metric.get(labels)
+    assert isinstance(value, int | float), f"not a counter or gauge value: {value!r}"
+    return float(value)
 
 
 async def eventually(
@@ -456,7 +464,7 @@ class FakeChannelApi:
 async def produce(
     stack: StackEndpoints,
     topic: str,
-    records: list[tuple[bytes | None, bytes]],
+    records: Sequence[tuple[bytes | None, bytes]],
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     """Produce (key, value) records in order and wait until all are acknowledged."""

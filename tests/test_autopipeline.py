@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,9 +20,9 @@ class CountingPool(aioredis.ConnectionPool):
 
     checkouts = 0
 
-    async def get_connection(self, *args: object, **kwargs: object) -> aioredis.Connection:
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         CountingPool.checkouts += 1
-        return await super().get_connection(*args, **kwargs)  # type: ignore[arg-type]
+        return await super().get_connection(*args, **kwargs)
 
 
 async def test_concurrent_commands_share_one_round_trip_and_keep_their_replies(
@@ -55,11 +56,12 @@ async def test_one_failing_command_fails_only_its_caller(
     pipe = AutoPipeline(client)
     try:
         await client.rpush(f"{redis_prefix}list", "x")
-        good, bad = await asyncio.gather(
+        results: tuple[Any, ...] = await asyncio.gather(
             pipe.execute("SET", f"{redis_prefix}fine", "1"),
             pipe.execute("GET", f"{redis_prefix}list"),  # WRONGTYPE
             return_exceptions=True,
         )
+        good, bad = results
         assert good is True
         assert isinstance(bad, redis_errors.ResponseError)
         assert "WRONGTYPE" in str(bad)

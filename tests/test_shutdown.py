@@ -8,6 +8,7 @@ import signal
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -49,7 +50,7 @@ async def test_sigterm_with_work_in_flight_exits_0_and_commits_only_finished_wor
     records = [message(c, n) for n in range(10) for c in range(30)]
     await produce(deployment.stack, deployment.topics["message_processing"], records)
     async with FakeChannelApi(latency_s=0.2) as channel:
-        overrides = {
+        overrides: dict[str, dict[str, Any]] = {
             "whatsapp": {"base_url": channel.base_url},
             "supervisor": {"shutdown_timeout_s": SHUTDOWN_TIMEOUT_S},
         }

@@ -12,7 +12,7 @@ from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
 from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
 from chat4all_workers.supervisor import Supervisor, resolve_roles
-from tests.support import eventually
+from tests.support import eventually, metric_value
 
 
 def fast_settings(**supervisor: float) -> Settings:
@@ -78,7 +78,9 @@ async def test_supervisor_restarts_a_crashing_role_and_counts_restarts() -> None
         (restarts,) = [s.restarts_total for s in sup.stats() if s.role == "crashy"]
 
     assert restarts >= 3
-    counted = sup.metrics.supervisor_restarts.get({"role": "crashy", "reason": "RuntimeError"})
+    counted = metric_value(
+        sup.metrics.supervisor_restarts, {"role": "crashy", "reason": "RuntimeError"}
+    )
     assert counted >= 3
     assert ticker.ticks > 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -27,7 +28,7 @@ class Scripted:
     ) -> None:
         self.answers = answers
         self.delay_s = delay_s
-        self.requests: list[tuple[str, dict[str, str], object]] = []
+        self.requests: list[tuple[str, dict[str, str], Any]] = []
         self.port = free_port()
 
     async def handle(self, request: web.Request) -> web.Response:

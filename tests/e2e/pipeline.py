@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from tests.roles.uploads import seed_upload
 from tests.support import Deployment, WorkerProcess, free_port

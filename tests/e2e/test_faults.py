@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from tests.e2e.pipeline import (
     Sent,
@@ -99,7 +100,7 @@ async def insert_while_up(deployment: Deployment, *, tag: str) -> list[Sent]:
 
 
 async def steady_stream(
-    deployment: Deployment, during: Callable[[], Awaitable[None]]
+    deployment: Deployment, during: Callable[[], Coroutine[Any, Any, None]]
 ) -> list[Sent]:
     """RATE_PER_S messages a second for SECONDS seconds; `during` runs halfway through."""
     sent: list[Sent] = []

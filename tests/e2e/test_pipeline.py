@@ -5,10 +5,11 @@ updater -> messages.status READ; and upload -> merge request -> COMPLETED -> com
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from tests.e2e.pipeline import (
     Sent,
@@ -25,7 +26,7 @@ from tests.support import Deployment, eventually, read_topic
 
 pytestmark = pytest.mark.stack
 
-FAST = {
+FAST: dict[str, dict[str, Any]] = {
     "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0},
     "outbox": {"poll_interval_ms": 200},
     "fallback": {"poll_interval_s": 0.5},

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 from miniopy_async.commonconfig import ComposeSource
 from miniopy_async.deleteobjects import DeleteObject
 

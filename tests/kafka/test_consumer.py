@@ -13,7 +13,7 @@ from chat4all_workers.kafka.consumer import ConsumerEngine
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
 from tests.stack import StackEndpoints
-from tests.support import committed_offsets, eventually, produce, settings_for
+from tests.support import committed_offsets, eventually, metric_value, produce, settings_for
 
 pytestmark = pytest.mark.stack
 
@@ -239,6 +239,6 @@ async def test_consumer_reports_lag_from_the_commit_position_even_when_idle(
 
 def _gauge(metrics: Metrics, labels: dict[str, str]) -> float | None:
     try:
-        return float(metrics.consumer_lag.get(labels))
+        return metric_value(metrics.consumer_lag, labels)
     except KeyError:
         return None

@@ -258,7 +258,7 @@ class _RealResolverLoop(asyncio.SelectorEventLoop):
 
     _getaddrinfo = staticmethod(monkey.get_original("socket", "getaddrinfo"))
 
-    async def getaddrinfo(  # type: ignore[override]
+    async def getaddrinfo(
         self,
         host: Any,
         port: Any,

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from chat4all_workers.config import Settings
 from chat4all_workers.db import files as files_db
@@ -23,7 +23,7 @@ from chat4all_workers.roles.gc import GcReport, collect_garbage
 from chat4all_workers.supervisor import run_once
 from tests.roles.uploads import object_keys, seed_upload
 from tests.stack import StackEndpoints
-from tests.support import settings_for
+from tests.support import metric_value, settings_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(60)]
 
@@ -119,7 +119,14 @@ async def test_gc_concurrent_passes_do_the_work_once(env: GcEnv) -> None:
 
     cleaned = [u for report in reports for u in report.abandoned]
     assert sorted(cleaned) == sorted(stale)
-    assert sum(v for m in metrics for _, v in m.uploads_cleaned.get_all()) == 5
+    assert (
+        sum(
+            metric_value(m.uploads_cleaned, labels)
+            for m in metrics
+            for labels, _ in m.uploads_cleaned.get_all()
+        )
+        == 5
+    )
     for upload_id in stale:
         assert await env.state(upload_id) == ("FAILED", 0, 0)
 

@@ -13,7 +13,7 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate

@@ -20,7 +20,7 @@ from chat4all_workers.roles.outbox import route
 from chat4all_workers.supervisor import Supervisor
 from tests.roles.durable_support import wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
-from tests.support import eventually, settings_for
+from tests.support import eventually, metric_value, settings_for
 
 pytestmark = pytest.mark.stack
 
@@ -315,8 +315,9 @@ async def test_outbox_three_pollers_publish_each_event_once(
         await bulk_insert(db, rounds=20, aggregates=500)
         await eventually(lambda: _none_pending(db), timeout_s=60, message="outbox drained")
         published = [
-            s.metrics.messages_processed.get(
-                {"role": "outbox", "channel": "", "outcome": "published"}
+            metric_value(
+                s.metrics.messages_processed,
+                {"role": "outbox", "channel": "", "outcome": "published"},
             )
             for s in sups
         ]

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from chat4all_workers.supervisor import Supervisor
 from tests.support import (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import orjson
@@ -146,7 +147,7 @@ async def test_status_updater_redelivery_adds_no_history_and_no_second_note(
     try:
         await produce(stack, topic, [update(message_id, "whatsapp", "SENT")] * 2)
         await run_drained(settings)
-        notes = []
+        notes: list[dict[str, Any]] = []
         async with asyncio.timeout(5):
             while len(notes) < 1:
                 note = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from chat4all_workers.storage.s3 import chunk_key
 

@@ -7,7 +7,7 @@ import io
 import os
 
 import pytest
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 
 from chat4all_workers.storage.merge import (
     MIN_PART_SIZE,
