@@ -114,12 +114,7 @@ async def pg_database(stack: StackEndpoints) -> AsyncIterator[str]:
 @pytest.fixture
 async def s3_client(stack: StackEndpoints) -> AsyncIterator[Minio]:
     """A miniopy-async client for the stack's S3; its HTTP session is closed after the test."""
-    async with Minio(
-        stack.s3_endpoint,
-        access_key=stack.s3_access_key,
-        secret_key=stack.s3_secret_key,
-        secure=stack.s3_secure,
-    ) as client:
+    async with stack.s3_client() as client:
         yield client
 
 
@@ -127,12 +122,7 @@ async def s3_client(stack: StackEndpoints) -> AsyncIterator[Minio]:
 async def s3_bucket(stack: StackEndpoints) -> AsyncIterator[str]:
     """A fresh bucket; its objects and the bucket itself are removed after the test."""
     name = unique_name("test")
-    async with Minio(
-        stack.s3_endpoint,
-        access_key=stack.s3_access_key,
-        secret_key=stack.s3_secret_key,
-        secure=stack.s3_secure,
-    ) as client:
+    async with stack.s3_client() as client:
         await client.make_bucket(name)
         try:
             yield name

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from miniopy_async.api import Minio
+
 REPO = Path(__file__).resolve().parent.parent
 DEVSTACK = REPO / "scripts" / "devstack"
 
@@ -75,6 +77,15 @@ class StackEndpoints:
             "MINIO_BUCKET": self.s3_bucket,
             "MINIO_SECURE": "true" if self.s3_secure else "false",
         }
+
+    def s3_client(self) -> Minio:
+        """A new miniopy-async client for the stack's S3 (`async with` it to close its session)."""
+        return Minio(
+            self.s3_endpoint,
+            access_key=self.s3_access_key,
+            secret_key=self.s3_secret_key,
+            secure=self.s3_secure,
+        )
 
     def addresses(self) -> dict[str, tuple[str, int]]:
         """(host, port) of each service, for reachability checks."""
@@ -204,15 +215,9 @@ def from_testcontainers(stack: contextlib.ExitStack) -> StackEndpoints:
 def ensure_bucket(endpoints: StackEndpoints) -> None:
     """Create `endpoints.s3_bucket` if missing (on a private loop in a worker thread, so that it
     never touches the test session's event loop)."""
-    from miniopy_async.api import Minio
 
     async def make() -> None:
-        async with Minio(
-            endpoints.s3_endpoint,
-            access_key=endpoints.s3_access_key,
-            secret_key=endpoints.s3_secret_key,
-            secure=endpoints.s3_secure,
-        ) as client:
+        async with endpoints.s3_client() as client:
             if not await client.bucket_exists(endpoints.s3_bucket):
                 await client.make_bucket(endpoints.s3_bucket)
 

@@ -195,12 +195,7 @@ async def isolated_deployment(
     topics = {name: f"{run}-{name.replace('_', '-')}" for name in TOPIC_FIELDS}
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     pg = await asyncpg.connect(stack.database_url)
-    s3 = Minio(
-        stack.s3_endpoint,
-        access_key=stack.s3_access_key,
-        secret_key=stack.s3_secret_key,
-        secure=stack.s3_secure,
-    )
+    s3 = stack.s3_client()
     async with contextlib.AsyncExitStack() as cleanup:
         cleanup.push_async_callback(pg.close)
         await pg.execute(f'CREATE DATABASE "{database}"')

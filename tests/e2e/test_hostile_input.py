@@ -28,7 +28,6 @@ import redis.asyncio as aioredis
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
-from miniopy_async.api import Minio
 
 from tests.e2e.hostile import (
     EDGE_STRINGS,
@@ -317,12 +316,7 @@ MERGE_CASES: list[Case] = [
 async def seed_hostile_uploads(deployment: Deployment, filenames: Sequence[str]) -> list[uuid.UUID]:
     conn = await asyncpg.connect(deployment.database_url)
     try:
-        async with Minio(
-            deployment.stack.s3_endpoint,
-            access_key=deployment.stack.s3_access_key,
-            secret_key=deployment.stack.s3_secret_key,
-            secure=deployment.stack.s3_secure,
-        ) as s3:
+        async with deployment.stack.s3_client() as s3:
             return [
                 await seed_upload(conn, s3, deployment.bucket, [b"chunk %d" % n], filename=name)
                 for n, name in enumerate(filenames)
@@ -358,12 +352,7 @@ async def check_merged(
     """Each upload merged to a safe key (and the object is there), or FAILED and dead-lettered."""
     conn = await asyncpg.connect(deployment.database_url)
     try:
-        async with Minio(
-            deployment.stack.s3_endpoint,
-            access_key=deployment.stack.s3_access_key,
-            secret_key=deployment.stack.s3_secret_key,
-            secure=deployment.stack.s3_secure,
-        ) as s3:
+        async with deployment.stack.s3_client() as s3:
             for n, (upload, request) in enumerate(zip(uploads, requests, strict=True)):
                 row = await conn.fetchrow(
                     "SELECT status, storage_key, filename, error FROM files WHERE id = $1", upload
