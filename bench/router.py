@@ -16,6 +16,13 @@ reads it with its own consumer group and writes to its own output topic:
     --baseline-seconds; target router/baseline >= 20.
 (c) the router's RSS during (b), sampled with psutil every 100 ms; target peak < 250 MB.
 
+Both phases also run a "library floor" (`library_floor`): the I/O the router does per record
+(two Redis SETs, the adapter's POST, the status produce) with none of its logic, on the same
+libraries. It is not a target; it shows how much of the router's cost is its own. Every phase
+reports CPU per message of each process involved (the loop or router, the fake provider, Kafka,
+Redis) and how busy it kept the machine: on a small machine the ratios are bounded by cores, and
+those figures say by how much.
+
 The router runs as a subprocess (`--worker`): a real `Supervisor(roles=["router"], drain=True)`,
 so its RSS is its own and it exits once caught up. The fake provider (an aiohttp app answering
 like the WhatsApp Cloud API, `POST /{version}/{phone}/messages` -> {"messages":[{"id":"wamid.N"}]})
@@ -39,6 +46,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -48,6 +56,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.admin import DeleteGroupsRequest
+from aiokafka.structs import ConsumerRecord
 
 from chat4all_workers.channels.base import OutboundMessage
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
@@ -155,7 +164,7 @@ async def fake_provider(latency_ms: float) -> AsyncIterator[Provider]:
     try:
         port = int((await _read_line(proc, "READY", 30)).split()[1])
         async with aiohttp.ClientSession() as http:
-            yield Provider(f"http://127.0.0.1:{port}", http)
+            yield Provider(f"http://127.0.0.1:{port}", http, proc.pid)
     finally:
         await _stop(proc)
 
@@ -164,6 +173,7 @@ async def fake_provider(latency_ms: float) -> AsyncIterator[Provider]:
 class Provider:
     base_url: str
     http: aiohttp.ClientSession
+    pid: int
 
     async def stats(self) -> dict[str, Any]:
         async with self.http.get(f"{self.base_url}/__bench__/stats") as response:
@@ -206,6 +216,57 @@ class RssSampler:
         return max(self.samples, default=0)
 
 
+class CpuMeter:
+    """CPU seconds (user + system) each named process spends between `start` and `stop`.
+
+    The ratios depend on how the machine's cores are shared: the router, the fake provider,
+    Kafka and Redis all run here. Per-message CPU of each says where the time goes, and whether
+    a rate is possible at all on this many cores.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._started: dict[str, float] = {}
+        self._wall = 0.0
+        self.seconds: dict[str, float] = {}
+        self.wall_s = 0.0
+
+    def _cpu(self, process: psutil.Process) -> float:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            return 0.0
+        return float(times.user + times.system)
+
+    def start(self) -> None:
+        self._wall = time.perf_counter()
+        self._started = {name: self._cpu(p) for name, p in self._processes.items()}
+
+    def stop(self) -> None:
+        self.wall_s = time.perf_counter() - self._wall
+        self.seconds = {n: self._cpu(p) - self._started[n] for n, p in self._processes.items()}
+
+    def report(self, label: str, messages: int) -> str:
+        per = ", ".join(f"{n} {s / messages * 1e6:,.0f}" for n, s in self.seconds.items())
+        busy = sum(self.seconds.values()) / (self.wall_s * (psutil.cpu_count() or 1))
+        return (
+            f"    {label} CPU per message (us): {per}; these processes kept "
+            f"{busy:.0%} of the {psutil.cpu_count()} CPUs busy over {self.wall_s:.1f} s\n"
+        )
+
+
+def service_pids() -> dict[str, int]:
+    """The local Kafka broker and Redis server, when they run on this machine."""
+    found: dict[str, int] = {}
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or ())
+        if "kafka.Kafka" in cmdline:
+            found.setdefault("kafka", process.pid)
+        elif process.info["name"] == "redis-server" or cmdline.startswith("redis-server"):
+            found.setdefault("redis", process.pid)
+    return found
+
+
 # -- the run's scratch resources ------------------------------------------------------------------
 
 
@@ -233,7 +294,7 @@ class Scratch:
 async def scratch(partitions: int) -> AsyncIterator[Scratch]:
     """Topics created up front; topics, consumer groups and Redis keys removed afterwards."""
     s = Scratch(uuid.uuid4().hex[:8], partitions)
-    names = ["in", "status-a", "status-b", "dlq", "bare", "serial"]
+    names = ["in", "status-a", "status-b", "dlq", "bare", "serial", "floor"]
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
     try:
@@ -360,6 +421,7 @@ class RouterRun:
     rss_mid: int  # halfway through the run: a leak keeps climbing, a working set levels off
     rss_peak: int
     rss_done: int
+    cpu: CpuMeter
 
 
 def router_settings(
@@ -405,7 +467,10 @@ async def run_router(
             with RssSampler(proc.pid) as sampler:
                 await _read_line(proc, "READY", 90)
                 rss_ready = sampler.rss()
+                cpu = CpuMeter({"router": proc.pid, "provider": provider.pid, **service_pids()})
+                cpu.start()
                 done = await _read_line(proc, "DONE", 3600)
+                cpu.stop()
                 rss_done = sampler.rss()
             await proc.wait()
         finally:
@@ -424,6 +489,7 @@ async def run_router(
         rss_mid=sampler.samples[len(sampler.samples) // 2],
         rss_peak=sampler.peak,
         rss_done=rss_done,
+        cpu=cpu,
     )
 
 
@@ -444,7 +510,7 @@ def status_of(value: bytes, provider_message_id: str = "") -> bytes:
     )
 
 
-async def bare_loop(s: Scratch, messages: int) -> float:
+async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
     """Records/s of the simplest at-least-once relay: getmany, produce a status per record (same
     producer settings as the router's: acks=all, idempotent, linger 5 ms), await acks, commit."""
     consumer = AIOKafkaConsumer(
@@ -459,6 +525,8 @@ async def bare_loop(s: Scratch, messages: int) -> float:
     )
     await consumer.start()
     await producer.start()
+    cpu = CpuMeter({"bench loop": os.getpid(), **service_pids()})
+    cpu.start()
     try:
         done, first = 0, 0.0
         while done < messages:
@@ -474,13 +542,16 @@ async def bare_loop(s: Scratch, messages: int) -> float:
             await asyncio.gather(*acks)
             await consumer.commit()
             done += len(acks)
-        return done / (time.perf_counter() - first)
+        cpu.stop()
+        return done / (time.perf_counter() - first), cpu
     finally:
         await producer.stop()
         await consumer.stop()
 
 
-async def one_at_a_time(s: Scratch, latency_ms: float, seconds: float) -> tuple[float, int]:
+async def one_at_a_time(
+    s: Scratch, latency_ms: float, seconds: float
+) -> tuple[float, int, CpuMeter]:
     """Records/s when each partition handles one record at a time: fetch one, send it, produce
     its status and await the ack, then the next; offsets committed every second."""
     consumer = AIOKafkaConsumer(
@@ -502,6 +573,8 @@ async def one_at_a_time(s: Scratch, latency_ms: float, seconds: float) -> tuple[
                 base_url=provider.base_url, phone_number_id="1000", access_token=Secret("bench")
             )
             adapter = WhatsAppAdapter(settings, http)
+            cpu = CpuMeter({"bench loop": os.getpid(), "provider": provider.pid, **service_pids()})
+            cpu.start()
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             started = asyncio.Event()
@@ -542,9 +615,101 @@ async def one_at_a_time(s: Scratch, latency_ms: float, seconds: float) -> tuple[
                 committer = tasks.create_task(commit_every_second())
                 counts = await asyncio.gather(*(partition(tp) for tp in tps))
                 committer.cancel()
+            cpu.stop()
             await consumer.commit(dict(positions))
-        return sum(counts) / (clock["last"] - clock["first"]), sum(counts)
+        return sum(counts) / (clock["last"] - clock["first"]), sum(counts), cpu
     finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def library_floor(
+    s: Scratch, phase: str, latency_ms: float, messages: int, max_in_flight: int
+) -> tuple[float, CpuMeter]:
+    """Records/s of the I/O the router does per record and nothing else, on the same libraries.
+
+    Per fetched batch: one Redis pipeline of `SET NX` claims, then every record's POST through
+    the same WhatsApp adapter and its status produce, awaited (concurrently, up to
+    `max_in_flight` records), then one pipeline of `SET` marks. No validation, no per-key order,
+    no leases, retries, tracing, logging context or metrics; offsets committed once at the end.
+    What any router built on aiohttp, aiokafka and redis-py pays at least, per record: the
+    router's own logic is the gap between this and the router.
+    """
+    consumer = AIOKafkaConsumer(
+        s.topic("in"),
+        bootstrap_servers=KAFKA,
+        group_id=s.group(f"floor-{phase}"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, acks="all", enable_idempotence=True, linger_ms=5
+    )
+    redis = aioredis.Redis.from_url(REDIS)
+    prefix = s.redis_prefix(f"floor-{phase}")
+    await consumer.start()
+    await producer.start()
+    try:
+        async with (
+            fake_provider(latency_ms) as provider,
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+        ):
+            settings = WhatsAppSettings(
+                base_url=provider.base_url, phone_number_id="1000", access_token=Secret("bench")
+            )
+            adapter = WhatsAppAdapter(settings, http)
+            room = asyncio.Semaphore(max_in_flight)
+            clock: dict[str, float] = {}
+
+            async def deliver(record: ConsumerRecord[bytes, bytes]) -> None:
+                doc = orjson.loads(record.value)
+                message = OutboundMessage(
+                    message_id=doc["message_id"],
+                    conversation_id=doc["conversation_id"],
+                    recipient=doc["recipients"]["whatsapp"],
+                    kind="text",
+                    text=doc["payload"]["content"],
+                )
+                result = await adapter.send(message)
+                status = status_of(record.value, result.provider_message_id)
+                await (await producer.send(s.topic("floor"), status, key=record.key))
+
+            async def batch(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+                keys = [prefix + orjson.loads(r.value)["message_id"] for r in records]
+                async with redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.set(key, "lease", nx=True, ex=86_400)
+                    await pipe.execute()
+                await asyncio.gather(*(deliver(r) for r in records))
+                async with redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.set(key, "sent", ex=86_400)
+                    await pipe.execute()
+                clock["last"] = time.perf_counter()
+                for _ in records:
+                    room.release()
+
+            cpu = CpuMeter({"bench loop": os.getpid(), "provider": provider.pid, **service_pids()})
+            cpu.start()
+            async with asyncio.TaskGroup() as tasks:
+                taken = 0
+                while taken < messages:
+                    await room.acquire()  # at least one free slot before fetching
+                    room.release()
+                    fetched = await consumer.getmany(timeout_ms=200, max_records=500)
+                    records = [r for rs in fetched.values() for r in rs]
+                    if not records:
+                        continue
+                    clock.setdefault("first", time.perf_counter())
+                    for _ in records:
+                        await room.acquire()
+                    tasks.create_task(batch(records))
+                    taken += len(records)
+            cpu.stop()
+            await consumer.commit()
+        return taken / (clock["last"] - clock["first"]), cpu
+    finally:
+        await redis.aclose()
         await producer.stop()
         await consumer.stop()
 
@@ -565,7 +730,33 @@ def router_line(label: str, run: RouterRun, messages: int) -> str:
     )
 
 
-async def bench(args: argparse.Namespace) -> None:
+def router_problems(label: str, run: RouterRun, messages: int) -> list[str]:
+    """What went wrong with a router run's delivery, if anything: the figures mean nothing then."""
+    problems = []
+    if run.statuses.sent_messages != messages:
+        problems.append(f"{label}: {run.statuses.sent_messages}/{messages} messages SENT")
+    if run.provider_sends != messages:
+        problems.append(f"{label}: the provider got {run.provider_sends} sends for {messages}")
+    if run.dlq or run.restarts:
+        problems.append(f"{label}: {run.dlq} dead-lettered, {run.restarts} role restarts")
+    return problems
+
+
+def router_summary(run: RouterRun) -> dict[str, Any]:
+    return {
+        "rate": run.rate,
+        "provider_sends": run.provider_sends,
+        "sent_messages": run.statuses.sent_messages,
+        "dlq": run.dlq,
+        "restarts": run.restarts,
+        "rss_peak_mb": run.rss_peak / MB,
+        "cpu_s": run.cpu.seconds,
+    }
+
+
+async def bench(args: argparse.Namespace) -> bool:
+    """Run the phases, print the figures; False if the router did not deliver every message
+    exactly once (then the figures are not worth reading)."""
     defaults = Settings().kafka
     max_in_flight = args.max_in_flight or defaults.max_in_flight
     out(
@@ -581,28 +772,52 @@ async def bench(args: argparse.Namespace) -> None:
         await produce_messages(s.topic("in"), args.messages, args.conversations)
         out(f"produced {args.messages} messages in {time.perf_counter() - started:.1f} s\n")
         rows: list[tuple[str, str, str, str, str]] = []
+        problems: list[str] = []
+        result: dict[str, Any] = {"messages": args.messages}
         if args.only != "b":
-            bare = await bare_loop(s, args.messages)
+            bare, bare_cpu = await bare_loop(s, args.messages)
             out(f"(a) bare loop done: {bare:,.0f} msg/s\n")
+            out(bare_cpu.report("(a) bare loop", args.messages))
+            floor_a, floor_a_cpu = await library_floor(s, "a", 0.0, args.messages, max_in_flight)
+            out(f"(a) library floor: {floor_a:,.0f} msg/s\n")
+            out(floor_a_cpu.report("(a) library floor", args.messages))
             fast = await run_router(s, "a", 0.0, args.messages, args.max_in_flight)
             out(router_line("(a) router", fast, args.messages))
+            out(fast.cpu.report("(a) router", args.messages))
             ratio_a = fast.rate / bare
+            problems += router_problems("(a) router", fast, args.messages)
+            result["a"] = {"bare": bare, "floor": floor_a, "router": router_summary(fast)}
             rows += [
                 ("(a) bare consume+produce loop", f"{bare:,.0f}", "", "", ""),
+                ("(a) library floor (same I/O, no router logic)", f"{floor_a:,.0f}",
+                 f"{floor_a / bare:.2f}", "", ""),
                 ("(a) router, 0 ms provider", f"{fast.rate:,.0f}", f"{ratio_a:.2f}", ">= 0.5",
                  check(ratio_a >= 0.5)),
             ]  # fmt: skip
         if args.only != "a":
-            serial, done = await one_at_a_time(s, args.latency_ms, args.baseline_seconds)
+            serial, done, serial_cpu = await one_at_a_time(
+                s, args.latency_ms, args.baseline_seconds
+            )
             out(f"(b) one-at-a-time baseline: {serial:,.0f} msg/s ({done} in "
                 f"{args.baseline_seconds:.0f} s)\n")  # fmt: skip
+            out(serial_cpu.report("(b) one at a time", done))
+            floor, floor_cpu = await library_floor(
+                s, "b", args.latency_ms, args.messages, max_in_flight
+            )
+            out(f"(b) library floor: {floor:,.0f} msg/s\n")
+            out(floor_cpu.report("(b) library floor", args.messages))
             slow = await run_router(s, "b", args.latency_ms, args.messages, args.max_in_flight)
             out(router_line("(b) router", slow, args.messages))
+            out(slow.cpu.report("(b) router", args.messages))
             ratio_b = slow.rate / serial
+            problems += router_problems("(b) router", slow, args.messages)
+            result["b"] = {"serial": serial, "floor": floor, "router": router_summary(slow)}
             peak, ready = slow.rss_peak / MB, slow.rss_ready / MB
             rows += [
                 (f"(b) one at a time/partition, {args.latency_ms:.0f} ms", f"{serial:,.0f}",
                  "", "", ""),
+                ("(b) library floor (same I/O, no router logic)", f"{floor:,.0f}",
+                 f"{floor / serial:.1f}", "", ""),
                 (f"(b) router, {args.latency_ms:.0f} ms provider", f"{slow.rate:,.0f}",
                  f"{ratio_b:.1f}", ">= 20", check(ratio_b >= 20)),
                 (f"(c) router RSS peak; ready {ready:.0f}, mid {slow.rss_mid / MB:.0f}, "
@@ -612,9 +827,18 @@ async def bench(args: argparse.Namespace) -> None:
         out(f"\n{'':48} {'msg/s':>10} {'ratio':>8} {'target':>9} {'met':>4}\n")
         for label, value, ratio, target, met in rows:
             out(f"{label:48} {value:>10} {ratio:>8} {target:>9} {met:>4}\n")
+        for problem in problems:
+            out(f"PROBLEM: {problem}\n")
+        if not problems:
+            out("RESULT: every message sent once and SENT, none dead-lettered\n")
+        if args.json:
+            result["problems"] = problems
+            data = orjson.dumps(result, option=orjson.OPT_INDENT_2)
+            await asyncio.to_thread(Path(args.json).write_bytes, data)
+        return not problems
 
 
-async def main() -> None:
+async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=12)
@@ -623,14 +847,15 @@ async def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--max-in-flight", type=int, help="kafka.max_in_flight for the router")
     parser.add_argument("--only", choices=("a", "b"))
+    parser.add_argument("--json", metavar="PATH", help="also write the figures and counts as JSON")
     parser.add_argument("--worker", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         await worker(orjson.loads(args.worker))
-    else:
-        await bench(args)
+        return 0
+    return 0 if await bench(args) else 1
 
 
 if __name__ == "__main__":
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+        sys.exit(asyncio.run(main()))

@@ -1,6 +1,7 @@
-"""The benchmarks still run: bench/pipeline.py for a few seconds at a low rate, against the real
-stack. Only correctness is checked (every message READ, nothing lost or dead-lettered); the
-timings it prints are not, a loaded CI machine must not fail a test."""
+"""The benchmarks still run, small, against the real stack: bench/pipeline.py for a few seconds at
+a low rate, bench/router.py over a few hundred messages. Only correctness is checked (every
+message READ, or sent once and SENT; nothing lost or dead-lettered); the timings they print are
+not, a loaded CI machine must not fail a test."""
 
 from __future__ import annotations
 
@@ -41,3 +42,31 @@ def test_bench_pipeline_delivers_every_message_at_a_low_rate(
         assert (phase["read"], phase["failed"], phase["lost"]) == (phase["sent"], 0, 0), phase
     assert (counts["dlq"], counts["not_read"]) == (0, 0)
     assert "RESULT: every message READ" in run.stdout
+
+
+def test_bench_router_runs_every_phase_and_delivers_each_message_once(
+    stack: StackEndpoints, tmp_path: Path
+) -> None:
+    result = tmp_path / "result.json"
+    args = ["--messages", "600", "--partitions", "3", "--conversations", "30"]
+    args += ["--latency-ms", "5", "--baseline-seconds", "1", "--json", str(result)]
+    run = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "router.py"), *args],
+        env={**os.environ, **stack.as_environ()},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    figures = orjson.loads(result.read_bytes())
+    assert figures["problems"] == []
+    for phase in ("a", "b"):
+        router = figures[phase]["router"]
+        assert (router["sent_messages"], router["provider_sends"]) == (600, 600), router
+        assert (router["dlq"], router["restarts"]) == (0, 0), router
+        assert min(router["rate"], figures[phase]["floor"]) > 0, figures[phase]
+    assert min(figures["a"]["bare"], figures["b"]["serial"]) > 0, figures
+    assert "RESULT: every message sent once and SENT" in run.stdout

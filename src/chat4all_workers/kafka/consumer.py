@@ -312,8 +312,9 @@ class ConsumerEngine:
         self._release(1)
 
     def _release(self, count: int) -> None:
+        # The in-flight gauge is refreshed per fetched batch and per commit interval, not here:
+        # per record it cost more than the bookkeeping it reports.
         self._in_flight -= count
-        self._metrics.in_flight.set({"role": self.role}, self._in_flight)
         self._capacity.set()
         if self._in_flight == 0:
             self._idle.set()
@@ -337,6 +338,7 @@ class ConsumerEngine:
             except (CommitFailedError, KafkaError) as exc:
                 log.warning("offset commit failed, will retry: %r", exc)
             self._report_lag()
+            self._metrics.in_flight.set({"role": self.role}, self._in_flight)
 
     def _report_lag(self) -> None:
         """`kafka_consumer_lag`: records between what is committed (or about to be) and the log

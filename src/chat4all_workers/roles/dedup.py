@@ -14,6 +14,7 @@ marker says so, instead of the key silently expiring and the message being sent 
 from __future__ import annotations
 
 import enum
+import itertools
 import secrets
 import time
 from dataclasses import dataclass
@@ -38,6 +39,12 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+
+
+# A lease token only has to differ from every other worker's: a random process prefix and a
+# counter do that without a system call per message.
+_PROCESS_TOKEN = secrets.token_hex(6)
+_lease_numbers = itertools.count()
 
 
 class State(enum.Enum):
@@ -69,7 +76,7 @@ class SendMarkers:
         return f"{_LEASE}{token}:{time.time() + self._lease_s:.3f}"
 
     async def claim(self, key: str) -> Claim:
-        lease = self._new_lease(secrets.token_hex(8))
+        lease = self._new_lease(f"{_PROCESS_TOKEN}{next(_lease_numbers):x}")
         if await self._pipe.execute("SET", key, lease, "NX", "EX", self._ttl_s):
             return Claim(State.CLAIMED, lease=lease)
         raw = await self._pipe.execute("GET", key)

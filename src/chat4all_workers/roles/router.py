@@ -190,6 +190,11 @@ class Router:
         ):
             outbound = await self._outbound(message)
             failures: list[_ChannelFailure] = []
+            if len(message.channels) == 1:  # the common case: nothing to run side by side
+                await self._deliver(message, message.channels[0], outbound, failures)
+                if failures:
+                    await self._dead_letter(record, failures)
+                return
             # gather, not a task group: one channel's trouble must not cancel the other's send
             # halfway (a cancelled send may have reached the provider without being marked).
             results = await asyncio.gather(
