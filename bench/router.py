@@ -175,6 +175,13 @@ class Provider:
     http: aiohttp.ClientSession
     pid: int
 
+    def adapter(self, http: aiohttp.ClientSession) -> WhatsAppAdapter:
+        """The router's own WhatsApp adapter, pointed here: what the baselines send through."""
+        settings = WhatsAppSettings(
+            base_url=self.base_url, phone_number_id="1000", access_token=Secret("bench")
+        )
+        return WhatsAppAdapter(settings, http)
+
     async def stats(self) -> dict[str, Any]:
         async with self.http.get(f"{self.base_url}/__bench__/stats") as response:
             result: dict[str, Any] = await response.json()
@@ -510,6 +517,27 @@ def status_of(value: bytes, provider_message_id: str = "") -> bytes:
     )
 
 
+async def send_and_report(
+    adapter: WhatsAppAdapter,
+    producer: AIOKafkaProducer,
+    topic: str,
+    record: ConsumerRecord[bytes, bytes],
+) -> None:
+    """What a baseline does per record: the POST through the adapter, then the status record
+    produced and its ack awaited. No validation, dedup or retries."""
+    doc = orjson.loads(record.value)
+    message = OutboundMessage(
+        message_id=doc["message_id"],
+        conversation_id=doc["conversation_id"],
+        recipient=doc["recipients"]["whatsapp"],
+        kind="text",
+        text=doc["payload"]["content"],
+    )
+    result = await adapter.send(message)
+    status = status_of(record.value, result.provider_message_id)
+    await producer.send_and_wait(topic, status, key=record.key)
+
+
 async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
     """Records/s of the simplest at-least-once relay: getmany, produce a status per record (same
     producer settings as the router's: acks=all, idempotent, linger 5 ms), await acks, commit."""
@@ -569,10 +597,7 @@ async def one_at_a_time(
     await producer.start()
     try:
         async with fake_provider(latency_ms) as provider, aiohttp.ClientSession() as http:
-            settings = WhatsAppSettings(
-                base_url=provider.base_url, phone_number_id="1000", access_token=Secret("bench")
-            )
-            adapter = WhatsAppAdapter(settings, http)
+            adapter = provider.adapter(http)
             cpu = CpuMeter({"bench loop": os.getpid(), "provider": provider.pid, **service_pids()})
             cpu.start()
             consumer.assign(tps)
@@ -589,17 +614,7 @@ async def one_at_a_time(
                             clock["first"] = time.perf_counter()
                             clock["until"] = clock["first"] + seconds
                             started.set()
-                        doc = orjson.loads(record.value)
-                        message = OutboundMessage(
-                            message_id=doc["message_id"],
-                            conversation_id=doc["conversation_id"],
-                            recipient=doc["recipients"]["whatsapp"],
-                            kind="text",
-                            text=doc["payload"]["content"],
-                        )
-                        result = await adapter.send(message)
-                        status = status_of(record.value, result.provider_message_id)
-                        await producer.send_and_wait(s.topic("serial"), status, key=record.key)
+                        await send_and_report(adapter, producer, s.topic("serial"), record)
                         positions[tp] = record.offset + 1
                         clock["last"] = time.perf_counter()
                         done += 1
@@ -654,25 +669,9 @@ async def library_floor(
             fake_provider(latency_ms) as provider,
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
         ):
-            settings = WhatsAppSettings(
-                base_url=provider.base_url, phone_number_id="1000", access_token=Secret("bench")
-            )
-            adapter = WhatsAppAdapter(settings, http)
+            adapter = provider.adapter(http)
             room = asyncio.Semaphore(max_in_flight)
             clock: dict[str, float] = {}
-
-            async def deliver(record: ConsumerRecord[bytes, bytes]) -> None:
-                doc = orjson.loads(record.value)
-                message = OutboundMessage(
-                    message_id=doc["message_id"],
-                    conversation_id=doc["conversation_id"],
-                    recipient=doc["recipients"]["whatsapp"],
-                    kind="text",
-                    text=doc["payload"]["content"],
-                )
-                result = await adapter.send(message)
-                status = status_of(record.value, result.provider_message_id)
-                await (await producer.send(s.topic("floor"), status, key=record.key))
 
             async def batch(records: list[ConsumerRecord[bytes, bytes]]) -> None:
                 keys = [prefix + orjson.loads(r.value)["message_id"] for r in records]
@@ -680,7 +679,10 @@ async def library_floor(
                     for key in keys:
                         pipe.set(key, "lease", nx=True, ex=86_400)
                     await pipe.execute()
-                await asyncio.gather(*(deliver(r) for r in records))
+                topic = s.topic("floor")
+                await asyncio.gather(
+                    *(send_and_report(adapter, producer, topic, r) for r in records)
+                )
                 async with redis.pipeline(transaction=False) as pipe:
                     for key in keys:
                         pipe.set(key, "sent", ex=86_400)

@@ -19,14 +19,11 @@ from tests.support import REPO
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 
 
-def test_bench_pipeline_delivers_every_message_at_a_low_rate(
-    stack: StackEndpoints, tmp_path: Path
-) -> None:
-    result = tmp_path / "result.json"
-    args = ["--rate", "20", "--seconds", "3", "--baseline-rate", "5", "--baseline-seconds", "1"]
-    args += ["--partitions", "4", "--conversations", "8", "--json", str(result)]
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "pipeline.py"), *args],
+def run_bench(
+    script: str, args: list[str], stack: StackEndpoints
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args],
         env={**os.environ, **stack.as_environ()},
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -34,6 +31,15 @@ def test_bench_pipeline_delivers_every_message_at_a_low_rate(
         timeout=200,
         check=False,
     )
+
+
+def test_bench_pipeline_delivers_every_message_at_a_low_rate(
+    stack: StackEndpoints, tmp_path: Path
+) -> None:
+    result = tmp_path / "result.json"
+    args = ["--rate", "20", "--seconds", "3", "--baseline-rate", "5", "--baseline-seconds", "1"]
+    args += ["--partitions", "4", "--conversations", "8", "--json", str(result)]
+    run = run_bench("pipeline.py", args, stack)
 
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     counts = orjson.loads(result.read_bytes())
@@ -50,15 +56,7 @@ def test_bench_router_runs_every_phase_and_delivers_each_message_once(
     result = tmp_path / "result.json"
     args = ["--messages", "600", "--partitions", "3", "--conversations", "30"]
     args += ["--latency-ms", "5", "--baseline-seconds", "1", "--json", str(result)]
-    run = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "router.py"), *args],
-        env={**os.environ, **stack.as_environ()},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
-    )
+    run = run_bench("router.py", args, stack)
 
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     figures = orjson.loads(result.read_bytes())
