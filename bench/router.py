@@ -59,6 +59,7 @@ from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.structs import ConsumerRecord
 
 from chat4all_workers.channels.base import OutboundMessage
+from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import Secret, Settings, WhatsAppSettings
 
@@ -175,7 +176,7 @@ class Provider:
     http: aiohttp.ClientSession
     pid: int
 
-    def adapter(self, http: aiohttp.ClientSession) -> WhatsAppAdapter:
+    def adapter(self, http: HttpClient) -> WhatsAppAdapter:
         """The router's own WhatsApp adapter, pointed here: what the baselines send through."""
         settings = WhatsAppSettings(
             base_url=self.base_url, phone_number_id="1000", access_token=Secret("bench")
@@ -339,12 +340,27 @@ async def delete_redis_keys(prefix: str) -> int:
     return removed
 
 
+async def wait_for_leaders(producer: AIOKafkaProducer, topic: str, timeout_s: float = 30) -> None:
+    """Until every partition of a topic just created has a leader (else the first sends are
+    refused, retried, and logged as NotLeaderForPartition)."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            await producer.client.force_metadata_update()
+            cluster = producer.client.cluster
+            partitions = cluster.partitions_for_topic(topic) or set()
+            leaders = [cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions]
+            if partitions and all(leader is not None and leader >= 0 for leader in leaders):
+                return
+            await asyncio.sleep(0.1)
+
+
 async def produce_messages(topic: str, count: int, conversations: int) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=KAFKA, acks="all", linger_ms=20, max_batch_size=256 * 1024
     )
     await producer.start()
     try:
+        await wait_for_leaders(producer, topic)
         pending = []
         for n in range(count):
             conversation = n % conversations
@@ -596,7 +612,7 @@ async def one_at_a_time(
     await consumer.start()
     await producer.start()
     try:
-        async with fake_provider(latency_ms) as provider, aiohttp.ClientSession() as http:
+        async with fake_provider(latency_ms) as provider, HttpClient() as http:
             adapter = provider.adapter(http)
             cpu = CpuMeter({"bench loop": os.getpid(), "provider": provider.pid, **service_pids()})
             cpu.start()
@@ -647,7 +663,7 @@ async def library_floor(
     the same WhatsApp adapter and its status produce, awaited (concurrently, up to
     `max_in_flight` records), then one pipeline of `SET` marks. No validation, no per-key order,
     no leases, retries, tracing, logging context or metrics; offsets committed once at the end.
-    What any router built on aiohttp, aiokafka and redis-py pays at least, per record: the
+    What any router built on these clients (ours for HTTP, aiokafka, redis-py) pays at least: the
     router's own logic is the gap between this and the router.
     """
     consumer = AIOKafkaConsumer(
@@ -667,7 +683,7 @@ async def library_floor(
     try:
         async with (
             fake_provider(latency_ms) as provider,
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+            HttpClient() as http,
         ):
             adapter = provider.adapter(http)
             room = asyncio.Semaphore(max_in_flight)

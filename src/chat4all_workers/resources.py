@@ -25,6 +25,7 @@ from miniopy_async.api import Minio
 from miniopy_async.error import ServerError
 
 from chat4all_workers.backoff import backoff_delay_s
+from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import Settings
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import Producer
@@ -70,7 +71,7 @@ class Resources:
     pg: asyncpg.Pool | None = None
     redis: aioredis.Redis | None = None
     s3: Minio | None = None
-    http: aiohttp.ClientSession | None = None
+    http: HttpClient | None = None
 
     # Accessors for roles: a role that declared a need gets the resource, or it is a bug.
     def kafka(self) -> Producer:
@@ -85,7 +86,7 @@ class Resources:
     def s3_client(self) -> Minio:
         return _present(self.s3, Need.S3)
 
-    def http_session(self) -> aiohttp.ClientSession:
+    def http_client(self) -> HttpClient:
         return _present(self.http, Need.HTTP)
 
     def redis_key(self, key: str) -> str:
@@ -191,15 +192,11 @@ async def open_resources(
             s3 = new_client(settings.s3)
             stack.push_async_callback(s3.close_session)
         if Need.HTTP in needs:
-            # No connection cap of its own (aiohttp's default is 100): kafka.max_in_flight
-            # already bounds concurrent sends, and a hidden 100 capped the router at
-            # 100 / provider latency sends/s (500/s at 200 ms) whatever max_in_flight said.
-            http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(total=60),
-                raise_for_status=False,
-            )
-            stack.push_async_callback(http.close)
+            # No connection cap of its own: kafka.max_in_flight already bounds concurrent
+            # sends (aiohttp's hidden default of 100 once capped the router at 100 / provider
+            # latency sends/s, whatever max_in_flight said).
+            http = HttpClient()
+            stack.push_async_callback(http.aclose)
         yield Resources(settings, metrics, producer, pg, redis_client, s3, http)
 
 

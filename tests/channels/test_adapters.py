@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 
 from chat4all_workers.channels.base import OutboundMessage
+from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import InstagramSettings, Secret, WhatsAppSettings
@@ -40,9 +40,9 @@ class Scripted:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as session:
-        yield session
+async def http() -> AsyncIterator[HttpClient]:
+    async with HttpClient() as client:
+        yield client
 
 
 async def serve(scripted: Scripted) -> web.AppRunner:
@@ -54,7 +54,7 @@ async def serve(scripted: Scripted) -> web.AppRunner:
     return runner
 
 
-def whatsapp(port: int, session: aiohttp.ClientSession, timeout_s: float = 5) -> WhatsAppAdapter:
+def whatsapp(port: int, session: HttpClient, timeout_s: float = 5) -> WhatsAppAdapter:
     settings = WhatsAppSettings(
         base_url=f"http://127.0.0.1:{port}",
         access_token=Secret(TOKEN),
@@ -74,7 +74,7 @@ TEXT = OutboundMessage(
 
 
 async def test_whatsapp_adapter_posts_the_cloud_api_shape_with_a_bearer_token(
-    http: aiohttp.ClientSession,
+    http: HttpClient,
 ) -> None:
     scripted = Scripted([(200, {"messages": [{"id": "wamid.1"}]}, {})])
     runner = await serve(scripted)
@@ -97,7 +97,7 @@ async def test_whatsapp_adapter_posts_the_cloud_api_shape_with_a_bearer_token(
     }
 
 
-async def test_instagram_adapter_posts_the_messaging_api_shape(http: aiohttp.ClientSession) -> None:
+async def test_instagram_adapter_posts_the_messaging_api_shape(http: HttpClient) -> None:
     scripted = Scripted([(200, {"recipient_id": "178", "message_id": "mid.1"}, {})])
     runner = await serve(scripted)
     settings = InstagramSettings(
@@ -129,7 +129,7 @@ async def test_instagram_adapter_posts_the_messaging_api_shape(http: aiohttp.Cli
     ],
 )
 async def test_adapter_classifies_http_errors(
-    http: aiohttp.ClientSession,
+    http: HttpClient,
     status: int,
     headers: dict[str, str],
     expected: type[Exception],
@@ -150,7 +150,7 @@ async def test_adapter_classifies_http_errors(
         assert error.value.retry_after_s == retry_after
 
 
-async def test_adapter_treats_a_timeout_as_retryable(http: aiohttp.ClientSession) -> None:
+async def test_adapter_treats_a_timeout_as_retryable(http: HttpClient) -> None:
     scripted = Scripted([(200, {"messages": [{"id": "late"}]}, {})], delay_s=1.0)
     runner = await serve(scripted)
     try:
@@ -161,7 +161,7 @@ async def test_adapter_treats_a_timeout_as_retryable(http: aiohttp.ClientSession
 
 
 async def test_adapter_treats_a_refused_connection_as_retryable(
-    http: aiohttp.ClientSession,
+    http: HttpClient,
 ) -> None:
     with pytest.raises(RetryableError) as error:
         await whatsapp(free_port(), http).send(TEXT)

@@ -7,6 +7,7 @@ import orjson
 import pytest
 
 from chat4all_workers.channels.base import OutboundMessage
+from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.errors import ProviderRejectedError, RetryableError
@@ -30,11 +31,12 @@ async def test_mocks_accept_sends_and_emit_delivered_then_read(deployment: Deplo
     settings = deployment.settings(mocks={"delivered_after_ms": 20.0, "read_after_ms": 60.0})
     async with (
         Supervisor(settings, roles=["whatsapp_mock", "instagram_mock"], serve_http=False) as sup,
+        HttpClient() as channel_http,
         aiohttp.ClientSession() as http,
     ):
         await sup.wait_ready(10)
-        wa = await WhatsAppAdapter(settings.whatsapp, http).send(outbound("+551199"))
-        ig = await InstagramAdapter(settings.instagram, http).send(outbound("1784", 2))
+        wa = await WhatsAppAdapter(settings.whatsapp, channel_http).send(outbound("+551199"))
+        ig = await InstagramAdapter(settings.instagram, channel_http).send(outbound("1784", 2))
         topic = deployment.topics["message_status_updates"]
 
         async def four_updates() -> bool:
@@ -63,7 +65,7 @@ async def test_mock_rejects_invalid_recipients_and_rate_limits(deployment: Deplo
     settings = deployment.settings(mocks={"rate_limit_per_s": 2.0})
     async with (
         Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
-        aiohttp.ClientSession() as http,
+        HttpClient() as http,
     ):
         await sup.wait_ready(10)
         adapter = WhatsAppAdapter(settings.whatsapp, http)
@@ -80,7 +82,7 @@ async def test_mock_fails_at_the_configured_error_rate(deployment: Deployment) -
     settings = deployment.settings(mocks={"error_rate": 1.0})
     async with (
         Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
-        aiohttp.ClientSession() as http,
+        HttpClient() as http,
     ):
         await sup.wait_ready(10)
         with pytest.raises(RetryableError, match="HTTP 500"):

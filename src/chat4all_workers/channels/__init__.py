@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from chat4all_workers.channels.base import ChannelAdapter
+from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import Settings
@@ -12,9 +11,9 @@ from chat4all_workers.config import Settings
 CHANNELS = ("whatsapp", "instagram")
 
 
-def build_adapters(settings: Settings, session: aiohttp.ClientSession) -> dict[str, ChannelAdapter]:
-    """One adapter per known channel, sharing the process's HTTP session."""
+def build_adapters(settings: Settings, http: HttpClient) -> dict[str, ChannelAdapter]:
+    """One adapter per known channel, sharing the process's HTTP client."""
     return {
-        "whatsapp": WhatsAppAdapter(settings.whatsapp, session),
-        "instagram": InstagramAdapter(settings.instagram, session),
+        "whatsapp": WhatsAppAdapter(settings.whatsapp, http),
+        "instagram": InstagramAdapter(settings.instagram, http),
     }

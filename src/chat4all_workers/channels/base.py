@@ -1,8 +1,8 @@
 """The one small interface every channel provider sits behind, and its HTTP error rules.
 
 A `ChannelAdapter` has one verb, `send`, plus `aclose`. Adapters speak to the real provider APIs
-over the process's shared aiohttp session; the development mocks speak the same HTTP, so the
-adapter that tests exercise is the one production runs.
+through the process's shared HTTP client (channels/http.py); the development mocks speak the same
+HTTP, so the adapter that tests exercise is the one production runs.
 
 Errors are classified once, here: 429, 5xx, timeouts and connection failures are retryable
 (with the server's Retry-After when it gives one); any other 4xx (an invalid recipient, a bad
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-import aiohttp
 import orjson
 
+from chat4all_workers.channels.http import HttpClient, HTTPTransportError
 from chat4all_workers.errors import ProviderRejectedError, RetryableError
 
 _MAX_ERROR_TEXT = 300
@@ -57,7 +57,7 @@ class ChannelAdapter(Protocol):
 
 
 async def post_json(
-    session: aiohttp.ClientSession,
+    http: HttpClient,
     url: str,
     *,
     token: str,
@@ -68,19 +68,15 @@ async def post_json(
     """POST a JSON body with a bearer token; the decoded JSON answer or a classified error."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
     try:
-        async with session.post(
-            url,
-            data=orjson.dumps(body),
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
-        ) as response:
-            raw = await response.read()
-            status = response.status
-            retry_after = _retry_after_s(response.headers.get("Retry-After"))
+        response = await http.post(
+            url, body=orjson.dumps(body), headers=headers, timeout_s=timeout_s
+        )
     except TimeoutError:
         raise RetryableError(f"{channel}: no answer within {timeout_s}s") from None
-    except aiohttp.ClientError as exc:
+    except (HTTPTransportError, OSError) as exc:  # refused, reset, TLS, closed early
         raise RetryableError(f"{channel}: {type(exc).__name__}: {exc}") from None
+    raw, status = response.body, response.status
+    retry_after = _retry_after_s(response.headers.get("retry-after"))
     if status == 429 or status >= 500:
         raise RetryableError(
             f"{channel}: HTTP {status}: {_error_text(raw)}", retry_after_s=retry_after

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
 from chat4all_workers.channels.base import OutboundMessage, SendResult, post_json
+from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import InstagramSettings
 from chat4all_workers.errors import RetryableError
 
@@ -14,15 +13,15 @@ from chat4all_workers.errors import RetryableError
 class InstagramAdapter:
     name = "instagram"
 
-    def __init__(self, settings: InstagramSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: InstagramSettings, http: HttpClient) -> None:
         self._settings = settings
-        self._session = session
+        self._http = http
         base = settings.base_url.rstrip("/")
         self._url = f"{base}/{settings.api_version}/{settings.user_id}/messages"
 
     async def send(self, message: OutboundMessage) -> SendResult:
         answer = await post_json(
-            self._session,
+            self._http,
             self._url,
             token=self._settings.access_token.get(),
             body=self.body(message),
@@ -47,4 +46,4 @@ class InstagramAdapter:
         return {"recipient": {"id": message.recipient}, "message": content}
 
     async def aclose(self) -> None:
-        """Nothing of its own to close: the HTTP session belongs to the process."""
+        """Nothing of its own to close: the HTTP client belongs to the process."""

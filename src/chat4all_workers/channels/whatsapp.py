@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
 from chat4all_workers.channels.base import OutboundMessage, SendResult, post_json
+from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import WhatsAppSettings
 from chat4all_workers.errors import RetryableError
 
@@ -14,15 +13,15 @@ from chat4all_workers.errors import RetryableError
 class WhatsAppAdapter:
     name = "whatsapp"
 
-    def __init__(self, settings: WhatsAppSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: WhatsAppSettings, http: HttpClient) -> None:
         self._settings = settings
-        self._session = session
+        self._http = http
         base = settings.base_url.rstrip("/")
         self._url = f"{base}/{settings.api_version}/{settings.phone_number_id}/messages"
 
     async def send(self, message: OutboundMessage) -> SendResult:
         answer = await post_json(
-            self._session,
+            self._http,
             self._url,
             token=self._settings.access_token.get(),
             body=self.body(message),
@@ -52,4 +51,4 @@ class WhatsAppAdapter:
         return body
 
     async def aclose(self) -> None:
-        """Nothing of its own to close: the HTTP session belongs to the process."""
+        """Nothing of its own to close: the HTTP client belongs to the process."""

@@ -381,7 +381,7 @@ class Router:
 
 
 async def run(ctx: RoleContext) -> None:
-    adapters = build_adapters(ctx.settings, ctx.resources.http_session())
+    adapters = build_adapters(ctx.settings, ctx.resources.http_client())
     router = Router(ctx, adapters)
     try:
         await consume(ctx, topic=ctx.settings.topics.message_processing, handler=router.handle)
