@@ -62,6 +62,7 @@ from chat4all_workers.channels.base import OutboundMessage
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import Secret, Settings, WhatsAppSettings
+from chat4all_workers.kafka.admin import wait_for_leaders
 
 MB = 1024 * 1024
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -309,6 +310,9 @@ async def scratch(partitions: int) -> AsyncIterator[Scratch]:
         await admin.create_topics(
             [NewTopic(s.topic(n), num_partitions=partitions, replication_factor=1) for n in names]
         )
+        # Else the input is written into leader elections (a broker may still refuse a first
+        # send or two as NotLeaderForPartition; the producer retries those, and logs them).
+        await wait_for_leaders(admin, dict.fromkeys(s.topics.values(), partitions))
         yield s
     finally:
         with contextlib.suppress(Exception):
@@ -340,27 +344,12 @@ async def delete_redis_keys(prefix: str) -> int:
     return removed
 
 
-async def wait_for_leaders(producer: AIOKafkaProducer, topic: str, timeout_s: float = 30) -> None:
-    """Until every partition of a topic just created has a leader (else the first sends are
-    refused, retried, and logged as NotLeaderForPartition)."""
-    async with asyncio.timeout(timeout_s):
-        while True:
-            await producer.client.force_metadata_update()
-            cluster = producer.client.cluster
-            partitions = cluster.partitions_for_topic(topic) or set()
-            leaders = [cluster.leader_for_partition(TopicPartition(topic, p)) for p in partitions]
-            if partitions and all(leader is not None and leader >= 0 for leader in leaders):
-                return
-            await asyncio.sleep(0.1)
-
-
 async def produce_messages(topic: str, count: int, conversations: int) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=KAFKA, acks="all", linger_ms=20, max_batch_size=256 * 1024
     )
     await producer.start()
     try:
-        await wait_for_leaders(producer, topic)
         pending = []
         for n in range(count):
             conversation = n % conversations

@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from miniopy_async.api import Minio
 
 from chat4all_workers.db.migrate import migrate
+from chat4all_workers.kafka.admin import wait_for_leaders
 from tests.stack import (
     KafkaTopicFactory,
     StackEndpoints,
@@ -24,7 +25,7 @@ from tests.stack import (
     discover,
     unique_name,
 )
-from tests.support import TOPIC_FIELDS, Deployment, remove_bucket, wait_for_leaders
+from tests.support import TOPIC_FIELDS, Deployment, remove_bucket
 
 TOPIC_READY_TIMEOUT_S = 30.0
 
@@ -66,7 +67,7 @@ async def kafka_topic(stack: StackEndpoints) -> AsyncIterator[KafkaTopicFactory]
             if error_code != 0:
                 raise RuntimeError(f"create topic {topic}: error {error_code} {rest}")
         created.append(name)
-        await wait_for_leaders(admin, [name], partitions, TOPIC_READY_TIMEOUT_S)
+        await wait_for_leaders(admin, {name: partitions}, TOPIC_READY_TIMEOUT_S)
         return name
 
     try:

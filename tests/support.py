@@ -28,6 +28,7 @@ from miniopy_async.deleteobjects import DeleteObject
 
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
+from chat4all_workers.kafka.admin import wait_for_leaders
 from tests.stack import StackEndpoints, unique_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -213,7 +214,7 @@ async def isolated_deployment(
             [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics.values()]
         )
         cleanup.push_async_callback(admin.delete_topics, list(topics.values()))
-        await wait_for_leaders(admin, list(topics.values()), partitions)
+        await wait_for_leaders(admin, dict.fromkeys(topics.values(), partitions))
         await cleanup.enter_async_context(s3)
         await s3.make_bucket(run)
         cleanup.push_async_callback(remove_bucket, s3, run)
@@ -226,22 +227,6 @@ async def isolated_deployment(
             group=unique_name("group"),
             topics=topics,
         )
-
-
-async def wait_for_leaders(
-    admin: AIOKafkaAdminClient, topics: list[str], partitions: int, timeout_s: float = 30.0
-) -> None:
-    """Until every partition of `topics` has a leader (a fresh topic is not usable before)."""
-    deadline = time.monotonic() + timeout_s
-    for topic in topics:
-        while True:
-            (described,) = await admin.describe_topics([topic])
-            leaders = [p for p in described["partitions"] if p["leader"] >= 0]
-            if described["error_code"] == 0 and len(leaders) == partitions:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {topic} has no leader after {timeout_s} s")
-            await asyncio.sleep(0.05)
 
 
 async def remove_bucket(s3: Minio, bucket: str) -> None:

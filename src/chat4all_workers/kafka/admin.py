@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
@@ -60,9 +62,27 @@ async def ensure_topics(settings: Settings) -> tuple[list[str], list[str]]:
                     for p in missing
                 ]
             )
+            # Return once they are usable: a deploy step after `topics ensure` may produce.
+            timeout_s = settings.kafka.request_timeout_ms / 1000
+            await wait_for_leaders(admin, {p.name: p.partitions for p in missing}, timeout_s)
         return [p.name for p in missing], [p.name for p in plans if p.name in existing]
     finally:
         await admin.close()
+
+
+async def wait_for_leaders(
+    admin: AIOKafkaAdminClient, partitions: Mapping[str, int], timeout_s: float = 30.0
+) -> None:
+    """Until each topic (name -> partition count) has a leader for every partition: a topic
+    just created refuses records until then. TimeoutError after `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        for topic, count in partitions.items():
+            while True:
+                (described,) = await admin.describe_topics([topic])
+                leaders = [p for p in described["partitions"] if p["leader"] >= 0]
+                if described["error_code"] == 0 and len(leaders) == count:
+                    break
+                await asyncio.sleep(0.05)
 
 
 async def topic_partitions(admin: AIOKafkaAdminClient, topic: str) -> list[TopicPartition]:
