@@ -24,16 +24,15 @@ import io
 import os
 import signal
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
-import psutil
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from miniopy_async.api import Minio
@@ -42,6 +41,12 @@ from miniopy_async.deleteobjects import DeleteObject
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.storage.s3 import chunk_key, file_key
+
+# Run as a script, so the repository is put on the path for the shared bench helpers.
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from bench.procs import RssSampler, stop_process  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -96,35 +101,6 @@ async def worker(doc: dict[str, Any]) -> None:
 
 
 # -- the benchmark ------------------------------------------------------------------------------
-
-
-class RssSampler:
-    """Peak RSS of a process, sampled from a thread so the event loop is not involved."""
-
-    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
-        self._process = psutil.Process(pid)
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self.peak = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def rss(self) -> int:
-        return int(self._process.memory_info().rss)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            self._stop.wait(self._interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self.peak = self.rss()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.rss())
 
 
 async def upload_chunks(
@@ -207,7 +183,7 @@ async def run_scenario(
             "timestamp": "2026-11-28T10:30:00Z",
         }
     )
-    sampler = RssSampler(sampler_pid)
+    sampler = RssSampler(sampler_pid, interval_s=0.01)
     baseline = sampler.rss()
     with sampler:
         started = time.perf_counter()
@@ -301,14 +277,8 @@ async def bench(args: argparse.Namespace) -> None:
             )
             print(result.line(), flush=True)
     finally:
-        if child is not None and child.returncode is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(30):
-                    await child.wait()
-            except TimeoutError:
-                child.kill()
-                await child.wait()
+        if child is not None:
+            await stop_process(child)
         await producer.stop()
         if conn is not None:
             await conn.close()

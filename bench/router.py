@@ -41,7 +41,6 @@ import contextlib
 import os
 import signal
 import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -63,6 +62,12 @@ from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import Secret, Settings, WhatsAppSettings
 from chat4all_workers.kafka.admin import wait_for_leaders
+
+# Run as a script, so the repository is put on the path for the shared bench helpers.
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from bench.procs import CpuMeter, RssSampler, service_pids, stop_process  # noqa: E402
 
 MB = 1024 * 1024
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -147,17 +152,6 @@ async def _read_line(proc: asyncio.subprocess.Process, prefix: str, timeout_s: f
                 return line.strip()
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(30):
-                await proc.wait()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
 @contextlib.asynccontextmanager
 async def fake_provider(latency_ms: float) -> AsyncIterator[Provider]:
     proc = await asyncio.create_subprocess_exec(
@@ -168,7 +162,7 @@ async def fake_provider(latency_ms: float) -> AsyncIterator[Provider]:
         async with aiohttp.ClientSession() as http:
             yield Provider(f"http://127.0.0.1:{port}", http, proc.pid)
     finally:
-        await _stop(proc)
+        await stop_process(proc)
 
 
 @dataclass
@@ -188,92 +182,6 @@ class Provider:
         async with self.http.get(f"{self.base_url}/__bench__/stats") as response:
             result: dict[str, Any] = await response.json()
             return result
-
-
-class RssSampler:
-    """RSS of a process every `interval_s`, from a thread so no event loop is involved."""
-
-    def __init__(self, pid: int, interval_s: float = 0.1) -> None:
-        self._process = psutil.Process(pid)
-        self._interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.samples: list[int] = []
-
-    def rss(self) -> int:
-        try:
-            return int(self._process.memory_info().rss)
-        except psutil.NoSuchProcess:
-            return 0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if rss := self.rss():
-                self.samples.append(rss)
-            self._stop.wait(self._interval_s)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak(self) -> int:
-        return max(self.samples, default=0)
-
-
-class CpuMeter:
-    """CPU seconds (user + system) each named process spends between `start` and `stop`.
-
-    The ratios depend on how the machine's cores are shared: the router, the fake provider,
-    Kafka and Redis all run here. Per-message CPU of each says where the time goes, and whether
-    a rate is possible at all on this many cores.
-    """
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self._started: dict[str, float] = {}
-        self._wall = 0.0
-        self.seconds: dict[str, float] = {}
-        self.wall_s = 0.0
-
-    def _cpu(self, process: psutil.Process) -> float:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
-
-    def start(self) -> None:
-        self._wall = time.perf_counter()
-        self._started = {name: self._cpu(p) for name, p in self._processes.items()}
-
-    def stop(self) -> None:
-        self.wall_s = time.perf_counter() - self._wall
-        self.seconds = {n: self._cpu(p) - self._started[n] for n, p in self._processes.items()}
-
-    def report(self, label: str, messages: int) -> str:
-        per = ", ".join(f"{n} {s / messages * 1e6:,.0f}" for n, s in self.seconds.items())
-        busy = sum(self.seconds.values()) / (self.wall_s * (psutil.cpu_count() or 1))
-        return (
-            f"    {label} CPU per message (us): {per}; these processes kept "
-            f"{busy:.0%} of the {psutil.cpu_count()} CPUs busy over {self.wall_s:.1f} s\n"
-        )
-
-
-def service_pids() -> dict[str, int]:
-    """The local Kafka broker and Redis server, when they run on this machine."""
-    found: dict[str, int] = {}
-    for process in psutil.process_iter(["name", "cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or ())
-        if "kafka.Kafka" in cmdline:
-            found.setdefault("kafka", process.pid)
-        elif process.info["name"] == "redis-server" or cmdline.startswith("redis-server"):
-            found.setdefault("redis", process.pid)
-    return found
 
 
 # -- the run's scratch resources ------------------------------------------------------------------
@@ -486,7 +394,7 @@ async def run_router(
                 rss_done = sampler.rss()
             await proc.wait()
         finally:
-            await _stop(proc)
+            await stop_process(proc)
         stats = await provider.stats()
     statuses = await read_statuses(s.topic(f"status-{phase}"), s.partitions)
     seconds = statuses.last_ms / 1000 - float(stats["first"])
