@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import socket
 import sys
@@ -26,7 +27,7 @@ from aiokafka.structs import ConsumerRecord
 from miniopy_async.api import Minio
 from miniopy_async.deleteobjects import DeleteObject
 
-from chat4all_workers.config import Settings
+from chat4all_workers.config import Settings, TopicSettings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
 from tests.stack import StackEndpoints, unique_name
@@ -106,17 +107,8 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
-TOPIC_FIELDS = (
-    "message_processing",
-    "message_status_updates",
-    "dlq",
-    "file_merge_requests",
-    "file_upload_completed",
-    "message_events",
-    "file_events",
-    "conversation_events",
-    "default_events",
-)
+# The `[topics]` settings, so a topic added there is created for every test deployment too.
+TOPIC_FIELDS = tuple(f.name for f in dataclasses.fields(TopicSettings))
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ import pytest
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
+from chat4all_workers.roles import resolve_roles
 from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
-from chat4all_workers.supervisor import Supervisor, resolve_roles
+from chat4all_workers.supervisor import Supervisor
 from tests.support import eventually, metric_value
 
 
@@ -118,6 +119,32 @@ async def test_supervisor_leaves_a_transient_role_failed_and_keeps_running() -> 
     assert len(crasher.starts) == 2
     assert ready is False
     assert detail["roles"]["crashy"]["state"] == "failed"
+
+
+async def test_readiness_shows_what_a_role_publishes_without_turning_unready() -> None:
+    class Gate:
+        def __init__(self) -> None:
+            self.state = "active"
+
+        def stats(self) -> dict[str, str]:
+            return {"state": self.state}
+
+    gate = Gate()
+
+    async def publisher(ctx: RoleContext) -> None:
+        ctx.publish("gates", lambda: {"g1": gate.stats()})
+        ctx.mark_ready()
+        await ctx.stopping.wait()
+
+    async with Supervisor(
+        fast_settings(), roles=[spec("publisher", publisher)], serve_http=False
+    ) as sup:
+        await sup.wait_ready(timeout_s=5)
+        gate.state = "paused"
+        ready, detail = await sup.readiness()
+
+    assert ready is True
+    assert detail["gates"] == {"g1": {"state": "paused"}}  # described at request time
 
 
 async def test_supervisor_never_restarts_a_temporary_role() -> None:

@@ -28,10 +28,10 @@ from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.kafka.replay import ReplayFilter, ReplaySummary, replay_dlq
 from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.observability.tracing import configure_tracing
-from chat4all_workers.roles import REGISTRY
+from chat4all_workers.roles import REGISTRY, resolve_roles
 from chat4all_workers.status import Thresholds, collect_status
 from chat4all_workers.status import render as render_status
-from chat4all_workers.supervisor import Supervisor, resolve_roles, run_once
+from chat4all_workers.supervisor import Supervisor, run_once
 
 log = logging.getLogger("chat4all_workers.cli")
 

@@ -139,10 +139,9 @@ class SupervisorSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class RoleSettings:
-    enabled: tuple[str, ...] = field(
-        default=("router", "status_updater", "outbox", "backfill", "merge", "gc"),
-        metadata=_env("ROLES"),
-    )
+    # "all" is every production role of the registry (roles/__init__.py), so the list of roles
+    # is written once.
+    enabled: tuple[str, ...] = field(default=("all",), metadata=_env("ROLES"))
     restart: dict[str, str] = field(default_factory=dict)
 
 

@@ -10,6 +10,10 @@ stops the others.
 Shutdown: `stop()` sets the shared `stopping` event; roles stop taking work and hand back or finish
 what is in flight. Children still running after `shutdown_timeout_s` are cancelled and reported
 as stuck. Resources close last, in reverse order of opening.
+
+It supervises and nothing else: which roles exist is the registry's (`roles/__init__.py`), how a
+periodic role waits for its next pass is `scheduling.py`'s, and what `/readyz` answers is
+`readiness.py`'s, reading the `stats()` this class exposes.
 """
 
 from __future__ import annotations
@@ -20,10 +24,8 @@ import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -32,11 +34,14 @@ from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
 from chat4all_workers.observability.http import serve_operations
 from chat4all_workers.observability.logging import bind_service
+from chat4all_workers.observability.loop_lag import watch_loop_lag
 from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.readiness import ChildStats, Readiness
 from chat4all_workers.resources import Need, Resources, open_resources
-from chat4all_workers.roles import REGISTRY
-from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec, outlast_outages
+from chat4all_workers.roles import REGISTRY, check_required_settings, resolve_roles
+from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
 from chat4all_workers.schedule import Cron
+from chat4all_workers.scheduling import run_on_schedule
 
 log = logging.getLogger(__name__)
 
@@ -59,43 +64,6 @@ class _Child:
     last_error: BaseException | None = None
     started_at: float | None = None
     task: asyncio.Task[None] | None = None
-
-
-@dataclass(frozen=True)
-class ChildStats:
-    role: str
-    state: str
-    ready: bool
-    restart: str
-    restarts_total: int
-    last_error: str | None
-
-
-def resolve_roles(
-    names: Iterable[str], registry: Mapping[str, RoleSpec] = REGISTRY, *, source: str = "--roles"
-) -> list[RoleSpec]:
-    """Role names (with `all` for every production role) to specs; unknown names are an error."""
-    specs: dict[str, RoleSpec] = {}
-    for name in names:
-        if name == "all":
-            specs.update({n: s for n, s in registry.items() if not s.dev_only})
-        elif name in registry:
-            specs[name] = registry[name]
-        else:
-            valid = ", ".join(["all", *registry])
-            raise ConfigError("roles", source, f"unknown role {name!r}; valid roles: {valid}")
-    if not specs:
-        raise ConfigError("roles", source, "no role enabled")
-    return list(specs.values())
-
-
-def check_required_settings(settings: Settings, specs: Sequence[RoleSpec]) -> None:
-    for spec in specs:
-        for key in spec.required_settings:
-            section, _, name = key.partition(".")
-            if not getattr(getattr(settings, section), name):
-                source = settings.sources.get(key, "default")
-                raise ConfigError(key, source, f"required by role {spec.name!r} but empty")
 
 
 class Supervisor:
@@ -134,6 +102,12 @@ class Supervisor:
         self._tasks: asyncio.TaskGroup | None = None
         self.resources: Resources | None = None
         self.http_port: int | None = None
+        self.readiness = Readiness(
+            children=self.stats,
+            published=self.published,
+            resources=None,
+            stopping=self._stopping,
+        )
 
     @property
     def needs(self) -> frozenset[Need]:
@@ -147,6 +121,12 @@ class Supervisor:
         try:
             self.resources = await stack.enter_async_context(
                 open_resources(self.settings, self.metrics, self.needs)
+            )
+            self.readiness = Readiness(
+                children=self.stats,
+                published=self.published,
+                resources=self.resources,
+                stopping=self._stopping,
             )
             if self._serve_http:
                 obs = self.settings.observability
@@ -171,7 +151,16 @@ class Supervisor:
                 child.task = self._tasks.create_task(
                     self._supervise(child), name=f"role:{spec.name}"
                 )
-            self._tasks.create_task(self._watch_loop_lag(), name="loop-lag-watchdog")
+            sup = self.settings.supervisor
+            self._tasks.create_task(
+                watch_loop_lag(
+                    self.metrics,
+                    interval_s=sup.loop_lag_interval_s,
+                    warn_s=sup.loop_lag_warn_s,
+                    stopping=self._stopping,
+                ),
+                name="loop-lag-watchdog",
+            )
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -260,31 +249,12 @@ class Supervisor:
             for name, child in self._children.items()
         ]
 
-    async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        deps = await self.resources.probe() if self.resources else {}
-        roles = {
-            s.role: {
-                "state": s.state,
-                "ready": s.ready,
-                "restarts": s.restarts_total,
-                "last_error": s.last_error,
-            }
-            for s in self.stats()
-        }
-        breaker = (
-            self.resources.producer.breaker.stats().state
-            if self.resources and self.resources.producer
-            else None
-        )
-        ready = (
-            not self._stopping.is_set()
-            and all(deps.values())
-            and all(r["ready"] and r["state"] == "running" for r in roles.values())
-        )
-        detail: dict[str, Any] = {"roles": roles, "dependencies": deps}
-        if breaker is not None:
-            detail["circuit_breakers"] = {"kafka": breaker}
-        return ready, detail
+    def published(self) -> dict[str, Any]:
+        """The sections roles publish for `/readyz` (RoleContext.publish)."""
+        sections: dict[str, Any] = {}
+        for child in self._children.values():
+            sections.update(child.ctx.published())
+        return sections
 
     # -- the child wrapper ------------------------------------------------------------------
 
@@ -307,7 +277,7 @@ class Supervisor:
                 child.last_error = exc
                 if not self._stopping.is_set():
                     log.error("role %s crashed: %r", child.spec.name, exc, exc_info=exc)
-            child.ctx._ready.clear()
+            child.ctx.mark_unready()
             if self._stopping.is_set():
                 break
             if not self._should_restart(child, abnormal):
@@ -374,38 +344,11 @@ class Supervisor:
             return
         assert spec.run_once is not None
         assert spec.schedule is not None
-        one_pass = spec.run_once
-        cron = Cron.parse(spec.schedule(self.settings))
-        child.ctx.mark_ready()
-        while not self._stopping.is_set():
-            now = datetime.now(UTC)
-            wait_s = (cron.next_after(now) - now).total_seconds()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait_s):
-                    await self._stopping.wait()
-            if self._stopping.is_set():
-                return
-            # A pass that meets an outage runs again once the service is back, not at the next
-            # scheduled time (a daily GC would otherwise skip a day).
-            await outlast_outages(child.ctx, partial(one_pass, child.ctx), what="the pass")
+        await run_on_schedule(child.ctx, spec.run_once, Cron.parse(spec.schedule(self.settings)))
 
     def _set_state(self, child: _Child, state: ChildState) -> None:
         child.state = state
         self.metrics.role_state.set({"role": child.spec.name}, int(state))
-
-    async def _watch_loop_lag(self) -> None:
-        """How late the loop wakes a timer: blocking code on the loop shows up here first."""
-        sup = self.settings.supervisor
-        loop = asyncio.get_running_loop()
-        while not self._stopping.is_set():
-            expected = loop.time() + sup.loop_lag_interval_s
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(sup.loop_lag_interval_s):
-                    await self._stopping.wait()
-            lag = max(0.0, loop.time() - expected)
-            self.metrics.loop_lag.set({}, lag)
-            if lag > sup.loop_lag_warn_s:
-                log.warning("event loop ran %.2fs late: something blocks the loop", lag)
 
 
 async def run_once(

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.logging import JsonFormatter
-from chat4all_workers.supervisor import ChildStats, Supervisor
+from chat4all_workers.readiness import ChildStats
+from chat4all_workers.supervisor import Supervisor
 from tests.stack import StackEndpoints
 from tests.support import Deployment, read_topic
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -19,20 +20,15 @@ class TopicPlan:
     config: dict[str, str]
 
 
+def topic_names(settings: Settings) -> list[str]:
+    """Every topic of the platform: the fields of `[topics]`, so the list is written once."""
+    return [getattr(settings.topics, f.name) for f in dataclasses.fields(settings.topics)]
+
+
 def planned_topics(settings: Settings) -> list[TopicPlan]:
     t, k = settings.topics, settings.kafka
     plans = []
-    for name in (
-        t.message_processing,
-        t.message_status_updates,
-        t.dlq,
-        t.file_merge_requests,
-        t.file_upload_completed,
-        t.message_events,
-        t.file_events,
-        t.conversation_events,
-        t.default_events,
-    ):
+    for name in topic_names(settings):
         config = {"retention.ms": str(k.dlq_retention_ms)} if name == t.dlq else {}
         plans.append(TopicPlan(name, k.partitions.get(name, k.default_partitions), config))
     return plans

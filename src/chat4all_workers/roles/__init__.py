@@ -1,7 +1,15 @@
-"""The role registry: one line per role. A role is one module in this package."""
+"""The role registry: one line per role, and the one place role names are turned into specs.
+
+A role is one module in this package. Everything that needs the list of roles (`--roles all`,
+`chat4all-workers roles`, the deploy checks in the tests) derives it from `REGISTRY`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+
+from chat4all_workers.config import Settings
+from chat4all_workers.errors import ConfigError
 from chat4all_workers.roles import backfill, gc, merge, mocks, outbox, router, status_updater
 from chat4all_workers.roles.base import RoleSpec
 
@@ -18,3 +26,38 @@ REGISTRY: dict[str, RoleSpec] = {
         mocks.INSTAGRAM,
     )
 }
+
+ALL = "all"  # every production role (not the development-only mocks)
+
+
+def production_roles(registry: Mapping[str, RoleSpec] = REGISTRY) -> list[str]:
+    """What `all` stands for."""
+    return [name for name, spec in registry.items() if not spec.dev_only]
+
+
+def resolve_roles(
+    names: Iterable[str], registry: Mapping[str, RoleSpec] = REGISTRY, *, source: str = "--roles"
+) -> list[RoleSpec]:
+    """Role names (with `all` for every production role) to specs; unknown names are an error."""
+    specs: dict[str, RoleSpec] = {}
+    for name in names:
+        if name == ALL:
+            specs.update({n: registry[n] for n in production_roles(registry)})
+        elif name in registry:
+            specs[name] = registry[name]
+        else:
+            valid = ", ".join([ALL, *registry])
+            raise ConfigError("roles", source, f"unknown role {name!r}; valid roles: {valid}")
+    if not specs:
+        raise ConfigError("roles", source, "no role enabled")
+    return list(specs.values())
+
+
+def check_required_settings(settings: Settings, specs: Sequence[RoleSpec]) -> None:
+    """Each enabled role's `required_settings` are non-empty, or ConfigError names the key."""
+    for spec in specs:
+        for key in spec.required_settings:
+            section, _, name = key.partition(".")
+            if not getattr(getattr(settings, section), name):
+                source = settings.sources.get(key, "default")
+                raise ConfigError(key, source, f"required by role {spec.name!r} but empty")

@@ -10,9 +10,9 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
@@ -48,14 +48,32 @@ class RoleContext:
     # Tests: return once the input is exhausted instead of waiting for more.
     drain: bool = False
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
+    _published: dict[str, Callable[[], Mapping[str, Any]]] = field(default_factory=dict)
 
     def mark_ready(self) -> None:
         """The role serves now (partitions assigned, socket bound, schedule armed)."""
         self._ready.set()
 
+    def mark_unready(self) -> None:
+        """The role stopped serving (it ended, or is about to be restarted)."""
+        self._ready.clear()
+
     @property
     def is_ready(self) -> bool:
         return self._ready.is_set()
+
+    def publish(self, section: str, describe: Callable[[], Mapping[str, Any]]) -> None:
+        """Show `describe()` (JSON-able, e.g. an object's `stats()`) as `section` of `/readyz`.
+
+        How a role tells operators about its own state (the router's channels) without the
+        supervisor knowing anything of it. A section name is unique per process; publishing it
+        again replaces it (a restarted role publishes its new objects).
+        """
+        self._published[section] = describe
+
+    def published(self) -> dict[str, Any]:
+        """Every published section, described now."""
+        return {section: dict(describe()) for section, describe in self._published.items()}
 
 
 RunFn = Callable[[RoleContext], Awaitable[None]]
