@@ -90,7 +90,7 @@ async def dead_letter_record(
     await dead_letter(
         ctx.resources.kafka(),
         dlq_topic=ctx.settings.topics.dlq,
-        value=record.value or b"",
+        value=record.value,
         key=record.key,
         source=ctx.name,
         reason=reason,
