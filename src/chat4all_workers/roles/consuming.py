@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
 from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHandler
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.records import ConsumedRecord
@@ -43,7 +43,11 @@ async def consume(
             raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def dead_letter_it(record: ConsumedRecord, exc: PermanentError) -> None:
-        await dead_letter_record(ctx, record, reason=str(exc), error_type=exc.error_type)
+        # A record that breaks its format was never tried on anything: 0 attempts.
+        attempts = 0 if isinstance(exc, InvalidRecordError) else 1
+        await dead_letter_record(
+            ctx, record, reason=str(exc), error_type=exc.error_type, attempts=attempts
+        )
 
     engine = ConsumerEngine(
         settings=ctx.settings.kafka,

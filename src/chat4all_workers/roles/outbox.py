@@ -81,9 +81,19 @@ class _Prepared:
 
 
 def _prepare(settings: Settings, event: db.OutboxEvent) -> _Prepared:
-    payload = orjson.loads(event.payload)
+    """The record of an event. A payload is jsonb, so it is JSON; one orjson cannot read (a
+    number beyond a double's range) is published as PostgreSQL wrote it, for its consumer to
+    accept or dead-letter with the reason, rather than crashing the poller on every claim."""
+    try:
+        payload: Any = orjson.loads(event.payload)
+        value = orjson.dumps(payload)
+    except orjson.JSONDecodeError:
+        payload, value = None, event.payload.encode()
     conversation_id = payload.get("conversation_id") if isinstance(payload, dict) else None
-    key = f"conversation:{conversation_id}" if conversation_id is not None else event.aggregate_id
+    if isinstance(conversation_id, int | str) and not isinstance(conversation_id, bool):
+        key = f"conversation:{conversation_id}"
+    else:  # none, or not an id (an object, a list): the aggregate keeps its events in order
+        key = event.aggregate_id
     topic = route(settings, event.event_type, event.topic)
     headers = [
         ("event_id", str(event.id).encode()),
@@ -91,7 +101,7 @@ def _prepare(settings: Settings, event: db.OutboxEvent) -> _Prepared:
         ("aggregate_type", event.aggregate_type.encode()),
         ("aggregate_id", event.aggregate_id.encode()),
     ]
-    record = OutgoingRecord(topic, orjson.dumps(payload), key.encode(), headers)
+    record = OutgoingRecord(topic, value, key.encode(), headers)
     return _Prepared(event, topic, record, payload)
 
 
@@ -203,6 +213,8 @@ class _Poller:
     async def _dead_letter(self, prepared: _Prepared, reason: str) -> bool:
         """True when the DLQ acknowledged; False leaves the event for a later claim."""
         event = prepared.event
+        exhausted = event.attempts > self.settings.max_retries
+        error_type = "retries_exhausted" if exhausted else "kafka_refused"
         try:
             await dead_letter(
                 self.producer,
@@ -211,9 +223,7 @@ class _Poller:
                 key=prepared.record.key,
                 source="outbox",
                 reason=reason,
-                error_type="retries_exhausted"
-                if event.attempts > self.settings.max_retries
-                else "kafka_refused",
+                error_type=error_type,
                 attempts=event.attempts,
                 original_topic=prepared.topic,
                 extra_headers=list(prepared.record.headers),
@@ -223,7 +233,7 @@ class _Poller:
         except (RetryableError, PermanentError) as exc:
             log.warning("could not dead-letter outbox event %s yet: %s", event.id, exc)
             return False
-        self.ctx.metrics.dlq_messages.inc({"source": "outbox", "reason": "retries_exhausted"})
+        self.ctx.metrics.dlq_messages.inc({"source": "outbox", "reason": error_type})
         log.error("outbox event %s dead-lettered: %s", event.id, reason)
         return True
 

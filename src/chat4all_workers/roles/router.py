@@ -160,9 +160,11 @@ class Router:
             uuid.UUID(file_id),
         )
         if row is None:
-            raise FileUnavailableError(f"file {file_id} does not exist")
+            raise FileUnavailableError(f"payload.file_id: file {file_id} does not exist")
         if row["status"] != "COMPLETED" or not row["storage_key"]:
-            raise FileUnavailableError(f"file {file_id} is {row['status']}, not COMPLETED")
+            raise FileUnavailableError(
+                f"payload.file_id: file {file_id} is {row['status']}, not COMPLETED"
+            )
         s3 = self.ctx.resources.s3_client()
         bucket = self.settings.s3.bucket
         try:
@@ -170,7 +172,7 @@ class Router:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
                 raise FileUnavailableError(
-                    f"file {file_id}: object {row['storage_key']} is missing"
+                    f"payload.file_id: the object of file {file_id} is missing"
                 ) from None
             raise RetryableError(f"s3: {exc.code}") from exc
         url = await s3.presigned_get_object(bucket, row["storage_key"], expires=timedelta(hours=24))
