@@ -71,9 +71,12 @@ def _read_again(value: bytes, exc: orjson.JSONDecodeError) -> tuple[Any, list[st
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise InvalidRecordError(
-            f"not UTF-8: byte 0x{value[err.start]:02x} at offset {err.start} is not valid there"
-        ) from None
+        try:  # only surrogates, UTF-8-encoded (as a careless encoder writes them): read on
+            text = value.decode("utf-8", errors="surrogatepass")
+        except UnicodeDecodeError:
+            raise InvalidRecordError(
+                f"not UTF-8: byte 0x{value[err.start]:02x} at offset {err.start} is not valid there"
+            ) from None
     reason = str(exc).split(": line ")[0]
     if "depth limit" in reason:
         raise InvalidRecordError("not readable: JSON nested more than 1024 levels deep")
@@ -201,8 +204,8 @@ class Fields:
         low, high = bounds
         column = {BIGINT: "bigint", INTEGER: "integer"}.get(bounds, f"{low}..{high}")
         if isinstance(value, float) and value.is_integer() and abs(value) >= 2**63:
-            # orjson reads an integer beyond 64 bits as a float
-            self.problem(name, f"{value:.0f} is outside the {column} range")
+            # orjson reads an integer beyond 64 bits as a float: its digits are gone
+            self.problem(name, f"about {value:.3g} is outside the {column} range")
             return None
         if not isinstance(value, int) or isinstance(value, bool):
             self.problem(name, f"must be an integer, got {describe(value)}")
