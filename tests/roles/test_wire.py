@@ -111,5 +111,6 @@ def test_parse_item_keys_a_bare_value_by_its_conversation() -> None:
 
 
 def test_quote_keeps_a_reason_on_one_short_line() -> None:
-    assert quote("a\nb") == '"a\\nb"'
+    assert quote("a\nb\u202e\ud800") == '"a\\u000ab\\u202e\\ud800"'
+    assert quote('\U0001f4a9 "x"') == '"\U0001f4a9 \\"x\\""'
     assert quote("x" * 100) == '"' + "x" * 40 + '..." (100 chars)'

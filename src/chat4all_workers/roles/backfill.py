@@ -77,13 +77,13 @@ def parse_item(raw: bytes, *, message_processing_topic: str) -> OutgoingRecord:
     as a decimal string by older API versions) for its key; the router checks the rest."""
     try:
         fields = read_record(raw)
-        fields.done()  # what orjson could not read (a lone surrogate...), by field
     except InvalidRecordError as exc:
         raise InvalidItemError(str(exc)) from None
     if "topic" in fields.doc and "value" in fields.doc:
         return _from_envelope(fields)
     if "message_id" not in fields.doc:
-        raise InvalidItemError("neither an envelope (topic, value) nor a bare value (message_id)")
+        fields.problems.append("neither an envelope (topic, value) nor a bare value (message_id)")
+        _done(fields)
     conversation_id = fields.doc.get("conversation_id")
     if isinstance(conversation_id, str) and _DECIMAL.fullmatch(conversation_id):
         key = conversation_id

@@ -96,7 +96,9 @@ def parse_request(value: bytes | None) -> MergeRequest:
     fields = read_record(value)
     upload_id = fields.uuid("upload_id")
     total = fields.integer("total_chunks", bounds=(1, INTEGER[1]))
-    filename = fields.text("filename", required=False, max_chars=_MAX_FILENAME_CHARS)
+    filename = fields.text(
+        "filename", required=False, max_chars=_MAX_FILENAME_CHARS, allow_empty=True
+    )
     fields.timestamp("timestamp", required=False)
     fields.done()
     return MergeRequest(uuid.UUID(present(upload_id)), filename, present(total))

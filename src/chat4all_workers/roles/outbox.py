@@ -81,14 +81,16 @@ class _Prepared:
 
 
 def _prepare(settings: Settings, event: db.OutboxEvent) -> _Prepared:
-    """The record of an event. A payload is jsonb, so it is JSON; one orjson cannot read (a
-    number beyond a double's range) is published as PostgreSQL wrote it, for its consumer to
-    accept or dead-letter with the reason, rather than crashing the poller on every claim."""
+    """The record of an event: its payload as PostgreSQL prints the jsonb, unchanged (parsing
+    and re-encoding it would turn an integer beyond 64 bits into a rounded float). The parsed
+    payload only finds the key and the announcement; one orjson cannot read at all (a number
+    beyond a double's range) is still published, for its consumer to take or dead-letter with
+    the reason, instead of crashing the poller at every claim."""
+    value = event.payload.encode()
     try:
-        payload: Any = orjson.loads(event.payload)
-        value = orjson.dumps(payload)
+        payload: Any = orjson.loads(value)
     except orjson.JSONDecodeError:
-        payload, value = None, event.payload.encode()
+        payload = None
     conversation_id = payload.get("conversation_id") if isinstance(payload, dict) else None
     if isinstance(conversation_id, int | str) and not isinstance(conversation_id, bool):
         key = f"conversation:{conversation_id}"

@@ -127,9 +127,20 @@ def _child(path: str, key: str) -> str:
 
 
 def quote(value: str) -> str:
-    """A string as a reason shows it: escaped (one line, no control characters), cut short."""
-    shown = json.dumps(value[:_QUOTE_CHARS])
-    return shown if len(value) <= _QUOTE_CHARS else f'{shown[:-1]}..." ({len(value)} chars)'
+    """A string as a reason shows it: in double quotes, cut short, on one line; what does not
+    print (controls, a right-to-left override, half a surrogate pair) as a `\\u` escape, the
+    rest (accents, emoji) as itself."""
+    shown = "".join(_escape(c) for c in value[:_QUOTE_CHARS])
+    return f'"{shown}"' if len(value) <= _QUOTE_CHARS else f'"{shown}..." ({len(value)} chars)'
+
+
+def _escape(char: str) -> str:
+    if char in ('"', "\\"):
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def describe(value: Any) -> str:
