@@ -32,7 +32,7 @@ from chat4all_workers.kafka.replay import ReplayFilter, ReplaySummary, replay_dl
 from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.observability.tracing import configure_tracing
 from chat4all_workers.resources import REFUSAL_ERRORS, refusal
-from chat4all_workers.roles import REGISTRY, resolve_roles
+from chat4all_workers.roles import REGISTRY, check_restart_overrides, resolve_roles
 from chat4all_workers.status import Thresholds, collect_status
 from chat4all_workers.status import render as render_status
 from chat4all_workers.supervisor import Supervisor, run_once
@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     try:
         settings = load_settings(args, environ)
+        check_restart_overrides(settings)  # keys name roles: the registry is known only up here
         configure_logging(level=settings.observability.log_level, service="supervisor")
         code = _dispatch(args, settings)
         _flush_stdout()

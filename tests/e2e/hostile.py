@@ -271,6 +271,9 @@ def broken_document(
     if len(text) > HUGE:  # two huge fields: keep under Kafka's record limit (the broken one)
         doc = {k: v[:1000] if isinstance(v, str) and k != name else v for k, v in doc.items()}
         text = encode(doc, how)
+    if len(text) > HUGE:  # the broken one alone is too big: 1000 characters still break it
+        doc = {k: v[:1000] if isinstance(v, str) else v for k, v in doc.items()}
+        text = encode(doc, how)
     return Broken(text, name, tuple(sorted(set(hostile) - {name})))
 
 
