@@ -5,7 +5,6 @@ secrets planted in the environment and in `supervisor.toml` anywhere in stdout o
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import orjson
 import pytest
 
 from tests.stack import StackEndpoints
-from tests.support import Deployment, free_port
+from tests.support import Deployment, free_port, own_redis
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -284,18 +283,8 @@ def with_password(url: str, password: str | None, *, user: str = "") -> str:
 @pytest.fixture
 def redis_with_password(tmp_path: Path) -> Iterator[str]:
     """A Redis of our own that requires a password (the shared one does not), stopped after."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed here (scripts/devstack installs it)")
     port = free_port()
-    options = {"port": str(port), "bind": "127.0.0.1", "requirepass": "right-one", "save": ""}
-    options |= {"appendonly": "no", "dir": str(tmp_path)}
-    server = subprocess.Popen(
-        [binary, *(arg for name, value in options.items() for arg in (f"--{name}", value))],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with own_redis(port, tmp_path, password="right-one"):
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -305,9 +294,6 @@ def redis_with_password(tmp_path: Path) -> Iterator[str]:
                 assert time.monotonic() < deadline, "redis-server did not start"
                 time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 def assert_refused(run: Run, service: str, reason: str) -> None:

@@ -145,12 +145,14 @@ class Resources:
         return {name: problem is None for name, problem in zip(names, problems, strict=True)}
 
     def _note(self, name: str, problem: str | None) -> None:
-        before = self.probe_problems.get(name)
+        """Log a change: the first failing probe (not every one: /readyz is polled), and the
+        first that answers again."""
+        was_failing = self.probe_problems.get(name) is not None
         self.probe_problems[name] = problem
         fields = {"fields": {"dependency": name}}
-        if problem is not None and problem != before:
+        if problem is not None and not was_failing:
             log.warning("%s: not ready: %s", name, problem, extra=fields)
-        elif problem is None and before is not None:
+        elif problem is None and was_failing:
             log.info("%s: answers again", name, extra=fields)
 
     async def _probe_kafka(self) -> bool:
