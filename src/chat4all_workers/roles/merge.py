@@ -114,6 +114,10 @@ class Merger:
 
     async def handle(self, record: ConsumedRecord) -> None:
         request = parse_request(record.value)
+        with log_context(upload_id=str(request.upload_id)):
+            await self._handle(request)
+
+    async def _handle(self, request: MergeRequest) -> None:
         async with self._resources.postgres().acquire() as conn:
             if not await files_db.try_lock_merge(conn, request.upload_id):
                 raise RetryableError(f"upload {request.upload_id} is being merged elsewhere")
