@@ -1017,7 +1017,7 @@ def router_under_fire(
 
 
 @HYPOTHESIS
-@given(cases=st.lists(router_cases(), min_size=5, max_size=20))
+@given(cases=st.lists(router_cases(), min_size=8, max_size=20))
 def test_router_process_dead_letters_fuzzed_records_and_stays_ready(
     router_under_fire: RouterUnderFire, cases: list[Case]
 ) -> None:
