@@ -385,15 +385,20 @@ async def dead_letters(
     """Every DLQ record by the (topic, partition, offset) it came from."""
     found: dict[tuple[str, int, int], DeadLetter] = {}
     for record in await read_topic(stack, dlq_topic):
-        headers = {k: v.decode("utf-8", errors="replace") for k, v in record.headers}
-        origin = (
-            headers.get("dlq.original_topic", ""),
-            int(headers.get("dlq.original_partition") or -1),
-            int(headers.get("dlq.original_offset") or -1),
-        )
-        assert origin not in found, f"dead-lettered twice: {origin}"
-        found[origin] = DeadLetter(record.key, record.value, headers)
+        file_dead_letter(found, record)
     return found
+
+
+def file_dead_letter(found: dict[tuple[str, int, int], DeadLetter], record: Any) -> None:
+    """Add a DLQ record to `found`, under the origin its headers name; never twice."""
+    headers = {k: v.decode("utf-8", errors="replace") for k, v in record.headers}
+    origin = (
+        headers.get("dlq.original_topic", ""),
+        int(headers.get("dlq.original_partition") or -1),
+        int(headers.get("dlq.original_offset") or -1),
+    )
+    assert origin not in found, f"dead-lettered twice: {origin}"
+    found[origin] = DeadLetter(record.key, record.value, headers)
 
 
 # `dlq.error_type` values (contract section 3) a record that is bad by itself may get.

@@ -72,6 +72,7 @@ from tests.e2e.hostile import (
     edge_text,
     encode,
     feed_role,
+    file_dead_letter,
     hostile_settings,
     json_values,
     junk_bytes,
@@ -881,6 +882,8 @@ class RouterUnderFire:
         self.log_offset = 0
         self.records = 0
         self.batches = 0
+        self.bytes = 0
+        self.fields: Counter[str] = Counter()  # records by the field they broke
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -925,18 +928,11 @@ class RouterUnderFire:
         sent = await produce_each(stack, topics["message_processing"], cases)
         wanted = {(s.topic, s.partition, s.offset): s for s in sent}
         letters: dict[tuple[str, int, int], DeadLetter] = {}
-
-        def take(record: Any) -> None:
-            headers = {k: v.decode("utf-8", errors="replace") for k, v in record.headers}
-            origin = (
-                headers.get("dlq.original_topic", ""),
-                int(headers.get("dlq.original_partition") or -1),
-                int(headers.get("dlq.original_offset") or -1),
-            )
-            assert origin not in letters, f"dead-lettered twice: {origin}"
-            letters[origin] = DeadLetter(record.key, record.value, headers)
-
-        await self.read_new(topics["dlq"], take, until=lambda: wanted.keys() <= letters.keys())
+        await self.read_new(
+            topics["dlq"],
+            lambda record: file_dead_letter(letters, record),
+            until=lambda: wanted.keys() <= letters.keys(),
+        )
         statuses: list[dict[str, Any]] = []
         await self.read_new(
             topics["message_status_updates"], lambda r: statuses.append(orjson.loads(r.value))
@@ -947,10 +943,24 @@ class RouterUnderFire:
             for case, record in zip(cases, sent, strict=True)
         ]
         assert await self.ready() == 200, self.tail()
+        assert await self.channel_requests() == 0, "the router called a channel"
         self.check_log()
         self.records += len(cases)
         self.batches += 1
+        self.fields.update(case.field or "junk" for case in cases)
+        self.bytes += sum(len(case.value or b"") for case in cases)
         return found
+
+    async def channel_requests(self) -> float:
+        """Every channel request the router made, whatever its outcome (`/metrics`)."""
+        url = f"http://127.0.0.1:{self.deployment.metrics_port}/metrics"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            text = await response.text()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("channel_requests_total{")
+        )
 
     async def read_new(
         self, topic: str, take: Callable[[Any], None], until: Callable[[], bool] | None = None
@@ -1009,9 +1019,10 @@ def router_under_fire(
     finally:
         code = worker.stop()
         record_summary(
-            f"hostile router stream: {worker.records} fuzzed records in {worker.batches} batches,"
-            f" each dead-lettered naming its field, none sent; /readyz 200 after every batch;"
-            f" exit {code} on SIGTERM"
+            f"hostile router stream: {worker.records} fuzzed records ({worker.bytes} bytes) in"
+            f" {worker.batches} batches, each dead-lettered naming its field, no channel"
+            f" request, nothing sent; /readyz 200 after every batch; exit {code} on SIGTERM;"
+            f" by field: {dict(worker.fields.most_common())}"
         )
     assert code == 0, worker.tail()
 
