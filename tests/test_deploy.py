@@ -34,6 +34,8 @@ PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "chat4all-workers.json"
 IMAGE = "chat4all-workers"
+# supervisor.toml binds the ops port to loopback; every container must bind all interfaces.
+METRICS_HOST_ENV = "CHAT4ALL_OBSERVABILITY_METRICS_HOST"
 
 # Environment the deployment files may set besides the settings' own names: the config file's path
 # and the OpenTelemetry variables the SDK reads itself.
@@ -120,6 +122,11 @@ def test_compose_env_names_are_settings() -> None:
         assert not unknown, f"compose service {name} sets unknown variables {sorted(unknown)}"
 
 
+def test_compose_workers_bind_the_ops_port_on_every_interface() -> None:
+    for name, svc in our_services().items():
+        assert svc["environment"].get(METRICS_HOST_ENV) == "0.0.0.0", name
+
+
 def test_compose_commands_are_cli_commands() -> None:
     for name, svc in our_services().items():
         assert_cli_accepts(list(svc.get("command", ["run"])), f"compose service {name}")
@@ -175,6 +182,16 @@ def test_dockerfile_ships_the_config_where_chat4all_config_points() -> None:
     )
     copies = [rest.split() for kw, rest in instructions if kw == "COPY"]
     assert ["supervisor.toml", env["CHAT4ALL_CONFIG"]] in copies
+
+
+def test_dockerfile_binds_the_ops_port_on_every_interface() -> None:
+    env = dict(
+        pair.split("=", 1)
+        for kw, rest in dockerfile_instructions()
+        if kw == "ENV"
+        for pair in shlex.split(rest)
+    )
+    assert env[METRICS_HOST_ENV] == "0.0.0.0"
 
 
 def test_dockerfile_entrypoint_is_the_console_script() -> None:
@@ -278,6 +295,18 @@ def test_k8s_probes_hit_the_operations_port() -> None:
         ready, alive = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
         assert (ready["path"], ports[ready["port"]]) == ("/readyz", port), where
         assert (alive["path"], ports[alive["port"]]) == ("/healthz", port), where
+
+
+def test_k8s_deployments_bind_the_ops_port_on_every_interface() -> None:
+    for where, pod in pod_specs():
+        if where.startswith("Deployment/"):
+            assert container_env(pod).get(METRICS_HOST_ENV) == "0.0.0.0", where
+
+
+def test_make_run_binds_the_ops_port_to_loopback() -> None:
+    settings = Settings.from_environ({}, config_path=str(ROOT / "supervisor.toml"))
+    assert settings.observability.metrics_host == "127.0.0.1"
+    assert Settings.load({}).observability.metrics_host == "127.0.0.1"
 
 
 def test_k8s_pods_run_as_non_root() -> None:

@@ -148,7 +148,10 @@ class RoleSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ObservabilitySettings:
-    metrics_host: str = "0.0.0.0"
+    # Loopback unless told otherwise: the ops port serves /metrics and /readyz unauthenticated.
+    # Containers bind every interface explicitly (the image, compose and Kubernetes set
+    # CHAT4ALL_OBSERVABILITY_METRICS_HOST=0.0.0.0) so probes and Prometheus reach it.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = field(default=8000, metadata=_env("METRICS_PORT"))
     log_level: str = field(
         default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")}
