@@ -25,14 +25,21 @@ from chat4all_workers.cli import build_parser
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.roles import REGISTRY
+from tests.promql import (
+    ALERTS,
+    alert_queries,
+    dashboard_queries,
+    label_names,
+    metric_names,
+    operands,
+    template_labels,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 K8S = ROOT / "deploy" / "k8s"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
-DASHBOARD = ROOT / "deploy" / "grafana" / "chat4all-workers.json"
 IMAGE = "chat4all-workers"
 # supervisor.toml binds the ops port to loopback; every container must bind all interfaces.
 METRICS_HOST_ENV = "CHAT4ALL_OBSERVABILITY_METRICS_HOST"
@@ -325,39 +332,13 @@ def test_k8s_configmap_is_supervisor_toml() -> None:
 
 # --- metrics in the dashboard and the alerts -----------------------------------------------------
 
-_PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right",
-    "and", "or", "unless", "bool", "offset", "inf", "nan",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    """Series names in a PromQL expression: identifiers that are not functions, keywords, label
-    names (inside {...} or by/on (...)), strings or durations."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
-    expr = re.sub(r"\{[^}]*\}", "", expr)
-    expr = re.sub(r"\[[^\]]*\]", "", expr)
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    names = set()
-    for match in re.finditer(r"(?<![\w$.])([a-zA-Z_:][\w:]*)\b(\s*\()?", expr):
-        word, call = match.group(1), match.group(2)
-        if not call and word.lower() not in _PROMQL_WORDS:
-            names.add(word)
-    return names
-
 
 def alert_expressions() -> list[str]:
-    groups = yaml.safe_load(ALERTS.read_text())["groups"]
-    return [rule["expr"] for group in groups for rule in group["rules"]]
+    return [q.expr for q in alert_queries()]
 
 
 def dashboard_expressions() -> list[str]:
-    def walk(panels: list[dict[str, Any]]) -> Iterator[str]:
-        for panel in panels:
-            yield from (t["expr"] for t in panel.get("targets", []))
-            yield from walk(panel.get("panels", []))
-
-    return list(walk(json.loads(DASHBOARD.read_text())["panels"]))
+    return [q.expr for q in dashboard_queries()]
 
 
 def test_metric_names_reads_promql() -> None:
@@ -366,6 +347,23 @@ def test_metric_names_reads_promql() -> None:
         " > 1 and on (role) b unless max(c offset 5m) > bool 2"
     )
     assert metric_names(expr) == {"a_bucket", "b", "c"}
+
+
+def test_label_names_reads_matchers_and_groupings() -> None:
+    expr = 'sum by (role, le) (rate(a{worker=~"$w", channel!="x,y"}[5m])) > on (role) b'
+    assert label_names(expr) == {"role", "le", "worker", "channel"}
+
+
+def test_template_labels_reads_legends_and_annotations() -> None:
+    assert template_labels("{{role}} {{ outcome }} p99") == {"role", "outcome"}
+    assert template_labels("{{ $labels.topic }} is {{ $value | humanize }}") == {"topic"}
+
+
+def test_operands_split_an_alert_into_what_it_compares() -> None:
+    expr = "sum by (t) (max(a)) > 1000\nand\nsum by (t) (delta(b[10m])) > 0"
+    assert operands(expr) == ["sum by (t) (max(a))", "sum by (t) (delta(b[10m]))"]
+    assert operands("max by (i) (c) == 3") == ["max by (i) (c)"]
+    assert operands("(x > 1) or y") == ["(x > 1)", "y"]
 
 
 def test_dashboard_uses_only_exported_metrics() -> None:
