@@ -7,7 +7,6 @@ environment name changes or a metric disappears: these tests do, without any ser
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -137,26 +136,6 @@ def test_compose_workers_bind_the_ops_port_on_every_interface() -> None:
 def test_compose_commands_are_cli_commands() -> None:
     for name, svc in our_services().items():
         assert_cli_accepts(list(svc.get("command", ["run"])), f"compose service {name}")
-
-
-def test_compose_file_is_valid() -> None:
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker CLI not installed: `docker compose config` cannot check the file")
-    probe = subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True, check=False, timeout=30
-    )
-    if probe.returncode != 0:
-        pytest.skip("the docker CLI has no compose plugin: `docker compose config` cannot run")
-    result = subprocess.run(
-        [docker, "compose", "--profile", "dev", "--profile", "observability", "config", "-q"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 # --- Dockerfile ----------------------------------------------------------------------------------
@@ -392,11 +371,9 @@ def test_alerts_use_only_exported_metrics() -> None:
 
 
 def promtool() -> str:
+    """Debian's `prometheus` package brings it; `make check`/`make test` install it."""
     path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool missing in CI: install Debian's `prometheus` package")
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    assert path is not None, "promtool missing: run `scripts/devstack install prometheus`"
     return path
 
 
