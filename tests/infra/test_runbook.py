@@ -21,8 +21,6 @@ from chat4all_workers.config import TopicSettings
 from tests.e2e.pipeline import workers_running
 from tests.support import REPO, Deployment, committed_offsets, eventually, produce, read_topic
 
-pytestmark = pytest.mark.stack
-
 OPERATIONS = REPO / "docs" / "operations.md"
 TABLE = re.compile(r"<!-- runbook-commands: begin.*?-->\n(.*?)<!-- runbook-commands: end -->", re.S)
 
@@ -70,6 +68,7 @@ def test_runbook_table_has_every_original_command() -> None:
     assert all(c.startswith(tools) for c in commands)
 
 
+@pytest.mark.stack
 async def test_every_runbook_command_runs_against_the_stack(
     deployment: Deployment, tmp_path: Path
 ) -> None:
