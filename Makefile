@@ -55,9 +55,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 	@echo "make venv: done"
 
-# Tools the service-free tests call: promtool (Debian's prometheus). Installs, starts nothing.
+# Tools the service-free tests call: promtool (Debian's prometheus) and kubectl (kustomize).
+# Installs what is missing (apt-get, as root), starts nothing.
 tools:
 	$(DEVSTACK) install prometheus
+	@command -v kubectl >/dev/null || { echo "make tools: apt-get install kubectl"; \
+		apt-get install -y -q --no-install-recommends kubectl </dev/null; }
 
 stack: venv
 	$(DEVSTACK) up
