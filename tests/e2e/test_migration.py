@@ -11,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from chat4all_workers.status import collect_status
 from chat4all_workers.supervisor import Supervisor
 from tests.stack import unique_name
-from tests.support import Deployment, FakeChannelApi, read_topic
+from tests.support import Deployment, FakeChannelApi, commit_offsets, read_topic, router_record
 
 pytestmark = pytest.mark.stack
 
@@ -50,18 +49,8 @@ async def old_stream(deployment: Deployment, count: int) -> list[str]:
     try:
         stamp = int(time.time() * 1000) - AGE_MS
         for n in range(count):
-            conversation = n % 4
-            value = {
-                "message_id": str(uuid.uuid4()),
-                "conversation_id": conversation,
-                "sender_id": 7,
-                "payload": {"type": "text", "content": f"old-{n}"},
-                "channels": ["whatsapp"],
-                "recipients": {"whatsapp": f"+55{conversation:09d}"},
-                "created_at": "2026-11-28T10:30:00Z",
-            }
-            key = f"conversation:{conversation}".encode()
-            await producer.send(topic, orjson.dumps(value), key=key, timestamp_ms=stamp)
+            key, value = router_record(n % 4, f"old-{n}")
+            await producer.send(topic, value, key=key, timestamp_ms=stamp)
         await producer.flush()
     finally:
         await producer.stop()
@@ -76,23 +65,13 @@ async def original_router_read_half(deployment: Deployment, group: str) -> set[s
     for r in records:
         text = orjson.loads(r.value)["payload"]["content"]
         by_partition.setdefault(r.partition, []).append((r.offset, text))
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=deployment.stack.kafka_bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-    )
     done: set[str] = set()
     offsets: dict[TopicPartition, int] = {}
     for partition, items in by_partition.items():
         half = len(items) // 2
         offsets[TopicPartition(deployment.topics["message_processing"], partition)] = half
         done |= {text for offset, text in items if offset < half}
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
+    await commit_offsets(deployment.stack, group, offsets)
     return done
 
 

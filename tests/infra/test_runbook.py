@@ -11,15 +11,21 @@ import asyncio
 import os
 import re
 import sys
-import uuid
 from pathlib import Path
 
-import orjson
 import pytest
 
 from chat4all_workers.config import TopicSettings
 from tests.e2e.pipeline import workers_running
-from tests.support import REPO, Deployment, committed_offsets, eventually, produce, read_topic
+from tests.support import (
+    REPO,
+    Deployment,
+    committed_offsets,
+    eventually,
+    produce,
+    read_topic,
+    router_record,
+)
 
 OPERATIONS = REPO / "docs" / "operations.md"
 TABLE = re.compile(r"<!-- runbook-commands: begin.*?-->\n(.*?)<!-- runbook-commands: end -->", re.S)
@@ -73,7 +79,11 @@ async def test_every_runbook_command_runs_against_the_stack(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     topic, group = deployment.topics["message_processing"], f"{deployment.group}-router"
-    await produce(deployment.stack, topic, [message(n) for n in range(5)] + [(b"c:0", b"{no")])
+    await produce(
+        deployment.stack,
+        topic,
+        [router_record(n, f"runbook {n}") for n in range(5)] + [(b"c:0", b"{no")],
+    )
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CHAT4ALL_", "KAFKA_"))},
         **deployment.environ(),
@@ -107,19 +117,6 @@ async def test_every_runbook_command_runs_against_the_stack(
         if any(name in c and name not in out for name in (topic, group))
     ]
     assert unnamed == []
-
-
-def message(n: int) -> tuple[bytes, bytes]:
-    value = {
-        "message_id": str(uuid.uuid4()),
-        "conversation_id": n,
-        "sender_id": 7,
-        "payload": {"type": "text", "content": f"runbook {n}"},
-        "channels": ["whatsapp"],
-        "recipients": {"whatsapp": f"+55{n:09d}"},
-        "created_at": "2026-11-28T10:30:00Z",
-    }
-    return f"conversation:{n}".encode(), orjson.dumps(value)
 
 
 async def _has_records(deployment: Deployment) -> bool:

@@ -6,12 +6,12 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from chat4all_workers.kafka.backlog import uncommitted_backlog
 from tests.stack import StackEndpoints, unique_name
-from tests.support import settings_for
+from tests.support import commit_offsets, settings_for
 
 pytestmark = pytest.mark.stack
 
@@ -33,18 +33,6 @@ async def produce_aged(
         await producer.stop()
 
 
-async def commit(stack: StackEndpoints, group: str, offsets: dict[TopicPartition, int]) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=stack.kafka_bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
-
-
 async def test_uncommitted_backlog_counts_only_partitions_without_a_committed_offset(
     stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
 ) -> None:
@@ -52,7 +40,7 @@ async def test_uncommitted_backlog_counts_only_partitions_without_a_committed_of
     for partition in range(3):
         await produce_aged(stack, topic, partition=partition, count=6, age_ms=2 * HOUR_MS)
         await produce_aged(stack, topic, partition=partition, count=4, age_ms=0)
-    await commit(stack, consumer_group, {TopicPartition(topic, 0): 3})
+    await commit_offsets(stack, consumer_group, {TopicPartition(topic, 0): 3})
 
     backlog = await uncommitted_backlog(
         settings_for(stack), group=consumer_group, topic=topic, window_s=3600
