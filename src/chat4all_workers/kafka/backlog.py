@@ -5,8 +5,8 @@ A role switched over from the platform's original workers joins a group of its o
 offset starts where `auto_offset_reset` says; with `earliest` that is the start of the topic's
 retention (7 days by default), and every record older than the router's dedup window
 (`router.dedup_ttl_s`) is no longer recognised as done: it is processed, i.e. sent to the
-customer, again. Nothing in the
-records says so, so the process says it, once, before the engine fetches anything.
+customer, again. Nothing in the records says so, so the process says it, once, before the engine
+fetches anything.
 
 The count costs one metadata request, one OffsetFetch for the group and one ListOffsets per
 broker for each of beginning, end and the window's boundary (`offsets_for_times`): a few
