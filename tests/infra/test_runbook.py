@@ -52,7 +52,9 @@ def localised(command: str, deployment: Deployment) -> str:
     command = command.replace("chat4all-workers-router", f"{deployment.group}-router")
     queue = "fallback:message_queue"
     command = command.replace(queue, f"{deployment.redis_prefix}{queue}")
-    return command.replace("127.0.0.1:8000", f"127.0.0.1:{deployment.metrics_port}")
+    command = command.replace("127.0.0.1:8000", f"127.0.0.1:{deployment.metrics_port}")
+    # This DLQ holds one record: the console consumer need not wait out its time-out for more.
+    return command.replace("--max-messages 10", "--max-messages 1")
 
 
 async def run(command: str, env: dict[str, str]) -> tuple[int, str]:
