@@ -34,9 +34,11 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 COPY supervisor.toml /etc/chat4all/supervisor.toml
 # Settings: flag > environment > this file > default; every key has an env name
 # (`chat4all-workers config show`). ROLES picks the roles this container runs.
+# The ops port on every interface (the checked-in file binds loopback, for `make run`).
 ENV CHAT4ALL_CONFIG=/etc/chat4all/supervisor.toml \
     ROLES=all \
-    METRICS_PORT=8000
+    METRICS_PORT=8000 \
+    CHAT4ALL_OBSERVABILITY_METRICS_HOST=0.0.0.0
 
 USER 10001:10001
 WORKDIR /tmp

@@ -466,6 +466,35 @@ async def committed_offsets(stack: StackEndpoints, topic: str, group: str) -> di
         await admin.close()
 
 
+async def commit_offsets(
+    stack: StackEndpoints, group: str, offsets: dict[TopicPartition, int]
+) -> None:
+    """Commit `offsets` for `group` as a consumer of that group would (no member joins)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+def router_record(conversation: int, content: str) -> tuple[bytes, bytes]:
+    """A valid `message_processing` record (key, value) for WhatsApp."""
+    value = {
+        "message_id": str(uuid.uuid4()),
+        "conversation_id": conversation,
+        "sender_id": 7,
+        "payload": {"type": "text", "content": content},
+        "channels": ["whatsapp"],
+        "recipients": {"whatsapp": f"+55{conversation:09d}"},
+        "created_at": "2026-11-28T10:30:00Z",
+    }
+    return f"conversation:{conversation}".encode(), orjson.dumps(value)
+
+
 async def partitions_of(stack: StackEndpoints, topic: str) -> list[TopicPartition]:
     admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
     await admin.start()

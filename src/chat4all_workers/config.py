@@ -73,6 +73,14 @@ class KafkaSettings:
     replication_factor: int = 1
     dlq_retention_ms: int = 7 * 24 * 3600 * 1000
     partitions: dict[str, int] = field(default_factory=dict)
+    # Per-role consumer group, replacing "<consumer_group>-<role>": e.g. {"router":
+    # "message_router_group"} continues from the original workers' committed offsets.
+    groups: dict[str, str] = field(default_factory=dict)
+
+    def group_for(self, role: str) -> str:
+        """The consumer group of a consuming role (or of a tool like `dlq-replay`). The one
+        derivation: the roles, `status` and `dlq replay` all ask here."""
+        return self.groups.get(role) or f"{self.consumer_group}-{role}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,7 +155,10 @@ class RoleSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ObservabilitySettings:
-    metrics_host: str = "0.0.0.0"
+    # Loopback unless told otherwise: the ops port serves /metrics and /readyz unauthenticated.
+    # Containers bind every interface explicitly (the image, compose and Kubernetes set
+    # CHAT4ALL_OBSERVABILITY_METRICS_HOST=0.0.0.0) so probes and Prometheus reach it.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = field(default=8000, metadata=_env("METRICS_PORT"))
     log_level: str = field(
         default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")}
