@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import sys
@@ -412,18 +411,18 @@ async def bench(args: argparse.Namespace) -> bool:
         router_cpu = cpu_us(router.cpu, "router", args.router_messages)
         rows = []
         for run in (single, batched):
-            ratio = run.rate / router.rate
+            x_router = run.rate / router.rate
             status_cpu = cpu_us(run.cpu, "webhooks", run.statuses)
-            met = ratio >= 3 and run.p99_ms < 100
+            goal_met = x_router >= 3 and run.p99_ms < 100
             rows.append(
                 (
                     f"({run.label}) {'one' if run.label == '1' else args.batch} per POST",
                     f"{run.rate:,.0f}",
-                    f"{ratio:.2f}",
+                    f"{x_router:.2f}",
                     f"{run.p99_ms:.0f}",
                     f"{status_cpu:.0f}",
                     f"{router_cpu / status_cpu:.2f}",
-                    "yes" if met else "NO",
+                    "yes" if goal_met else "NO",
                 )
             )
         out(
