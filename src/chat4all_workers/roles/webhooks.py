@@ -133,7 +133,7 @@ class Webhooks:
         challenge = challenge_answer(query, self._tokens[channel])
         if challenge is None:
             self._count(channel, "verify_refused")
-            self._warn(channel, "verify_refused", "verification GETs refused (wrong verify token)")
+            self._warn(channel, "verify_refused", "verification GET refused (wrong token or mode)")
             return Answer(403, b"forbidden", "text/plain")
         self._count(channel, "verify_ok")
         log.info("webhooks: %s verification request answered", channel)
@@ -150,13 +150,13 @@ class Webhooks:
             return self.too_large(channel)
         if self.in_flight >= self._settings.max_concurrent_requests:
             self._count(channel, "overloaded")
-            self._warn(channel, "overloaded", "POSTs refused: too many in progress")
+            self._warn(channel, "overloaded", "POST answered 503: too many in progress")
             return _error(503, "overloaded, try again", close=True)
         return None
 
     def too_large(self, channel: str) -> Answer:
         self._count(channel, "too_large")
-        self._warn(channel, "too_large", "POSTs refused: body over webhooks.max_body_bytes")
+        self._warn(channel, "too_large", "POST refused (413): body over webhooks.max_body_bytes")
         return _error(413, f"body over {self._settings.max_body_bytes} bytes", close=True)
 
     async def receive(
@@ -165,7 +165,7 @@ class Webhooks:
         if not signature_matches(self._secrets[channel], body, signature):
             self._count(channel, "bad_signature")
             self._warn(
-                channel, "bad_signature", f"POSTs refused: missing or wrong {SIGNATURE_HEADER}"
+                channel, "bad_signature", f"POST refused (401): missing or wrong {SIGNATURE_HEADER}"
             )
             return _error(401, "missing or wrong signature")
         if content_type != _JSON:
@@ -177,7 +177,7 @@ class Webhooks:
             outcome, summary = await self._store(channel, body, parsed)
         except _CANNOT_STORE as exc:
             self._count(channel, "unavailable")
-            self._warn(channel, "unavailable", f"POSTs answered 503, not stored: {exc}")
+            self._warn(channel, "unavailable", f"POST answered 503, not stored: {exc}")
             return _error(503, "could not store the notification, try again")
         self._count(channel, outcome)
         return Answer(200, orjson.dumps(summary))
@@ -350,15 +350,19 @@ class Webhooks:
             self._metrics.webhook_lag.observe(lag, max(0.0, now - message.at.timestamp()))
 
     def _warn(self, channel: str, kind: str, text: str) -> None:
-        """A WARNING for rejected requests, at most once a minute per channel and kind, with
-        how many there were since the last one (a flood must not flood the log)."""
+        """A WARNING for a rejected request, at most once a minute per channel and kind, with
+        how many there were since the last one: a flood must not flood the log."""
         key = (channel, kind)
         self._unwarned[key] += 1
         now = time.monotonic()
-        if now - self._warned_at.get(key, -_WARN_EVERY_S) >= _WARN_EVERY_S:
+        last = self._warned_at.get(key)
+        if last is None or now - last >= _WARN_EVERY_S:
             count = self._unwarned.pop(key)
             self._warned_at[key] = now
-            log.warning("webhooks: %s: %d %s since the last such warning", channel, count, text)
+            since = f"{count} such in the last {now - last:.0f} s" if last is not None else "first"
+            log.warning(
+                "webhooks: %s: %s (%s; at most one such line a minute)", channel, text, since
+            )
 
 
 # -- HTTP -----------------------------------------------------------------------------------------
