@@ -13,9 +13,10 @@ What Meta does, from its documentation (read for issue 14; the URLs are the sour
   over the bytes as received, before parsing (re-serialised JSON does not match).
   (same page, "Validating Payloads")
 - Delivery. A notification answered with anything but 200 (or not answered in time) is sent
-  again, immediately and then with decreasing frequency for hours to days (the Graph API page
-  says 36 hours; WhatsApp's overview says up to 7 days), and the same notification may arrive
-  more than once even after a 200. So: 200 only once what it carries is stored, 5xx otherwise,
+  again, with decreasing frequency, for hours to days (36 hours for Graph API webhooks and up to
+  7 days for WhatsApp are the figures usually quoted; the search for this issue did not reach
+  Meta's own sentence, so take the window as "long", not as a number), and the same
+  notification may arrive more than once even after a 200. So: 200 only once what it carries is stored, 5xx otherwise,
   and every consumer of what it carries must be idempotent. One POST may batch several
   entries, several changes per entry and several statuses or messages per change.
 - WhatsApp Cloud API (`"object": "whatsapp_business_account"`): `entry[].changes[]` with
