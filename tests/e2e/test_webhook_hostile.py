@@ -38,7 +38,7 @@ from tests.roles.webhook_support import (
     arbitrary_documents,
     mutated_notifications,
 )
-from tests.support import Deployment, WorkerProcess, free_port, partitions_of
+from tests.support import Deployment, WorkerProcess, partitions_of
 
 EXAMPLES = int(os.environ.get("WEBHOOK_HOSTILE_EXAMPLES", "100"))
 LIMIT = 65_536  # webhooks.max_body_bytes for this test: big enough to matter, quick to send
@@ -65,10 +65,9 @@ class Worker:
 async def worker(
     deployment: Deployment, tmp_path: Path, record_summary: Callable[[str], None]
 ) -> AsyncIterator[Worker]:
-    port = free_port()
+    port = deployment.webhooks_port
     env = deployment.environ(
         webhooks={
-            "port": port,
             "max_body_bytes": LIMIT,
             "whatsapp_app_secret": WA_SECRET,
             "instagram_app_secret": IG_SECRET,

@@ -24,7 +24,7 @@ from chat4all_workers.channels.meta_webhooks import (
 )
 from chat4all_workers.config import Settings
 from chat4all_workers.supervisor import Supervisor
-from tests.support import Deployment, free_port
+from tests.support import Deployment
 
 WA_SECRET = "wa-app-secret-for-tests"
 IG_SECRET = "ig-app-secret-for-tests"
@@ -39,7 +39,6 @@ IG_USER_ID = "2000"
 def webhook_settings(deployment: Deployment, **overrides: dict[str, Any]) -> Settings:
     """The deployment's settings with the webhooks role on a free port and test secrets."""
     webhooks = {
-        "port": free_port(),
         "whatsapp_app_secret": WA_SECRET,
         "instagram_app_secret": IG_SECRET,
         "whatsapp_verify_token": WA_TOKEN,
