@@ -61,7 +61,9 @@ from chat4all_workers.kafka.admin import wait_for_leaders
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from bench.procs import CpuMeter, RssSampler, service_pids, stop_process  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+from bench.procs import CpuMeter, RssSampler, read_line, service_pids, stop_process  # noqa: E402
 from bench.router import (  # noqa: E402
     KAFKA,
     REDIS,
@@ -240,17 +242,6 @@ def notification_bodies(count: int, batch: int, seed: int) -> list[bytes]:
 # -- processes and topics -------------------------------------------------------------------------
 
 
-async def _read_line(proc: asyncio.subprocess.Process, prefix: str, timeout_s: float) -> str:
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout_s):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise RuntimeError(f"subprocess exited ({await proc.wait()}) before {prefix}")
-            if line.startswith(prefix):
-                return line.strip()
-
-
 async def create_topics(s: Scratch, names: list[str]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
@@ -310,7 +301,7 @@ async def run_webhooks(
 ) -> WebhookRun:
     topic = s.topic(f"wh-{label}")
     await create_topics(s, [f"wh-{label}"])
-    port = _free_port()
+    port = free_port()
     doc = {
         "kafka": {"bootstrap_servers": KAFKA},
         "topics": {"message_status_updates": topic, "dlq": s.topic("dlq")},
@@ -333,14 +324,14 @@ async def run_webhooks(
     )  # fmt: skip
     try:
         with RssSampler(proc.pid) as sampler:
-            await _read_line(proc, "READY", 90)
-            await _read_line(gen, "READY", 120)
+            await read_line(proc, "READY", 90)
+            await read_line(gen, "READY", 120)
             cpu = CpuMeter({"webhooks": proc.pid, "generator": gen.pid, **service_pids()})
             cpu.start()
             assert gen.stdin is not None
             gen.stdin.write(b"go\n")
             await gen.stdin.drain()
-            done = orjson.loads((await _read_line(gen, "DONE", 3600)).split(" ", 1)[1])
+            done = orjson.loads((await read_line(gen, "DONE", 3600)).split(" ", 1)[1])
             cpu.stop()
     finally:
         await stop_process(gen)
@@ -362,14 +353,6 @@ async def run_webhooks(
         rss_peak=sampler.peak,
         cpu=cpu,
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the report -----------------------------------------------------------------------------------
