@@ -257,6 +257,8 @@ class WebhookSettings:
     max_body_bytes: int = 1024 * 1024
     # POSTs in progress at once (bodies in memory); above it, 503 at once and Meta retries.
     max_concurrent_requests: int = 1000
+    # A POST whose body takes longer to arrive is answered 408: slow senders cannot hold the slots.
+    body_timeout_s: float = 10.0
     # How long `message:provider:instagram:{mid}` maps a provider id back to our message (a
     # read receipt later than this is counted as unknown and ignored).
     provider_index_ttl_s: int = 86_400

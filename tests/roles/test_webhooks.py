@@ -407,8 +407,20 @@ async def test_webhooks_body_over_the_limit_is_413_without_reading_it(
         ) as response:
             streamed = response.status
         small, _ = await endpoint.post("whatsapp", statuses_body(status(str(uuid.uuid4()), "read")))
+        # 5 MB announced, 100 bytes sent: answered and closed at once, the rest never waited for.
+        reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
+        writer.write(
+            b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 5000000\r\n\r\n" + b" " * 100
+        )
+        await writer.drain()
+        raw = await reader.readline()
+        async with asyncio.timeout(5):
+            await reader.read()  # EOF: the server closed the connection
+        writer.close()
 
     assert (declared, streamed, small) == (413, 413, 200)
+    assert raw.startswith(b"HTTP/1.1 413")
 
 
 async def test_webhooks_wrong_content_type_or_method_is_a_clean_4xx(deployment: Deployment) -> None:
@@ -477,6 +489,29 @@ async def test_webhooks_answer_503_above_the_concurrent_requests_limit(
 
     assert shed == 503
     assert held.startswith(b"HTTP/1.1 200")
+
+
+async def test_webhooks_answer_408_to_a_body_slower_than_the_timeout(
+    deployment: Deployment,
+) -> None:
+    settings = webhook_settings(deployment, webhooks={"body_timeout_s": 0.3})
+    body = orjson.dumps(statuses_body(status(str(uuid.uuid4()), "read")))
+    async with running(settings) as endpoint:
+        reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
+        head = (
+            "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"{SIGNATURE_HEADER}: {sign(WA_SECRET, body)}\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        writer.write(head.encode() + body[:10])  # and the rest never comes
+        await writer.drain()
+        answer = await reader.readline()
+        closed = await reader.read()  # the server closes the connection after it
+        writer.close()
+        slots = endpoint.supervisor.published()["webhooks"]["in_flight"]
+
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert closed.endswith(b'{"error":"the body took too long"}')
+    assert slots == 0
 
 
 # -- Kafka unreachable ----------------------------------------------------------------------------

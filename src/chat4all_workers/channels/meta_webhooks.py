@@ -16,9 +16,10 @@ What Meta does, from its documentation (read for issue 14; the URLs are the sour
   again, with decreasing frequency, for hours to days (36 hours for Graph API webhooks and up to
   7 days for WhatsApp are the figures usually quoted; the search for this issue did not reach
   Meta's own sentence, so take the window as "long", not as a number), and the same
-  notification may arrive more than once even after a 200. So: 200 only once what it carries is stored, 5xx otherwise,
-  and every consumer of what it carries must be idempotent. One POST may batch several
-  entries, several changes per entry and several statuses or messages per change.
+  notification may arrive more than once even after a 200. So: 200 only once what it carries
+  is stored, 5xx otherwise, and every consumer of what it carries must be idempotent. One POST
+  may batch several entries, several changes per entry and several statuses or messages per
+  change.
 - WhatsApp Cloud API (`"object": "whatsapp_business_account"`): `entry[].changes[]` with
   `field: "messages"` and a `value` holding `metadata.phone_number_id` (our number), and
   `statuses[]` (`id` = the wamid the send returned, `status` sent | delivered | read | failed,

@@ -80,8 +80,8 @@ class Metrics:
         self.webhook_requests = Counter(
             "webhook_requests_total",
             "Requests to the webhooks endpoint, by channel and outcome (accepted, parked, "
-            "invalid, bad_signature, too_large, unsupported_media_type, refused, overloaded, "
-            "unavailable, verify_ok, verify_refused).",
+            "invalid, bad_signature, too_large, timeout, unsupported_media_type, refused, "
+            "overloaded, unavailable, verify_ok, verify_refused).",
             registry=r,
         )
         self.webhook_events = Counter(

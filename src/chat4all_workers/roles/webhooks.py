@@ -8,8 +8,9 @@ and why the rules below are what they are: channels/meta_webhooks.py, with its s
 - `POST` is a notification. The signature (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body
   with the channel's app secret) is checked in constant time before anything is parsed: missing
   or wrong, 401 and nothing produced. A body over `max_body_bytes` is 413 without being read
-  past the limit; a content type other than JSON 415; a channel without an app secret 403 (the
-  role says so at start-up). More than `max_concurrent_requests` in progress: 503 at once.
+  past the limit; one slower to arrive than `body_timeout_s` 408; a content type other than JSON
+  415; a channel without an app secret 403 (the role says so at start-up). More than
+  `max_concurrent_requests` in progress: 503 at once.
 - What a signed body carries becomes records: each status of one of our messages a
   `message_status_updates` record (docs/contract.md section 3; the message found through the
   callback data our send set, or for an Instagram read receipt through `ProviderIndex`), each
@@ -31,6 +32,7 @@ sends in doubt are settled by the provider's word (issue 14, phase 2).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -154,6 +156,13 @@ class Webhooks:
             return _error(503, "overloaded, try again", close=True)
         return None
 
+    def too_slow(self, channel: str) -> Answer:
+        self._count(channel, "timeout")
+        self._warn(
+            channel, "timeout", "POST refused (408): body slower than webhooks.body_timeout_s"
+        )
+        return _error(408, "the body took too long", close=True)
+
     def too_large(self, channel: str) -> Answer:
         self._count(channel, "too_large")
         self._warn(channel, "too_large", "POST refused (413): body over webhooks.max_body_bytes")
@@ -196,10 +205,10 @@ class Webhooks:
         except PermanentError as exc:  # Kafka refused a record (its size): nothing retries that
             problems.append(f"kafka refused its records: {exc}")
             error_type = "kafka_refused"
-        if problems:
-            await self._dead_letter(channel, body, problems, error_type)
         else:
             self._count_events(channel, statuses, parsed.inbound)
+        if problems:
+            await self._dead_letter(channel, body, problems, error_type)
         for kind, reason in parsed.ignored:
             self._metrics.webhook_events.inc({"channel": channel, "kind": kind, "outcome": reason})
         for text in parsed.provider_errors:
@@ -377,7 +386,7 @@ def _response(answer: Answer) -> web.Response:
     return response
 
 
-def _app(service: Webhooks, max_body_bytes: int) -> web.Application:
+def _app(service: Webhooks, *, max_body_bytes: int, body_timeout_s: float) -> web.Application:
     app = web.Application(client_max_size=max_body_bytes)
     for channel in CHANNELS:
 
@@ -391,9 +400,13 @@ def _app(service: Webhooks, max_body_bytes: int) -> web.Application:
             service.in_flight += 1  # from the first byte read: bodies are what fills memory
             try:
                 try:
-                    body = await request.read()
+                    # A slow sender must not hold its slot: Meta sends a body at once.
+                    async with asyncio.timeout(body_timeout_s):
+                        body = await request.read()
                 except web.HTTPRequestEntityTooLarge:
                     return _response(service.too_large(channel))
+                except TimeoutError:
+                    return _response(service.too_slow(channel))
                 signature = request.headers.get(SIGNATURE_HEADER)
                 answer = await service.receive(channel, body, signature, request.content_type)
             finally:
@@ -422,7 +435,16 @@ async def run(ctx: RoleContext) -> None:
     # An in-flight request waits for Kafka at most the breaker's call timeout; let it finish.
     grace_s = min(settings.breaker.call_timeout_s + 1.0, settings.supervisor.shutdown_timeout_s)
     runner = web.AppRunner(
-        _app(service, settings.webhooks.max_body_bytes), access_log=None, shutdown_timeout=grace_s
+        _app(
+            service,
+            max_body_bytes=settings.webhooks.max_body_bytes,
+            body_timeout_s=settings.webhooks.body_timeout_s,
+        ),
+        access_log=None,
+        shutdown_timeout=grace_s,
+        # A body left unread (413, 408, 503) is not read and discarded for 10 s after the
+        # answer (aiohttp's lingering close): the connection is closed at once instead.
+        lingering_time=0,
     )
     await runner.setup()
     try:
