@@ -70,6 +70,7 @@ _JSON = "application/json"
 _MAX_REASON_PROBLEMS = 5
 # What keeps a notification from being stored now: answered 503, Meta sends it again later.
 _CANNOT_STORE: tuple[type[Exception], ...] = (RetryableError, *TRANSIENT_ERRORS)
+_LINGER_S = 2.0
 _WARN_EVERY_S = 60.0  # rejected requests are logged at most once a minute per channel and kind
 
 
@@ -442,9 +443,10 @@ async def run(ctx: RoleContext) -> None:
         ),
         access_log=None,
         shutdown_timeout=grace_s,
-        # A body left unread (413, 408, 503) is not read and discarded for 10 s after the
-        # answer (aiohttp's lingering close): the connection is closed at once instead.
-        lingering_time=0,
+        # A body left unread (413, 408, 503): after the answer, what still arrives is discarded,
+        # never kept, for at most this long (aiohttp's default is 10 s), so that a sender still
+        # writing reads the answer rather than a reset; then the connection is closed.
+        lingering_time=_LINGER_S,
     )
     await runner.setup()
     try:
