@@ -64,6 +64,15 @@ def values(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
 
 
+def signed_head(body: bytes, *, content_length: int | None = None) -> bytes:
+    """The head of a signed WhatsApp POST of `body`, for tests that write the body themselves."""
+    length = len(body) if content_length is None else content_length
+    return (
+        "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"{SIGNATURE_HEADER}: {sign(WA_SECRET, body)}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 # -- verification ---------------------------------------------------------------------------------
 
 
@@ -409,10 +418,7 @@ async def test_webhooks_body_over_the_limit_is_413_without_keeping_it(
         small, _ = await endpoint.post("whatsapp", statuses_body(status(str(uuid.uuid4()), "read")))
         # 5 MB announced, 100 bytes sent: answered at once, closed after at most 2 s of lingering.
         reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
-        writer.write(
-            b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 5000000\r\n\r\n" + b" " * 100
-        )
+        writer.write(signed_head(b"", content_length=5_000_000) + b" " * 100)
         await writer.drain()
         raw = await reader.readline()
         async with asyncio.timeout(5):
@@ -473,11 +479,7 @@ async def test_webhooks_answer_503_above_the_concurrent_requests_limit(
     async with running(settings) as endpoint:
         # A POST whose body is still arriving holds the one slot.
         reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
-        head = (
-            "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"{SIGNATURE_HEADER}: {sign(WA_SECRET, body)}\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode() + body[:10])
+        writer.write(signed_head(body) + body[:10])
         await writer.drain()
         await eventually(lambda: endpoint.supervisor.published()["webhooks"]["in_flight"] == 1)
         shed, _ = await endpoint.post("whatsapp", body)
@@ -498,11 +500,7 @@ async def test_webhooks_answer_408_to_a_body_slower_than_the_timeout(
     body = orjson.dumps(statuses_body(status(str(uuid.uuid4()), "read")))
     async with running(settings) as endpoint:
         reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
-        head = (
-            "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"{SIGNATURE_HEADER}: {sign(WA_SECRET, body)}\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        writer.write(head.encode() + body[:10])  # and the rest never comes
+        writer.write(signed_head(body) + body[:10])  # and the rest never comes
         await writer.drain()
         answer = await reader.readline()
         closed = await reader.read()  # the server closes the connection after it
