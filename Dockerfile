@@ -40,9 +40,12 @@ ENV CHAT4ALL_CONFIG=/etc/chat4all/supervisor.toml \
     METRICS_PORT=8000 \
     CHAT4ALL_OBSERVABILITY_METRICS_HOST=0.0.0.0
 
+# The webhooks port (role webhooks) on every interface too; supervisor.toml binds it to loopback.
+ENV CHAT4ALL_WEBHOOKS_HOST=0.0.0.0
+
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+EXPOSE 8000 8200
 # /healthz answers while the process is alive; readiness (/readyz) is the orchestrator's business.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('METRICS_PORT', '8000'), timeout=2)"]

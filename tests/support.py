@@ -115,7 +115,7 @@ TOPIC_FIELDS = tuple(f.name for f in dataclasses.fields(TopicSettings))
 class Deployment:
     """Everything one test owns, as a worker process or an embedded supervisor would see it:
     its own topics (all of them), consumer-group prefix, Redis key prefix, migrated database and
-    bucket, and free ports for the operations server and the channel mocks."""
+    bucket, and free ports for the operations server, the channel mocks and the webhooks."""
 
     stack: StackEndpoints
     database_url: str
@@ -126,11 +126,14 @@ class Deployment:
     metrics_port: int = field(default_factory=free_port)
     whatsapp_port: int = field(default_factory=free_port)
     instagram_port: int = field(default_factory=free_port)
+    webhooks_port: int = field(default_factory=free_port)
 
     def sections(self, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
         doc: dict[str, dict[str, Any]] = {
             "observability": {"metrics_port": self.metrics_port, "metrics_host": "127.0.0.1"},
             "mocks": {"whatsapp_port": self.whatsapp_port, "instagram_port": self.instagram_port},
+            # `--roles all` includes the webhooks role: never on the default port of a `make run`.
+            "webhooks": {"port": self.webhooks_port},
             "whatsapp": {
                 "base_url": f"http://127.0.0.1:{self.whatsapp_port}",
                 "access_token": "test-token",

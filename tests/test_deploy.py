@@ -309,6 +309,55 @@ def test_k8s_configmap_is_supervisor_toml() -> None:
     )
 
 
+# --- the webhooks port: the one that takes requests from outside --------------------------------
+
+WEBHOOKS_HOST_ENV = "CHAT4ALL_WEBHOOKS_HOST"
+
+
+def webhooks_pods() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (where, pod)
+        for where, pod in pod_specs()
+        if "webhooks" in roles_in(container_env(pod).get("ROLES", ""))
+    ]
+
+
+def test_k8s_webhooks_service_and_ingress_reach_the_webhooks_port() -> None:
+    port = Settings.load({}).webhooks.port
+    service = k8s_find("Service", "chat4all-webhooks")
+    ((where, pod),) = webhooks_pods()
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    labels = k8s_find("Deployment", where.split("/", 1)[1])["spec"]["template"]["metadata"]
+    (service_port,) = service["spec"]["ports"]
+    assert ports[service_port["targetPort"]] == port
+    assert service["spec"]["selector"].items() <= labels["labels"].items()
+    (rule,) = k8s_find("Ingress", "chat4all-webhooks")["spec"]["rules"]
+    backends = {p["path"]: p["backend"]["service"] for p in rule["http"]["paths"]}
+    assert backends == {"/webhooks/": {"name": "chat4all-webhooks", "port": {"name": "webhooks"}}}
+
+
+def test_containers_bind_the_webhooks_port_on_every_interface() -> None:
+    """supervisor.toml binds it to loopback (`make run` exposes nothing)."""
+    assert Settings.from_environ({}, config_path=str(ROOT / "supervisor.toml")).webhooks.host == (
+        "127.0.0.1"
+    )
+    for where, pod in webhooks_pods():
+        assert container_env(pod).get(WEBHOOKS_HOST_ENV) == "0.0.0.0", where
+    for name, svc in our_services().items():
+        if "webhooks" in roles_in(svc["environment"].get("ROLES", "")):
+            assert svc["environment"].get(WEBHOOKS_HOST_ENV) == "0.0.0.0", name
+            port = Settings.load({}).webhooks.port
+            assert f"127.0.0.1:{port}:{port}" in svc["ports"], name
+    env = dict(
+        pair.split("=", 1)
+        for kw, rest in dockerfile_instructions()
+        if kw == "ENV"
+        for pair in shlex.split(rest)
+    )
+    assert env[WEBHOOKS_HOST_ENV] == "0.0.0.0"
+
+
 # --- metrics in the dashboard and the alerts -----------------------------------------------------
 
 
@@ -362,6 +411,8 @@ def test_dashboard_shows_the_operating_metrics() -> None:
         "circuit_breaker_state",
         "supervisor_restarts_total",
         "event_loop_lag_seconds",
+        "webhook_requests_total",
+        "webhook_lag_seconds_bucket",
     }
 
 

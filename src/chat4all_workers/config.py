@@ -96,6 +96,8 @@ class TopicSettings:
     file_events: str = "file_events"
     conversation_events: str = "conversation_events"
     default_events: str = "default_events"
+    # Messages users send to our WhatsApp number / Instagram account (the webhooks role).
+    inbound_messages: str = "inbound_messages"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,6 +250,32 @@ class InstagramSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebhookSettings:
+    """The `webhooks` role: the HTTP endpoint Meta calls back (statuses, inbound messages)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8200
+    # The Meta app's secret signs every POST (X-Hub-Signature-256); empty: POSTs are refused.
+    whatsapp_app_secret: Secret = field(default=Secret(""), metadata=_env("WHATSAPP_APP_SECRET"))
+    instagram_app_secret: Secret = field(default=Secret(""), metadata=_env("INSTAGRAM_APP_SECRET"))
+    # Chosen by us and typed into the app dashboard; Meta's verification GET echoes it.
+    whatsapp_verify_token: Secret = field(
+        default=Secret(""), metadata=_env("WHATSAPP_VERIFY_TOKEN")
+    )
+    instagram_verify_token: Secret = field(
+        default=Secret(""), metadata=_env("INSTAGRAM_VERIFY_TOKEN")
+    )
+    max_body_bytes: int = 1024 * 1024
+    # POSTs in progress at once (bodies in memory); above it, 503 at once and Meta retries.
+    max_concurrent_requests: int = 1000
+    # A POST whose body takes longer to arrive is answered 408: slow senders cannot hold the slots.
+    body_timeout_s: float = 10.0
+    # How long `message:provider:instagram:{mid}` maps a provider id back to our message (a
+    # read receipt later than this is counted as unknown and ignored).
+    provider_index_ttl_s: int = 86_400
+
+
+@dataclass(frozen=True, kw_only=True)
 class MockSettings:
     host: str = "127.0.0.1"
     whatsapp_port: int = 8101
@@ -279,6 +307,7 @@ class Settings:
     router: RouterSettings = field(default_factory=RouterSettings)
     whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
     instagram: InstagramSettings = field(default_factory=InstagramSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     mocks: MockSettings = field(default_factory=MockSettings)
     # "section.key" -> where its value came from ("default", "supervisor.toml", "env X", "--flag").
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
