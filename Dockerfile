@@ -34,13 +34,18 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 COPY supervisor.toml /etc/chat4all/supervisor.toml
 # Settings: flag > environment > this file > default; every key has an env name
 # (`chat4all-workers config show`). ROLES picks the roles this container runs.
+# The ops port on every interface (the checked-in file binds loopback, for `make run`).
 ENV CHAT4ALL_CONFIG=/etc/chat4all/supervisor.toml \
     ROLES=all \
-    METRICS_PORT=8000
+    METRICS_PORT=8000 \
+    CHAT4ALL_OBSERVABILITY_METRICS_HOST=0.0.0.0
+
+# The webhooks port (role webhooks) on every interface too; supervisor.toml binds it to loopback.
+ENV CHAT4ALL_WEBHOOKS_HOST=0.0.0.0
 
 USER 10001:10001
 WORKDIR /tmp
-EXPOSE 8000
+EXPOSE 8000 8200
 # /healthz answers while the process is alive; readiness (/readyz) is the orchestrator's business.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('METRICS_PORT', '8000'), timeout=2)"]

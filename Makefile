@@ -12,14 +12,20 @@ DEVSTACK := scripts/devstack
 WITH_ENV = eval "$$($(DEVSTACK) env)" &&
 PYTEST_ARGS ?=
 ROLES ?= all,whatsapp_mock,instagram_mock
+# `make test` also needs Prometheus (tests/e2e/test_prometheus.py); `make run` does not.
+TEST_SERVICES := kafka postgres redis s3 prometheus
+# Tests that run a 3-node Kafka cluster of their own (tests/infra/test_kafka_cluster.py): in
+# `make soak` and `make test-cluster`, not in `make test` (three more JVMs, about 40 s).
+TEST_MARKERS ?= not cluster
 # `make soak`: the fault and hostile-input tests with bigger sizes, then a long pipeline load.
 SOAK_SECONDS ?= 600
 SOAK_RATE ?= 100
 SOAK_EXAMPLES ?= 200
 SOAK_FAULTS ?= FAULT_RATE_PER_S=50 FAULT_SECONDS=30 FAULT_CONVERSATIONS=16 FAULT_OUTAGE_S=10 \
-	FAULT_TIMEOUT_S=600 HOSTILE_EXAMPLES=$(SOAK_EXAMPLES)
+	FAULT_TIMEOUT_S=600 HOSTILE_EXAMPLES=$(SOAK_EXAMPLES) \
+	WEBHOOK_E2E_WEBHOOKS=50000 WEBHOOK_HOSTILE_EXAMPLES=2000
 
-.PHONY: help venv stack migrate topics run test lint down status soak
+.PHONY: help venv tools stack test-stack migrate topics run check test test-cluster lint down status soak
 
 help:
 	@echo "make venv     create .venv and install the package with its dev extras"
@@ -27,7 +33,10 @@ help:
 	@echo "make migrate  apply the database migrations"
 	@echo "make topics   create the Kafka topics"
 	@echo "make run      everything above, then run all roles and the channel mocks"
-	@echo "make test     venv + stack + lint, then the test suite (PYTEST_ARGS=... to pass options)"
+	@echo "make check    lint and every test that needs no service (starts nothing; under a minute)"
+	@echo "make test     venv + stack + Prometheus + lint, then the whole suite, 15 slowest listed"
+	@echo "              (PYTEST_ARGS=... to pass options)"
+	@echo "make test-cluster  the tests on a 3-node Kafka cluster of their own (DEVSTACK_KAFKA_BROKERS=3)"
 	@echo "make lint     ruff (check, format), mypy --strict (src, tests, bench), import-linter"
 	@echo "make soak     long run (tens of minutes): fault + hostile-input tests with bigger sizes,"
 	@echo "              then bench/pipeline.py for SOAK_SECONDS=$(SOAK_SECONDS) at SOAK_RATE=$(SOAK_RATE)/s"
@@ -36,15 +45,29 @@ help:
 
 venv: $(STAMP)
 
-# pip runs again only when pyproject.toml is newer than the stamp.
+# pip runs again only when pyproject.toml is newer than the stamp. It says what it installs: a
+# fresh venv takes about a minute (the dev extras include Kubernetes' schemas and Locust).
 $(STAMP): pyproject.toml
+	@echo "make venv: $(VENV) with $$($(PYTHON) --version)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --progress-bar off --upgrade pip | sed '/^Requirement already/d'
+	@echo "make venv: installing chat4all-workers in editable mode with its [dev] extras"
+	$(BIN)/python -m pip install --progress-bar off -e '.[dev]' | sed '/^Requirement already/d'
 	touch $(STAMP)
+	@echo "make venv: done"
+
+# Tools the service-free tests call: promtool (Debian's prometheus) and kubectl (kustomize).
+# Installs what is missing (apt-get, as root), starts nothing.
+tools:
+	$(DEVSTACK) install prometheus
+	@command -v kubectl >/dev/null || { echo "make tools: apt-get install kubectl"; \
+		apt-get install -y -q --no-install-recommends kubectl </dev/null; }
 
 stack: venv
 	$(DEVSTACK) up
+
+test-stack: venv
+	$(DEVSTACK) up $(TEST_SERVICES)
 
 migrate: venv stack
 	$(WITH_ENV) $(BIN)/chat4all-workers db migrate
@@ -55,17 +78,27 @@ topics: venv stack
 run: venv stack migrate topics
 	$(WITH_ENV) exec $(BIN)/chat4all-workers run --roles $(ROLES)
 
+# Lint and the tests that need no service (a test using the stack fixture must carry the
+# `stack` marker: tests/conftest.py refuses it otherwise). Starts nothing, reads no stack env.
+check: venv tools lint
+	env -u KAFKA_BOOTSTRAP_SERVERS -u DATABASE_URL -u REDIS_URL -u MINIO_ENDPOINT \
+		$(BIN)/pytest -m "not stack" --durations=5 $(PYTEST_ARGS)
+
 # The tools hold the line: lint first, then every test against the real stack.
-test: venv stack lint
-	$(WITH_ENV) $(BIN)/pytest $(PYTEST_ARGS)
+test: venv test-stack tools lint
+	$(WITH_ENV) $(BIN)/pytest -m "$(TEST_MARKERS)" --durations=15 $(PYTEST_ARGS)
+
+test-cluster: venv
+	$(BIN)/pytest -m cluster --durations=5 $(PYTEST_ARGS)
 
 # Not part of `make test`: the fault tests stop and start the shared services, so nothing else
-# may use the stack meanwhile. Sizes: SOAK_FAULTS (env for tests/e2e/test_faults.py and
-# test_hostile_input.py), SOAK_EXAMPLES, SOAK_SECONDS, SOAK_RATE (keep it below what the pipeline
-# sustains, see bench/pipeline.py: a growing backlog fails the drain, by design).
+# may use the stack meanwhile. Sizes: SOAK_FAULTS (env for tests/e2e/test_faults.py,
+# test_hostile_input.py and the webhook tests), SOAK_EXAMPLES, SOAK_SECONDS, SOAK_RATE (keep it
+# below what the pipeline sustains, see bench/pipeline.py: a growing backlog fails the drain, by design).
 soak: venv stack
 	$(WITH_ENV) $(SOAK_FAULTS) $(BIN)/pytest -p no:cacheprovider tests/e2e/test_faults.py \
-		tests/e2e/test_hostile_input.py $(PYTEST_ARGS)
+		tests/e2e/test_hostile_input.py tests/e2e/test_webhook_statuses.py \
+		tests/e2e/test_webhook_hostile.py tests/infra/test_kafka_cluster.py $(PYTEST_ARGS)
 	$(WITH_ENV) $(BIN)/python bench/pipeline.py --rate $(SOAK_RATE) --seconds $(SOAK_SECONDS) \
 		--drain-timeout 120
 

@@ -14,6 +14,18 @@ import time
 import psutil
 
 
+async def read_line(proc: asyncio.subprocess.Process, prefix: str, timeout_s: float) -> str:
+    """The first line of the process's stdout that starts with `prefix` (e.g. READY, DONE)."""
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout_s):
+        while True:
+            line = (await proc.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError(f"subprocess exited ({await proc.wait()}) before {prefix}")
+            if line.startswith(prefix):
+                return line.strip()
+
+
 async def stop_process(proc: asyncio.subprocess.Process, grace_s: float = 30.0) -> None:
     """SIGTERM (the worker drains), then SIGKILL after `grace_s`."""
     if proc.returncode is not None:

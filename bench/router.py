@@ -67,7 +67,7 @@ from chat4all_workers.kafka.admin import wait_for_leaders
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from bench.procs import CpuMeter, RssSampler, service_pids, stop_process  # noqa: E402
+from bench.procs import CpuMeter, RssSampler, read_line, service_pids, stop_process  # noqa: E402
 
 MB = 1024 * 1024
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -141,24 +141,13 @@ async def worker(doc: dict[str, Any]) -> None:
 # -- processes ------------------------------------------------------------------------------------
 
 
-async def _read_line(proc: asyncio.subprocess.Process, prefix: str, timeout_s: float) -> str:
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout_s):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise RuntimeError(f"subprocess exited ({await proc.wait()}) before {prefix}")
-            if line.startswith(prefix):
-                return line.strip()
-
-
 @contextlib.asynccontextmanager
 async def fake_provider(latency_ms: float) -> AsyncIterator[Provider]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", PROVIDER, str(latency_ms), stdout=asyncio.subprocess.PIPE
     )
     try:
-        port = int((await _read_line(proc, "READY", 30)).split()[1])
+        port = int((await read_line(proc, "READY", 30)).split()[1])
         async with aiohttp.ClientSession() as http:
             yield Provider(f"http://127.0.0.1:{port}", http, proc.pid)
     finally:
@@ -385,11 +374,11 @@ async def run_router(
         )  # fmt: skip
         try:
             with RssSampler(proc.pid) as sampler:
-                await _read_line(proc, "READY", 90)
+                await read_line(proc, "READY", 90)
                 rss_ready = sampler.rss()
                 cpu = CpuMeter({"router": proc.pid, "provider": provider.pid, **service_pids()})
                 cpu.start()
-                done = await _read_line(proc, "DONE", 3600)
+                done = await read_line(proc, "DONE", 3600)
                 cpu.stop()
                 rss_done = sampler.rss()
             await proc.wait()

@@ -160,6 +160,18 @@ async def deployment(
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that uses the backing services must say so (`stack` marker): `make check` runs
+    `-m "not stack"` and must start nothing."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "stack" in getattr(item, "fixturenames", ()) and item.get_closest_marker("stack") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(f"tests use the stack without the `stack` marker: {unmarked}")
+
+
 _SUMMARIES: list[str] = []
 
 

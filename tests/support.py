@@ -117,7 +117,7 @@ TOPIC_FIELDS = tuple(f.name for f in dataclasses.fields(TopicSettings))
 class Deployment:
     """Everything one test owns, as a worker process or an embedded supervisor would see it:
     its own topics (all of them), consumer-group prefix, Redis key prefix, migrated database and
-    bucket, and free ports for the operations server and the channel mocks."""
+    bucket, and free ports for the operations server, the channel mocks and the webhooks."""
 
     stack: StackEndpoints
     database_url: str
@@ -128,11 +128,14 @@ class Deployment:
     metrics_port: int = field(default_factory=free_port)
     whatsapp_port: int = field(default_factory=free_port)
     instagram_port: int = field(default_factory=free_port)
+    webhooks_port: int = field(default_factory=free_port)
 
     def sections(self, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
         doc: dict[str, dict[str, Any]] = {
             "observability": {"metrics_port": self.metrics_port, "metrics_host": "127.0.0.1"},
             "mocks": {"whatsapp_port": self.whatsapp_port, "instagram_port": self.instagram_port},
+            # `--roles all` includes the webhooks role: never on the default port of a `make run`.
+            "webhooks": {"port": self.webhooks_port},
             "whatsapp": {
                 "base_url": f"http://127.0.0.1:{self.whatsapp_port}",
                 "access_token": "test-token",
@@ -466,6 +469,35 @@ async def committed_offsets(stack: StackEndpoints, topic: str, group: str) -> di
         }
     finally:
         await admin.close()
+
+
+async def commit_offsets(
+    stack: StackEndpoints, group: str, offsets: dict[TopicPartition, int]
+) -> None:
+    """Commit `offsets` for `group` as a consumer of that group would (no member joins)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=stack.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+def router_record(conversation: int, content: str) -> tuple[bytes, bytes]:
+    """A valid `message_processing` record (key, value) for WhatsApp."""
+    value = {
+        "message_id": str(uuid.uuid4()),
+        "conversation_id": conversation,
+        "sender_id": 7,
+        "payload": {"type": "text", "content": content},
+        "channels": ["whatsapp"],
+        "recipients": {"whatsapp": f"+55{conversation:09d}"},
+        "created_at": "2026-11-28T10:30:00Z",
+    }
+    return f"conversation:{conversation}".encode(), orjson.dumps(value)
 
 
 async def partitions_of(stack: StackEndpoints, topic: str) -> list[TopicPartition]:

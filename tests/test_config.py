@@ -233,3 +233,15 @@ def test_checked_in_supervisor_toml_loads_and_documents_every_key() -> None:
     every_key = {row.key for row in settings.describe()}
     assert every_key - documented == set()
     assert settings.whatsapp.base_url.startswith("http://127.0.0.1:")
+
+
+def test_consumer_group_of_a_role_is_derived_unless_named() -> None:
+    from_env = Settings.load(
+        {"KAFKA_CONSUMER_GROUP": "c4a", "CHAT4ALL_KAFKA_GROUPS": "router=message_router_group"}
+    )
+    from_file = Settings.load({}, {"kafka": {"groups": {"merge": "old_merge_group"}}})
+
+    assert from_env.kafka.group_for("router") == "message_router_group"
+    assert from_env.kafka.group_for("status_updater") == "c4a-status_updater"
+    assert from_file.kafka.group_for("merge") == "old_merge_group"
+    assert from_file.kafka.group_for("dlq-replay") == "chat4all-workers-dlq-replay"

@@ -219,7 +219,7 @@ def test_resolve_roles_rejects_unknown_names_listing_the_valid_ones() -> None:
 def test_resolve_roles_all_excludes_the_mocks() -> None:
     names = [s.name for s in resolve_roles(["all"])]
 
-    assert names == ["router", "status_updater", "outbox", "backfill", "merge", "gc"]
+    assert names == ["router", "status_updater", "outbox", "backfill", "merge", "gc", "webhooks"]
 
 
 def _state(sup: Supervisor, role: str) -> str:

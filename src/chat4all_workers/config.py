@@ -102,6 +102,14 @@ class KafkaSettings:
     partitions: dict[str, int] = field(
         default_factory=dict, metadata={"check_key": config_checks.topic_name}
     )
+    # Per-role consumer group, replacing "<consumer_group>-<role>": e.g. {"router":
+    # "message_router_group"} continues from the original workers' committed offsets.
+    groups: dict[str, str] = field(default_factory=dict, metadata=_NON_EMPTY)
+
+    def group_for(self, role: str) -> str:
+        """The consumer group of a consuming role (or of a tool like `dlq-replay`). The one
+        derivation: the roles, `status` and `dlq replay` all ask here."""
+        return self.groups.get(role) or f"{self.consumer_group}-{role}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +125,8 @@ class TopicSettings:
     file_events: str = field(default="file_events", metadata=_TOPIC)
     conversation_events: str = field(default="conversation_events", metadata=_TOPIC)
     default_events: str = field(default="default_events", metadata=_TOPIC)
+    # Messages users send to our WhatsApp number / Instagram account (the webhooks role).
+    inbound_messages: str = field(default="inbound_messages", metadata=_TOPIC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,7 +199,10 @@ class RoleSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ObservabilitySettings:
-    metrics_host: str = field(default="0.0.0.0", metadata=_NON_EMPTY)
+    # Loopback unless told otherwise: the ops port serves /metrics and /readyz unauthenticated.
+    # Containers bind every interface explicitly (the image, compose and Kubernetes set
+    # CHAT4ALL_OBSERVABILITY_METRICS_HOST=0.0.0.0) so probes and Prometheus reach it.
+    metrics_host: str = field(default="127.0.0.1", metadata=_NON_EMPTY)
     # 0: a port the OS picks (tests)
     metrics_port: int = field(default=8000, metadata=_env("METRICS_PORT", min=0, max=65535))
     log_level: str = field(
@@ -290,6 +303,32 @@ class InstagramSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebhookSettings:
+    """The `webhooks` role: the HTTP endpoint Meta calls back (statuses, inbound messages)."""
+
+    host: str = field(default="127.0.0.1", metadata=_NON_EMPTY)
+    port: int = field(default=8200, metadata={"min": 0, "max": 65535})  # 0: any free port
+    # The Meta app's secret signs every POST (X-Hub-Signature-256); empty: POSTs are refused.
+    whatsapp_app_secret: Secret = field(default=Secret(""), metadata=_env("WHATSAPP_APP_SECRET"))
+    instagram_app_secret: Secret = field(default=Secret(""), metadata=_env("INSTAGRAM_APP_SECRET"))
+    # Chosen by us and typed into the app dashboard; Meta's verification GET echoes it.
+    whatsapp_verify_token: Secret = field(
+        default=Secret(""), metadata=_env("WHATSAPP_VERIFY_TOKEN")
+    )
+    instagram_verify_token: Secret = field(
+        default=Secret(""), metadata=_env("INSTAGRAM_VERIFY_TOKEN")
+    )
+    max_body_bytes: int = 1024 * 1024
+    # POSTs in progress at once (bodies in memory); above it, 503 at once and Meta retries.
+    max_concurrent_requests: int = 1000
+    # A POST whose body takes longer to arrive is answered 408: slow senders cannot hold the slots.
+    body_timeout_s: float = 10.0
+    # How long `message:provider:instagram:{mid}` maps a provider id back to our message (a
+    # read receipt later than this is counted as unknown and ignored).
+    provider_index_ttl_s: int = 86_400
+
+
+@dataclass(frozen=True, kw_only=True)
 class MockSettings:
     host: str = field(default="127.0.0.1", metadata=_NON_EMPTY)
     whatsapp_port: int = field(default=8101, metadata={"min": 0, "max": 65535})
@@ -321,6 +360,7 @@ class Settings:
     router: RouterSettings = field(default_factory=RouterSettings)
     whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
     instagram: InstagramSettings = field(default_factory=InstagramSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     mocks: MockSettings = field(default_factory=MockSettings)
     # "section.key" -> where its value came from ("default", "supervisor.toml", "env X", "--flag").
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

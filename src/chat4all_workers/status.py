@@ -104,10 +104,8 @@ async def _kafka_status(settings: Settings, report: StatusReport) -> None:
     try:
         await consumer.start()
         try:
-            prefix = f"{settings.kafka.consumer_group}-"
-            groups = sorted(
-                g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix)
-            )
+            listed = [g[0] for g in await admin.list_consumer_groups()]
+            groups = sorted(g for g in listed if _ours(settings, g))
             for group in groups:
                 offsets = await admin.list_consumer_group_offsets(group)
                 if not offsets:
@@ -140,6 +138,17 @@ async def _kafka_status(settings: Settings, report: StatusReport) -> None:
             await consumer.stop()
     finally:
         await admin.close()
+
+
+def _ours(settings: Settings, group: str) -> bool:
+    """A group this deployment consumes with: one `kafka.groups` names, or
+    `<consumer_group>-<name>` unless `kafka.groups` moved <name> to another group (a stale group
+    whose lag only grows)."""
+    kafka = settings.kafka
+    if group in kafka.groups.values():
+        return True
+    prefix = f"{kafka.consumer_group}-"
+    return group.startswith(prefix) and kafka.group_for(group.removeprefix(prefix)) == group
 
 
 async def _store_status(settings: Settings, report: StatusReport) -> None:

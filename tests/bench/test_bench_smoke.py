@@ -1,7 +1,8 @@
 """The benchmarks still run, small, against the real stack: bench/pipeline.py for a few seconds at
-a low rate, bench/router.py over a few hundred messages. Only correctness is checked (every
-message READ, or sent once and SENT; nothing lost or dead-lettered); the timings they print are
-not, a loaded CI machine must not fail a test."""
+a low rate, bench/router.py over a few hundred messages, bench/webhooks.py over a few hundred
+statuses. Only correctness is checked (every message READ, or sent once and SENT, every status
+acknowledged and produced once; nothing lost or dead-lettered); the timings they print are not, a
+loaded CI machine must not fail a test."""
 
 from __future__ import annotations
 
@@ -68,3 +69,22 @@ def test_bench_router_runs_every_phase_and_delivers_each_message_once(
         assert min(router["rate"], figures[phase]["floor"]) > 0, figures[phase]
     assert min(figures["a"]["bare"], figures["b"]["serial"]) > 0, figures
     assert "RESULT: every message sent once and SENT" in run.stdout
+
+
+def test_bench_webhooks_acknowledges_and_produces_every_status_once(
+    stack: StackEndpoints, tmp_path: Path
+) -> None:
+    result = tmp_path / "result.json"
+    args = ["--webhooks", "600", "--batch", "10", "--connections", "8"]
+    args += ["--router-messages", "300", "--partitions", "3", "--json", str(result)]
+    run = run_bench("webhooks.py", args, stack)
+
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
+    figures = orjson.loads(result.read_bytes())
+    assert figures["problems"] == []
+    for label in ("1", "2"):
+        phase = figures["runs"][label]
+        assert (phase["records"], phase["distinct"]) == (600, 600), phase
+        assert min(phase["rate"], phase["cpu_us"]) > 0, phase
+    assert figures["router"]["rate"] > 0
+    assert "RESULT: every status acknowledged 200 and produced once" in run.stdout

@@ -57,7 +57,7 @@ class ReplaySummary:
 
 
 def replay_group(settings: Settings) -> str:
-    return f"{settings.kafka.consumer_group}-dlq-replay"
+    return settings.kafka.group_for("dlq-replay")
 
 
 def replay_headers(record: ConsumedRecord) -> list[tuple[str, bytes]]:

@@ -11,6 +11,9 @@ import contextlib
 from aioprometheus.collectors import Collector, Counter, Gauge, Histogram, Registry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Provider timestamps have a resolution of one second (WhatsApp): lag below that is noise, and a
+# webhook retried by Meta after an outage is hours late.
+_WEBHOOK_LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0)
 
 
 class Metrics:
@@ -72,6 +75,25 @@ class Metrics:
         self.channel_requests = Counter(
             "channel_requests_total",
             "HTTP calls to channel providers, by channel and status.",
+            registry=r,
+        )
+        self.webhook_requests = Counter(
+            "webhook_requests_total",
+            "Requests to the webhooks endpoint, by channel and outcome (accepted, parked, "
+            "invalid, bad_signature, too_large, timeout, unsupported_media_type, refused, "
+            "overloaded, unavailable, verify_ok, verify_refused).",
+            registry=r,
+        )
+        self.webhook_events = Counter(
+            "webhook_events_total",
+            "Events in signed webhooks, by channel, kind (status, read, echo, inbound, event, "
+            "other) and outcome (produced, or the reason it was ignored).",
+            registry=r,
+        )
+        self.webhook_lag = Histogram(
+            "webhook_lag_seconds",
+            "From the provider's timestamp of an event to its webhook being stored.",
+            buckets=_WEBHOOK_LAG_BUCKETS,
             registry=r,
         )
 

@@ -10,7 +10,16 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError
-from chat4all_workers.roles import backfill, gc, merge, mocks, outbox, router, status_updater
+from chat4all_workers.roles import (
+    backfill,
+    gc,
+    merge,
+    mocks,
+    outbox,
+    router,
+    status_updater,
+    webhooks,
+)
 from chat4all_workers.roles.base import RoleSpec
 
 REGISTRY: dict[str, RoleSpec] = {
@@ -22,6 +31,7 @@ REGISTRY: dict[str, RoleSpec] = {
         backfill.ROLE,
         merge.ROLE,
         gc.ROLE,
+        webhooks.ROLE,
         mocks.WHATSAPP,
         mocks.INSTAGRAM,
     )

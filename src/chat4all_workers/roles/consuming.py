@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
+from chat4all_workers.kafka.backlog import warn_of_reread
 from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHandler
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.records import ConsumedRecord
@@ -17,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 def consumer_group(ctx: RoleContext) -> str:
-    """Each role is its own consumer group, so roles scale and rebalance independently."""
-    return f"{ctx.settings.kafka.consumer_group}-{ctx.name}"
+    """Each role is its own consumer group, so roles scale and rebalance independently
+    (`kafka.groups` may name one, e.g. the original workers' group)."""
+    return ctx.settings.kafka.group_for(ctx.name)
 
 
 async def consume(
@@ -49,10 +51,12 @@ async def consume(
             ctx, record, reason=str(exc), error_type=exc.error_type, attempts=attempts
         )
 
+    group = consumer_group(ctx)
+    await warn_of_reread(ctx.settings, role=ctx.name, group=group, topic=topic)
     engine = ConsumerEngine(
         settings=ctx.settings.kafka,
         topics=[topic],
-        group_id=consumer_group(ctx),
+        group_id=group,
         role=ctx.name,
         handler=outage_is_retryable,
         on_permanent=on_permanent or dead_letter_it,

@@ -1,0 +1,482 @@
+"""Webhooks benchmark: signed status webhooks per second on one worker process, next to the
+router's send rate measured in the same run.
+
+    python bench/webhooks.py [--webhooks 40000] [--batch 10] [--connections 64]
+                             [--router-messages 20000] [--partitions 12] [--json PATH]
+
+Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, ...).
+
+(r) the router: bench/router.py's phase (a) as it is (its own subprocess, the fake provider
+    answering at once, --router-messages messages); its msg/s and CPU per message.
+(1) one status per POST, as Meta mostly sends them: --webhooks signed WhatsApp `delivered`
+    notifications (each about 900 bytes, with Meta's `conversation` and `pricing` objects) for
+    distinct messages, from a load generator holding --connections keep-alive connections, each
+    sending its next request when the last was answered (closed loop).
+(2) the same statuses --batch per POST (Meta batches under load).
+
+The webhooks role runs as a subprocess (`--worker`): a real `Supervisor(roles=["webhooks"])`
+producing to a topic of its own; the load generator is another (`--client`: raw HTTP/1.1 over
+asyncio with pre-signed requests and httptools parsing, so it costs as little CPU as it can).
+Throughput is statuses acknowledged (200) per second of the generator's wall clock; ack latency
+is each request's time from write to complete answer. Every status must come back as one
+`message_status_updates` record (checked by reading the topic), or the run reports a problem.
+
+On this machine the worker, the generator, Kafka and Redis share the cores, so rates are bounded
+by the machine; CPU per status of each process says where the time goes, and the worker's CPU
+per status against the router's CPU per message is the comparison that survives a busy machine:
+one webhooks process keeps up with one router process when it spends at most a third of the
+router's CPU per message on a status (Meta sends about three statuses per message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httptools
+import orjson
+import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from chat4all_workers.channels.meta_webhooks import (
+    SIGNATURE_HEADER,
+    sign,
+    whatsapp_notification,
+    whatsapp_status,
+)
+from chat4all_workers.config import Settings
+from chat4all_workers.kafka.admin import wait_for_leaders
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from tests.support import free_port  # noqa: E402
+
+from bench.procs import CpuMeter, RssSampler, read_line, service_pids, stop_process  # noqa: E402
+from bench.router import (  # noqa: E402
+    KAFKA,
+    REDIS,
+    RouterRun,
+    Scratch,
+    produce_messages,
+    run_router,
+    scratch,
+)
+
+SECRET = "bench-app-secret"
+PHONE = "1000"
+out = sys.stdout.write
+
+
+# -- the webhooks worker subprocess ---------------------------------------------------------------
+
+
+async def worker(doc: dict[str, Any]) -> None:
+    from chat4all_workers.observability.logging import configure_logging
+    from chat4all_workers.observability.tracing import configure_tracing
+    from chat4all_workers.supervisor import Supervisor
+
+    settings = Settings.load({}, doc)
+    configure_logging(level="WARNING", service="supervisor")
+    configure_tracing(service_name="bench-webhooks", otlp_endpoint="")
+    async with Supervisor(settings, roles=["webhooks"], serve_http=False) as sup:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sup.request_stop)
+        await sup.wait_ready(timeout_s=60)
+        sys.stdout.write("READY\n")
+        sys.stdout.flush()
+        await sup.wait()
+
+
+# -- the load generator subprocess ----------------------------------------------------------------
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection: write a request, wait for the whole answer, write the next."""
+
+    def __init__(self, client: _Client) -> None:
+        self._client = client
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._sent_at = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._next()
+
+    def data_received(self, data: bytes) -> None:
+        self._parser.feed_data(data)
+
+    def on_message_complete(self) -> None:
+        self._client.answered(self._parser.get_status_code(), time.perf_counter() - self._sent_at)
+        self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client.lost(exc)
+
+    def _next(self) -> None:
+        request = self._client.take()
+        assert self._transport is not None
+        if request is None:
+            self._transport.close()
+            return
+        self._sent_at = time.perf_counter()
+        self._transport.write(request)
+
+
+class _Client:
+    """Hands out the requests in order; the first `warmup` answers are not in the figures (the
+    worker's first produce to a topic waits for its metadata: a one-off stall of ~0.25 s)."""
+
+    def __init__(self, requests: list[bytes], connections: int, warmup: int) -> None:
+        self._requests = requests
+        self._next_index = 0
+        self._open = connections
+        self._warmup = warmup
+        self.started = 0.0
+        self.codes: Counter[int] = Counter()
+        self.latencies: list[float] = []
+        self.done = asyncio.get_running_loop().create_future()
+
+    def take(self) -> bytes | None:
+        if self._next_index >= len(self._requests):
+            return None
+        request = self._requests[self._next_index]
+        self._next_index += 1
+        return request
+
+    def answered(self, code: int, latency_s: float) -> None:
+        self.codes[code] += 1
+        if self._warmup:
+            self._warmup -= 1
+            self.started = time.perf_counter()
+        else:
+            self.latencies.append(latency_s)
+
+    def lost(self, exc: Exception | None) -> None:
+        self._open -= 1
+        if exc is not None and not self.done.done():
+            self.done.set_exception(exc)
+        elif self._open == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+def requests_for(host: str, bodies: list[bytes]) -> list[bytes]:
+    head = f"POST /webhooks/whatsapp HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+    return [
+        (
+            f"{head}{SIGNATURE_HEADER}: {sign(SECRET, body)}\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        + body
+        for body in bodies
+    ]
+
+
+async def client(doc: dict[str, Any]) -> None:
+    """Build the signed requests, say READY, wait for a line on stdin, run, print the figures."""
+    bodies = notification_bodies(doc["webhooks"], doc["batch"], doc["seed"])
+    requests = requests_for(f"127.0.0.1:{doc['port']}", bodies)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    sys.stdout.write("READY\n")
+    sys.stdout.flush()
+    await reader.readline()
+    state = _Client(requests, doc["connections"], warmup=doc["warmup"])
+    for _ in range(doc["connections"]):
+        await loop.create_connection(lambda: _Connection(state), "127.0.0.1", doc["port"])
+    await state.done
+    elapsed = time.perf_counter() - state.started
+    lat = sorted(state.latencies)
+    result = {
+        "requests": len(lat),
+        "warmup": doc["warmup"],
+        "codes": {str(k): v for k, v in state.codes.items()},
+        "seconds": elapsed,
+        "p50_ms": lat[len(lat) // 2] * 1000,
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
+        "max_ms": lat[-1] * 1000,
+    }
+    sys.stdout.write("DONE " + orjson.dumps(result).decode() + "\n")
+    sys.stdout.flush()
+
+
+def notification_bodies(count: int, batch: int, seed: int) -> list[bytes]:
+    """`count` delivered statuses for distinct messages, `batch` per notification, shaped like
+    Meta's (with the `conversation` and `pricing` objects a status carries)."""
+    rng = random.Random(seed)
+    bodies = []
+    now = int(time.time())
+    for start in range(0, count, batch):
+        statuses = []
+        for n in range(start, min(count, start + batch)):
+            message_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            callback = orjson.dumps({"message_id": message_id, "conversation_id": n % 2000})
+            item = whatsapp_status(
+                f"wamid.HBgNNTUxMTk5OTk5MDAwMBUCABEYEjk{n:020d}A==",
+                "delivered",
+                at_s=now,
+                recipient_id=f"55{n % 2000:011d}",
+                callback_data=callback.decode(),
+            )
+            item["conversation"] = {
+                "id": f"{rng.getrandbits(128):032x}",
+                "origin": {"type": "service"},
+            }
+            item["pricing"] = {"billable": True, "pricing_model": "CBP", "category": "service"}
+            statuses.append(item)
+        bodies.append(orjson.dumps(whatsapp_notification(phone_number_id=PHONE, statuses=statuses)))
+    return bodies
+
+
+# -- processes and topics -------------------------------------------------------------------------
+
+
+async def create_topics(s: Scratch, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(s.topic(n), num_partitions=s.partitions, replication_factor=1) for n in names]
+        )
+        await wait_for_leaders(admin, {s.topic(n): s.partitions for n in names})
+    finally:
+        await admin.close()
+
+
+async def count_statuses(topic: str, partitions: int) -> tuple[int, int]:
+    """(records, distinct message ids) now in `topic`."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        records, ids = 0, set()
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            for items in (await consumer.getmany(timeout_ms=500, max_records=5000)).values():
+                for r in items:
+                    records += 1
+                    ids.add(orjson.loads(r.value)["message_id"])
+        return records, len(ids)
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class WebhookRun:
+    label: str
+    statuses: int  # posted in all, warm-up included (each must be in the topic once)
+    measured: int  # statuses in the timed requests
+    requests: int  # timed requests
+    warmup: int  # requests before the timing started
+    codes: dict[str, int]
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    records: int
+    distinct: int
+    rss_peak: int
+    cpu: CpuMeter
+
+    @property
+    def rate(self) -> float:
+        return self.measured / self.seconds
+
+
+async def run_webhooks(
+    s: Scratch, label: str, *, statuses: int, batch: int, connections: int
+) -> WebhookRun:
+    topic = s.topic(f"wh-{label}")
+    await create_topics(s, [f"wh-{label}"])
+    port = free_port()
+    doc = {
+        "kafka": {"bootstrap_servers": KAFKA},
+        "topics": {"message_status_updates": topic, "dlq": s.topic("dlq")},
+        "redis": {"url": REDIS, "key_prefix": s.redis_prefix(f"wh-{label}")},
+        "webhooks": {"port": port, "whatsapp_app_secret": SECRET},
+        "whatsapp": {"phone_number_id": PHONE},
+        "observability": {"log_level": "WARNING"},
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--worker", orjson.dumps(doc).decode(),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    # Warm-up: a few answers per connection, left out of the figures (counted for correctness).
+    warmup = min(4 * connections, statuses // batch // 10)
+    load = {"port": port, "webhooks": statuses, "batch": batch, "connections": connections,
+            "warmup": warmup}  # fmt: skip
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", orjson.dumps({**load, "seed": 1}).decode(),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        with RssSampler(proc.pid) as sampler:
+            await read_line(proc, "READY", 90)
+            await read_line(gen, "READY", 120)
+            cpu = CpuMeter({"webhooks": proc.pid, "generator": gen.pid, **service_pids()})
+            cpu.start()
+            assert gen.stdin is not None
+            gen.stdin.write(b"go\n")
+            await gen.stdin.drain()
+            done = orjson.loads((await read_line(gen, "DONE", 3600)).split(" ", 1)[1])
+            cpu.stop()
+    finally:
+        await stop_process(gen)
+        await stop_process(proc)
+    records, distinct = await count_statuses(topic, s.partitions)
+    return WebhookRun(
+        label=label,
+        statuses=statuses,
+        measured=done["requests"] * batch,
+        requests=done["requests"],
+        warmup=done["warmup"],
+        codes=done["codes"],
+        seconds=done["seconds"],
+        p50_ms=done["p50_ms"],
+        p99_ms=done["p99_ms"],
+        max_ms=done["max_ms"],
+        records=records,
+        distinct=distinct,
+        rss_peak=sampler.peak,
+        cpu=cpu,
+    )
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def webhook_line(run: WebhookRun) -> str:
+    return (
+        f"    ({run.label}) {run.rate:,.0f} statuses/s ({run.requests / run.seconds:,.0f} "
+        f"requests/s), ack p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, max "
+        f"{run.max_ms:.1f} ms (after {run.warmup} warm-up requests); answers {run.codes}; "
+        f"records {run.records} ({run.distinct} "
+        f"messages) for {run.statuses} statuses; RSS peak {run.rss_peak / 2**20:.0f} MB\n"
+    )
+
+
+def webhook_problems(run: WebhookRun) -> list[str]:
+    problems = []
+    if run.codes != {"200": run.requests + run.warmup}:
+        problems.append(f"({run.label}) answers other than 200: {run.codes}")
+    if (run.records, run.distinct) != (run.statuses, run.statuses):
+        problems.append(
+            f"({run.label}) {run.records} records for {run.distinct} of {run.statuses} statuses"
+        )
+    return problems
+
+
+def cpu_us(cpu: CpuMeter, name: str, count: int) -> float:
+    return cpu.seconds.get(name, 0.0) / count * 1e6
+
+
+async def bench(args: argparse.Namespace) -> bool:
+    out(
+        f"webhooks benchmark: {args.webhooks} statuses, batch {args.batch}, {args.connections} "
+        f"connections; router {args.router_messages} messages; {args.partitions} partitions; "
+        f"Kafka {KAFKA}, {psutil.cpu_count()} CPUs\n"
+    )
+    async with scratch(args.partitions) as s:
+        await produce_messages(s.topic("in"), args.router_messages, 2000)
+        router: RouterRun = await run_router(s, "a", 0.0, args.router_messages, None)
+        out(
+            f"    (r) router, 0 ms provider: {router.rate:,.0f} msg/s, "
+            f"{router.provider_sends} sends, DLQ {router.dlq}\n"
+        )
+        out(router.cpu.report("(r) router", args.router_messages))
+        single = await run_webhooks(
+            s, "1", statuses=args.webhooks, batch=1, connections=args.connections
+        )
+        out(webhook_line(single))
+        out(single.cpu.report("(1) one per POST", args.webhooks))
+        batched = await run_webhooks(
+            s, "2", statuses=args.webhooks, batch=args.batch, connections=args.connections
+        )
+        out(webhook_line(batched))
+        out(batched.cpu.report(f"(2) {args.batch} per POST", args.webhooks))
+
+        router_cpu = cpu_us(router.cpu, "router", args.router_messages)
+        rows = []
+        for run in (single, batched):
+            x_router = run.rate / router.rate
+            status_cpu = cpu_us(run.cpu, "webhooks", run.statuses)
+            goal_met = x_router >= 3 and run.p99_ms < 100
+            rows.append(
+                (
+                    f"({run.label}) {'one' if run.label == '1' else args.batch} per POST",
+                    f"{run.rate:,.0f}",
+                    f"{x_router:.2f}",
+                    f"{run.p99_ms:.0f}",
+                    f"{status_cpu:.0f}",
+                    f"{router_cpu / status_cpu:.2f}",
+                    "yes" if goal_met else "NO",
+                )
+            )
+        out(
+            f"\nrouter: {router.rate:,.0f} msg/s, {router_cpu:.0f} us CPU per message\n"
+            f"{'':22} {'statuses/s':>11} {'x router':>9} {'p99 ms':>7} {'CPU us':>7} "
+            f"{'router CPU/status CPU':>22} {'>=3x & p99<100':>15}\n"
+        )
+        for label, rate, ratio, p99, cpu, cpu_ratio, met in rows:
+            out(f"{label:22} {rate:>11} {ratio:>9} {p99:>7} {cpu:>7} {cpu_ratio:>22} {met:>15}\n")
+        problems = webhook_problems(single) + webhook_problems(batched)
+        if router.provider_sends != args.router_messages or router.dlq:
+            problems.append(f"(r) router: {router.provider_sends} sends, {router.dlq} DLQ")
+        for problem in problems:
+            out(f"PROBLEM: {problem}\n")
+        if not problems:
+            out("RESULT: every status acknowledged 200 and produced once\n")
+        if args.json:
+            figures = {
+                "router": {"rate": router.rate, "cpu_us": router_cpu},
+                "runs": {
+                    run.label: {
+                        "rate": run.rate, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
+                        "codes": run.codes, "records": run.records, "distinct": run.distinct,
+                        "cpu_us": cpu_us(run.cpu, "webhooks", run.statuses),
+                    }
+                    for run in (single, batched)
+                },
+                "problems": problems,
+            }  # fmt: skip
+            data = orjson.dumps(figures, option=orjson.OPT_INDENT_2)
+            await asyncio.to_thread(Path(args.json).write_bytes, data)
+        return not problems
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--webhooks", type=int, default=40_000, help="statuses per phase")
+    parser.add_argument("--batch", type=int, default=10, help="statuses per POST in (2)")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--router-messages", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=12)
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--worker", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--client", metavar="LOAD_JSON", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        await worker(orjson.loads(args.worker))
+        return 0
+    if args.client:
+        await client(orjson.loads(args.client))
+        return 0
+    return 0 if await bench(args) else 1
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(asyncio.run(main()))

@@ -1,0 +1,319 @@
+"""Reading Meta's webhooks: signatures, the verification answer and the payloads, without I/O.
+
+The property tests feed the readers arbitrary JSON documents and arbitrary mutations of valid
+notifications: whatever comes, they return (problems, ignored events or events), never raise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+
+from chat4all_workers.channels.meta_webhooks import (
+    ProviderError,
+    callback_ids,
+    challenge_answer,
+    instagram_echo,
+    instagram_notification,
+    instagram_read,
+    parse_body,
+    parse_instagram,
+    parse_whatsapp,
+    sign,
+    signature_matches,
+    whatsapp_notification,
+    whatsapp_status,
+)
+from tests.roles.webhook_support import (
+    IG_USER_ID,
+    PHONE_NUMBER_ID,
+    arbitrary_documents,
+    mutated_notifications,
+)
+
+PHONE = PHONE_NUMBER_ID
+IG = IG_USER_ID
+MESSAGE_ID = str(uuid.UUID(int=7))
+CALLBACK = orjson.dumps({"message_id": MESSAGE_ID, "conversation_id": 42}).decode()
+AT_S = 1_764_000_000
+# How many documents each property test tries (cheap: no I/O).
+PROPERTY_EXAMPLES = 300
+
+
+def test_sign_is_hmac_sha256_hex_with_the_prefix() -> None:
+    body = b'{"object":"whatsapp_business_account"}'
+    expected = hmac.new(b"app-secret", body, hashlib.sha256).hexdigest()
+    assert sign("app-secret", body) == f"sha256={expected}"
+
+
+def test_signature_matches_only_the_right_secret_and_bytes() -> None:
+    body = b'{"a": 1}'
+    good = sign("s3cret", body)
+    assert signature_matches("s3cret", body, good)
+    assert signature_matches("s3cret", body, good.upper())  # hex case does not matter
+    assert not signature_matches("other", body, good)
+    assert not signature_matches("s3cret", body + b" ", good)
+    assert not signature_matches("s3cret", body, None)
+    assert not signature_matches("s3cret", body, "")
+    assert not signature_matches("s3cret", body, good.replace("sha256=", "sha1="))
+    assert not signature_matches("s3cret", body, "sha256=\u00e9\u202e")
+    assert not signature_matches("", body, sign("", body))  # no secret: nothing is signed
+
+
+def test_challenge_answer_needs_subscribe_and_the_token() -> None:
+    query = {"hub.mode": "subscribe", "hub.verify_token": "tok", "hub.challenge": "1158201444"}
+    assert challenge_answer(query, "tok") == "1158201444"
+    assert challenge_answer({**query, "hub.verify_token": "nope"}, "tok") is None
+    assert challenge_answer({**query, "hub.mode": "unsubscribe"}, "tok") is None
+    assert challenge_answer({k: v for k, v in query.items() if k != "hub.challenge"}, "tok") is None
+    assert challenge_answer({**query, "hub.verify_token": ""}, "") is None  # no token: refuse
+
+
+def test_callback_ids_accepts_only_our_shape() -> None:
+    assert callback_ids(CALLBACK) == (MESSAGE_ID, 42)
+    assert callback_ids('{"message_id": "x", "conversation_id": 42}') is None
+    assert callback_ids(f'{{"message_id": "{MESSAGE_ID}", "conversation_id": true}}') is None
+    assert callback_ids(f'{{"message_id": "{MESSAGE_ID}", "conversation_id": {2**63}}}') is None
+    assert callback_ids("order-1234") is None
+    assert callback_ids(None) is None
+
+
+def test_parse_whatsapp_reads_a_batch_of_statuses() -> None:
+    failure = ProviderError(131026, "Message undeliverable", "recipient cannot receive")
+    doc = whatsapp_notification(
+        phone_number_id=PHONE,
+        statuses=[
+            whatsapp_status(
+                "wamid.1", "delivered", at_s=AT_S, recipient_id="55", callback_data=CALLBACK
+            ),
+            whatsapp_status(
+                "wamid.1",
+                "failed",
+                at_s=AT_S + 1,
+                recipient_id="55",
+                callback_data=CALLBACK,
+                error=failure,
+            ),
+        ],
+    )
+
+    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+
+    assert (parsed.problems, parsed.ignored) == ([], [])
+    assert [
+        (s.status, s.provider_message_id, s.message_id, s.conversation_id) for s in parsed.statuses
+    ] == [
+        ("DELIVERED", "wamid.1", MESSAGE_ID, 42),
+        ("FAILED", "wamid.1", MESSAGE_ID, 42),
+    ]
+    assert parsed.statuses[0].at == datetime.fromtimestamp(AT_S, UTC)
+    assert parsed.statuses[1].error == failure
+
+
+def test_parse_whatsapp_ignores_what_is_not_ours_with_a_reason() -> None:
+    doc = whatsapp_notification(
+        phone_number_id=PHONE,
+        statuses=[
+            whatsapp_status("wamid.1", "sent", at_s=AT_S, recipient_id="55"),
+            whatsapp_status(
+                "wamid.2", "sent", at_s=AT_S, recipient_id="55", callback_data="order-9"
+            ),
+            whatsapp_status(
+                "wamid.3", "deleted", at_s=AT_S, recipient_id="55", callback_data=CALLBACK
+            ),
+        ],
+    )
+    foreign = whatsapp_notification(
+        phone_number_id="9999",
+        statuses=[
+            whatsapp_status("wamid.4", "sent", at_s=AT_S, recipient_id="55", callback_data=CALLBACK)
+        ],
+    )
+
+    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+    parsed_foreign = parse_whatsapp(foreign, phone_number_id=PHONE)
+
+    assert (parsed.statuses, parsed.problems) == ([], [])
+    assert parsed.ignored == [
+        ("status", "no_callback_data"),
+        ("status", "bad_callback_data"),
+        ("status", "unknown_status"),
+    ]
+    assert parsed_foreign.ignored == [("status", "foreign_account")]
+
+
+def test_parse_whatsapp_names_format_violations() -> None:
+    bad_status = whatsapp_notification(
+        phone_number_id=PHONE, statuses=[{"status": "sent", "timestamp": "1"}]
+    )
+    assert parse_whatsapp({"object": "page", "entry": []}, phone_number_id=PHONE).problems == [
+        "object is 'page', not 'whatsapp_business_account'"
+    ]
+    assert parse_whatsapp({"object": "whatsapp_business_account"}, phone_number_id="").problems == [
+        "entry is not a list"
+    ]
+    assert parse_whatsapp(bad_status, phone_number_id=PHONE).problems == [
+        "entry[0].changes[0].value.statuses[0].id is missing or not an id"
+    ]
+    assert parse_body(b"{nope")[1] is not None
+
+
+def test_parse_whatsapp_reads_inbound_messages_with_the_senders_name() -> None:
+    doc = whatsapp_notification(
+        phone_number_id=PHONE,
+        contacts=[{"profile": {"name": "Ana"}, "wa_id": "5511999990000"}],
+        messages=[
+            {
+                "from": "5511999990000",
+                "id": "wamid.in1",
+                "timestamp": str(AT_S),
+                "type": "text",
+                "text": {"body": "oi\x00"},
+                "context": {"id": "wamid.ours"},
+            },
+            {
+                "from": "5511999990000",
+                "id": "wamid.in2",
+                "timestamp": str(AT_S),
+                "type": "image",
+                "image": {
+                    "id": "media-1",
+                    "mime_type": "image/jpeg",
+                    "sha256": "abc",
+                    "caption": "look",
+                },
+            },
+            {
+                "from": "5511999990000",
+                "id": "wamid.in3",
+                "timestamp": str(AT_S),
+                "type": "location",
+                "location": {"latitude": -23.5, "longitude": -46.6},
+            },
+        ],
+    )
+
+    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+
+    text, image, location = parsed.inbound
+    assert (text.sender, text.sender_name, text.text, text.reply_to) == (
+        "5511999990000",
+        "Ana",
+        "oi\ufffd",
+        "wamid.ours",
+    )
+    assert (image.type, image.text, image.attachments[0]["id"]) == ("image", "look", "media-1")
+    assert (location.type, location.content) == (
+        "location",
+        {"latitude": -23.5, "longitude": -46.6},
+    )
+
+
+def test_parse_instagram_reads_receipts_echoes_and_messages() -> None:
+    doc = instagram_notification(
+        account_id=IG,
+        events=[
+            instagram_read("mid.1", customer="igsid", account_id=IG, at_ms=AT_S * 1000),
+            instagram_echo(
+                "mid.2", customer="igsid", account_id=IG, at_ms=AT_S * 1000, metadata=CALLBACK
+            ),
+            instagram_echo(
+                "mid.3", customer="igsid", account_id=IG, at_ms=AT_S * 1000, metadata=None
+            ),
+            {
+                "sender": {"id": "igsid"},
+                "recipient": {"id": IG},
+                "timestamp": AT_S * 1000,
+                "message": {
+                    "mid": "mid.4",
+                    "text": "hello",
+                    "attachments": [{"type": "image", "payload": {"url": "https://x/y.jpg"}}],
+                },
+            },
+            {
+                "sender": {"id": "igsid"},
+                "recipient": {"id": IG},
+                "timestamp": AT_S * 1000,
+                "reaction": {"mid": "mid.2", "action": "react", "emoji": "x"},
+            },
+        ],
+    )
+
+    parsed = parse_instagram(doc, user_id=IG)
+
+    assert parsed.problems == []
+    assert [(s.kind, s.provider_message_id, s.status, s.message_id) for s in parsed.statuses] == [
+        ("read", "mid.1", "READ", None),
+        ("echo", "mid.2", "SENT", MESSAGE_ID),
+    ]
+    (inbound,) = parsed.inbound
+    assert (inbound.sender, inbound.text, inbound.attachments[0]["url"]) == (
+        "igsid",
+        "hello",
+        "https://x/y.jpg",
+    )
+    assert parsed.ignored == [("echo", "no_callback_data"), ("other", "unsupported_event")]
+
+
+def test_parse_instagram_ignores_another_account() -> None:
+    doc = instagram_notification(
+        account_id="3000",
+        events=[instagram_read("mid.1", customer="c", account_id="3000", at_ms=AT_S * 1000)],
+    )
+    assert parse_instagram(doc, user_id=IG).ignored == [("event", "foreign_account")]
+
+
+def test_parsers_refuse_content_nested_too_deep_without_recursing() -> None:
+    # 900 levels: within orjson's parsing limit, beyond its writing limit and Python's stack.
+    deep = b'{"x":' * 900 + b"{}" + b"}" * 900
+    message = b'{"from":"55","id":"wamid.d","timestamp":"1","type":"location","location":%s}' % deep
+    body = orjson.dumps(whatsapp_notification(phone_number_id=PHONE, messages=[{}])).replace(
+        b"{}]", message + b"]"
+    )
+    doc, problem = parse_body(body)
+
+    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+
+    assert (problem, parsed.inbound) == (None, [])
+    assert parsed.problems == [
+        "entry[0].changes[0].value.messages[0].location is nested deeper than 32 levels"
+    ]
+
+
+# -- properties -----------------------------------------------------------------------------------
+
+
+@settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
+@given(doc=arbitrary_documents())
+def test_parsers_never_raise_on_arbitrary_documents(doc: Any) -> None:
+    for parsed in (parse_whatsapp(doc, phone_number_id=PHONE), parse_instagram(doc, user_id=IG)):
+        assert all(s.status in ("SENT", "DELIVERED", "READ", "FAILED") for s in parsed.statuses)
+        assert all(isinstance(p, str) and p for p in parsed.problems)
+
+
+@settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
+@given(
+    whatsapp=mutated_notifications("whatsapp"),
+    instagram=mutated_notifications("instagram"),
+)
+def test_parsers_never_raise_on_mutated_notifications(whatsapp: Any, instagram: Any) -> None:
+    for parsed in (
+        parse_whatsapp(whatsapp, phone_number_id=PHONE),
+        parse_instagram(instagram, user_id=IG),
+    ):
+        for status in parsed.statuses:
+            # What survived is storable: its record serialises, with ids of the right shape.
+            assert orjson.dumps([status.provider_message_id, status.at.isoformat()])
+            assert status.kind == "read" or callback_ids(
+                orjson.dumps(
+                    {"message_id": status.message_id, "conversation_id": status.conversation_id}
+                ).decode()
+            )
+        for message in parsed.inbound:
+            assert orjson.dumps([message.text, message.content, list(message.attachments)])
