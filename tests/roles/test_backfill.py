@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -162,6 +163,71 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
     assert await redis.llen(queue) == 0
 
 
+async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_again(
+    stack: StackEndpoints,
+    redis: aioredis.Redis,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
+    tmp_path: Path,
+) -> None:
+    """A worker paused past its heartbeat TTL (SIGSTOP: a long GC pause, a Redis outage) is
+    presumed dead and removed; once it runs again its heartbeat must make it a member again, or
+    the items it holds when it really dies later are never recovered."""
+    topic = await kafka_topic(partitions=3)
+    queue = redis_prefix + QUEUE
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "REDIS_URL": stack.redis_url,
+        "CHAT4ALL_REDIS_KEY_PREFIX": redis_prefix,
+        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
+        "FALLBACK_BATCH_SIZE": "500",
+        "FALLBACK_POLL_INTERVAL": "0.1",
+        "CHAT4ALL_FALLBACK_HEARTBEAT_TTL_S": "1",
+        "METRICS_PORT": str(free_port()),
+    }
+    settings = backfill_settings(stack, redis_prefix, topic, heartbeat_ttl_s=1.0, batch_size=500)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
+        env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        await eventually(lambda: _members(redis, queue, 1), timeout_s=30, message="registered")
+        child.send_signal(signal.SIGSTOP)
+        await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
+        async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+            await sup.wait()  # its start-up recovery presumes the paused worker dead
+        recovered_while_paused = await redis.scard(f"{queue}:workers") == 0
+        child.send_signal(signal.SIGCONT)
+        await eventually(lambda: _members(redis, queue, 1), timeout_s=10, message="rejoined")
+
+        total = 20_000
+        for start in range(0, total, 1000):
+            await redis.rpush(queue, *(bare(n) for n in range(start, start + 1000)))
+        await eventually(
+            lambda: _holding(redis, queue), timeout_s=30, interval_s=0.001, message="items taken"
+        )
+        child.send_signal(signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGCONT)
+            child.kill()
+        await child.wait()
+    await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
+    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+        await sup.wait()
+
+    assert recovered_while_paused
+    records = await wait_for_records(stack, topic, expect=total)
+    assert {orjson.loads(r[2])["n"] for r in records} == set(range(total))
+    assert await redis.llen(queue) == 0
+
+
+async def _members(redis: aioredis.Redis, queue: str, count: int) -> bool:
+    return int(await redis.scard(f"{queue}:workers")) == count
+
+
 async def _holding(redis: aioredis.Redis, queue: str) -> bool:
     """Some worker holds taken, unacknowledged items right now."""
     async for key in redis.scan_iter(match=f"{queue}:processing:*"):
@@ -200,7 +266,7 @@ async def test_kafka_outage_parks_status_updates_holds_outbox_and_loses_nothing(
         redis_prefix=redis_prefix,
         topics={"message_events": events_topic, "message_status_updates": status_topic},
         kafka={"bootstrap_servers": proxy.address, "request_timeout_ms": 2000},
-        breaker={"failure_threshold": 2, "cooldown_s": 1.0, "call_timeout_s": 1.0},
+        breaker={"failure_threshold": 2, "cooldown_s": 1.0, "ack_timeout_s": 1.0},
         outbox={"poll_interval_ms": 100},
         fallback={"poll_interval_s": 0.2},
     )
