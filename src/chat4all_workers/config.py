@@ -68,6 +68,9 @@ class KafkaSettings:
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
     request_timeout_ms: int = 30_000
+    # How long the group coordinator waits for every member to rejoin a rebalance; a member
+    # waits up to half of it for its revoked partitions' running handlers (kafka/consumer.py).
+    rebalance_timeout_ms: int = 30_000
     linger_ms: int = 5
     default_partitions: int = 12
     replication_factor: int = 1
@@ -120,9 +123,12 @@ class S3Settings:
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerSettings:
+    # Consecutive records (not calls) that Kafka did not acknowledge within ack_timeout_s.
     failure_threshold: int = 5
     cooldown_s: float = 10.0
-    call_timeout_s: float = 10.0
+    # A record unacknowledged this long counts as a failure; the send keeps waiting for
+    # Kafka's verdict (kafka/producer.py), so the breaker opens within about this of an outage.
+    ack_timeout_s: float = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +160,9 @@ class ObservabilitySettings:
     )
     service_name: str = field(default="chat4all-workers", metadata=_env("OTEL_SERVICE_NAME"))
     otlp_endpoint: str = field(default="", metadata=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    # A client library's message (aiokafka's reconnect errors) repeated within this long is
+    # logged once, then again with the count of repeats it stood for.
+    log_repeat_interval_s: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
