@@ -70,6 +70,7 @@ class KafkaSettings:
     request_timeout_ms: int = 30_000
     # How long the group coordinator waits for every member to rejoin a rebalance; a member
     # waits up to half of it for its revoked partitions' running handlers (kafka/consumer.py).
+    # Keep it well above session_timeout_ms / 3 (the heartbeat that notices a rebalance).
     rebalance_timeout_ms: int = 30_000
     linger_ms: int = 5
     default_partitions: int = 12

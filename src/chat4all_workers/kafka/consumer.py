@@ -20,11 +20,13 @@ The engine cancels a running handler at exactly two points, each the end of a bo
 - stopping (or after a bug): at the shutdown deadline's `drain_end` (deadline.py), handlers still
   running are cancelled; their records are handed back uncommitted;
 - a rebalance: `on_partitions_revoked` first stops the revoked partitions' keys from starting
-  another record, then waits up to half of `kafka.rebalance_timeout_ms` for their running
-  handlers to finish, cancels those still running, waits a quarter more for them to unwind, and
+  another record, then waits up to a third of `kafka.rebalance_timeout_ms` for their running
+  handlers to finish, cancels those still running, waits a sixth more for them to unwind, and
   commits what finished. Only then does it return, so the new owner (held in the group's join
-  until every member has rejoined) never starts a key while this member still runs it. Nothing
-  unfinished is committed, and nothing of a revoked partition is committed after the revocation.
+  until every member has rejoined) never starts a key while this member still runs it. The other
+  half of the rebalance timeout is left for noticing the rebalance (a heartbeat) and rejoining,
+  so the member is not dropped from the group. Nothing unfinished is committed, and nothing of a
+  revoked partition is committed after the revocation.
 A handler that swallows cancellation, or a member whose session expired (the group already gave
 its partitions away), is outside what this can promise; the router's send lease covers both.
 """
@@ -498,11 +500,13 @@ class ConsumerEngine:
         running = {task for (partition, _), task in self._workers.items() if partition in leaving}
         if running:
             loop = asyncio.get_running_loop()
-            wait_s = self._settings.rebalance_timeout_ms / 1000
-            finish_by = min(loop.time() + wait_s / 2, self._point(ShutdownDeadline.drain_end))
+            rebalance_s = self._settings.rebalance_timeout_ms / 1000
+            finish_by = min(loop.time() + rebalance_s / 3, self._point(ShutdownDeadline.drain_end))
             _, unfinished = await asyncio.wait(running, timeout=ShutdownDeadline.left_s(finish_by))
             if unfinished:
-                unwind_by = min(loop.time() + wait_s / 4, self._point(ShutdownDeadline.unwind_end))
+                unwind_by = min(
+                    loop.time() + rebalance_s / 6, self._point(ShutdownDeadline.unwind_end)
+                )
                 await self._cancel(unfinished, until=unwind_by, why="for a revocation")
         try:
             await self._commit_finished(leaving)
