@@ -17,7 +17,7 @@ SOAK_SECONDS ?= 600
 SOAK_RATE ?= 100
 SOAK_EXAMPLES ?= 200
 SOAK_FAULTS ?= FAULT_RATE_PER_S=50 FAULT_SECONDS=30 FAULT_CONVERSATIONS=16 FAULT_OUTAGE_S=10 \
-	FAULT_TIMEOUT_S=600 HOSTILE_EXAMPLES=$(SOAK_EXAMPLES)
+	FAULT_TIMEOUT_S=600 HOSTILE_EXAMPLES=$(SOAK_EXAMPLES) OUTBOX_OUTAGE_S=75
 
 .PHONY: help venv stack migrate topics run test lint down status soak
 
@@ -65,7 +65,7 @@ test: venv stack lint
 # sustains, see bench/pipeline.py: a growing backlog fails the drain, by design).
 soak: venv stack
 	$(WITH_ENV) $(SOAK_FAULTS) $(BIN)/pytest -p no:cacheprovider tests/e2e/test_faults.py \
-		tests/e2e/test_hostile_input.py $(PYTEST_ARGS)
+		tests/e2e/test_outbox_outage.py tests/e2e/test_hostile_input.py $(PYTEST_ARGS)
 	$(WITH_ENV) $(BIN)/python bench/pipeline.py --rate $(SOAK_RATE) --seconds $(SOAK_SECONDS) \
 		--drain-timeout 120
 

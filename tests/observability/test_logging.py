@@ -114,6 +114,23 @@ def test_repeat_filter_flushes_the_count_of_a_condition_that_stopped() -> None:
     )
 
 
+def test_repeat_filter_gives_a_condition_still_repeating_one_line_per_interval() -> None:
+    clock = Clock()
+    emitted: list[logging.LogRecord] = []
+    repeats = RepeatFilter(interval_s=30, prefixes=("aiokafka",), emit=emitted.append, clock=clock)
+    passed: list[str] = []
+    for tick in range(650):  # two conditions, every 0.1 s for 65 s: an outage going on
+        clock.now = tick / 10
+        for template in ("Unable connect to node with id %s: %s", "Unable to update %s: %s"):
+            record = client_record(template, 1, "refused")
+            if repeats.filter(record):
+                passed.append(record.getMessage())
+
+    assert emitted == []  # no summary while the condition goes on
+    assert len(passed) == 6  # each condition: the first line, then one per interval
+    assert sum("more like this in the last 30 s" in line for line in passed) == 4
+
+
 def test_demote_filter_turns_client_errors_into_warnings_but_keeps_tracebacks() -> None:
     demote = DemoteFilter(prefixes=("aiokafka",))
     plain = client_record("Unable to update metadata from %s", [1])

@@ -106,6 +106,7 @@ def message_template(record: logging.LogRecord) -> str:
 class _Condition:
     passed_at: float
     dropped: int = 0
+    last_seen: float = 0.0
     last: logging.LogRecord | None = None  # the latest dropped record, for the summary
 
 
@@ -115,10 +116,11 @@ class RepeatFilter(logging.Filter):
     The first record of a condition passes; repeats within the interval are dropped and
     counted. The first repeat after the interval passes with " (N more like this in the last
     S s)" appended and a `repeats_suppressed` field. A condition that stopped repeating (the
-    outage is over) is not left uncounted: given `emit` (the handler's `handle`), the next
-    record of any kind that reaches the filter after the interval flushes a summary line for
-    it, the latest repeat with the count. Only records of loggers under `prefixes` (all, when
-    empty) and at `min_level` or above are limited. The clock is injectable for tests.
+    outage is over) is not left uncounted: given `emit` (the handler's `handle`), once the
+    interval is over and the condition has been quiet for `quiet_s` (a sixth of the interval
+    by default), the next record of any kind that reaches the filter first flushes a summary
+    line for it: its latest repeat, with the count. Only records of loggers under `prefixes`
+    (all, when empty) and at `min_level` or above are limited. The clock is injectable.
     """
 
     def __init__(
@@ -128,6 +130,7 @@ class RepeatFilter(logging.Filter):
         prefixes: tuple[str, ...] = (),
         min_level: int = logging.WARNING,
         emit: Callable[[logging.LogRecord], object] | None = None,
+        quiet_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_conditions: int = 1000,
     ) -> None:
@@ -136,12 +139,13 @@ class RepeatFilter(logging.Filter):
         self._prefixes = prefixes
         self._min_level = min_level
         self._emit = emit
+        self._quiet_s = interval_s / 6 if quiet_s is None else quiet_s
         self._clock = clock
         self._max_conditions = max_conditions
         self._conditions: dict[tuple[str, str], _Condition] = {}
         self._lock = threading.Lock()
         self._flushing = False
-        self._next_flush_at = math.inf  # when the oldest condition with repeats may be flushed
+        self._next_flush_at = math.inf  # no condition with repeats may be flushed before this
 
     def _applies(self, record: logging.LogRecord) -> bool:
         if record.levelno < self._min_level:
@@ -152,40 +156,43 @@ class RepeatFilter(logging.Filter):
         if self.interval_s <= 0 or self._flushing:
             return True
         now = self._clock()
+        key = (record.name, message_template(record)) if self._applies(record) else None
+        passes = True
+        if key is not None:
+            with self._lock:
+                condition = self._conditions.get(key)
+                if condition is not None and now - condition.passed_at < self.interval_s:
+                    condition.dropped += 1
+                    condition.last = record
+                    condition.last_seen = now
+                    self._next_flush_at = min(self._next_flush_at, self._flushable_at(condition))
+                    passes = False
+                else:
+                    if len(self._conditions) >= self._max_conditions:
+                        self._conditions.clear()  # a flood of distinct messages: stay bounded
+                    self._conditions[key] = _Condition(passed_at=now)
+            if passes and condition is not None and condition.dropped:
+                _mark_repeats(record, condition.dropped, now - condition.passed_at)
         self._flush(now)
-        if not self._applies(record):
-            return True
-        key = (record.name, message_template(record))
-        with self._lock:
-            condition = self._conditions.get(key)
-            if condition is not None and now - condition.passed_at < self.interval_s:
-                condition.dropped += 1
-                condition.last = record
-                self._next_flush_at = min(
-                    self._next_flush_at, condition.passed_at + self.interval_s
-                )
-                return False
-            if len(self._conditions) >= self._max_conditions:
-                self._conditions.clear()  # a flood of distinct messages: never grow unbounded
-            self._conditions[key] = _Condition(passed_at=now)
-        if condition is not None and condition.dropped:
-            _mark_repeats(record, condition.dropped, now - condition.passed_at)
-        return True
+        return passes
+
+    def _flushable_at(self, condition: _Condition) -> float:
+        return max(condition.passed_at + self.interval_s, condition.last_seen + self._quiet_s)
 
     def _flush(self, now: float) -> None:
-        """Summaries of conditions whose interval passed without a new repeat."""
+        """Summaries of conditions that stopped repeating."""
         if self._emit is None or now < self._next_flush_at:
             return
         with self._lock:
             stale = [
                 (key, c)
                 for key, c in self._conditions.items()
-                if c.dropped and c.last is not None and now - c.passed_at >= self.interval_s
+                if c.dropped and c.last is not None and now >= self._flushable_at(c)
             ]
             for key, _ in stale:
                 del self._conditions[key]
             self._next_flush_at = min(
-                (c.passed_at + self.interval_s for c in self._conditions.values() if c.dropped),
+                (self._flushable_at(c) for c in self._conditions.values() if c.dropped),
                 default=math.inf,
             )
         for _, condition in stale:

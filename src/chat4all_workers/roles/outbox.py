@@ -54,7 +54,7 @@ from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Delivery, NotSentError, OutgoingRecord, span_per_record
-from chat4all_workers.resources import Need
+from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
@@ -270,11 +270,14 @@ async def _serve(ctx: RoleContext, poller: _Poller) -> None:
     async with poller.pool.acquire() as listener, asyncio.TaskGroup() as tasks:
         await listener.add_listener(channel, on_notify)
         stop_waker = tasks.create_task(_wake_on(ctx.stopping, wake))
+        # The backlog gauge stays current while a batch waits out a Kafka outage.
+        counter = tasks.create_task(_count_pending_forever(poller))
         try:
             ctx.mark_ready()
             await _poll(ctx, poller, wake, interval_s)
         finally:
             stop_waker.cancel()
+            counter.cancel()
             # Bounded by the shutdown deadline; a connection that died (database gone) has no
             # listener left to remove, and the gauge is then left as it was.
             with contextlib.suppress(
@@ -286,12 +289,16 @@ async def _serve(ctx: RoleContext, poller: _Poller) -> None:
 
 
 async def _poll(ctx: RoleContext, poller: _Poller, wake: asyncio.Event, interval_s: float) -> None:
+    waiting = False  # for an open breaker: said once, not at every poll
     while not ctx.stopping.is_set():
         wake.clear()
         try:
             claimed = await poller.publish_once()
+            waiting = False
         except CircuitOpenError as exc:
-            log.info("kafka circuit open; outbox events wait: %s", exc)
+            if not waiting:
+                log.info("kafka circuit open; outbox events wait: %s", exc)
+            waiting = True
             claimed = 0
         await poller.refresh_pending()
         if claimed:
@@ -301,6 +308,13 @@ async def _poll(ctx: RoleContext, poller: _Poller, wake: asyncio.Event, interval
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval_s):
                 await wake.wait()
+
+
+async def _count_pending_forever(poller: _Poller) -> None:
+    while True:
+        await asyncio.sleep(poller.settings.pending_refresh_s)
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # the poll reports database outages
+            await poller.refresh_pending()
 
 
 async def _wake_on(stopping: asyncio.Event, wake: asyncio.Event) -> None:
