@@ -90,12 +90,14 @@ async def outbox_through_outage(
             await insert_round(pool, n)
             await asyncio.sleep(pace_s)
         async with asyncio.TaskGroup() as tasks:
-            went_away = tasks.create_task(port_closed(kafka))
-            await devstack("stop", "kafka")
-            outage_began = await went_away
-        for n in range(ROUNDS // 4, ROUNDS * 3 // 4):
-            await insert_round(pool, n)
+            stopped = tasks.create_task(devstack("stop", "kafka"))
+            outage_began = await port_closed(kafka)
+            await insert_round(pool, ROUNDS // 4)  # traffic from the first moment of the outage
+            await stopped
+        for n in range(ROUNDS // 4 + 1, ROUNDS * 3 // 4):
             await asyncio.sleep(pace_s)
+            await insert_round(pool, n)
+        await asyncio.sleep(max(0.0, outage_began + outage_s - time.time()))
         await devstack("start", "kafka")
         for n in range(ROUNDS * 3 // 4, ROUNDS):
             await insert_round(pool, n)
