@@ -228,6 +228,51 @@ async def _members(redis: aioredis.Redis, queue: str, count: int) -> bool:
     return int(await redis.scard(f"{queue}:workers")) == count
 
 
+async def test_backfill_continues_the_trace_an_item_was_parked_with(
+    stack: StackEndpoints,
+    redis: aioredis.Redis,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
+    tmp_path: Path,
+) -> None:
+    """As a worker process (the CLI sets tracing up): an envelope parked with a `traceparent`
+    goes on in a child span of that trace; a bare item starts a trace of its own."""
+    topic = await kafka_topic(partitions=1)
+    trace_id, parked_span = "ab" * 16, "cd" * 8
+    envelope = {
+        "topic": topic,
+        "key": "conversation:1",
+        "value": {"n": 1},
+        "headers": {"traceparent": f"00-{trace_id}-{parked_span}-01"},
+    }
+    await redis.rpush(redis_prefix + QUEUE, orjson.dumps(envelope), bare(2))
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "REDIS_URL": stack.redis_url,
+        "CHAT4ALL_REDIS_KEY_PREFIX": redis_prefix,
+        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
+        "FALLBACK_POLL_INTERVAL": "0.1",
+        "METRICS_PORT": str(free_port()),
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
+        env=env, cwd=tmp_path,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        records = await wait_for_records(stack, topic, expect=2)
+    finally:
+        child.terminate()
+        await child.wait()
+
+    continued, started = (r[3]["traceparent"].decode().split("-") for r in records)
+    assert (continued[1], continued[3]) == (trace_id, "01")  # the parked trace, still sampled
+    assert continued[2] != parked_span  # in a span of its own
+    assert started[1] != trace_id
+    assert len(started[1]) == 32
+
+
 async def _holding(redis: aioredis.Redis, queue: str) -> bool:
     """Some worker holds taken, unacknowledged items right now."""
     async for key in redis.scan_iter(match=f"{queue}:processing:*"):

@@ -356,10 +356,12 @@ class ConsumerEngine:
         ):
             while True:
                 try:
-                    await self._handler(record)
-                    break
-                except PermanentError as exc:
-                    await self._on_permanent(record, exc)
+                    try:
+                        await self._handler(record)
+                    except PermanentError as exc:
+                        # Dead-lettering can meet an outage too (the breaker open): then the
+                        # record is retried like any other, not taken for a bug.
+                        await self._on_permanent(record, exc)
                     break
                 except RetryableError as exc:
                     if self._draining() or not self._owns(partition):
@@ -475,8 +477,11 @@ class ConsumerEngine:
         self._last_commit = time.monotonic()
 
     async def _hand_back(self, consumer: AIOKafkaConsumer) -> None:
-        """Commit what finished and leave the group, both by the deadline's `handback_end`."""
+        """Commit what finished and leave the group, both by the deadline's `handback_end` (or,
+        when the supervisor cancelled the role there, its `cleanup_end`)."""
         until = self._point(ShutdownDeadline.handback_end)
+        if asyncio.get_running_loop().time() >= until:
+            until = self._point(ShutdownDeadline.cleanup_end)
         try:
             async with timeout_at(until):
                 await self._commit_finished(list(self._partitions.values()))
