@@ -192,8 +192,10 @@ class Producer:
 
     async def send(self, record: OutgoingRecord, *, fallback: bool = False) -> Delivery:
         """Produce one record and wait for Kafka's verdict; raise it if it is an error."""
-        (delivery,) = await self.send_many([record], fallback=fallback)
-        return delivery
+        (outcome,) = await self.send_each([record], fallback=fallback)
+        if not isinstance(outcome, Delivery):
+            raise outcome
+        return outcome
 
     async def send_many(
         self, records: Sequence[OutgoingRecord], *, fallback: bool = False
@@ -237,36 +239,51 @@ class Producer:
         return outcomes
 
     async def _deliver(self, records: Sequence[OutgoingRecord]) -> list[SendOutcome]:
+        # One timer per call (cheaper than a timeout context and a timed wait, per record on
+        # the router's hot path): at `ack_timeout_s` it counts what is unacknowledged, and cuts
+        # short an append still waiting for room in the client.
         loop = asyncio.get_running_loop()
-        ack_by = loop.time() + self._ack_timeout_s
-        futures: list[asyncio.Future[RecordMetadata]] = []
-        refused: SendOutcome | None = None
+        task = asyncio.current_task()
+        assert task is not None
+        call = _Call(len(records))
+        timer = loop.call_at(loop.time() + self._ack_timeout_s, self._ack_deadline, call, task)
+        refused: RetryableError | PermanentError | None = None
         try:
-            async with asyncio.timeout_at(ack_by):
+            try:
                 for record in records:
-                    futures.append(await self._append(record))
-        except (KafkaError, TimeoutError) as exc:
-            refused = _verdict(exc, when="handing the record to the client")
-        unsent = len(records) - len(futures)
-        late: set[asyncio.Future[RecordMetadata]] = set()
-        if futures:
-            _, late = await asyncio.wait(futures, timeout=max(0.0, ack_by - loop.time()))
-        missed = len(late) + (unsent if isinstance(refused, RetryableError) else 0)
-        if missed:
-            self.breaker.record_failure(count=missed)
-        if late:
-            await asyncio.wait(late)  # never abandoned: the client's verdict is final
-        outcomes: list[SendOutcome] = [_outcome(f) for f in futures]
+                    call.futures.append(await self._append(record))
+            except asyncio.CancelledError:
+                if not call.cut_short or task.uncancel() > 0:
+                    raise  # not (only) our own deadline: the caller is cancelled
+                refused = RetryableError("kafka did not take the record in time")
+            except KafkaError as exc:
+                refused = _verdict(exc, when="handing the record to the client")
+            call.appending = False
+            for future in call.futures:
+                if not future.done():
+                    await _settled(future)  # never abandoned: the client's verdict is final
+        finally:
+            timer.cancel()
+        outcomes: list[SendOutcome] = [_outcome(f) for f in call.futures]
+        answered = len(outcomes) > 0
         if refused is not None:
+            answered = answered or isinstance(refused, PermanentError)
             outcomes.append(refused)
             outcomes += [
                 NotSentError("not sent: an earlier record of the call was not taken")
-                for _ in range(unsent - 1)
+                for _ in range(len(records) - len(outcomes))
             ]
-        answered = any(not isinstance(o, RetryableError) for o in outcomes)
-        if answered:
+        if answered and not all(isinstance(o, RetryableError) for o in outcomes):
             self.breaker.record_success()  # Kafka answered (late or not, the record's fault or not)
         return outcomes
+
+    def _ack_deadline(self, call: _Call, task: asyncio.Task[object]) -> None:
+        if call.appending:
+            call.cut_short = True
+            task.cancel()
+        missed = call.total - sum(1 for f in call.futures if f.done())
+        if missed:
+            self.breaker.record_failure(count=missed)
 
     async def _append(self, record: OutgoingRecord) -> asyncio.Future[RecordMetadata]:
         token = None if record.context is None else otel_context.attach(record.context)
@@ -305,7 +322,32 @@ class Producer:
         return [Delivery(r.topic, None, None) for r in records]
 
 
+@dataclass(slots=True)
+class _Call:
+    """One `send_each` call, as its acknowledgement deadline sees it."""
+
+    total: int
+    futures: list[asyncio.Future[RecordMetadata]] = field(default_factory=list)
+    appending: bool = True
+    cut_short: bool = False
+
+
+async def _settled(future: asyncio.Future[RecordMetadata]) -> None:
+    """Until `future` is done, whatever its outcome (`_outcome` reads it); the caller's own
+    cancellation propagates (it also cancels `future`, which the client then ignores)."""
+    try:
+        await future
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+    except Exception:  # noqa: BLE001 - the record's verdict, read by `_outcome`
+        return
+
+
 def _outcome(future: asyncio.Future[RecordMetadata]) -> SendOutcome:
+    if future.cancelled():
+        return RetryableError("kafka: the client dropped the record")
     exc = future.exception()
     if exc is None:
         meta = future.result()
