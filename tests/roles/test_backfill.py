@@ -29,6 +29,12 @@ from tests.support import eventually, free_port, settings_for
 pytestmark = pytest.mark.stack
 
 QUEUE = "fallback:message_queue"
+# A worker process that takes big batches and is presumed dead one second after it stops beating.
+FAST_HEARTBEAT = {
+    "FALLBACK_BATCH_SIZE": "500",
+    "FALLBACK_POLL_INTERVAL": "0.1",
+    "CHAT4ALL_FALLBACK_HEARTBEAT_TTL_S": "1",
+}
 
 
 @pytest.fixture
@@ -51,6 +57,26 @@ def backfill_settings(stack: StackEndpoints, prefix: str, topic: str, **extra: A
         topics={"message_processing": topic},
         fallback={"poll_interval_s": 0.1, "batch_size": 50, **extra},
     )
+
+
+async def backfill_process(
+    stack: StackEndpoints, prefix: str, topic: str, cwd: Path, extra: dict[str, str]
+) -> asyncio.subprocess.Process:
+    """`chat4all-workers run --roles backfill` as a real process (for signals and kill -9)."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "REDIS_URL": stack.redis_url,
+        "CHAT4ALL_REDIS_KEY_PREFIX": prefix,
+        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
+        "METRICS_PORT": str(free_port()),
+        **extra,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
+        env=env, cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 async def test_backfill_delivers_bare_values_and_envelopes_then_empties_the_queue(
@@ -127,22 +153,7 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
     total = 20_000
     for start in range(0, total, 1000):
         await redis.rpush(queue, *(bare(n) for n in range(start, start + 1000)))
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
-        "REDIS_URL": stack.redis_url,
-        "CHAT4ALL_REDIS_KEY_PREFIX": redis_prefix,
-        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
-        "FALLBACK_BATCH_SIZE": "500",
-        "FALLBACK_POLL_INTERVAL": "0.1",
-        "CHAT4ALL_FALLBACK_HEARTBEAT_TTL_S": "1",
-        "METRICS_PORT": str(free_port()),
-    }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
-        env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    child = await backfill_process(stack, redis_prefix, topic, tmp_path, FAST_HEARTBEAT)
     try:
         await eventually(
             lambda: _holding(redis, queue), timeout_s=30, interval_s=0.001, message="items taken"
@@ -175,23 +186,8 @@ async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_a
     the items it holds when it really dies later are never recovered."""
     topic = await kafka_topic(partitions=3)
     queue = redis_prefix + QUEUE
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
-        "REDIS_URL": stack.redis_url,
-        "CHAT4ALL_REDIS_KEY_PREFIX": redis_prefix,
-        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
-        "FALLBACK_BATCH_SIZE": "500",
-        "FALLBACK_POLL_INTERVAL": "0.1",
-        "CHAT4ALL_FALLBACK_HEARTBEAT_TTL_S": "1",
-        "METRICS_PORT": str(free_port()),
-    }
     settings = backfill_settings(stack, redis_prefix, topic, heartbeat_ttl_s=1.0, batch_size=500)
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
-        env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    child = await backfill_process(stack, redis_prefix, topic, tmp_path, FAST_HEARTBEAT)
     try:
         await eventually(lambda: _members(redis, queue, 1), timeout_s=30, message="registered")
         child.send_signal(signal.SIGSTOP)
@@ -246,20 +242,9 @@ async def test_backfill_continues_the_trace_an_item_was_parked_with(
         "headers": {"traceparent": f"00-{trace_id}-{parked_span}-01"},
     }
     await redis.rpush(redis_prefix + QUEUE, orjson.dumps(envelope), bare(2))
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
-        "REDIS_URL": stack.redis_url,
-        "CHAT4ALL_REDIS_KEY_PREFIX": redis_prefix,
-        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
-        "FALLBACK_POLL_INTERVAL": "0.1",
-        "METRICS_PORT": str(free_port()),
-    }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
-        env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    child = await backfill_process(
+        stack, redis_prefix, topic, tmp_path, {"FALLBACK_POLL_INTERVAL": "0.1"}
+    )
     try:
         records = await wait_for_records(stack, topic, expect=2)
     finally:
