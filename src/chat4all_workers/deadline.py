@@ -5,17 +5,18 @@ Nested timeouts (a drain timeout, then one in the engine's `finally`, one in `st
 the cleanups) add up to more than anyone configured. Instead every part of the process reads the
 same deadline, begun once when the stop is requested, and its named points in time:
 
-    begin ........... drain_end .. unwind_end .. handback_end .. cleanup_end .. end
-    in-flight work     unfinished    cancelled     engines have    cancelled      producer
-    finishes; no new   handlers are  handlers      committed and   roles have     and pools
-    work is taken      cancelled     have unwound  left; the       rolled back,   closed
-                                                   supervisor      handed back
-                                                   cancels what
-                                                   still runs
+    begin ......... drain_end . unwind_end . handback_end . cleanup_end . flush_end . end
+    in-flight work   unfinished  cancelled    engines have   cancelled     producer    pools
+    finishes; no     handlers    handlers     committed and  roles have    flushed or  and
+    new work is      are         have         left; the      rolled back,  its rest    clients
+    taken            cancelled   unwound      supervisor     handed back   dropped     closed
+                                              cancels what
+                                              still runs
 
 The last fifth of the budget (at most 5 s), the reserve, is split evenly between the four steps
-after the drain. Before `begin()` every point is infinitely far away, so code that merely runs
-(a test's engine, a `run-once` pass) is never cut short by a deadline nobody started.
+after the drain, the last one shared by the producer and then the pools. Before `begin()` every
+point is infinitely far away, so code that merely runs (a test's engine, a `run-once` pass) is
+never cut short by a deadline nobody started.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class ShutdownDeadline:
 
     def cleanup_end(self) -> float:
         return self._point(self.reserve_s / 4)
+
+    def flush_end(self) -> float:
+        return self._point(self.reserve_s / 8)
 
     def end(self) -> float:
         return self._point(0.0)

@@ -235,7 +235,8 @@ async def _close_pool(pool: asyncpg.Pool, deadline: ShutdownDeadline) -> None:
 
 
 async def _stop_producer(producer: Producer, deadline: ShutdownDeadline) -> None:
-    await producer.stop(until=deadline.end())
+    # Whatever it still holds belongs to callers that gave up: the pools after it get the rest.
+    await producer.stop(until=deadline.flush_end())
 
 
 def _breaker_gauge(metrics: Metrics, state: BreakerState) -> None:

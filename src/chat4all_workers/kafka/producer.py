@@ -388,7 +388,7 @@ def _never_expire_batches(client: AIOKafkaProducer) -> None:
     _accumulator(client)._batch_ttl = math.inf
 
 
-async def _force_close(client: AIOKafkaProducer, *, grace_s: float = 0.5) -> None:
+async def _force_close(client: AIOKafkaProducer, *, grace_s: float = 0.1) -> None:
     """The client's own `stop()` waits for every batch, for ever while Kafka is away. Past the
     deadline: stop its sender, fail the batches it still holds, close its connections."""
     sender = getattr(client, "_sender", None)
