@@ -3,10 +3,10 @@
 Every record any role produces goes through `send_each` (or `send`/`send_many`, which raise the
 first failure), which adds trace context headers and waits for Kafka's verdict on each record.
 
-One owner of a record's fate: the producer. A record handed to the client is never abandoned by
-the caller and never sent a second time by it, because the idempotent client retries a batch
-until the broker answers (it would otherwise resend it under the same sequence number, and the
-copy the caller sent again would arrive as well, out of order). So a send ends only with:
+One owner of a record's fate: the producer. The idempotent client retries a batch in place until
+the broker answers, so a caller that gave up on a record and sent it again would see both copies
+arrive, the first one before events that followed it. A record handed to the client is
+therefore never abandoned by the caller nor sent a second time by it; a send ends only with:
 - a Delivery (acknowledged; a DuplicateSequence answer counts, the broker has the record);
 - PermanentError: the broker refused the record for good (too large, unauthorized...), or the
   client refused it before sending it; nothing was written;
@@ -22,8 +22,9 @@ sequence numbers, breaking the partition for the producer; the wait ends when Ka
 
 The breaker counts records, not calls: each record without an acknowledgement `ack_timeout_s`
 after its call began is one failure (the call goes on waiting), so an outage opens the breaker
-within about `ack_timeout_s`, however few calls are in flight. While it is open a call is refused
-before anything is handed over (CircuitOpenError), so no outbox attempt is spent on an outage.
+within about `ack_timeout_s` once `failure_threshold` records wait, however few calls carry
+them. While it is open a call is refused before anything is handed over (CircuitOpenError), so
+no outbox attempt is spent on an outage.
 A caller that must not wait for Kafka opts in with `fallback=True`: a record is parked in the
 Redis fallback list instead ONLY when it was never handed to Kafka (breaker open at the call, or
 not taken in time), so a parked record never also reaches Kafka from here. One already handed
