@@ -130,7 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     try:
         settings = load_settings(args, environ)
-        configure_logging(level=settings.observability.log_level, service="supervisor")
+        configure_logging(
+            level=settings.observability.log_level,
+            service="supervisor",
+            repeat_interval_s=settings.observability.log_repeat_interval_s,
+        )
         return _dispatch(args, settings)
     except ConfigError as exc:
         sys.stderr.write(f"chat4all-workers: configuration error: {exc}\n")
