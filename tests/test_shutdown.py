@@ -4,9 +4,11 @@ done, and the process exits 0 within the shutdown timeout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from tests.support import (
     WorkerProcess,
     committed_offsets,
     eventually,
+    free_port,
     partitions_of,
     produce,
     read_topic,
@@ -91,3 +94,75 @@ async def test_sigterm_with_work_in_flight_exits_0_and_commits_only_finished_wor
     assert sorted(set(texts)) == sorted(orjson.loads(v)["payload"]["content"] for _, v in records)
     assert len(texts) == len(set(texts)), "a message was sent twice"
     assert len(await partitions_of(deployment.stack, topic)) == 4
+
+
+class HungProvider:
+    """A loopback HTTP server that reads each request and never answers (a provider hanging)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.requests = 0
+        self._release = asyncio.Event()
+        self._writers: list[asyncio.StreamWriter] = []
+        self._server: asyncio.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> HungProvider:
+        self._server = await asyncio.start_server(self._hang, "127.0.0.1", self.port, backlog=2048)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release.set()
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+
+    async def _hang(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:  # keep-alive: every request on the connection hangs
+                await reader.readuntil(b"\r\n\r\n")
+                self.requests += 1
+                await self._release.wait()
+
+
+async def test_sigterm_with_1000_sends_hung_at_the_provider_exits_0_within_the_deadline(
+    deployment: Deployment, tmp_path: Path, record_summary: Callable[[str], None]
+) -> None:
+    shutdown_timeout_s = 5.0
+    records = [message(c, 0) for c in range(1000)]  # 1000 conversations: all in flight at once
+    await produce(deployment.stack, deployment.topics["message_processing"], records)
+    async with HungProvider() as provider:
+        overrides: dict[str, dict[str, Any]] = {
+            "whatsapp": {"base_url": provider.base_url, "timeout_s": 60.0},
+            "supervisor": {"shutdown_timeout_s": shutdown_timeout_s},
+        }
+        worker = WorkerProcess("router", deployment.environ(**overrides), tmp_path / "worker.log")
+        await worker.start()
+        try:
+            await worker.ready()
+            await eventually(
+                lambda: provider.requests >= 1000, timeout_s=60, message="1000 sends hung"
+            )
+            began = time.monotonic()
+            worker.signal(signal.SIGTERM)
+            code = await worker.wait(shutdown_timeout_s + 10)
+            elapsed_s = time.monotonic() - began
+        finally:
+            await worker.stop()
+
+    committed = await committed_offsets(
+        deployment.stack, deployment.topics["message_processing"], f"{deployment.group}-router"
+    )
+    record_summary(
+        f"SIGTERM with {provider.requests} sends hung at the provider: exit {code} after "
+        f"{elapsed_s:.2f} s (shutdown_timeout_s {shutdown_timeout_s:.0f})"
+    )
+    assert code == 0, worker.log_tail()
+    assert elapsed_s < shutdown_timeout_s + 1.0, f"exited after {elapsed_s:.2f}s"
+    assert max(committed.values()) <= 0  # none of the hung sends was committed as done

@@ -186,7 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(args, environ)
         check_restart_overrides(settings)  # keys name roles: the registry is known only up here
-        configure_logging(level=settings.observability.log_level, service="supervisor")
+        configure_logging(
+            level=settings.observability.log_level,
+            service="supervisor",
+            repeat_interval_s=settings.observability.log_repeat_interval_s,
+        )
         code = _dispatch(args, settings)
         _flush_stdout()
         return code

@@ -95,6 +95,10 @@ class KafkaSettings:
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
     request_timeout_ms: int = 30_000
+    # How long the group coordinator waits for every member to rejoin a rebalance; a member
+    # waits up to half of it for its revoked partitions' running handlers (kafka/consumer.py).
+    # Keep it well above session_timeout_ms / 3 (the heartbeat that notices a rebalance).
+    rebalance_timeout_ms: int = 30_000
     linger_ms: int = field(default=5, metadata=_ZERO_OK)
     default_partitions: int = 12
     replication_factor: int = field(default=1, metadata={"max": 32767})
@@ -172,9 +176,12 @@ class S3Settings:
 
 @dataclass(frozen=True, kw_only=True)
 class BreakerSettings:
+    # Consecutive records (not calls) that Kafka did not acknowledge within ack_timeout_s.
     failure_threshold: int = 5
     cooldown_s: float = 10.0
-    call_timeout_s: float = 10.0
+    # A record unacknowledged this long counts as a failure; the send keeps waiting for
+    # Kafka's verdict (kafka/producer.py), so the breaker opens within about this of an outage.
+    ack_timeout_s: float = 3.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,6 +222,9 @@ class ObservabilitySettings:
         default="",
         metadata=_env("OTEL_EXPORTER_OTLP_ENDPOINT", check=config_checks.http_url_or_empty),
     )
+    # A client library's message (aiokafka's reconnect errors) repeated within this long is
+    # logged once, then again with the count of repeats it stood for.
+    log_repeat_interval_s: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,6 +333,10 @@ class WebhookSettings:
     max_concurrent_requests: int = 1000
     # A POST whose body takes longer to arrive is answered 408: slow senders cannot hold the slots.
     body_timeout_s: float = 10.0
+    # How long a POST waits for Kafka to acknowledge its records before it answers 503 (Meta
+    # retries; the records stay with the producer, which still delivers them: a status is
+    # idempotent). Below Meta's own time-out for a webhook.
+    store_timeout_s: float = 5.0
     # How long `message:provider:instagram:{mid}` maps a provider id back to our message (a
     # read receipt later than this is counted as unknown and ignored).
     provider_index_ttl_s: int = 86_400

@@ -1,4 +1,5 @@
-"""The connection pools a process shares: opened once, in order, and closed in reverse.
+"""The connection pools a process shares: opened once, in order, and closed in reverse, each by
+the shutdown deadline's end (deadline.py), whatever state its service is in.
 
 Only what the enabled roles declare they need is opened, so a `gc`-only process never connects to
 Kafka and a `backfill`-only one never to PostgreSQL. Roles get a typed `Resources`, never a dict,
@@ -29,6 +30,7 @@ from miniopy_async.error import S3Error, ServerError
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import Settings
+from chat4all_workers.deadline import ShutdownDeadline, timeout_at
 from chat4all_workers.errors import DependencyRefusedError
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import Producer
@@ -191,11 +193,22 @@ def _present(value: T | None, need: Need) -> T:
 
 @contextlib.asynccontextmanager
 async def open_resources(
-    settings: Settings, metrics: Metrics, needs: frozenset[Need], *, connect_timeout_s: float = 60.0
+    settings: Settings,
+    metrics: Metrics,
+    needs: frozenset[Need],
+    *,
+    connect_timeout_s: float = 60.0,
+    shutdown: ShutdownDeadline | None = None,
 ) -> AsyncIterator[Resources]:
     """Open what `needs` asks for, waiting (with backoff, up to `connect_timeout_s`) for
-    dependencies that are still starting, and close everything in reverse order on exit."""
+    dependencies that are still starting, and close everything in reverse order on exit, by
+    `shutdown`'s end when it has begun (a close that would take longer is cut short)."""
+    deadline = shutdown or ShutdownDeadline(settings.supervisor.shutdown_timeout_s)
     async with contextlib.AsyncExitStack() as stack:
+
+        def close_by_deadline(name: str, close: Callable[[], Awaitable[object]]) -> None:
+            stack.push_async_callback(_close_within, name, close, deadline)
+
         producer = pg = redis_client = s3 = http = None
         if Need.REDIS in needs:
             # A blocking pool: above max_connections a command waits for a free connection
@@ -205,7 +218,7 @@ async def open_resources(
                     settings.redis.url.get(), max_connections=settings.redis.max_connections
                 )
             )
-            stack.push_async_callback(redis_client.aclose)
+            close_by_deadline("redis", redis_client.aclose)
             await _connect("redis", redis_client.ping, connect_timeout_s)
         if Need.POSTGRES in needs:
             pg = await _connect(
@@ -218,7 +231,7 @@ async def open_resources(
                 ),
                 connect_timeout_s,
             )
-            stack.push_async_callback(pg.close)
+            stack.push_async_callback(_close_pool, pg, deadline)
         if Need.KAFKA in needs:
 
             async def start_producer() -> Producer:
@@ -237,7 +250,7 @@ async def open_resources(
 
             producer = await _connect("kafka", start_producer, connect_timeout_s)
             _breaker_gauge(metrics, BreakerState.CLOSED)
-            stack.push_async_callback(producer.stop)
+            stack.push_async_callback(_stop_producer, producer, deadline)
             if redis_client is not None:
                 queue = f"{settings.redis.key_prefix}{settings.fallback.queue_key}"
                 client = redis_client
@@ -248,15 +261,41 @@ async def open_resources(
                 producer.fallback_sink = park
         if Need.S3 in needs:
             s3 = new_client(settings.s3)
-            stack.push_async_callback(s3.close_session)
+            close_by_deadline("s3", s3.close_session)
             await _connect("s3", partial(_bucket_exists, s3, settings.s3.bucket), connect_timeout_s)
         if Need.HTTP in needs:
             # No connection cap of its own: kafka.max_in_flight already bounds concurrent
             # sends (aiohttp's hidden default of 100 once capped the router at 100 / provider
             # latency sends/s, whatever max_in_flight said).
             http = HttpClient()
-            stack.push_async_callback(http.aclose)
+            close_by_deadline("http", http.aclose)
         yield Resources(settings, metrics, producer, pg, redis_client, s3, http)
+
+
+async def _close_within(
+    name: str, close: Callable[[], Awaitable[object]], deadline: ShutdownDeadline
+) -> None:
+    try:
+        async with timeout_at(deadline.end()):
+            await close()
+    except TimeoutError:
+        log.warning("%s: not closed by the shutdown deadline; leaving it", name)
+
+
+async def _close_pool(pool: asyncpg.Pool, deadline: ShutdownDeadline) -> None:
+    """A graceful close waits for every connection to be released; at the deadline the rest
+    are terminated."""
+    try:
+        async with timeout_at(deadline.end()):
+            await pool.close()
+    except TimeoutError:
+        log.warning("postgres: pool not closed by the shutdown deadline; terminating it")
+        pool.terminate()
+
+
+async def _stop_producer(producer: Producer, deadline: ShutdownDeadline) -> None:
+    # Whatever it still holds belongs to callers that gave up: the pools after it get the rest.
+    await producer.stop(until=deadline.flush_end())
 
 
 def _breaker_gauge(metrics: Metrics, state: BreakerState) -> None:

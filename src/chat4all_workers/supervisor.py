@@ -7,9 +7,12 @@ supervisor then shuts down and `wait()` raises RoleFailedError (the CLI exits 1)
 healthy for `reset_after_s` gets its backoff and restart budget back. A crash in one child never
 stops the others.
 
-Shutdown: `stop()` sets the shared `stopping` event; roles stop taking work and hand back or finish
-what is in flight. Children still running after `shutdown_timeout_s` are cancelled and reported
-as stuck. Resources close last, in reverse order of opening.
+Shutdown runs on ONE deadline, `shutdown_timeout_s` from the stop request (a signal, `stop()`, or
+an escalation) to the last connection closed (deadline.py names its points). `stopping` is set;
+roles stop taking work and finish or hand back what is in flight; engines cancel handlers still
+running at its drain end; children still running at its hand-back end are cancelled (the outbox
+then rolls back) and, if they ignore that, reported as stuck; resources close last, in reverse
+order of opening, each bounded by the deadline's end.
 
 It supervises and nothing else: which roles exist is the registry's (`roles/__init__.py`), how a
 periodic role waits for its next pass is `scheduling.py`'s, and what `/readyz` answers is
@@ -31,6 +34,7 @@ from typing import Any
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
+from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.errors import ConfigError, RoleFailedError
 from chat4all_workers.observability.http import serve_operations
 from chat4all_workers.observability.logging import bind_service
@@ -102,6 +106,7 @@ class Supervisor:
         self._serve_http = serve_http
         self._clock = clock
         self._stopping = asyncio.Event()
+        self.shutdown = ShutdownDeadline(settings.supervisor.shutdown_timeout_s)
         self._children: dict[str, _Child] = {}
         self._failure: RoleFailedError | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -126,7 +131,7 @@ class Supervisor:
         await stack.__aenter__()
         try:
             self.resources = await stack.enter_async_context(
-                open_resources(self.settings, self.metrics, self.needs)
+                open_resources(self.settings, self.metrics, self.needs, shutdown=self.shutdown)
             )
             self.readiness = Readiness(
                 children=self.stats,
@@ -152,6 +157,7 @@ class Supervisor:
                     stopping=self._stopping,
                     drain=self.drain,
                 )
+                ctx.shutdown = self.shutdown
                 child = _Child(spec, restart, ctx)
                 self._children[spec.name] = child
                 child.task = self._tasks.create_task(
@@ -187,26 +193,38 @@ class Supervisor:
             await stack.__aexit__(None, None, None)
 
     async def stop(self) -> None:
-        """Drain: ask every role to stop, wait up to the shutdown timeout, then cancel the rest."""
-        self._stopping.set()
+        """Drain: ask every role to stop, wait until the deadline's hand-back end, cancel the
+        rest and give them until its clean-up end."""
+        self._begin_stopping()
         tasks = [
             c.task for c in self._children.values() if c.task is not None and not c.task.done()
         ]
         if not tasks:
             return
-        _, stuck = await asyncio.wait(tasks, timeout=self.settings.supervisor.shutdown_timeout_s)
+        deadline = self.shutdown
+        _, stuck = await asyncio.wait(tasks, timeout=deadline.left_s(deadline.handback_end()))
         for task in stuck:
-            log.error(
-                "role %s did not stop within %.1fs; cancelling it",
+            # Expected of a role waiting out an outage (the outbox's batch, for one): it rolls
+            # back. A role that ignores the cancellation too is an ERROR below.
+            log.warning(
+                "role %s still running at the shutdown deadline's hand-back (%.1fs budget); "
+                "cancelling it",
                 task.get_name().removeprefix("role:"),
-                self.settings.supervisor.shutdown_timeout_s,
+                deadline.budget_s,
             )
             task.cancel()
         if stuck:
-            await asyncio.wait(stuck, timeout=5)
+            _, ignored = await asyncio.wait(stuck, timeout=deadline.left_s(deadline.cleanup_end()))
+            for task in ignored:
+                log.error("role %s is stuck: it ignored cancellation", task.get_name())
 
     def request_stop(self) -> None:
         """Begin draining without waiting (safe from a signal handler); `wait()` then returns."""
+        self._begin_stopping()
+
+    def _begin_stopping(self) -> None:
+        """The shutdown deadline starts now (once), then roles are told to stop."""
+        self.shutdown.begin()
         self._stopping.set()
 
     async def wait(self) -> None:
@@ -339,7 +357,7 @@ class Supervisor:
         if child.restart is Restart.PERMANENT:
             log.critical("%s; shutting down", failure)
             self._failure = failure
-            self._stopping.set()
+            self._begin_stopping()
         else:
             log.error("%s; left stopped (restart=%s)", failure, child.restart.value)
 

@@ -50,7 +50,7 @@ FAST = {
     "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5},
     "whatsapp": {"timeout_s": 2.0},
     "instagram": {"timeout_s": 2.0},
-    "breaker": {"failure_threshold": 3, "cooldown_s": 1.0, "call_timeout_s": 3.0},
+    "breaker": {"failure_threshold": 3, "cooldown_s": 1.0, "ack_timeout_s": 3.0},
     "supervisor": {"shutdown_timeout_s": 10.0},
 }
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
 from chat4all_workers.kafka.consumer import ConsumerEngine
@@ -31,12 +34,13 @@ def engine_for(
     drain: bool = True,
     commit_interval_s: float = 0.1,
     metrics: Metrics | None = None,
+    kafka: dict[str, Any] | None = None,
 ) -> ConsumerEngine:
     async def ignore(record: ConsumedRecord, exc: PermanentError) -> None:
         raise AssertionError(f"unexpected permanent error for {record.offset}: {exc}")
 
     return ConsumerEngine(
-        settings=settings_for(stack).kafka,
+        settings=settings_for(stack, kafka=kafka or {}).kafka,
         topics=[topic],
         group_id=group,
         role="test",
@@ -242,3 +246,164 @@ def _gauge(metrics: Metrics, labels: dict[str, str]) -> float | None:
         return metric_value(metrics.consumer_lag, labels)
     except KeyError:
         return None
+
+
+async def test_consumer_handler_bug_lets_other_keys_finish_and_commits_them_before_raising(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    await produce(stack, topic, [(f"k{i}".encode(), str(i).encode()) for i in range(10)])
+    started: set[int] = set()
+    finished: set[int] = set()
+
+    async def buggy_on_nine(record: ConsumedRecord) -> None:
+        started.add(record.offset)
+        if record.offset == 9:
+            await eventually(lambda: len(started) == 10, message="every key under way")
+            raise KeyError("a bug")
+        await asyncio.sleep(0.5)  # still running when the bug is raised
+        finished.add(record.offset)
+
+    engine = engine_for(stack, topic, consumer_group, buggy_on_nine, drain=False)
+    with pytest.raises(KeyError):
+        await engine.run(asyncio.Event())
+
+    assert finished == set(range(9))  # the other keys were not cancelled
+    assert (await committed_offsets(stack, topic, consumer_group))[0] == 9  # and were committed
+
+
+async def produce_to(
+    stack: StackEndpoints, topic: str, records: Sequence[tuple[int, bytes]]
+) -> None:
+    """(partition, key) records, the value being the key, in order."""
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for partition, key in records:
+            await producer.send(topic, key, key=key, partition=partition)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+# A rebalance: a revocation waits up to a third of this for the revoked keys' handlers, a sixth
+# more for cancelled ones, leaving the rest to notice the rebalance and rejoin.
+REBALANCE = {"rebalance_timeout_ms": 9000}
+
+
+async def test_consumer_revocation_commits_nothing_unfinished_nor_later_for_a_revoked_partition(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=2)
+    await produce_to(stack, topic, [(0, b"a"), (1, b"b")])
+    release_first, release_second = asyncio.Event(), asyncio.Event()
+    running: dict[str, list[int]] = {"first": [], "second": []}
+    cancelled_at: list[float] = []
+    started_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def blocking(member: str, release: asyncio.Event) -> Handler:
+        async def handle(record: ConsumedRecord) -> None:
+            running[member].append(record.partition)
+            if member == "second":
+                started_at.append(loop.time())
+            try:
+                await release.wait()
+            except asyncio.CancelledError:  # a handler that cannot be interrupted (at once)
+                cancelled_at.append(loop.time())
+                await release.wait()
+            running[member].remove(record.partition)
+
+        return handle
+
+    first = engine_for(stack, topic, consumer_group, blocking("first", release_first),
+                       drain=False, kafka=REBALANCE)  # fmt: skip
+    second = engine_for(stack, topic, consumer_group, blocking("second", release_second),
+                        drain=False, kafka=REBALANCE)  # fmt: skip
+    async with running_engine(first):
+        await eventually(lambda: sorted(running["first"]) == [0, 1], message="both blocked")
+        async with running_engine(second):
+            await eventually(lambda: len(running["second"]) == 1, timeout_s=60, message="moved")
+            (moved,) = running["second"]
+            nothing_yet = await committed_offsets(stack, topic, consumer_group)
+
+            release_first.set()  # the first member's handlers end, the revoked one's too
+            kept = 1 - moved
+            await eventually(
+                lambda: _committed_at(stack, topic, consumer_group, kept, 1),
+                message="the first member commits the partition it kept",
+            )
+            while_second_runs = await committed_offsets(stack, topic, consumer_group)
+            release_second.set()
+            await eventually(
+                lambda: _committed_at(stack, topic, consumer_group, moved, 1),
+                message="the new owner commits the moved partition",
+            )
+
+    assert len(cancelled_at) == 2  # the revocation gave up on both handlers after its wait
+    assert max(cancelled_at) < min(started_at)  # before the new owner could start the key
+    assert nothing_yet == {0: -1, 1: -1}  # it committed nothing unfinished
+    assert while_second_runs[moved] == -1  # nor did the late finish of the revoked partition
+
+
+async def test_consumer_never_runs_a_key_on_two_members_at_once_through_rebalances(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=4)
+    keys, rounds = 20, 50
+    active: dict[bytes, str] = {}
+    overlaps: list[tuple[bytes, str, str]] = []
+    handled: set[int] = set()
+    rng = random.Random(7)
+
+    def member(name: str) -> Handler:
+        async def handle(record: ConsumedRecord) -> None:
+            assert record.key is not None
+            assert record.value is not None
+            other = active.get(record.key)
+            if other is not None:
+                overlaps.append((record.key, other, name))
+            active[record.key] = name
+            try:
+                await asyncio.sleep(rng.uniform(0.01, 0.15))
+            finally:
+                if active.get(record.key) == name:
+                    del active[record.key]
+            handled.add(int(record.value))
+
+        return handle
+
+    async def stream() -> None:  # a round for every key each 0.2 s, for 10 s
+        for n in range(rounds):
+            batch = [(f"k{k}".encode(), str(n * keys + k).encode()) for k in range(keys)]
+            await produce(stack, topic, batch)
+            await asyncio.sleep(0.2)
+
+    engines = [
+        engine_for(stack, topic, consumer_group, member(name), drain=False, kafka=REBALANCE)
+        for name in ("first", "second", "third")
+    ]
+    async with asyncio.TaskGroup() as tasks, running_engine(engines[0]):
+        producing = tasks.create_task(stream())
+        async with running_engine(engines[1]):  # a member joins
+            await eventually(lambda: engines[1].stats().finished_total >= 20, timeout_s=60)
+            async with running_engine(engines[2]):  # another joins
+                await eventually(lambda: engines[2].stats().finished_total >= 20, timeout_s=60)
+            # and leaves again, then the second one leaves too
+        await producing
+        await eventually(lambda: len(handled) == keys * rounds, timeout_s=60, message="all")
+
+    assert overlaps == []
+
+
+@contextlib.asynccontextmanager
+async def running_engine(engine: ConsumerEngine) -> AsyncIterator[None]:
+    async with running(engine):
+        await eventually(lambda: engine.stats().assigned > 0, timeout_s=60, message="assigned")
+        yield
+
+
+async def _committed_at(
+    stack: StackEndpoints, topic: str, group: str, partition: int, expected: int
+) -> bool:
+    return (await committed_offsets(stack, topic, group))[partition] == expected

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import orjson
 
-from chat4all_workers.observability.logging import JsonFormatter, bind_service, log_context
+from chat4all_workers.observability.logging import (
+    DemoteFilter,
+    JsonFormatter,
+    RepeatFilter,
+    bind_service,
+    log_context,
+)
 
 
 def render(record_msg: str, **fields: object) -> dict[str, object]:
@@ -41,3 +48,102 @@ async def test_bind_service_names_the_role_for_the_task() -> None:
     line = render("pass done")
 
     assert line["service"] == "gc"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client_record(msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord("aiokafka.client", level, __file__, 1, msg, args, None)
+
+
+def test_repeat_filter_passes_a_condition_once_per_interval_then_with_the_count() -> None:
+    clock = Clock()
+    repeats = RepeatFilter(interval_s=30, prefixes=("aiokafka",), clock=clock)
+    template = "Unable connect to node with id %s: %s"
+
+    passed = [repeats.filter(client_record(template, 1, f"refused {n}")) for n in range(500)]
+    clock.now = 31
+    after = client_record(template, 1, "refused again")
+    again = repeats.filter(after)
+
+    assert passed.count(True) == 1
+    assert again
+    assert after.getMessage() == (
+        "Unable connect to node with id 1: refused again (499 more like this in the last 31 s)"
+    )
+    assert after.fields == {"repeats_suppressed": 499}  # type: ignore[attr-defined]
+
+
+def test_repeat_filter_keys_on_logger_and_template_and_leaves_others_alone() -> None:
+    repeats = RepeatFilter(interval_s=30, prefixes=("aiokafka",), clock=Clock())
+    ours = logging.LogRecord("chat4all_workers.x", logging.WARNING, __file__, 1, "x %s", (1,), None)
+
+    first = repeats.filter(client_record("Unable to update metadata from %s", [1]))
+    other = repeats.filter(client_record("Heartbeat failed: %r", "gone"))
+    formatted = repeats.filter(client_record("node 7 is gone"))
+    formatted_again = repeats.filter(client_record("node 8 is gone"))
+
+    assert (first, other, formatted, formatted_again) == (True, True, True, False)
+    assert all(repeats.filter(ours) for _ in range(5))
+
+
+def test_repeat_filter_flushes_the_count_of_a_condition_that_stopped() -> None:
+    clock = Clock()
+    emitted: list[logging.LogRecord] = []
+    repeats = RepeatFilter(interval_s=30, prefixes=("aiokafka",), emit=emitted.append, clock=clock)
+    for n in range(10):
+        repeats.filter(client_record("Unable connect to node with id %s: %s", 1, n))
+
+    clock.now = 45
+    unrelated = logging.LogRecord(
+        "chat4all_workers.kafka", logging.INFO, __file__, 1, "up", (), None
+    )
+    repeats.filter(unrelated)
+    repeats.filter(unrelated)
+
+    (summary,) = emitted
+    assert summary.name == "aiokafka.client"
+    assert summary.getMessage() == (
+        "Unable connect to node with id 1: 9 (9 more like this in the last 45 s)"
+    )
+
+
+def test_repeat_filter_gives_a_condition_still_repeating_one_line_per_interval() -> None:
+    clock = Clock()
+    emitted: list[logging.LogRecord] = []
+    repeats = RepeatFilter(interval_s=30, prefixes=("aiokafka",), emit=emitted.append, clock=clock)
+    passed: list[str] = []
+    for tick in range(650):  # two conditions, every 0.1 s for 65 s: an outage going on
+        clock.now = tick / 10
+        for template in ("Unable connect to node with id %s: %s", "Unable to update %s: %s"):
+            record = client_record(template, 1, "refused")
+            if repeats.filter(record):
+                passed.append(record.getMessage())
+
+    assert emitted == []  # no summary while the condition goes on
+    assert len(passed) == 6  # each condition: the first line, then one per interval
+    assert sum("more like this in the last 30 s" in line for line in passed) == 4
+
+
+def test_demote_filter_turns_client_errors_into_warnings_but_keeps_tracebacks() -> None:
+    demote = DemoteFilter(prefixes=("aiokafka",))
+    plain = client_record("Unable to update metadata from %s", [1])
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        bug = logging.LogRecord(
+            "aiokafka.producer.sender", logging.ERROR, __file__, 1, "Unexpected error", (),
+            sys.exc_info(),
+        )  # fmt: skip
+    ours = logging.LogRecord("chat4all_workers.x", logging.ERROR, __file__, 1, "ours", (), None)
+
+    for record in (plain, bug, ours):
+        assert demote.filter(record)
+
+    assert (plain.levelname, bug.levelname, ours.levelname) == ("WARNING", "ERROR", "ERROR")

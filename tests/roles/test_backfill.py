@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -28,6 +29,12 @@ from tests.support import eventually, free_port, settings_for
 pytestmark = pytest.mark.stack
 
 QUEUE = "fallback:message_queue"
+# A worker process that takes big batches and is presumed dead one second after it stops beating.
+FAST_HEARTBEAT = {
+    "FALLBACK_BATCH_SIZE": "500",
+    "FALLBACK_POLL_INTERVAL": "0.1",
+    "CHAT4ALL_FALLBACK_HEARTBEAT_TTL_S": "1",
+}
 
 
 @pytest.fixture
@@ -50,6 +57,26 @@ def backfill_settings(stack: StackEndpoints, prefix: str, topic: str, **extra: A
         topics={"message_processing": topic},
         fallback={"poll_interval_s": 0.1, "batch_size": 50, **extra},
     )
+
+
+async def backfill_process(
+    stack: StackEndpoints, prefix: str, topic: str, cwd: Path, extra: dict[str, str]
+) -> asyncio.subprocess.Process:
+    """`chat4all-workers run --roles backfill` as a real process (for signals and kill -9)."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
+        "REDIS_URL": stack.redis_url,
+        "CHAT4ALL_REDIS_KEY_PREFIX": prefix,
+        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
+        "METRICS_PORT": str(free_port()),
+        **extra,
+    }
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
+        env=env, cwd=cwd,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
 
 
 async def test_backfill_delivers_bare_values_and_envelopes_then_empties_the_queue(
@@ -126,22 +153,7 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
     total = 20_000
     for start in range(0, total, 1000):
         await redis.rpush(queue, *(bare(n) for n in range(start, start + 1000)))
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": stack.kafka_bootstrap,
-        "REDIS_URL": stack.redis_url,
-        "CHAT4ALL_REDIS_KEY_PREFIX": redis_prefix,
-        "CHAT4ALL_TOPICS_MESSAGE_PROCESSING": topic,
-        "FALLBACK_BATCH_SIZE": "500",
-        "FALLBACK_POLL_INTERVAL": "0.1",
-        "CHAT4ALL_FALLBACK_HEARTBEAT_TTL_S": "1",
-        "METRICS_PORT": str(free_port()),
-    }
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "chat4all_workers", "run", "--roles", "backfill",
-        env=env, cwd=tmp_path,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
+    child = await backfill_process(stack, redis_prefix, topic, tmp_path, FAST_HEARTBEAT)
     try:
         await eventually(
             lambda: _holding(redis, queue), timeout_s=30, interval_s=0.001, message="items taken"
@@ -160,6 +172,90 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
     delivered = {orjson.loads(r[2])["n"] for r in records}
     assert delivered == set(range(total))
     assert await redis.llen(queue) == 0
+
+
+async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_again(
+    stack: StackEndpoints,
+    redis: aioredis.Redis,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
+    tmp_path: Path,
+) -> None:
+    """A worker paused past its heartbeat TTL (SIGSTOP: a long GC pause, a Redis outage) is
+    presumed dead and removed; once it runs again its heartbeat must make it a member again, or
+    the items it holds when it really dies later are never recovered."""
+    topic = await kafka_topic(partitions=3)
+    queue = redis_prefix + QUEUE
+    settings = backfill_settings(stack, redis_prefix, topic, heartbeat_ttl_s=1.0, batch_size=500)
+    child = await backfill_process(stack, redis_prefix, topic, tmp_path, FAST_HEARTBEAT)
+    try:
+        await eventually(lambda: _members(redis, queue, 1), timeout_s=30, message="registered")
+        child.send_signal(signal.SIGSTOP)
+        await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
+        async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+            await sup.wait()  # its start-up recovery presumes the paused worker dead
+        recovered_while_paused = await redis.scard(f"{queue}:workers") == 0
+        child.send_signal(signal.SIGCONT)
+        await eventually(lambda: _members(redis, queue, 1), timeout_s=10, message="rejoined")
+
+        total = 20_000
+        for start in range(0, total, 1000):
+            await redis.rpush(queue, *(bare(n) for n in range(start, start + 1000)))
+        await eventually(
+            lambda: _holding(redis, queue), timeout_s=30, interval_s=0.001, message="items taken"
+        )
+        child.send_signal(signal.SIGKILL)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGCONT)
+            child.kill()
+        await child.wait()
+    await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
+    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+        await sup.wait()
+
+    assert recovered_while_paused
+    records = await wait_for_records(stack, topic, expect=total)
+    assert {orjson.loads(r[2])["n"] for r in records} == set(range(total))
+    assert await redis.llen(queue) == 0
+
+
+async def _members(redis: aioredis.Redis, queue: str, count: int) -> bool:
+    return int(await redis.scard(f"{queue}:workers")) == count
+
+
+async def test_backfill_continues_the_trace_an_item_was_parked_with(
+    stack: StackEndpoints,
+    redis: aioredis.Redis,
+    redis_prefix: str,
+    kafka_topic: KafkaTopicFactory,
+    tmp_path: Path,
+) -> None:
+    """As a worker process (the CLI sets tracing up): an envelope parked with a `traceparent`
+    goes on in a child span of that trace; a bare item starts a trace of its own."""
+    topic = await kafka_topic(partitions=1)
+    trace_id, parked_span = "ab" * 16, "cd" * 8
+    envelope = {
+        "topic": topic,
+        "key": "conversation:1",
+        "value": {"n": 1},
+        "headers": {"traceparent": f"00-{trace_id}-{parked_span}-01"},
+    }
+    await redis.rpush(redis_prefix + QUEUE, orjson.dumps(envelope), bare(2))
+    child = await backfill_process(
+        stack, redis_prefix, topic, tmp_path, {"FALLBACK_POLL_INTERVAL": "0.1"}
+    )
+    try:
+        records = await wait_for_records(stack, topic, expect=2)
+    finally:
+        child.terminate()
+        await child.wait()
+
+    continued, started = (r[3]["traceparent"].decode().split("-") for r in records)
+    assert (continued[1], continued[3]) == (trace_id, "01")  # the parked trace, still sampled
+    assert continued[2] != parked_span  # in a span of its own
+    assert started[1] != trace_id
+    assert len(started[1]) == 32
 
 
 async def _holding(redis: aioredis.Redis, queue: str) -> bool:
@@ -200,7 +296,7 @@ async def test_kafka_outage_parks_status_updates_holds_outbox_and_loses_nothing(
         redis_prefix=redis_prefix,
         topics={"message_events": events_topic, "message_status_updates": status_topic},
         kafka={"bootstrap_servers": proxy.address, "request_timeout_ms": 2000},
-        breaker={"failure_threshold": 2, "cooldown_s": 1.0, "call_timeout_s": 1.0},
+        breaker={"failure_threshold": 2, "cooldown_s": 1.0, "ack_timeout_s": 1.0},
         outbox={"poll_interval_ms": 100},
         fallback={"poll_interval_s": 0.2},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import signal
 import uuid
@@ -14,6 +15,12 @@ import orjson
 import pytest
 from miniopy_async.api import Minio
 
+from chat4all_workers.channels import build_adapters
+from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.roles import REGISTRY
+from chat4all_workers.roles.base import RoleContext
+from chat4all_workers.roles.consuming import consume
+from chat4all_workers.roles.router import Router
 from chat4all_workers.supervisor import Supervisor
 from tests.support import (
     Deployment,
@@ -205,6 +212,51 @@ async def test_router_survives_kill_9_without_losing_or_repeating_a_send(
         assert [t for t in texts if t.startswith(f"k{c}-")] == sorted(
             (t for t in texts if t.startswith(f"k{c}-")), key=lambda t: int(t.split("-")[1])
         )
+
+
+async def test_router_handler_bug_on_one_record_lets_the_other_sends_finish_then_restarts(
+    deployment: Deployment,
+) -> None:
+    """The real router role, composed with a bug on one chosen record (its first delivery):
+    the sends in flight finish, nothing is dead-lettered as of unknown outcome, the role is
+    restarted and the chosen record is then delivered too."""
+    docs = [message(c, f"bug-{c}") for c in range(30)]
+    chosen = docs[7]["message_id"]
+    await produce(
+        deployment.stack, deployment.topics["message_processing"], [record(d) for d in docs]
+    )
+    entered = 0
+    raised = False
+
+    async def run_router_with_a_bug(ctx: RoleContext) -> None:
+        router = Router(ctx, build_adapters(ctx.settings, ctx.resources.http_client()))
+
+        async def handle(consumed: ConsumedRecord) -> None:
+            nonlocal entered, raised
+            entered += 1
+            if not raised and orjson.loads(consumed.value or b"{}")["message_id"] == chosen:
+                await eventually(lambda: entered >= 20, message="other sends under way")
+                raised = True
+                raise ZeroDivisionError("a bug in the handler")
+            await router.handle(consumed)
+
+        await consume(ctx, topic=ctx.settings.topics.message_processing, handler=handle)
+
+    buggy = dataclasses.replace(REGISTRY["router"], run=run_router_with_a_bug)
+    async with FakeChannelApi(latency_s=0.5) as channel:
+        settings = deployment.settings(
+            whatsapp={"base_url": channel.base_url, "timeout_s": 2.0},
+            router={"retry_base_s": 0.01, "retry_cap_s": 0.05},
+            supervisor={"backoff_base_s": 0.05, "backoff_cap_s": 0.1},
+        )
+        async with Supervisor(settings, roles=[buggy], drain=True, serve_http=False) as sup:
+            await asyncio.wait_for(sup.wait(), 120)
+
+    texts = channel.texts()
+    assert raised
+    assert [s.restarts_total for s in sup.stats()] == [1]
+    assert sorted(texts) == sorted(d["payload"]["content"] for d in docs)  # each once
+    assert await dead_letters(deployment) == []  # no delivery_unknown, nothing else either
 
 
 async def test_router_waits_for_a_redis_connection_when_more_sends_are_in_flight(

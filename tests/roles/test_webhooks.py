@@ -526,7 +526,8 @@ async def test_webhooks_answer_503_while_kafka_fails_and_200_parked_once_the_bre
     settings = webhook_settings(
         deployment,
         kafka={"bootstrap_servers": proxy.address, "request_timeout_ms": 2000},
-        breaker={"failure_threshold": 2, "cooldown_s": 60.0, "call_timeout_s": 1.0},
+        breaker={"failure_threshold": 2, "cooldown_s": 60.0, "ack_timeout_s": 1.0},
+        webhooks={"store_timeout_s": 1.5},
     )
     ids = [str(uuid.uuid4()) for _ in range(4)]
     redis = aioredis.from_url(deployment.stack.redis_url)

@@ -1,8 +1,14 @@
 """A circuit breaker (closed -> open -> half-open) with an injectable clock.
 
-Closed: calls pass; `failure_threshold` consecutive failures open it. Open: calls are refused at
-once with CircuitOpenError until `cooldown_s` has passed. Half-open: exactly one probe call is let
-through; its success closes the breaker, its failure opens it for another cool-down.
+Closed: calls pass; `failure_threshold` consecutive failures open it (a failure is whatever the
+caller counts: the producer counts each unacknowledged record). Open: calls are refused at once
+with CircuitOpenError until `cooldown_s` has passed. Half-open: exactly one probe call is let
+through; its success closes the breaker, its failure opens it for another cool-down. A success
+reported while open (a late answer to a call made before it opened) closes it too: the service
+answers again.
+
+The first opening is logged at WARNING; re-openings after a failed probe at INFO (the same outage
+going on is not news), and so are closing and half-opening.
 """
 
 from __future__ import annotations
@@ -89,8 +95,8 @@ class CircuitBreaker:
         """
         self._probe_in_flight = False
 
-    def record_failure(self) -> None:
-        self._failures += 1
+    def record_failure(self, *, count: int = 1) -> None:
+        self._failures += count
         was_probe = self._probe_in_flight
         self._probe_in_flight = False
         if (
@@ -116,10 +122,11 @@ class CircuitBreaker:
 
     def _set(self, state: BreakerState) -> None:
         if state is not self._state:
-            self._state = state
             # An operator's timeline of the outage: opened (WARNING), probing, closed again.
+            news = state is BreakerState.OPEN and self._state is BreakerState.CLOSED
+            self._state = state
             log.log(
-                logging.WARNING if state is BreakerState.OPEN else logging.INFO,
+                logging.WARNING if news else logging.INFO,
                 "%s circuit breaker %s (%d consecutive failures)",
                 self.service,
                 state.name.lower().replace("_", "-"),

@@ -7,23 +7,39 @@ finishes, so memory stays bounded whatever the backlog.
 
 Offsets are committed per partition up to the lowest record not yet finished, never past it: a
 crash redelivers exactly the unfinished records and possibly some finished ones (handlers are
-idempotent: they deduplicate). On a rebalance, finished work of the revoked partitions is
-committed and their unfinished work is abandoned without committing, for the new owner to redo.
+idempotent: they deduplicate).
 
 What the handler raises decides the record's fate (see errors.py): RetryableError retries in place
 with backoff, holding back only that key; PermanentError goes to `on_permanent` (the role
-dead-letters it) and the record counts as finished; anything else is a bug and crashes the engine,
-so the supervisor restarts it from the last commit.
+dead-letters it) and the record counts as finished; anything else is a bug. A bug does not take
+the other keys down with it: fetching stops, the other keys' handlers finish what they are doing
+(under the shutdown deadline's drain budget, counted from the bug), finished work is committed,
+and only then does `run` raise the bug, for the supervisor to restart the role.
+
+The engine cancels a running handler at exactly two points, each the end of a bounded wait:
+- stopping (or after a bug): at the shutdown deadline's `drain_end` (deadline.py), handlers still
+  running are cancelled; their records are handed back uncommitted;
+- a rebalance: `on_partitions_revoked` first stops the revoked partitions' keys from starting
+  another record, then waits up to a third of `kafka.rebalance_timeout_ms` for their running
+  handlers to finish, cancels those still running, waits a sixth more for them to unwind, and
+  commits what finished. Only then does it return, so the new owner (held in the group's join
+  until every member has rejoined) never starts a key while this member still runs it. The other
+  half of the rebalance timeout is left for noticing the rebalance (a heartbeat) and rejoining,
+  so the member is not dropped from the group. Nothing unfinished is committed, and nothing of a
+  revoked partition is committed after the revocation.
+A handler that swallows cancellation, or a member whose session expired (the group already gave
+its partitions away), is outside what this can promise; the router's send lease covers both.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -32,7 +48,8 @@ from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 
 from chat4all_workers.backoff import backoff_delay_s
-from chat4all_workers.config import KafkaSettings
+from chat4all_workers.config import KafkaSettings, SupervisorSettings
+from chat4all_workers.deadline import ShutdownDeadline, timeout_at
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics, forget
@@ -42,9 +59,16 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[ConsumedRecord], Awaitable[None]]
 PermanentHandler = Callable[[ConsumedRecord, PermanentError], Awaitable[None]]
+Scope = tuple["_Partition", bytes]
 
 _RETRY_BASE_S = 0.5
 _RETRY_CAP_S = 30.0
+
+
+class _Ownership(enum.Enum):
+    OWNED = "owned"  # assigned: records start, finish and are committed
+    REVOKING = "revoking"  # being revoked: nothing new starts; finishes still count
+    GONE = "gone"  # revoked: late finishes of abandoned work move nothing
 
 
 @dataclass(eq=False)
@@ -60,11 +84,14 @@ class _Partition:
     finished: set[int] = field(default_factory=set)
     commit_position: int | None = None
     committed: int | None = None
+    ownership: _Ownership = _Ownership.OWNED
 
     def add(self, offset: int) -> None:
         self.pending.append(offset)
 
     def finish(self, offset: int) -> None:
+        if self.ownership is _Ownership.GONE:
+            return
         self.finished.add(offset)
         while self.pending and self.pending[0] in self.finished:
             done = self.pending.popleft()
@@ -102,6 +129,7 @@ class ConsumerEngine:
         max_in_flight: int | None = None,
         commit_interval_s: float = 1.0,
         drain: bool = False,
+        shutdown: ShutdownDeadline | None = None,
     ) -> None:
         self._settings = settings
         self.topics = tuple(topics)
@@ -113,13 +141,17 @@ class ConsumerEngine:
         self.max_in_flight = max(1, max_in_flight or settings.max_in_flight)
         self._commit_interval_s = commit_interval_s
         self._drain = drain
+        # The process's deadline (begun when it stops); a bug drains on one of the same budget.
+        self._shutdown = shutdown or ShutdownDeadline(SupervisorSettings().shutdown_timeout_s)
+        self._bug_deadline: ShutdownDeadline | None = None
+        self._bug: Exception | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: dict[TopicPartition, _Partition] = {}
-        self._queues: dict[tuple[_Partition, bytes], deque[ConsumedRecord]] = {}
+        self._queues: dict[Scope, deque[ConsumedRecord]] = {}
+        self._workers: dict[Scope, asyncio.Task[None]] = {}
         self._in_flight = 0
         self._capacity = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._wakeup = asyncio.Event()
         self._paused = False
         self._finished_total = 0
         self._last_commit: float | None = None
@@ -142,7 +174,8 @@ class ConsumerEngine:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set (or, in drain mode, until caught up), then hand back
-        unfinished work: only finished records are committed."""
+        unfinished work: only finished records are committed. Raises a handler's bug once the
+        other keys have finished and their work is committed."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self._settings.bootstrap_servers,
             group_id=self.group_id,
@@ -151,6 +184,7 @@ class ConsumerEngine:
             auto_offset_reset=self._settings.auto_offset_reset,
             max_poll_interval_ms=self._settings.max_poll_interval_ms,
             session_timeout_ms=self._settings.session_timeout_ms,
+            rebalance_timeout_ms=self._settings.rebalance_timeout_ms,
             request_timeout_ms=self._settings.request_timeout_ms,
             heartbeat_interval_ms=max(1000, self._settings.session_timeout_ms // 3),
         )
@@ -162,23 +196,47 @@ class ConsumerEngine:
             async with asyncio.TaskGroup() as tasks:
                 self._tasks = tasks
                 committer = tasks.create_task(self._commit_periodically())
-                await self._fetch_until(stopping)
-                await self._idle.wait()  # in-flight work finishes (or is cancelled at timeout)
-                committer.cancel()
+                waker = tasks.create_task(self._wake_on(stopping))
+                try:
+                    await self._fetch_until_draining()
+                    await self._finish_in_flight()
+                finally:
+                    committer.cancel()
+                    waker.cancel()
         finally:
             self._tasks = None
-            with contextlib.suppress(KafkaError, TimeoutError):
-                async with asyncio.timeout(5):
-                    await self._commit_finished()
-            async with asyncio.timeout(10):
-                await consumer.stop()
+            await self._hand_back(consumer)
             self._consumer = None
+        if self._bug is not None:
+            raise self._bug
+
+    def _draining(self) -> bool:
+        return self._stopping.is_set() or self._bug is not None
+
+    def _interrupt(self) -> None:
+        """Wake everything that waits for a while (retry back-offs, the paused fetch loop), so
+        a stop, a bug or a revocation is noticed at once."""
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+        self._capacity.set()
+
+    async def _wake_on(self, stopping: asyncio.Event) -> None:
+        await stopping.wait()
+        self._interrupt()
+
+    def _point(self, point: Callable[[ShutdownDeadline], float]) -> float:
+        """A point of the shutdown deadline (deadline.py); after a bug, the earlier of the
+        process's and the bug's own."""
+        when = point(self._shutdown)
+        if self._bug_deadline is not None:
+            when = min(when, point(self._bug_deadline))
+        return when
 
     # -- fetching ---------------------------------------------------------------------------
 
-    async def _fetch_until(self, stopping: asyncio.Event) -> None:
+    async def _fetch_until_draining(self) -> None:
         consumer = self._require_consumer()
-        while not stopping.is_set():
+        while not self._draining():
             room = self.max_in_flight - self._in_flight
             if room <= 0:
                 self._pause(consumer)
@@ -222,7 +280,6 @@ class ConsumerEngine:
             record = ConsumedRecord.from_aiokafka(raw)
             partition.add(record.offset)
             self._in_flight += 1
-            self._idle.clear()
             if record.key is None:
                 # No key, no order to keep: each such record is its own queue.
                 scope = (partition, b"\x00offset:%d" % record.offset)
@@ -233,34 +290,56 @@ class ConsumerEngine:
                 queue.append(record)
                 continue
             self._queues[scope] = deque([record])
-            tasks.create_task(self._work_through(scope))
+            self._workers[scope] = tasks.create_task(self._work_through(scope))
         self._metrics.in_flight.set({"role": self.role}, self._in_flight)
 
     # -- processing -------------------------------------------------------------------------
 
-    async def _work_through(self, scope: tuple[_Partition, bytes]) -> None:
-        """Handle one key's records in order; stop early if the partition is revoked."""
+    async def _work_through(self, scope: Scope) -> None:
+        """Handle one key's records in order; stop early when draining or revoked."""
         partition, _ = scope
         queue = self._queues[scope]
         try:
-            while queue and self._owns(partition) and not self._stopping.is_set():
+            while queue and self._owns(partition) and not self._draining():
                 record = queue[0]
-                if await self._handle(partition, record):
-                    self._finish(partition, record)
-                else:  # stopping while a retry was pending: hand it back uncommitted
+                try:
+                    handled = await self._handle(partition, record)
+                except Exception as exc:  # noqa: BLE001 - a bug: deferred (raised by run)
+                    self._defer_bug(record, exc)
                     break
+                if not handled:  # stopping or revoked while a retry was pending: hand back
+                    break
+                self._finish(partition, record)
                 queue.popleft()
         finally:
             abandoned = len(queue)
             del self._queues[scope]
+            del self._workers[scope]
             if abandoned:
                 self._release(abandoned)
 
+    def _defer_bug(self, record: ConsumedRecord, exc: Exception) -> None:
+        """The first bug stops fetching and is raised by `run` once the other keys are done;
+        the record stays unfinished (uncommitted), so the restarted role sees it again."""
+        if self._bug is not None:
+            log.error(
+                "handler failed on %s-%d@%d as well: %r", record.topic, record.partition,
+                record.offset, exc, exc_info=exc,
+            )  # fmt: skip
+            return
+        log.error(
+            "handler failed on %s-%d@%d (%r); letting the other keys finish, then restarting",
+            record.topic, record.partition, record.offset, exc,
+        )  # fmt: skip
+        self._bug = exc
+        self._bug_deadline = ShutdownDeadline.begun_now(self._shutdown.budget_s)
+        self._interrupt()
+
     def _owns(self, partition: _Partition) -> bool:
-        return self._partitions.get(partition.tp) is partition
+        return partition.ownership is _Ownership.OWNED
 
     async def _handle(self, partition: _Partition, record: ConsumedRecord) -> bool:
-        """Run the handler until it finishes the record; False if handed back (stopping or
+        """Run the handler until it finishes the record; False if handed back (draining or
         revoked) while a retry was pending."""
         started = time.perf_counter()
         attempt = 0
@@ -277,13 +356,15 @@ class ConsumerEngine:
         ):
             while True:
                 try:
-                    await self._handler(record)
-                    break
-                except PermanentError as exc:
-                    await self._on_permanent(record, exc)
+                    try:
+                        await self._handler(record)
+                    except PermanentError as exc:
+                        # Dead-lettering can meet an outage too (the breaker open): then the
+                        # record is retried like any other, not taken for a bug.
+                        await self._on_permanent(record, exc)
                     break
                 except RetryableError as exc:
-                    if self._stopping.is_set() or not self._owns(partition):
+                    if self._draining() or not self._owns(partition):
                         return False
                     delay = backoff_delay_s(attempt, base_s=_RETRY_BASE_S, cap_s=_RETRY_CAP_S)
                     if exc.retry_after_s is not None:
@@ -297,17 +378,19 @@ class ConsumerEngine:
                         delay,
                         exc,
                     )
+                    wakeup = self._wakeup
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
-                            await self._stopping.wait()
+                            await wakeup.wait()
+                    if self._draining() or not self._owns(partition):
+                        return False
         self._metrics.processing_duration.observe(
             {"role": self.role}, time.perf_counter() - started
         )
         return True
 
     def _finish(self, partition: _Partition, record: ConsumedRecord) -> None:
-        if self._owns(partition):
-            partition.finish(record.offset)
+        partition.finish(record.offset)
         self._finished_total += 1
         self._release(1)
 
@@ -316,8 +399,31 @@ class ConsumerEngine:
         # per record it cost more than the bookkeeping it reports.
         self._in_flight -= count
         self._capacity.set()
-        if self._in_flight == 0:
-            self._idle.set()
+
+    async def _finish_in_flight(self) -> None:
+        """Let running handlers finish until the drain deadline, then cancel the rest: the
+        engine's cancellation point when stopping or after a bug."""
+        running = list(self._workers.values())
+        if not running:
+            return
+        _, unfinished = await asyncio.wait(
+            running, timeout=ShutdownDeadline.left_s(self._point(ShutdownDeadline.drain_end))
+        )
+        if unfinished:
+            unwind_by = self._point(ShutdownDeadline.unwind_end)
+            await self._cancel(unfinished, until=unwind_by, why="at the drain deadline")
+
+    async def _cancel(self, tasks: set[asyncio.Task[None]], *, until: float, why: str) -> None:
+        log.warning(
+            "%s: cancelling %d handler(s) still running %s; their records are handed back "
+            "uncommitted",
+            self.role, len(tasks), why,
+        )  # fmt: skip
+        for task in tasks:
+            task.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=ShutdownDeadline.left_s(until))
+        if stuck:
+            log.error("%s: %d handler(s) ignored cancellation", self.role, len(stuck))
 
     def _pause(self, consumer: AIOKafkaConsumer) -> None:
         consumer.pause(*consumer.assignment())  # every time: the assignment may have changed
@@ -334,7 +440,7 @@ class ConsumerEngine:
         while True:
             await asyncio.sleep(self._commit_interval_s)
             try:
-                await self._commit_finished()
+                await self._commit_finished(self._partitions.values())
             except (CommitFailedError, KafkaError) as exc:
                 log.warning("offset commit failed, will retry: %r", exc)
             self._report_lag()
@@ -356,33 +462,64 @@ class ConsumerEngine:
             if highwater is not None and done is not None:
                 self._metrics.consumer_lag.set(_lag_labels(tp), max(0, highwater - done))
 
-    async def _commit_finished(self, only: Sequence[TopicPartition] | None = None) -> None:
+    async def _commit_finished(self, partitions: Iterable[_Partition]) -> None:
         consumer = self._consumer
         if consumer is None:
             return
-        wanted = (
-            self._partitions
-            if only is None
-            else {tp: self._partitions[tp] for tp in only if tp in self._partitions}
-        )
-        offsets = {tp: pos for tp, p in wanted.items() if (pos := p.uncommitted()) is not None}
+        wanted = list(partitions)
+        offsets = {p.tp: pos for p in wanted if (pos := p.uncommitted()) is not None}
         if not offsets:
             return
         await consumer.commit(offsets)
-        for tp, pos in offsets.items():
-            wanted[tp].committed = pos
+        for p in wanted:
+            if p.tp in offsets:
+                p.committed = offsets[p.tp]
         self._last_commit = time.monotonic()
+
+    async def _hand_back(self, consumer: AIOKafkaConsumer) -> None:
+        """Commit what finished and leave the group, both by the deadline's `handback_end` (or,
+        when the supervisor cancelled the role there, its `cleanup_end`)."""
+        until = self._point(ShutdownDeadline.handback_end)
+        if asyncio.get_running_loop().time() >= until:
+            until = self._point(ShutdownDeadline.cleanup_end)
+        try:
+            async with timeout_at(until):
+                await self._commit_finished(list(self._partitions.values()))
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("%s: final offset commit failed; that work is redone: %r", self.role, exc)
+        try:
+            async with timeout_at(until):
+                await consumer.stop()
+        except TimeoutError:
+            log.warning("%s: the Kafka consumer did not close by the shutdown deadline", self.role)
 
     # -- rebalancing (called by the listener) -----------------------------------------------
 
     async def _on_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        """Stop the revoked partitions' keys, wait (bounded) for their running handlers, cancel
+        the rest, commit what finished; see the module docstring."""
+        leaving = [p for tp in revoked if (p := self._partitions.pop(tp, None)) is not None]
+        for partition in leaving:
+            partition.ownership = _Ownership.REVOKING
+        self._interrupt()  # their retry back-offs hand back now
+        running = {task for (partition, _), task in self._workers.items() if partition in leaving}
+        if running:
+            loop = asyncio.get_running_loop()
+            rebalance_s = self._settings.rebalance_timeout_ms / 1000
+            finish_by = min(loop.time() + rebalance_s / 3, self._point(ShutdownDeadline.drain_end))
+            _, unfinished = await asyncio.wait(running, timeout=ShutdownDeadline.left_s(finish_by))
+            if unfinished:
+                unwind_by = min(
+                    loop.time() + rebalance_s / 6, self._point(ShutdownDeadline.unwind_end)
+                )
+                await self._cancel(unfinished, until=unwind_by, why="for a revocation")
         try:
-            await self._commit_finished(only=revoked)
+            await self._commit_finished(leaving)
         except (CommitFailedError, KafkaError) as exc:
             log.warning("commit on revocation failed; the new owner redoes that work: %r", exc)
-        for tp in revoked:
-            self._partitions.pop(tp, None)
-            forget(self._metrics.consumer_lag, _lag_labels(tp))  # the new owner reports it
+        for partition in leaving:
+            partition.ownership = _Ownership.GONE
+            forget(self._metrics.consumer_lag, _lag_labels(partition.tp))  # the new owner's now
         self._paused = False
 
     def _on_assigned(self, assigned: Sequence[TopicPartition]) -> None:
@@ -406,6 +543,9 @@ def _lag_labels(tp: TopicPartition) -> dict[str, str]:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Awaits only the engine's own handler tasks and a commit, never the fetch loop (STYLE 10):
+    the fetch loop keeps polling (and heartbeating) while a revocation waits."""
+
     def __init__(self, engine: ConsumerEngine) -> None:
         self._engine = engine
 

@@ -3,14 +3,27 @@
 The role (`service`) and the ids of the record in hand travel in a context variable, so a log line
 written deep inside an adapter still says which role and which message it was about, without every
 call passing them along.
+
+Outages must not flood the log: aiokafka logs every failed reconnect, metadata refresh and
+heartbeat at ERROR, hundreds of lines a second while a broker is away. Those are retried by the
+client itself and judged by our own code (the breaker, the engine), so `configure_logging`
+demotes aiokafka's ERRORs without a traceback to WARNING (`DemoteFilter`) and lets each of its
+messages through once per `log_repeat_interval_s`, the next one saying how many it stood for
+(`RepeatFilter`, reusable for any logger).
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import math
+import re
 import sys
+import threading
+import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -81,13 +94,162 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
-def configure_logging(*, level: str, service: str) -> None:
+# Variable parts a message template may still contain (f-strings, pre-formatted text): numbers,
+# hex ids and UUIDs, addresses. What is left names the condition.
+_VARIABLE = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}|0x[0-9a-f]+|\d+")
+
+
+def message_template(record: logging.LogRecord) -> str:
+    """The condition a record reports: its format string with any variable parts blanked."""
+    return _VARIABLE.sub("#", str(record.msg))
+
+
+@dataclass
+class _Condition:
+    passed_at: float
+    dropped: int = 0
+    last_seen: float = 0.0
+    last: logging.LogRecord | None = None  # the latest dropped record, for the summary
+
+
+class RepeatFilter(logging.Filter):
+    """Let a message through once per `interval_s`, keyed by logger and message template.
+
+    The first record of a condition passes; repeats within the interval are dropped and
+    counted. The first repeat after the interval passes with " (N more like this in the last
+    S s)" appended and a `repeats_suppressed` field. A condition that stopped repeating (the
+    outage is over) is not left uncounted: given `emit` (the handler's `handle`), once the
+    interval is over and the condition has been quiet for `quiet_s` (a sixth of the interval
+    by default), the next record of any kind that reaches the filter first flushes a summary
+    line for it: its latest repeat, with the count. Only records of loggers under `prefixes`
+    (all, when empty) and at `min_level` or above are limited. The clock is injectable.
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_s: float,
+        prefixes: tuple[str, ...] = (),
+        min_level: int = logging.WARNING,
+        emit: Callable[[logging.LogRecord], object] | None = None,
+        quiet_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_conditions: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._prefixes = prefixes
+        self._min_level = min_level
+        self._emit = emit
+        self._quiet_s = interval_s / 6 if quiet_s is None else quiet_s
+        self._clock = clock
+        self._max_conditions = max_conditions
+        self._conditions: dict[tuple[str, str], _Condition] = {}
+        self._lock = threading.Lock()
+        self._flushing = False
+        self._next_flush_at = math.inf  # no condition with repeats may be flushed before this
+
+    def _applies(self, record: logging.LogRecord) -> bool:
+        if record.levelno < self._min_level:
+            return False
+        return not self._prefixes or record.name.startswith(self._prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.interval_s <= 0 or self._flushing:
+            return True
+        now = self._clock()
+        key = (record.name, message_template(record)) if self._applies(record) else None
+        passes = True
+        if key is not None:
+            with self._lock:
+                condition = self._conditions.get(key)
+                if condition is not None and now - condition.passed_at < self.interval_s:
+                    condition.dropped += 1
+                    condition.last = record
+                    condition.last_seen = now
+                    self._next_flush_at = min(self._next_flush_at, self._flushable_at(condition))
+                    passes = False
+                else:
+                    if len(self._conditions) >= self._max_conditions:
+                        self._conditions.clear()  # a flood of distinct messages: stay bounded
+                    self._conditions[key] = _Condition(passed_at=now)
+            if passes and condition is not None and condition.dropped:
+                _mark_repeats(record, condition.dropped, now - condition.passed_at)
+        self._flush(now)
+        return passes
+
+    def _flushable_at(self, condition: _Condition) -> float:
+        return max(condition.passed_at + self.interval_s, condition.last_seen + self._quiet_s)
+
+    def _flush(self, now: float) -> None:
+        """Summaries of conditions that stopped repeating."""
+        if self._emit is None or now < self._next_flush_at:
+            return
+        with self._lock:
+            stale = [
+                (key, c)
+                for key, c in self._conditions.items()
+                if c.dropped and c.last is not None and now >= self._flushable_at(c)
+            ]
+            for key, _ in stale:
+                del self._conditions[key]
+            self._next_flush_at = min(
+                (self._flushable_at(c) for c in self._conditions.values() if c.dropped),
+                default=math.inf,
+            )
+        for _, condition in stale:
+            assert condition.last is not None
+            summary = logging.makeLogRecord(condition.last.__dict__)
+            _mark_repeats(summary, condition.dropped, now - condition.passed_at)
+            self._flushing = True
+            try:
+                self._emit(summary)
+            finally:
+                self._flushing = False
+
+
+def _mark_repeats(record: logging.LogRecord, dropped: int, since_s: float) -> None:
+    message = record.getMessage()
+    record.msg = f"{message} ({dropped} more like this in the last {since_s:.0f} s)"
+    record.args = None
+    fields = getattr(record, "fields", None)
+    extra = fields if isinstance(fields, dict) else {}
+    record.fields = {**extra, "repeats_suppressed": dropped}
+
+
+class DemoteFilter(logging.Filter):
+    """ERROR records of loggers under `prefixes` become WARNING unless they carry a traceback
+    (`log.exception`: a bug in the library, or in a callback of ours, stays an ERROR)."""
+
+    def __init__(self, *, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.ERROR
+            and not record.exc_info
+            and record.name.startswith(self._prefixes)
+        ):
+            record.levelno = logging.WARNING
+            record.levelname = "WARNING"
+        return True
+
+
+_CLIENT_LOGGERS = ("aiokafka", "kafka")
+
+
+def configure_logging(*, level: str, service: str, repeat_interval_s: float = 30.0) -> None:
     """Send every logger to stderr as JSON lines. Called once, by the CLI."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
+    handler.addFilter(DemoteFilter(prefixes=_CLIENT_LOGGERS))
+    handler.addFilter(
+        RepeatFilter(interval_s=repeat_interval_s, prefixes=_CLIENT_LOGGERS, emit=handler.handle)
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Client libraries are chatty at INFO about every (re)connection; keep their warnings only.
-    for noisy in ("aiokafka", "kafka", "asyncio"):
+    for noisy in (*_CLIENT_LOGGERS, "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -69,12 +69,15 @@ def context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_co
     return propagate.extract(carrier)
 
 
-def headers_with_trace(headers: Iterable[tuple[str, bytes]] = ()) -> KafkaHeaders:
-    """`headers` with the current trace context instead of any trace headers already there
-    (a replayed record carries its first trip's context, which must not be continued)."""
+def headers_with_trace(
+    headers: Iterable[tuple[str, bytes]] = (), *, context: otel_context.Context | None = None
+) -> KafkaHeaders:
+    """`headers` with the current trace context (or `context`) instead of any trace headers
+    already there (a replayed record carries its first trip's context, which must not be
+    continued)."""
     kept = [(k, v) for k, v in headers if k not in _TRACE_HEADERS]
-    if _kafka_instrumented:
+    if _kafka_instrumented and context is None:
         return kept  # the instrumentation injects its send span's context
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    propagate.inject(carrier, context=context)
     return kept + [(k, v.encode("latin-1")) for k, v in carrier.items()]

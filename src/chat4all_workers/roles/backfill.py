@@ -8,6 +8,18 @@ heartbeat key `{queue}:heartbeat:{worker_id}` (TTL `fallback.heartbeat_ttl_s`) t
 any backfill worker puts those items back at the head of the queue, in order, on start and
 periodically. Delivery is therefore at least once: consumers deduplicate (SPEC section 5).
 
+Membership (`{queue}:workers`) is repaired by every heartbeat: a beat sets the heartbeat key and
+re-adds the worker in one MULTI, and recovering a dead worker (checking its heartbeat, removing
+it, handing its items back) is one Lua script, so the two never interleave. A worker paused past
+its TTL (a long GC pause, a Redis outage) is recovered once, re-registers on its next beat, and
+is found again if it dies later.
+
+Each item is sent in a span of its own that continues the trace the item was parked with (its
+`traceparent` header), else starts one. While Kafka is away a batch waits for Kafka's verdict
+like every send (kafka/producer.py), held in this worker's processing list and heart-beaten;
+items Kafka refuses for good go to the dead list, items never handed to Kafka go back to the
+head of the queue, in order.
+
 An item is a bare `message_processing` value (topic `topics.message_processing`, key
 `conversation:{conversation_id}`, sent byte for byte) or an envelope `{topic, key, value,
 headers}`. Anything else goes to `{queue}:dead` as `{"reason": ..., "item": <original text>}`:
@@ -34,9 +46,15 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from chat4all_workers.config_checks import is_topic_name
-from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
+from chat4all_workers.deadline import timeout_at
+from chat4all_workers.errors import (
+    CircuitOpenError,
+    InvalidRecordError,
+    PermanentError,
+    RetryableError,
+)
 from chat4all_workers.kafka.breaker import BreakerState
-from chat4all_workers.kafka.producer import OutgoingRecord, Producer
+from chat4all_workers.kafka.producer import OutgoingRecord, Producer, span_per_record
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 from chat4all_workers.roles.wire import Fields, describe, present, quote, read_record
@@ -46,6 +64,18 @@ log = logging.getLogger(__name__)
 
 # A conversation id as older API versions wrote it: a decimal string within bigint's digits.
 _DECIMAL = re.compile(r"-?[0-9]{1,18}", re.ASCII)
+
+# Recover one worker if, and only if, its heartbeat is gone: atomic, so a beat that re-registers
+# it cannot fall between the check and the removal. Newest item first to the queue head, so the
+# queue keeps the original order. -1 when the worker is alive.
+# KEYS: heartbeat, workers, processing, queue; ARGV: worker id.
+_RECOVER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+redis.call('SREM', KEYS[2], ARGV[1])
+local moved = 0
+while redis.call('LMOVE', KEYS[3], KEYS[4], 'RIGHT', 'LEFT') do moved = moved + 1 end
+return moved
+"""
 
 
 class InvalidItemError(ValueError):
@@ -142,13 +172,17 @@ class _Backfill:
         self.keys = _Keys.for_worker(queue, worker_id)
         self.worker_id = worker_id
         self._ttl_ms = max(1000, int(self.settings.heartbeat_ttl_s * 1000))
+        self._recover = self.redis.register_script(_RECOVER)
 
     async def beat(self) -> None:
-        await self.redis.set(self.keys.heartbeat, b"1", px=self._ttl_ms)
+        """Alive, and a member: re-registers a worker that was presumed dead and recovered."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.heartbeat, b"1", px=self._ttl_ms)
+            pipe.sadd(self.keys.workers, self.worker_id)
+            await pipe.execute()
 
     async def register(self) -> None:
         await self.beat()
-        await self.redis.sadd(self.keys.workers, self.worker_id)
 
     async def heartbeat_forever(self) -> None:
         while True:
@@ -161,10 +195,12 @@ class _Backfill:
         for member in await self.redis.smembers(self.keys.workers):
             worker_id = member.decode() if isinstance(member, bytes) else str(member)
             other = _Keys.for_worker(self.keys.queue, worker_id)
-            if worker_id == self.worker_id or await self.redis.exists(other.heartbeat):
+            if worker_id == self.worker_id:
                 continue
-            moved = await self._hand_back(other.processing)
-            await self.redis.srem(self.keys.workers, worker_id)
+            keys = [other.heartbeat, other.workers, other.processing, other.queue]
+            moved = int(await self._recover(keys=keys, args=[worker_id]))
+            if moved < 0:
+                continue
             if moved:
                 log.warning("recovered %d fallback items of dead worker %s", moved, worker_id)
             recovered += moved
@@ -185,7 +221,7 @@ class _Backfill:
         await self.redis.srem(self.keys.workers, self.worker_id)
 
     async def move_once(self) -> int:
-        """Take up to a batch, send it, forget it once acknowledged; returns items handled."""
+        """Take up to a batch, send it, settle each item by its verdict; returns items settled."""
         state = self.producer.breaker.state
         if state is BreakerState.OPEN:
             return 0
@@ -198,43 +234,48 @@ class _Backfill:
             return 0
         topic = self.ctx.settings.topics.message_processing
         good: list[tuple[bytes, OutgoingRecord]] = []
+        dead: list[tuple[bytes, str, str]] = []  # item, reason, dlq_messages_total reason
         for raw in taken:
             try:
                 good.append((raw, parse_item(raw, message_processing_topic=topic)))
             except InvalidItemError as exc:
-                await self._bury(raw, str(exc))
+                dead.append((raw, str(exc), "invalid_item"))
         try:
-            await self.producer.send_many([record for _, record in good])
-        except RetryableError as exc:  # CircuitOpenError included: try again later
-            log.warning("fallback items go back to the queue; kafka: %s", exc)
-            await self.hand_back_own()
-            return 0
-        except PermanentError:
-            await self._send_one_by_one(good)
-        await self.redis.delete(self.keys.processing)
-        self.ctx.metrics.messages_processed.add(
-            {"role": self.ctx.name, "channel": "", "outcome": "backfilled"}, len(good)
-        )
-        return len(taken)
+            with span_per_record("backfill publish", [record for _, record in good]) as records:
+                outcomes = await self.producer.send_each(records)
+        except CircuitOpenError as exc:  # opened since the check above: try again later
+            log.info("fallback items go back to the queue: %s", exc)
+            outcomes = [exc] * len(good)
+        back: list[bytes] = []
+        delivered = 0
+        for (raw, _), outcome in zip(good, outcomes, strict=True):
+            if isinstance(outcome, RetryableError):
+                back.append(raw)
+            elif isinstance(outcome, PermanentError):
+                dead.append((raw, str(outcome), "kafka_refused"))
+            else:
+                delivered += 1
+        await self._settle(dead, back)
+        if delivered:
+            self.ctx.metrics.messages_processed.add(
+                {"role": self.ctx.name, "channel": "", "outcome": "backfilled"}, delivered
+            )
+        return len(taken) - len(back)
 
-    async def _send_one_by_one(self, items: Sequence[tuple[bytes, OutgoingRecord]]) -> None:
-        """Kafka refused something in the batch for good: find it and bury it with the reason.
-        A retriable failure here propagates; the supervisor restarts the role and the heartbeat
-        hands the items back."""
-        for raw, record in items:
-            try:
-                await self.producer.send(record)
-            except PermanentError as exc:
-                await self._bury(raw, str(exc))
-
-    async def _bury(self, raw: bytes, reason: str) -> None:
-        log.warning("fallback item moved to %s: %s", self.keys.dead, reason)
-        wrapper = orjson.dumps({"reason": reason, "item": raw.decode("utf-8", errors="replace")})
+    async def _settle(self, dead: Sequence[tuple[bytes, str, str]], back: Sequence[bytes]) -> None:
+        """In one MULTI: the unusable to the dead list with their reasons, those never handed to
+        Kafka back to the queue head in their order, and the processing list forgotten."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(self.keys.dead, wrapper)
-            pipe.lrem(self.keys.processing, 1, raw)  # type: ignore[arg-type]  # bytes work
+            for raw, reason, _ in dead:
+                log.warning("fallback item moved to %s: %s", self.keys.dead, reason)
+                wrapper = {"reason": reason, "item": raw.decode("utf-8", errors="replace")}
+                pipe.rpush(self.keys.dead, orjson.dumps(wrapper))
+            if back:
+                pipe.lpush(self.keys.queue, *reversed(back))
+            pipe.delete(self.keys.processing)
             await pipe.execute()
-        self.ctx.metrics.dlq_messages.inc({"source": "backfill", "reason": "invalid_item"})
+        for _, _, label in dead:
+            self.ctx.metrics.dlq_messages.inc({"source": "backfill", "reason": label})
 
     async def queue_length(self) -> int:
         length = int(await self.redis.llen(self.keys.queue))
@@ -259,10 +300,12 @@ async def _serve(ctx: RoleContext, worker: _Backfill) -> None:
             await _loop(ctx, worker)
             beating.cancel()
     finally:
-        # Whatever we hold goes back before we go (a kill -9 leaves it to the heartbeat).
-        with contextlib.suppress(OSError, redis_errors.RedisError):
-            await worker.hand_back_own()
-            await worker.unregister()
+        # Whatever we hold goes back before we go (a kill -9 leaves it to the heartbeat), by the
+        # shutdown deadline.
+        with contextlib.suppress(OSError, redis_errors.RedisError, TimeoutError):
+            async with timeout_at(ctx.shutdown.cleanup_end()):
+                await worker.hand_back_own()
+                await worker.unregister()
 
 
 async def _loop(ctx: RoleContext, worker: _Backfill) -> None:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
+from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
 
@@ -47,8 +48,14 @@ class RoleContext:
     stopping: asyncio.Event
     # Tests: return once the input is exhausted instead of waiting for more.
     drain: bool = False
+    # The one shutdown deadline (deadline.py), begun with the stop request; the supervisor
+    # shares its own with every child, a context made elsewhere gets one of the configured budget.
+    shutdown: ShutdownDeadline = field(init=False)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _published: dict[str, Callable[[], Mapping[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.shutdown = ShutdownDeadline(self.settings.supervisor.shutdown_timeout_s)
 
     def mark_ready(self) -> None:
         """The role serves now (partitions assigned, socket bound, schedule armed)."""

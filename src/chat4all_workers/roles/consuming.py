@@ -63,6 +63,7 @@ async def consume(
         metrics=ctx.metrics,
         max_in_flight=max_in_flight,
         drain=ctx.drain,
+        shutdown=ctx.shutdown,
     )
 
     async def announce_ready() -> None:

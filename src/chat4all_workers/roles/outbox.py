@@ -1,24 +1,34 @@
 """The outbox poller: publishes `outbox_events` rows to Kafka, in order per aggregate, once.
 
 A batch is claimed, published and marked in ONE transaction: the rows stay locked while Kafka
-acknowledges them, and they are marked published only after every acknowledgement. A crash before
-the commit leaves them unpublished for the next poller (at least once); in the normal case no
-event is published twice, however many pollers run (see db/outbox.py for the claim).
+acknowledges them, and they are marked published only after Kafka's verdict on every record
+(kafka/producer.py: a record handed to Kafka is never abandoned, so it is never sent twice and
+never overtaken by a later event of its aggregate). Through a Kafka outage that means the
+transaction simply stays open, its rows locked, until Kafka answers (or the shutdown deadline
+cancels the wait: the transaction rolls back and the rows wait for the next poller). A crash
+before the commit leaves the rows unpublished for the next poller (at least once); in the normal
+case, and through any outage, no event is published twice, however many pollers run (see
+db/outbox.py for the claim).
 
 What happens to a claimed event:
 - acknowledged: marked published; a `message.*` event with a `conversation_id` is also announced
   on the Redis channel `conversation:{id}` after the commit (best effort, like all pub/sub);
-- Kafka failed: `attempts` + 1, `last_error`, and `next_attempt_at` = now + base * 2**attempts;
-  later events of the same aggregate wait behind it;
+- never handed to Kafka (not taken in time, or behind one that was not): `attempts` + 1,
+  `last_error`, and `next_attempt_at` = now + base * 2**attempts, later events of the same
+  aggregate waiting behind it; but NOT when the breaker is open after the call, nor for one only
+  held back behind another (an outage, or nobody's fault: no attempt is burned);
 - claimed again with `attempts` past `outbox.max_retries`: dead-lettered (source `outbox`, the
   intended topic as `dlq.original_topic`) and marked published with `last_error` kept;
 - Kafka refused it for good (PermanentError): dead-lettered at once;
-- breaker open (CircuitOpenError), or the failure that opened it: the transaction rolls back,
-  no attempt is burned, the poller waits (an outage is nobody's fault; a half-open probe that
-  fails must not push events towards the DLQ).
+- breaker open when the batch is sent (CircuitOpenError): the transaction rolls back, no attempt
+  is burned, the poller waits.
 
+Each event is published in a span of its own, whose context its record's `traceparent` carries.
 Woken by LISTEN/NOTIFY on `outbox.notify_channel` (one pooled connection is held for it) and by a
 poll every `outbox.poll_interval_ms`; a full batch is followed at once by the next one.
+PostgreSQL's `idle_in_transaction_session_timeout`, if set, must exceed the longest Kafka outage
+to be waited out: a transaction it kills loses the marks of records Kafka then acknowledges, and
+those are published again.
 """
 
 from __future__ import annotations
@@ -40,10 +50,11 @@ import redis.exceptions as redis_errors
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
 from chat4all_workers.db import outbox as db
+from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.dlq import dead_letter
-from chat4all_workers.kafka.producer import OutgoingRecord
-from chat4all_workers.resources import Need
+from chat4all_workers.kafka.producer import Delivery, NotSentError, OutgoingRecord, span_per_record
+from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
@@ -158,42 +169,27 @@ class _Poller:
                     blocked.add(event.aggregate)
                 continue
             to_send.append(prepared)
-        try:
-            await self.producer.send_many([p.record for p in to_send])
-        except CircuitOpenError:
-            raise
-        except RetryableError as exc:
-            if not self.producer.breaker.is_closed:
-                # This failure opened (or re-opened) the breaker: an outage, not the events'
-                # fault. Roll back like CircuitOpenError so half-open probes burn no attempts.
-                raise CircuitOpenError(f"kafka outage: {exc}") from exc
-            outcome.failed += [self._failure(p.event, exc) for p in to_send]
-        except PermanentError:
-            await self._deliver_one_by_one(to_send, outcome)
-        else:
-            outcome.published += to_send
-        return outcome
-
-    async def _deliver_one_by_one(self, batch: Sequence[_Prepared], outcome: _Outcome) -> None:
-        """Kafka refused something in the batch: find which, keeping per-aggregate order."""
-        blocked: set[tuple[str, str]] = set()
-        for prepared in batch:
-            event = prepared.event
-            if event.aggregate in blocked:
-                continue
+        with span_per_record("outbox publish", [p.record for p in to_send]) as records:
             try:
-                await self.producer.send(prepared.record)
-            except PermanentError as exc:
-                if await self._dead_letter(prepared, str(exc)):
-                    outcome.dead.append(event.id)
-                    continue
-                blocked.add(event.aggregate)
-                outcome.failed.append(self._failure(event, exc))
-            except RetryableError as exc:  # includes CircuitOpenError: wait like any failure
-                blocked.add(event.aggregate)
-                outcome.failed.append(self._failure(event, exc))
-            else:
+                results = await self.producer.send_each(records)
+            except CircuitOpenError:
+                if not outcome.dead:
+                    raise
+                return outcome  # keep the dead-letters' marks; the rest waits for Kafka
+        # An open breaker after the call means an outage: what was not sent waits, unmarked.
+        outage = not self.producer.breaker.is_closed
+        for prepared, result in zip(to_send, results, strict=True):
+            event = prepared.event
+            if isinstance(result, Delivery):
                 outcome.published.append(prepared)
+            elif isinstance(result, PermanentError):
+                if await self._dead_letter(prepared, str(result)):
+                    outcome.dead.append(event.id)
+                else:
+                    outcome.failed.append(self._failure(event, result))
+            elif not outage and not isinstance(result, NotSentError):
+                outcome.failed.append(self._failure(event, result))
+        return outcome
 
     def _failure(self, event: db.OutboxEvent, exc: Exception) -> db.Failure:
         delay = backoff_delay_s(
@@ -215,8 +211,9 @@ class _Poller:
     async def _dead_letter(self, prepared: _Prepared, reason: str) -> bool:
         """True when the DLQ acknowledged; False leaves the event for a later claim."""
         event = prepared.event
-        exhausted = event.attempts > self.settings.max_retries
-        error_type = "retries_exhausted" if exhausted else "kafka_refused"
+        error_type = (
+            "retries_exhausted" if event.attempts > self.settings.max_retries else "kafka_refused"
+        )
         try:
             await dead_letter(
                 self.producer,
@@ -285,24 +282,35 @@ async def _serve(ctx: RoleContext, poller: _Poller) -> None:
     async with poller.pool.acquire() as listener, asyncio.TaskGroup() as tasks:
         await listener.add_listener(channel, on_notify)
         stop_waker = tasks.create_task(_wake_on(ctx.stopping, wake))
+        # The backlog gauge stays current while a batch waits out a Kafka outage.
+        counter = tasks.create_task(_count_pending_forever(poller))
         try:
             ctx.mark_ready()
             await _poll(ctx, poller, wake, interval_s)
         finally:
             stop_waker.cancel()
-            # A connection that died (database gone) has no listener left to remove.
-            with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
-                await listener.remove_listener(channel, on_notify)
-            await poller.refresh_pending(force=True)
+            counter.cancel()
+            # Bounded by the shutdown deadline; a connection that died (database gone) has no
+            # listener left to remove, and the gauge is then left as it was.
+            with contextlib.suppress(
+                asyncpg.InterfaceError, asyncpg.PostgresError, OSError, TimeoutError
+            ):
+                async with timeout_at(ctx.shutdown.cleanup_end()):
+                    await listener.remove_listener(channel, on_notify)
+                    await poller.refresh_pending(force=True)
 
 
 async def _poll(ctx: RoleContext, poller: _Poller, wake: asyncio.Event, interval_s: float) -> None:
+    waiting = False  # for an open breaker: said once, not at every poll
     while not ctx.stopping.is_set():
         wake.clear()
         try:
             claimed = await poller.publish_once()
+            waiting = False
         except CircuitOpenError as exc:
-            log.info("kafka circuit open; outbox events wait: %s", exc)
+            if not waiting:
+                log.info("kafka circuit open; outbox events wait: %s", exc)
+            waiting = True
             claimed = 0
         await poller.refresh_pending()
         if claimed:
@@ -312,6 +320,13 @@ async def _poll(ctx: RoleContext, poller: _Poller, wake: asyncio.Event, interval
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(interval_s):
                 await wake.wait()
+
+
+async def _count_pending_forever(poller: _Poller) -> None:
+    while True:
+        await asyncio.sleep(poller.settings.pending_refresh_s)
+        with contextlib.suppress(*TRANSIENT_ERRORS):  # the poll reports database outages
+            await poller.refresh_pending()
 
 
 async def _wake_on(stopping: asyncio.Event, wake: asyncio.Event) -> None:

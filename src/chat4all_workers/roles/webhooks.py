@@ -22,7 +22,9 @@ and why the rules below are what they are: channels/meta_webhooks.py, with its s
 - 200 only once Kafka acknowledged every record of the request, or, while the Kafka breaker is
   open, once they are parked in the Redis fallback list (the backfill role replays them). Any
   other failure to store them (a send that failed, Redis unreachable) is 503, so that Meta's own
-  retries cover our outage; a request waits for Kafka at most `[breaker] call_timeout_s`.
+  retries cover our outage; a request waits for Kafka at most `[webhooks] store_timeout_s`,
+  then answers 503 and leaves its records with the producer (which owns their fate and still
+  delivers them: the copy Meta sends again is a harmless duplicate).
   Meta's retries and duplicates are harmless: a status is idempotent (one history row per
   message, channel and status), and `inbound_messages` consumers deduplicate by provider id.
 
@@ -66,7 +68,7 @@ from chat4all_workers.channels.meta_webhooks import (
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.dlq import dead_letter
-from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.producer import Delivery, OutgoingRecord
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
 from chat4all_workers.roles.provider_index import MessageRef, ProviderIndex
@@ -103,6 +105,9 @@ class Webhooks:
         self._settings = settings.webhooks
         self._topics = settings.topics
         self._producer = ctx.resources.kafka()
+        self._store_timeout_s = settings.webhooks.store_timeout_s
+        # Sends a request stopped waiting for (503): still the producer's, kept until it settles.
+        self._sending: set[asyncio.Future[list[Delivery]]] = set()
         self._metrics = ctx.metrics
         self._index = ProviderIndex(
             ctx.resources.redis_client(),
@@ -272,9 +277,19 @@ class Webhooks:
         """Produce and await the acks; True when parked instead (the breaker is open)."""
         if not records:
             return False
+        sending = asyncio.ensure_future(self._producer.send_many(records))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
         try:
-            await self._producer.send_many(records)
+            async with asyncio.timeout(self._store_timeout_s):
+                await asyncio.shield(sending)
             return False
+        except TimeoutError:
+            # Not abandoned: the producer keeps the records and delivers them (its verdict is
+            # final); the answer says only that they are not stored yet.
+            raise RetryableError(
+                f"kafka did not acknowledge within {self._store_timeout_s}s"
+            ) from None
         except CircuitOpenError:
             deliveries = await self._producer.send_many(records, fallback=True)
             return any(d.parked for d in deliveries)
@@ -441,8 +456,8 @@ async def run(ctx: RoleContext) -> None:
     settings = ctx.settings
     service = Webhooks(ctx)
     _warn_unconfigured(settings)
-    # An in-flight request waits for Kafka at most the breaker's call timeout; let it finish.
-    grace_s = min(settings.breaker.call_timeout_s + 1.0, settings.supervisor.shutdown_timeout_s)
+    # An in-flight request waits for Kafka at most store_timeout_s; let it finish.
+    grace_s = min(settings.webhooks.store_timeout_s + 1.0, settings.supervisor.shutdown_timeout_s)
     runner = web.AppRunner(
         _app(
             service,
