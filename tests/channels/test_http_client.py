@@ -13,7 +13,12 @@ from typing import Protocol
 
 import pytest
 
-from chat4all_workers.channels.http import HttpClient, HTTPTransportError, Response
+from chat4all_workers.channels.http import (
+    HttpClient,
+    HTTPTransportError,
+    RequestTimeoutError,
+    Response,
+)
 from tests.support import eventually
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"id":"m1"}'
@@ -167,10 +172,11 @@ async def test_a_silent_server_times_out_and_its_connection_is_dropped(serve: Se
     answers = iter([None, OK])
     server = await serve(lambda _: next(answers))
     async with HttpClient() as client:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(RequestTimeoutError) as timed_out:
             await post(client, server, timeout_s=0.3)
         response = await post(client, server)
 
+    assert timed_out.value.request_written  # the provider may have it
     assert response.status == 200
     assert server.connections == 2
 
@@ -187,8 +193,9 @@ async def test_a_silent_server_times_out_and_its_connection_is_dropped(serve: Se
 async def test_a_bad_answer_is_a_transport_error(serve: Serve, raw: bytes, match: str) -> None:
     server = await serve(lambda _: raw, close_after_answer=True)
     async with HttpClient() as client:
-        with pytest.raises(HTTPTransportError, match=match):
+        with pytest.raises(HTTPTransportError, match=match) as failed:
             await post(client, server)
+        assert failed.value.request_written
         # A fresh connection for what follows: whatever broke stays broken alone.
         assert not any(client._idle.values())
 
@@ -204,10 +211,24 @@ async def test_an_answer_nobody_asked_for_retires_the_connection(serve: Serve) -
     assert server.connections == 2
 
 
-async def test_a_refused_connection_is_an_os_error() -> None:
+async def test_a_refused_connection_says_nothing_was_written() -> None:
     async with HttpClient() as client:
-        with pytest.raises(OSError):  # noqa: PT011 - refused: ConnectionRefusedError is one
+        with pytest.raises(HTTPTransportError) as refused:
             await client.post("http://127.0.0.1:1/x", body=b"{}", headers={}, timeout_s=5)
+
+    assert isinstance(refused.value.__cause__, ConnectionRefusedError)
+    assert not refused.value.request_written
+
+
+async def test_a_connect_timeout_says_nothing_was_written(serve: Serve) -> None:
+    # A plain TCP server that never answers the TLS handshake: the connect itself times out.
+    server = await serve(lambda _: None)
+    async with HttpClient() as client:
+        with pytest.raises(RequestTimeoutError, match="could not connect") as timed_out:
+            await post(client, server, tls=True, timeout_s=0.3)
+
+    assert not timed_out.value.request_written
+    assert server.requests == []
 
 
 async def test_a_header_cannot_smuggle_a_line() -> None:
@@ -260,9 +281,11 @@ async def test_https_verifies_the_certificate(serve: Serve, certificate: tuple[P
         response = await post(client, server, tls=True)
         await post(client, server, tls=True)
     async with HttpClient() as client:  # the system's CAs do not know this certificate
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(HTTPTransportError) as refused:
             await post(client, server, tls=True)
 
+    assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+    assert not refused.value.request_written
     assert response.body == b'{"id":"m1"}'
     assert f"Host: localhost:{server.port}".encode() in server.requests[0]
     # Both requests on one TLS connection; the untrusting client never got past the handshake.

@@ -11,8 +11,13 @@ goes anywhere but the configured URL. A body must come with a length (Content-Le
 as every API answer here does); one that only ends when the server closes is an error.
 
 A request that fails on the wire is never retried here: a POST is not idempotent, so the caller
-(the router, with its dedup lease) decides. To keep such failures rare, an idle connection is
-dropped after `idle_timeout_s`, before servers usually close theirs (60 s or more).
+(the router, with its dedup lease) decides. To decide, it needs to know whether the provider may
+have the request: every failure says so in `request_written` (HTTPTransportError and
+RequestTimeoutError). False: nothing left this process (refused, unreachable, a TLS or connect
+failure, a connect timeout); true: the request was written, and then the answer did not come
+(a timeout, a reset, a garbled answer), so the provider may have acted on it. To keep such
+failures rare, an idle connection is dropped after `idle_timeout_s`, before servers usually close
+theirs (60 s or more).
 """
 
 from __future__ import annotations
@@ -34,7 +39,19 @@ _SWEEP_S = 0.05  # how late a request may time out
 
 class HTTPTransportError(ConnectionError):
     """The request did not get a complete, well-formed answer: refused, reset, closed early or
-    garbled. The provider may or may not have acted on it."""
+    garbled. `request_written` says whether the provider may have acted on it."""
+
+    def __init__(self, message: str, *, request_written: bool = True) -> None:
+        super().__init__(message)
+        self.request_written = request_written
+
+
+class RequestTimeoutError(TimeoutError):
+    """No complete answer within the request's timeout; `request_written` as above."""
+
+    def __init__(self, message: str, *, request_written: bool) -> None:
+        super().__init__(message)
+        self.request_written = request_written
 
 
 @dataclass(frozen=True)
@@ -127,7 +144,9 @@ class _Connection(asyncio.Protocol):
     def time_out(self) -> None:
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError("no complete answer in time"))
+            waiter.set_exception(
+                RequestTimeoutError("no complete answer in time", request_written=True)
+            )
         self.close()
 
     def _fail(self, exc: HTTPTransportError) -> None:
@@ -172,7 +191,8 @@ class HttpClient:
     ) -> Response:
         """Send one POST and read the whole answer within `timeout_s` (connecting included).
 
-        Raises TimeoutError, HTTPTransportError, or OSError (refused, unreachable, TLS).
+        Raises RequestTimeoutError or HTTPTransportError, each saying in `request_written`
+        whether the request left this process.
         """
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
@@ -182,8 +202,17 @@ class HttpClient:
         deadline = loop.time() + timeout_s
         connection = self._reuse(target.origin)
         if connection is None:
-            async with asyncio.timeout_at(deadline):
-                connection = await self._connect(target.origin)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connect(target.origin)
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"could not connect within {timeout_s}s", request_written=False
+                ) from None
+            except OSError as exc:  # refused, unreachable, TLS
+                raise HTTPTransportError(
+                    f"{type(exc).__name__}: {exc}", request_written=False
+                ) from exc
         # The answer is awaited without a timer of its own: the sweeper fails requests past
         # their deadline (a timer per request cost more than parsing the answer).
         self._busy[connection] = deadline

@@ -11,6 +11,7 @@ import contextlib
 from aioprometheus.collectors import Collector, Counter, Gauge, Histogram, Registry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_PACING_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class Metrics:
@@ -71,7 +72,20 @@ class Metrics:
         )
         self.channel_requests = Counter(
             "channel_requests_total",
-            "HTTP calls to channel providers, by channel and status.",
+            "Calls to channel providers, by channel and outcome: sent, throttled, transient, "
+            "rejected, paused (an account-class answer).",
+            registry=r,
+        )
+        self.channel_paused = Gauge(
+            "channel_paused",
+            "1 while a channel is paused in this process (an account-class answer), by channel "
+            "and reason (the provider's code); 0 once it resumed.",
+            registry=r,
+        )
+        self.channel_pacing_wait = Histogram(
+            "channel_pacing_wait_seconds",
+            "Time a send waited for its slot of the provider's pace (account and pair).",
+            buckets=_PACING_BUCKETS,
             registry=r,
         )
 
