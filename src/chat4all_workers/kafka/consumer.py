@@ -380,7 +380,7 @@ class ConsumerEngine:
         if consumer is None:
             return
         wanted = (
-            self._partitions
+            dict(self._partitions)  # a copy: a revocation during the commit must not change it
             if only is None
             else {tp: self._partitions[tp] for tp in only if tp in self._partitions}
         )

@@ -596,8 +596,8 @@ class Router:
             send.throttled_since = now
         if now - send.throttled_since >= r.throttle_deadline_s:
             error = ThrottleDeadlineError(
-                f"still throttled after {now - send.throttled_since:.0f}s "
-                f"(router.throttle_deadline_s {r.throttle_deadline_s:.0f}): {exc}"
+                f"still throttled after {now - send.throttled_since:.1f}s "
+                f"(router.throttle_deadline_s = {r.throttle_deadline_s:g}): {exc}"
             )
             error.__cause__ = exc
             await self._fail(send, error, send.throttles)
