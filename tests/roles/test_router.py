@@ -8,7 +8,7 @@ import io
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,15 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from miniopy_async.api import Minio
 
-from chat4all_workers.channels import CHANNELS
+from chat4all_workers.channels import CHANNELS, build_adapters
+from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.resources import Need, open_resources
+from chat4all_workers.roles.base import RoleContext
+from chat4all_workers.roles.router import Router
 from chat4all_workers.supervisor import Supervisor
 from tests.support import (
     Deployment,
@@ -547,3 +553,87 @@ async def test_router_pauses_a_channel_whose_token_expired_and_resumes_by_itself
 
 async def _is(value: Awaitable[str], expected: str) -> bool:
     return await value == expected
+
+
+# -- cancellation of a send ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def a_router(settings: Any) -> AsyncIterator[tuple[Router, aioredis.Redis]]:
+    """A Router over real resources, outside any engine: its `handle` is awaited (and
+    cancelled) by the test itself, as a revocation or a shutdown past its deadline would."""
+    needs = frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3})
+    async with open_resources(settings, Metrics(), needs) as resources:
+        ctx = RoleContext(
+            name="router",
+            settings=settings,
+            resources=resources,
+            metrics=resources.metrics,
+            stopping=asyncio.Event(),
+        )
+        yield (
+            Router(ctx, build_adapters(settings, resources.http_client())),
+            resources.redis_client(),
+        )
+
+
+def consumed(doc: dict[str, Any]) -> ConsumedRecord:
+    key, value = record(doc)
+    return ConsumedRecord("message_processing", 0, 0, key, value, (), 0)
+
+
+async def test_a_send_cancelled_mid_request_waits_for_the_answer_and_marks_it_sent(
+    deployment: Deployment,
+) -> None:
+    doc = message(1, "in flight when cancelled")
+    settings = deployment.settings(mocks={"latency_ms": 800.0})
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        a_router(settings) as (router, redis),
+    ):
+        await mocks.wait_ready(10)
+        sending = asyncio.ensure_future(router.handle(consumed(doc)))
+
+        async def requested() -> bool:
+            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
+
+        await eventually(requested, message="the request under way")
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        marker = await redis.get(
+            f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
+        )
+        accepted = await mock_get(settings, "whatsapp", "/__mock__/sent")
+
+    assert [a["text"] for a in accepted] == ["in flight when cancelled"]
+    assert isinstance(marker, bytes)
+    assert marker.startswith(b"sent:wamid.")  # a redelivery sends nothing
+
+
+async def test_a_send_cancelled_between_attempts_releases_its_lease_at_once(
+    deployment: Deployment,
+) -> None:
+    doc = message(1, "cancelled in its backoff")
+    settings = deployment.settings(
+        mocks={"error_rate": 1.0}, router={"retry_base_s": 30.0, "retry_cap_s": 30.0}
+    )
+    key = f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        a_router(settings) as (router, redis),
+    ):
+        await mocks.wait_ready(10)
+        sending = asyncio.ensure_future(router.handle(consumed(doc)))
+
+        async def failed_once() -> bool:
+            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["failed"]) == 1
+
+        await eventually(failed_once, message="the first attempt answered 500")
+        assert await redis.get(key) is not None  # the lease, while it waits to retry
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        marker = await redis.get(key)
+
+    assert marker is None  # released: the next owner sends it, no "outcome unknown"
