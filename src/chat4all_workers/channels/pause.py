@@ -70,6 +70,7 @@ class ChannelPause:
         self._closed = False
         self._changed = asyncio.Event()
         self.held = 0  # sends waiting for the channel now
+        self.probes = 0  # probes sent in the current (or last) pause
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class ChannelPause:
             "reason": self.reason,
             "since": self._since.isoformat(),
             "held": self.held,
+            "probes": self.probes,
         }
 
     def pause(self, reason: str, *, label: str, probe: bool) -> None:
@@ -87,6 +89,7 @@ class ChannelPause:
             self._since, self._paused_at = datetime.now(UTC), now
             self._delay_s = self._probe_base_s
             self._next_probe_at = now + self._delay_s
+            self.probes = 0
             log.warning(
                 "%s paused: %s; holding its messages, first probe in %.0fs",
                 self.channel,
@@ -139,6 +142,7 @@ class ChannelPause:
             now = self._clock()
             if not self._probing and now >= self._next_probe_at:
                 self._probing = True
+                self.probes += 1
                 return True
             changed = self._changed
             timeout = None if self._probing else self._next_probe_at - now
