@@ -178,7 +178,11 @@ async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
                 labels = {"channel": channel, "outcome": outcome}
                 with contextlib.suppress(KeyError):
                     requests[f"{channel}:{outcome}"] = sup.metrics.channel_requests.get(labels)
-        stats = {"requests": requests, "changes": changes}
+        stats = {
+            "requests": requests,
+            "changes": changes,
+            "channels": sup.published().get("channels", {}),
+        }
         sys.stdout.write(f"DONE {restarts}\nSTATS {orjson.dumps(stats).decode()}\n")
         sys.stdout.flush()
 
@@ -1050,10 +1054,12 @@ def paced_report(
             changes = [c for c in router.stats.get("changes", []) if c["channel"] == "whatsapp"]
             paused = next((c for c in changes if c["state"] == "paused"), None)
             resumed = next((c for c in changes if c["state"] == "active"), None)
-            probes = int(paused.get("probes", 0)) if paused else 0
-            before_hold = paused_answers - probes
+            # Probes of the last pause (the final one went through, when it resumed).
+            probes = int(router.stats.get("channels", {}).get("whatsapp", {}).get("probes", 0))
+            failed_probes = probes - 1 if resumed is not None else probes
+            before_hold = paused_answers - failed_probes
             label = f"router-{n + 1}"
-            row(f"{label}: account answers (probes {probes})", f"{paused_answers}", "", None)
+            row(f"{label}: account answers (failed probes {failed_probes})", f"{paused_answers}")
             row(f"{label}: failed calls before holding", str(before_hold), "<= 1 + in flight",
                 before_hold <= 3)  # fmt: skip
             if paused is None or resumed is None:

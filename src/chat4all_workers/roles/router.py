@@ -252,6 +252,7 @@ class _Verdict(enum.Enum):
     REJECTED = "rejected"  # refused this message: the account works
     THROTTLED = "throttled"  # too fast: the account works; wait and send again
     ACCOUNT = "account"  # the account does not work: pause, hold, send again
+    HELD = "held"  # the channel paused while this send waited: nothing sent, hold it
     OTHER = "other"  # done without a verdict on the account (transient, duplicate, busy)
 
 
@@ -429,7 +430,7 @@ class Router:
         while True:
             probe = await self._channel_turn(lane)
             try:
-                verdict = await self._round(send)
+                verdict = await self._round(send, probe=probe)
             except BaseException:
                 if probe:
                     lane.pause.probe_done()
@@ -446,15 +447,19 @@ class Router:
                     error = send.last_error
                     lane.pause.pause(str(error), label=_label(error), probe=False)
                 continue  # held by the pause at the top, until a probe goes through
+            if verdict is _Verdict.HELD:
+                continue
             return
 
-    async def _round(self, send: _Send) -> _Verdict:
+    async def _round(self, send: _Send, *, probe: bool) -> _Verdict:
         """Wait for a slot, claim the send, and try it (transient failures retried under the
         lease); the verdict says what the channel learned."""
         lane, r = send.lane, self.settings.router
         waited = await lane.pacer.acquire(send.outbound.recipient)
         if lane.pacer.enabled:
             self.ctx.metrics.channel_pacing_wait.observe({"channel": send.channel}, waited)
+        if lane.pause.paused and not probe:
+            return _Verdict.HELD  # paused while it waited for its slot: the slot is let go
         claim = await self.markers.claim(send.key)
         if claim.state is not State.CLAIMED and claim.state is not State.ORPHANED:
             await self._not_ours(send, claim)
@@ -467,18 +472,21 @@ class Router:
             return _Verdict.OTHER
         lease = _Lease(send.key, claim.lease)
         try:
-            return await self._attempts(send, lease)
+            return await self._attempts(send, lease, probe=probe)
         except BaseException:
             await self._settle_on_the_way_out(lease)
             raise
 
-    async def _attempts(self, send: _Send, lease: _Lease) -> _Verdict:
+    async def _attempts(self, send: _Send, lease: _Lease, *, probe: bool) -> _Verdict:
         r = self.settings.router
         lane, channel = send.lane, send.channel
         attempts = 0
         while True:
             if attempts:
                 await lane.pacer.acquire(send.outbound.recipient)  # a retry is a call too
+                if lane.pause.paused and not probe:
+                    await self._release(lease)  # a transient failure left it unsent
+                    return _Verdict.HELD
                 renewed = await self.markers.renew(lease.key, lease.value)
                 if renewed is None:
                     lease.settled = True  # another worker's now
