@@ -215,8 +215,10 @@ class Pacer:
                     if booked or by_pair:
                         break
                     # The account is booked out past the horizon: the head waits, the queue
-                    # behind it too (they would be refused alike).
-                    await self._sleep(max(_MIN_WAIT_S, wait_s - _HORIZON_S))
+                    # behind it too (they would be refused alike), until half the horizon is
+                    # free again, and then books a run of slots: with several processes
+                    # competing, about one refused call per run, not one per slot.
+                    await self._sleep(max(_MIN_WAIT_S, wait_s - _HORIZON_S / 2))
             if booked:
                 if wait_s > 0:
                     await self._sleep(wait_s)  # outside the turn: the next one books meanwhile
