@@ -1062,6 +1062,8 @@ def paced_report(
             row(f"{label}: account answers (failed probes {failed_probes})", f"{paused_answers}")
             row(f"{label}: failed calls before holding", str(before_hold), "<= 1 + in flight",
                 before_hold <= 3)  # fmt: skip
+            if len(changes) != 2 or before_hold > 3:
+                out(f"    {label} channel changes: {changes}\n")
             if paused is None or resumed is None:
                 row(f"{label}: paused and resumed", "no", "yes", False)
                 continue

@@ -1,4 +1,4 @@
-"""The pacing script against a real Redis: rate, pair burst, AIMD, and a key shared by two pacers."""
+"""The pacing script against a real Redis: rate, pair burst, AIMD, one key shared by two pacers."""
 
 from __future__ import annotations
 

@@ -256,7 +256,8 @@ def held_or_free(
     """A handler that holds records keyed `held-*` until `waiting` is set; others go through."""
 
     async def handler(record: ConsumedRecord) -> None:
-        assert record.key is not None and record.value is not None
+        assert record.key is not None
+        assert record.value is not None
         if record.key.startswith(b"held-"):
             async with held():
                 await waiting.wait()
