@@ -55,13 +55,28 @@ _MIN_RATE_FRACTION = 1 / 20
 _ACCOUNT_KEY_TTL_S = 3600
 _MIN_WAIT_S = 0.001
 
+# Both scripts: the account's state, and its rate now: climbed back linearly (ARGV[2] per
+# second) since the last decrease, up to the maximum (ARGV[1]).
+_RATE_NOW = """
+local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'dec')
+local rate = tonumber(ARGV[1])
+if state[2] then
+  local climbed = tonumber(ARGV[2]) * (now - tonumber(state[3])) / 1000000
+  rate = math.min(rate, tonumber(state[2]) + climbed)
+end
+"""
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+"""
+
 # KEYS: account hash, pair key (unused when pair pacing is off)
 # ARGV: max rate /s, recovery /s per s, horizon us, pair interval us (0 = off), pair tolerance us,
 #       account key TTL s
 # -> {booked 0|1, wait us, refused by the pair 0|1}
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+_ACQUIRE = (
+    _NOW
+    + """
 local horizon = tonumber(ARGV[3])
 local pair_interval = tonumber(ARGV[4])
 local pair_tolerance = tonumber(ARGV[5])
@@ -71,12 +86,9 @@ if pair_interval > 0 then
   local pair_wait = pair_tat - pair_tolerance - now
   if pair_wait > horizon then return {0, pair_wait, 1} end
 end
-local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'dec')
-local rate = tonumber(ARGV[1])
-if state[2] then
-  local climbed = tonumber(ARGV[2]) * (now - tonumber(state[3])) / 1000000
-  rate = math.min(rate, tonumber(state[2]) + climbed)
-end
+"""
+    + _RATE_NOW
+    + """
 local tat = math.max(tonumber(state[1] or '0'), now)
 local wait = tat - now
 if wait > horizon then return {0, wait, 0} end
@@ -90,14 +102,15 @@ if pair_interval > 0 then
 end
 return {1, math.max(wait, 0), 0}
 """
+)
 
 # KEYS: account hash, pair key
 # ARGV: max rate, recovery /s per s, factor, min rate, debounce us, retry-after us,
 #       pair interval us (> 0: a pair throttle), pair tolerance us, account key TTL s
 # -> {rate now (milli-sends/s), decreased 0|1}
-_THROTTLED = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+_THROTTLED = (
+    _NOW
+    + """
 local pair_interval = tonumber(ARGV[7])
 if pair_interval > 0 then
   local used_up = now + tonumber(ARGV[8]) + pair_interval
@@ -106,12 +119,9 @@ if pair_interval > 0 then
   redis.call('SET', KEYS[2], string.format('%.0f', tat), 'PX', ttl_ms)
   return {0, 0}
 end
-local state = redis.call('HMGET', KEYS[1], 'tat', 'rate', 'dec')
-local rate = tonumber(ARGV[1])
-if state[2] then
-  local climbed = tonumber(ARGV[2]) * (now - tonumber(state[3])) / 1000000
-  rate = math.min(rate, tonumber(state[2]) + climbed)
-end
+"""
+    + _RATE_NOW
+    + """
 local decreased = 0
 if not state[3] or now - tonumber(state[3]) >= tonumber(ARGV[5]) then
   rate = math.max(tonumber(ARGV[4]), rate * tonumber(ARGV[3]))
@@ -126,6 +136,7 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[9])
 return {math.floor(rate * 1000), decreased}
 """
+)
 
 Sleep = Callable[[float], Awaitable[None]]
 Hold = Callable[[], AbstractAsyncContextManager[None]]
