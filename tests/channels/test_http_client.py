@@ -16,6 +16,7 @@ import pytest
 from chat4all_workers.channels.http import (
     HttpClient,
     HTTPTransportError,
+    RequestCancelledError,
     RequestTimeoutError,
     Response,
 )
@@ -31,6 +32,7 @@ class RawServer:
 
     answer: Answer
     close_after_answer: bool = False
+    delay_s: float = 0.0  # before each answer
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
     closed_by_client: int = 0
@@ -49,6 +51,8 @@ class RawServer:
                 request = head + await reader.readexactly(length)
                 self.requests.append(request)
                 response = self.answer(request)
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 if response is None:
                     await reader.read()  # stall until the client gives up
                     return
@@ -64,7 +68,12 @@ class RawServer:
 
 class Serve(Protocol):
     async def __call__(
-        self, answer: Answer, *, close_after_answer: bool = False, tls: ssl.SSLContext | None = None
+        self,
+        answer: Answer,
+        *,
+        close_after_answer: bool = False,
+        tls: ssl.SSLContext | None = None,
+        delay_s: float = 0.0,
     ) -> RawServer: ...
 
 
@@ -73,9 +82,13 @@ async def serve() -> AsyncIterator[Serve]:
     servers: list[asyncio.Server] = []
 
     async def start(
-        answer: Answer, *, close_after_answer: bool = False, tls: ssl.SSLContext | None = None
+        answer: Answer,
+        *,
+        close_after_answer: bool = False,
+        tls: ssl.SSLContext | None = None,
+        delay_s: float = 0.0,
     ) -> RawServer:
-        raw = RawServer(answer, close_after_answer)
+        raw = RawServer(answer, close_after_answer, delay_s=delay_s)
         server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=tls)
         raw.port = server.sockets[0].getsockname()[1]
         servers.append(server)
@@ -290,3 +303,40 @@ async def test_https_verifies_the_certificate(serve: Serve, certificate: tuple[P
     assert f"Host: localhost:{server.port}".encode() in server.requests[0]
     # Both requests on one TLS connection; the untrusting client never got past the handshake.
     assert (server.connections, len(server.requests)) == (1, 2)
+
+
+async def test_a_request_cancelled_after_writing_is_finished_and_the_cancel_comes_next(
+    serve: Serve,
+) -> None:
+    # The answer comes 0.3 s after the request; the caller is cancelled in between.
+    server = await serve(lambda _: OK, delay_s=0.3)
+    got: list[Response] = []
+    async with HttpClient() as client:
+
+        async def caller() -> None:
+            got.append(await post(client, server))
+            await asyncio.sleep(10)  # the next await: the cancellation lands here
+
+        task = asyncio.ensure_future(caller())
+        await eventually(lambda: len(server.requests) == 1, timeout_s=5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [r.status for r in got] == [200]  # the written request was finished, not dropped
+        await post(client, server)  # and its connection, answered in full, is reused
+
+    assert server.connections == 1
+
+
+async def test_a_request_cancelled_twice_gives_up_and_says_it_was_written(serve: Serve) -> None:
+    server = await serve(lambda _: None)  # never answers
+    async with HttpClient() as client:
+        task = asyncio.ensure_future(post(client, server))
+        await eventually(lambda: len(server.requests) == 1, timeout_s=5)
+        task.cancel()
+        await asyncio.sleep(0.05)  # it is finishing the request now
+        task.cancel()
+        with pytest.raises(RequestCancelledError) as cancelled:
+            await task
+
+    assert cancelled.value.request_written

@@ -45,9 +45,12 @@ engine's keyed concurrency):
 Cancellation (a revoked partition, a shutdown past its deadline): a send cancelled while no
 request is under way releases its lease at once (the message was not sent; the next owner sends
 it). One cancelled mid-request waits for that request's answer, bounded by the channel's
-timeout, and records it (marked sent, or released) before the cancellation goes on; only a
-request that got no answer after it was written stays in doubt: its lease is left to expire, so
-the next owner treats it as `router.on_unknown_outcome` says.
+timeout (channels/http.py finishes it and delivers the cancel at the next await), and records
+it (marked sent, or released) before the cancellation goes on; only a send whose request got no
+answer because it was cancelled twice is in doubt: its lease is left to expire, so the next
+owner treats it as `router.on_unknown_outcome` says. A request written and then timed out or
+reset is retried, in doubt or not (`TransientProviderError.in_doubt`), as before: the seam where
+the provider's status webhooks will settle it.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from miniopy_async.error import S3Error
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels import CHANNELS, build_adapters
 from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage, SendResult
+from chat4all_workers.channels.http import RequestCancelledError
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
 from chat4all_workers.channels.pause import ChannelPause, PauseChange
 from chat4all_workers.errors import (
@@ -193,7 +197,7 @@ class _UnknownOutcomeError(PermanentError):
     error_type = "delivery_unknown"
 
 
-# A cancelled send's lease is released, or its answer recorded, within this long (+ the timeout).
+# A send's lease is released, or its answer recorded, on the way out within this long.
 _SETTLE_S = 2.0
 
 
@@ -243,6 +247,7 @@ class _Lease:
     value: str
     settled: bool = False
     sent_as: str | None = None
+    in_doubt: bool = False  # cancelled twice mid-request: the provider may have it, unknown
 
 
 class _Verdict(enum.Enum):
@@ -496,8 +501,15 @@ class Router:
                 lease.value = renewed
             attempts += 1
             try:
-                result = await self._send(lane, send.outbound, lease)
+                # Cancelled mid-request, the HTTP client still finishes the request and hands
+                # back its answer; the cancellation comes at the next await, and is settled
+                # (marked sent, released, left in doubt) on the way out (_round).
+                result = await lane.adapter.send(send.outbound)
+            except RequestCancelledError:
+                lease.in_doubt = True  # cancelled twice: the answer is unknown
+                raise
             except TransientProviderError as exc:
+                # In doubt or not (exc.in_doubt), retried as before: the seam for webhooks.
                 self._requests(channel, "transient")
                 if attempts >= r.max_attempts:
                     await self._release(lease)
@@ -535,40 +547,6 @@ class Router:
             self._count(channel, "sent")
             self._calm(lane)
             return _Verdict.SENT
-
-    async def _send(self, lane: _Lane, outbound: OutboundMessage, lease: _Lease) -> SendResult:
-        """One call to the provider, cancellation-safe: cancelled mid-request, it waits for the
-        answer (bounded by the channel's timeout) and records it before the cancel goes on."""
-        request = asyncio.ensure_future(lane.adapter.send(outbound))
-        try:
-            return await asyncio.shield(request)
-        except asyncio.CancelledError:
-            await self._settle_cancelled(lane, request, lease)
-            raise
-
-    async def _settle_cancelled(
-        self, lane: _Lane, request: asyncio.Future[SendResult], lease: _Lease
-    ) -> None:
-        try:
-            async with asyncio.timeout(lane.timeout_s + _SETTLE_S):
-                result = await asyncio.shield(request)
-        except (ThrottledError, AccountError, ProviderRejectedError):
-            await self._settle_on_the_way_out(lease)  # answered: not taken, released
-            return
-        except TransientProviderError as exc:
-            if exc.in_doubt:
-                lease.settled = True  # the lease expires; the next owner decides
-            else:
-                await self._settle_on_the_way_out(lease)  # nothing reached the provider
-            return
-        except (TimeoutError, asyncio.CancelledError):
-            # No verdict in time, or cancelled once more: in doubt, as above. (The first
-            # cancellation goes on in `_send`, which re-raises it.)
-            request.add_done_callback(_retrieve)
-            lease.settled = True
-            return
-        lease.sent_as = result.provider_message_id
-        await self._settle_on_the_way_out(lease)
 
     # -- the channel's state ------------------------------------------------------------------
 
@@ -696,6 +674,8 @@ class Router:
         if lease.settled:
             return
         lease.settled = True
+        if lease.in_doubt and lease.sent_as is None:
+            return  # the lease expires; the next owner treats it as `on_unknown_outcome` says
         try:
             async with asyncio.timeout(_SETTLE_S):
                 if lease.sent_as is not None:
@@ -769,12 +749,6 @@ class Router:
 def _label(error: ProviderError) -> str:
     """The `reason` label of channel_paused: the provider's code, low cardinality."""
     return str(error.provider_code) if error.provider_code is not None else "http"
-
-
-def _retrieve(request: asyncio.Future[SendResult]) -> None:
-    """A send left running after its cancel: retrieve its outcome, so it is never 'unretrieved'."""
-    if not request.cancelled():
-        request.exception()
 
 
 async def run(ctx: RoleContext) -> None:
