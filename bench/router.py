@@ -977,9 +977,13 @@ async def paced_bench(args: argparse.Namespace) -> bool:
             await stop_spawned(mocks)
         statuses = await read_statuses(s.topic("status-paced"), s.partitions)
         dlq = await end_offsets_total(s.topic("dlq"), s.partitions)
-    return paced_report(
-        args, docs, channels, accepted, stats, statuses, dlq, routers, cpu, timeline
+    figures: dict[str, Any] = {}
+    ok = paced_report(
+        args, docs, channels, accepted, stats, statuses, dlq, routers, cpu, timeline, figures
     )
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_bytes, orjson.dumps(figures))
+    return ok
 
 
 def paced_report(
@@ -993,14 +997,19 @@ def paced_report(
     routers: list[Spawned],
     cpu: CpuMeter,
     timeline: dict[str, float],
+    figures: dict[str, Any],
 ) -> bool:
+    """Print the figures and targets (also into `figures`); False if a target was missed."""
     problems: list[str] = []
     total = len(docs)
     out(f"\n{'':44} {'value':>12} {'target':>10} {'met':>4}\n")
 
+    rows: list[dict[str, Any]] = []
+
     def row(label: str, value: str, target: str = "", ok: bool | None = None) -> None:
         met = "" if ok is None else check(ok)
         out(f"{label:44} {value:>12} {target:>10} {met:>4}\n")
+        rows.append({"label": label, "value": value, "target": target, "met": ok})
         if ok is False:
             problems.append(f"{label}: {value} (target {target})")
 
@@ -1078,6 +1087,7 @@ def paced_report(
         out(f"PROBLEM: {problem}\n")
     if not problems:
         out("RESULT: every target met\n")
+    figures.update(phase=args.phase, rows=rows, problems=problems)
     return not problems
 
 
