@@ -62,7 +62,8 @@ async def test_pacer_never_goes_faster_than_the_rate(make_pacer: MakePacer) -> N
     started = time.monotonic()
     more = await timed(pacer, [f"+{n}" for n in range(10)])
 
-    assert max(times) >= 39 / 100 - 0.01  # 40 slots, 10 ms apart, the first at once
+    assert None not in times
+    assert max(t or 0.0 for t in times) >= 39 / 100 - 0.01  # 40 slots 10 ms apart, one at once
     assert more[-1] >= 9 / 100 - 0.01
     assert time.monotonic() - started < 5  # and it does get there
 
@@ -169,3 +170,21 @@ async def test_no_limit_means_no_redis_call() -> None:
 
     assert not pacer.enabled
     assert (waited, throttle.decreased) == (0.0, False)
+
+
+async def test_waiters_no_longer_wanted_leave_the_queue_unbooked(make_pacer: MakePacer) -> None:
+    pacer = make_pacer(max_rate_per_s=10.0)
+    paused = False
+    queued = [
+        asyncio.ensure_future(pacer.acquire(f"+{n}", wanted=lambda: not paused)) for n in range(30)
+    ]
+    await asyncio.sleep(0.3)  # a few booked; the rest queued, three seconds of slots behind
+    paused = True
+
+    started = time.monotonic()
+    await pacer.acquire("+probe")  # the probe: it waits for no slot the queue would have taken
+    probe_s = time.monotonic() - started
+    results = await asyncio.gather(*queued)
+
+    assert probe_s < 0.6
+    assert results.count(None) >= 20  # left unbooked

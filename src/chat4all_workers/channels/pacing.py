@@ -203,8 +203,12 @@ class Pacer:
     def pair_key(self, recipient: str) -> str:
         return f"{self._account_key}:to:{recipient}"
 
-    async def acquire(self, recipient: str) -> float:
-        """Wait for this send's slot; the seconds waited (0 when pacing is off)."""
+    async def acquire(
+        self, recipient: str, *, wanted: Callable[[], bool] = lambda: True
+    ) -> float | None:
+        """Wait for this send's slot; the seconds waited (0 when pacing is off), or None once
+        `wanted()` turned false (a paused channel: the send leaves the queue unbooked, so the
+        queue behind it, and the probe, do not wait for slots nobody will use)."""
         if not self.enabled:
             return 0.0
         started = time.monotonic()
@@ -221,6 +225,8 @@ class Pacer:
             async with self._turn:  # only the head of this process's queue asks Redis
                 while True:
                     await self._sleep(0)  # a checkpoint: stop before booking a slot
+                    if not wanted():
+                        return None
                     booked, wait_us, by_pair = await self._acquire(keys=keys, args=args)
                     wait_s = int(wait_us) / 1e6
                     if booked or by_pair:
@@ -237,6 +243,8 @@ class Pacer:
             # This recipient must wait; others go on. Out of the queue, and held.
             async with self._hold():
                 await self._sleep(max(_MIN_WAIT_S, wait_s - _HORIZON_S))
+            if not wanted():
+                return None
 
     async def throttled(
         self, recipient: str, *, pair: bool, retry_after_s: float | None

@@ -61,6 +61,7 @@ import enum
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -460,11 +461,11 @@ class Router:
         """Wait for a slot, claim the send, and try it (transient failures retried under the
         lease); the verdict says what the channel learned."""
         lane, r = send.lane, self.settings.router
-        waited = await lane.pacer.acquire(send.outbound.recipient)
+        waited = await lane.pacer.acquire(send.outbound.recipient, wanted=_wanted(lane, probe))
+        if waited is None or (lane.pause.paused and not probe):
+            return _Verdict.HELD  # the channel paused while it waited for its slot
         if lane.pacer.enabled:
             self.ctx.metrics.channel_pacing_wait.observe({"channel": send.channel}, waited)
-        if lane.pause.paused and not probe:
-            return _Verdict.HELD  # paused while it waited for its slot: the slot is let go
         claim = await self.markers.claim(send.key)
         if claim.state is not State.CLAIMED and claim.state is not State.ORPHANED:
             await self._not_ours(send, claim)
@@ -488,8 +489,11 @@ class Router:
         attempts = 0
         while True:
             if attempts:
-                await lane.pacer.acquire(send.outbound.recipient)  # a retry is a call too
-                if lane.pause.paused and not probe:
+                # A retry is a call too: it waits for a slot.
+                waited = await lane.pacer.acquire(
+                    send.outbound.recipient, wanted=_wanted(lane, probe)
+                )
+                if waited is None or (lane.pause.paused and not probe):
                     await self._release(lease)  # a transient failure left it unsent
                     return _Verdict.HELD
                 renewed = await self.markers.renew(lease.key, lease.value)
@@ -744,6 +748,12 @@ class Router:
         self.ctx.metrics.messages_processed.inc(
             {"role": "router", "channel": channel, "outcome": outcome}
         )
+
+
+def _wanted(lane: _Lane, probe: bool) -> Callable[[], bool]:
+    """Whether a send waiting for its slot still wants it: not once its channel paused (unless
+    it is the probe)."""
+    return (lambda: True) if probe else (lambda: not lane.pause.paused)
 
 
 def _label(error: ProviderError) -> str:
