@@ -1,7 +1,12 @@
-"""Router benchmark: throughput and memory against a fake provider, next to two baselines, one run.
+"""Router benchmark: throughput and memory against a fake provider, next to two baselines, one run;
+and the router at a provider's pace, against the real channel mocks.
 
     python bench/router.py [--messages 100000] [--partitions 12] [--conversations 2000]
                            [--latency-ms 50] [--baseline-seconds 20] [--max-in-flight N]
+    python bench/router.py --phase paced [--paced-messages 5000] [--paced-conversations 500]
+                           [--paced-rate 80] [--routers 3]
+    python bench/router.py --phase pause [--paced-messages 5000] [--paced-rate 80]
+                           [--routers 3] [--pause-s 20]
 
 Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS_URL,
 DATABASE_URL, MINIO_*). One input topic of --messages text messages (--conversations
@@ -23,6 +28,19 @@ reports CPU per message of each process involved (the loop or router, the fake p
 Redis) and how busy it kept the machine: on a small machine the ratios are bounded by cores, and
 those figures say by how much.
 
+(paced) `--paced-messages` WhatsApp messages over `--paced-conversations` conversations, through
+    `--routers` router processes in one consumer group, against the real WhatsApp mock
+    (`whatsapp_mock`, its own process) enforcing `--paced-rate` messages/s per account (HTTP 400
+    with code 130429 above it, as Meta answers) and Meta's pair limit; the routers pace at the
+    same rate, shared through Redis. Targets: every message SENT once, none dead-lettered,
+    throttled answers <= 1 % of the calls, achieved rate >= 95 % of the limit, order per
+    conversation kept; CPU per message per process.
+(pause) as (paced), plus as many Instagram messages (routers and mock both at `--paced-rate`),
+    and the WhatsApp token expired for `--pause-s` seconds mid-stream (the mock's
+    `POST /__mock__/token`). Targets: none dead-lettered or lost, each process paused after one
+    failed call (its probes aside), resumed within 60 s of the token working; Instagram's rate
+    during the pause against its rate before, reported.
+
 The router runs as a subprocess (`--worker`): a real `Supervisor(roles=["router"], drain=True)`,
 so its RSS is its own and it exits once caught up. The fake provider (an aiohttp app answering
 like the WhatsApp Cloud API, `POST /{version}/{phone}/messages` -> {"messages":[{"id":"wamid.N"}]})
@@ -43,8 +61,9 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +136,10 @@ asyncio.run(main())
 # -- the router subprocess ------------------------------------------------------------------------
 
 
-async def worker(doc: dict[str, Any]) -> None:
+async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
+    """A router (or the mocks) in this process, until drained or SIGTERM. Prints READY, then at
+    the end `DONE <restarts>` and `STATS <json>`: the channel calls by outcome, and each change
+    of a channel's state (paused, active) with its time and probes."""
     from chat4all_workers.observability.logging import configure_logging
     from chat4all_workers.observability.tracing import configure_tracing
     from chat4all_workers.supervisor import Supervisor
@@ -127,14 +149,41 @@ async def worker(doc: dict[str, Any]) -> None:
     # endpoint), so the router pays what it pays in production.
     configure_logging(level="WARNING", service="supervisor")
     configure_tracing(service_name="bench-router", otlp_endpoint="")
-    async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
+    async with Supervisor(settings, roles=roles, drain=drain, serve_http=False) as sup:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sup.request_stop)
         await sup.wait_ready(timeout_s=60)
         sys.stdout.write("READY\n")
         sys.stdout.flush()
-        await sup.wait()
+        changes: list[dict[str, Any]] = []
+
+        async def watch_channels() -> None:
+            last: dict[str, str] = {}
+            while True:
+                for name, state in sup.published().get("channels", {}).items():
+                    if last.get(name, "active") != state["state"]:
+                        changes.append({"channel": name, **state})
+                    elif state["state"] == "paused" and changes:
+                        changes[-1]["probes"] = state["probes"]
+                    last[name] = state["state"]
+                await asyncio.sleep(0.05)
+
+        async with asyncio.TaskGroup() as tasks:
+            watcher = tasks.create_task(watch_channels())
+            await sup.wait()
+            watcher.cancel()
         restarts = sum(s.restarts_total for s in sup.stats())
-        sys.stdout.write(f"DONE {restarts}\n")
+        requests = {}
+        for channel in ("whatsapp", "instagram"):
+            for outcome in ("sent", "throttled", "transient", "rejected", "paused"):
+                labels = {"channel": channel, "outcome": outcome}
+                with contextlib.suppress(KeyError):
+                    requests[f"{channel}:{outcome}"] = sup.metrics.channel_requests.get(labels)
+        stats = {
+            "requests": requests,
+            "changes": changes,
+            "channels": sup.published().get("channels", {}),
+        }
+        sys.stdout.write(f"DONE {restarts}\nSTATS {orjson.dumps(stats).decode()}\n")
         sys.stdout.flush()
 
 
@@ -197,10 +246,12 @@ class Scratch:
 
 
 @contextlib.asynccontextmanager
-async def scratch(partitions: int) -> AsyncIterator[Scratch]:
+async def scratch(
+    partitions: int,
+    names: tuple[str, ...] = ("in", "status-a", "status-b", "dlq", "bare", "serial", "floor"),
+) -> AsyncIterator[Scratch]:
     """Topics created up front; topics, consumer groups and Redis keys removed afterwards."""
     s = Scratch(uuid.uuid4().hex[:8], partitions)
-    names = ["in", "status-a", "status-b", "dlq", "bare", "serial", "floor"]
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
     try:
@@ -241,15 +292,21 @@ async def delete_redis_keys(prefix: str) -> int:
     return removed
 
 
-async def produce_messages(topic: str, count: int, conversations: int) -> None:
+async def produce_messages(
+    topic: str, count: int, conversations: int, *, channels: tuple[str, ...] = ("whatsapp",)
+) -> list[dict[str, Any]]:
+    """`count` text messages round-robin over `conversations` (and over `channels`: conversation
+    c goes to channels[c % len]); the documents produced, in order."""
     producer = AIOKafkaProducer(
         bootstrap_servers=KAFKA, acks="all", linger_ms=20, max_batch_size=256 * 1024
     )
     await producer.start()
+    docs: list[dict[str, Any]] = []
     try:
         pending = []
         for n in range(count):
             conversation = n % conversations
+            channel = channels[conversation % len(channels)]
             doc = {
                 "message_id": str(uuid.uuid4()),
                 "conversation_id": conversation,
@@ -259,10 +316,11 @@ async def produce_messages(topic: str, count: int, conversations: int) -> None:
                     "type": "text",
                     "content": f"message {n} of conversation {conversation}",
                 },
-                "channels": ["whatsapp"],
-                "recipients": {"whatsapp": f"+55{conversation:011d}"},
+                "channels": [channel],
+                "recipients": {channel: f"+55{conversation:011d}"},
                 "created_at": "2026-11-28T10:30:00Z",
             }
+            docs.append(doc)
             key = f"conversation:{conversation}".encode()
             pending.append(await producer.send(topic, orjson.dumps(doc), key=key))
             if len(pending) >= 10_000:
@@ -271,6 +329,7 @@ async def produce_messages(topic: str, count: int, conversations: int) -> None:
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
+    return docs
 
 
 async def end_offsets_total(topic: str, partitions: int) -> int:
@@ -353,7 +412,14 @@ def router_settings(
             "bucket": os.environ.get("MINIO_BUCKET", "chat4all-files"),
             "secure": secure,
         },
-        "whatsapp": {"base_url": base_url, "access_token": "bench", "phone_number_id": "1000"},
+        # (a) and (b) measure the router's own cost: no pacing (no Redis call for it).
+        "whatsapp": {
+            "base_url": base_url,
+            "access_token": "bench",
+            "phone_number_id": "1000",
+            "max_rate_per_s": 0.0,
+            "pair_burst": 0,
+        },
         "observability": {"log_level": "WARNING"},
     }
     if max_in_flight:
@@ -742,6 +808,278 @@ async def bench(args: argparse.Namespace) -> bool:
         return not problems
 
 
+# -- at the provider's pace: the real mocks, several routers -------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Spawned:
+    proc: asyncio.subprocess.Process
+    done: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+async def spawn(doc: dict[str, Any], roles: str) -> Spawned:
+    """`bench/router.py --worker` running `roles` until SIGTERM; returned once READY."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--worker", orjson.dumps(doc).decode(),
+        "--worker-roles", roles, "--until-stopped", stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    await read_line(proc, "READY", 90)
+    return Spawned(proc)
+
+
+async def stop_spawned(spawned: Spawned) -> None:
+    """SIGTERM (a drain), then its DONE and STATS lines."""
+    if spawned.proc.returncode is None:
+        spawned.proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            spawned.done = await read_line(spawned.proc, "DONE", 60)
+            line = await read_line(spawned.proc, "STATS", 10)
+            spawned.stats = orjson.loads(line.removeprefix("STATS "))
+    await stop_process(spawned.proc)
+
+
+def in_order(accepted: list[dict[str, Any]], docs: list[dict[str, Any]]) -> int:
+    """Conversations whose accepted texts are out of their produced order."""
+    position = {d["payload"]["content"]: n for n, d in enumerate(docs)}
+    last: dict[int, int] = {}
+    disordered: set[int] = set()
+    for a in accepted:
+        n = position.get(a["text"])
+        if n is None:
+            continue
+        conversation = docs[n]["conversation_id"]
+        if n < last.get(conversation, -1):
+            disordered.add(conversation)
+        last[conversation] = n
+    return len(disordered)
+
+
+async def until(check: Callable[[], Awaitable[bool]], deadline: float) -> None:
+    """Poll another process's state (its HTTP stats) until `check()` or the deadline."""
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+
+
+def rate_between(accepted: list[dict[str, Any]], start: float, end: float) -> float:
+    times = [a["accepted_at"] for a in accepted if start <= a["accepted_at"] < end]
+    return len(times) / (end - start) if end > start else 0.0
+
+
+async def paced_bench(args: argparse.Namespace) -> bool:
+    """The paced or the pause phase; False if a target was missed."""
+    pause = args.phase == "pause"
+    channels = ("whatsapp", "instagram") if pause else ("whatsapp",)
+    per_channel = args.paced_messages
+    total = per_channel * len(channels)
+    conversations = args.paced_conversations * len(channels)
+    out(
+        f"router benchmark, phase {args.phase}: {total} messages ({', '.join(channels)}) over "
+        f"{conversations} conversations, {args.routers} router processes in one group, "
+        f"mock limit {args.paced_rate:g}/s per account (HTTP 400, code 130429), routers pacing at "
+        f"{args.paced_rate:g}/s, {args.partitions} partitions, {psutil.cpu_count()} CPUs\n"
+    )
+    names = ("in", "status-paced", "dlq")
+    async with scratch(args.partitions, names) as s:
+        mock_ports = {"whatsapp_port": free_port(), "instagram_port": free_port()}
+        doc = router_settings(s, "paced", f"http://127.0.0.1:{mock_ports['whatsapp_port']}", None)
+        doc["whatsapp"] |= {"max_rate_per_s": args.paced_rate, "pair_burst": 45}
+        doc["instagram"] = {
+            "base_url": f"http://127.0.0.1:{mock_ports['instagram_port']}",
+            "access_token": "bench",
+            "user_id": "2000",
+            "max_rate_per_s": args.paced_rate,
+        }
+        doc["mocks"] = {
+            **mock_ports,
+            "whatsapp_rate_per_s": args.paced_rate,
+            "instagram_rate_per_s": args.paced_rate,
+        }
+        s.groups.append(f"{doc['kafka']['consumer_group']}-router")
+        wa_url = doc["whatsapp"]["base_url"]
+        ig_url = doc["instagram"]["base_url"]
+        mocks = await spawn(doc, "whatsapp_mock,instagram_mock")
+        routers: list[Spawned] = []
+        timeline: dict[str, float] = {}
+        try:
+            async with aiohttp.ClientSession() as http:
+
+                async def get(url: str, path: str) -> Any:
+                    async with http.get(f"{url}{path}") as response:
+                        return await response.json()
+
+                async def accepted_total() -> int:
+                    counts = [
+                        (await get(u, "/__mock__/stats"))["accepted"] for u in (wa_url, ig_url)
+                    ]
+                    return int(sum(counts))
+
+                async def token(expired: bool) -> None:
+                    async with http.post(f"{wa_url}/__mock__/token", json={"expired": expired}):
+                        timeline["expired" if expired else "restored"] = time.time()
+
+                # The group settles first (every member assigned), so the run measures the pace,
+                # not a rebalance; then the messages arrive.
+                routers = list(
+                    await asyncio.gather(*(spawn(doc, "router") for _ in range(args.routers)))
+                )
+                await asyncio.sleep(2 * doc["kafka"].get("session_timeout_ms", 10_000) / 1000 / 3)
+                docs = await produce_messages(
+                    s.topic("in"), total, conversations, channels=channels
+                )
+                pids = {f"router-{n + 1}": r.proc.pid for n, r in enumerate(routers)}
+                cpu = CpuMeter({**pids, "mocks": mocks.proc.pid, **service_pids()})
+                cpu.start()
+                deadline = time.monotonic() + total / args.paced_rate * 3 + 120
+                if pause:
+
+                    async def a_quarter_sent() -> bool:
+                        stats = await get(wa_url, "/__mock__/stats")
+                        return bool(stats["accepted"] >= per_channel // 4)
+
+                    await until(a_quarter_sent, deadline)
+                    await token(expired=True)
+                    await asyncio.sleep(args.pause_s)
+                    await token(expired=False)
+
+                async def all_sent() -> bool:
+                    return bool(await accepted_total() >= total)
+
+                await until(all_sent, deadline)
+                cpu.stop()
+                sources = (("whatsapp", wa_url), ("instagram", ig_url))
+                accepted = {c: await get(u, "/__mock__/sent") for c, u in sources}
+                stats = {c: await get(u, "/__mock__/stats") for c, u in sources}
+        finally:
+            for router in routers:
+                await stop_spawned(router)
+            await stop_spawned(mocks)
+        statuses = await read_statuses(s.topic("status-paced"), s.partitions)
+        dlq = await end_offsets_total(s.topic("dlq"), s.partitions)
+    figures: dict[str, Any] = {}
+    ok = paced_report(
+        args, docs, channels, accepted, stats, statuses, dlq, routers, cpu, timeline, figures
+    )
+    if args.json:
+        await asyncio.to_thread(Path(args.json).write_bytes, orjson.dumps(figures))
+    return ok
+
+
+def paced_report(
+    args: argparse.Namespace,
+    docs: list[dict[str, Any]],
+    channels: tuple[str, ...],
+    accepted: dict[str, list[dict[str, Any]]],
+    stats: dict[str, dict[str, Any]],
+    statuses: StatusSummary,
+    dlq: int,
+    routers: list[Spawned],
+    cpu: CpuMeter,
+    timeline: dict[str, float],
+    figures: dict[str, Any],
+) -> bool:
+    """Print the figures and targets (also into `figures`); False if a target was missed."""
+    problems: list[str] = []
+    total = len(docs)
+    out(f"\n{'':44} {'value':>12} {'target':>10} {'met':>4}\n")
+
+    rows: list[dict[str, Any]] = []
+
+    def row(label: str, value: str, target: str = "", ok: bool | None = None) -> None:
+        met = "" if ok is None else check(ok)
+        out(f"{label:44} {value:>12} {target:>10} {met:>4}\n")
+        rows.append({"label": label, "value": value, "target": target, "met": ok})
+        if ok is False:
+            problems.append(f"{label}: {value} (target {target})")
+
+    restarts = sum(int(r.done.split()[1]) for r in routers if r.done)
+    row("messages SENT (unique, status topic)", f"{statuses.sent_messages}/{total}", "all",
+        statuses.sent_messages == total)  # fmt: skip
+    row("dead-lettered", str(dlq), "0", dlq == 0)
+    row("router restarts", str(restarts), "0", restarts == 0)
+    for channel in channels:
+        mine = [d for d in docs if channel in d["channels"]]
+        got = accepted[channel]
+        texts = [a["text"] for a in got]
+        st = stats[channel]
+        calls = int(st["requests"])
+        throttled = int(st["throttled"]) + int(st["pair_throttled"])
+        row(f"{channel}: accepted by the mock (once each)", f"{len(set(texts))}/{len(mine)}", "all",
+            len(set(texts)) == len(mine) and len(texts) == len(mine))  # fmt: skip
+        row(f"{channel}: conversations out of order", str(in_order(got, mine)), "0",
+            in_order(got, mine) == 0)  # fmt: skip
+        share = f"{throttled}/{calls} {throttled / max(calls, 1):.2%}"
+        row(f"{channel}: throttled answers / calls", share, "<= 1 %", throttled <= 0.01 * calls)
+        times = sorted(a["accepted_at"] for a in got)
+        if len(times) > 1:
+            rate = (len(times) - 1) / (times[-1] - times[0])
+            if args.phase == "paced":
+                floor = 0.95 * args.paced_rate
+                row(f"{channel}: achieved rate, first to last send", f"{rate:.1f}/s",
+                    f">= {floor:.0f}/s", rate >= floor)  # fmt: skip
+            else:
+                row(f"{channel}: rate, first to last send", f"{rate:.1f}/s")
+    if args.phase == "pause":
+        expired, restored = timeline["expired"], timeline["restored"]
+        ig = accepted["instagram"]
+        first_ig = min(a["accepted_at"] for a in ig)
+        before = rate_between(ig, first_ig, expired)
+        during = rate_between(ig, expired, restored)
+        row("instagram: rate before the pause", f"{before:.1f}/s")
+        row(
+            "instagram: rate while whatsapp paused",
+            f"{during:.1f}/s",
+            ">= 0.9x",
+            during >= 0.9 * before,
+        )
+        row(
+            "whatsapp: rate while paused",
+            f"{rate_between(accepted['whatsapp'], expired + 1, restored):.1f}/s",
+        )
+        for n, router in enumerate(routers):
+            requests = router.stats.get("requests", {})
+            paused_answers = int(requests.get("whatsapp:paused", 0))
+            changes = [c for c in router.stats.get("changes", []) if c["channel"] == "whatsapp"]
+            paused = next((c for c in changes if c["state"] == "paused"), None)
+            resumed = next((c for c in changes if c["state"] == "active"), None)
+            # Probes of the last pause (the final one went through, when it resumed).
+            probes = int(router.stats.get("channels", {}).get("whatsapp", {}).get("probes", 0))
+            failed_probes = probes - 1 if resumed is not None else probes
+            before_hold = paused_answers - failed_probes
+            label = f"router-{n + 1}"
+            row(f"{label}: account answers (failed probes {failed_probes})", f"{paused_answers}")
+            row(f"{label}: failed calls before holding", str(before_hold), "<= 1 + in flight",
+                before_hold <= 3)  # fmt: skip
+            if len(changes) != 2 or before_hold > 3:
+                out(f"    {label} channel changes: {changes}\n")
+            if paused is None or resumed is None:
+                row(f"{label}: paused and resumed", "no", "yes", False)
+                continue
+            paused_at = datetime.fromisoformat(paused["since"]).timestamp()
+            resumed_at = datetime.fromisoformat(resumed["since"]).timestamp()
+            row(f"{label}: paused after the token expired", f"{paused_at - expired:.2f} s")
+            resumed_s = resumed_at - restored
+            row(f"{label}: resumed after the token works", f"{resumed_s:.1f} s", "<= 60 s",
+                resumed_s <= 60)  # fmt: skip
+    out(cpu.report(f"({args.phase}) routers and mocks", len(docs)))
+    for problem in problems:
+        out(f"PROBLEM: {problem}\n")
+    if not problems:
+        out("RESULT: every target met\n")
+    figures.update(phase=args.phase, rows=rows, problems=problems)
+    return not problems
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=100_000)
@@ -751,12 +1089,25 @@ async def main() -> int:
     parser.add_argument("--baseline-seconds", type=float, default=20.0)
     parser.add_argument("--max-in-flight", type=int, help="kafka.max_in_flight for the router")
     parser.add_argument("--only", choices=("a", "b"))
+    parser.add_argument(
+        "--phase", choices=("paced", "pause"), help="run this phase alone (against the mocks)"
+    )
+    parser.add_argument("--paced-messages", type=int, default=5000)
+    parser.add_argument("--paced-conversations", type=int, default=500)
+    parser.add_argument("--paced-rate", type=float, default=80.0, help="the account's limit /s")
+    parser.add_argument("--routers", type=int, default=3, help="router processes, one group")
+    parser.add_argument("--pause-s", type=float, default=20.0, help="token expired this long")
     parser.add_argument("--json", metavar="PATH", help="also write the figures and counts as JSON")
     parser.add_argument("--worker", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-roles", default="router", help=argparse.SUPPRESS)
+    parser.add_argument("--until-stopped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        await worker(orjson.loads(args.worker))
+        roles = args.worker_roles.split(",")
+        await worker(orjson.loads(args.worker), roles=roles, drain=not args.until_stopped)
         return 0
+    if args.phase:
+        return 0 if await paced_bench(args) else 1
     return 0 if await bench(args) else 1
 
 

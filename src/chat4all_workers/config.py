@@ -91,6 +91,10 @@ class KafkaSettings:
     )
     client_id: str = field(default="chat4all-workers", metadata=_NON_EMPTY)
     max_in_flight: int = 1000
+    # Records a handler holds while it waits on an outside condition (a paused channel, a
+    # recipient's pair limit: kafka/consumer.py `held()`) count against this bound instead of
+    # max_in_flight, so they do not starve the rest; past it they count normally again.
+    max_held_records: int = 10_000
     fetch_max_records: int = 500
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
@@ -286,6 +290,16 @@ class RouterSettings:
     on_unknown_outcome: str = field(
         default="dead_letter", metadata={"choices": ("dead_letter", "resend")}
     )
+    # A throttled send never spends an attempt; it waits for the pace and tries again until
+    # this long after its first throttled answer, then FAILED (dlq.error_type throttle_deadline).
+    throttle_deadline_s: float = 3600.0
+    # After a throttled answer halves a channel's sending rate, the rate climbs back to the
+    # channel's max_rate_per_s over this long (additive increase).
+    pacing_recovery_s: float = 30.0
+    # A paused channel (an account-class answer) lets one held send through as a probe after
+    # this delay, doubling per failed probe up to the cap.
+    pause_probe_base_s: float = 1.0
+    pause_probe_cap_s: float = 60.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -298,6 +312,14 @@ class WhatsAppSettings:
     access_token: Secret = field(default=Secret(""), metadata=_env("WHATSAPP_ACCESS_TOKEN"))
     phone_number_id: str = field(default="", metadata=_env("WHATSAPP_PHONE_NUMBER_ID"))
     timeout_s: float = 10.0
+    # Sends per second per business number, shared by every router of the deployment through
+    # Redis (Meta: 80 by default, 1,000 after an upgrade, 20 for numbers shared with the
+    # WhatsApp Business app). 0 = no pacing.
+    max_rate_per_s: float = field(default=80.0, metadata=_ZERO_OK)
+    # Per (business number, recipient): a burst of pair_burst, then one per pair_interval_s
+    # (Meta: about 45, then one per 6 s). 0 = no pair pacing.
+    pair_burst: int = field(default=45, metadata=_ZERO_OK)
+    pair_interval_s: float = field(default=6.0, metadata=_ZERO_OK)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,6 +332,12 @@ class InstagramSettings:
     access_token: Secret = field(default=Secret(""), metadata=_env("INSTAGRAM_ACCESS_TOKEN"))
     user_id: str = field(default="", metadata=_env("INSTAGRAM_USER_ID"))
     timeout_s: float = 10.0
+    # Sends per second per Instagram account, shared through Redis (Meta: 300 calls/s for text;
+    # 250 leaves headroom). 0 = no pacing.
+    max_rate_per_s: float = field(default=250.0, metadata=_ZERO_OK)
+    # Meta documents no pair limit for Instagram: off (0) unless set.
+    pair_burst: int = field(default=0, metadata=_ZERO_OK)
+    pair_interval_s: float = field(default=0.0, metadata=_ZERO_OK)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -349,7 +377,17 @@ class MockSettings:
     instagram_port: int = field(default=8102, metadata={"min": 0, "max": 65535})
     latency_ms: float = field(default=0.0, metadata=_ZERO_OK)
     error_rate: float = field(default=0.0, metadata={"min": 0, "max": 1})
-    rate_limit_per_s: float = field(default=0.0, metadata=_ZERO_OK)  # 0: no limit
+    # Like a real account: sends per second per account (0 = unlimited), answered above it as
+    # Meta does, HTTP `throttle_status` with code 130429 (WhatsApp) or 613 (Instagram) in the body.
+    whatsapp_rate_per_s: float = field(default=80.0, metadata=_ZERO_OK)
+    instagram_rate_per_s: float = field(default=300.0, metadata=_ZERO_OK)
+    throttle_status: int = field(default=400, metadata={"choices": (400, 429)})
+    # WhatsApp's pair limit per (account, recipient), code 131056 (0 = off).
+    pair_burst: int = field(default=45, metadata=_ZERO_OK)
+    pair_interval_s: float = 6.0
+    # An expired token answers every send with HTTP 401 and code 190; also switchable at run
+    # time with POST /__mock__/token {"expired": true|false}.
+    token_expired: bool = False
     delivered_after_ms: float = field(default=200.0, metadata=_ZERO_OK)
     read_after_ms: float = field(default=500.0, metadata=_ZERO_OK)
 

@@ -9,10 +9,21 @@ happens to the work item, not the place where the error was raised::
     |                          password, no such database): exit code 1 at once, no retries
     +-- RetryableError         transient: retry in place with backoff, the item stays owned
     |   +-- CircuitOpenError   the Kafka breaker is open: do not even try, wait or fall back
+    |   +-- TransientProviderError*  a channel API failed this once (5xx, timeout, codes 1, 2)
+    |   +-- ThrottledError*    a channel API said "too fast": wait for the pace, never a spent
+    |   |                      attempt (bounded by router.throttle_deadline_s instead)
+    |   +-- AccountError*      a channel API refused the sending account (token, permission,
+    |                          policy): every message fails alike, so the channel pauses
     +-- PermanentError         can never succeed: dead-letter the item with the reason
     |   +-- InvalidRecordError the input violates the wire format (bad JSON, schema, channel)
-    |   +-- ProviderRejectedError  a channel API refused the message for good (4xx)
+    |   +-- ContentLimitError  a text over the channel's limit; refused before any call
+    |   +-- ProviderRejectedError*  a channel API refused this message for good (131026, ...)
+    |   +-- ThrottleDeadlineError   still throttled after router.throttle_deadline_s
     +-- RoleFailedError        a supervised role crashed past its restart intensity
+
+    * also a ProviderError: what the provider answered (`error_class`, `provider_code`,
+      `fbtrace_id`), classified by the channel's code table (channels/whatsapp.py,
+      channels/instagram.py).
 
 Anything else is a bug: it crashes the child task and the supervisor restarts it. The exception
 is a backing service that is unreachable (`resources.TRANSIENT_ERRORS`, the client libraries'
@@ -20,6 +31,8 @@ own errors): the roles treat it as retryable and wait the outage out.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class Chat4AllError(Exception):
@@ -70,10 +83,113 @@ class InvalidRecordError(PermanentError):
     error_type = "invalid_record"
 
 
-class ProviderRejectedError(PermanentError):
-    """A channel provider rejected the message (a 4xx other than 429)."""
+class ProviderError:
+    """What a channel provider answered, attached to the error it was classified as.
+
+    `error_class` is one of throttled | transient | rejected | account (the classes of the
+    channels' code tables); `provider_code` is Meta's `error.code` when the answer had one,
+    `fbtrace_id` the id Meta's support asks for. A mixin, so that each class keeps its place
+    in the tree above (retry in place or dead-letter) and still says what the provider said.
+    """
+
+    error_class: ClassVar[str]
+    provider_code: int | None
+    fbtrace_id: str | None
+
+
+class TransientProviderError(ProviderError, RetryableError):
+    """The provider failed this call (5xx, codes 1/2/131000, a timeout, a reset): try again,
+    counted against `router.max_attempts`.
+
+    `in_doubt` is true when the request was written before it failed (a timeout, a reset after
+    sending): the provider may have acted on it. Retried like the others today; the seam where
+    the provider's webhooks will settle it.
+    """
+
+    error_class = "transient"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_code: int | None = None,
+        fbtrace_id: str | None = None,
+        retry_after_s: float | None = None,
+        in_doubt: bool = False,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.provider_code = provider_code
+        self.fbtrace_id = fbtrace_id
+        self.in_doubt = in_doubt
+
+
+class ThrottledError(ProviderError, RetryableError):
+    """The provider refused the call as too fast (130429, 131056, 4, 613, HTTP 429, ...): it did
+    not take the message. Wait for the pace and try again; never a spent attempt.
+
+    `pair` says the limit was the one per (sending account, recipient), so only that recipient
+    has to wait (WhatsApp's 131056).
+    """
+
+    error_class = "throttled"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_code: int | None = None,
+        fbtrace_id: str | None = None,
+        retry_after_s: float | None = None,
+        pair: bool = False,
+    ) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.provider_code = provider_code
+        self.fbtrace_id = fbtrace_id
+        self.pair = pair
+
+
+class AccountError(ProviderError, RetryableError):
+    """The provider refused the sending account itself (190 expired token, 10 and 200-299
+    permissions, 368 policy block, 131031 locked, ...): every message would fail the same way
+    until an operator acts. The router pauses the channel and holds its messages; retryable,
+    because nothing is wrong with the message."""
+
+    error_class = "account"
+
+    def __init__(
+        self, message: str, *, provider_code: int | None = None, fbtrace_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.provider_code = provider_code
+        self.fbtrace_id = fbtrace_id
+
+
+class ProviderRejectedError(ProviderError, PermanentError):
+    """A channel provider refused this message for good (an invalid recipient, outside the
+    customer-service window, ...); the next message may well go through."""
 
     error_type = "provider_rejected"
+    error_class = "rejected"
+
+    def __init__(
+        self, message: str, *, provider_code: int | None = None, fbtrace_id: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.provider_code = provider_code
+        self.fbtrace_id = fbtrace_id
+
+
+class ContentLimitError(PermanentError):
+    """The text is over the channel's limit (WhatsApp 4,096 characters, Instagram 1,000 bytes):
+    refused before any call, the reason names the limit."""
+
+    error_type = "content_limit"
+
+
+class ThrottleDeadlineError(PermanentError):
+    """The provider still throttled the send after `router.throttle_deadline_s`."""
+
+    error_type = "throttle_deadline"
 
 
 class RoleFailedError(Chat4AllError):

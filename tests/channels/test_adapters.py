@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from chat4all_workers.channels.base import OutboundMessage
+from chat4all_workers.channels.base import ErrorClass, OutboundMessage, classify
 from chat4all_workers.channels.http import HttpClient
+from chat4all_workers.channels.instagram import CODES as INSTAGRAM_CODES
 from chat4all_workers.channels.instagram import InstagramAdapter
+from chat4all_workers.channels.whatsapp import CODES as WHATSAPP_CODES
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import InstagramSettings, Secret, WhatsAppSettings
-from chat4all_workers.errors import ProviderRejectedError, RetryableError
+from chat4all_workers.errors import (
+    AccountError,
+    ContentLimitError,
+    ProviderError,
+    ProviderRejectedError,
+    ThrottledError,
+    TransientProviderError,
+)
 from tests.support import free_port
 
 TOKEN = "EAAG-very-secret-token"
@@ -118,52 +128,181 @@ async def test_instagram_adapter_posts_the_messaging_api_shape(http: HttpClient)
     assert body["message"]["text"] == "hi"
 
 
+def instagram(port: int, session: HttpClient, timeout_s: float = 5) -> InstagramAdapter:
+    settings = InstagramSettings(
+        base_url=f"http://127.0.0.1:{port}",
+        access_token=Secret(TOKEN),
+        user_id="99",
+        timeout_s=timeout_s,
+    )
+    return InstagramAdapter(settings, session)
+
+
+def meta_error(code: int, subcode: int | None = None, message: str = "nope") -> dict[str, object]:
+    error: dict[str, object] = {
+        "message": message,
+        "type": "OAuthException",
+        "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": "the details"},
+        "fbtrace_id": "Az8or2yhqkZfEZ",
+    }
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    return {"error": error}
+
+
 @pytest.mark.parametrize(
-    ("status", "headers", "expected", "retry_after"),
+    ("status", "body", "headers", "expected", "code"),
     [
-        (429, {"Retry-After": "7"}, RetryableError, 7.0),
-        (500, {}, RetryableError, None),
-        (503, {}, RetryableError, None),
-        (400, {}, ProviderRejectedError, None),
-        (401, {}, ProviderRejectedError, None),
+        # Meta's codes decide, whatever the HTTP status: throttling as HTTP 400.
+        (400, meta_error(130429), {}, ThrottledError, 130429),
+        (400, meta_error(131056), {}, ThrottledError, 131056),
+        (400, meta_error(4), {}, ThrottledError, 4),
+        (500, meta_error(131000), {}, TransientProviderError, 131000),
+        (400, meta_error(2), {}, TransientProviderError, 2),
+        (400, meta_error(131026), {}, ProviderRejectedError, 131026),
+        (400, meta_error(131047), {}, ProviderRejectedError, 131047),
+        (401, meta_error(190, 463), {}, AccountError, 190),
+        (403, meta_error(200), {}, AccountError, 200),
+        (400, meta_error(131031), {}, AccountError, 131031),
+        (400, meta_error(368), {}, AccountError, 368),
+        # No code it knows: the HTTP status decides.
+        (429, {"error": {"message": "nope"}}, {"Retry-After": "7"}, ThrottledError, None),
+        (503, "<html>nope</html>", {}, TransientProviderError, None),
+        (400, meta_error(999999), {}, ProviderRejectedError, 999999),
+        (401, meta_error(999999), {}, AccountError, 999999),
+        (502, meta_error(999999), {}, TransientProviderError, 999999),
     ],
 )
-async def test_adapter_classifies_http_errors(
+async def test_whatsapp_adapter_classifies_errors_by_meta_code_then_http_status(
     http: HttpClient,
     status: int,
+    body: object,
     headers: dict[str, str],
-    expected: type[Exception],
-    retry_after: float | None,
+    expected: type[ProviderError],
+    code: int | None,
 ) -> None:
-    scripted = Scripted([(status, {"error": {"message": "nope", "code": 1}}, headers)])
+    scripted = Scripted([(status, body, headers)])
     runner = await serve(scripted)
     try:
-        with pytest.raises(expected) as error:
+        with pytest.raises(expected) as error:  # type: ignore[type-var]
             await whatsapp(scripted.port, http).send(TEXT)
     finally:
         await runner.cleanup()
 
+    assert isinstance(error.value, ProviderError)
+    assert error.value.provider_code == code
+    assert str(error.value).startswith(f"HTTP {status}")  # no channel prefix: the router adds it
     assert "nope" in str(error.value)
     assert TOKEN not in str(error.value)
-    if retry_after is not None:
-        assert isinstance(error.value, RetryableError)
-        assert error.value.retry_after_s == retry_after
 
 
-async def test_adapter_treats_a_timeout_as_retryable(http: HttpClient) -> None:
-    scripted = Scripted([(200, {"messages": [{"id": "late"}]}, {})], delay_s=1.0)
+async def test_an_error_text_names_status_code_details_and_fbtrace_id(http: HttpClient) -> None:
+    scripted = Scripted([(400, meta_error(131026, message="(#131026) Message undeliverable"), {})])
     runner = await serve(scripted)
     try:
-        with pytest.raises(RetryableError, match="no answer within"):
-            await whatsapp(scripted.port, http, timeout_s=0.2).send(TEXT)
+        with pytest.raises(ProviderRejectedError) as error:
+            await whatsapp(scripted.port, http).send(TEXT)
+    finally:
+        await runner.cleanup()
+
+    assert str(error.value) == (
+        "HTTP 400 (131026): (#131026) Message undeliverable: the details "
+        "[fbtrace_id Az8or2yhqkZfEZ]"
+    )
+    assert (error.value.error_class, error.value.fbtrace_id) == ("rejected", "Az8or2yhqkZfEZ")
+
+
+async def test_a_throttle_carries_retry_after_and_the_pair_flag(http: HttpClient) -> None:
+    scripted = Scripted(
+        [(400, meta_error(131056), {"Retry-After": "3"}), (400, meta_error(130429), {})]
+    )
+    runner = await serve(scripted)
+    try:
+        adapter = whatsapp(scripted.port, http)
+        with pytest.raises(ThrottledError) as pair:
+            await adapter.send(TEXT)
+        with pytest.raises(ThrottledError) as account:
+            await adapter.send(TEXT)
+    finally:
+        await runner.cleanup()
+
+    assert (pair.value.pair, pair.value.retry_after_s) == (True, 3.0)
+    assert (account.value.pair, account.value.retry_after_s) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (meta_error(10, 2018278), ProviderRejectedError),  # outside the window: this message
+        (meta_error(10), AccountError),  # a permission: the account
+        (meta_error(100, 2018001), ProviderRejectedError),  # no matching user
+        (meta_error(551), ProviderRejectedError),
+        (meta_error(1200), TransientProviderError),
+        (meta_error(613), ThrottledError),
+        (meta_error(190), AccountError),
+    ],
+)
+async def test_instagram_adapter_classifies_by_code_and_subcode(
+    http: HttpClient, body: object, expected: type[Exception]
+) -> None:
+    scripted = Scripted([(400, body, {})])
+    runner = await serve(scripted)
+    try:
+        with pytest.raises(expected):
+            await instagram(scripted.port, http).send(TEXT)
     finally:
         await runner.cleanup()
 
 
-async def test_adapter_treats_a_refused_connection_as_retryable(
+def test_the_code_tables_hold_the_issue_s_classes() -> None:
+    """Every code the contract lists, in the class it lists it under (docs/contract.md)."""
+    listed = {
+        ErrorClass.THROTTLED: (130429, 131056, 131048, 80007, 4, 17, 32, 613),
+        ErrorClass.TRANSIENT: (1, 2, 131000, 131016, 131057),
+        ErrorClass.REJECTED: (100, 131026, 131047, 131051),
+        ErrorClass.ACCOUNT: (0, 190, 10, 200, 250, 299, 368, 131031, 131042),
+    }
+    for error_class, codes in listed.items():
+        for code in codes:
+            assert classify(400, code, None, WHATSAPP_CODES).error_class is error_class, code
+    for code in (4, 17, 32, 613):
+        assert classify(400, code, None, INSTAGRAM_CODES).error_class is ErrorClass.THROTTLED
+    assert classify(400, 131056, None, WHATSAPP_CODES).pair
+
+
+async def test_adapter_treats_a_timeout_as_transient_and_in_doubt(http: HttpClient) -> None:
+    scripted = Scripted([(200, {"messages": [{"id": "late"}]}, {})], delay_s=1.0)
+    runner = await serve(scripted)
+    try:
+        with pytest.raises(TransientProviderError, match="no answer within") as error:
+            await whatsapp(scripted.port, http, timeout_s=0.2).send(TEXT)
+    finally:
+        await runner.cleanup()
+
+    assert error.value.in_doubt
+
+
+async def test_adapter_treats_a_refused_connection_as_transient_not_in_doubt(
     http: HttpClient,
 ) -> None:
-    with pytest.raises(RetryableError) as error:
+    with pytest.raises(TransientProviderError) as error:
         await whatsapp(free_port(), http).send(TEXT)
 
+    assert not error.value.in_doubt
     assert TOKEN not in str(error.value)
+
+
+def test_content_limits_are_whatsapp_characters_and_instagram_bytes(http: HttpClient) -> None:
+    wa, ig = whatsapp(1, http), instagram(1, http)
+    at_limit = dataclasses.replace(TEXT, text="é" * 4096)
+    over = dataclasses.replace(TEXT, text="a" * 4097)
+    ig_at_limit = dataclasses.replace(TEXT, text="é" * 500)  # 1,000 bytes
+    ig_over = dataclasses.replace(TEXT, text="é" * 500 + "a")
+
+    wa.check_content(at_limit)
+    ig.check_content(ig_at_limit)
+    with pytest.raises(ContentLimitError, match="4097 characters; WhatsApp takes at most 4096"):
+        wa.check_content(over)
+    with pytest.raises(ContentLimitError, match="1001 bytes of UTF-8; Instagram takes at most"):
+        ig.check_content(ig_over)

@@ -13,7 +13,13 @@ from typing import Protocol
 
 import pytest
 
-from chat4all_workers.channels.http import HttpClient, HTTPTransportError, Response
+from chat4all_workers.channels.http import (
+    HttpClient,
+    HTTPTransportError,
+    RequestCancelledError,
+    RequestTimeoutError,
+    Response,
+)
 from tests.support import eventually
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"id":"m1"}'
@@ -26,6 +32,7 @@ class RawServer:
 
     answer: Answer
     close_after_answer: bool = False
+    delay_s: float = 0.0  # before each answer
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
     closed_by_client: int = 0
@@ -44,6 +51,8 @@ class RawServer:
                 request = head + await reader.readexactly(length)
                 self.requests.append(request)
                 response = self.answer(request)
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)
                 if response is None:
                     await reader.read()  # stall until the client gives up
                     return
@@ -59,7 +68,12 @@ class RawServer:
 
 class Serve(Protocol):
     async def __call__(
-        self, answer: Answer, *, close_after_answer: bool = False, tls: ssl.SSLContext | None = None
+        self,
+        answer: Answer,
+        *,
+        close_after_answer: bool = False,
+        tls: ssl.SSLContext | None = None,
+        delay_s: float = 0.0,
     ) -> RawServer: ...
 
 
@@ -68,9 +82,13 @@ async def serve() -> AsyncIterator[Serve]:
     servers: list[asyncio.Server] = []
 
     async def start(
-        answer: Answer, *, close_after_answer: bool = False, tls: ssl.SSLContext | None = None
+        answer: Answer,
+        *,
+        close_after_answer: bool = False,
+        tls: ssl.SSLContext | None = None,
+        delay_s: float = 0.0,
     ) -> RawServer:
-        raw = RawServer(answer, close_after_answer)
+        raw = RawServer(answer, close_after_answer, delay_s=delay_s)
         server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=tls)
         raw.port = server.sockets[0].getsockname()[1]
         servers.append(server)
@@ -167,10 +185,11 @@ async def test_a_silent_server_times_out_and_its_connection_is_dropped(serve: Se
     answers = iter([None, OK])
     server = await serve(lambda _: next(answers))
     async with HttpClient() as client:
-        with pytest.raises(TimeoutError):
+        with pytest.raises(RequestTimeoutError) as timed_out:
             await post(client, server, timeout_s=0.3)
         response = await post(client, server)
 
+    assert timed_out.value.request_written  # the provider may have it
     assert response.status == 200
     assert server.connections == 2
 
@@ -187,8 +206,9 @@ async def test_a_silent_server_times_out_and_its_connection_is_dropped(serve: Se
 async def test_a_bad_answer_is_a_transport_error(serve: Serve, raw: bytes, match: str) -> None:
     server = await serve(lambda _: raw, close_after_answer=True)
     async with HttpClient() as client:
-        with pytest.raises(HTTPTransportError, match=match):
+        with pytest.raises(HTTPTransportError, match=match) as failed:
             await post(client, server)
+        assert failed.value.request_written
         # A fresh connection for what follows: whatever broke stays broken alone.
         assert not any(client._idle.values())
 
@@ -204,10 +224,24 @@ async def test_an_answer_nobody_asked_for_retires_the_connection(serve: Serve) -
     assert server.connections == 2
 
 
-async def test_a_refused_connection_is_an_os_error() -> None:
+async def test_a_refused_connection_says_nothing_was_written() -> None:
     async with HttpClient() as client:
-        with pytest.raises(OSError):  # noqa: PT011 - refused: ConnectionRefusedError is one
+        with pytest.raises(HTTPTransportError) as refused:
             await client.post("http://127.0.0.1:1/x", body=b"{}", headers={}, timeout_s=5)
+
+    assert isinstance(refused.value.__cause__, ConnectionRefusedError)
+    assert not refused.value.request_written
+
+
+async def test_a_connect_timeout_says_nothing_was_written(serve: Serve) -> None:
+    # A plain TCP server that never answers the TLS handshake: the connect itself times out.
+    server = await serve(lambda _: None)
+    async with HttpClient() as client:
+        with pytest.raises(RequestTimeoutError, match="could not connect") as timed_out:
+            await post(client, server, tls=True, timeout_s=0.3)
+
+    assert not timed_out.value.request_written
+    assert server.requests == []
 
 
 async def test_a_header_cannot_smuggle_a_line() -> None:
@@ -260,10 +294,49 @@ async def test_https_verifies_the_certificate(serve: Serve, certificate: tuple[P
         response = await post(client, server, tls=True)
         await post(client, server, tls=True)
     async with HttpClient() as client:  # the system's CAs do not know this certificate
-        with pytest.raises(ssl.SSLCertVerificationError):
+        with pytest.raises(HTTPTransportError) as refused:
             await post(client, server, tls=True)
 
+    assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)
+    assert not refused.value.request_written
     assert response.body == b'{"id":"m1"}'
     assert f"Host: localhost:{server.port}".encode() in server.requests[0]
     # Both requests on one TLS connection; the untrusting client never got past the handshake.
     assert (server.connections, len(server.requests)) == (1, 2)
+
+
+async def test_a_request_cancelled_after_writing_is_finished_and_the_cancel_comes_next(
+    serve: Serve,
+) -> None:
+    # The answer comes 0.3 s after the request; the caller is cancelled in between.
+    server = await serve(lambda _: OK, delay_s=0.3)
+    got: list[Response] = []
+    async with HttpClient() as client:
+
+        async def caller() -> None:
+            got.append(await post(client, server))
+            await asyncio.sleep(10)  # the next await: the cancellation lands here
+
+        task = asyncio.ensure_future(caller())
+        await eventually(lambda: len(server.requests) == 1, timeout_s=5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert [r.status for r in got] == [200]  # the written request was finished, not dropped
+        await post(client, server)  # and its connection, answered in full, is reused
+
+    assert server.connections == 1
+
+
+async def test_a_request_cancelled_twice_gives_up_and_says_it_was_written(serve: Serve) -> None:
+    server = await serve(lambda _: None)  # never answers
+    async with HttpClient() as client:
+        task = asyncio.ensure_future(post(client, server))
+        await eventually(lambda: len(server.requests) == 1, timeout_s=5)
+        task.cancel()
+        await asyncio.sleep(0.05)  # it is finishing the request now
+        task.cancel()
+        with pytest.raises(RequestCancelledError) as cancelled:
+            await task
+
+    assert cancelled.value.request_written

@@ -43,6 +43,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
 
+from chat4all_workers.channels.instagram import TEXT_LIMIT_BYTES
+from chat4all_workers.channels.whatsapp import TEXT_LIMIT_CHARACTERS
 from tests.e2e.hostile import (
     BAD_INPUT_TYPES,
     EDGE_STRINGS,
@@ -762,8 +764,25 @@ ROUTER_CASES: list[Case] = [
     ],
 ]
 
-# Well-formed messages with hostile text: delivered exactly as written.
-HOSTILE_TEXTS = [t for t in EDGE_STRINGS if t] + ["\U0001f4a9" * 100_000]
+
+# Well-formed messages with hostile text: delivered exactly as written when both channels take
+# them (WhatsApp 4,096 characters, Instagram 1,000 bytes); over a limit, dead-lettered
+# (content_limit) and sent nowhere.
+def _fits(text: str) -> bool:
+    return len(text) <= TEXT_LIMIT_CHARACTERS and len(text.encode()) <= TEXT_LIMIT_BYTES
+
+
+_TEXTS = [t for t in EDGE_STRINGS if t] + ["\U0001f4a9" * 100_000]
+HOSTILE_TEXTS = [t for t in _TEXTS if _fits(t)]
+OVER_LIMIT = [
+    Case(
+        b"conversation:7",
+        orjson.dumps(message_doc(conversation_id=7, payload={"type": "text", "content": text})),
+        label=f"text of {len(text)} characters",
+    )
+    for text in _TEXTS
+    if not _fits(text)
+]
 
 
 async def router_body(
@@ -809,7 +828,8 @@ def test_router_dead_letters_each_nasty_record_without_sending(deployment: Deplo
 
 
 def test_router_delivers_hostile_text_unchanged(deployment: Deployment) -> None:
-    run(router_body(deployment, [], HOSTILE_TEXTS))
+    assert len(OVER_LIMIT) == 2  # the 5,000 x's and the 100,000 emoji
+    run(router_body(deployment, OVER_LIMIT, HOSTILE_TEXTS))
 
 
 def test_router_dead_letters_a_channel_without_recipient_and_sends_the_other(

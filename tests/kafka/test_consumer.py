@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
-from chat4all_workers.kafka.consumer import ConsumerEngine
+from chat4all_workers.kafka.consumer import ConsumerEngine, held
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
 from tests.stack import StackEndpoints
@@ -35,12 +35,15 @@ def engine_for(
     commit_interval_s: float = 0.1,
     metrics: Metrics | None = None,
     kafka: dict[str, Any] | None = None,
+    max_held_records: int = 10_000,
 ) -> ConsumerEngine:
     async def ignore(record: ConsumedRecord, exc: PermanentError) -> None:
         raise AssertionError(f"unexpected permanent error for {record.offset}: {exc}")
 
     return ConsumerEngine(
-        settings=settings_for(stack, kafka=kafka or {}).kafka,
+        settings=settings_for(
+            stack, kafka={"max_held_records": max_held_records, **(kafka or {})}
+        ).kafka,
         topics=[topic],
         group_id=group,
         role="test",
@@ -407,3 +410,81 @@ async def _committed_at(
     stack: StackEndpoints, topic: str, group: str, partition: int, expected: int
 ) -> bool:
     return (await committed_offsets(stack, topic, group))[partition] == expected
+
+
+# -- held records -------------------------------------------------------------------------------
+
+
+def held_or_free(
+    waiting: asyncio.Event, finished: list[bytes]
+) -> Callable[[ConsumedRecord], Awaitable[None]]:
+    """A handler that holds records keyed `held-*` until `waiting` is set; others go through."""
+
+    async def handler(record: ConsumedRecord) -> None:
+        assert record.key is not None
+        assert record.value is not None
+        if record.key.startswith(b"held-"):
+            async with held():
+                await waiting.wait()
+        finished.append(record.value)
+
+    return handler
+
+
+async def test_consumer_held_records_do_not_eat_the_in_flight_budget(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    held_records = [(f"held-{i % 10}".encode(), f"h{i}".encode()) for i in range(30)]
+    free_records = [(f"free-{i}".encode(), f"f{i}".encode()) for i in range(50)]
+    await produce(stack, topic, held_records + free_records)
+    release = asyncio.Event()
+    finished: list[bytes] = []
+
+    engine = engine_for(
+        stack, topic, consumer_group, held_or_free(release, finished), max_in_flight=10,
+        drain=False,
+    )  # fmt: skip
+    async with running(engine):
+        await eventually(lambda: len(finished) == 50, message="the free records, past the held")
+        assert engine.stats().held == 30  # ten keys waiting, with the records queued behind
+        assert engine.stats().in_flight == 0
+        # Held records are unfinished: the commit position stays at the first of them.
+        assert (await committed_offsets(stack, topic, consumer_group))[0] == -1
+        release.set()
+        await eventually(lambda: len(finished) == 80, message="the held records too")
+        await eventually(
+            lambda: _committed_is(stack, topic, consumer_group, 80), message="commit after them"
+        )
+
+    assert engine.stats().held == 0
+    assert sorted(v for v in finished if v.startswith(b"h")) == sorted(v for _, v in held_records)
+
+
+async def test_consumer_held_records_past_their_bound_count_as_in_flight(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    held_records = [(f"held-{i}".encode(), f"h{i}".encode()) for i in range(10)]
+    free_records = [(f"free-{i}".encode(), f"f{i}".encode()) for i in range(5)]
+    await produce(stack, topic, held_records + free_records)
+    release = asyncio.Event()
+    finished: list[bytes] = []
+
+    engine = engine_for(
+        stack, topic, consumer_group, held_or_free(release, finished), max_in_flight=4,
+        max_held_records=3, drain=False,
+    )  # fmt: skip
+    async with running(engine):
+        await eventually(lambda: engine.stats().paused, message="fetching paused at the bounds")
+        assert (engine.stats().held, engine.stats().in_flight) == (3, 4)  # memory stays bounded
+        assert finished == []
+        release.set()
+        await eventually(lambda: len(finished) == 15, message="everything, once released")
+
+
+async def test_held_outside_an_engine_does_nothing() -> None:
+    async with held():
+        inside = True
+
+    assert inside

@@ -8,13 +8,15 @@ import sys
 import uuid
 
 import asyncpg
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Producer
-from chat4all_workers.status import collect_status
-from tests.support import REPO, Deployment
+from chat4all_workers.status import collect_status, render
+from chat4all_workers.supervisor import Supervisor
+from tests.support import REPO, Deployment, eventually, produce
 
 pytestmark = pytest.mark.stack
 
@@ -112,3 +114,52 @@ async def test_status_cli_prints_json_and_exits_1_when_unhealthy(deployment: Dep
     body = json.loads(stdout)
     assert body["healthy"] is False
     assert body["fallback_queue"] == 3
+
+
+async def test_status_names_a_paused_channel_and_calls_it_unhealthy(
+    deployment: Deployment,
+) -> None:
+    # A router whose WhatsApp token expired: the channel pauses, the worker stays ready.
+    settings = deployment.settings(mocks={"token_expired": True})
+    await produce(
+        deployment.stack,
+        deployment.topics["message_processing"],
+        [(b"conversation:1", orjson.dumps(whatsapp_message(1)))],
+    )
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        Supervisor(settings, roles=["router"]) as workers,
+    ):
+        await mocks.wait_ready(10)
+        await workers.wait_ready(30)
+
+        async def paused() -> bool:
+            _, body = await workers.readiness()
+            return bool(body["channels"]["whatsapp"]["state"] == "paused")
+
+        await eventually(paused, message="whatsapp paused")
+        url = f"http://127.0.0.1:{workers.http_port}"
+        report = await collect_status(settings, workers=[url])
+        lines: list[str] = []
+        render(report, write=lines.append)
+
+    (worker,) = report.workers
+    assert worker.ready  # paused, yet ready: the other channel and the rest still work
+    assert worker.channels["whatsapp"]["state"] == "paused"
+    assert worker.channels["instagram"]["state"] == "active"
+    assert not report.healthy
+    (problem,) = [p for p in report.problems if "paused" in p]
+    assert "channel whatsapp paused since" in problem
+    assert "HTTP 401 (190/463)" in problem
+    assert "whatsapp=paused, instagram=active" in "".join(lines)
+
+
+def whatsapp_message(conversation: int) -> dict[str, object]:
+    return {
+        "message_id": str(uuid.uuid4()),
+        "conversation_id": conversation,
+        "sender_id": 7,
+        "payload": {"type": "text", "content": "hello"},
+        "channels": ["whatsapp"],
+        "recipients": {"whatsapp": "+5511999990000"},
+    }

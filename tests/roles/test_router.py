@@ -3,20 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import signal
+import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from miniopy_async.api import Minio
 
-from chat4all_workers.channels import build_adapters
+from chat4all_workers.channels import CHANNELS, build_adapters
 from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.roles import REGISTRY
 from chat4all_workers.roles.base import RoleContext
 from chat4all_workers.roles.consuming import consume
@@ -27,6 +35,7 @@ from tests.support import (
     FakeChannelApi,
     WorkerProcess,
     eventually,
+    metric_value,
     produce,
     read_topic,
 )
@@ -314,3 +323,365 @@ async def test_router_sends_a_completed_file_and_fails_a_missing_one(
     assert key in call.body["document"]["link"]
     (dead,) = await dead_letters(deployment)
     assert "not COMPLETED" in dead["dlq.reason"]
+
+
+# -- at the provider's pace: the real adapters against the mocks ---------------------------------
+
+
+@dataclass
+class MockedRun:
+    """What came out of routing against the channel mocks."""
+
+    accepted: dict[str, list[dict[str, Any]]]  # channel -> what its mock accepted, in order
+    mock_stats: dict[str, dict[str, Any]]
+    statuses: list[dict[str, Any]]  # the router's SENT and FAILED
+    dead: list[dict[str, Any]]
+    routers: list[Supervisor]
+
+    def texts(self, channel: str) -> list[str]:
+        return [a["text"] for a in self.accepted[channel]]
+
+
+def in_order(texts: list[str], docs: list[dict[str, Any]]) -> bool:
+    """Each conversation's texts came out in the order they were produced."""
+    expected: dict[int, list[str]] = {}
+    for doc in docs:
+        expected.setdefault(doc["conversation_id"], []).append(doc["payload"]["content"])
+    wanted = {t: c for c, ts in expected.items() for t in ts}
+    got: dict[int, list[str]] = {}
+    for text in texts:
+        if text in wanted:
+            got.setdefault(wanted[text], []).append(text)
+    return all(got.get(c, []) == ts[: len(got.get(c, []))] for c, ts in expected.items())
+
+
+async def mock_get(settings: Any, channel: str, path: str) -> Any:
+    base = getattr(settings, channel).base_url
+    async with aiohttp.ClientSession() as http, http.get(f"{base}{path}") as response:
+        return await response.json()
+
+
+async def set_token(settings: Any, channel: str, *, expired: bool) -> None:
+    base = getattr(settings, channel).base_url
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{base}/__mock__/token", json={"expired": expired}) as response,
+    ):
+        assert response.status == 200
+
+
+async def route_with_mocks(
+    deployment: Deployment,
+    docs: list[dict[str, Any]],
+    *,
+    routers: int = 1,
+    mocks: dict[str, Any] | None = None,
+    during: Callable[[list[Supervisor]], Awaitable[None]] | None = None,
+    **sections: dict[str, Any],
+) -> MockedRun:
+    """Produce `docs`, run the mocks and `routers` routers (one consumer group) until every
+    record is done, with `during(routers)` running meanwhile. One router drains; several run
+    until the mocks accepted every message (drain mode is for one member), then stop."""
+    await produce(
+        deployment.stack, deployment.topics["message_processing"], [record(d) for d in docs]
+    )
+    settings = deployment.settings(
+        mocks=mocks or {},
+        **{"router": {"retry_base_s": 0.01, "retry_cap_s": 0.05}, **sections},
+    )
+    mock_roles = ["whatsapp_mock", "instagram_mock"]
+    drain = routers == 1
+
+    async def all_accepted() -> bool:
+        got = [len(await mock_get(settings, c, "/__mock__/sent")) for c in CHANNELS]
+        return sum(got) >= len(docs)
+
+    async with Supervisor(settings, roles=mock_roles, serve_http=False) as mock_sup:
+        await mock_sup.wait_ready(10)
+        async with contextlib.AsyncExitStack() as stack:
+            sups = [
+                await stack.enter_async_context(
+                    Supervisor(settings, roles=["router"], drain=drain, serve_http=False)
+                )
+                for _ in range(routers)
+            ]
+            if during is not None:
+                await during(sups)
+            if drain:
+                await asyncio.wait_for(sups[0].wait(), 120)
+            else:
+                await eventually(all_accepted, timeout_s=120, interval_s=0.2, message="all sent")
+        accepted = {c: await mock_get(settings, c, "/__mock__/sent") for c in CHANNELS}
+        stats = {c: await mock_get(settings, c, "/__mock__/stats") for c in CHANNELS}
+    assert [s.restarts_total for sup in sups for s in sup.stats()] == [0] * routers
+    router_statuses = [u for u in await statuses(deployment) if u["new_status"] in ROUTER_STATUSES]
+    return MockedRun(accepted, stats, router_statuses, await dead_letters(deployment), sups)
+
+
+ROUTER_STATUSES = ("SENT", "FAILED")
+
+
+async def test_router_paces_two_processes_to_the_account_rate(deployment: Deployment) -> None:
+    docs = [message(c, f"p{c}-{n}") for n in range(8) for c in range(25)]
+
+    run = await route_with_mocks(
+        deployment,
+        docs,
+        routers=2,
+        mocks={"whatsapp_rate_per_s": 100.0},
+        whatsapp={"max_rate_per_s": 100.0},
+    )
+
+    texts = run.texts("whatsapp")
+    calls = run.mock_stats["whatsapp"]["requests"]
+    assert sorted(texts) == sorted(d["payload"]["content"] for d in docs)  # each once
+    assert run.dead == []
+    assert run.mock_stats["whatsapp"]["throttled"] <= calls * 0.01
+    assert in_order(texts, docs)
+    accepted_at = [a["accepted_at"] for a in run.accepted["whatsapp"]]
+    assert (len(accepted_at) - 1) / (max(accepted_at) - min(accepted_at)) <= 100 * 1.05
+
+
+async def test_router_sends_sixty_messages_to_one_recipient_within_the_pair_limit(
+    deployment: Deployment,
+) -> None:
+    docs = [message(1, f"one-{n}") for n in range(60)]
+    pair = {"pair_burst": 45, "pair_interval_s": 0.05}
+
+    run = await route_with_mocks(deployment, docs, mocks=pair, whatsapp=pair)
+
+    assert run.texts("whatsapp") == [d["payload"]["content"] for d in docs]
+    assert run.dead == []
+    assert run.mock_stats["whatsapp"]["pair_throttled"] == 0
+    assert [u["new_status"] for u in run.statuses] == ["SENT"] * 60
+
+
+async def test_router_spends_no_attempt_on_throttled_answers(deployment: Deployment) -> None:
+    # No pacing in the router, one attempt, a mock at 20/s: throttled answers by the dozen,
+    # and still every message goes, none dead-lettered.
+    docs = [message(c, f"t{c}-{n}") for n in range(3) for c in range(20)]
+
+    run = await route_with_mocks(
+        deployment,
+        docs,
+        mocks={"whatsapp_rate_per_s": 20.0},
+        whatsapp={"max_rate_per_s": 0.0},
+        router={"max_attempts": 1, "retry_base_s": 0.01, "retry_cap_s": 0.2},
+    )
+
+    assert run.mock_stats["whatsapp"]["throttled"] > 0
+    assert sorted(run.texts("whatsapp")) == sorted(d["payload"]["content"] for d in docs)
+    assert run.dead == []
+    assert in_order(run.texts("whatsapp"), docs)
+
+
+async def test_router_fails_a_send_still_throttled_at_its_deadline(
+    deployment: Deployment,
+) -> None:
+    first, second = message(1, "goes"), message(1, "never gets a slot")
+
+    run = await route_with_mocks(
+        deployment,
+        [first, second],
+        mocks={"whatsapp_rate_per_s": 0.01},  # one send, then the next in 100 s
+        whatsapp={"max_rate_per_s": 0.0},
+        router={"throttle_deadline_s": 0.5, "retry_base_s": 0.05, "retry_cap_s": 0.1},
+    )
+
+    (dead,) = run.dead
+    failed = next(u for u in run.statuses if u["new_status"] == "FAILED")
+    assert run.texts("whatsapp") == ["goes"]
+    assert dead["value"] == orjson.dumps(second)
+    assert (dead["dlq.error_type"], dead["dlq.error_class"]) == ("throttle_deadline", "throttled")
+    assert dead["dlq.provider_code"] == "130429"
+    assert dead["dlq.reason"].startswith("whatsapp: still throttled after")
+    assert failed["details"]["error_class"] == "throttled"
+    assert failed["details"]["provider_code"] == 130429
+
+
+async def test_router_fails_a_rejected_code_and_an_over_long_text_without_retrying(
+    deployment: Deployment,
+) -> None:
+    rejected = message(1, "to nobody", recipients={"whatsapp": "+invalid"})
+    too_long = message(2, "x" * 4097)
+    ig_too_long = message(3, "é" * 501, channels=["instagram"])
+    fine = message(4, "fine")
+
+    run = await route_with_mocks(deployment, [rejected, too_long, ig_too_long, fine])
+
+    dead = {d["value"]: d for d in run.dead}
+    failed = {u["message_id"]: u["details"] for u in run.statuses if u["new_status"] == "FAILED"}
+    assert run.texts("whatsapp") == ["fine"]
+    assert run.mock_stats["whatsapp"]["requests"] == 2  # the rejected once, no retry; fine
+    assert run.mock_stats["instagram"]["requests"] == 0  # over its limit: never called
+    rejected_dlq = dead[orjson.dumps(rejected)]
+    assert rejected_dlq["dlq.error_type"] == "provider_rejected"
+    assert (rejected_dlq["dlq.provider_code"], rejected_dlq["dlq.error_class"]) == (
+        "131026",
+        "rejected",
+    )
+    assert rejected_dlq["dlq.reason"].startswith("whatsapp: HTTP 400 (131026): ")
+    assert failed[rejected["message_id"]]["attempts"] == 1
+    assert dead[orjson.dumps(too_long)]["dlq.error_type"] == "content_limit"
+    assert "WhatsApp takes at most 4096" in dead[orjson.dumps(too_long)]["dlq.reason"]
+    assert "Instagram takes at most 1000" in dead[orjson.dumps(ig_too_long)]["dlq.reason"]
+    assert "dlq.provider_code" not in dead[orjson.dumps(too_long)]
+    assert failed[too_long["message_id"]] == {
+        "reason": "text is 4097 characters; WhatsApp takes at most 4096"
+    }
+
+
+async def test_router_pauses_a_channel_whose_token_expired_and_resumes_by_itself(
+    deployment: Deployment,
+) -> None:
+    wa = [message(c, f"w{c}-{n}") for n in range(5) for c in range(30)]
+    ig = [
+        message(100 + c, f"i{c}-{n}", channels=["instagram"]) for n in range(5) for c in range(30)
+    ]
+    docs = [d for pair in zip(wa, ig, strict=True) for d in pair]
+    seen: dict[str, Any] = {}
+
+    async def expire_then_restore(routers: list[Supervisor]) -> None:
+        (router,) = routers
+        settings = deployment.settings()
+
+        async def whatsapp_sent(n: int) -> bool:
+            return len(await mock_get(settings, "whatsapp", "/__mock__/sent")) >= n
+
+        async def channel_state() -> str:
+            _, body = await router.readiness()
+            return str(body["channels"]["whatsapp"]["state"])
+
+        await eventually(lambda: whatsapp_sent(20), message="some whatsapp sends")
+        await set_token(settings, "whatsapp", expired=True)
+        await eventually(lambda: _is(channel_state(), "paused"), message="whatsapp paused")
+        ready, seen["paused_body"] = await router.readiness()
+        seen["ready_while_paused"] = ready
+        seen["ig_at_pause"] = len(await mock_get(settings, "instagram", "/__mock__/sent"))
+        seen["paused_gauge"] = router.metrics.channel_paused.get(
+            {"channel": "whatsapp", "reason": "190"}
+        )
+        await asyncio.sleep(1.5)  # the token stays expired a while: sends held, probes fail
+        seen["ig_at_restore"] = len(await mock_get(settings, "instagram", "/__mock__/sent"))
+        await set_token(settings, "whatsapp", expired=False)
+        restored = time.monotonic()
+        await eventually(lambda: _is(channel_state(), "active"), message="whatsapp resumed")
+        seen["resumed_after_s"] = time.monotonic() - restored
+
+    run = await route_with_mocks(
+        deployment,
+        docs,
+        during=expire_then_restore,
+        kafka={"max_in_flight": 20},  # fewer than the held conversations: held() must work
+        whatsapp={"max_rate_per_s": 100.0},
+        instagram={"max_rate_per_s": 40.0},
+        router={"pause_probe_base_s": 0.1, "pause_probe_cap_s": 0.4},
+    )
+
+    paused = seen["paused_body"]["channels"]["whatsapp"]
+    unauthorized = run.mock_stats["whatsapp"]["unauthorized"]
+    (router,) = run.routers
+    assert run.dead == []  # nothing dead-lettered, nothing lost, each sent once:
+    assert sorted(run.texts("whatsapp")) == sorted(d["payload"]["content"] for d in wa)
+    assert sorted(run.texts("instagram")) == sorted(d["payload"]["content"] for d in ig)
+    assert in_order(run.texts("whatsapp"), wa)
+    assert seen["ready_while_paused"]  # a paused channel leaves the process ready
+    assert paused["reason"].startswith("HTTP 401 (190/463)")
+    assert seen["paused_gauge"] == 1
+    # One failed call, then only probes (0.1 s doubling to 0.4 s over ~1.5 s: about six).
+    assert unauthorized <= 10
+    assert (
+        metric_value(router.metrics.channel_requests, {"channel": "whatsapp", "outcome": "paused"})
+        == unauthorized
+    )
+    assert seen["resumed_after_s"] < 2.0
+    assert seen["ig_at_restore"] - seen["ig_at_pause"] >= 20  # instagram kept going meanwhile
+    assert router.metrics.channel_paused.get({"channel": "whatsapp", "reason": "190"}) == 0
+
+
+async def _is(value: Awaitable[str], expected: str) -> bool:
+    return await value == expected
+
+
+# -- cancellation of a send ----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def a_router(settings: Any) -> AsyncIterator[tuple[Router, aioredis.Redis]]:
+    """A Router over real resources, outside any engine: its `handle` is awaited (and
+    cancelled) by the test itself, as a revocation or a shutdown past its deadline would."""
+    needs = frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3})
+    async with open_resources(settings, Metrics(), needs) as resources:
+        ctx = RoleContext(
+            name="router",
+            settings=settings,
+            resources=resources,
+            metrics=resources.metrics,
+            stopping=asyncio.Event(),
+        )
+        yield (
+            Router(ctx, build_adapters(settings, resources.http_client())),
+            resources.redis_client(),
+        )
+
+
+def consumed(doc: dict[str, Any]) -> ConsumedRecord:
+    key, value = record(doc)
+    return ConsumedRecord("message_processing", 0, 0, key, value, (), 0)
+
+
+async def test_a_send_cancelled_mid_request_waits_for_the_answer_and_marks_it_sent(
+    deployment: Deployment,
+) -> None:
+    doc = message(1, "in flight when cancelled")
+    settings = deployment.settings(mocks={"latency_ms": 800.0})
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        a_router(settings) as (router, redis),
+    ):
+        await mocks.wait_ready(10)
+        sending = asyncio.ensure_future(router.handle(consumed(doc)))
+
+        async def requested() -> bool:
+            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
+
+        await eventually(requested, message="the request under way")
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        marker = await redis.get(
+            f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
+        )
+        accepted = await mock_get(settings, "whatsapp", "/__mock__/sent")
+
+    assert [a["text"] for a in accepted] == ["in flight when cancelled"]
+    assert isinstance(marker, bytes)
+    assert marker.startswith(b"sent:wamid.")  # a redelivery sends nothing
+
+
+async def test_a_send_cancelled_between_attempts_releases_its_lease_at_once(
+    deployment: Deployment,
+) -> None:
+    doc = message(1, "cancelled in its backoff")
+    settings = deployment.settings(
+        mocks={"error_rate": 1.0}, router={"retry_base_s": 30.0, "retry_cap_s": 30.0}
+    )
+    key = f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        a_router(settings) as (router, redis),
+    ):
+        await mocks.wait_ready(10)
+        sending = asyncio.ensure_future(router.handle(consumed(doc)))
+
+        async def failed_once() -> bool:
+            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["failed"]) == 1
+
+        await eventually(failed_once, message="the first attempt answered 500")
+        assert await redis.get(key) is not None  # the lease, while it waits to retry
+        sending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        marker = await redis.get(key)
+
+    assert marker is None  # released: the next owner sends it, no "outcome unknown"

@@ -11,8 +11,22 @@ goes anywhere but the configured URL. A body must come with a length (Content-Le
 as every API answer here does); one that only ends when the server closes is an error.
 
 A request that fails on the wire is never retried here: a POST is not idempotent, so the caller
-(the router, with its dedup lease) decides. To keep such failures rare, an idle connection is
-dropped after `idle_timeout_s`, before servers usually close theirs (60 s or more).
+(the router, with its dedup lease) decides. To decide, it needs to know whether the provider may
+have the request: every failure says so in `request_written` (HTTPTransportError and
+RequestTimeoutError). False: nothing left this process (refused, unreachable, a TLS or connect
+failure, a connect timeout); true: the request was written, and then the answer did not come
+(a timeout, a reset, a garbled answer), so the provider may have acted on it. To keep such
+failures rare, an idle connection is dropped after `idle_timeout_s`, before servers usually close
+theirs (60 s or more).
+
+A request cancelled after it was written is finished anyway: `post` waits for its answer (still
+bounded by its timeout), returns it (or raises its failure), and delivers the cancellation at
+the caller's next await. Why: the provider may act on a written request whatever the caller
+does, so the caller (the router, with its dedup lease) needs the answer to record it, not a
+cancellation that throws it away. This costs nothing on the normal path (no task, no shield per
+request). Cancelled a second time while finishing, `post` gives up and raises
+RequestCancelledError (a CancelledError) with `request_written` set: the answer stays unknown.
+A cancel while connecting (nothing written) is a plain cancellation.
 """
 
 from __future__ import annotations
@@ -34,7 +48,25 @@ _SWEEP_S = 0.05  # how late a request may time out
 
 class HTTPTransportError(ConnectionError):
     """The request did not get a complete, well-formed answer: refused, reset, closed early or
-    garbled. The provider may or may not have acted on it."""
+    garbled. `request_written` says whether the provider may have acted on it."""
+
+    def __init__(self, message: str, *, request_written: bool = True) -> None:
+        super().__init__(message)
+        self.request_written = request_written
+
+
+class RequestCancelledError(asyncio.CancelledError):
+    """Cancelled again while finishing a written request: its answer is unknown."""
+
+    request_written = True
+
+
+class RequestTimeoutError(TimeoutError):
+    """No complete answer within the request's timeout; `request_written` as above."""
+
+    def __init__(self, message: str, *, request_written: bool) -> None:
+        super().__init__(message)
+        self.request_written = request_written
 
 
 @dataclass(frozen=True)
@@ -64,6 +96,8 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[Response] | None = None
+        # The outcome of a request whose waiter was cancelled, kept for `finish()`.
+        self._unclaimed: Response | BaseException | None = None
         self._headers: dict[str, str] = {}
         self._body: list[bytes] = []
         self._body_size = 0
@@ -107,13 +141,11 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        waiter, self._waiter = self._waiter, None
         response = Response(self._parser.get_status_code(), self._headers, b"".join(self._body))
         self._headers, self._body, self._body_size = {}, [], 0
         if not self._parser.should_keep_alive():
             self.close()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+        self._resolve(response)
 
     # -- used by the client ------------------------------------------------------------------
 
@@ -124,17 +156,35 @@ class _Connection(asyncio.Protocol):
         self._transport.write(data)
         return await self._waiter
 
+    async def finish(self) -> Response:
+        """After `request` was cancelled: its answer (or failure), whenever it comes."""
+        outcome, self._unclaimed = self._unclaimed, None
+        if isinstance(outcome, Response):
+            return outcome
+        if outcome is not None:
+            raise outcome
+        self._waiter = asyncio.get_running_loop().create_future()
+        return await self._waiter
+
     def time_out(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(TimeoutError("no complete answer in time"))
+        self._resolve(RequestTimeoutError("no complete answer in time", request_written=True))
         self.close()
 
     def _fail(self, exc: HTTPTransportError) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
+        self._resolve(exc)
         self.close()
+
+    def _resolve(self, outcome: Response | BaseException) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is None:
+            return
+        if not waiter.done():
+            if isinstance(outcome, Response):
+                waiter.set_result(outcome)
+            else:
+                waiter.set_exception(outcome)
+        elif waiter.cancelled():  # its caller was cancelled: `finish()` will want it
+            self._unclaimed = outcome
 
     def close(self) -> None:
         self.closed = True
@@ -172,7 +222,8 @@ class HttpClient:
     ) -> Response:
         """Send one POST and read the whole answer within `timeout_s` (connecting included).
 
-        Raises TimeoutError, HTTPTransportError, or OSError (refused, unreachable, TLS).
+        Raises RequestTimeoutError or HTTPTransportError, each saying in `request_written`
+        whether the request left this process.
         """
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
@@ -182,16 +233,28 @@ class HttpClient:
         deadline = loop.time() + timeout_s
         connection = self._reuse(target.origin)
         if connection is None:
-            async with asyncio.timeout_at(deadline):
-                connection = await self._connect(target.origin)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    connection = await self._connect(target.origin)
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"could not connect within {timeout_s}s", request_written=False
+                ) from None
+            except OSError as exc:  # refused, unreachable, TLS
+                raise HTTPTransportError(
+                    f"{type(exc).__name__}: {exc}", request_written=False
+                ) from exc
         # The answer is awaited without a timer of its own: the sweeper fails requests past
         # their deadline (a timer per request cost more than parsing the answer).
         self._busy[connection] = deadline
         self._sweep_soon(loop)
         try:
-            response = await connection.request(data)
+            try:
+                response = await connection.request(data)
+            except asyncio.CancelledError:
+                response = await _finish_cancelled(connection)
         except BaseException:
-            connection.close()  # cancelled or failed mid-exchange: its state is unknown
+            connection.close()  # failed or given up mid-exchange: its state is unknown
             raise
         finally:
             self._busy.pop(connection, None)
@@ -282,6 +345,28 @@ class HttpClient:
             if len(self._targets) < 64:
                 self._targets[url] = target
         return target
+
+
+async def _finish_cancelled(connection: _Connection) -> Response:
+    """A written request's caller was cancelled: wait for the answer (the sweeper still applies
+    the deadline), then deliver the cancellation at the caller's next await."""
+    task = asyncio.current_task()
+    assert task is not None
+    try:
+        response = await connection.finish()
+    except asyncio.CancelledError:
+        raise RequestCancelledError("cancelled again while finishing the request") from None
+    except BaseException:
+        _cancel_later(task)
+        raise
+    _cancel_later(task)
+    return response
+
+
+def _cancel_later(task: asyncio.Task[object]) -> None:
+    """The cancellation caught in `post`, delivered again at the task's next await."""
+    task.uncancel()
+    task.cancel()
 
 
 def _parse_target(url: str, user_agent: str) -> _Target:

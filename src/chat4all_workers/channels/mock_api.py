@@ -1,14 +1,27 @@
 """A local simulator of the WhatsApp Cloud API and the Instagram Messaging API, for development.
 
 It answers the same HTTP shapes as the real services (`POST /{version}/{account}/messages` with a
-bearer token), so the real adapters are what talk to it: an id on success, 400 for a recipient
-containing "invalid", 429 with Retry-After above the rate limit, 500 at the configured error
-rate, after the configured latency. Like the real webhooks, it later reports DELIVERED and READ
-for each accepted message (through `emit`, which the mock role points at
-`message_status_updates`), using the platform ids the adapters pass as opaque callback data.
+bearer token), so the real adapters are what talk to it, and it behaves like a real account
+(Meta's numbers, all configurable under `[mocks]`):
+
+- a rate per account (`whatsapp_rate_per_s` 80, `instagram_rate_per_s` 300; a burst of up to one
+  second's worth), over it HTTP 400 (or `throttle_status` 429) with code 130429 (WhatsApp) or
+  613 (Instagram) in Meta's error object;
+- WhatsApp's pair limit per (account, recipient): a burst of `pair_burst` (45), then one per
+  `pair_interval_s` (6 s), over it HTTP 400 with code 131056;
+- an access token that can expire (`token_expired`, or at run time `POST /__mock__/token`
+  `{"expired": true}` and back with false): HTTP 401 with code 190, as Meta answers;
+- a recipient containing "invalid": HTTP 400 with code 131026 (WhatsApp) or 100/2018001
+  (Instagram); a text over the channel's limit (4,096 characters, 1,000 bytes): HTTP 400, code
+  100; HTTP 500 at `error_rate`; every answer after `latency_ms`.
+
+Like the real webhooks, it later reports DELIVERED and READ for each accepted message (through
+`emit`, which the mock role points at `message_status_updates`), using the platform ids the
+adapters pass as opaque callback data.
 
 `GET /__mock__/sent` lists what it accepted, and `GET /__mock__/stats` counts requests by
-outcome, so a developer (or a test) can see exactly what was delivered and how often.
+outcome (accepted, throttled, pair_throttled, unauthorized, rejected, failed), so a developer
+(or a test) can see exactly what was delivered and how often.
 """
 
 from __future__ import annotations
@@ -28,6 +41,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from chat4all_workers.channels.instagram import TEXT_LIMIT_BYTES
+from chat4all_workers.channels.whatsapp import TEXT_LIMIT_CHARACTERS
 from chat4all_workers.config import MockSettings
 from chat4all_workers.errors import PermanentError, RetryableError
 
@@ -38,6 +53,26 @@ StatusEmitter = Callable[[dict[str, Any]], Awaitable[None]]
 _MAX_REMEMBERED = 100_000  # accepted messages kept for /__mock__/sent
 _MAX_EMITS_IN_FLIGHT = 256
 _MAX_PENDING_STATUSES = 50_000  # DELIVERED/READ waiting to be emitted
+_MAX_PAIRS = 100_000  # (account, recipient) pair states kept before the expired are dropped
+
+
+class _Gcra:
+    """A limit of `interval_s` per send with a burst of `burst`, per key (GCRA: the key's
+    theoretical arrival time). A refused send does not count."""
+
+    def __init__(self, *, interval_s: float, burst: float) -> None:
+        self._interval_s = interval_s
+        self._tolerance_s = max(0.0, burst - 1) * interval_s
+        self._tat: dict[str, float] = {}
+
+    def allow(self, key: str, now: float) -> bool:
+        tat = max(self._tat.get(key, now), now)
+        if tat - self._tolerance_s > now:
+            return False
+        if len(self._tat) >= _MAX_PAIRS and key not in self._tat:
+            self._tat = {k: t for k, t in self._tat.items() if t > now}
+        self._tat[key] = tat + self._interval_s
+        return True
 
 
 @dataclass(frozen=True)
@@ -67,9 +102,20 @@ class MockChannel:
         self._random = random.Random(seed)
         self._ids = itertools.count(1)
         self.accepted: deque[Accepted] = deque(maxlen=_MAX_REMEMBERED)
-        self.stats: dict[str, int] = {"accepted": 0, "rejected": 0, "rate_limited": 0, "failed": 0}
-        self._window_start = time.monotonic()
-        self._window_count = 0
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("requests", "accepted", "throttled", "pair_throttled", "unauthorized"), 0
+        ) | {"rejected": 0, "failed": 0}
+        self.token_expired = settings.token_expired
+        whatsapp = channel == "whatsapp"
+        rate = settings.whatsapp_rate_per_s if whatsapp else settings.instagram_rate_per_s
+        # A burst of up to one second's worth, then the rate: what a client pacing at the rate
+        # never notices, and one pacing faster soon does.
+        self._rate = _Gcra(interval_s=1 / rate, burst=rate) if rate else None
+        pair = whatsapp and settings.pair_burst > 0 and settings.pair_interval_s > 0
+        self._pairs = (
+            _Gcra(interval_s=settings.pair_interval_s, burst=settings.pair_burst) if pair else None
+        )
+        self._throttle_code = 130429 if whatsapp else 613
         self._delivered: asyncio.Queue[_Due] = asyncio.Queue(_MAX_PENDING_STATUSES)
         self._read: asyncio.Queue[_Due] = asyncio.Queue(_MAX_PENDING_STATUSES)
 
@@ -78,6 +124,7 @@ class MockChannel:
         app.router.add_post("/{version}/{account}/messages", self._messages)
         app.router.add_get("/__mock__/sent", self._sent)
         app.router.add_get("/__mock__/stats", self._stats)
+        app.router.add_post("/__mock__/token", self._token)
         return app
 
     @contextlib.asynccontextmanager
@@ -106,26 +153,47 @@ class MockChannel:
     # -- the provider API --------------------------------------------------------------------
 
     async def _messages(self, request: web.Request) -> web.Response:
+        self.stats["requests"] += 1
         if not request.headers.get("Authorization", "").startswith("Bearer "):
-            return _error(401, "missing access token", 190)
+            self.stats["unauthorized"] += 1
+            return _error(401, "An active access token must be used", 190)
+        if self.token_expired:
+            self.stats["unauthorized"] += 1
+            return _error(401, "Error validating access token: Session has expired", 190, 463)
+        account = request.match_info["account"]
         try:
             body = orjson.loads(await request.read())
             recipient, text, callback = self._parse(body)
-        except (orjson.JSONDecodeError, ValueError, AttributeError, TypeError) as exc:
-            return _error(400, f"invalid request: {exc}", 100)
+        except (orjson.JSONDecodeError, ValueError, AttributeError, TypeError, KeyError) as exc:
+            self.stats["rejected"] += 1
+            return _error(400, f"(#100) Invalid parameter: {exc}", 100)
         if self.settings.latency_ms:
             await asyncio.sleep(self.settings.latency_ms / 1000)
-        if self._over_rate_limit():
-            self.stats["rate_limited"] += 1
-            return _error(429, "rate limit hit", 130429, headers={"Retry-After": "1"})
+        now = time.monotonic()
+        if self._rate is not None and not self._rate.allow(account, now):
+            self.stats["throttled"] += 1
+            return _error(
+                self.settings.throttle_status,
+                f"(#{self._throttle_code}) Rate limit hit",
+                self._throttle_code,
+                details="too many messages sent from this account in a short period of time",
+            )
+        if self._pairs is not None and not self._pairs.allow(f"{account}:{recipient}", now):
+            self.stats["pair_throttled"] += 1
+            return _error(
+                400,
+                "(#131056) (Business Account, Consumer Account) pair rate limit hit",
+                131056,
+                details="too many messages sent from this phone number to the same recipient",
+            )
         if self.settings.error_rate and self._random.random() < self.settings.error_rate:
             self.stats["failed"] += 1
-            return _error(500, "simulated provider failure", 1)
-        if "invalid" in recipient:
+            return _error(500, "simulated provider failure", 131000 if self._whatsapp else 2)
+        if problem := self._refusal(recipient, text):
             self.stats["rejected"] += 1
-            return _error(400, f"recipient {recipient} is not a valid user", 131026)
+            return problem
         accepted = self._accept(recipient, text, callback)
-        if self.channel == "whatsapp":
+        if self._whatsapp:
             return web.json_response(
                 {
                     "messaging_product": "whatsapp",
@@ -136,6 +204,23 @@ class MockChannel:
         return web.json_response(
             {"recipient_id": recipient, "message_id": accepted.provider_message_id}
         )
+
+    @property
+    def _whatsapp(self) -> bool:
+        return self.channel == "whatsapp"
+
+    def _refusal(self, recipient: str, text: str) -> web.Response | None:
+        """What Meta refuses for this message alone: an unknown recipient, a text too long."""
+        if "invalid" in recipient:
+            if self._whatsapp:
+                return _error(400, f"(#131026) Message undeliverable to {recipient}", 131026)
+            return _error(400, "(#100) No matching user found", 100, 2018001)
+        if self._whatsapp and len(text) > TEXT_LIMIT_CHARACTERS:
+            limit = f"at most {TEXT_LIMIT_CHARACTERS} characters"
+            return _error(400, f"(#100) Param text['body'] must be {limit} long", 100)
+        if not self._whatsapp and len(text.encode("utf-8")) > TEXT_LIMIT_BYTES:
+            return _error(400, f"(#100) Text must be {TEXT_LIMIT_BYTES} bytes or fewer", 100)
+        return None
 
     def _parse(self, body: Any) -> tuple[str, str, dict[str, Any]]:
         if self.channel == "whatsapp":
@@ -154,16 +239,6 @@ class MockChannel:
             raw_callback = message.get("metadata")
         callback = orjson.loads(raw_callback) if raw_callback else {}
         return recipient, text, callback if isinstance(callback, dict) else {}
-
-    def _over_rate_limit(self) -> bool:
-        limit = self.settings.rate_limit_per_s
-        if not limit:
-            return False
-        now = time.monotonic()
-        if now - self._window_start >= 1.0:
-            self._window_start, self._window_count = now, 0
-        self._window_count += 1
-        return self._window_count > limit
 
     def _accept(self, recipient: str, text: str, callback: dict[str, Any]) -> Accepted:
         number = next(self._ids)
@@ -193,7 +268,24 @@ class MockChannel:
         )
 
     async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response(self.stats)
+        return web.json_response({**self.stats, "token_expired": self.token_expired})
+
+    async def _token(self, request: web.Request) -> web.Response:
+        """`{"expired": true}` expires the access token (every send: 401, code 190); false
+        restores it."""
+        try:
+            doc = orjson.loads(await request.read())
+            expired = doc["expired"]
+            if not isinstance(expired, bool):
+                raise TypeError("expired must be true or false")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return web.json_response({"error": f'expected {{"expired": bool}}: {exc}'}, status=400)
+        if expired != self.token_expired:
+            log.warning(
+                "mock %s: access token %s", self.channel, "expired" if expired else "restored"
+            )
+        self.token_expired = expired
+        return web.json_response({"token_expired": expired})
 
     # -- the webhooks ------------------------------------------------------------------------
 
@@ -243,10 +335,16 @@ class MockChannel:
 
 
 def _error(
-    status: int, message: str, code: int, *, headers: dict[str, str] | None = None
+    status: int, message: str, code: int, subcode: int | None = None, *, details: str = ""
 ) -> web.Response:
-    return web.json_response(
-        {"error": {"message": message, "type": "OAuthException", "code": code}},
-        status=status,
-        headers=headers,
-    )
+    """Meta's error object, as the Graph API answers it."""
+    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code}
+    if details:
+        error["error_data"] = {"details": details}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    error["fbtrace_id"] = f"MOCK{next(_traces):08d}"
+    return web.json_response({"error": error}, status=status)
+
+
+_traces = itertools.count(1)

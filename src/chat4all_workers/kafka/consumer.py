@@ -29,17 +29,26 @@ The engine cancels a running handler at exactly two points, each the end of a bo
   revoked partition is committed after the revocation.
 A handler that swallows cancellation, or a member whose session expired (the group already gave
 its partitions away), is outside what this can promise; the router's send lease covers both.
+
+Held records (`held()`, at the end of this module): a handler that waits on an outside condition
+(the router's paused channel, a recipient's pair limit) enters `held()`, and while it waits its
+key's records count against `kafka.max_held_records` instead of `max_in_flight`, so a thousand
+records held for one paused channel do not stop the engine from fetching the other channel's.
+Past that bound they count normally again, so memory stays bounded. A held record is still
+unfinished: it holds its partition's commit position where it is, and a crash redelivers it
+and everything after it (the handlers' dedup markers make that harmless).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import enum
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -110,6 +119,7 @@ class ConsumerStats:
     topics: tuple[str, ...]
     assigned: int
     in_flight: int
+    held: int  # of the records taken, those counted against max_held_records (`held()`)
     paused: bool
     finished_total: int
     last_commit_age_s: float | None
@@ -150,6 +160,9 @@ class ConsumerEngine:
         self._queues: dict[Scope, deque[ConsumedRecord]] = {}
         self._workers: dict[Scope, asyncio.Task[None]] = {}
         self._in_flight = 0
+        self.max_held_records = settings.max_held_records
+        self._held = 0
+        self._holds: dict[Scope, _Hold] = {}
         self._capacity = asyncio.Event()
         self._wakeup = asyncio.Event()
         self._paused = False
@@ -165,6 +178,7 @@ class ConsumerEngine:
             topics=self.topics,
             assigned=len(self._partitions),
             in_flight=self._in_flight,
+            held=self._held,
             paused=self._paused,
             finished_total=self._finished_total,
             last_commit_age_s=None
@@ -263,7 +277,7 @@ class ConsumerEngine:
     async def _caught_up(self) -> bool:
         consumer = self._require_consumer()
         assigned = list(consumer.assignment())
-        if not assigned or self._in_flight:
+        if not assigned or self._in_flight or self._held:
             return False
         ends = await consumer.end_offsets(assigned)
         for tp in assigned:
@@ -279,7 +293,6 @@ class ConsumerEngine:
         for raw in records:
             record = ConsumedRecord.from_aiokafka(raw)
             partition.add(record.offset)
-            self._in_flight += 1
             if record.key is None:
                 # No key, no order to keep: each such record is its own queue.
                 scope = (partition, b"\x00offset:%d" % record.offset)
@@ -288,10 +301,12 @@ class ConsumerEngine:
             queue = self._queues.get(scope)
             if queue is not None:
                 queue.append(record)
+                self._count_queued(scope)
                 continue
+            self._in_flight += 1
             self._queues[scope] = deque([record])
             self._workers[scope] = tasks.create_task(self._work_through(scope))
-        self._metrics.in_flight.set({"role": self.role}, self._in_flight)
+        self._metrics.in_flight.set({"role": self.role}, self._in_flight + self._held)
 
     # -- processing -------------------------------------------------------------------------
 
@@ -299,6 +314,7 @@ class ConsumerEngine:
         """Handle one key's records in order; stop early when draining or revoked."""
         partition, _ = scope
         queue = self._queues[scope]
+        _key_worker.set((self, scope))  # this task's own context: what `held()` finds
         try:
             while queue and self._owns(partition) and not self._draining():
                 record = queue[0]
@@ -444,7 +460,7 @@ class ConsumerEngine:
             except (CommitFailedError, KafkaError) as exc:
                 log.warning("offset commit failed, will retry: %r", exc)
             self._report_lag()
-            self._metrics.in_flight.set({"role": self.role}, self._in_flight)
+            self._metrics.in_flight.set({"role": self.role}, self._in_flight + self._held)
 
     def _report_lag(self) -> None:
         """`kafka_consumer_lag`: records between what is committed (or about to be) and the log
@@ -536,6 +552,71 @@ class ConsumerEngine:
     def _require_tasks(self) -> asyncio.TaskGroup:
         assert self._tasks is not None, "the engine is not running"
         return self._tasks
+
+    # -- held records (`held()`) --------------------------------------------------------------
+
+    def _hold(self, scope: Scope) -> None:
+        """The key's records move from max_in_flight to max_held_records, if they fit."""
+        hold = self._holds.get(scope)
+        if hold is not None:  # the same key held twice (a message's two channels)
+            hold.depth += 1
+            return
+        queue = self._queues.get(scope)
+        count = len(queue) if queue is not None else 0
+        if self._held + count > self.max_held_records:
+            count = 0  # no room: they count as in flight, as without `held()`
+        self._holds[scope] = _Hold(depth=1, count=count)
+        self._in_flight -= count
+        self._held += count
+        if count:
+            self._capacity.set()
+
+    def _unhold(self, scope: Scope) -> None:
+        hold = self._holds[scope]
+        hold.depth -= 1
+        if hold.depth:
+            return
+        del self._holds[scope]
+        self._held -= hold.count
+        self._in_flight += hold.count
+
+    def _count_queued(self, scope: Scope) -> None:
+        """One more record queued behind a key's head: held with the key while there is room."""
+        hold = self._holds.get(scope)
+        if hold is not None and self._held < self.max_held_records:
+            hold.count += 1
+            self._held += 1
+        else:
+            self._in_flight += 1
+
+
+@dataclass
+class _Hold:
+    depth: int  # `held()` blocks entered for this key and not left
+    count: int  # its records counted as held
+
+
+_key_worker: contextvars.ContextVar[tuple[ConsumerEngine, Scope] | None] = contextvars.ContextVar(
+    "chat4all_key_worker", default=None
+)
+
+
+@contextlib.asynccontextmanager
+async def held() -> AsyncIterator[None]:
+    """While inside, this key's records count against `kafka.max_held_records`, not
+    `max_in_flight`: for a handler that waits on an outside condition, so the wait does not
+    starve other keys. Outside a key worker of an engine (a test calling the handler directly),
+    it does nothing."""
+    current = _key_worker.get()
+    if current is None:
+        yield
+        return
+    engine, scope = current
+    engine._hold(scope)
+    try:
+        yield
+    finally:
+        engine._unhold(scope)
 
 
 def _lag_labels(tp: TopicPartition) -> dict[str, str]:

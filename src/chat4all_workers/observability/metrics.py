@@ -14,6 +14,7 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # Provider timestamps have a resolution of one second (WhatsApp): lag below that is noise, and a
 # webhook retried by Meta after an outage is hours late.
 _WEBHOOK_LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0)
+_PACING_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class Metrics:
@@ -74,7 +75,20 @@ class Metrics:
         )
         self.channel_requests = Counter(
             "channel_requests_total",
-            "HTTP calls to channel providers, by channel and status.",
+            "Calls to channel providers, by channel and outcome: sent, throttled, transient, "
+            "rejected, paused (an account-class answer).",
+            registry=r,
+        )
+        self.channel_paused = Gauge(
+            "channel_paused",
+            "1 while a channel is paused in this process (an account-class answer), by channel "
+            "and reason (the provider's code); 0 once it resumed.",
+            registry=r,
+        )
+        self.channel_pacing_wait = Histogram(
+            "channel_pacing_wait_seconds",
+            "Time a send waited for its slot of the provider's pace (account and pair).",
+            buckets=_PACING_BUCKETS,
             registry=r,
         )
         self.webhook_requests = Counter(

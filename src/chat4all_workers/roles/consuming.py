@@ -85,6 +85,7 @@ async def dead_letter_record(
     reason: str,
     error_type: str,
     attempts: int = 1,
+    extra_headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     """Send the record, byte for byte, to the DLQ with the reason. Bad input is expected, so it
     is logged as a warning, never an error."""
@@ -108,5 +109,6 @@ async def dead_letter_record(
         original_topic=record.topic,
         original_partition=record.partition,
         original_offset=record.offset,
+        extra_headers=extra_headers,
     )
     ctx.metrics.dlq_messages.inc({"source": ctx.name, "reason": error_type})

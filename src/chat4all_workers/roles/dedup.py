@@ -93,6 +93,17 @@ class SendMarkers:
             return Claim(State.ORPHANED, lease=lease)
         return Claim(State.BUSY, retry_after_s=1.0)  # someone else took it over just now
 
+    async def peek(self, key: str) -> Claim | None:
+        """SENT or BUSY (another worker's live lease) without claiming; None when the send is
+        free to be claimed. Lets a paced send skip its wait for a message already sent."""
+        raw = await self._pipe.execute("GET", key)
+        current = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        if current.startswith(_SENT):
+            return Claim(State.SENT, provider_message_id=current.removeprefix(_SENT))
+        if current and (remaining := _deadline(current) - time.time()) > 0:
+            return Claim(State.BUSY, retry_after_s=remaining)
+        return None
+
     async def renew(self, key: str, lease: str) -> str | None:
         """A fresh lease before another attempt; None if the lease is no longer ours."""
         token = lease.removeprefix(_LEASE).split(":", 1)[0]

@@ -22,41 +22,80 @@ engine's keyed concurrency):
    "dead_letter"`) that channel is dead-lettered as `delivery_unknown` rather than sent again, so
    the promise stays "at most once" and the doubt goes to an operator; "resend" trades it for
    at-least-once.
-5. Send with up to `router.max_attempts` attempts and exponential backoff with jitter (the
-   provider's Retry-After when longer). Then SENT (with the provider's id) or, after exhaustion
-   or a permanent provider error, FAILED goes to `message_status_updates`; status updates are
-   produced with `fallback=True`, so they are parked in Redis while Kafka's breaker is open.
-6. If any channel failed, the ORIGINAL record (bytes and key unchanged) goes to the DLQ once, with
-   the per-channel reasons in `dlq.reason`.
+5. Content limits before any call (WhatsApp 4,096 characters, Instagram 1,000 bytes): over
+   them, that channel FAILS (`content_limit`, the reason names the limit) and nothing is sent.
+6. At the provider's pace (channels/pacing.py): each call waits for its slot of the sending
+   account's rate, shared by every router through Redis, and of the recipient's pair limit.
+   The slot is taken before the lease is claimed, so a long wait never holds a lease (a worker
+   killed while waiting leaves no "outcome unknown" behind).
+7. The provider's answer is classified by its error code (channels/base.py and the channel's
+   table): transient failures are retried up to `router.max_attempts` with exponential backoff
+   and jitter (the provider's Retry-After when longer), under the lease; a throttled answer
+   releases the lease (the provider did not take the message), slows the pace (AIMD) and waits,
+   spending no attempt, until `router.throttle_deadline_s` after its first throttle; a rejected
+   answer fails the channel at once; an account answer (an expired token, ...) pauses the
+   channel in this process (channels/pause.py): its sends are held, under the engine's
+   `held()` so that they do not starve the other channel, until a probe goes through.
+   Then SENT (with the provider's id) or FAILED goes to `message_status_updates`, FAILED with
+   `details` {reason, attempts, provider_code, error_class} (absent ones left out); status
+   updates are produced with `fallback=True`, so they are parked in Redis while Kafka's breaker
+   is open.
+8. If any channel failed, the ORIGINAL record (bytes and key unchanged) goes to the DLQ once, with
+   the per-channel reasons in `dlq.reason` and, from a provider's answer, `dlq.provider_code`
+   and `dlq.error_class`.
+
+Cancellation (a revoked partition, a shutdown past its deadline): a send cancelled while no
+request is under way releases its lease at once (the message was not sent; the next owner sends
+it). One cancelled mid-request waits for that request's answer, bounded by the channel's
+timeout (channels/http.py finishes it and delivers the cancel at the next await), and records
+it (marked sent, or released) before the cancellation goes on; only a send whose request got no
+answer because it was cancelled twice is in doubt: its lease is left to expire, so the next
+owner treats it as `router.on_unknown_outcome` says. A request written and then timed out or
+reset is retried, in doubt or not (`TransientProviderError.in_doubt`), as before: the seam where
+the provider's status webhooks will settle it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import enum
 import logging
+import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 from miniopy_async.error import S3Error
 
-from chat4all_workers.backoff import retry
+from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels import build_adapters
 from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage, SendResult
+from chat4all_workers.channels.http import RequestCancelledError
+from chat4all_workers.channels.pacing import Pacer, PaceSettings
+from chat4all_workers.channels.pause import ChannelPause, PauseChange
 from chat4all_workers.errors import (
+    AccountError,
     InvalidRecordError,
     PermanentError,
+    ProviderError,
+    ProviderRejectedError,
     RetryableError,
+    ThrottleDeadlineError,
+    ThrottledError,
+    TransientProviderError,
 )
+from chat4all_workers.kafka.consumer import held
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
-from chat4all_workers.resources import Need
+from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 from chat4all_workers.roles.consuming import consume, dead_letter_record
-from chat4all_workers.roles.dedup import SendMarkers, State
+from chat4all_workers.roles.dedup import Claim, SendMarkers, State
 from chat4all_workers.roles.message import Message, parse_message
 
 log = logging.getLogger(__name__)
@@ -72,11 +111,83 @@ class FileUnavailableError(PermanentError):
     error_type = "file_unavailable"
 
 
+# A send's lease is released, or its answer recorded, on the way out within this long.
+_SETTLE_S = 2.0
+
+
 @dataclass(frozen=True)
 class _ChannelFailure:
     channel: str
     error: PermanentError | RetryableError
     attempts: int
+
+    @property
+    def provider(self) -> ProviderError | None:
+        """The provider's answer behind the failure (a throttle deadline's last throttle)."""
+        for error in (self.error, self.error.__cause__):
+            if isinstance(error, ProviderError):
+                return error
+        return None
+
+    def details(self) -> dict[str, Any]:
+        """FAILED status details: reason, attempts, provider_code, error_class (absent omitted)."""
+        details: dict[str, Any] = {"reason": str(self.error)}
+        if self.attempts:
+            details["attempts"] = self.attempts
+        if (provider := self.provider) is not None:
+            if provider.provider_code is not None:
+                details["provider_code"] = provider.provider_code
+            details["error_class"] = provider.error_class
+        return details
+
+
+@dataclass
+class _Lane:
+    """One channel as this router sends to it: the adapter, its pace, its pause."""
+
+    adapter: ChannelAdapter
+    pacer: Pacer
+    pause: ChannelPause
+    timeout_s: float
+    throttled_at: float | None = None  # the last throttled answer, while throttling lasts
+
+
+@dataclass
+class _Lease:
+    """The dedup lease of one send; `settled` once it was marked sent or released (or left to
+    expire: in doubt). `sent_as`: the provider took it, the mark is on its way."""
+
+    key: str
+    value: str
+    settled: bool = False
+    sent_as: str | None = None
+    in_doubt: bool = False  # cancelled twice mid-request: the provider may have it, unknown
+
+
+class _Verdict(enum.Enum):
+    """How a claimed send ended, as far as the channel's state cares."""
+
+    SENT = "sent"  # accepted: the account works
+    REJECTED = "rejected"  # refused this message: the account works
+    THROTTLED = "throttled"  # too fast: the account works; wait and send again
+    ACCOUNT = "account"  # the account does not work: pause, hold, send again
+    HELD = "held"  # the channel paused while this send waited: nothing sent, hold it
+    OTHER = "other"  # done without a verdict on the account (transient, duplicate, busy)
+
+
+@dataclass
+class _Send:
+    """One (message, channel) on its way: what survives its throttled and paused rounds."""
+
+    message: Message
+    channel: str
+    lane: _Lane
+    key: str
+    outbound: OutboundMessage
+    failures: list[_ChannelFailure]
+    throttles: int = 0
+    throttled_since: float | None = None
+    last_error: ThrottledError | AccountError | None = field(default=None, repr=False)
 
 
 class Router:
@@ -92,6 +203,41 @@ class Router:
         # worker that dies mid-send blocks its messages for at most this long.
         lease_s = max(whatsapp.timeout_s, instagram.timeout_s) + r.retry_cap_s + 2.0
         self.markers = SendMarkers(self.redis, ttl_s=r.dedup_ttl_s, lease_s=lease_s)
+        self.lanes = {name: self._lane(adapter) for name, adapter in adapters.items()}
+        ctx.publish("channels", self.describe_channels)
+
+    def _lane(self, adapter: ChannelAdapter) -> _Lane:
+        section = getattr(self.settings, adapter.name)
+        r = self.settings.router
+        pace = PaceSettings(
+            max_rate_per_s=section.max_rate_per_s,
+            pair_burst=section.pair_burst,
+            pair_interval_s=section.pair_interval_s,
+            recovery_s=r.pacing_recovery_s,
+        )
+        pacer = Pacer(
+            self.redis,
+            account_key=self.ctx.resources.redis_key(f"pace:{adapter.name}:{adapter.account}"),
+            settings=pace,
+            sleep=self._wait,
+            hold=held,
+        )
+        pause = ChannelPause(
+            adapter.name,
+            probe_base_s=r.pause_probe_base_s,
+            probe_cap_s=r.pause_probe_cap_s,
+            on_change=self._paused_gauge,
+        )
+        return _Lane(adapter, pacer, pause, timeout_s=section.timeout_s)
+
+    def describe_channels(self) -> dict[str, Any]:
+        """The `channels` section of /readyz: each channel active or paused, and why."""
+        return {name: lane.pause.stats() for name, lane in self.lanes.items()}
+
+    def close(self) -> None:
+        """The process stops: sends held by a paused channel give their records back."""
+        for lane in self.lanes.values():
+            lane.pause.close()
 
     async def handle(self, record: ConsumedRecord) -> None:
         message = parse_message(record.value, self.settings.router.all_channels)
@@ -141,7 +287,7 @@ class Router:
                 # The reason names the field; _dead_letter puts the channel in front once.
                 prepared[channel] = InvalidRecordError(f"no recipient (recipients.{channel})")
             else:
-                prepared[channel] = OutboundMessage(
+                outbound = OutboundMessage(
                     message_id=message.message_id,
                     conversation_id=message.conversation_id,
                     recipient=recipient,
@@ -151,6 +297,11 @@ class Router:
                     filename=filename,
                     mime_type=mime_type,
                 )
+                try:
+                    self.adapters[channel].check_content(outbound)
+                    prepared[channel] = outbound
+                except PermanentError as exc:  # over the channel's limit: no call at all
+                    prepared[channel] = exc
         return prepared
 
     async def _file_link(self, file_id: str) -> tuple[str, str, str]:
@@ -187,77 +338,290 @@ class Router:
     ) -> None:
         prepared = outbound[channel]
         if isinstance(prepared, PermanentError):
-            failures.append(_ChannelFailure(channel, prepared, 0))
-            await self._emit(message, channel, "FAILED", {"reason": str(prepared)})
-            self._count(channel, "failed")
+            await self._failed(message, _ChannelFailure(channel, prepared, 0), failures)
             return
+        lane = self.lanes[channel]
         key = self.ctx.resources.redis_key(f"message:dedup:{message.message_id}:{channel}")
-        claim = await self.markers.claim(key)
-        if claim.state is State.SENT:
-            # Sent before (a redelivery): say so again, harmlessly, and send nothing.
-            details = {"provider_message_id": claim.provider_message_id}
-            await self._emit(message, channel, "SENT", details)
-            self._count(channel, "duplicate")
+        send = _Send(message, channel, lane, key, prepared, failures)
+        if lane.pacer.enabled:
+            # A redelivered message already sent (or being sent) waits for no slot of the pace.
+            seen = await self.markers.peek(key)
+            if seen is not None:
+                await self._not_ours(send, seen)
+                return
+        while True:
+            probe = await self._channel_turn(lane)
+            try:
+                verdict = await self._round(send, probe=probe)
+            except BaseException:
+                if probe:
+                    lane.pause.probe_done()
+                raise
+            if probe:
+                self._settle_probe(send, verdict)
+            if verdict is _Verdict.THROTTLED:
+                if await self._after_throttle(send):
+                    continue
+                return
+            if verdict is _Verdict.ACCOUNT:
+                if not probe:
+                    assert send.last_error is not None
+                    error = send.last_error
+                    lane.pause.pause(str(error), label=_label(error), probe=False)
+                continue  # held by the pause at the top, until a probe goes through
+            if verdict is _Verdict.HELD:
+                continue
             return
-        if claim.state is State.BUSY:
-            raise RetryableError(
-                "another worker is sending this message",
-                retry_after_s=max(0.5, claim.retry_after_s),
-            )
-        if claim.state is State.ORPHANED and self.settings.router.on_unknown_outcome != "resend":
-            await self.markers.release(key, claim.lease)
+
+    async def _round(self, send: _Send, *, probe: bool) -> _Verdict:
+        """Wait for a slot, claim the send, and try it (transient failures retried under the
+        lease); the verdict says what the channel learned."""
+        lane, r = send.lane, self.settings.router
+        waited = await lane.pacer.acquire(send.outbound.recipient, wanted=_wanted(lane, probe))
+        if waited is None or (lane.pause.paused and not probe):
+            return _Verdict.HELD  # the channel paused while it waited for its slot
+        if lane.pacer.enabled:
+            self.ctx.metrics.channel_pacing_wait.observe({"channel": send.channel}, waited)
+        claim = await self.markers.claim(send.key)
+        if claim.state is not State.CLAIMED and claim.state is not State.ORPHANED:
+            await self._not_ours(send, claim)
+            return _Verdict.OTHER
+        if claim.state is State.ORPHANED and r.on_unknown_outcome != "resend":
+            await self.markers.release(send.key, claim.lease)
             reason = "a worker stopped mid-send; the provider may already have it"
-            failures.append(_ChannelFailure(channel, _UnknownOutcomeError(reason), 1))
-            self._count(channel, "unknown")
-            return
-        lease = claim.lease
-        attempts = 0
-
-        async def attempt() -> SendResult:
-            nonlocal attempts, lease
-            if attempts:
-                renewed = await self.markers.renew(key, lease)
-                if renewed is None:
-                    raise PermanentError("lost the send lease to another worker")
-                lease = renewed
-            attempts += 1
-            result = await self.adapters[channel].send(prepared)
-            self.ctx.metrics.channel_requests.inc({"channel": channel, "outcome": "accepted"})
-            return result
-
-        r = self.settings.router
+            send.failures.append(_ChannelFailure(send.channel, _UnknownOutcomeError(reason), 1))
+            self._count(send.channel, "unknown")
+            return _Verdict.OTHER
+        lease = _Lease(send.key, claim.lease)
         try:
-            result = await retry(
-                attempt,
-                attempts=r.max_attempts,
-                base_s=r.retry_base_s,
-                cap_s=r.retry_cap_s,
-                on_retry=lambda n, exc, delay: self._retrying(channel, n, exc, delay),
+            return await self._attempts(send, lease, probe=probe)
+        except BaseException:
+            await self._settle_on_the_way_out(lease)
+            raise
+
+    async def _attempts(self, send: _Send, lease: _Lease, *, probe: bool) -> _Verdict:
+        r = self.settings.router
+        lane, channel = send.lane, send.channel
+        attempts = 0
+        while True:
+            if attempts:
+                # A retry is a call too: it waits for a slot.
+                waited = await lane.pacer.acquire(
+                    send.outbound.recipient, wanted=_wanted(lane, probe)
+                )
+                if waited is None or (lane.pause.paused and not probe):
+                    await self._release(lease)  # a transient failure left it unsent
+                    return _Verdict.HELD
+                renewed = await self.markers.renew(lease.key, lease.value)
+                if renewed is None:
+                    lease.settled = True  # another worker's now
+                    error = PermanentError("lost the send lease to another worker")
+                    await self._fail(send, error, attempts)
+                    return _Verdict.OTHER
+                lease.value = renewed
+            attempts += 1
+            try:
+                # Cancelled mid-request, the HTTP client still finishes the request and hands
+                # back its answer; the cancellation comes at the next await, and is settled
+                # (marked sent, released, left in doubt) on the way out (_round).
+                result = await lane.adapter.send(send.outbound)
+            except RequestCancelledError:
+                lease.in_doubt = True  # cancelled twice: the answer is unknown
+                raise
+            except TransientProviderError as exc:
+                # In doubt or not (exc.in_doubt), retried as before: the seam for webhooks.
+                self._requests(channel, "transient")
+                if attempts >= r.max_attempts:
+                    await self._release(lease)
+                    log.warning("%s send failed after %d attempt(s): %s", channel, attempts, exc)
+                    await self._fail(send, exc, attempts)
+                    return _Verdict.OTHER
+                delay = backoff_delay_s(attempts - 1, base_s=r.retry_base_s, cap_s=r.retry_cap_s)
+                if exc.retry_after_s is not None:
+                    delay = max(delay, min(exc.retry_after_s, r.retry_cap_s))
+                log.info(
+                    "%s attempt %d failed (%s); retrying in %.2fs", channel, attempts, exc, delay
+                )
+                await self._wait(delay)
+                continue
+            except ThrottledError as exc:
+                self._requests(channel, "throttled")
+                await self._release(lease)
+                send.last_error = exc
+                return _Verdict.THROTTLED
+            except AccountError as exc:
+                self._requests(channel, "paused")
+                await self._release(lease)
+                send.last_error = exc
+                return _Verdict.ACCOUNT
+            except ProviderRejectedError as exc:
+                self._requests(channel, "rejected")
+                await self._release(lease)
+                await self._fail(send, exc, attempts)
+                return _Verdict.REJECTED
+            self._requests(channel, "sent")
+            await self._mark_sent(lease, result)
+            await self._emit(
+                send.message, channel, "SENT", {"provider_message_id": result.provider_message_id}
             )
-        except (RetryableError, PermanentError) as exc:
-            await outlast_outages(
-                self.ctx, lambda: self.markers.release(key, lease), what="releasing the lease"
+            self._count(channel, "sent")
+            self._calm(lane)
+            return _Verdict.SENT
+
+    # -- the channel's state ------------------------------------------------------------------
+
+    async def _channel_turn(self, lane: _Lane) -> bool:
+        """Wait while the channel is paused (held: not counted against kafka.max_in_flight);
+        True when this send is the probe."""
+        if not lane.pause.paused:
+            return False
+        lane.pause.held += 1
+        try:
+            async with held():
+                return await lane.pause.wait_turn()
+        finally:
+            lane.pause.held -= 1
+
+    def _settle_probe(self, send: _Send, verdict: _Verdict) -> None:
+        pause = send.lane.pause
+        if verdict is _Verdict.ACCOUNT:
+            assert send.last_error is not None
+            pause.pause(str(send.last_error), label=_label(send.last_error), probe=True)
+        elif verdict in (_Verdict.SENT, _Verdict.REJECTED, _Verdict.THROTTLED):
+            pause.resume()
+        else:
+            pause.probe_done()
+
+    async def _after_throttle(self, send: _Send) -> bool:
+        """After a throttled answer: slow the pace, wait; False once past the deadline."""
+        r = self.settings.router
+        exc = send.last_error
+        assert isinstance(exc, ThrottledError)
+        lane, now = send.lane, time.monotonic()
+        if send.throttled_since is None:
+            send.throttled_since = now
+        if now - send.throttled_since >= r.throttle_deadline_s:
+            error = ThrottleDeadlineError(
+                f"still throttled after {now - send.throttled_since:.1f}s "
+                f"(router.throttle_deadline_s = {r.throttle_deadline_s:g}): {exc}"
             )
-            failures.append(_ChannelFailure(channel, exc, attempts))
-            log.warning("%s send failed after %d attempt(s): %s", channel, attempts, exc)
-            await self._emit(message, channel, "FAILED", {"reason": str(exc), "attempts": attempts})
-            self._count(channel, "failed")
+            error.__cause__ = exc
+            await self._fail(send, error, send.throttles)
+            return False
+        throttle = await lane.pacer.throttled(
+            send.outbound.recipient, pair=exc.pair, retry_after_s=exc.retry_after_s
+        )
+        if lane.throttled_at is None:
+            log.warning(
+                "%s throttles sends (%s)%s; waiting for its pace, no attempt spent",
+                send.channel,
+                exc,
+                f"; rate now {throttle.rate_per_s:.1f}/s" if throttle.rate_per_s else "",
+            )
+        lane.throttled_at = now
+        delay = backoff_delay_s(send.throttles, base_s=r.retry_base_s, cap_s=r.retry_cap_s)
+        if exc.retry_after_s is not None:
+            delay = max(delay, exc.retry_after_s)
+        send.throttles += 1
+        remaining = r.throttle_deadline_s - (now - send.throttled_since)
+        async with held():
+            await self._wait(min(delay, remaining))
+        return True
+
+    def _calm(self, lane: _Lane) -> None:
+        """A send went through: once no throttle came for a recovery period, say so once."""
+        if lane.throttled_at is None:
             return
+        quiet = time.monotonic() - lane.throttled_at
+        if quiet >= self.settings.router.pacing_recovery_s:
+            log.info("%s: no throttled answer for %.0fs", lane.adapter.name, quiet)
+            lane.throttled_at = None
+
+    def _paused_gauge(self, change: PauseChange) -> None:
+        labels = {"channel": change.channel, "reason": change.reason}
+        self.ctx.metrics.channel_paused.set(labels, 1 if change.paused else 0)
+
+    # -- waiting, and the lease ---------------------------------------------------------------
+
+    async def _wait(self, delay_s: float) -> None:
+        """Sleep, or hand the record back (RetryableError) once the process stops."""
+        if self.ctx.stopping.is_set():
+            raise RetryableError("the process is stopping; handing the record back")
+        if delay_s <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay_s):
+                await self.ctx.stopping.wait()
+            raise RetryableError("the process is stopping; handing the record back")
+
+    async def _not_ours(self, send: _Send, claim: Claim) -> None:
+        """Sent before (a redelivery: say so again, harmlessly, send nothing), or another
+        worker's live lease (wait: a retry of the record)."""
+        if claim.state is State.SENT:
+            details = {"provider_message_id": claim.provider_message_id}
+            await self._emit(send.message, send.channel, "SENT", details)
+            self._count(send.channel, "duplicate")
+            return
+        raise RetryableError(
+            "another worker is sending this message",
+            retry_after_s=max(0.5, claim.retry_after_s),
+        )
+
+    async def _mark_sent(self, lease: _Lease, result: SendResult) -> None:
         # The provider has it: record that through a Redis outage, or a redelivery would find
         # an expired lease and report the outcome unknown.
+        lease.sent_as = result.provider_message_id
         await outlast_outages(
             self.ctx,
-            lambda: self.markers.mark_sent(key, result.provider_message_id),
+            lambda: self.markers.mark_sent(lease.key, result.provider_message_id),
             what="marking the send done",
         )
-        await self._emit(
-            message, channel, "SENT", {"provider_message_id": result.provider_message_id}
-        )
-        self._count(channel, "sent")
+        lease.settled = True
 
-    def _retrying(self, channel: str, attempt: int, exc: RetryableError, delay: float) -> None:
-        self.ctx.metrics.channel_requests.inc({"channel": channel, "outcome": "retryable_error"})
-        log.info("%s attempt %d failed (%s); retrying in %.2fs", channel, attempt, exc, delay)
+    async def _release(self, lease: _Lease) -> None:
+        """Forget a send the provider did not take, so a retry or a replay may try again."""
+        await outlast_outages(
+            self.ctx,
+            lambda: self.markers.release(lease.key, lease.value),
+            what="releasing the lease",
+        )
+        lease.settled = True
+
+    async def _settle_on_the_way_out(self, lease: _Lease) -> None:
+        """Cancelled, stopping, an outage, while the lease is ours: mark it sent if the provider
+        took it, else release it; time-boxed, best effort. A lease left behind expires, and the
+        next owner treats it as of unknown outcome."""
+        if lease.settled:
+            return
+        lease.settled = True
+        if lease.in_doubt and lease.sent_as is None:
+            return  # the lease expires; the next owner treats it as `on_unknown_outcome` says
+        try:
+            async with asyncio.timeout(_SETTLE_S):
+                if lease.sent_as is not None:
+                    await self.markers.mark_sent(lease.key, lease.sent_as)
+                else:
+                    await self.markers.release(lease.key, lease.value)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not settle the send lease %s on the way out: %r", lease.key, exc)
+
+    # -- what comes out -----------------------------------------------------------------------
+
+    async def _fail(
+        self, send: _Send, error: PermanentError | RetryableError, attempts: int
+    ) -> None:
+        failure = _ChannelFailure(send.channel, error, attempts)
+        await self._failed(send.message, failure, send.failures)
+
+    async def _failed(
+        self, message: Message, failure: _ChannelFailure, failures: list[_ChannelFailure]
+    ) -> None:
+        failures.append(failure)
+        await self._emit(message, failure.channel, "FAILED", failure.details())
+        self._count(failure.channel, "failed")
+
+    def _requests(self, channel: str, outcome: str) -> None:
+        self.ctx.metrics.channel_requests.inc({"channel": channel, "outcome": outcome})
 
     async def _emit(
         self, message: Message, channel: str, status: str, details: dict[str, Any]
@@ -281,12 +645,19 @@ class Router:
         reason = "; ".join(f"{f.channel}: {f.error}" for f in failures)
         permanent = [f.error for f in failures if isinstance(f.error, PermanentError)]
         error_type = permanent[0].error_type if permanent else "retries_exhausted"
+        headers: list[tuple[str, bytes]] = []
+        provider = next((p for f in failures if (p := f.provider) is not None), None)
+        if provider is not None:
+            if provider.provider_code is not None:
+                headers.append(("dlq.provider_code", str(provider.provider_code).encode()))
+            headers.append(("dlq.error_class", provider.error_class.encode()))
         await dead_letter_record(
             self.ctx,
             record,
             reason=reason,
             error_type=error_type,
             attempts=max(f.attempts for f in failures),
+            extra_headers=headers,
         )
 
     def _count(self, channel: str, outcome: str) -> None:
@@ -295,11 +666,34 @@ class Router:
         )
 
 
+def _wanted(lane: _Lane, probe: bool) -> Callable[[], bool]:
+    """Whether a send waiting for its slot still wants it: not once its channel paused (unless
+    it is the probe)."""
+    return (lambda: True) if probe else (lambda: not lane.pause.paused)
+
+
+def _label(error: ProviderError) -> str:
+    """The `reason` label of channel_paused: the provider's code, low cardinality."""
+    return str(error.provider_code) if error.provider_code is not None else "http"
+
+
 async def run(ctx: RoleContext) -> None:
     adapters = build_adapters(ctx.settings, ctx.resources.http_client())
     router = Router(ctx, adapters)
+
+    async def close_on_stop() -> None:
+        await ctx.stopping.wait()
+        router.close()
+
     try:
-        await consume(ctx, topic=ctx.settings.topics.message_processing, handler=router.handle)
+        async with asyncio.TaskGroup() as tasks:
+            closer = tasks.create_task(close_on_stop())
+            try:
+                await consume(
+                    ctx, topic=ctx.settings.topics.message_processing, handler=router.handle
+                )
+            finally:
+                closer.cancel()
     finally:
         for adapter in adapters.values():
             await adapter.aclose()
@@ -307,7 +701,8 @@ async def run(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="router",
-    description="sends message_processing records to WhatsApp/Instagram, deduplicated, retried",
+    description="sends message_processing records to WhatsApp/Instagram at the provider's pace, "
+    "deduplicated, retried",
     needs=frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3}),
     run=run,
 )

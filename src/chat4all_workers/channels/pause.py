@@ -1,0 +1,156 @@
+"""A paused channel: what the router does when the provider refuses the sending account itself.
+
+An account-class answer (an expired token, a revoked permission, a policy block, a locked
+account) fails every message of the channel the same way until an operator acts. Sending the
+rest would dead-letter all of them within seconds (each needing a manual replay), so the first
+such answer pauses the channel in this process: no new call starts, and the channel's messages
+are held (not failed, not dead-lettered; each still owned by its conversation, so the order per
+conversation is kept). Answers of calls already under way that come back the same are held too.
+
+The channel resumes by itself: after `probe_base_s`, the next held send goes through as a probe;
+if the provider accepts it (or answers anything but an account error: a throttle or a rejected
+recipient also prove the account works), the channel resumes and every held send goes on; if
+not, the next probe waits twice as long, up to `probe_cap_s`. An inconclusive probe (no answer,
+a 5xx) keeps the delay. Only the probe resumes the channel: a success of a call sent before the
+pause says nothing about the account now.
+
+Per process, on purpose: each process learns it from one failed call of its own, and no shared
+state can hold a channel paused after the cause went away. `stats()` is what `/readyz` shows
+under `channels` (the process stays ready: the other channel, and everything else, still works).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from chat4all_workers.errors import RetryableError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PauseChange:
+    """A state change, for the metric: `reason` is the label (the provider's code)."""
+
+    channel: str
+    paused: bool
+    reason: str
+
+
+class ChannelPause:
+    def __init__(
+        self,
+        channel: str,
+        *,
+        probe_base_s: float,
+        probe_cap_s: float,
+        on_change: Callable[[PauseChange], None] = lambda change: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.channel = channel
+        self._probe_base_s = probe_base_s
+        self._probe_cap_s = max(probe_cap_s, probe_base_s)
+        self._on_change = on_change
+        self._clock = clock
+        self.paused = False
+        self.reason: str | None = None
+        self._label = ""
+        self._since = datetime.now(UTC)
+        self._paused_at = 0.0
+        self._delay_s = probe_base_s
+        self._next_probe_at = 0.0
+        self._probing = False
+        self._closed = False
+        self._changed = asyncio.Event()
+        self.held = 0  # sends waiting for the channel now
+        self.probes = 0  # probes sent in the current (or last) pause
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "state": "paused" if self.paused else "active",
+            "reason": self.reason,
+            "since": self._since.isoformat(),
+            "held": self.held,
+            "probes": self.probes,
+        }
+
+    def pause(self, reason: str, *, label: str, probe: bool) -> None:
+        """An account-class answer. `probe`: it answered this channel's probe."""
+        now = self._clock()
+        if not self.paused:
+            self.paused, self.reason, self._label = True, reason, label
+            self._since, self._paused_at = datetime.now(UTC), now
+            self._delay_s = self._probe_base_s
+            self._next_probe_at = now + self._delay_s
+            self.probes = 0
+            log.warning(
+                "%s paused: %s; holding its messages, first probe in %.0fs",
+                self.channel,
+                reason,
+                self._delay_s,
+            )
+            self._on_change(PauseChange(self.channel, True, label))
+        elif probe:
+            self.reason = reason
+            self._delay_s = min(self._delay_s * 2, self._probe_cap_s)
+            self._next_probe_at = now + self._delay_s
+            delay = self._delay_s
+            log.info("%s still paused: %s; next probe in %.0fs", self.channel, reason, delay)
+        if probe:
+            self._probing = False
+        self._notify()
+
+    def probe_done(self) -> None:
+        """The probe ended without a verdict (no answer, a 5xx, cancelled): same delay again."""
+        if self._probing:
+            self._probing = False
+            self._next_probe_at = self._clock() + self._delay_s
+            self._notify()
+
+    def resume(self) -> None:
+        """The probe went through: every held send goes on."""
+        self._probing = False
+        if self.paused:
+            log.info(
+                "%s resumed after %.1fs paused (%s)",
+                self.channel,
+                self._clock() - self._paused_at,
+                self.reason,
+            )
+            self.paused, self.reason = False, None
+            self._since = datetime.now(UTC)
+            self._on_change(PauseChange(self.channel, False, self._label))
+        self._notify()
+
+    def close(self) -> None:
+        """The process stops: every waiter gives its send back (RetryableError)."""
+        self._closed = True
+        self._notify()
+
+    async def wait_turn(self) -> bool:
+        """Return once this send may go: False while active, True when it is the probe."""
+        while self.paused:
+            if self._closed:
+                raise RetryableError("stopping while the channel is paused")
+            now = self._clock()
+            if not self._probing and now >= self._next_probe_at:
+                self._probing = True
+                self.probes += 1
+                return True
+            changed = self._changed
+            timeout = None if self._probing else self._next_probe_at - now
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await changed.wait()
+        return False
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
