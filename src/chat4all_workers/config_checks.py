@@ -34,14 +34,16 @@ _UNENCODED = "an unencoded @, /, ? or # (percent-encode the password: %40 %2F %3
 
 
 def is_topic_name(text: str) -> bool:
-    """Whether Kafka accepts `text` as a topic name."""
-    return bool(_TOPIC_NAME.fullmatch(text)) and text not in (".", "..")
+    """Whether a client may produce to a topic of this name: Kafka's rule for names, and not one
+    of Kafka's internal topics (`__consumer_offsets`, `__transaction_state`)."""
+    legal = bool(_TOPIC_NAME.fullmatch(text)) and text not in (".", "..")
+    return legal and not text.startswith("__")
 
 
 def topic_name(text: str) -> str | None:
     if is_topic_name(text):
         return None
-    return "not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)"
+    return "not a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -, not starting with __)"
 
 
 def non_empty(text: str) -> str | None:

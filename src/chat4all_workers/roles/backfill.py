@@ -128,7 +128,7 @@ def _from_envelope(fields: Fields) -> OutgoingRecord:
     if topic is not None and not is_topic_name(topic):
         # The client would wait for metadata of a topic that cannot exist until the send times
         # out, as if Kafka were down: the item would go round forever and open the breaker.
-        fields.problem("topic", f"{quote(topic)} is not a legal Kafka topic name")
+        fields.problem("topic", f"{quote(topic)} is not a topic one may produce to")
     key = fields.text("key", required=False, allow_empty=True)
     headers = fields.object("headers", required=False)
     header_values = dict(headers.doc) if headers is not None else {}
