@@ -575,7 +575,7 @@ def bigint_wrong() -> st.SearchStrategy[Any]:
     return st.one_of(not_a(int).filter(lambda v: v is not None), outside_bigint())
 
 
-MESSAGE_REQUIRED = ("message_id", "conversation_id", "payload", "channels", "created_at")
+MESSAGE_REQUIRED = ("message_id", "conversation_id", "payload", "channels")
 MESSAGE_WRONG: dict[str, st.SearchStrategy[Any]] = {
     "message_id": st.one_of(
         non_uuid(),

@@ -44,10 +44,11 @@ def test_parse_message_reads_every_field() -> None:
     assert (message.kind, message.content, message.file_id) == ("text", "hello", None)
     assert message.channels == CHANNELS
     assert message.recipients == doc["recipients"]
+    assert message.created_at is not None
     assert message.created_at.isoformat() == "2026-11-28T10:30:00+00:00"
 
 
-@pytest.mark.parametrize("absent", ["sender_id", "sender_username", "recipients"])
+@pytest.mark.parametrize("absent", ["sender_id", "sender_username", "recipients", "created_at"])
 def test_parse_message_takes_an_optional_field_absent_or_null(absent: str) -> None:
     without = message_doc()
     del without[absent]

@@ -13,7 +13,8 @@ is dead-lettered with the reason instead of being sent half-understood:
 - `recipients`: optional; an object whose values are strings of at most 256 characters, or
   null (a chosen channel without one fails for that channel only, as `invalid_record`, with
   nothing sent to it);
-- `created_at`: an RFC 3339 date-time with offset (required; it is the message's time).
+- `created_at`: an RFC 3339 date-time with offset, or absent/null (nothing here depends on it,
+  and a message is not refused for lacking what no step uses; when present it must be right).
 
 Fields the format does not name are ignored, so the API can add some first.
 """
@@ -42,7 +43,7 @@ class Message:
     file_id: str | None
     channels: tuple[str, ...]
     recipients: dict[str, str]
-    created_at: datetime
+    created_at: datetime | None
 
 
 def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message:
@@ -57,7 +58,7 @@ def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message
     payload = _payload(fields)
     channels = _channels(fields, all_channels)
     recipients = _recipients(fields)
-    created_at = fields.timestamp("created_at")
+    created_at = fields.timestamp("created_at", required=False)
     fields.done()
     kind, content, file_id = present(payload)
     return Message(
@@ -70,7 +71,7 @@ def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message
         file_id=file_id,
         channels=channels,
         recipients=recipients,
-        created_at=present(created_at),
+        created_at=created_at,
     )
 
 
