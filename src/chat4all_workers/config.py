@@ -178,9 +178,12 @@ class ObservabilitySettings:
     )
     service_name: str = field(default="chat4all-workers", metadata=_env("OTEL_SERVICE_NAME"))
     otlp_endpoint: str = field(default="", metadata=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    # A client library's message (aiokafka's reconnect errors) repeated within this long is
-    # logged once, then again with the count of repeats it stood for.
+    # A WARNING or ERROR repeated within this long (the same condition: logger and message,
+    # numbers and ids aside, per role) is logged once, then again with the count of repeats it
+    # stood for; 0 logs every one.
     log_repeat_interval_s: float = 30.0
+    # A progress line per role this often (processed, rate, dead-lettered, lag, in flight); 0: none.
+    progress_interval_s: float = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
