@@ -38,8 +38,6 @@ from chat4all_workers.roles.base import RoleContext, RoleReport
 
 log = logging.getLogger(__name__)
 
-_READY_POLL_S = 0.1
-
 
 @dataclass
 class _Tally:
@@ -102,14 +100,22 @@ class Reporter:
                 self.progress_lines()
 
     async def _until_ready(self) -> bool:
-        """True once every role is ready; False if the process stops first."""
-        while not all(child.ready for child in self._children()):
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_READY_POLL_S):
-                    await self._stopping.wait()
-            if self._stopping.is_set():
-                return False
-        return True
+        """True once every role is ready (at that moment, not a poll later: a stop that follows
+        at once still finds the line written); False if the process stops first."""
+        contexts = self._contexts.values()
+        async with asyncio.TaskGroup() as tasks:
+            stop = tasks.create_task(self._stopping.wait())
+            try:
+                while not all(ctx.is_ready for ctx in contexts):
+                    waits = [tasks.create_task(c.wait_ready()) for c in contexts if not c.is_ready]
+                    await asyncio.wait([stop, *waits], return_when=asyncio.FIRST_COMPLETED)
+                    for wait in waits:
+                        wait.cancel()
+                    if stop.done():
+                        return all(ctx.is_ready for ctx in contexts)
+                return True
+            finally:
+                stop.cancel()
 
     # -- the lines ----------------------------------------------------------------------------
 

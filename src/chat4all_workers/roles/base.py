@@ -91,6 +91,9 @@ class RoleContext:
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
     def publish(self, section: str, describe: Callable[[], Mapping[str, Any]]) -> None:
         """Show `describe()` (JSON-able, e.g. an object's `stats()`) as `section` of `/readyz`.
 
