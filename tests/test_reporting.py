@@ -1,7 +1,8 @@
 """The lines an operator follows, read from the JSON log of a real `chat4all-workers run`: the
 ready line, the progress lines, the drain summary, and one condition's warnings rate-limited.
 
-One process runs the status updater and the router (with the channel mocks) over records
+The reporter's own arithmetic (a restarted role's totals, the rate) is tested in process first.
+Then one process runs the status updater and the router (with the channel mocks) over records
 produced beforehand: 3,000 statuses of messages that have no `messages` row, 20 messages to
 send (each also a SENT status of a message without a row), and records that are dead-lettered.
 It is stopped with SIGTERM once the progress lines say everything was processed; the tests read
@@ -11,6 +12,8 @@ address and that `progress_interval_s = 0` writes none.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +25,13 @@ import aiohttp
 import orjson
 import pytest
 
+from chat4all_workers.config import Settings
+from chat4all_workers.kafka.consumer import ConsumerStats
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.readiness import ChildStats
+from chat4all_workers.reporting import Reporter
+from chat4all_workers.resources import Resources
+from chat4all_workers.roles.base import RoleContext, RoleReport
 from tests.stack import StackEndpoints
 from tests.support import (
     Deployment,
@@ -33,14 +43,91 @@ from tests.support import (
     router_record,
 )
 
-pytestmark = pytest.mark.stack
-
 UNKNOWN_STATUSES = 3000
 SENT = 20  # router messages, each sent once: one SENT status each, for a message without a row
 INVALID_STATUSES = 2
 INVALID_MESSAGES = 1
 STATUS_RECORDS = UNKNOWN_STATUSES + SENT + INVALID_STATUSES
 ROUTER_RECORDS = SENT + INVALID_MESSAGES
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def engine_stats(finished: int, committed: int) -> ConsumerStats:
+    return ConsumerStats(
+        group_id="g", topics=("t",), assigned=1, in_flight=0, held=0, paused=False,
+        finished_total=finished, last_commit_age_s=None, lag=0, committed_total=committed,
+    )  # fmt: skip
+
+
+def in_process_reporter(clock: Clock) -> tuple[Reporter, RoleContext]:
+    settings = Settings.load({})
+    metrics = Metrics()
+    ctx = RoleContext("router", settings, Resources(settings, metrics), metrics, asyncio.Event())
+    child = ChildStats("router", "running", True, "permanent", 0, None, stop_s=0.5)
+    reporter = Reporter(
+        contexts={"router": ctx},
+        children=lambda: [child],
+        metrics=metrics,
+        interval_s=30,
+        operations_port=8000,
+        stopping=asyncio.Event(),
+        clock=clock,
+    )
+    return reporter, ctx
+
+
+def fields_of(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    found = [getattr(r, "fields", {}) for r in caplog.records]
+    return [f for f in found if f.get("event") == event]
+
+
+async def test_reporter_keeps_the_totals_of_an_engine_replaced_by_a_restart(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    reporter, ctx = in_process_reporter(clock)
+    first = engine_stats(finished=10, committed=8)
+    ctx.report(lambda: RoleReport(engine=first))
+    caplog.set_level(logging.INFO, logger="chat4all_workers.reporting")
+
+    clock.now = 30
+    reporter.progress_lines()
+    first = engine_stats(finished=12, committed=12)  # where the crashed engine ended
+    ctx.report(lambda: RoleReport(engine=engine_stats(finished=3, committed=2)))  # restarted
+    clock.now = 60
+    reporter.progress_lines()
+    reporter.drain_summary()
+
+    progress = fields_of(caplog, "progress")
+    assert [(p["processed"], p["processed_total"]) for p in progress] == [(10, 10), (5, 15)]
+    (drained,) = fields_of(caplog, "drain")
+    assert drained["committed_total"] == 14
+
+
+async def test_reporter_rate_is_what_was_processed_over_the_time_since_the_last_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    reporter, ctx = in_process_reporter(clock)
+    stats = engine_stats(finished=0, committed=0)
+    ctx.report(lambda: RoleReport(engine=stats))
+    caplog.set_level(logging.INFO, logger="chat4all_workers.reporting")
+
+    clock.now = 30
+    reporter.progress_lines()
+    stats = engine_stats(finished=120, committed=120)
+    clock.now = 50  # a line 20 s after the last one (a late loop)
+    reporter.progress_lines()
+
+    rates = [(p["rate_per_s"], p["interval_s"]) for p in fields_of(caplog, "progress")]
+    assert rates == [(0.0, 30.0), (6.0, 20.0)]
 
 
 @dataclass(frozen=True)
@@ -114,6 +201,7 @@ async def run(
         yield Run(deployment, worker.log_records(), code)
 
 
+@pytest.mark.stack
 def test_reporting_ready_line_names_roles_port_partitions_and_channels(run: Run) -> None:
     (ready,) = run.lines("ready")
 
@@ -127,6 +215,7 @@ def test_reporting_ready_line_names_roles_port_partitions_and_channels(run: Run)
     assert f"operations port {run.deployment.metrics_port}" in ready["message"]
 
 
+@pytest.mark.stack
 def test_reporting_progress_lines_count_each_record_once_with_lag_and_dead_letters(
     run: Run,
 ) -> None:
@@ -143,6 +232,7 @@ def test_reporting_progress_lines_count_each_record_once_with_lag_and_dead_lette
     assert {"held", "partitions", "interval_s"} <= set(lines[-1])
 
 
+@pytest.mark.stack
 def test_reporting_progress_lines_of_the_router_count_sends_per_channel(run: Run) -> None:
     lines = run.lines("progress", "router")
 
@@ -154,6 +244,7 @@ def test_reporting_progress_lines_of_the_router_count_sends_per_channel(run: Run
     assert (lines[-1]["whatsapp"], lines[-1]["whatsapp_held"]) == ("active", 0)
 
 
+@pytest.mark.stack
 def test_reporting_drain_summary_says_what_each_role_committed_and_handed_back(
     run: Run,
 ) -> None:
@@ -172,6 +263,7 @@ def test_reporting_drain_summary_says_what_each_role_committed_and_handed_back(
     assert run.log.index(total) == len(run.log) - 2  # then only "stopped cleanly"
 
 
+@pytest.mark.stack
 def test_reporting_statuses_of_unknown_messages_are_a_few_lines_with_the_right_count(
     run: Run,
 ) -> None:
@@ -183,6 +275,7 @@ def test_reporting_statuses_of_unknown_messages_are_a_few_lines_with_the_right_c
     assert {"message_id", "status", "channel"} <= set(warnings[0])
 
 
+@pytest.mark.stack
 async def test_reporting_interval_0_writes_no_progress_line_and_the_ready_line_has_the_address(
     stack: StackEndpoints, tmp_path: Path
 ) -> None:
