@@ -181,9 +181,9 @@ class ObservabilitySettings:
     # A WARNING or ERROR repeated within this long (the same condition: logger and message,
     # numbers and ids aside, per role) is logged once, then again with the count of repeats it
     # stood for; 0 logs every one.
-    log_repeat_interval_s: float = 30.0
+    log_repeat_interval_s: float = field(default=30.0, metadata={"min": 0})
     # A progress line per role this often (processed, rate, dead-lettered, lag, in flight); 0: none.
-    progress_interval_s: float = 30.0
+    progress_interval_s: float = field(default=30.0, metadata={"min": 0})
 
 
 @dataclass(frozen=True, kw_only=True)
