@@ -12,6 +12,11 @@ DEVSTACK := scripts/devstack
 WITH_ENV = eval "$$($(DEVSTACK) env)" &&
 PYTEST_ARGS ?=
 ROLES ?= all,whatsapp_mock,instagram_mock
+# `make run` only: the app secrets the webhooks role checks and the mocks sign with (the mocks
+# play Meta for this app), so the whole production path runs locally. Never in supervisor.toml
+# (it is also the Kubernetes ConfigMap); a real deployment sets them from a secret store.
+WHATSAPP_APP_SECRET ?= dev-mock-app-secret
+INSTAGRAM_APP_SECRET ?= dev-mock-app-secret
 # `make test` also needs Prometheus (tests/e2e/test_prometheus.py); `make run` does not.
 TEST_SERVICES := kafka postgres redis s3 prometheus
 # Tests that run a 3-node Kafka cluster of their own (tests/infra/test_kafka_cluster.py): in
@@ -76,7 +81,8 @@ topics: venv stack
 	$(WITH_ENV) $(BIN)/chat4all-workers topics ensure
 
 run: venv stack migrate topics
-	$(WITH_ENV) exec $(BIN)/chat4all-workers run --roles $(ROLES)
+	$(WITH_ENV) WHATSAPP_APP_SECRET='$(WHATSAPP_APP_SECRET)' INSTAGRAM_APP_SECRET='$(INSTAGRAM_APP_SECRET)' \
+		exec $(BIN)/chat4all-workers run --roles $(ROLES)
 
 # Lint and the tests that need no service (a test using the stack fixture must carry the
 # `stack` marker: tests/conftest.py refuses it otherwise). Starts nothing, reads no stack env.
