@@ -74,13 +74,12 @@ async def test_given_up_marker_stops_a_redelivery_and_yields_to_a_replay(
     assert given_up.kind is Kind.FAILED
     assert given_up.value == f"failed:retries_exhausted:{RECORD}"
     assert (redelivered.state, redelivered.error_type) == (State.GIVEN_UP, "retries_exhausted")
-    assert peeked is not None and peeked.state is State.GIVEN_UP
+    assert peeked is not None
+    assert peeked.state is State.GIVEN_UP
     assert replayed.state is State.CLAIMED  # a fresh claim: the replay sends
 
 
-async def test_give_up_never_overwrites_the_providers_word(
-    redis: aioredis.Redis, key: str
-) -> None:
+async def test_give_up_never_overwrites_the_providers_word(redis: aioredis.Redis, key: str) -> None:
     claim = await markers(redis).claim(key, RECORD)
     await ProviderVerdicts(redis, ttl_s=TTL_S).record([(key, "wamid.X")])
     after = await markers(redis).give_up(

@@ -669,6 +669,38 @@ async def test_a_send_cancelled_mid_request_waits_for_the_answer_and_marks_it_se
     assert marker.startswith(b"sent:wamid.")  # a redelivery sends nothing
 
 
+async def test_a_send_cancelled_twice_mid_request_leaves_it_in_doubt_for_the_next_owner(
+    deployment: Deployment,
+) -> None:
+    doc = message(1, "cancelled twice while in flight")
+    settings = deployment.settings(mocks={"latency_ms": 800.0})
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        a_router(settings) as (router, redis),
+    ):
+        await mocks.wait_ready(10)
+        sending = asyncio.ensure_future(router.handle(consumed(doc)))
+
+        async def requested() -> bool:
+            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
+
+        await eventually(requested, message="the request under way")
+        sending.cancel()
+        await asyncio.sleep(0)  # one loop step: the task takes the cancel, finishes the request
+        sending.cancel()  # ... and is cancelled again while it waits for the answer
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        marker = await redis.get(
+            f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
+        )
+
+    assert isinstance(marker, bytes)
+    assert marker.startswith(b"lease:")
+    assert marker.endswith(b":0")  # expired now: the next owner waits for the provider's word
+    handed_back = {"channel": "whatsapp", "resolution": "handed_back"}
+    assert metric_value(router.ctx.metrics.router_in_doubt, handed_back) == 1
+
+
 async def test_a_send_cancelled_between_attempts_releases_its_lease_at_once(
     deployment: Deployment,
 ) -> None:
