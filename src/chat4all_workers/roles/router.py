@@ -624,6 +624,7 @@ class Router:
         if provider_message_id is not None:
             lease.settled = True  # the marker says sent: (the webhooks role wrote it)
             self._in_doubt(channel, "confirmed")
+            log.info("%s send in doubt confirmed by the provider: %s", channel, provider_message_id)
             details = {"provider_message_id": provider_message_id}
             await self._emit(send.message, channel, "SENT", details)
             self._count(channel, "sent")
