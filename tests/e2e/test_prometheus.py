@@ -5,12 +5,15 @@ from those files (a new panel needs no test change) and asked of the devstack Pr
 (`scripts/devstack up prometheus`) through its HTTP API. Each must return series, and each label
 it names (matchers, groupings) or prints (legends, alert annotations) must be one the workers
 export. Some series exist only after an event, so the test causes each: dead-lettered records
-(router and merge), an abandoned upload for gc, and a crash (the outbox's table renamed under
-it) for a restart.
+(router and merge), an abandoned upload for gc, a crash (the outbox's table renamed under it)
+for a restart, a channel paused (the mock's token expired, then restored), and webhooks refused
+(a wrong signature; a POST over `webhooks.max_concurrent_requests`). The webhooks' own traffic
+is the mocks calling back, as Meta would.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -28,6 +31,7 @@ import pytest
 import yaml
 from miniopy_async.api import Minio
 
+from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER
 from tests.e2e.pipeline import insert_messages, statuses, upload_file, workers_running
 from tests.promql import (
     Query,
@@ -55,8 +59,10 @@ FAST: dict[str, dict[str, Any]] = {
     "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0},
     "outbox": {"poll_interval_ms": 200, "pending_refresh_s": 0.5},
     "fallback": {"poll_interval_s": 0.5},
-    "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5},
     "gc": {"schedule": "* * * * *"},  # a pass at the next minute: uploads_cleaned_total
+    "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5, "pause_probe_base_s": 0.2},
+    # Few enough that two held requests fill it (refuse_webhooks); the mocks retry their 503s.
+    "webhooks": {"max_concurrent_requests": 4},
     # The outbox crashes on purpose below; it must not take the process down.
     "supervisor": {"max_restarts": 1000, "backoff_base_s": 0.1, "backoff_cap_s": 0.5},
 }
@@ -152,6 +158,8 @@ async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess)
         return set((await statuses(deployment, [s.message_id for s in sent])).values()) == {"READ"}
 
     await eventually(all_read, timeout_s=60, interval_s=0.25, message="every message READ")
+    await pause_whatsapp(deployment)
+    await refuse_webhooks(deployment)
     # A crash: the outbox's table goes away under it (a bad migration would do that), and comes
     # back once the supervisor restarted the role.
     conn = await asyncpg.connect(deployment.database_url)
@@ -165,6 +173,58 @@ async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess)
             await conn.execute("ALTER TABLE outbox_events_parked RENAME TO outbox_events")
     finally:
         await conn.close()
+
+
+async def pause_whatsapp(deployment: Deployment) -> None:
+    """The WhatsApp token expires for a message (the router pauses the channel), then works
+    again (a probe resumes it): channel_paused has its series."""
+    mock = f"http://127.0.0.1:{deployment.whatsapp_port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{mock}/__mock__/token", json={"expired": True}) as response:
+            assert response.status == 200
+        (held,) = await insert_messages(deployment, conversations=[9], per_conversation=1)
+
+        async def refused() -> bool:
+            async with http.get(f"{mock}/__mock__/stats") as answer:
+                return int((await answer.json())["unauthorized"]) > 0
+
+        await eventually(refused, timeout_s=30, message="a send refused for the token")
+        async with http.post(f"{mock}/__mock__/token", json={"expired": False}) as response:
+            assert response.status == 200
+
+    async def read() -> bool:
+        return (await statuses(deployment, [held.message_id])).get(held.message_id) == "READ"
+
+    await eventually(read, timeout_s=60, interval_s=0.25, message="the held message READ")
+
+
+async def refuse_webhooks(deployment: Deployment) -> None:
+    """A POST over max_concurrent_requests (503: four requests whose bodies never come hold the
+    slots), and one with a wrong signature (401)."""
+    url = f"http://127.0.0.1:{deployment.webhooks_port}/webhooks/whatsapp"
+    head = (
+        b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n{"
+    )
+    async with aiohttp.ClientSession() as http:
+
+        async def answered(status: int) -> bool:
+            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: "sha256=00"}
+            async with http.post(url, data=b"{}", headers=headers) as response:
+                return response.status == status
+
+        holders = [
+            await asyncio.open_connection("127.0.0.1", deployment.webhooks_port) for _ in range(4)
+        ]
+        try:
+            for _, writer in holders:
+                writer.write(head)
+                await writer.drain()
+            await eventually(lambda: answered(503), message="503 while every slot is held")
+        finally:
+            for _, writer in holders:
+                writer.close()
+        await eventually(lambda: answered(401), message="401 for a wrong signature")
 
 
 async def restarted(worker: WorkerProcess) -> bool:
