@@ -28,7 +28,7 @@ SOAK_RATE ?= 100
 SOAK_EXAMPLES ?= 200
 SOAK_FAULTS ?= FAULT_RATE_PER_S=50 FAULT_SECONDS=30 FAULT_CONVERSATIONS=16 FAULT_OUTAGE_S=10 \
 	FAULT_TIMEOUT_S=600 HOSTILE_EXAMPLES=$(SOAK_EXAMPLES) OUTBOX_OUTAGE_S=75 \
-	WEBHOOK_E2E_WEBHOOKS=50000 WEBHOOK_HOSTILE_EXAMPLES=2000
+	WEBHOOK_E2E_WEBHOOKS=50000 WEBHOOK_HOSTILE_EXAMPLES=2000 KILL_MESSAGES=5000 KILL_RATE_PER_S=100
 
 .PHONY: help venv tools stack test-stack migrate topics run check test test-cluster lint down status soak
 
@@ -105,6 +105,7 @@ soak: venv stack
 	$(WITH_ENV) $(SOAK_FAULTS) $(BIN)/pytest -p no:cacheprovider tests/e2e/test_faults.py \
 		tests/e2e/test_outbox_outage.py tests/e2e/test_hostile_input.py \
 		tests/e2e/test_webhook_statuses.py tests/e2e/test_webhook_hostile.py \
+		tests/e2e/test_router_kills.py \
 		tests/infra/test_kafka_cluster.py $(PYTEST_ARGS)
 	$(WITH_ENV) $(BIN)/python bench/pipeline.py --rate $(SOAK_RATE) --seconds $(SOAK_SECONDS) \
 		--drain-timeout 120
