@@ -150,6 +150,12 @@ def marker(deployment: Deployment, doc: dict[str, Any], channel: str = "whatsapp
 ORPHAN = "lease:killedworker1:1.000"  # what a router killed mid-send leaves: a lease, expired
 
 
+async def taken_over(redis: aioredis.Redis, key: str) -> bool:
+    """A router claimed the orphaned lease (its own is there now): it waits, in doubt."""
+    value = await redis.get(key)
+    return value is not None and value != ORPHAN.encode()
+
+
 async def test_a_provider_slower_than_the_channel_timeout_gets_one_copy_per_message(
     deployment: Deployment,
 ) -> None:
@@ -191,12 +197,10 @@ async def test_an_orphaned_send_waits_for_the_providers_word_and_is_not_sent_aga
         await redis.set(marker(deployment, doc), ORPHAN, ex=600)
         await produce(deployment.stack, deployment.topics["message_processing"], [record(doc)])
         routing = asyncio.ensure_future(route(settings))
-
-        async def waiting() -> bool:  # the router took the lease over: it waits
-            value = await redis.get(marker(deployment, doc))
-            return value is not None and value != ORPHAN.encode()
-
-        await eventually(waiting, message="the router waiting for the provider's word")
+        await eventually(
+            lambda: taken_over(redis, marker(deployment, doc)),
+            message="the router waiting for the provider's word",
+        )
         started = time.monotonic()
         await side.says_sent(doc["message_id"], "wamid.FROM-META", conversation=1)
         router = await routing
@@ -306,12 +310,10 @@ async def test_a_router_stopping_while_a_send_is_in_doubt_hands_it_back_at_once(
         await redis.set(marker(deployment, doc), ORPHAN, ex=600)
         await produce(deployment.stack, deployment.topics["message_processing"], [record(doc)])
         async with Supervisor(settings, roles=["router"], serve_http=False) as router:
-
-            async def waiting() -> bool:
-                value = await redis.get(marker(deployment, doc))
-                return value is not None and value != ORPHAN.encode()
-
-            await eventually(waiting, message="the router waiting for the provider's word")
+            await eventually(
+                lambda: taken_over(redis, marker(deployment, doc)),
+                message="the router waiting for the provider's word",
+            )
             stopping = time.monotonic()
         stopped_s = time.monotonic() - stopping
         left = await redis.get(marker(deployment, doc))

@@ -635,6 +635,11 @@ async def a_router(settings: Any) -> AsyncIterator[tuple[Router, aioredis.Redis]
         )
 
 
+async def one_request(settings: Any) -> bool:
+    """The WhatsApp mock has one request (under way or answered)."""
+    return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
+
+
 def consumed(doc: dict[str, Any]) -> ConsumedRecord:
     key, value = record(doc)
     return ConsumedRecord("message_processing", 0, 0, key, value, (), 0)
@@ -651,11 +656,7 @@ async def test_a_send_cancelled_mid_request_waits_for_the_answer_and_marks_it_se
     ):
         await mocks.wait_ready(10)
         sending = asyncio.ensure_future(router.handle(consumed(doc)))
-
-        async def requested() -> bool:
-            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
-
-        await eventually(requested, message="the request under way")
+        await eventually(lambda: one_request(settings), message="the request under way")
         sending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await sending
@@ -680,11 +681,7 @@ async def test_a_send_cancelled_twice_mid_request_leaves_it_in_doubt_for_the_nex
     ):
         await mocks.wait_ready(10)
         sending = asyncio.ensure_future(router.handle(consumed(doc)))
-
-        async def requested() -> bool:
-            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
-
-        await eventually(requested, message="the request under way")
+        await eventually(lambda: one_request(settings), message="the request under way")
         sending.cancel()
         await asyncio.sleep(0)  # one loop step: the task takes the cancel, finishes the request
         sending.cancel()  # ... and is cancelled again while it waits for the answer

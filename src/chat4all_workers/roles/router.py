@@ -654,7 +654,12 @@ class Router:
         """The provider's message id once the marker says `sent:`, or None once
         `router.in_doubt_window_s` passed without it. Holds back only this conversation
         (`held()`); keeps the lease alive; hands the record back (RetryableError) when the
-        process stops or the partition is revoked."""
+        process stops or the partition is revoked.
+
+        Polled, not notified: sends in doubt are rare (a crash, a timeout), a poll is one GET
+        riding the markers' auto-pipeline, and a notification (pub/sub from the webhooks role)
+        would need a subscription per process and a poll anyway for one published while this
+        process was not listening."""
         window_s = self.settings.router.in_doubt_window_s
         started = time.monotonic()
         renew_at = started + self.markers.lease_s / 3
