@@ -213,6 +213,23 @@ async def test_mock_without_an_app_secret_says_so_and_sends_no_webhook(
     assert app.bodies == []
 
 
+async def test_mock_with_a_webhook_url_it_cannot_post_to_says_so_and_still_serves(
+    deployment: Deployment,
+) -> None:
+    settings = deployment.settings(mocks={"whatsapp_webhook_url": "webhooks.example/whatsapp"})
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+        HttpClient() as http,
+    ):
+        await sup.wait_ready(10)
+        await WhatsAppAdapter(settings.whatsapp, http).send(outbound("+5511"))
+        stats = await mock_stats(settings.whatsapp.base_url)
+
+    assert stats["accepted"] == 1
+    assert stats["webhooks"]["not_sent"] == "not an http(s) URL: 'webhooks.example/whatsapp'"
+    assert stats["webhooks"]["pending"] == 0
+
+
 async def test_mock_finishes_a_request_whose_client_gave_up_and_calls_back(
     deployment: Deployment,
 ) -> None:

@@ -13,8 +13,8 @@ Bounded: at most `max_pending` chains wait (more are dropped and counted) and `m
 POSTs are under way at once. On shutdown (`flush`), what is pending is sent at once, delays
 ignored, until everything was answered or the deadline given; a refused connection then ends the
 flush early (nobody listens: nothing will get better within the deadline), and what was left is
-counted as dropped and named in one WARNING. Without an app secret nothing can be signed: no
-callback is scheduled, and `stats()` says so.
+counted as dropped and named in one WARNING. Without an app secret nothing can be signed (and
+without an http(s) URL nothing can be sent): no callback is scheduled, and `stats()` says why.
 
 The POSTs go through the process's one HTTP client (channels/http.py): a JSON body with a length,
 to a plain http(s) URL, is all it takes.
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels.http import HttpClient, HTTPTransportError, RequestTimeoutError
@@ -92,27 +93,35 @@ class Callbacks:
         self._warned_at: dict[str, float] = {}
         self._unwarned: dict[str, int] = {}
         self.counts = dict.fromkeys(("posted", "retried", "dropped"), 0)
+        self._enabled = self.enabled
+
+    @property
+    def not_sent(self) -> str | None:
+        """Why no webhook is sent, or None when they are."""
+        if not self._secret:
+            return "no app secret: webhooks cannot be signed, none is sent"
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"not an http(s) URL: {self.url!r:.80}"
+        return None
 
     @property
     def enabled(self) -> bool:
-        return bool(self._secret and self.url)
+        return self.not_sent is None
 
     def stats(self) -> dict[str, Any]:
+        not_sent = self.not_sent
         return {
             "url": self.url,
-            "signed": self.enabled,
-            **(
-                {}
-                if self.enabled
-                else {"not_sent": "no app secret: webhooks cannot be signed, none is sent"}
-            ),
+            "signed": bool(self._secret),
+            **({"not_sent": not_sent} if not_sent else {}),
             **self.counts,
             "pending": len(self._heap) + self._in_flight,
         }
 
     def schedule(self, stages: Sequence[Stage]) -> None:
         """The chain of callbacks for a message accepted now."""
-        if not self.enabled or not stages:
+        if not self._enabled or not stages:
             return
         if len(self._heap) + self._in_flight >= self._max_pending:
             self.counts["dropped"] += 1

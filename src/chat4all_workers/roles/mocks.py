@@ -26,13 +26,17 @@ async def _serve(ctx: RoleContext, channel: str, port: int) -> None:
     settings = ctx.settings
     secret = getattr(settings.webhooks, f"{channel}_app_secret").get()
     url = getattr(settings.mocks, f"{channel}_webhook_url")
+    callbacks = Callbacks(ctx.resources.http_client(), name=channel, url=url, secret=secret)
     if not secret:
         log.warning(
             "mock %s: no app secret (webhooks.%s_app_secret, env %s_APP_SECRET): its status "
             "webhooks cannot be signed and are not sent; messages stay SENT",
             channel, channel, channel.upper(),
         )  # fmt: skip
-    callbacks = Callbacks(ctx.resources.http_client(), name=channel, url=url, secret=secret)
+    elif (why := callbacks.not_sent) is not None:
+        log.warning(
+            "mock %s: mocks.%s_webhook_url is %s; no status webhook is sent", channel, channel, why
+        )
     mock = MockChannel(channel, settings.mocks, callbacks)
     async with mock.serving(settings.mocks.host, port, shutdown=ctx.shutdown):
         ctx.mark_ready()

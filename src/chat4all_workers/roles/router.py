@@ -634,12 +634,11 @@ class Router:
             f"no word from the provider within router.in_doubt_window_s ({r.in_doubt_window_s:g}s)"
         )
         if r.on_unknown_outcome == "dead_letter":
-            unknown = _UnknownOutcomeError(f"{channel}: {cause}, and {window}")
+            unknown = _UnknownOutcomeError(f"{cause}, and {window}")
             verdict = await self._give_up(send, lease, unknown, max(attempts, 1))
             self._in_doubt(channel, "confirmed" if verdict is _Verdict.SENT else "dead_lettered")
             return verdict
-        if attempts >= r.max_attempts:
-            assert error is not None  # an orphaned send (attempts 0) always has one left
+        if error is not None and attempts >= r.max_attempts:  # (an orphan has an attempt left)
             log.warning(
                 "%s send failed after %d attempt(s): %s; %s", channel, attempts, error, window
             )
@@ -671,7 +670,7 @@ class Router:
                     return marker.provider_message_id
                 if marker.value != lease.value:  # not ours any more (expired, taken over)
                     lease.settled = True
-                    raise RetryableError(f"{send.channel}: the send lease changed hands")
+                    raise RetryableError("the send lease changed hands while in doubt")
                 now = time.monotonic()
                 if now - started >= window_s:
                     return None
@@ -790,8 +789,8 @@ class Router:
             return
         if claim.state is State.GIVEN_UP:
             reason = (
-                f"{send.channel}: given up on by an earlier delivery of this record "
-                f"({claim.error_type}); nothing sent again"
+                f"given up on by an earlier delivery of this record ({claim.error_type}); "
+                "nothing sent again"
             )
             await self._fail(send, _GivenUpError(reason, error_type=claim.error_type), 0)
             return
