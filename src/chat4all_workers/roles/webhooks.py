@@ -76,6 +76,7 @@ from chat4all_workers.channels.meta_webhooks import (
 from chat4all_workers.config import Settings
 from chat4all_workers.deadline import ShutdownDeadline, timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
+from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
@@ -117,8 +118,8 @@ class Webhooks:
         self._topics = settings.topics
         self._producer = ctx.resources.kafka()
         self._store_timeout_s = settings.webhooks.store_timeout_s
-        # Sends a request stopped waiting for (503): still the producer's, kept until it settles.
-        self._sending: set[asyncio.Future[list[Delivery]]] = set()
+        # A request that stops waiting (503) leaves its records with the producer.
+        self._coalescer = ProduceCoalescer(self._producer)
         self._metrics = ctx.metrics
         self._index = ProviderIndex(
             ctx.resources.redis_client(),
@@ -303,13 +304,11 @@ class Webhooks:
         """Produce and await the acks; True when parked instead (the breaker is open)."""
         if not records:
             return False
-        sending = asyncio.ensure_future(self._producer.send_many(records))
-        self._sending.add(sending)
-        sending.add_done_callback(self._sending.discard)
+        # With the records of the other requests of this loop iteration, in one call.
+        sending = self._coalescer.send_each(records)
         try:
             async with asyncio.timeout(self._store_timeout_s):
-                await asyncio.shield(sending)
-            return False
+                outcomes = await sending
         except TimeoutError:
             # Not abandoned: the producer keeps the records and delivers them (its verdict is
             # final); the answer says only that they are not stored yet.
@@ -319,6 +318,10 @@ class Webhooks:
         except CircuitOpenError:
             deliveries = await self._producer.send_many(records, fallback=True)
             return any(d.parked for d in deliveries)
+        for outcome in outcomes:
+            if not isinstance(outcome, Delivery):
+                raise outcome  # the first failure, in record order (as send_many raises it)
+        return False
 
     async def _dead_letter(
         self, channel: str, body: bytes, problems: list[str], error_type: str
