@@ -44,7 +44,10 @@ measured with bench/webhooks.py's load generator, a status posted alone costs th
 the same load), Kafka's produce 0.046 ms, the signature, JSON and parsing 0.02 ms. A minimal
 httptools server answered the same load at 0.029 ms: a fifth of the CPU saved, not the factor
 that would change how the role is deployed (it scales out, being stateless), and not worth an
-internet-facing HTTP parser of our own (request smuggling, slow senders, limits).
+internet-facing HTTP parser of our own (request smuggling, slow senders, limits). (Phase 2: the
+records of concurrent requests are produced in one call per loop iteration, kafka/coalescing.py,
+which more than pays for the provider's word recorded in Redis: 0.21 ms per status, against 0.29
+without the coalescing and 0.26 before either, in one bench/webhooks.py session.)
 """
 
 from __future__ import annotations
