@@ -8,8 +8,10 @@ mock exactly once (counted by message id from `/__mock__/sent`), nothing was dea
 lost, and each conversation's messages were first sent in order. The in-doubt resolutions are
 counted from the routers' logs and the webhooks role's `webhook_verdicts_total`.
 
-`KILL_MESSAGES` (400) messages at `KILL_RATE_PER_S` (40/s) over `KILL_CONVERSATIONS` (20)
-conversations, as `make test` runs it; `make soak` runs 5,000.
+`KILL_MESSAGES` (600) messages at `KILL_RATE_PER_S` (200/s) over `KILL_CONVERSATIONS` (100)
+conversations, as `make test` runs it; `make soak` runs 5,000 over 500 conversations, produced as
+fast as Kafka takes them (a backlog: hundreds of sends under way at each kill). The conversations
+bound the sends under way (one per conversation and channel at a time).
 """
 
 from __future__ import annotations
@@ -44,9 +46,9 @@ from tests.support import (
     read_topic,
 )
 
-MESSAGES = int(os.environ.get("KILL_MESSAGES", "400"))
-RATE_PER_S = float(os.environ.get("KILL_RATE_PER_S", "40"))
-CONVERSATIONS = int(os.environ.get("KILL_CONVERSATIONS", "20"))
+MESSAGES = int(os.environ.get("KILL_MESSAGES", "600"))
+RATE_PER_S = float(os.environ.get("KILL_RATE_PER_S", "200"))
+CONVERSATIONS = int(os.environ.get("KILL_CONVERSATIONS", "100"))
 KILLS = 3
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(max(240, MESSAGES / RATE_PER_S * 4))]
