@@ -159,7 +159,7 @@ async def taken_over(redis: aioredis.Redis, key: str) -> bool:
 async def test_a_provider_slower_than_the_channel_timeout_gets_one_copy_per_message(
     deployment: Deployment,
 ) -> None:
-    docs = [message(c, f"slow-{c}", channels=CHANNELS) for c in range(10)]
+    docs = [message(c, f"slow-{c}", channels=CHANNELS) for c in range(20)]
     await produce(
         deployment.stack, deployment.topics["message_processing"], [record(d) for d in docs]
     )
