@@ -12,6 +12,11 @@ DEVSTACK := scripts/devstack
 WITH_ENV = eval "$$($(DEVSTACK) env)" &&
 PYTEST_ARGS ?=
 ROLES ?= all,whatsapp_mock,instagram_mock
+# `make run` only: the app secrets the webhooks role checks and the mocks sign with (the mocks
+# play Meta for this app), so the whole production path runs locally. Never in supervisor.toml
+# (it is also the Kubernetes ConfigMap); a real deployment sets them from a secret store.
+WHATSAPP_APP_SECRET ?= dev-mock-app-secret
+INSTAGRAM_APP_SECRET ?= dev-mock-app-secret
 # `make test` also needs Prometheus (tests/e2e/test_prometheus.py); `make run` does not.
 TEST_SERVICES := kafka postgres redis s3 prometheus
 # Tests that run a 3-node Kafka cluster of their own (tests/infra/test_kafka_cluster.py): in
@@ -23,7 +28,8 @@ SOAK_RATE ?= 100
 SOAK_EXAMPLES ?= 200
 SOAK_FAULTS ?= FAULT_RATE_PER_S=50 FAULT_SECONDS=30 FAULT_CONVERSATIONS=16 FAULT_OUTAGE_S=10 \
 	FAULT_TIMEOUT_S=600 HOSTILE_EXAMPLES=$(SOAK_EXAMPLES) OUTBOX_OUTAGE_S=75 \
-	WEBHOOK_E2E_WEBHOOKS=50000 WEBHOOK_HOSTILE_EXAMPLES=2000
+	WEBHOOK_E2E_WEBHOOKS=50000 WEBHOOK_HOSTILE_EXAMPLES=2000 KILL_MESSAGES=5000 KILL_RATE_PER_S=5000 \
+	KILL_CONVERSATIONS=500
 
 .PHONY: help venv tools stack test-stack migrate topics run check test test-cluster lint down status soak
 
@@ -76,7 +82,8 @@ topics: venv stack
 	$(WITH_ENV) $(BIN)/chat4all-workers topics ensure
 
 run: venv stack migrate topics
-	$(WITH_ENV) exec $(BIN)/chat4all-workers run --roles $(ROLES)
+	$(WITH_ENV) WHATSAPP_APP_SECRET='$(WHATSAPP_APP_SECRET)' INSTAGRAM_APP_SECRET='$(INSTAGRAM_APP_SECRET)' \
+		exec $(BIN)/chat4all-workers run --roles $(ROLES)
 
 # Lint and the tests that need no service (a test using the stack fixture must carry the
 # `stack` marker: tests/conftest.py refuses it otherwise). Starts nothing, reads no stack env.
@@ -99,6 +106,7 @@ soak: venv stack
 	$(WITH_ENV) $(SOAK_FAULTS) $(BIN)/pytest -p no:cacheprovider tests/e2e/test_faults.py \
 		tests/e2e/test_outbox_outage.py tests/e2e/test_hostile_input.py \
 		tests/e2e/test_webhook_statuses.py tests/e2e/test_webhook_hostile.py \
+		tests/e2e/test_router_kills.py \
 		tests/infra/test_kafka_cluster.py $(PYTEST_ARGS)
 	$(WITH_ENV) $(BIN)/python bench/pipeline.py --rate $(SOAK_RATE) --seconds $(SOAK_SECONDS) \
 		--drain-timeout 120

@@ -8,7 +8,8 @@
 Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
 REDIS_URL, MINIO_*) in a deployment of its own (every topic, a migrated database, a bucket, a
 Redis key prefix; removed afterwards): `chat4all-workers run --roles all` in one process and the
-two channel mocks in another (tests/e2e/pipeline.deployment_running), production settings but the
+two channel mocks in another (tests/e2e/pipeline.deployment_running), the mocks calling the
+webhooks role back with signed status webhooks (the production path), production settings but the
 mocks' webhook delays, which are set LOW (DELIVERED after --delivered-after-ms, READ after
 --read-after-ms from the provider's accept) so that READ latency is the pipeline's, not the
 simulated reader's.
@@ -315,7 +316,9 @@ class DbView:
     p99_s: float
     max_s: float
     # status -> (p50, p99, max) of when it was first reported on any channel (the record's own
-    # `timestamp`: the router's for SENT, the mock's webhook for DELIVERED and READ) - created_at
+    # `timestamp`: the router's or the provider's for SENT, the provider's, in the mocks'
+    # webhooks, for DELIVERED and READ: whole seconds for WhatsApp, as Meta sends them, so
+    # DELIVERED is a lower bound to within a second) - created_at
     stages: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
 

@@ -35,6 +35,8 @@ from chat4all_workers.kafka.admin import wait_for_leaders
 from tests.stack import StackEndpoints, unique_name
 
 REPO = Path(__file__).resolve().parent.parent
+# What `make run` gives the webhooks role and the mocks (the Makefile's WHATSAPP_APP_SECRET).
+DEV_APP_SECRET = "dev-mock-app-secret"
 
 
 def settings_for(
@@ -139,11 +141,23 @@ class Deployment:
     webhooks_port: int = field(default_factory=free_port)
 
     def sections(self, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        webhooks = f"http://127.0.0.1:{self.webhooks_port}/webhooks"
         doc: dict[str, dict[str, Any]] = {
             "observability": {"metrics_port": self.metrics_port, "metrics_host": "127.0.0.1"},
-            "mocks": {"whatsapp_port": self.whatsapp_port, "instagram_port": self.instagram_port},
+            # The mocks call the deployment's webhooks role back, signing as Meta would with
+            # the app secrets the role checks: the production path, as `make run` runs it.
+            "mocks": {
+                "whatsapp_port": self.whatsapp_port,
+                "instagram_port": self.instagram_port,
+                "whatsapp_webhook_url": f"{webhooks}/whatsapp",
+                "instagram_webhook_url": f"{webhooks}/instagram",
+            },
             # `--roles all` includes the webhooks role: never on the default port of a `make run`.
-            "webhooks": {"port": self.webhooks_port},
+            "webhooks": {
+                "port": self.webhooks_port,
+                "whatsapp_app_secret": DEV_APP_SECRET,
+                "instagram_app_secret": DEV_APP_SECRET,
+            },
             "whatsapp": {
                 "base_url": f"http://127.0.0.1:{self.whatsapp_port}",
                 "access_token": "test-token",

@@ -69,6 +69,37 @@ async def test_one_failing_command_fails_only_its_caller(
         await client.aclose()
 
 
+async def test_execute_many_rides_the_same_round_trip_with_each_reply_or_error_in_order(
+    stack: StackEndpoints, redis_prefix: str
+) -> None:
+    pool = CountingPool.from_url(stack.redis_url)
+    client = aioredis.Redis.from_pool(pool)
+    pipe = AutoPipeline(client)
+    try:
+        await client.rpush(f"{redis_prefix}list", "x")
+        CountingPool.checkouts = 0
+        alone, many = await asyncio.gather(
+            pipe.execute("SET", f"{redis_prefix}a", "1"),
+            pipe.execute_many(
+                [
+                    ("SET", f"{redis_prefix}b", "2"),
+                    ("GET", f"{redis_prefix}list"),  # WRONGTYPE
+                    ("EVALSHA", "0" * 40, 0),  # NOSCRIPT
+                    ("GET", f"{redis_prefix}b"),
+                ]
+            ),
+        )
+        assert CountingPool.checkouts == 1
+    finally:
+        await client.aclose()
+
+    assert alone is True
+    assert many[0] is True
+    assert isinstance(many[1], redis_errors.ResponseError)
+    assert isinstance(many[2], redis_errors.NoScriptError)
+    assert many[3] == b"2"
+
+
 async def test_an_unreachable_redis_reaches_every_caller_as_a_connection_error() -> None:
     client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
     pipe = AutoPipeline(client)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -42,6 +43,21 @@ class AutoPipeline:
 
     async def execute(self, *args: EncodableT) -> Any:
         """Run one command (`"SET", key, value, "NX"`) with the others of this loop iteration."""
+        return await self._enqueue(args)
+
+    async def execute_many(self, commands: Sequence[tuple[EncodableT, ...]]) -> list[Any]:
+        """Run several commands with the others of this loop iteration; each one's reply, or
+        its ResponseError (a refused command), in order."""
+        replies = [self._enqueue(command) for command in commands]
+        results: list[Any] = []
+        for reply in replies:
+            try:
+                results.append(await reply)
+            except redis_errors.ResponseError as exc:
+                results.append(exc)
+        return results
+
+    def _enqueue(self, args: tuple[EncodableT, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
         self._queue.append((args, reply))
@@ -49,7 +65,7 @@ class AutoPipeline:
             loop.call_soon(self._flush)
         elif len(self._queue) >= self._max_batch:
             self._flush()
-        return await reply
+        return reply
 
     def _flush(self) -> None:
         batch, self._queue = self._queue, []

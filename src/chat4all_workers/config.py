@@ -287,11 +287,17 @@ class RouterSettings:
     retry_cap_s: float = 5.0
     dedup_ttl_s: int = 86_400
     all_channels: tuple[str, ...] = ("whatsapp", "instagram")
-    # A send whose worker died after claiming it has an unknown outcome: the provider may or may
-    # not have accepted it. "dead_letter" keeps the at-most-once promise and hands it to an
-    # operator (replayable); "resend" prefers at-least-once and may duplicate it.
+    # A send whose outcome is unknown (a worker killed mid-send, a request timed out or reset
+    # after it was written, a cancel that could not wait for the answer) waits up to this long
+    # for the provider's word (a status webhook recorded in its dedup marker by the webhooks
+    # role), holding back only its conversation: found, it is SENT and not sent again.
+    in_doubt_window_s: float = 60.0
+    # ... and when the window closes with the provider silent: "resend" sends it again (counted
+    # as an attempt): a provider that acknowledges every message it takes with a webhook within
+    # the window does not have one it stayed silent about. "dead_letter" keeps at-most-once
+    # whatever the webhooks do: FAILED + DLQ `delivery_unknown`, for an operator to replay.
     on_unknown_outcome: str = field(
-        default="dead_letter", metadata={"choices": ("dead_letter", "resend")}
+        default="resend", metadata={"choices": ("dead_letter", "resend")}
     )
     # A throttled send never spends an attempt; it waits for the pace and tries again until
     # this long after its first throttled answer, then FAILED (dlq.error_type throttle_deadline).
@@ -391,8 +397,14 @@ class MockSettings:
     # An expired token answers every send with HTTP 401 and code 190; also switchable at run
     # time with POST /__mock__/token {"expired": true|false}.
     token_expired: bool = False
+    # Like Meta, the mocks call back with signed status webhooks (signed with the webhooks
+    # section's app secrets: the mock plays Meta for this app; no secret, no webhooks): WhatsApp
+    # `sent` at once, `delivered` and `read` after these delays; Instagram an echo, then a read
+    # receipt after read_after_ms. Retried with backoff until answered 200; flushed on shutdown.
     delivered_after_ms: float = field(default=200.0, metadata=_ZERO_OK)
     read_after_ms: float = field(default=500.0, metadata=_ZERO_OK)
+    whatsapp_webhook_url: str = "http://127.0.0.1:8200/webhooks/whatsapp"
+    instagram_webhook_url: str = "http://127.0.0.1:8200/webhooks/instagram"
 
 
 @dataclass(frozen=True, kw_only=True)

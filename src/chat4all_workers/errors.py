@@ -102,8 +102,8 @@ class TransientProviderError(ProviderError, RetryableError):
     counted against `router.max_attempts`.
 
     `in_doubt` is true when the request was written before it failed (a timeout, a reset after
-    sending): the provider may have acted on it. Retried like the others today; the seam where
-    the provider's webhooks will settle it.
+    sending): the provider may have acted on it. The router then waits for the provider's word
+    (its status webhooks, recorded in the dedup marker) before it sends again.
     """
 
     error_class = "transient"

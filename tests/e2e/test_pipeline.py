@@ -1,6 +1,7 @@
 """The whole pipeline, in one process and split across three, against the real stack:
-outbox -> message_processing -> router -> channel mocks -> message_status_updates -> status
-updater -> messages.status READ; and upload -> merge request -> COMPLETED -> completion event."""
+outbox -> message_processing -> router -> channel mocks -> their signed webhooks -> webhooks
+role -> message_status_updates -> status updater -> messages.status READ; and upload -> merge
+request -> COMPLETED -> completion event."""
 
 from __future__ import annotations
 
@@ -73,6 +74,10 @@ async def test_pipeline_in_one_process_reaches_read_and_completed(
 async def test_pipeline_split_across_three_processes(
     deployment: Deployment, s3_client: Minio, tmp_path: Path
 ) -> None:
-    groups = ["router,whatsapp_mock,instagram_mock", "outbox,status_updater,backfill", "merge,gc"]
+    groups = [
+        "router,whatsapp_mock,instagram_mock",
+        "outbox,status_updater,backfill,webhooks",
+        "merge,gc",
+    ]
     async with workers_running(deployment, tmp_path, groups, **FAST):
         await run_flow(deployment, s3_client)

@@ -9,7 +9,7 @@ export. Some series exist only after an event, so the test causes each: dead-let
 answers (the Instagram mock's rate set low), signed webhooks (accepted, a bad signature, shed
 with 503 while every slot is held), and a crash (the outbox's table renamed under it) for a
 restart. gc's counter needs no pass: it exists, at 0, from the moment the role schedules its
-passes.
+passes. The webhooks' other traffic is the mocks calling back, as Meta would.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import yaml
 from miniopy_async.api import Minio
 
 from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER, sign, whatsapp_notification
-from tests.e2e.pipeline import insert_messages, statuses, upload_file, workers_running
+from tests.e2e.pipeline import Sent, insert_messages, statuses, upload_file, workers_running
 from tests.promql import (
     Query,
     alert_queries,
@@ -45,7 +45,7 @@ from tests.promql import (
     template_labels,
 )
 from tests.stack import DEVSTACK, unique_name
-from tests.support import Deployment, WorkerProcess, eventually, produce
+from tests.support import DEV_APP_SECRET, Deployment, WorkerProcess, eventually, produce
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -56,7 +56,6 @@ RATE_INTERVAL = "10s"
 # configurations add (worker: the compose service, the Kubernetes component, devstack's target).
 TARGET_LABELS = {"job", "instance", "worker"}
 
-WEBHOOK_SECRET = "prometheus-test-app-secret"
 HELD_SLOTS = 4
 FAST: dict[str, dict[str, Any]] = {
     "outbox": {"poll_interval_ms": 200, "pending_refresh_s": 0.5},
@@ -66,7 +65,8 @@ FAST: dict[str, dict[str, Any]] = {
     # paces it at 250.
     "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0, "instagram_rate_per_s": 3.0},
     # A few slots, so that holding them all sheds a POST with 503.
-    "webhooks": {"whatsapp_app_secret": WEBHOOK_SECRET, "max_concurrent_requests": 4},
+    # (The app secrets are the deployment's: the mocks sign their callbacks with them too.)
+    "webhooks": {"max_concurrent_requests": 4},
     # The outbox crashes on purpose below; it must not take the process down.
     "supervisor": {"max_restarts": 1000, "backoff_base_s": 0.1, "backoff_cap_s": 0.5},
 }
@@ -147,9 +147,8 @@ def prometheus() -> Prometheus:
 
 async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess) -> None:
     """Traffic, and each event some series wait for."""
-    await pause_whatsapp(deployment, worker)
-    sent = await insert_messages(deployment, conversations=range(1, 4), per_conversation=3)
-    await webhook_traffic(deployment, worker)
+    sent = await pause_whatsapp(deployment, worker)
+    sent += await insert_messages(deployment, conversations=range(1, 4), per_conversation=3)
     await upload_file(deployment, s3, [b"a" * 1024, b"b" * 512])
     # Dead letters: a router record and a merge request that can never succeed.
     await produce(deployment.stack, deployment.topics["message_processing"], [(b"k", b"{no")])
@@ -159,6 +158,8 @@ async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess)
         return set((await statuses(deployment, [s.message_id for s in sent])).values()) == {"READ"}
 
     await eventually(all_read, timeout_s=60, interval_s=0.25, message="every message READ")
+    # Once the mocks have called every status back, so that only these requests hold slots.
+    await webhook_traffic(deployment, worker)
     # A crash: the outbox's table goes away under it (a bad migration would do that), and comes
     # back once the supervisor restarted the role.
     conn = await asyncpg.connect(deployment.database_url)
@@ -174,12 +175,12 @@ async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess)
         await conn.close()
 
 
-async def pause_whatsapp(deployment: Deployment, worker: WorkerProcess) -> None:
+async def pause_whatsapp(deployment: Deployment, worker: WorkerProcess) -> list[Sent]:
     """The WhatsApp mock's token expires: the next send pauses the channel; it comes back once
-    the token does (the probe). That message is READ like the others in the end."""
+    the token does (the probe). That message (returned) is READ like the others in the end."""
     await expire_token(deployment, expired=True)
     try:
-        await insert_messages(deployment, conversations=[9], per_conversation=1, tag="paused")
+        held = await insert_messages(deployment, conversations=[9], per_conversation=1, tag="p")
         await eventually(
             lambda: metric_matches(worker, r'^channel_paused\{[^}]*channel="whatsapp"[^}]*\} 1'),
             timeout_s=30,
@@ -187,6 +188,7 @@ async def pause_whatsapp(deployment: Deployment, worker: WorkerProcess) -> None:
         )
     finally:
         await expire_token(deployment, expired=False)
+    return held
 
 
 async def expire_token(deployment: Deployment, *, expired: bool) -> None:
@@ -239,7 +241,7 @@ def inbound_body(n: int) -> bytes:
 def signed_head(body: bytes) -> bytes:
     return (
         "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"{SIGNATURE_HEADER}: {sign(WEBHOOK_SECRET, body)}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"{SIGNATURE_HEADER}: {sign(DEV_APP_SECRET, body)}\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
 
 

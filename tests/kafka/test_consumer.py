@@ -12,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
-from chat4all_workers.kafka.consumer import ConsumerEngine, held
+from chat4all_workers.kafka.consumer import ConsumerEngine, held, wait_unless_handed_back
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
 from tests.stack import StackEndpoints
@@ -488,3 +488,38 @@ async def test_held_outside_an_engine_does_nothing() -> None:
         inside = True
 
     assert inside
+
+
+async def test_consumer_wakes_a_long_wait_of_a_revoked_key_at_once(
+    stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
+) -> None:
+    topic = await kafka_topic(partitions=2)
+    await produce_to(stack, topic, [(0, b"a"), (1, b"b")])
+    loop = asyncio.get_running_loop()
+    waiting: set[int] = set()
+    handed_back: list[float] = []
+
+    async def wait_long(record: ConsumedRecord) -> None:
+        waiting.add(record.partition)
+        if await wait_unless_handed_back(60.0):  # a handler waiting on an outside condition
+            handed_back.append(loop.time())
+            raise RetryableError("handing the record back")
+
+    async def other(record: ConsumedRecord) -> None:
+        pass
+
+    first = engine_for(stack, topic, consumer_group, wait_long, drain=False, kafka=REBALANCE)
+    second = engine_for(stack, topic, consumer_group, other, drain=False, kafka=REBALANCE)
+    async with running_engine(first):
+        await eventually(lambda: waiting == {0, 1}, message="both waiting")
+        joined = loop.time()
+        async with running_engine(second):
+            await eventually(lambda: bool(handed_back), timeout_s=30, message="handed back")
+
+    # Handed back as the revocation began, not after its wait (a third of 9 s) and a cancel;
+    # what remains is the rebalance noticed by a heartbeat (session_timeout_ms / 3 = 2 s).
+    assert handed_back[0] - joined < REBALANCE["rebalance_timeout_ms"] / 3000
+
+
+async def test_wait_unless_handed_back_outside_an_engine_is_a_plain_sleep() -> None:
+    assert await wait_unless_handed_back(0.01) is False

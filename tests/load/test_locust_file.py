@@ -21,7 +21,9 @@ LOCUST_FILE = REPO / "tests" / "load" / "worker_load_test.py"
 async def test_locust_file_drives_the_router_and_reports_no_failure(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    async with workers_running(deployment, tmp_path, ["router", "whatsapp_mock,instagram_mock"]):
+    # The mocks call the webhooks role back (DELIVERED, READ), as in production.
+    groups = ["router", "whatsapp_mock,instagram_mock,webhooks"]
+    async with workers_running(deployment, tmp_path, groups):
         env = {
             **deployment.environ(),
             "LOAD_RATE_PER_USER": "5",

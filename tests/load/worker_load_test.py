@@ -26,9 +26,12 @@ file headless against a router and the mocks in `make test`):
     kill %1                                                 # SIGTERM drains the workers
 
 The workers and Locust read the same variables, so one shell configures both. Only the router and
-the mocks are needed (SENT comes from the router); with `--roles all` the status updater also
-runs and warns about every status of these messages, which have no `messages` row. Dedup markers
-stay in Redis for 24 h under the key prefix (`redis-cli --scan --pattern 'load:*'` finds them).
+the mocks are needed (SENT comes from the router); add `webhooks` (and export
+WHATSAPP_APP_SECRET / INSTAGRAM_APP_SECRET, which the mocks sign with) for the mocks' status
+webhooks to arrive as DELIVERED and READ, as in production; with `--roles all` the status
+updater also runs and warns about every status of these messages, which have no `messages` row.
+Dedup markers stay in Redis for 24 h under the key prefix (`redis-cli --scan --pattern 'load:*'`
+finds them).
 
 Environment (defaults in brackets):
 - KAFKA_BOOTSTRAP_SERVERS [127.0.0.1:9092]

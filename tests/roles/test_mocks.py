@@ -1,17 +1,23 @@
-"""The channel mocks speak the providers' HTTP and report DELIVERED and READ like webhooks."""
+"""The channel mocks speak the providers' HTTP and call back with signed webhooks, as Meta does."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
 from chat4all_workers.channels.base import OutboundMessage
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
+from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER, signature_matches
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.errors import (
     AccountError,
@@ -20,7 +26,7 @@ from chat4all_workers.errors import (
     TransientProviderError,
 )
 from chat4all_workers.supervisor import Supervisor
-from tests.support import Deployment, eventually, read_topic
+from tests.support import DEV_APP_SECRET, Deployment, eventually, free_port, read_topic
 
 pytestmark = pytest.mark.stack
 
@@ -35,10 +41,59 @@ def outbound(recipient: str, n: int = 1) -> OutboundMessage:
     )
 
 
-async def test_mocks_accept_sends_and_emit_delivered_then_read(deployment: Deployment) -> None:
+@dataclass
+class StandIn:
+    """An app's webhook endpoint standing in for the webhooks role: it records what the mock
+    posts and answers `refuse_first` POSTs with 503 before it takes them."""
+
+    url: str
+    refuse_first: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    signed: list[bool] = field(default_factory=list)
+    refused: int = 0
+
+    def whatsapp_statuses(self) -> list[str]:
+        return [
+            status["status"]
+            for body in self.bodies
+            for status in body["entry"][0]["changes"][0]["value"]["statuses"]
+        ]
+
+
+@contextlib.asynccontextmanager
+async def stand_in(*, refuse_first: int = 0) -> AsyncIterator[StandIn]:
+    port = free_port()
+    endpoint = StandIn(f"http://127.0.0.1:{port}/hook", refuse_first=refuse_first)
+
+    async def hook(request: web.Request) -> web.Response:
+        raw = await request.read()
+        if endpoint.refused < endpoint.refuse_first:
+            endpoint.refused += 1
+            return web.Response(status=503)
+        endpoint.signed.append(
+            signature_matches(DEV_APP_SECRET, raw, request.headers.get(SIGNATURE_HEADER))
+        )
+        endpoint.bodies.append(orjson.loads(raw))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield endpoint
+    finally:
+        await runner.cleanup()
+
+
+async def test_mocks_call_back_the_webhooks_role_with_sent_delivered_and_read(
+    deployment: Deployment,
+) -> None:
     settings = deployment.settings(mocks={"delivered_after_ms": 20.0, "read_after_ms": 60.0})
+    roles = ["whatsapp_mock", "instagram_mock", "webhooks"]
     async with (
-        Supervisor(settings, roles=["whatsapp_mock", "instagram_mock"], serve_http=False) as sup,
+        Supervisor(settings, roles=roles, serve_http=False) as sup,
         HttpClient() as channel_http,
         aiohttp.ClientSession() as http,
     ):
@@ -47,26 +102,155 @@ async def test_mocks_accept_sends_and_emit_delivered_then_read(deployment: Deplo
         ig = await InstagramAdapter(settings.instagram, channel_http).send(outbound("1784", 2))
         topic = deployment.topics["message_status_updates"]
 
-        async def four_updates() -> bool:
-            return len(await read_topic(deployment.stack, topic)) >= 4
+        async def five_updates() -> bool:
+            return len(await read_topic(deployment.stack, topic)) >= 5
 
-        await eventually(four_updates, timeout_s=20, message="DELIVERED and READ for both")
+        await eventually(five_updates, timeout_s=20, message="the statuses of both")
         async with http.get(f"{settings.whatsapp.base_url}/__mock__/sent") as response:
             sent = await response.json()
+        stats = {
+            c: await mock_stats(getattr(settings, c).base_url) for c in ("whatsapp", "instagram")
+        }
 
     updates = [orjson.loads(r.value) for r in await read_topic(deployment.stack, topic)]
     assert wa.provider_message_id.startswith("wamid.")
     assert ig.provider_message_id.startswith("mid.")
     assert sorted((u["channel"], u["new_status"]) for u in updates) == [
-        ("instagram", "DELIVERED"),
-        ("instagram", "READ"),
+        ("instagram", "READ"),  # Instagram sends no delivery receipts
+        ("instagram", "SENT"),  # its echo of our message
         ("whatsapp", "DELIVERED"),
         ("whatsapp", "READ"),
+        ("whatsapp", "SENT"),
     ]
+    assert {u["details"]["provider_message_id"] for u in updates if u["channel"] == "whatsapp"} == {
+        wa.provider_message_id
+    }
     assert {u["message_id"] for u in updates if u["channel"] == "whatsapp"} == {
         outbound("x").message_id
     }
     assert [s["text"] for s in sent] == ["hello 1"]
+    assert stats["whatsapp"]["webhooks"] | {"url": ""} == {
+        "url": "",
+        "signed": True,
+        "posted": 3,
+        "retried": 0,
+        "dropped": 0,
+        "pending": 0,
+    }
+    assert stats["instagram"]["webhooks"]["posted"] == 2
+
+
+async def test_mock_retries_a_webhook_answered_503_and_keeps_the_order(
+    deployment: Deployment,
+) -> None:
+    async with stand_in(refuse_first=2) as app:
+        settings = deployment.settings(
+            mocks={
+                "delivered_after_ms": 10.0,
+                "read_after_ms": 20.0,
+                "whatsapp_webhook_url": app.url,
+            }
+        )
+        async with (
+            Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+            HttpClient() as http,
+        ):
+            await sup.wait_ready(10)
+            await WhatsAppAdapter(settings.whatsapp, http).send(outbound("+5511"))
+            await eventually(lambda: len(app.bodies) == 3, timeout_s=20, message="three webhooks")
+            stats = await mock_stats(settings.whatsapp.base_url)
+
+    assert app.refused == 2
+    assert app.whatsapp_statuses() == ["sent", "delivered", "read"]  # each after the one before
+    assert app.signed == [True, True, True]
+    assert (stats["webhooks"]["posted"], stats["webhooks"]["retried"]) == (3, 2)
+
+
+async def test_mock_flushes_its_pending_webhooks_on_shutdown(deployment: Deployment) -> None:
+    async with stand_in() as app:
+        settings = deployment.settings(
+            mocks={
+                "delivered_after_ms": 60_000.0,  # not due before the mock stops
+                "read_after_ms": 120_000.0,
+                "whatsapp_webhook_url": app.url,
+            }
+        )
+        async with (
+            Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+            HttpClient() as http,
+        ):
+            await sup.wait_ready(10)
+            for n in range(20):
+                await WhatsAppAdapter(settings.whatsapp, http).send(outbound(f"+55{n}", n))
+            await eventually(lambda: len(app.bodies) == 20, message="the sent webhooks")
+        # The supervisor has stopped: what was pending went out on the way.
+
+    assert sorted(app.whatsapp_statuses()) == ["delivered"] * 20 + ["read"] * 20 + ["sent"] * 20
+
+
+async def test_mock_without_an_app_secret_says_so_and_sends_no_webhook(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with stand_in() as app:
+        settings = deployment.settings(
+            webhooks={"whatsapp_app_secret": ""}, mocks={"whatsapp_webhook_url": app.url}
+        )
+        with caplog.at_level(logging.WARNING):
+            async with (
+                Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+                HttpClient() as http,
+            ):
+                await sup.wait_ready(10)
+                await WhatsAppAdapter(settings.whatsapp, http).send(outbound("+5511"))
+                stats = await mock_stats(settings.whatsapp.base_url)
+
+    warnings = [r.getMessage() for r in caplog.records if "no app secret" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "WHATSAPP_APP_SECRET" in warnings[0]
+    assert stats["accepted"] == 1
+    assert stats["webhooks"]["signed"] is False
+    assert "cannot be signed" in stats["webhooks"]["not_sent"]
+    assert app.bodies == []
+
+
+async def test_mock_with_a_webhook_url_it_cannot_post_to_says_so_and_still_serves(
+    deployment: Deployment,
+) -> None:
+    settings = deployment.settings(mocks={"whatsapp_webhook_url": "webhooks.example/whatsapp"})
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+        HttpClient() as http,
+    ):
+        await sup.wait_ready(10)
+        await WhatsAppAdapter(settings.whatsapp, http).send(outbound("+5511"))
+        stats = await mock_stats(settings.whatsapp.base_url)
+
+    assert stats["accepted"] == 1
+    assert stats["webhooks"]["not_sent"] == "not an http(s) URL: 'webhooks.example/whatsapp'"
+    assert stats["webhooks"]["pending"] == 0
+
+
+async def test_mock_finishes_a_request_whose_client_gave_up_and_calls_back(
+    deployment: Deployment,
+) -> None:
+    async with stand_in() as app:
+        settings = deployment.settings(
+            mocks={"latency_ms": 600.0, "whatsapp_webhook_url": app.url},
+            whatsapp={"timeout_s": 0.1},
+        )
+        async with (
+            Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+            HttpClient() as http,
+        ):
+            await sup.wait_ready(10)
+            with pytest.raises(TransientProviderError) as timed_out:
+                await WhatsAppAdapter(settings.whatsapp, http).send(outbound("+5511"))
+            await eventually(lambda: len(app.bodies) >= 1, timeout_s=10, message="its webhook")
+            stats = await mock_stats(settings.whatsapp.base_url)
+
+    assert timed_out.value.in_doubt  # written, then no answer in time
+    assert stats["accepted"] == 1  # as Meta: the provider took it all the same
+    assert app.whatsapp_statuses()[0] == "sent"
 
 
 async def test_mock_enforces_the_account_rate_as_meta_does(deployment: Deployment) -> None:

@@ -185,16 +185,19 @@ async def test_router_redelivery_sends_nothing_twice(deployment: Deployment) -> 
     assert sum(1 for u in updates if u["new_status"] == "SENT") == 40  # re-emitted, not re-sent
 
 
-async def test_router_survives_kill_9_without_losing_or_repeating_a_send(
+async def test_router_in_dead_letter_mode_survives_kill_9_without_repeating_a_send(
     deployment: Deployment, tmp_path: Path
 ) -> None:
+    """A provider that never calls back (no webhooks), `on_unknown_outcome = "dead_letter"`: a
+    send in doubt after the kill is never repeated; it is FAILED and dead-lettered."""
     docs = [message(c, f"k{c}-{n}") for n in range(10) for c in range(40)]
     await produce(
         deployment.stack, deployment.topics["message_processing"], [record(d) for d in docs]
     )
+    doubt = {"retry_cap_s": 0.5, "on_unknown_outcome": "dead_letter", "in_doubt_window_s": 0.5}
     async with FakeChannelApi(latency_s=0.05) as channel:
         env = deployment.environ(
-            whatsapp={"base_url": channel.base_url, "timeout_s": 2.0}, router={"retry_cap_s": 0.5}
+            whatsapp={"base_url": channel.base_url, "timeout_s": 2.0}, router=doubt
         )
         first = WorkerProcess("router", env, tmp_path / "first.log")
         await first.start()
@@ -205,18 +208,21 @@ async def test_router_survives_kill_9_without_losing_or_repeating_a_send(
         finally:
             await first.stop()
         before_restart = len(channel.calls)
-        await route_all(deployment, channel, retry_cap_s=0.5)
+        await route_all(deployment, channel, **doubt)
 
     texts = channel.texts()
-    unknown = [
-        orjson.loads(d["value"])["payload"]["content"]
+    unknown = {
+        orjson.loads(d["value"])["message_id"]: orjson.loads(d["value"])["payload"]["content"]
         for d in await dead_letters(deployment)
         if d["dlq.error_type"] == "delivery_unknown"
-    ]
+    }
+    failed = {u["message_id"] for u in await statuses(deployment) if u["new_status"] == "FAILED"}
     assert before_restart < len(docs)
     assert len(texts) == len(set(texts)), "a message was sent twice"
-    # Every message was sent once, or (killed mid-send) dead-lettered as of unknown outcome.
-    assert set(texts) | set(unknown) == {d["payload"]["content"] for d in docs}
+    # Every message was sent once, or (killed mid-send) dead-lettered as of unknown outcome,
+    # with a FAILED status (no message left PROCESSING).
+    assert set(texts) | set(unknown.values()) == {d["payload"]["content"] for d in docs}
+    assert failed == set(unknown)
     for c in range(40):
         assert [t for t in texts if t.startswith(f"k{c}-")] == sorted(
             (t for t in texts if t.startswith(f"k{c}-")), key=lambda t: int(t.split("-")[1])
@@ -385,8 +391,12 @@ async def route_with_mocks(
     await produce(
         deployment.stack, deployment.topics["message_processing"], [record(d) for d in docs]
     )
+    # No webhooks: the statuses seen are the router's alone (tests/roles/test_in_doubt.py
+    # runs the mocks calling the webhooks role back).
+    no_callbacks = {"whatsapp_app_secret": "", "instagram_app_secret": ""}
     settings = deployment.settings(
         mocks=mocks or {},
+        webhooks=no_callbacks,
         **{"router": {"retry_base_s": 0.01, "retry_cap_s": 0.05}, **sections},
     )
     mock_roles = ["whatsapp_mock", "instagram_mock"]
@@ -625,6 +635,11 @@ async def a_router(settings: Any) -> AsyncIterator[tuple[Router, aioredis.Redis]
         )
 
 
+async def one_request(settings: Any) -> bool:
+    """The WhatsApp mock has one request (under way or answered)."""
+    return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
+
+
 def consumed(doc: dict[str, Any]) -> ConsumedRecord:
     key, value = record(doc)
     return ConsumedRecord("message_processing", 0, 0, key, value, (), 0)
@@ -641,11 +656,7 @@ async def test_a_send_cancelled_mid_request_waits_for_the_answer_and_marks_it_se
     ):
         await mocks.wait_ready(10)
         sending = asyncio.ensure_future(router.handle(consumed(doc)))
-
-        async def requested() -> bool:
-            return int((await mock_get(settings, "whatsapp", "/__mock__/stats"))["requests"]) == 1
-
-        await eventually(requested, message="the request under way")
+        await eventually(lambda: one_request(settings), message="the request under way")
         sending.cancel()
         with pytest.raises(asyncio.CancelledError):
             await sending
@@ -657,6 +668,34 @@ async def test_a_send_cancelled_mid_request_waits_for_the_answer_and_marks_it_se
     assert [a["text"] for a in accepted] == ["in flight when cancelled"]
     assert isinstance(marker, bytes)
     assert marker.startswith(b"sent:wamid.")  # a redelivery sends nothing
+
+
+async def test_a_send_cancelled_twice_mid_request_leaves_it_in_doubt_for_the_next_owner(
+    deployment: Deployment,
+) -> None:
+    doc = message(1, "cancelled twice while in flight")
+    settings = deployment.settings(mocks={"latency_ms": 800.0})
+    async with (
+        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        a_router(settings) as (router, redis),
+    ):
+        await mocks.wait_ready(10)
+        sending = asyncio.ensure_future(router.handle(consumed(doc)))
+        await eventually(lambda: one_request(settings), message="the request under way")
+        sending.cancel()
+        await asyncio.sleep(0)  # one loop step: the task takes the cancel, finishes the request
+        sending.cancel()  # ... and is cancelled again while it waits for the answer
+        with pytest.raises(asyncio.CancelledError):
+            await sending
+        marker = await redis.get(
+            f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
+        )
+
+    assert isinstance(marker, bytes)
+    assert marker.startswith(b"lease:")
+    assert marker.endswith(b":0")  # expired now: the next owner waits for the provider's word
+    handed_back = {"channel": "whatsapp", "resolution": "handed_back"}
+    assert metric_value(router.ctx.metrics.router_in_doubt, handed_back) == 1
 
 
 async def test_a_send_cancelled_between_attempts_releases_its_lease_at_once(

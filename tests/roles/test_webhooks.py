@@ -199,6 +199,43 @@ async def test_webhooks_whatsapp_statuses_become_status_updates(deployment: Depl
     }
 
 
+async def test_webhooks_record_the_providers_word_in_the_routers_dedup_markers(
+    deployment: Deployment,
+) -> None:
+    in_doubt, given_up, known = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+
+    def key(message_id: str) -> str:
+        return f"{deployment.redis_prefix}message:dedup:{message_id}:whatsapp"
+
+    redis = aioredis.from_url(deployment.stack.redis_url)
+    try:
+        await redis.set(key(in_doubt), "lease:abc1:1.000", ex=600)  # a router killed mid-send
+        await redis.set(key(given_up), "failed:retries_exhausted:message_processing:0:7", ex=600)
+        await redis.set(key(known), "sent:wamid.K", ex=600)
+        body = statuses_body(
+            status(in_doubt, "sent", wamid="wamid.D"),
+            status(in_doubt, "delivered", wamid="wamid.D"),  # one verdict per message
+            status(given_up, "failed", wamid="wamid.G"),  # failed at the provider: it had it
+            status(known, "read", wamid="wamid.K"),
+        )
+        async with running(webhook_settings(deployment)) as endpoint:
+            code, _ = await endpoint.post("whatsapp", body)
+            verdicts = endpoint.supervisor.metrics.webhook_verdicts
+            counted = {
+                marker: metric_value(verdicts, {"channel": "whatsapp", "marker": marker})
+                for marker in ("lease", "failed", "sent")
+            }
+        markers = [await redis.get(key(m)) for m in (in_doubt, given_up, known)]
+        ttl = await redis.ttl(key(in_doubt))
+    finally:
+        await redis.aclose()
+
+    assert code == 200
+    assert markers == [b"sent:wamid.D", b"sent:wamid.G", b"sent:wamid.K"]
+    assert 0 < ttl <= 600  # the marker's TTL is kept
+    assert counted == {"lease": 1.0, "failed": 1.0, "sent": 1.0}
+
+
 async def test_webhooks_ignore_foreign_and_unknown_statuses_counting_each_reason(
     deployment: Deployment,
 ) -> None:

@@ -1,4 +1,5 @@
-"""The HTTP client of the channel adapters: JSON POSTs over kept-alive HTTP/1.1 connections.
+"""The HTTP client of the channel adapters (and of the mocks' webhooks): JSON POSTs over
+kept-alive HTTP/1.1 connections.
 
 Why not aiohttp's ClientSession, which the rest of the stack (miniopy-async, the mocks) uses: one
 request through it cost about 140 us of CPU here, the largest single cost of routing a message

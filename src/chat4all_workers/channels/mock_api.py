@@ -15,13 +15,21 @@ bearer token), so the real adapters are what talk to it, and it behaves like a r
   (Instagram); a text over the channel's limit (4,096 characters, 1,000 bytes): HTTP 400, code
   100; HTTP 500 at `error_rate`; every answer after `latency_ms`.
 
-Like the real webhooks, it later reports DELIVERED and READ for each accepted message (through
-`emit`, which the mock role points at `message_status_updates`), using the platform ids the
-adapters pass as opaque callback data.
+Like Meta, it calls the app back (channels/mock_callbacks.py): signed status webhooks POSTed
+to `mocks.whatsapp_webhook_url` / `mocks.instagram_webhook_url` (the webhooks role), echoing the
+callback data the adapters set verbatim. WhatsApp: `sent` at once, `delivered` after
+`delivered_after_ms`, `read` after `read_after_ms`; Instagram: the echo of our message (with its
+`metadata`) at once, then a read receipt after `read_after_ms` (Instagram sends no delivery
+receipts).
+
+Like Meta, a request it accepted is processed to the end even when the client stopped waiting
+(timed out, disconnected): the message is accepted, listed and called back. That is what makes a
+provider slower than the client's timeout a real test of the router's in-doubt handling.
 
 `GET /__mock__/sent` lists what it accepted, and `GET /__mock__/stats` counts requests by
-outcome (accepted, throttled, pair_throttled, unauthorized, rejected, failed), so a developer
-(or a test) can see exactly what was delivered and how often.
+outcome (accepted, throttled, pair_throttled, unauthorized, rejected, failed) and the webhooks
+(`webhooks`: url, signed, posted, retried, dropped, pending), so a developer (or a test) can see
+exactly what was delivered and how often.
 """
 
 from __future__ import annotations
@@ -33,26 +41,30 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from chat4all_workers.channels.instagram import TEXT_LIMIT_BYTES
+from chat4all_workers.channels.meta_webhooks import (
+    instagram_echo,
+    instagram_notification,
+    instagram_read,
+    whatsapp_notification,
+    whatsapp_status,
+)
+from chat4all_workers.channels.mock_callbacks import Callbacks, Stage
 from chat4all_workers.channels.whatsapp import TEXT_LIMIT_CHARACTERS
 from chat4all_workers.config import MockSettings
-from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.deadline import ShutdownDeadline
 
 log = logging.getLogger(__name__)
 
-StatusEmitter = Callable[[dict[str, Any]], Awaitable[None]]
-
 _MAX_REMEMBERED = 100_000  # accepted messages kept for /__mock__/sent
-_MAX_EMITS_IN_FLIGHT = 256
-_MAX_PENDING_STATUSES = 50_000  # DELIVERED/READ waiting to be emitted
+_FLUSH_CAP_S = 10.0  # the longest a stopping mock flushes its webhooks
 _MAX_PAIRS = 100_000  # (account, recipient) pair states kept before the expired are dropped
 
 
@@ -85,20 +97,18 @@ class Accepted:
     accepted_at: float
 
 
-@dataclass(frozen=True)
-class _Due:
-    at: float
-    accepted: Accepted
-    status: str
-
-
 class MockChannel:
     def __init__(
-        self, channel: str, settings: MockSettings, emit: StatusEmitter, *, seed: int | None = None
+        self,
+        channel: str,
+        settings: MockSettings,
+        callbacks: Callbacks,
+        *,
+        seed: int | None = None,
     ) -> None:
         self.channel = channel
         self.settings = settings
-        self._emit = emit
+        self.callbacks = callbacks
         self._random = random.Random(seed)
         self._ids = itertools.count(1)
         self.accepted: deque[Accepted] = deque(maxlen=_MAX_REMEMBERED)
@@ -116,8 +126,6 @@ class MockChannel:
             _Gcra(interval_s=settings.pair_interval_s, burst=settings.pair_burst) if pair else None
         )
         self._throttle_code = 130429 if whatsapp else 613
-        self._delivered: asyncio.Queue[_Due] = asyncio.Queue(_MAX_PENDING_STATUSES)
-        self._read: asyncio.Queue[_Due] = asyncio.Queue(_MAX_PENDING_STATUSES)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -128,27 +136,36 @@ class MockChannel:
         return app
 
     @contextlib.asynccontextmanager
-    async def serving(self, host: str, port: int) -> AsyncIterator[int]:
-        """Serve on host:port and emit statuses until the block ends; yields the bound port."""
-        runner = web.AppRunner(self.app(), access_log=None)
+    async def serving(
+        self, host: str, port: int, *, shutdown: ShutdownDeadline | None = None
+    ) -> AsyncIterator[int]:
+        """Serve on host:port and call back until the block ends, then finish the requests
+        under way and flush the pending webhooks, until the shutdown deadline's unwind end
+        (the supervisor cancels roles at the next point) and at most `_FLUSH_CAP_S`; yields
+        the bound port."""
+        # handler_cancellation=False (aiohttp's default, said out loud): a request whose client
+        # went away is still processed to the end, as Meta's would be.
+        runner = web.AppRunner(
+            self.app(), access_log=None, handler_cancellation=False, shutdown_timeout=5.0
+        )
         await runner.setup()
-        try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            sockets = getattr(site._server, "sockets", None) or []
-            bound = int(sockets[0].getsockname()[1]) if sockets else port
-            async with asyncio.TaskGroup() as tasks:
-                emitters = [
-                    tasks.create_task(self._emit_when_due(self._delivered, self._read)),
-                    tasks.create_task(self._emit_when_due(self._read, None)),
-                ]
+        async with asyncio.TaskGroup() as tasks:
+            calling_back = tasks.create_task(self.callbacks.run())
+            try:
+                site = web.TCPSite(runner, host, port)
+                await site.start()
+                sockets = getattr(site._server, "sockets", None) or []
+                yield int(sockets[0].getsockname()[1]) if sockets else port
+            finally:
+                until = asyncio.get_running_loop().time() + _FLUSH_CAP_S
+                if shutdown is not None:
+                    until = min(until, shutdown.unwind_end())
                 try:
-                    yield bound
+                    self.callbacks.start_flushing()
+                    await runner.cleanup()  # the requests under way finish and call back too
+                    await self.callbacks.flush(until)
                 finally:
-                    for task in emitters:
-                        task.cancel()
-        finally:
-            await runner.cleanup()
+                    calling_back.cancel()
 
     # -- the provider API --------------------------------------------------------------------
 
@@ -192,7 +209,7 @@ class MockChannel:
         if problem := self._refusal(recipient, text):
             self.stats["rejected"] += 1
             return problem
-        accepted = self._accept(recipient, text, callback)
+        accepted = self._accept(account, recipient, text, callback)
         if self._whatsapp:
             return web.json_response(
                 {
@@ -222,7 +239,7 @@ class MockChannel:
             return _error(400, f"(#100) Text must be {TEXT_LIMIT_BYTES} bytes or fewer", 100)
         return None
 
-    def _parse(self, body: Any) -> tuple[str, str, dict[str, Any]]:
+    def _parse(self, body: Any) -> tuple[str, str, str | None]:
         if self.channel == "whatsapp":
             if body.get("messaging_product") != "whatsapp":
                 raise ValueError("messaging_product must be whatsapp")
@@ -237,12 +254,20 @@ class MockChannel:
             message = body["message"]
             text = str(message.get("text") or message["attachment"]["payload"]["url"])
             raw_callback = message.get("metadata")
-        callback = orjson.loads(raw_callback) if raw_callback else {}
-        return recipient, text, callback if isinstance(callback, dict) else {}
+        if raw_callback is not None and not isinstance(raw_callback, str):
+            raise TypeError("the callback data must be a string")
+        return recipient, text, raw_callback
 
-    def _accept(self, recipient: str, text: str, callback: dict[str, Any]) -> Accepted:
+    def _accept(
+        self, account: str, recipient: str, text: str, raw_callback: str | None
+    ) -> Accepted:
         number = next(self._ids)
         prefix = "wamid.MOCK" if self.channel == "whatsapp" else "mid.MOCK"
+        try:
+            callback = orjson.loads(raw_callback) if raw_callback else {}
+        except orjson.JSONDecodeError:
+            callback = {}
+        callback = callback if isinstance(callback, dict) else {}
         conversation = callback.get("conversation_id")
         accepted = Accepted(
             provider_message_id=f"{prefix}{number:012d}",
@@ -254,13 +279,57 @@ class MockChannel:
         )
         self.accepted.append(accepted)
         self.stats["accepted"] += 1
-        if accepted.message_id is not None and accepted.conversation_id is not None:
-            due = time.monotonic() + self.settings.delivered_after_ms / 1000
-            try:
-                self._delivered.put_nowait(_Due(due, accepted, "DELIVERED"))
-            except asyncio.QueueFull:
-                log.warning("mock %s: too many pending status updates; dropping one", self.channel)
+        # Meta calls back for every message it accepted, ours or not (the webhooks role tells).
+        self.callbacks.schedule(self._callbacks_for(account, accepted, raw_callback))
         return accepted
+
+    def _callbacks_for(
+        self, account: str, accepted: Accepted, raw_callback: str | None
+    ) -> list[Stage]:
+        """What Meta would send this app about a message it accepted."""
+        provider_id, recipient = accepted.provider_message_id, accepted.recipient
+        delivered_s = self.settings.delivered_after_ms / 1000
+        read_s = max(self.settings.read_after_ms / 1000, delivered_s)
+        if self._whatsapp:
+
+            def whatsapp(name: str, after_s: float) -> Stage:
+                def write(now_s: float) -> bytes:
+                    item = whatsapp_status(
+                        provider_id,
+                        name,
+                        at_s=int(now_s),
+                        recipient_id=recipient.lstrip("+"),
+                        callback_data=raw_callback,
+                    )
+                    notification = whatsapp_notification(phone_number_id=account, statuses=[item])
+                    return orjson.dumps(notification)
+
+                return Stage(after_s, write)
+
+            return [
+                whatsapp("sent", 0.0),
+                whatsapp("delivered", delivered_s),
+                whatsapp("read", read_s),
+            ]
+
+        def echo(now_s: float) -> bytes:
+            event = instagram_echo(
+                provider_id,
+                customer=recipient,
+                account_id=account,
+                at_ms=int(now_s * 1000),
+                metadata=raw_callback,
+                text=accepted.text,
+            )
+            return orjson.dumps(instagram_notification(account_id=account, events=[event]))
+
+        def read(now_s: float) -> bytes:
+            event = instagram_read(
+                provider_id, customer=recipient, account_id=account, at_ms=int(now_s * 1000)
+            )
+            return orjson.dumps(instagram_notification(account_id=account, events=[event]))
+
+        return [Stage(0.0, echo), Stage(read_s, read)]
 
     async def _sent(self, _: web.Request) -> web.Response:
         return web.Response(
@@ -268,7 +337,9 @@ class MockChannel:
         )
 
     async def _stats(self, _: web.Request) -> web.Response:
-        return web.json_response({**self.stats, "token_expired": self.token_expired})
+        return web.json_response(
+            {**self.stats, "token_expired": self.token_expired, "webhooks": self.callbacks.stats()}
+        )
 
     async def _token(self, request: web.Request) -> web.Response:
         """`{"expired": true}` expires the access token (every send: 401, code 190); false
@@ -286,52 +357,6 @@ class MockChannel:
             )
         self.token_expired = expired
         return web.json_response({"token_expired": expired})
-
-    # -- the webhooks ------------------------------------------------------------------------
-
-    async def _emit_when_due(
-        self, queue: asyncio.Queue[_Due], then: asyncio.Queue[_Due] | None
-    ) -> None:
-        """Emit each status when due; the delays are fixed, so queue order is due order.
-
-        Emits run concurrently (bounded): one at a time, each waiting for Kafka's ack, capped
-        the mock near 140 statuses/s and made DELIVERED seconds late under load.
-        """
-        slots = asyncio.Semaphore(_MAX_EMITS_IN_FLIGHT)
-        async with asyncio.TaskGroup() as emits:
-            while True:
-                item = await queue.get()
-                delay = item.at - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await slots.acquire()
-                emits.create_task(self._emit_one(item, then, slots))
-
-    async def _emit_one(
-        self, item: _Due, then: asyncio.Queue[_Due] | None, slots: asyncio.Semaphore
-    ) -> None:
-        try:
-            update = {
-                "message_id": item.accepted.message_id,
-                "conversation_id": item.accepted.conversation_id,
-                "channel": self.channel,
-                "new_status": item.status,
-                "timestamp": datetime.now(UTC).isoformat(),
-                "details": {"provider_message_id": item.accepted.provider_message_id},
-            }
-            try:
-                await self._emit(update)
-            except (RetryableError, PermanentError) as exc:
-                log.warning("mock %s: could not emit %s: %s", self.channel, item.status, exc)
-            if then is not None:  # READ only after its DELIVERED went out
-                due = (
-                    item.at
-                    + (self.settings.read_after_ms - self.settings.delivered_after_ms) / 1000
-                )
-                with contextlib.suppress(asyncio.QueueFull):
-                    then.put_nowait(_Due(due, item.accepted, "READ"))
-        finally:
-            slots.release()
 
 
 def _error(

@@ -36,7 +36,8 @@ key's records count against `kafka.max_held_records` instead of `max_in_flight`,
 records held for one paused channel do not stop the engine from fetching the other channel's.
 Past that bound they count normally again, so memory stays bounded. A held record is still
 unfinished: it holds its partition's commit position where it is, and a crash redelivers it
-and everything after it (the handlers' dedup markers make that harmless).
+and everything after it (the handlers' dedup markers make that harmless). Such a handler waits
+with `wait_unless_handed_back`, which returns at once when its record is to be handed back.
 """
 
 from __future__ import annotations
@@ -393,6 +394,9 @@ class ConsumerEngine:
     def _owns(self, partition: _Partition) -> bool:
         return partition.ownership is _Ownership.OWNED
 
+    def _handing_back(self, partition: _Partition) -> bool:
+        return self._draining() or not self._owns(partition)
+
     async def _handle(self, partition: _Partition, record: ConsumedRecord) -> bool:
         """Run the handler until it finishes the record; False if handed back (draining or
         revoked) while a retry was pending."""
@@ -673,6 +677,26 @@ def _lag_of(consumer: AIOKafkaConsumer, partition: _Partition) -> int | None:
     if highwater is None or done is None:
         return None
     return max(0, highwater - done)
+
+
+async def wait_unless_handed_back(delay_s: float) -> bool:
+    """Sleep up to `delay_s` in a key worker; True, at once, when this key's record is being
+    handed back meanwhile (its partition revoked, the engine stopping or stopped by a bug): for a
+    handler that waits a long while on an outside condition (the router waiting for the
+    provider's word), so a revocation does not wait for it (a third of
+    `kafka.rebalance_timeout_ms`) and then cancel it. Outside a key worker, a plain sleep."""
+    current = _key_worker.get()
+    if current is None:
+        await asyncio.sleep(delay_s)
+        return False
+    engine, (partition, _) = current
+    if engine._handing_back(partition):
+        return True
+    wakeup = engine._wakeup
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay_s):
+            await wakeup.wait()
+    return engine._handing_back(partition)
 
 
 def _lag_labels(tp: TopicPartition) -> dict[str, str]:

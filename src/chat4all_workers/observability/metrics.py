@@ -91,6 +91,24 @@ class Metrics:
             buckets=_PACING_BUCKETS,
             registry=r,
         )
+        self.router_in_doubt = Counter(
+            "router_in_doubt_total",
+            "Sends whose outcome was unknown (a worker stopped mid-send, a request timed out or "
+            "reset after it was written), by channel and resolution: confirmed (the provider's "
+            "word came), resent (silent for router.in_doubt_window_s: sent again), "
+            "dead_lettered (silent, on_unknown_outcome = dead_letter), exhausted (silent on the "
+            "last attempt), handed_back (stopped or revoked while waiting: the next owner "
+            "resolves it).",
+            registry=r,
+        )
+        self.webhook_verdicts = Counter(
+            "webhook_verdicts_total",
+            "Provider statuses recorded in the router's dedup markers, by channel and what the "
+            "marker held: sent (already known), lease (a send not marked yet: its answer on the "
+            "way, or in doubt), failed (given up on, yet the provider had it), absent, other (a "
+            "marker of another router).",
+            registry=r,
+        )
         self.webhook_requests = Counter(
             "webhook_requests_total",
             "Requests to the webhooks endpoint, by channel and outcome (accepted, parked, "

@@ -1,30 +1,52 @@
 """Per-channel send markers in Redis: at most one send per (message, channel) in 24 h.
 
-The key `message:dedup:{message_id}:{channel}` lives for `router.dedup_ttl_s` from the moment a
-worker claims the send, and holds one of:
+The key `message:dedup:{message_id}:{channel}` (`marker_key`) lives for `router.dedup_ttl_s` from
+the moment a worker claims the send, and holds one of:
 
-- `lease:{token}:{deadline}`: a worker is sending; it renews the deadline before each attempt;
-- `sent:{provider_message_id}`: the provider accepted the message.
+- `lease:{token}:{deadline}`: a worker is sending; it renews the deadline before each attempt
+  (and while it waits for the provider's word, below);
+- `sent:{provider_message_id}`: the provider accepted the message. Written by the router from
+  the provider's answer, or by the webhooks role from the provider's status webhooks (the
+  provider's word: every status of a message, sent, delivered, read or failed, proves it took
+  the send), whichever comes first; never replaced;
+- `failed:{error_type}:{topic}:{partition}:{offset}`: a worker gave up on this channel (FAILED,
+  dead-lettered) while handling the record at that position. Terminal for THAT record: a
+  redelivery of it (a crash before its commit, an in-place retry, a rebalance) reads "already
+  given up", emits FAILED again and sends nothing, instead of sending a message that was
+  reported FAILED. Any other record of the message (a `dlq replay`, re-published at a new
+  offset; a duplicate from the outbox) takes it over as a fresh claim: that is what a replay is
+  for. The provider's word turns it into `sent:` (the send that was given up on had reached it).
+- anything else: a marker this code did not write (the platform's original router stored a flag
+  of its own under the same key, docs/migrating.md). That worker handled the message: read as
+  sent, never in doubt, never sent again.
 
 A worker that finds a live lease of another waits (a retry of the record). One that finds an
-expired lease knows a worker died mid-send: the provider may or may not have the message. The
-marker says so, instead of the key silently expiring and the message being sent again.
+expired lease knows a worker died mid-send (or gave up waiting for an answer): the provider may
+or may not have the message, so the claim says ORPHANED and the router waits for the provider's
+word before it decides (roles/router.py). The marker is never deleted while the provider may
+have the message or once a worker gave up on it; it is released (deleted) only when the
+provider certainly did not take it and the same record tries again (a throttled or account
+answer, a send held by a paused channel, a cancel before anything was written).
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import itertools
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 
 from chat4all_workers.autopipeline import AutoPipeline
 
 _SENT = "sent:"
 _LEASE = "lease:"
+_FAILED = "failed:"
 
 # Replace the value only while it is still the one we saw (a compare-and-set): renewing our
 # lease, or taking over an expired one so that two workers cannot both decide its fate.
@@ -39,6 +61,39 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Give up on a send: `failed:...` replaces our lease (ARGV[1]; '' = the key must be absent),
+# never a `sent:` (the provider has it after all). Returns what the key holds afterwards.
+_GIVE_UP = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 5) == 'sent:' then return current end
+if (ARGV[1] == '' and not current) or current == ARGV[1] then
+  if current then
+    redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  else
+    redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  end
+  return ARGV[2]
+end
+return current or ''
+"""
+# The provider's word (the webhooks role): `sent:{id}` replaces a lease, a `failed:`, a foreign
+# marker or nothing, and leaves a `sent:` alone. The TTL is kept (a marker lives
+# router.dedup_ttl_s from its claim); a new key, or one without a TTL, gets ARGV[2]. Returns what
+# the key held before: sent, lease, failed, other or absent.
+_VERDICT = """
+local current = redis.call('GET', KEYS[1])
+if current and string.sub(current, 1, 5) == 'sent:' then return 'sent' end
+local marker = 'sent:' .. ARGV[1]
+if current and redis.call('PTTL', KEYS[1]) > 0 then
+  redis.call('SET', KEYS[1], marker, 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], marker, 'EX', ARGV[2])
+end
+if not current then return 'absent' end
+if string.sub(current, 1, 6) == 'lease:' then return 'lease' end
+if string.sub(current, 1, 7) == 'failed:' then return 'failed' end
+return 'other'
+"""
 
 
 # A lease token only has to differ from every other worker's: a random process prefix and a
@@ -47,11 +102,51 @@ _PROCESS_TOKEN = secrets.token_hex(6)
 _lease_numbers = itertools.count()
 
 
+def marker_key(message_id: str, channel: str) -> str:
+    """The dedup key of (message, channel), before `Resources.redis_key` prefixes it."""
+    return f"message:dedup:{message_id}:{channel}"
+
+
+class Kind(enum.Enum):
+    ABSENT = "absent"
+    LEASE = "lease"
+    SENT = "sent"
+    FAILED = "failed"
+    FOREIGN = "foreign"  # not written by this code: the original router's flag
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A marker's value, read."""
+
+    kind: Kind
+    value: str = ""
+    provider_message_id: str = ""  # SENT
+    deadline: float = 0.0  # LEASE (Unix time; 0 for an unreadable one: expired)
+    error_type: str = ""  # FAILED
+    origin: str = ""  # FAILED: the record that gave up, "{topic}:{partition}:{offset}"
+
+
+def read_marker(raw: object) -> Marker:
+    value = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
+    if not value:
+        return Marker(Kind.ABSENT)
+    if value.startswith(_SENT):
+        return Marker(Kind.SENT, value, provider_message_id=value.removeprefix(_SENT))
+    if value.startswith(_LEASE):
+        return Marker(Kind.LEASE, value, deadline=_deadline(value))
+    if value.startswith(_FAILED):
+        error_type, _, origin = value.removeprefix(_FAILED).partition(":")
+        return Marker(Kind.FAILED, value, error_type=error_type, origin=origin)
+    return Marker(Kind.FOREIGN, value)
+
+
 class State(enum.Enum):
     CLAIMED = "claimed"  # ours now: send it
-    SENT = "sent"  # already accepted by the provider
+    SENT = "sent"  # already accepted by the provider (`foreign`: the original router's flag)
     BUSY = "busy"  # another worker holds a live lease
-    ORPHANED = "orphaned"  # a worker died mid-send; ours now, outcome unknown
+    ORPHANED = "orphaned"  # a worker stopped mid-send; ours now, outcome unknown
+    GIVEN_UP = "given_up"  # this record gave up on it before: FAILED again, send nothing
 
 
 @dataclass(frozen=True)
@@ -60,49 +155,53 @@ class Claim:
     provider_message_id: str = ""
     retry_after_s: float = 0.0
     lease: str = ""
+    error_type: str = ""  # GIVEN_UP: why it was given up
+    foreign: bool = False  # SENT by a marker this code did not write
 
 
 class SendMarkers:
     def __init__(self, redis: aioredis.Redis, *, ttl_s: int, lease_s: float) -> None:
         self._redis = redis
         # The hot path (claim, mark sent) rides one pipeline per loop iteration.
-        self._pipe = AutoPipeline(redis)
+        self.pipe = AutoPipeline(redis)
         self._ttl_s = ttl_s
-        self._lease_s = lease_s
+        self.lease_s = lease_s
         self._swap = redis.register_script(_SWAP)
         self._release = redis.register_script(_RELEASE)
+        self._give_up = redis.register_script(_GIVE_UP)
 
     def _new_lease(self, token: str) -> str:
-        return f"{_LEASE}{token}:{time.time() + self._lease_s:.3f}"
+        return f"{_LEASE}{token}:{time.time() + self.lease_s:.3f}"
 
-    async def claim(self, key: str) -> Claim:
+    async def claim(self, key: str, origin: str) -> Claim:
+        """Claim the send for the record at `origin` ("{topic}:{partition}:{offset}")."""
         lease = self._new_lease(f"{_PROCESS_TOKEN}{next(_lease_numbers):x}")
-        if await self._pipe.execute("SET", key, lease, "NX", "EX", self._ttl_s):
+        if await self.pipe.execute("SET", key, lease, "NX", "EX", self._ttl_s):
             return Claim(State.CLAIMED, lease=lease)
-        raw = await self._pipe.execute("GET", key)
-        current = raw.decode() if isinstance(raw, bytes) else str(raw or "")
-        if not current:  # expired between the two calls: try again from the top
-            return await self.claim(key)
-        if current.startswith(_SENT):
-            return Claim(State.SENT, provider_message_id=current.removeprefix(_SENT))
-        deadline = _deadline(current)
-        remaining = deadline - time.time()
-        if remaining > 0:
-            return Claim(State.BUSY, retry_after_s=remaining)
-        if await self._swap(keys=[key], args=[current, lease]):
-            return Claim(State.ORPHANED, lease=lease)
-        return Claim(State.BUSY, retry_after_s=1.0)  # someone else took it over just now
+        marker = await self.read(key)
+        if marker.kind is Kind.ABSENT:  # expired between the two calls: try again from the top
+            return await self.claim(key, origin)
+        if marker.kind is Kind.FAILED and marker.origin != origin:
+            # Given up by another record (this one is a replay): a fresh claim.
+            if await self._swap(keys=[key], args=[marker.value, lease]):
+                return Claim(State.CLAIMED, lease=lease)
+            return Claim(State.BUSY, retry_after_s=1.0)  # someone else took it over just now
+        if marker.kind is Kind.LEASE and marker.deadline <= time.time():
+            if await self._swap(keys=[key], args=[marker.value, lease]):
+                return Claim(State.ORPHANED, lease=lease)
+            return Claim(State.BUSY, retry_after_s=1.0)
+        seen = _seen(marker, origin)
+        assert seen is not None
+        return seen
 
-    async def peek(self, key: str) -> Claim | None:
-        """SENT or BUSY (another worker's live lease) without claiming; None when the send is
-        free to be claimed. Lets a paced send skip its wait for a message already sent."""
-        raw = await self._pipe.execute("GET", key)
-        current = raw.decode() if isinstance(raw, bytes) else str(raw or "")
-        if current.startswith(_SENT):
-            return Claim(State.SENT, provider_message_id=current.removeprefix(_SENT))
-        if current and (remaining := _deadline(current) - time.time()) > 0:
-            return Claim(State.BUSY, retry_after_s=remaining)
-        return None
+    async def peek(self, key: str, origin: str) -> Claim | None:
+        """SENT, GIVEN_UP or BUSY (another worker's live lease) without claiming; None when the
+        send is free to be claimed. Lets a paced send skip its wait for a message it will not
+        send."""
+        return _seen(await self.read(key), origin)
+
+    async def read(self, key: str) -> Marker:
+        return read_marker(await self.pipe.execute("GET", key))
 
     async def renew(self, key: str, lease: str) -> str | None:
         """A fresh lease before another attempt; None if the lease is no longer ours."""
@@ -111,15 +210,73 @@ class SendMarkers:
         return fresh if await self._swap(keys=[key], args=[lease, fresh]) else None
 
     async def mark_sent(self, key: str, provider_message_id: str) -> None:
-        await self._pipe.execute("SET", key, f"{_SENT}{provider_message_id}", "EX", self._ttl_s)
+        await self.pipe.execute("SET", key, f"{_SENT}{provider_message_id}", "EX", self._ttl_s)
 
     async def release(self, key: str, lease: str) -> None:
-        """Forget a failed send, so a replay from the DLQ may try again."""
+        """Forget a send the provider certainly did not take, for the same record to try again."""
         await self._release(keys=[key], args=[lease])
+
+    async def abandon(self, key: str, lease: str) -> None:
+        """Leave a send in doubt to the next owner at once: our lease, expired now (rather than
+        at its deadline), so its next claim is ORPHANED and waits for the provider's word."""
+        token = lease.removeprefix(_LEASE).split(":", 1)[0]
+        await self._swap(keys=[key], args=[lease, f"{_LEASE}{token}:0"])
+
+    async def give_up(self, key: str, lease: str | None, *, error_type: str, origin: str) -> Marker:
+        """Mark the send given up by the record at `origin`, replacing our lease (None: the key
+        must be absent, as after a released throttled send); what the key holds afterwards: our
+        `failed:`, a `sent:` (the provider's word came first: it has the message), or
+        another worker's marker (left alone)."""
+        failed = f"{_FAILED}{error_type}:{origin}"
+        now = await self._give_up(keys=[key], args=[lease or "", failed, self._ttl_s])
+        return read_marker(now)
+
+
+class ProviderVerdicts:
+    """The webhooks role's side: the provider's word recorded in the dedup markers.
+
+    Through an auto-pipeline (EVALSHA, the script loaded once): the markers of concurrent
+    requests go to Redis together, one round trip per loop iteration. Through redis-py's own
+    pipeline per request, the webhooks role spent twice the CPU per status (bench/webhooks.py).
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, ttl_s: int) -> None:
+        self._redis = redis
+        self._pipe = AutoPipeline(redis)
+        self._ttl_s = ttl_s
+        self._sha = hashlib.sha1(_VERDICT.encode()).hexdigest()
+
+    async def record(self, entries: Sequence[tuple[str, str]]) -> list[str]:
+        """For each (marker key, provider message id): the marker becomes `sent:{id}` unless it
+        already is. Returns what each marker held before (sent, lease, failed, other, absent)."""
+        if not entries:
+            return []
+        commands = [("EVALSHA", self._sha, 1, key, pid, self._ttl_s) for key, pid in entries]
+        found = await self._pipe.execute_many(commands)
+        if any(isinstance(f, redis_errors.NoScriptError) for f in found):
+            await self._redis.script_load(_VERDICT)  # a new or flushed Redis: load, once more
+            found = await self._pipe.execute_many(commands)
+        for f in found:
+            if isinstance(f, Exception):
+                raise f
+        return [f.decode() if isinstance(f, bytes) else str(f) for f in found]
+
+
+def _seen(marker: Marker, origin: str) -> Claim | None:
+    """What a marker means for a send that does not hold it; None when it is free to claim."""
+    if marker.kind is Kind.SENT:
+        return Claim(State.SENT, provider_message_id=marker.provider_message_id)
+    if marker.kind is Kind.FOREIGN:
+        return Claim(State.SENT, foreign=True)
+    if marker.kind is Kind.FAILED and marker.origin == origin:
+        return Claim(State.GIVEN_UP, error_type=marker.error_type)
+    if marker.kind is Kind.LEASE and (remaining := marker.deadline - time.time()) > 0:
+        return Claim(State.BUSY, retry_after_s=remaining)
+    return None
 
 
 def _deadline(value: str) -> float:
     try:
         return float(value.rsplit(":", 1)[1])
     except (IndexError, ValueError):
-        return 0.0  # unreadable marker: treat as expired
+        return 0.0  # unreadable lease: treat as expired

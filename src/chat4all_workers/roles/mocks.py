@@ -1,32 +1,44 @@
 """`whatsapp_mock` and `instagram_mock`: the channel simulators, for development and tests.
 
 Each serves the provider's API on loopback (`mocks.host`, `mocks.whatsapp_port` /
-`mocks.instagram_port`) and reports DELIVERED and READ to `message_status_updates`, as the real
-webhooks would. They are `temporary` (never restarted) and not part of `--roles all`.
+`mocks.instagram_port`) and calls the app back like Meta: signed status webhooks to
+`mocks.whatsapp_webhook_url` / `mocks.instagram_webhook_url` (by default the local webhooks
+role), signed with `webhooks.whatsapp_app_secret` / `instagram_app_secret` (the mock plays Meta
+for this app: the same secret on both sides). Without a secret it cannot sign, says so once at
+start-up, and sends no webhook. On stop, the webhooks still pending are sent at once, until the
+shutdown deadline's unwind end. They are `temporary` (never restarted) and not part of
+`--roles all`.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
+import logging
 
 from chat4all_workers.channels.mock_api import MockChannel
-from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.channels.mock_callbacks import Callbacks
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
 
+log = logging.getLogger(__name__)
+
 
 async def _serve(ctx: RoleContext, channel: str, port: int) -> None:
-    producer = ctx.resources.kafka()
-    topic = ctx.settings.topics.message_status_updates
-
-    async def emit(update: dict[str, Any]) -> None:
-        key = f"conversation:{update['conversation_id']}".encode()
-        await producer.send(OutgoingRecord(topic, orjson.dumps(update), key), fallback=True)
-
-    mock = MockChannel(channel, ctx.settings.mocks, emit)
-    async with mock.serving(ctx.settings.mocks.host, port):
+    settings = ctx.settings
+    secret = getattr(settings.webhooks, f"{channel}_app_secret").get()
+    url = getattr(settings.mocks, f"{channel}_webhook_url")
+    callbacks = Callbacks(ctx.resources.http_client(), name=channel, url=url, secret=secret)
+    if not secret:
+        log.warning(
+            "mock %s: no app secret (webhooks.%s_app_secret, env %s_APP_SECRET): its status "
+            "webhooks cannot be signed and are not sent; messages stay SENT",
+            channel, channel, channel.upper(),
+        )  # fmt: skip
+    elif (why := callbacks.not_sent) is not None:
+        log.warning(
+            "mock %s: mocks.%s_webhook_url is %s; no status webhook is sent", channel, channel, why
+        )
+    mock = MockChannel(channel, settings.mocks, callbacks)
+    async with mock.serving(settings.mocks.host, port, shutdown=ctx.shutdown):
         ctx.mark_ready()
         await ctx.stopping.wait()
 
@@ -41,8 +53,9 @@ async def run_instagram(ctx: RoleContext) -> None:
 
 WHATSAPP = RoleSpec(
     name="whatsapp_mock",
-    description="simulates the WhatsApp Cloud API on loopback (development)",
-    needs=frozenset({Need.KAFKA, Need.REDIS}),
+    description="simulates the WhatsApp Cloud API on loopback, calling back with signed webhooks "
+    "(development)",
+    needs=frozenset({Need.HTTP}),
     run=run_whatsapp,
     restart=Restart.TEMPORARY,
     dev_only=True,
@@ -50,8 +63,9 @@ WHATSAPP = RoleSpec(
 
 INSTAGRAM = RoleSpec(
     name="instagram_mock",
-    description="simulates the Instagram Messaging API on loopback (development)",
-    needs=frozenset({Need.KAFKA, Need.REDIS}),
+    description="simulates the Instagram Messaging API on loopback, calling back with signed "
+    "webhooks (development)",
+    needs=frozenset({Need.HTTP}),
     run=run_instagram,
     restart=Restart.TEMPORARY,
     dev_only=True,

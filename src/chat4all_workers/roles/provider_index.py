@@ -8,8 +8,9 @@ returned. This index maps it back:
 
 for `webhooks.provider_index_ttl_s` (24 h by default, like the dedup window: a receipt later than
 that finds nothing and is counted as `unknown_message`). It is written when the provider's id
-becomes known: by the router when it marks a send done (issue 14, phase 2), and by the webhooks
-role from an Instagram echo that carries our metadata; it is read by the webhooks role. Every key
+becomes known: by the router when it marks a send done (through the auto-pipeline of its dedup
+markers, so the write rides the same round trip), and by the webhooks role from an Instagram
+echo that carries our metadata; it is read by the webhooks role. Every key
 goes through `Resources.redis_key`. About 150 bytes of Redis memory per Instagram message sent
 within the TTL.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import orjson
 import redis.asyncio as aioredis
 
+from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.channels.meta_webhooks import callback_ids
 
 
@@ -32,17 +34,35 @@ class MessageRef:
 
 
 class ProviderIndex:
-    def __init__(self, redis: aioredis.Redis, *, key: Callable[[str], str], ttl_s: int) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        key: Callable[[str], str],
+        ttl_s: int,
+        pipe: AutoPipeline | None = None,
+    ) -> None:
         self._redis = redis
         self._key = key
         self._ttl_s = ttl_s
+        self._pipe = pipe
 
     def key(self, channel: str, provider_message_id: str) -> str:
         return self._key(f"message:provider:{channel}:{provider_message_id}")
 
     async def remember(self, channel: str, entries: Sequence[tuple[str, MessageRef]]) -> None:
-        """Map each (provider id, our message) for the TTL; one round trip."""
+        """Map each (provider id, our message) for the TTL; one round trip (with an
+        auto-pipeline, shared with the other commands of the loop iteration)."""
         if not entries:
+            return
+        if self._pipe is not None:
+            for provider_id, ref in entries:
+                value = orjson.dumps(
+                    {"message_id": ref.message_id, "conversation_id": ref.conversation_id}
+                )
+                await self._pipe.execute(
+                    "SET", self.key(channel, provider_id), value, "EX", self._ttl_s
+                )
             return
         async with self._redis.pipeline(transaction=False) as pipe:
             for provider_id, ref in entries:

@@ -14,14 +14,23 @@ engine's keyed concurrency):
 4. Per channel, at most once within `router.dedup_ttl_s` (24 h), however often Kafka redelivers
    (roles/dedup.py): the Redis key `message:dedup:{message_id}:{channel}` is claimed with a short
    lease (renewed before each attempt), then set to `sent:{provider_message_id}` once the
-   provider accepted the message. A redelivered record that finds `sent:` re-emits SENT
-   (statuses are idempotent) and sends nothing; one that finds another worker's live lease waits
-   (the engine holds back only that conversation). A failed send releases its claim, so a replay
-   from the DLQ can try again. A lease that expired means a worker died mid-send and the
-   provider may or may not have the message: by default (`router.on_unknown_outcome =
-   "dead_letter"`) that channel is dead-lettered as `delivery_unknown` rather than sent again, so
-   the promise stays "at most once" and the doubt goes to an operator; "resend" trades it for
-   at-least-once.
+   provider accepted the message (and, for Instagram, the provider's id is remembered in the
+   provider index for its read receipts). A redelivered record that finds `sent:` (or a marker
+   this code did not write: the original router's) re-emits SENT (statuses are idempotent) and
+   sends nothing; one that finds another worker's live lease waits (the engine holds back only
+   that conversation). A channel given up on (FAILED) leaves `failed:{error_type}:{record}`:
+   a redelivery of the same record emits FAILED again and sends nothing; a replay from the DLQ
+   (another record) takes it over and tries again.
+   A send whose outcome is unknown (an expired lease: a worker died mid-send; an attempt that
+   timed out or was reset after its request was written; a cancel that could not wait for the
+   answer) is *in doubt*: the provider may or may not have it. It waits, holding back only its
+   conversation (`held()`), up to `router.in_doubt_window_s` for the provider's word, which the
+   webhooks role writes into the marker from the provider's status webhooks: found, it is SENT
+   with the provider's id and not sent again; not found when the window closes, it is sent again
+   (counted as an attempt; `router.on_unknown_outcome = "resend"`, the default) or FAILED and
+   dead-lettered as `delivery_unknown` (`"dead_letter"`). `router_in_doubt_total{channel,
+   resolution}` counts the outcomes. A request that never left (refused, nothing written) is not
+   in doubt: it is retried as any transient failure.
 5. Content limits before any call (WhatsApp 4,096 characters, Instagram 1,000 bytes): over
    them, that channel FAILS (`content_limit`, the reason names the limit) and nothing is sent.
 6. At the provider's pace (channels/pacing.py): each call waits for its slot of the sending
@@ -46,13 +55,12 @@ engine's keyed concurrency):
 
 Cancellation (a revoked partition, a shutdown past its deadline): a send cancelled while no
 request is under way releases its lease at once (the message was not sent; the next owner sends
-it). One cancelled mid-request waits for that request's answer, bounded by the channel's
-timeout (channels/http.py finishes it and delivers the cancel at the next await), and records
-it (marked sent, or released) before the cancellation goes on; only a send whose request got no
-answer because it was cancelled twice is in doubt: its lease is left to expire, so the next
-owner treats it as `router.on_unknown_outcome` says. A request written and then timed out or
-reset is retried, in doubt or not (`TransientProviderError.in_doubt`), as before: the seam where
-the provider's status webhooks will settle it.
+it), unless an earlier attempt is still in doubt. One cancelled mid-request waits for that
+request's answer, bounded by the channel's timeout (channels/http.py finishes it and delivers the
+cancel at the next await), and records it (marked sent, or released) before the cancellation
+goes on. A send left in doubt (cancelled a second time mid-request, or stopped or revoked while
+it waits for the provider's word) expires its lease at once, so the next owner's claim finds it
+ORPHANED and waits for the provider's word in its turn; nothing is stranded.
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ import orjson
 from miniopy_async.error import S3Error
 
 from chat4all_workers.backoff import backoff_delay_s
-from chat4all_workers.channels import build_adapters
+from chat4all_workers.channels import CHANNELS, build_adapters
 from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage, SendResult
 from chat4all_workers.channels.http import RequestCancelledError
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
@@ -88,7 +96,7 @@ from chat4all_workers.errors import (
     ThrottledError,
     TransientProviderError,
 )
-from chat4all_workers.kafka.consumer import held
+from chat4all_workers.kafka.consumer import held, wait_unless_handed_back
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
@@ -96,8 +104,9 @@ from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec, outlast_outages
 from chat4all_workers.roles.consuming import consume, dead_letter_record
-from chat4all_workers.roles.dedup import Claim, SendMarkers, State
+from chat4all_workers.roles.dedup import Claim, Kind, Marker, SendMarkers, State, marker_key
 from chat4all_workers.roles.message import Message, parse_message
+from chat4all_workers.roles.provider_index import MessageRef, ProviderIndex
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +123,25 @@ class FileUnavailableError(PermanentError):
 
 # The provider's answers a progress line shows per channel (channel_requests_total outcomes).
 _REPORTED_OUTCOMES = ("sent", "throttled", "paused")
+
+
+class _GivenUpError(PermanentError):
+    """This record gave up on the channel before (its `failed:` marker): FAILED again, the same
+    error type, nothing sent."""
+
+    def __init__(self, message: str, *, error_type: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type or PermanentError.error_type
+
+
+# In-doubt resolutions (`router_in_doubt_total{channel,resolution}`).
+_IN_DOUBT = ("confirmed", "resent", "dead_lettered", "exhausted", "handed_back")
+# Polling the marker for the provider's word: soon after the doubt arose (a status webhook
+# usually follows the provider's acceptance within a second), then at most this often.
+_VERDICT_POLL_FIRST_S = 0.05
+_VERDICT_POLL_CAP_S = 1.0
+
+
 # A send's lease is released, or its answer recorded, on the way out within this long.
 _SETTLE_S = 2.0
 
@@ -157,14 +185,15 @@ class _Lane:
 
 @dataclass
 class _Lease:
-    """The dedup lease of one send; `settled` once it was marked sent or released (or left to
-    expire: in doubt). `sent_as`: the provider took it, the mark is on its way."""
+    """The dedup lease of one send; `settled` once it was marked sent, released, given up on
+    or abandoned (in doubt, to the next owner). `sent_as`: the provider took it, the mark is on
+    its way."""
 
     key: str
     value: str
     settled: bool = False
     sent_as: str | None = None
-    in_doubt: bool = False  # cancelled twice mid-request: the provider may have it, unknown
+    in_doubt: bool = False  # a request may have reached the provider, its verdict not known yet
 
 
 class _Verdict(enum.Enum):
@@ -186,6 +215,7 @@ class _Send:
     channel: str
     lane: _Lane
     key: str
+    origin: str  # the record's "{topic}:{partition}:{offset}", for `failed:` markers
     outbound: OutboundMessage
     failures: list[_ChannelFailure]
     throttles: int = 0
@@ -206,7 +236,19 @@ class Router:
         # worker that dies mid-send blocks its messages for at most this long.
         lease_s = max(whatsapp.timeout_s, instagram.timeout_s) + r.retry_cap_s + 2.0
         self.markers = SendMarkers(self.redis, ttl_s=r.dedup_ttl_s, lease_s=lease_s)
+        # Instagram's read receipts name only the provider's id: remembered when a send is
+        # marked done (riding the markers' pipeline).
+        self.index = ProviderIndex(
+            self.redis,
+            key=ctx.resources.redis_key,
+            ttl_s=self.settings.webhooks.provider_index_ttl_s,
+            pipe=self.markers.pipe,
+        )
         self.lanes = {name: self._lane(adapter) for name, adapter in adapters.items()}
+        for channel in self.lanes:  # every series from the start: increase() sees the first
+            for resolution in _IN_DOUBT:
+                labels = {"channel": channel, "resolution": resolution}
+                ctx.metrics.router_in_doubt.add(labels, 0)
         ctx.publish("channels", self.describe_channels)
 
     def _lane(self, adapter: ChannelAdapter) -> _Lane:
@@ -257,6 +299,7 @@ class Router:
 
     async def handle(self, record: ConsumedRecord) -> None:
         message = parse_message(record.value, self.settings.router.all_channels)
+        origin = f"{record.topic}:{record.partition}:{record.offset}"
         with log_context(
             message_id=message.message_id,
             conversation_id=message.conversation_id,
@@ -265,14 +308,14 @@ class Router:
             outbound = await self._outbound(message)
             failures: list[_ChannelFailure] = []
             if len(message.channels) == 1:  # the common case: nothing to run side by side
-                await self._deliver(message, message.channels[0], outbound, failures)
+                await self._deliver(message, message.channels[0], outbound, origin, failures)
                 if failures:
                     await self._dead_letter(record, failures)
                 return
             # gather, not a task group: one channel's trouble must not cancel the other's send
             # halfway (a cancelled send may have reached the provider without being marked).
             results = await asyncio.gather(
-                *(self._deliver(message, c, outbound, failures) for c in message.channels),
+                *(self._deliver(message, c, outbound, origin, failures) for c in message.channels),
                 return_exceptions=True,
             )
             errors = [r for r in results if isinstance(r, BaseException)]
@@ -350,6 +393,7 @@ class Router:
         message: Message,
         channel: str,
         outbound: dict[str, OutboundMessage | PermanentError],
+        origin: str,
         failures: list[_ChannelFailure],
     ) -> None:
         prepared = outbound[channel]
@@ -357,11 +401,12 @@ class Router:
             await self._failed(message, _ChannelFailure(channel, prepared, 0), failures)
             return
         lane = self.lanes[channel]
-        key = self.ctx.resources.redis_key(f"message:dedup:{message.message_id}:{channel}")
-        send = _Send(message, channel, lane, key, prepared, failures)
+        key = self.ctx.resources.redis_key(marker_key(message.message_id, channel))
+        send = _Send(message, channel, lane, key, origin, prepared, failures)
         if lane.pacer.enabled:
-            # A redelivered message already sent (or being sent) waits for no slot of the pace.
-            seen = await self.markers.peek(key)
+            # A redelivered message already sent (or being sent, or given up on) waits for no
+            # slot of the pace.
+            seen = await self.markers.peek(key, origin)
             if seen is not None:
                 await self._not_ours(send, seen)
                 return
@@ -392,49 +437,51 @@ class Router:
     async def _round(self, send: _Send, *, probe: bool) -> _Verdict:
         """Wait for a slot, claim the send, and try it (transient failures retried under the
         lease); the verdict says what the channel learned."""
-        lane, r = send.lane, self.settings.router
+        lane = send.lane
         waited = await lane.pacer.acquire(send.outbound.recipient, wanted=_wanted(lane, probe))
         if waited is None or (lane.pause.paused and not probe):
             return _Verdict.HELD  # the channel paused while it waited for its slot
         if lane.pacer.enabled:
             self.ctx.metrics.channel_pacing_wait.observe({"channel": send.channel}, waited)
-        claim = await self.markers.claim(send.key)
+        claim = await self.markers.claim(send.key, send.origin)
         if claim.state is not State.CLAIMED and claim.state is not State.ORPHANED:
             await self._not_ours(send, claim)
             return _Verdict.OTHER
-        if claim.state is State.ORPHANED and r.on_unknown_outcome != "resend":
-            await self.markers.release(send.key, claim.lease)
-            reason = "a worker stopped mid-send; the provider may already have it"
-            send.failures.append(_ChannelFailure(send.channel, _UnknownOutcomeError(reason), 1))
-            self._count(send.channel, "unknown")
-            return _Verdict.OTHER
-        lease = _Lease(send.key, claim.lease)
+        # An orphaned lease: a worker stopped mid-send, so the provider may have it. Ours now,
+        # in doubt until the provider's word comes or the window closes.
+        orphaned = claim.state is State.ORPHANED
+        lease = _Lease(send.key, claim.lease, in_doubt=orphaned)
         try:
-            return await self._attempts(send, lease, probe=probe)
+            return await self._attempts(send, lease, probe=probe, orphaned=orphaned)
         except BaseException:
-            await self._settle_on_the_way_out(lease)
+            await self._settle_on_the_way_out(send, lease)
             raise
 
-    async def _attempts(self, send: _Send, lease: _Lease, *, probe: bool) -> _Verdict:
+    async def _attempts(
+        self, send: _Send, lease: _Lease, *, probe: bool, orphaned: bool
+    ) -> _Verdict:
         r = self.settings.router
         lane, channel = send.lane, send.channel
         attempts = 0
+        slot_taken = True  # the round's slot, for the first attempt
+        if orphaned:
+            cause = "a worker stopped mid-send"
+            resolved = await self._settle_doubt(send, lease, attempts=0, cause=cause, error=None)
+            if resolved is not None:
+                return resolved
+            slot_taken = False  # the window took a while: a slot of the pace now
         while True:
-            if attempts:
+            if not slot_taken:
                 # A retry is a call too: it waits for a slot.
                 waited = await lane.pacer.acquire(
                     send.outbound.recipient, wanted=_wanted(lane, probe)
                 )
                 if waited is None or (lane.pause.paused and not probe):
-                    await self._release(lease)  # a transient failure left it unsent
+                    await self._release(lease)  # not taken by the provider: the record tries again
                     return _Verdict.HELD
-                renewed = await self.markers.renew(lease.key, lease.value)
-                if renewed is None:
-                    lease.settled = True  # another worker's now
-                    error = PermanentError("lost the send lease to another worker")
-                    await self._fail(send, error, attempts)
-                    return _Verdict.OTHER
-                lease.value = renewed
+                if not await self._renew(send, lease, attempts):
+                    return _Verdict.SENT if lease.sent_as is not None else _Verdict.OTHER
+            slot_taken = False
             attempts += 1
             try:
                 # Cancelled mid-request, the HTTP client still finishes the request and hands
@@ -445,13 +492,18 @@ class Router:
                 lease.in_doubt = True  # cancelled twice: the answer is unknown
                 raise
             except TransientProviderError as exc:
-                # In doubt or not (exc.in_doubt), retried as before: the seam for webhooks.
                 self._requests(channel, "transient")
+                if exc.in_doubt:  # written, then no answer: the provider may have it
+                    lease.in_doubt = True
+                    resolved = await self._settle_doubt(
+                        send, lease, attempts=attempts, cause=str(exc), error=exc
+                    )
+                    if resolved is not None:
+                        return resolved
+                    continue  # silent for the whole window: sent again, no further backoff
                 if attempts >= r.max_attempts:
-                    await self._release(lease)
                     log.warning("%s send failed after %d attempt(s): %s", channel, attempts, exc)
-                    await self._fail(send, exc, attempts)
-                    return _Verdict.OTHER
+                    return await self._give_up(send, lease, exc, attempts)
                 delay = backoff_delay_s(attempts - 1, base_s=r.retry_base_s, cap_s=r.retry_cap_s)
                 if exc.retry_after_s is not None:
                     delay = max(delay, min(exc.retry_after_s, r.retry_cap_s))
@@ -472,17 +524,102 @@ class Router:
                 return _Verdict.ACCOUNT
             except ProviderRejectedError as exc:
                 self._requests(channel, "rejected")
-                await self._release(lease)
-                await self._fail(send, exc, attempts)
+                await self._give_up(send, lease, exc, attempts)
                 return _Verdict.REJECTED
             self._requests(channel, "sent")
-            await self._mark_sent(lease, result)
+            await self._mark_sent(send, lease, result.provider_message_id)
             await self._emit(
                 send.message, channel, "SENT", {"provider_message_id": result.provider_message_id}
             )
             self._count(channel, "sent")
             self._calm(lane)
             return _Verdict.SENT
+
+    # -- in doubt: the provider's word --------------------------------------------------------
+
+    async def _settle_doubt(
+        self,
+        send: _Send,
+        lease: _Lease,
+        *,
+        attempts: int,
+        cause: str,
+        error: TransientProviderError | None,
+    ) -> _Verdict | None:
+        """A send in doubt waits for the provider's word: SENT when it came; when the window
+        closed silent, None to send it again, or the channel given up on (dead_letter mode,
+        or no attempt left)."""
+        r, channel = self.settings.router, send.channel
+        log.info(
+            "%s send in doubt (%s); waiting up to %gs for the provider's word",
+            channel, cause, r.in_doubt_window_s,
+        )  # fmt: skip
+        provider_message_id = await self._await_verdict(send, lease)
+        if provider_message_id is not None:
+            lease.settled = True  # the marker says sent: (the webhooks role wrote it)
+            self._in_doubt(channel, "confirmed")
+            log.info("%s send in doubt confirmed by the provider: %s", channel, provider_message_id)
+            details = {"provider_message_id": provider_message_id}
+            await self._emit(send.message, channel, "SENT", details)
+            self._count(channel, "sent")
+            return _Verdict.SENT
+        lease.in_doubt = False  # silent for the whole window: the provider does not have it
+        window = (
+            f"no word from the provider within router.in_doubt_window_s ({r.in_doubt_window_s:g}s)"
+        )
+        if r.on_unknown_outcome == "dead_letter":
+            unknown = _UnknownOutcomeError(f"{cause}, and {window}")
+            verdict = await self._give_up(send, lease, unknown, max(attempts, 1))
+            self._in_doubt(channel, "confirmed" if verdict is _Verdict.SENT else "dead_lettered")
+            return verdict
+        if error is not None and attempts >= r.max_attempts:  # (an orphan has an attempt left)
+            log.warning(
+                "%s send failed after %d attempt(s): %s; %s", channel, attempts, error, window
+            )
+            verdict = await self._give_up(send, lease, error, attempts)
+            self._in_doubt(channel, "confirmed" if verdict is _Verdict.SENT else "exhausted")
+            return verdict
+        self._in_doubt(channel, "resent")
+        log.warning("%s send in doubt (%s): %s; sending it again", channel, cause, window)
+        return None
+
+    async def _await_verdict(self, send: _Send, lease: _Lease) -> str | None:
+        """The provider's message id once the marker says `sent:`, or None once
+        `router.in_doubt_window_s` passed without it. Holds back only this conversation
+        (`held()`); keeps the lease alive; hands the record back (RetryableError) when the
+        process stops or the partition is revoked.
+
+        Polled, not notified: sends in doubt are rare (a crash, a timeout), a poll is one GET
+        riding the markers' auto-pipeline, and a notification (pub/sub from the webhooks role)
+        would need a subscription per process and a poll anyway for one published while this
+        process was not listening."""
+        window_s = self.settings.router.in_doubt_window_s
+        started = time.monotonic()
+        renew_at = started + self.markers.lease_s / 3
+        delay = _VERDICT_POLL_FIRST_S
+        async with held():
+            while True:
+                marker = await self.markers.read(lease.key)
+                if marker.kind is Kind.SENT:
+                    return marker.provider_message_id
+                if marker.value != lease.value:  # not ours any more (expired, taken over)
+                    lease.settled = True
+                    raise RetryableError("the send lease changed hands while in doubt")
+                now = time.monotonic()
+                if now - started >= window_s:
+                    return None
+                if now >= renew_at:
+                    renewed = await self.markers.renew(lease.key, lease.value)
+                    if renewed is None:
+                        continue  # changed meanwhile: read it again
+                    lease.value, renew_at = renewed, now + self.markers.lease_s / 3
+                pause = min(delay, window_s - (now - started), renew_at - now)
+                if self.ctx.stopping.is_set() or await wait_unless_handed_back(pause):
+                    raise RetryableError("handing the record back while a send is in doubt")
+                delay = min(delay * 2, _VERDICT_POLL_CAP_S)
+
+    def _in_doubt(self, channel: str, resolution: str) -> None:
+        self.ctx.metrics.router_in_doubt.inc({"channel": channel, "resolution": resolution})
 
     # -- the channel's state ------------------------------------------------------------------
 
@@ -522,7 +659,7 @@ class Router:
                 f"(router.throttle_deadline_s = {r.throttle_deadline_s:g}): {exc}"
             )
             error.__cause__ = exc
-            await self._fail(send, error, send.throttles)
+            await self._give_up(send, None, error, send.throttles)
             return False
         throttle = await lane.pacer.throttled(
             send.outbound.recipient, pair=exc.pair, retry_after_s=exc.retry_after_s
@@ -571,31 +708,49 @@ class Router:
             raise RetryableError("the process is stopping; handing the record back")
 
     async def _not_ours(self, send: _Send, claim: Claim) -> None:
-        """Sent before (a redelivery: say so again, harmlessly, send nothing), or another
-        worker's live lease (wait: a retry of the record)."""
+        """Sent before (a redelivery: say so again, harmlessly, send nothing), given up on by
+        this record before (FAILED again, send nothing), or another worker's live lease (wait:
+        a retry of the record)."""
         if claim.state is State.SENT:
-            details = {"provider_message_id": claim.provider_message_id}
+            if claim.foreign:
+                # Not our format: the platform's original router handled it (docs/migrating.md).
+                log.info("%s: dedup marker written by another router; read as sent", send.channel)
+                details: dict[str, Any] = {"provider_message_id": None, "dedup_marker": "foreign"}
+            else:
+                details = {"provider_message_id": claim.provider_message_id}
             await self._emit(send.message, send.channel, "SENT", details)
             self._count(send.channel, "duplicate")
+            return
+        if claim.state is State.GIVEN_UP:
+            reason = (
+                f"given up on by an earlier delivery of this record ({claim.error_type}); "
+                "nothing sent again"
+            )
+            await self._fail(send, _GivenUpError(reason, error_type=claim.error_type), 0)
             return
         raise RetryableError(
             "another worker is sending this message",
             retry_after_s=max(0.5, claim.retry_after_s),
         )
 
-    async def _mark_sent(self, lease: _Lease, result: SendResult) -> None:
+    async def _mark_sent(self, send: _Send, lease: _Lease, provider_message_id: str) -> None:
         # The provider has it: record that through a Redis outage, or a redelivery would find
-        # an expired lease and report the outcome unknown.
-        lease.sent_as = result.provider_message_id
+        # an expired lease and wait for the provider's word to learn it.
+        lease.sent_as = provider_message_id
         await outlast_outages(
-            self.ctx,
-            lambda: self.markers.mark_sent(lease.key, result.provider_message_id),
-            what="marking the send done",
+            self.ctx, lambda: self._record_sent(send, lease), what="marking the send done"
         )
         lease.settled = True
 
+    async def _record_sent(self, send: _Send, lease: _Lease) -> None:
+        assert lease.sent_as is not None
+        await self.markers.mark_sent(lease.key, lease.sent_as)
+        if send.channel == "instagram":  # its read receipts name only the mid
+            ref = MessageRef(send.message.message_id, send.message.conversation_id)
+            await self.index.remember(send.channel, [(lease.sent_as, ref)])
+
     async def _release(self, lease: _Lease) -> None:
-        """Forget a send the provider did not take, so a retry or a replay may try again."""
+        """Forget a send the provider did not take, so that this record tries it again."""
         await outlast_outages(
             self.ctx,
             lambda: self.markers.release(lease.key, lease.value),
@@ -603,19 +758,68 @@ class Router:
         )
         lease.settled = True
 
-    async def _settle_on_the_way_out(self, lease: _Lease) -> None:
+    async def _renew(self, send: _Send, lease: _Lease, attempts: int) -> bool:
+        """Renew the lease before another attempt; False when it is not ours any more: the
+        provider's word made it `sent:` (SENT emitted), or another worker has it (FAILED)."""
+        renewed = await self.markers.renew(lease.key, lease.value)
+        if renewed is not None:
+            lease.value = renewed
+            return True
+        lease.settled = True
+        marker = await self.markers.read(lease.key)
+        if marker.kind is Kind.SENT:
+            lease.sent_as = marker.provider_message_id
+            details = {"provider_message_id": marker.provider_message_id}
+            await self._emit(send.message, send.channel, "SENT", details)
+            self._count(send.channel, "sent")
+            return False
+        error = PermanentError(f"{send.channel}: lost the send lease to another worker")
+        await self._fail(send, error, attempts)
+        return False
+
+    async def _give_up(
+        self,
+        send: _Send,
+        lease: _Lease | None,
+        error: PermanentError | RetryableError,
+        attempts: int,
+    ) -> _Verdict:
+        """FAILED for this channel, and its marker says so (`failed:`, never deleted: a
+        redelivery of this record must not send it). Should the provider's word have come
+        first (`sent:`), the send went through after all: SENT instead."""
+        error_type = error.error_type if isinstance(error, PermanentError) else "retries_exhausted"
+        key = send.key if lease is None else lease.key
+        value = None if lease is None else lease.value
+
+        async def give_up() -> Marker:
+            return await self.markers.give_up(key, value, error_type=error_type, origin=send.origin)
+
+        marker = await outlast_outages(self.ctx, give_up, what="giving up on the send")
+        if lease is not None:
+            lease.settled = True
+        if marker.kind is Kind.SENT:
+            details = {"provider_message_id": marker.provider_message_id}
+            await self._emit(send.message, send.channel, "SENT", details)
+            self._count(send.channel, "sent")
+            return _Verdict.SENT
+        await self._fail(send, error, attempts)
+        return _Verdict.OTHER
+
+    async def _settle_on_the_way_out(self, send: _Send, lease: _Lease) -> None:
         """Cancelled, stopping, an outage, while the lease is ours: mark it sent if the provider
-        took it, else release it; time-boxed, best effort. A lease left behind expires, and the
-        next owner treats it as of unknown outcome."""
+        took it; in doubt, expire it now for the next owner to wait for the provider's word;
+        else release it. Time-boxed, best effort: a lease left behind expires, and the next
+        owner treats it as in doubt."""
         if lease.settled:
             return
         lease.settled = True
-        if lease.in_doubt and lease.sent_as is None:
-            return  # the lease expires; the next owner treats it as `on_unknown_outcome` says
         try:
             async with asyncio.timeout(_SETTLE_S):
                 if lease.sent_as is not None:
-                    await self.markers.mark_sent(lease.key, lease.sent_as)
+                    await self._record_sent(send, lease)
+                elif lease.in_doubt:
+                    self._in_doubt(send.channel, "handed_back")
+                    await self.markers.abandon(lease.key, lease.value)
                 else:
                     await self.markers.release(lease.key, lease.value)
         except TRANSIENT_ERRORS as exc:

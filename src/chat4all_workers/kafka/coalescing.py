@@ -1,0 +1,75 @@
+"""Records that concurrent callers produce in one event-loop iteration, sent in one call.
+
+Why: the webhooks role produces the one or few records of each request, and many requests are in
+flight at once. One `Producer.send_each` per request costs a task, a shield, a timer and the
+call's bookkeeping for a single record: measured in-process (64 concurrent callers, one record
+each, the shared devstack broker) 76-86 us of CPU per record, against 53-58 us when the records
+of one loop iteration go out in one call (as autopipeline.py does for Redis commands).
+
+Each caller gets a future of its own records' outcomes (a Delivery, RetryableError or
+PermanentError each, in order), or the call's CircuitOpenError; it may stop waiting (a timeout, a
+cancel) without affecting the others, and the records it handed over stay the producer's, as
+always (kafka/producer.py). One thing is shared: a record that Kafka does not take in time (an
+outage) makes the later records of the same call NotSentError, whoever they belong to; they were
+never handed over, and their callers send them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Sequence
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+
+from chat4all_workers.kafka.producer import OutgoingRecord, Producer, SendOutcome
+
+_Waiting = tuple[Sequence[OutgoingRecord], asyncio.Future[list[SendOutcome]]]
+
+
+class ProduceCoalescer:
+    def __init__(self, producer: Producer) -> None:
+        self._producer = producer
+        self._queue: list[_Waiting] = []
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def send_each(self, records: Sequence[OutgoingRecord]) -> asyncio.Future[list[SendOutcome]]:
+        """The outcome of each of `records`, sent with the others of this loop iteration."""
+        loop = asyncio.get_running_loop()
+        outcomes: asyncio.Future[list[SendOutcome]] = loop.create_future()
+        if trace.get_current_span().get_span_context().is_valid:
+            # The call runs in a task of its own: each record keeps its caller's trace.
+            current = otel_context.get_current()
+            records = [
+                r if r.context is not None else dataclasses.replace(r, context=current)
+                for r in records
+            ]
+        self._queue.append((records, outcomes))
+        if len(self._queue) == 1:
+            loop.call_soon(self._flush)
+        return outcomes
+
+    def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        if not batch:
+            return
+        task = asyncio.create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[_Waiting]) -> None:
+        records = [record for waiting, _ in batch for record in waiting]
+        try:
+            outcomes = await self._producer.send_each(records)
+        except Exception as exc:  # noqa: BLE001 - not swallowed: each caller gets it
+            for _, future in batch:
+                if not future.done():  # a caller that stopped waiting cancelled its own
+                    future.set_exception(exc)
+            return
+        start = 0
+        for waiting, future in batch:
+            mine = outcomes[start : start + len(waiting)]
+            start += len(waiting)
+            if not future.done():
+                future.set_result(mine)
