@@ -39,9 +39,9 @@ class Cluster:
     def bootstrap(self) -> str:
         return self.exported["KAFKA_BOOTSTRAP_SERVERS"]
 
-    def bootstrap_without(self, dead: int) -> str:
+    def bootstrap_without(self, dead: int | None) -> str:
         """The brokers still alive once node `dead` is down (an admin client that knew the dead
-        one may keep picking it)."""
+        one may keep picking it); every broker for None."""
         base = int(self.env["DEVSTACK_KAFKA_PORT"])
         return ",".join(f"127.0.0.1:{base + 2 * (n - 1)}" for n in NODES if n != dead)
 
@@ -115,9 +115,10 @@ def cluster_running(home: Path) -> Iterator[Cluster]:
 
 
 async def describe_without(
-    cluster: Cluster, dead: int, topic: str, group: str
+    cluster: Cluster, dead: int | None, topic: str, group: str
 ) -> tuple[dict[str, Any], int]:
-    """The topic's partitions and the group's coordinator, asked of the brokers still alive."""
+    """The topic's partitions and the group's coordinator, asked of the brokers still alive
+    (`dead` None: of all of them)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap_without(dead))
     await admin.start()
     try:

@@ -28,14 +28,17 @@ async def workers_running(
     deployment: Deployment, log_dir: Path, groups: Sequence[str], **overrides: dict[str, Any]
 ) -> AsyncIterator[list[WorkerProcess]]:
     """One `chat4all-workers run --roles <group>` process per group, each with its own
-    operations port and `overrides` (settings sections); yields them once all answer /readyz,
-    and stops them afterwards."""
+    operations and webhooks ports and `overrides` (settings sections); yields them once all
+    answer /readyz, and stops them afterwards."""
     procs: list[WorkerProcess] = []
     try:
         for n, roles in enumerate(groups):
-            env = deployment.environ(**overrides)
-            if n:
+            if n:  # the first one has the deployment's ports
+                webhooks = {**overrides.get("webhooks", {}), "port": free_port()}
+                env = deployment.environ(**{**overrides, "webhooks": webhooks})
                 env["METRICS_PORT"] = str(free_port())
+            else:
+                env = deployment.environ(**overrides)
             procs.append(await WorkerProcess(roles, env, log_dir / f"worker-{n}.log").start())
         for proc in procs:
             await proc.ready()
