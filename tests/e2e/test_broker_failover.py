@@ -5,14 +5,18 @@ in one transaction) at a steady rate through `chat4all-workers run --roles all` 
 mocks (two processes), every topic replicated 3 with `min.insync.replicas` 2 (`topics ensure`
 with `kafka.replication_factor = 3`). Mid-stream, the node that is the router group's
 coordinator, and so (fresh topics on three live nodes spread the leaders evenly) also leads
-partitions of `message_processing`, is killed with SIGKILL. The stream goes on; the node stays
-down until everything settled: the cluster has to carry on with two nodes, and nothing may be
-waiting for the dead one to come back (it is started again afterwards, as an operator would).
+partitions of `message_processing`, is killed with SIGKILL. The stream goes on, and the node
+stays down until every message so far is READ: the cluster has to carry on with two nodes, and
+nothing may wait for the dead one to come back. Then it comes back, as an operator brings it
+back, and a preferred leader election (what `auto.leader.rebalance.enable` does within five
+minutes) hands its partitions and its groups back to it while a last stretch of the stream runs.
 
-Then: every message READ, none lost or dead-lettered, no (message, channel) sent twice,
-per-conversation order kept at the mocks, every outbox event published once and in order, no
-role restarted, nothing logged above WARNING. The summary line gives the stall (the longest time
-without progress at each stage after the kill) and what was logged at WARNING.
+Then, over the whole run: every message READ, none lost or dead-lettered, no (message, channel)
+sent twice, per-conversation order kept at the mocks, every outbox event published once and in
+order with no attempt spent, nothing left in the Redis fallback list, no role restarted, nothing
+logged above WARNING (process start to exit). The summary line gives the stall of the failover
+and of the return (the longest time without progress at each stage), and what was logged at
+WARNING.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient
 
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import ensure_topics
@@ -49,10 +54,11 @@ from tests.support import TOPIC_FIELDS, Deployment, WorkerProcess, eventually, r
 # within WhatsApp's pair limit (a burst of 45, then one per 6 s: the mocks enforce it), else
 # the stream would measure the pair limit, not the failover.
 RATE_PER_S = int(os.environ.get("FAILOVER_RATE_PER_S", "20"))
-SECONDS = float(os.environ.get("FAILOVER_SECONDS", "24"))
+SECONDS = float(os.environ.get("FAILOVER_SECONDS", "20"))
 KILL_AFTER_S = float(os.environ.get("FAILOVER_KILL_AFTER_S", "6"))
+RETURN_SECONDS = 4.0  # the stream once the node is back; the election 1 s into it
 PER_RECIPIENT = 40
-CONVERSATIONS = range(1, 1 + math.ceil(RATE_PER_S * SECONDS / PER_RECIPIENT))
+CONVERSATIONS = range(1, 1 + math.ceil(RATE_PER_S * (SECONDS + RETURN_SECONDS) / PER_RECIPIENT))
 # Processes running `--roles all` (each role's group then has that many members), plus one for
 # the mocks.
 WORKERS = int(os.environ.get("FAILOVER_WORKERS", "1"))
@@ -144,12 +150,43 @@ async def choose_victim(cluster: Cluster, deployment: Deployment) -> Victim:
     return Victim(node, led, tuple(r for r, c in coordinators.items() if c == node))
 
 
-def longest_gap_s(times: Sequence[float], *, since: float) -> float:
-    """The longest time without an event, from `since` to the last event."""
-    after = sorted(t for t in times if t >= since)
-    if not after:
-        return float("inf")
-    return max(b - a for a, b in zip([since, *after], after, strict=False))
+def longest_gap_s(times: Sequence[float], *, since: float, until: float = math.inf) -> float:
+    """The longest time without an event, from `since` to the last event before `until`."""
+    window = sorted(t for t in times if since <= t < until)
+    if not window:
+        return math.inf
+    return max(b - a for a, b in zip([since, *window], window, strict=False))
+
+
+@dataclass
+class Timeline:
+    """When the faults happened (time.time(), the clock the mocks and PostgreSQL share)."""
+
+    killed: float = math.inf
+    back: float = math.inf  # the node started again
+    elected: float = math.inf  # the preferred leader election began
+
+
+async def node_in_sync(cluster: Cluster, node: int) -> bool:
+    """True once `node` is in the in-sync replicas of every partition of every topic (a
+    preferred election fails for a partition whose preferred leader is not)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics()
+    finally:
+        await admin.close()
+    return all(node in p["isr"] for t in described for p in t["partitions"])
+
+
+async def every_read(deployment: Deployment, written: Sequence[Written]) -> None:
+    """Until every message written is READ (90 s at most: the figures say what is missing)."""
+
+    async def all_read() -> bool:
+        return {w.message_id for w in written} <= (await read_times(deployment)).keys()
+
+    with contextlib.suppress(AssertionError):
+        await eventually(all_read, timeout_s=90, interval_s=0.5, message="every READ")
 
 
 @dataclass(frozen=True)
@@ -168,15 +205,13 @@ class Figures:
     backfilled: float  # records parked in Redis (breaker open) and moved to Kafka by backfill
     fallback_left: int
     restarts: float
-    errors: list[str]
-    warnings: Counter[str]
-    stall_s: dict[str, float]  # stage -> longest time without progress after the kill
+    stall_s: dict[str, float]  # "<fault> <stage>" -> longest time without progress
     latency_s: dict[str, float]  # message written -> READ: p50 before the kill, max after
 
-    def line(self, victim: Victim) -> str:
+    def line(self, victim: Victim, logs: Logs) -> str:
         stalls = " ".join(f"{k}={v:.1f}s" for k, v in self.stall_s.items())
         latency = " ".join(f"{k}={v:.1f}s" for k, v in self.latency_s.items())
-        warned = "; ".join(f"{n}x {m}" for m, n in self.warnings.most_common())
+        warned = "; ".join(f"{n}x {m}" for m, n in logs.warnings.most_common())
         return (
             f"broker failover (kafka-{victim.node}: leads message_processing {list(victim.led)}, "
             f"coordinates {', '.join(victim.coordinates)}): messages={self.messages} "
@@ -184,7 +219,7 @@ class Figures:
             f"duplicates={self.duplicates} out_of_order={self.out_of_order} "
             f"published={self.published} published_twice={self.published_twice} "
             f"outbox_attempts={self.outbox_attempts} backfilled={self.backfilled:g} "
-            f"restarts={self.restarts:g} errors={len(self.errors)} stall: {stalls} "
+            f"restarts={self.restarts:g} errors={len(logs.errors)} stall: {stalls} "
             f"latency: {latency}; warnings: {warned or 'none'}"
         )
 
@@ -244,7 +279,7 @@ def _shape(message: str) -> str:
 
 
 async def gather(
-    deployment: Deployment, procs: list[WorkerProcess], written: list[Written], killed_at: float
+    deployment: Deployment, procs: list[WorkerProcess], written: list[Written], at: Timeline
 ) -> Figures:
     ids = {w.message_id for w in written}
     reads = await read_times(deployment)
@@ -265,12 +300,20 @@ async def gather(
     for r in published:
         contents.setdefault(r.key, []).append(orjson.loads(r.value)["payload"]["content"])
     order = {w.content: n for n, w in enumerate(written)}
-    records: list[dict[str, Any]] = [r for proc in procs for r in proc.log_records()]
     unpublished, attempts = await outbox_left(deployment)
-    before = [reads[w.message_id] - w.at for w in written if w.at < killed_at]
-    after = [
-        reads[w.message_id] - w.at for w in written if w.at >= killed_at and w.message_id in reads
-    ]
+    stages = {
+        "published": [r.timestamp / 1000 for r in published],
+        "sent": accepted_at,
+        "read": list(reads.values()),
+    }
+    stall_s = {
+        f"failover {k}": longest_gap_s(t, since=at.killed, until=at.back) for k, t in stages.items()
+    }
+    stall_s |= {f"return {k}": longest_gap_s(t, since=at.elected) for k, t in stages.items()}
+
+    def latencies(since: float, until: float) -> list[float]:
+        return [reads.get(w.message_id, math.inf) - w.at for w in written if since <= w.at < until]
+
     return Figures(
         messages=len(ids),
         read=len(ids & reads.keys()),
@@ -290,18 +333,27 @@ async def gather(
         ),
         fallback_left=await fallback_left(deployment),
         restarts=sum([await metric_sum(p, "supervisor_restarts_total") for p in procs]),
-        errors=[r["message"] for r in records if r.get("level") in ("ERROR", "CRITICAL")],
-        warnings=Counter(_shape(r["message"]) for r in records if r.get("level") == "WARNING"),
-        stall_s={
-            "published": longest_gap_s([r.timestamp / 1000 for r in published], since=killed_at),
-            "sent": longest_gap_s(accepted_at, since=killed_at),
-            "read": longest_gap_s(list(reads.values()), since=killed_at),
-        },
+        stall_s=stall_s,
         latency_s={
-            "p50_before": statistics.median(before) if before else float("nan"),
-            "max_after": max(after) if after else float("nan"),
+            "p50_before": statistics.median(latencies(0, at.killed)),
+            "max_failover": max(latencies(at.killed, at.back)),
+            "max_return": max(latencies(at.back, math.inf)),
         },
     )
+
+
+@dataclass(frozen=True)
+class Logs:
+    errors: list[str]  # ERROR and CRITICAL lines
+    warnings: Counter[str]  # WARNING lines, alike ones counted together
+
+    @classmethod
+    def of(cls, procs: Sequence[WorkerProcess]) -> Logs:
+        records = [r for proc in procs for r in proc.log_records()]
+        return cls(
+            errors=[r["message"] for r in records if r.get("level") in ("ERROR", "CRITICAL")],
+            warnings=Counter(_shape(r["message"]) for r in records if r.get("level") == "WARNING"),
+        )
 
 
 async def test_killing_the_router_coordinator_and_leader_mid_stream_loses_nothing(
@@ -311,33 +363,39 @@ async def test_killing_the_router_coordinator_and_leader_mid_stream_loses_nothin
     record_summary: Callable[[str], None],
 ) -> None:
     deployment = cluster_deployment
+    router_group = deployment.settings().kafka.group_for("router")
     victim = await choose_victim(cluster, deployment)
     assert victim.led, f"kafka-{victim.node} leads no partition of message_processing"
+    at = Timeline()
     groups = ["all"] * WORKERS + ["whatsapp_mock,instagram_mock"]
     async with workers_running(deployment, tmp_path, groups, **SETTINGS) as procs:
-        try:
-            first = await stream(deployment, seconds=KILL_AFTER_S, tag="before")
-            killed_at = time.time()
-            await cluster.adevstack("stop", "--kill", f"kafka-{victim.node}")
-            written = first + await stream(deployment, seconds=SECONDS - KILL_AFTER_S, tag="after")
+        written = await stream(deployment, seconds=KILL_AFTER_S, tag="before")
+        at.killed = time.time()
+        await cluster.adevstack("stop", "--kill", f"kafka-{victim.node}")
+        written += await stream(deployment, seconds=SECONDS - KILL_AFTER_S, tag="failover")
+        await every_read(deployment, written)
+        topic = deployment.topics["message_processing"]
+        during, coordinator = await describe_without(cluster, victim.node, topic, router_group)
 
-            async def all_read() -> bool:
-                return {w.message_id for w in written} <= (await read_times(deployment)).keys()
-
-            with contextlib.suppress(AssertionError):  # the figures say what is missing
-                await eventually(all_read, timeout_s=90, interval_s=0.5, message="every READ")
-            alive = [proc.proc is not None and proc.proc.returncode is None for proc in procs]
-            figures = await gather(deployment, procs, written, killed_at)
-        finally:
-            after, coordinator = await describe_without(
-                cluster, victim.node, deployment.topics["message_processing"],
-                deployment.settings().kafka.group_for("router"),
-            )  # fmt: skip
-            await cluster.adevstack("start", f"kafka-{victim.node}")
-    record_summary(figures.line(victim))
+        at.back = time.time()
+        await cluster.adevstack("start", f"kafka-{victim.node}")
+        await eventually(lambda: node_in_sync(cluster, victim.node), message="back in sync")
+        async with asyncio.TaskGroup() as tasks:
+            tail = tasks.create_task(stream(deployment, seconds=RETURN_SECONDS, tag="return"))
+            await asyncio.sleep(1.0)  # a schedule: the election in the middle of the stream
+            at.elected = time.time()
+            await cluster.adevstack(
+                "kafka-leader-election", "--election-type", "PREFERRED", "--all-topic-partitions"
+            )
+        written += tail.result()
+        await every_read(deployment, written)
+        alive = [proc.proc is not None and proc.proc.returncode is None for proc in procs]
+        figures = await gather(deployment, procs, written, at)
+    logs = Logs.of(procs)  # from start to exit
+    record_summary(figures.line(victim, logs))
 
     assert coordinator != victim.node
-    assert victim.node not in leaders(after).values()
+    assert victim.node not in leaders(during).values()
     assert figures.read == figures.messages == len(written)
     assert figures.dead_lettered == 0
     assert figures.sent == {"whatsapp": len(written), "instagram": len(written)}
@@ -351,4 +409,4 @@ async def test_killing_the_router_coordinator_and_leader_mid_stream_loses_nothin
     assert figures.fallback_left == 0
     assert all(alive)
     assert figures.restarts == 0
-    assert figures.errors == []
+    assert logs.errors == []
