@@ -207,10 +207,17 @@ class Figures:
     restarts: float
     stall_s: dict[str, float]  # "<fault> <stage>" -> longest time without progress
     latency_s: dict[str, float]  # message written -> READ: p50 before the kill, max after
+    # Where the time goes before the kill, p50: written -> published (outbox), -> accepted by
+    # both mocks (router), -> READ (mocks' reports, status updater).
+    stages_p50_s: dict[str, float]
 
     def line(self, victim: Victim, logs: Logs) -> str:
         stalls = " ".join(f"{k}={v:.1f}s" for k, v in self.stall_s.items())
         latency = " ".join(f"{k}={v:.1f}s" for k, v in self.latency_s.items())
+        latency += " (p50 before: " + " ".join(
+            f"{k}={v:.2f}s" for k, v in self.stages_p50_s.items()
+        )
+        latency += ")"
         warned = "; ".join(f"{n}x {m}" for m, n in logs.warnings.most_common())
         return (
             f"broker failover (kafka-{victim.node}: leads message_processing {list(victim.led)}, "
@@ -289,12 +296,18 @@ async def gather(
         if r.value
     }
     sent, duplicates, disordered, accepted_at = {}, {}, {}, []
+    delivered: dict[str, float] = {}  # content -> when the last channel accepted it
     for channel in ("whatsapp", "instagram"):
         accepted = await mock_sent(deployment, channel)
         duplicates[channel], disordered[channel] = check_deliveries(list(written), accepted)
         sent[channel] = len(accepted)
         accepted_at += [a["accepted_at"] for a in accepted]
+        for a in accepted:
+            delivered[a["text"]] = max(delivered.get(a["text"], 0.0), a["accepted_at"])
     published = await read_topic(deployment.stack, deployment.topics["message_processing"])
+    published_at: dict[str, float] = {
+        orjson.loads(r.value)["payload"]["content"]: r.timestamp / 1000 for r in published
+    }
     event_ids = [dict(r.headers)["event_id"] for r in published]
     contents: dict[bytes | None, list[str]] = {}
     for r in published:
@@ -313,6 +326,18 @@ async def gather(
 
     def latencies(since: float, until: float) -> list[float]:
         return [reads.get(w.message_id, math.inf) - w.at for w in written if since <= w.at < until]
+
+    def p50(frm: Callable[[Written], float], to: Callable[[Written], float]) -> float:
+        return statistics.median(to(w) - frm(w) for w in written if w.at < at.killed)
+
+    def published_of(w: Written) -> float:
+        return published_at.get(w.content, math.inf)
+
+    def accepted_of(w: Written) -> float:
+        return delivered.get(w.content, math.inf)
+
+    def read_of(w: Written) -> float:
+        return reads.get(w.message_id, math.inf)
 
     return Figures(
         messages=len(ids),
@@ -338,6 +363,11 @@ async def gather(
             "p50_before": statistics.median(latencies(0, at.killed)),
             "max_failover": max(latencies(at.killed, at.back)),
             "max_return": max(latencies(at.back, math.inf)),
+        },
+        stages_p50_s={
+            "publish": p50(lambda w: w.at, published_of),
+            "send": p50(published_of, accepted_of),
+            "read": p50(accepted_of, read_of),
         },
     )
 
