@@ -2,8 +2,8 @@
 
 Messages are written as the platform's API writes them (the `messages` row and its outbox event
 in one transaction) at a steady rate through `chat4all-workers run --roles all` and the channel
-mocks (two processes), every topic replicated 3 with `min.insync.replicas` 2 (`topics ensure`
-with `kafka.replication_factor = 3`). Mid-stream, the node that is the router group's
+mocks (a process of their own), every topic replicated 3 with `min.insync.replicas` 2
+(`topics ensure` with `kafka.replication_factor = 3`). Mid-stream, the node that is the router group's
 coordinator, and so (fresh topics on three live nodes spread the leaders evenly) also leads
 partitions of `message_processing`, is killed with SIGKILL. The stream goes on, and the node
 stays down until every message so far is READ: the cluster has to carry on with two nodes, and
@@ -141,11 +141,12 @@ async def choose_victim(cluster: Cluster, deployment: Deployment) -> Victim:
     """The router group's coordinator, and the `message_processing` partitions it leads."""
     settings = deployment.settings()
     topic = settings.topics.message_processing
-    groups = {role: settings.kafka.group_for(role) for role in ("router", "status_updater")}
     coordinators = {}
-    for role, group in groups.items():
-        _, coordinators[role] = await describe_without(cluster, None, topic, group)
-    described, node = await describe_without(cluster, None, topic, groups["router"])
+    for role in ("router", "status_updater"):
+        described, coordinators[role] = await describe_without(
+            cluster, None, topic, settings.kafka.group_for(role)
+        )
+    node = coordinators["router"]
     led = tuple(p for p, leader in sorted(leaders(described).items()) if leader == node)
     return Victim(node, led, tuple(r for r, c in coordinators.items() if c == node))
 
