@@ -3,9 +3,9 @@
 Messages are written as the platform's API writes them (the `messages` row and its outbox event
 in one transaction) at a steady rate through `chat4all-workers run --roles all` and the channel
 mocks (a process of their own), every topic replicated 3 with `min.insync.replicas` 2
-(`topics ensure` with `kafka.replication_factor = 3`). Mid-stream, the node that is the router group's
-coordinator, and so (fresh topics on three live nodes spread the leaders evenly) also leads
-partitions of `message_processing`, is killed with SIGKILL. The stream goes on, and the node
+(`topics ensure` with `kafka.replication_factor = 3`). Mid-stream, the node that is the router
+group's coordinator, and so (fresh topics on three live nodes spread the leaders evenly) also
+leads partitions of `message_processing`, is killed with SIGKILL. The stream goes on, and the node
 stays down until every message so far is READ: the cluster has to carry on with two nodes, and
 nothing may wait for the dead one to come back. Then it comes back, as an operator brings it
 back, and a preferred leader election (what `auto.leader.rebalance.enable` does within five
