@@ -54,9 +54,9 @@ from tests.support import TOPIC_FIELDS, Deployment, WorkerProcess, eventually, r
 # within WhatsApp's pair limit (a burst of 45, then one per 6 s: the mocks enforce it), else
 # the stream would measure the pair limit, not the failover.
 RATE_PER_S = int(os.environ.get("FAILOVER_RATE_PER_S", "20"))
-SECONDS = float(os.environ.get("FAILOVER_SECONDS", "20"))
-KILL_AFTER_S = float(os.environ.get("FAILOVER_KILL_AFTER_S", "6"))
-RETURN_SECONDS = 4.0  # the stream once the node is back; the election 1 s into it
+SECONDS = float(os.environ.get("FAILOVER_SECONDS", "16"))
+KILL_AFTER_S = float(os.environ.get("FAILOVER_KILL_AFTER_S", "5"))
+RETURN_SECONDS = 3.0  # the stream once the node is back; the election 1 s into it
 PER_RECIPIENT = 40
 CONVERSATIONS = range(1, 1 + math.ceil(RATE_PER_S * (SECONDS + RETURN_SECONDS) / PER_RECIPIENT))
 # Processes running `--roles all` (each role's group then has that many members), plus one for
