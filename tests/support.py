@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -528,3 +530,25 @@ async def read_topic(stack: StackEndpoints, topic: str) -> list[ConsumerRecord[b
         return records
     finally:
         await consumer.stop()
+
+
+@contextlib.contextmanager
+def own_redis(
+    port: int, workdir: Path, *, password: str | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A Redis server this test owns, so it can stop it without disturbing anyone (and, with
+    `password`, one that requires it: the shared one does not)."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "no"}
+    options |= {"dir": str(workdir)} | ({"requirepass": password} if password else {})
+    proc = subprocess.Popen(
+        [binary, *(arg for name, value in options.items() for arg in (f"--{name}", value))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)

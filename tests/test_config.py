@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from chat4all_workers.config import Secret, Settings
+from chat4all_workers.config import RESTART_TYPES, Secret, Settings
 from chat4all_workers.errors import ConfigError
+from chat4all_workers.roles.base import Restart
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,17 +55,45 @@ def test_settings_parse_env_lists_tables_and_booleans() -> None:
 @pytest.mark.parametrize(
     ("env", "doc", "message"),
     [
-        ({"OUTBOX_BATCH_SIZE": "lots"}, {}, "outbox.batch_size (env OUTBOX_BATCH_SIZE)"),
-        ({"MINIO_SECURE": "maybe"}, {}, "s3.secure (env MINIO_SECURE)"),
+        ({"OUTBOX_BATCH_SIZE": "lots"}, {}, "outbox.batch_size (env OUTBOX_BATCH_SIZE): expected"),
+        ({"MINIO_SECURE": "maybe"}, {}, "s3.secure (env MINIO_SECURE): expected true or false"),
         (
             {},
             {"kafka": {"max_in_flight": "many"}},
-            "kafka.max_in_flight (supervisor.toml): expected int",
+            "kafka.max_in_flight (supervisor.toml): expected integer, got string 'many'",
         ),
         ({}, {"kafka": {"no_such_key": 1}}, "kafka.no_such_key (supervisor.toml): unknown key"),
         ({}, {"nonsense": {}}, "nonsense (supervisor.toml): unknown section"),
-        ({"KAFKA_AUTO_OFFSET_RESET": "middle"}, {}, "must be one of ['earliest', 'latest']"),
-        ({"GC_BATCH_SIZE": "-1"}, {}, "gc.batch_size (env GC_BATCH_SIZE): must not be negative"),
+        ({"KAFKA_AUTO_OFFSET_RESET": "mid"}, {}, "must be one of earliest, latest, got 'mid'"),
+        ({"GC_BATCH_SIZE": "-1"}, {}, "gc.batch_size (env GC_BATCH_SIZE): must be greater than 0"),
+        ({"OUTBOX_BATCH_SIZE": "0"}, {}, "outbox.batch_size (env OUTBOX_BATCH_SIZE): must be"),
+        ({"OUTBOX_MAX_RETRIES": "-1"}, {}, "outbox.max_retries (env OUTBOX_MAX_RETRIES): must"),
+        ({"CHAT4ALL_ROUTER_RETRY_CAP_S": "nan"}, {}, "router.retry_cap_s (env CHAT4ALL_ROUTER_RE"),
+        ({"METRICS_PORT": "70000"}, {}, "observability.metrics_port (env METRICS_PORT): must"),
+        ({"CHAT4ALL_MOCKS_ERROR_RATE": "1.5"}, {}, "mocks.error_rate (env CHAT4ALL_MOCKS_ERROR_R"),
+        (
+            {"CHAT4ALL_GC_SCHEDULE": "99 99 * * *"},
+            {},
+            "gc.schedule (env CHAT4ALL_GC_SCHEDULE): cron minute field '99' is outside 0-59",
+        ),
+        ({}, {"gc": {"schedule": "0 0 30 2 *"}}, "gc.schedule (supervisor.toml): cron never fires"),
+        (
+            {},
+            {"roles": {"restart": {"router": "sometimes"}}},
+            "roles.restart.router (supervisor.toml): must be one of permanent, transient, tempor",
+        ),
+        ({"CHAT4ALL_TOPICS_DLQ": "a b"}, {}, "topics.dlq (env CHAT4ALL_TOPICS_DLQ): not a Kafka"),
+        ({"CHAT4ALL_KAFKA_PARTITIONS": "x/y=3"}, {}, "kafka.partitions.x/y (env CHAT4ALL_KAFKA_PA"),
+        ({"MINIO_BUCKET": "Bad_Bucket"}, {}, "s3.bucket (env MINIO_BUCKET): not an S3 bucket name"),
+        ({"MINIO_ENDPOINT": "http://s3:9000"}, {}, "s3.endpoint (env MINIO_ENDPOINT): expected h"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "k:9092,,"}, {}, "kafka.bootstrap_servers (env KAFKA_BOOTST"),
+        ({"WHATSAPP_API_BASE_URL": "graph.facebook.com"}, {}, "whatsapp.base_url (env WHATSAPP_AP"),
+        ({"CHAT4ALL_WHATSAPP_API_VERSION": "21"}, {}, "whatsapp.api_version (env CHAT4ALL_WHATSA"),
+        (
+            {"CHAT4ALL_POSTGRES_POOL_MIN_SIZE": "20"},
+            {},
+            "postgres.pool_min_size (env CHAT4ALL_POSTGRES_POOL_MIN_SIZE): must not exceed",
+        ),
     ],
 )
 def test_settings_reject_bad_values_naming_key_and_source(
@@ -74,6 +103,112 @@ def test_settings_reject_bad_values_naming_key_and_source(
         Settings.load(env, doc)
 
     assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+# A password nobody would write by accident; it must never be in an error message.
+PASSWORD = "pw-0xDEADBEEF"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"DATABASE_URL": f"postgresql://u:{PASSWORD}@db:notaport/x"},
+            "postgres.url (env DATABASE_URL): the port must be a number from 1 to 65535",
+        ),
+        (
+            {"DATABASE_URL": f"mysql://u:{PASSWORD}@db/x"},
+            "postgres.url (env DATABASE_URL): must start with postgresql:// or postgres://",
+        ),
+        (
+            {"DATABASE_URL": f"postgresql://u:{PASSWORD}@db"},
+            "postgres.url (env DATABASE_URL): no database name",
+        ),
+        (
+            {"DATABASE_URL": f"postgresql://u:{PASSWORD}/x@db/x"},  # an unencoded / in it
+            "postgres.url (env DATABASE_URL): has an unencoded @, /, ? or #",
+        ),
+        (
+            {"DATABASE_URL": f"postgresql://u:{PASSWORD}@db/x?sslmode=sometimes"},
+            "postgres.url (env DATABASE_URL): sslmode must be one of",
+        ),
+        (
+            {"REDIS_URL": f"http://:{PASSWORD}@cache:6379"},
+            "redis.url (env REDIS_URL): must start with redis:// or rediss:// or unix://",
+        ),
+        (
+            {"REDIS_URL": f"redis://:{PASSWORD}@cache:6379/notadb"},
+            "redis.url (env REDIS_URL): the database number must be a non-negative integer",
+        ),
+        (
+            {"REDIS_URL": f"redis://:{PASSWORD}@cache:99999/0"},
+            "redis.url (env REDIS_URL): the port must be a number from 1 to 65535",
+        ),
+    ],
+)
+def test_settings_reject_a_bad_dsn_without_quoting_it(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.load(env)
+
+    assert message in str(error.value)
+    assert PASSWORD not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("postgres.url", [f"postgresql://u:{PASSWORD}@db/x"]),
+        ("redis.url", {"url": PASSWORD}),
+        ("s3.secret_key", [PASSWORD]),
+        ("whatsapp.access_token", 42),
+        ("instagram.access_token", [PASSWORD, PASSWORD]),
+    ],
+)
+def test_settings_name_a_wrong_typed_secret_by_its_type_only(key: str, value: object) -> None:
+    section, name = key.split(".")
+
+    with pytest.raises(ConfigError) as error:
+        Settings.load({}, {section: {name: value}})
+
+    assert str(error.value).startswith(f"{key} (supervisor.toml): expected string, got ")
+    assert PASSWORD not in str(error.value)
+    assert "42" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://chat4all:chat4all@127.0.0.1:5432/chat4all",
+        "postgres://u@db1:5432,db2:5433/app?sslmode=verify-full",
+        "postgresql:///app?host=/run/postgresql",
+    ],
+)
+def test_settings_accept_the_dsns_asyncpg_accepts(url: str) -> None:
+    assert Settings.load({"DATABASE_URL": url}).postgres.url.get() == url
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            f"postgresql://chat4all:{PASSWORD}@db.internal:5432/chat4all",
+            "postgresql://chat4all:***@db.internal:5432/chat4all",
+        ),
+        (f"redis://:{PASSWORD}@cache:6379/2", "redis://:***@cache:6379/2"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        (f"postgresql://u@db/x?password={PASSWORD}", "postgresql://u@db/x?password=***"),
+        (f"postgresql://u:{PASSWORD}/x@db/x", "postgresql://***"),
+        (PASSWORD, "***"),
+        ("", ""),
+    ],
+)
+def test_secret_masks_only_the_password_of_a_url(url: str, shown: str) -> None:
+    assert Secret(url).masked() == shown
+
+
+def test_settings_restart_types_are_the_supervisors() -> None:
+    assert set(RESTART_TYPES) == {r.value for r in Restart}
 
 
 def test_secret_never_shows_its_value() -> None:
@@ -83,6 +218,7 @@ def test_secret_never_shows_its_value() -> None:
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in str(settings.postgres.url)
     assert all("hunter2" not in row.value for row in settings.describe())
+    assert all("hunter2" not in str(row.data) for row in settings.describe())
     assert Secret("a") == Secret("a")
 
 

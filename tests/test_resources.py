@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-from collections.abc import Iterator
+import logging
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from chat4all_workers.resources import Need
+from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.resources import Need, Resources
 from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.storage.s3 import new_client
 from chat4all_workers.supervisor import Supervisor
 from tests.stack import StackEndpoints
-from tests.support import eventually, free_port, settings_for
+from tests.support import eventually, free_port, own_redis, settings_for
 
 pytestmark = pytest.mark.stack
 
@@ -52,42 +51,13 @@ async def test_resources_backfill_only_opens_no_postgres_pool(stack: StackEndpoi
         assert sup.resources.producer is not None
 
 
-@contextlib.contextmanager
-def own_redis(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A Redis server this test owns, so it can stop it without disturbing anyone."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed"
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 async def readyz(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:
     async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
         return response.status, await response.json()
 
 
 async def test_readyz_turns_503_while_a_dependency_is_down_and_200_when_back(
-    stack: StackEndpoints, tmp_path: Path
+    stack: StackEndpoints, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = free_port()
     settings = settings_for(stack, redis={"url": f"redis://127.0.0.1:{port}/0"})
@@ -104,11 +74,34 @@ async def test_readyz_turns_503_while_a_dependency_is_down_and_200_when_back(
 
             first.terminate()
             first.wait(10)
-            await eventually(lambda: _status_is(http, sup.http_port, 503), message="503")
-
-            with own_redis(port, tmp_path):
-                await eventually(lambda: _status_is(http, sup.http_port, 200), message="200 again")
+            with caplog.at_level(logging.INFO, logger="chat4all_workers.resources"):
+                await eventually(lambda: _status_is(http, sup.http_port, 503), message="503")
+                with own_redis(port, tmp_path):
+                    await eventually(lambda: _status_is(http, sup.http_port, 200), message="200")
             assert [s.restarts_total for s in sup.stats()] == [0]
+
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.endswith("resources")]
+    assert said[0][0] == "WARNING"
+    assert said[0][1].startswith("redis: not ready: ConnectionError: ")
+    assert said[1:] == [("INFO", "redis: answers again")]
+
+
+async def test_probe_says_once_why_a_dependency_refuses(
+    stack: StackEndpoints, caplog: pytest.LogCaptureFixture
+) -> None:
+    """S3 turning down our credentials at run time: /readyz says false, and the log says why."""
+    settings = settings_for(stack, s3={"secret_key": "not-the-secret"})
+    resources = Resources(settings, Metrics(), s3=new_client(settings.s3))
+    try:
+        with caplog.at_level(logging.INFO, logger="chat4all_workers.resources"):
+            first = await resources.probe()
+            second = await resources.probe()
+    finally:
+        await resources.s3_client().close_session()
+
+    assert first == second == {"s3": False}
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [("WARNING", "s3: not ready: AccessDenied: Access denied")]
 
 
 async def test_metrics_endpoint_exposes_supervisor_metrics(stack: StackEndpoints) -> None:

@@ -1,7 +1,10 @@
 """`chat4all-workers`: argv, logging set-up, signal handlers and `asyncio.run` live here alone.
 
-Exit codes: 0 success, 1 a runtime failure (a permanent role failed, a dependency unreachable),
-2 bad usage or configuration (a one-line message naming the key and its source).
+Exit codes: 0 success (a SIGTERM included, even while start-up still waits for a dependency), 1 a
+runtime failure (a permanent role failed, a dependency unreachable or refusing our credentials),
+2 bad usage or configuration (one line naming the key and its source, or the argument), 141 when
+the reader of stdout went away (`config show | head`), as for any Unix tool killed by SIGPIPE.
+Every error a user can cause is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -15,29 +18,76 @@ import sys
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 import orjson
 
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
-from chat4all_workers.errors import ConfigError, RoleFailedError
+from chat4all_workers.errors import ConfigError, DependencyRefusedError, RoleFailedError
 from chat4all_workers.kafka.admin import ensure_topics
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.kafka.replay import ReplayFilter, ReplaySummary, replay_dlq
 from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.observability.tracing import configure_tracing
-from chat4all_workers.roles import REGISTRY, resolve_roles
+from chat4all_workers.resources import REFUSAL_ERRORS, refusal
+from chat4all_workers.roles import REGISTRY, check_restart_overrides, resolve_roles
 from chat4all_workers.status import Thresholds, collect_status
 from chat4all_workers.status import render as render_status
 from chat4all_workers.supervisor import Supervisor, run_once
 
 log = logging.getLogger("chat4all_workers.cli")
+# 128 + SIGPIPE: what a shell reports for a tool whose reader closed the pipe.
+EXIT_STDOUT_CLOSED = 141
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on ONE line (exit 2) like every other bad input; subcommand
+    parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+class _StdoutClosedError(Exception):
+    """Whoever read our stdout went away (`config show | head`): not an error of ours."""
+
+
+def _out(text: str) -> None:
+    """Every command's stdout goes through here, so a closed pipe is told apart from a closed
+    socket (both are BrokenPipeError)."""
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        raise _StdoutClosedError from None
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise _StdoutClosedError from None
+
+
+def _at_least(low: int | float, kind: type[int] | type[float]) -> Any:
+    """An argparse type: a number of `kind`, at least `low`."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r:.40}") from None
+        if not value >= low:  # NaN too
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text:.40}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="chat4all-workers",
         description="Run the Chat4All background workers, supervised in one asyncio event loop.",
     )
@@ -62,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = commands.add_parser("config", help="inspect the configuration")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
-    config_commands.add_parser("show", help="every setting, its value and where it came from")
+    show = config_commands.add_parser(
+        "show", help="every setting, its value and where it came from (secrets masked)"
+    )
+    show.add_argument("--json", action="store_true", help="machine-readable output")
 
     db = commands.add_parser("db", help="database administration")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -80,14 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument(
         "--max-lag",
-        type=int,
+        type=_at_least(0, int),
         default=10_000,
         metavar="N",
         help="lag above this per group and topic is unhealthy (default 10000)",
     )
     status.add_argument(
         "--max-outbox-age-s",
-        type=float,
+        type=_at_least(0, float),
         default=300.0,
         metavar="S",
         help="an unpublished outbox event older than this is unhealthy (300)",
@@ -98,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = dlq_commands.add_parser(
         "replay", help="re-publish DLQ records to their original topic (not repeated next time)"
     )
-    replay.add_argument("--limit", type=int, metavar="N", help="replay at most N records")
+    replay.add_argument(
+        "--limit", type=_at_least(1, int), metavar="N", help="replay at most N records (N >= 1)"
+    )
     replay.add_argument(
         "--since",
         type=_parse_since,
@@ -130,15 +185,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     try:
         settings = load_settings(args, environ)
+        check_restart_overrides(settings)  # keys name roles: the registry is known only up here
         configure_logging(
             level=settings.observability.log_level,
             service="supervisor",
             repeat_interval_s=settings.observability.log_repeat_interval_s,
         )
-        return _dispatch(args, settings)
+        code = _dispatch(args, settings)
+        _flush_stdout()
+        return code
     except ConfigError as exc:
         sys.stderr.write(f"chat4all-workers: configuration error: {exc}\n")
         return 2
+    except _StdoutClosedError:
+        # Point stdout at /dev/null: the interpreter flushes it once more on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
     except KeyboardInterrupt:
         return 130
 
@@ -162,14 +224,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             for name, spec in REGISTRY.items():
                 mark = "enabled " if name in enabled else "disabled"
                 kind = "periodic" if spec.run_once else "service"
-                sys.stdout.write(f"{name:<{width}}  {mark}  {kind:<8}  {spec.description}\n")
+                _out(f"{name:<{width}}  {mark}  {kind:<8}  {spec.description}\n")
             return 0
         case "config":
-            rows = settings.describe()
-            width = max(len(row.key) for row in rows)
-            for row in rows:
-                line = f"{row.key:<{width}} = {row.value}    # {row.source}; env {row.env}"
-                sys.stdout.write(line + "\n")
+            _show_config(settings, as_json=args.json)
             return 0
         case "db":
             return _run_async(_migrate(settings))
@@ -182,39 +240,71 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(f"unhandled command {args.command}")
 
 
+def _show_config(settings: Settings, *, as_json: bool) -> None:
+    """Each key once, with its value (a secret masked: a URL keeps all but its password), where
+    the value came from, and the environment name that would set it."""
+    rows = settings.describe()
+    if as_json:
+        doc = {r.key: {"value": r.data, "source": r.source, "env": r.env} for r in rows}
+        _out(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    width = max(len(row.key) for row in rows)
+    for row in rows:
+        where = row.source if row.source == f"env {row.env}" else f"{row.source}; env {row.env}"
+        _out(f"{row.key:<{width}} = {row.value}    # {where}\n")
+
+
 def _run_async(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return asyncio.run(coro)
+    except DependencyRefusedError as exc:
+        log.error("%s", exc)
+        return 1
     except (ConnectionError, OSError) as exc:
         log.error("%s", exc)
         return 1
 
 
 async def _run(settings: Settings, roles: list[str]) -> int:
+    """Run until a signal; a signal while start-up still waits for a dependency ends it too, with
+    exit code 0 (an orchestrator stopping a pod that never became ready is not a failure)."""
     loop = asyncio.get_running_loop()
-    async with Supervisor(settings, roles=roles) as sup:
-        signals_seen = 0
+    starting = asyncio.current_task()
+    assert starting is not None
+    running: Supervisor | None = None
+    signals_seen = 0
 
-        def on_signal(signum: int) -> None:
-            nonlocal signals_seen
-            signals_seen += 1
-            if signals_seen == 1:
-                log.info(
-                    "received %s; draining (send again to force exit)", signal.Signals(signum).name
-                )
-                sup.request_stop()
-            else:
-                log.warning("second signal; exiting without draining")
-                os._exit(1)
+    def on_signal(signum: int) -> None:
+        nonlocal signals_seen
+        signals_seen += 1
+        name = signal.Signals(signum).name
+        if signals_seen > 1:
+            log.warning("second signal; exiting without draining")
+            os._exit(1)
+        if running is None:
+            log.info("received %s during start-up; stopping", name)
+            starting.cancel()
+        else:
+            log.info("received %s; draining (send again to force exit)", name)
+            running.request_stop()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
-        log.info("running roles %s; operations on port %s", ",".join(roles), sup.http_port)
-        try:
-            await sup.wait()
-        except RoleFailedError as exc:
-            log.critical("%s", exc)
-            return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        async with Supervisor(settings, roles=roles) as sup:
+            running = sup
+            log.info("running roles %s; operations on port %s", ",".join(roles), sup.http_port)
+            try:
+                await sup.wait()
+            except RoleFailedError as exc:
+                log.critical("%s", exc)
+                return 1
+    except asyncio.CancelledError:
+        if running is not None or not signals_seen:
+            raise
+        starting.uncancel()
+        log.info("stopped before start-up finished")
+        return 0
     log.info("stopped cleanly")
     return 0
 
@@ -222,7 +312,7 @@ async def _run(settings: Settings, roles: list[str]) -> int:
 async def _run_once(settings: Settings, role: str) -> int:
     try:
         await run_once(settings, role)
-    except ConfigError:
+    except (ConfigError, DependencyRefusedError):
         raise
     except Exception:
         log.exception("run-once %s failed", role)
@@ -231,12 +321,15 @@ async def _run_once(settings: Settings, role: str) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    conn = await asyncpg.connect(settings.postgres.url.get())
+    try:
+        conn = await asyncpg.connect(settings.postgres.url.get())
+    except REFUSAL_ERRORS as exc:
+        raise DependencyRefusedError("postgres", refusal(exc) or type(exc).__name__) from None
     try:
         applied = await migrate(conn)
     finally:
         await conn.close()
-    sys.stdout.write(f"applied: {', '.join(applied)}\n" if applied else "database is up to date\n")
+    _out(f"applied: {', '.join(applied)}\n" if applied else "database is up to date\n")
     return 0
 
 
@@ -246,24 +339,22 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
     thresholds = Thresholds(max_lag=args.max_lag, max_outbox_age_s=args.max_outbox_age_s)
     report = await collect_status(settings, workers=workers, thresholds=thresholds)
     if args.json:
-        sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+        _out(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
-        render_status(report, write=sys.stdout.write)
+        render_status(report, write=_out)
     return 0 if report.healthy else 1
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     def progress(summary: ReplaySummary, record: ConsumedRecord, outcome: str) -> None:
-        reason = record.header("dlq.reason") or ""
-        sys.stdout.write(
-            f"[{summary.examined}] {record.partition}@{record.offset} {outcome}  ({reason[:80]})\n"
-        )
+        reason = (record.header("dlq.reason") or "")[:80]
+        _out(f"[{summary.examined}] {record.partition}@{record.offset} {outcome}  ({reason})\n")
 
     filters = ReplayFilter(limit=args.limit, since=args.since, reason=args.reason)
     summary = await replay_dlq(settings, filters=filters, dry_run=args.dry_run, progress=progress)
     verb = "would replay" if args.dry_run else "replayed"
     topics = ", ".join(f"{t}: {n}" for t, n in sorted(summary.by_topic.items())) or "none"
-    sys.stdout.write(
+    _out(
         f"{verb} {summary.replayed} of {summary.examined} examined ({topics}); "
         f"{summary.skipped} left by the filters, {summary.unreplayable} without an original topic\n"
     )
@@ -286,7 +377,7 @@ def _parse_since(text: str) -> datetime:
 async def _ensure_topics(settings: Settings) -> int:
     created, present = await ensure_topics(settings)
     for name in created:
-        sys.stdout.write(f"created {name}\n")
+        _out(f"created {name}\n")
     for name in present:
-        sys.stdout.write(f"exists  {name}\n")
+        _out(f"exists  {name}\n")
     return 0

@@ -11,6 +11,8 @@ file. Everything below `cli.py` receives these values and never reads `os.enviro
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import tomllib
 import types
 import typing
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from chat4all_workers import config_checks
 from chat4all_workers.errors import ConfigError
 
 
@@ -47,22 +50,46 @@ class Secret:
 
     __str__ = __repr__
 
+    def masked(self) -> str:
+        """What `config show` prints: a URL without its password (`postgresql://chat4all:***@
+        db:5432/chat4all`, so the host stays visible), any other secret as `***`, and an empty
+        one as empty."""
+        if not self._value:
+            return ""
+        return config_checks.masked_url(self._value) or "***"
 
-def _env(name: str) -> dict[str, str]:
-    return {"env": name}
+
+def _env(name: str, **rules: Any) -> dict[str, Any]:
+    """Field metadata: the legacy environment name, plus any rule (`check`, `min`, ...)."""
+    return {"env": name, **rules}
+
+
+# Rules of the values below (see `_validate`): numbers must be greater than 0 and at most
+# 2**31 - 1 (integers) or 1e9 unless `min`/`max` say otherwise; `choices` lists the allowed
+# values (of each entry, for a table); `check` is one of config_checks; `check_key` checks the
+# names of a table's entries. Defaults are not checked: `supervisor.toml` repeats every one, and
+# a test loads it.
+_ZERO_OK = {"min": 0}
+_TOPIC = {"check": config_checks.topic_name}
+_NON_EMPTY = {"check": config_checks.non_empty}
+# OTP restart types; roles/base.py `Restart` has the same three (a test keeps them equal).
+RESTART_TYPES = ("permanent", "transient", "temporary")
 
 
 @dataclass(frozen=True, kw_only=True)
 class KafkaSettings:
     bootstrap_servers: str = field(
-        default="127.0.0.1:9092", metadata=_env("KAFKA_BOOTSTRAP_SERVERS")
+        default="127.0.0.1:9092",
+        metadata=_env("KAFKA_BOOTSTRAP_SERVERS", check=config_checks.kafka_servers),
     )
-    consumer_group: str = field(default="chat4all-workers", metadata=_env("KAFKA_CONSUMER_GROUP"))
+    consumer_group: str = field(
+        default="chat4all-workers", metadata=_env("KAFKA_CONSUMER_GROUP", **_NON_EMPTY)
+    )
     auto_offset_reset: str = field(
         default="earliest",
         metadata={"env": "KAFKA_AUTO_OFFSET_RESET", "choices": ("earliest", "latest")},
     )
-    client_id: str = "chat4all-workers"
+    client_id: str = field(default="chat4all-workers", metadata=_NON_EMPTY)
     max_in_flight: int = 1000
     # Records a handler holds while it waits on an outside condition (a paused channel, a
     # recipient's pair limit: kafka/consumer.py `held()`) count against this bound instead of
@@ -76,14 +103,16 @@ class KafkaSettings:
     # waits up to half of it for its revoked partitions' running handlers (kafka/consumer.py).
     # Keep it well above session_timeout_ms / 3 (the heartbeat that notices a rebalance).
     rebalance_timeout_ms: int = 30_000
-    linger_ms: int = 5
+    linger_ms: int = field(default=5, metadata=_ZERO_OK)
     default_partitions: int = 12
-    replication_factor: int = 1
-    dlq_retention_ms: int = 7 * 24 * 3600 * 1000
-    partitions: dict[str, int] = field(default_factory=dict)
+    replication_factor: int = field(default=1, metadata={"max": 32767})
+    dlq_retention_ms: int = field(default=7 * 24 * 3600 * 1000, metadata={"max": 2**63 - 1})
+    partitions: dict[str, int] = field(
+        default_factory=dict, metadata={"check_key": config_checks.topic_name}
+    )
     # Per-role consumer group, replacing "<consumer_group>-<role>": e.g. {"router":
     # "message_router_group"} continues from the original workers' committed offsets.
-    groups: dict[str, str] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict, metadata=_NON_EMPTY)
 
     def group_for(self, role: str) -> str:
         """The consumer group of a consuming role (or of a tool like `dlq-replay`). The one
@@ -95,45 +124,58 @@ class KafkaSettings:
 class TopicSettings:
     """Topic names; overridable so that tests and tenants can run side by side."""
 
-    message_processing: str = "message_processing"
-    message_status_updates: str = "message_status_updates"
-    dlq: str = "message_processing_dlq"
-    file_merge_requests: str = "file_merge_requests"
-    file_upload_completed: str = "file_upload_completed"
-    message_events: str = "message_events"
-    file_events: str = "file_events"
-    conversation_events: str = "conversation_events"
-    default_events: str = "default_events"
+    message_processing: str = field(default="message_processing", metadata=_TOPIC)
+    message_status_updates: str = field(default="message_status_updates", metadata=_TOPIC)
+    dlq: str = field(default="message_processing_dlq", metadata=_TOPIC)
+    file_merge_requests: str = field(default="file_merge_requests", metadata=_TOPIC)
+    file_upload_completed: str = field(default="file_upload_completed", metadata=_TOPIC)
+    message_events: str = field(default="message_events", metadata=_TOPIC)
+    file_events: str = field(default="file_events", metadata=_TOPIC)
+    conversation_events: str = field(default="conversation_events", metadata=_TOPIC)
+    default_events: str = field(default="default_events", metadata=_TOPIC)
     # Messages users send to our WhatsApp number / Instagram account (the webhooks role).
-    inbound_messages: str = "inbound_messages"
+    inbound_messages: str = field(default="inbound_messages", metadata=_TOPIC)
 
 
 @dataclass(frozen=True, kw_only=True)
 class PostgresSettings:
     url: Secret = field(
         default=Secret("postgresql://chat4all:chat4all@127.0.0.1:5432/chat4all"),
-        metadata=_env("DATABASE_URL"),
+        metadata=_env("DATABASE_URL", check=config_checks.postgres_url),
     )
-    pool_min_size: int = 1
+    pool_min_size: int = field(default=1, metadata=_ZERO_OK)
     pool_max_size: int = 10
     command_timeout_s: float = 30.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Rules across fields: (field, problem) pairs."""
+        if self.pool_min_size > self.pool_max_size:
+            return [("pool_min_size", f"must not exceed pool_max_size ({self.pool_max_size})")]
+        return []
 
 
 @dataclass(frozen=True, kw_only=True)
 class RedisSettings:
-    url: Secret = field(default=Secret("redis://127.0.0.1:6379/0"), metadata=_env("REDIS_URL"))
+    url: Secret = field(
+        default=Secret("redis://127.0.0.1:6379/0"),
+        metadata=_env("REDIS_URL", check=config_checks.redis_url),
+    )
     key_prefix: str = ""
     max_connections: int = 50
 
 
 @dataclass(frozen=True, kw_only=True)
 class S3Settings:
-    endpoint: str = field(default="127.0.0.1:9000", metadata=_env("MINIO_ENDPOINT"))
+    endpoint: str = field(
+        default="127.0.0.1:9000", metadata=_env("MINIO_ENDPOINT", check=config_checks.host_port)
+    )
     access_key: Secret = field(default=Secret("chat4all"), metadata=_env("MINIO_ACCESS_KEY"))
     secret_key: Secret = field(default=Secret("chat4all-secret"), metadata=_env("MINIO_SECRET_KEY"))
-    bucket: str = field(default="chat4all-files", metadata=_env("MINIO_BUCKET"))
+    bucket: str = field(
+        default="chat4all-files", metadata=_env("MINIO_BUCKET", check=config_checks.bucket_name)
+    )
     secure: bool = field(default=False, metadata=_env("MINIO_SECURE"))
-    region: str = "us-east-1"
+    region: str = field(default="us-east-1", metadata=_NON_EMPTY)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,9 +190,9 @@ class BreakerSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class SupervisorSettings:
-    max_restarts: int = 5
+    max_restarts: int = field(default=5, metadata=_ZERO_OK)
     restart_window_s: float = 60.0
-    backoff_base_s: float = 0.5
+    backoff_base_s: float = field(default=0.5, metadata=_ZERO_OK)
     backoff_cap_s: float = 30.0
     reset_after_s: float = 300.0
     shutdown_timeout_s: float = 25.0
@@ -163,7 +205,7 @@ class RoleSettings:
     # "all" is every production role of the registry (roles/__init__.py), so the list of roles
     # is written once.
     enabled: tuple[str, ...] = field(default=("all",), metadata=_env("ROLES"))
-    restart: dict[str, str] = field(default_factory=dict)
+    restart: dict[str, str] = field(default_factory=dict, metadata={"choices": RESTART_TYPES})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -171,13 +213,19 @@ class ObservabilitySettings:
     # Loopback unless told otherwise: the ops port serves /metrics and /readyz unauthenticated.
     # Containers bind every interface explicitly (the image, compose and Kubernetes set
     # CHAT4ALL_OBSERVABILITY_METRICS_HOST=0.0.0.0) so probes and Prometheus reach it.
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = field(default=8000, metadata=_env("METRICS_PORT"))
+    metrics_host: str = field(default="127.0.0.1", metadata=_NON_EMPTY)
+    # 0: a port the OS picks (tests)
+    metrics_port: int = field(default=8000, metadata=_env("METRICS_PORT", min=0, max=65535))
     log_level: str = field(
         default="INFO", metadata={"choices": ("DEBUG", "INFO", "WARNING", "ERROR")}
     )
-    service_name: str = field(default="chat4all-workers", metadata=_env("OTEL_SERVICE_NAME"))
-    otlp_endpoint: str = field(default="", metadata=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    service_name: str = field(
+        default="chat4all-workers", metadata=_env("OTEL_SERVICE_NAME", **_NON_EMPTY)
+    )
+    otlp_endpoint: str = field(
+        default="",
+        metadata=_env("OTEL_EXPORTER_OTLP_ENDPOINT", check=config_checks.http_url_or_empty),
+    )
     # A client library's message (aiokafka's reconnect errors) repeated within this long is
     # logged once, then again with the count of repeats it stood for.
     log_repeat_interval_s: float = 30.0
@@ -186,18 +234,18 @@ class ObservabilitySettings:
 @dataclass(frozen=True, kw_only=True)
 class OutboxSettings:
     poll_interval_ms: int = field(default=500, metadata=_env("OUTBOX_POLL_INTERVAL_MS"))
-    max_retries: int = field(default=3, metadata=_env("OUTBOX_MAX_RETRIES"))
+    max_retries: int = field(default=3, metadata=_env("OUTBOX_MAX_RETRIES", min=0))
     batch_size: int = field(default=100, metadata=_env("OUTBOX_BATCH_SIZE"))
     backoff_base_s: float = 1.0
     backoff_cap_s: float = 300.0
-    notify_channel: str = "outbox_events"
-    routes: dict[str, str] = field(default_factory=dict)
+    notify_channel: str = field(default="outbox_events", metadata=_NON_EMPTY)
+    routes: dict[str, str] = field(default_factory=dict, metadata=_TOPIC)
     pending_refresh_s: float = 5.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class FallbackSettings:
-    queue_key: str = "fallback:message_queue"
+    queue_key: str = field(default="fallback:message_queue", metadata=_NON_EMPTY)
     poll_interval_s: float = field(default=10.0, metadata=_env("FALLBACK_POLL_INTERVAL"))
     batch_size: int = field(default=50, metadata=_env("FALLBACK_BATCH_SIZE"))
     # A backfill worker whose heartbeat is older than this is presumed dead; its taken items
@@ -209,7 +257,7 @@ class FallbackSettings:
 class GcSettings:
     retention_hours: float = field(default=24.0, metadata=_env("GC_RETENTION_HOURS"))
     batch_size: int = field(default=100, metadata=_env("GC_BATCH_SIZE"))
-    schedule: str = "0 2 * * *"
+    schedule: str = field(default="0 2 * * *", metadata={"check": config_checks.cron})
     merging_stuck_minutes: float = 60.0
     dry_run: bool = False
 
@@ -219,11 +267,14 @@ class MergeSettings:
     # Merges running at once per process; each streaming merge holds about two parts in memory.
     max_concurrent: int = 4
     # Part size of a streamed (multipart) merge; S3 requires at least 5 MiB for all but the last.
-    stream_part_size_bytes: int = 8 * 1024 * 1024
+    stream_part_size_bytes: int = field(
+        default=8 * 1024 * 1024, metadata={"min": 5 * 1024 * 1024, "max": 5 * 1024**3}
+    )
     # How much is read from S3 (and hashed) at a time.
     read_block_bytes: int = 1024 * 1024
-    # Lifetime of the presigned download URL in the completion event (SPEC: 24 h).
-    download_url_expiry_s: int = 24 * 3600
+    # Lifetime of the presigned download URL in the completion event (SPEC: 24 h); S3 signs
+    # for at most 7 days.
+    download_url_expiry_s: int = field(default=24 * 3600, metadata={"max": 7 * 24 * 3600})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -254,45 +305,47 @@ class RouterSettings:
 @dataclass(frozen=True, kw_only=True)
 class WhatsAppSettings:
     base_url: str = field(
-        default="https://graph.facebook.com", metadata=_env("WHATSAPP_API_BASE_URL")
+        default="https://graph.facebook.com",
+        metadata=_env("WHATSAPP_API_BASE_URL", check=config_checks.http_url),
     )
-    api_version: str = "v21.0"
+    api_version: str = field(default="v21.0", metadata={"check": config_checks.api_version})
     access_token: Secret = field(default=Secret(""), metadata=_env("WHATSAPP_ACCESS_TOKEN"))
     phone_number_id: str = field(default="", metadata=_env("WHATSAPP_PHONE_NUMBER_ID"))
     timeout_s: float = 10.0
     # Sends per second per business number, shared by every router of the deployment through
     # Redis (Meta: 80 by default, 1,000 after an upgrade, 20 for numbers shared with the
     # WhatsApp Business app). 0 = no pacing.
-    max_rate_per_s: float = 80.0
+    max_rate_per_s: float = field(default=80.0, metadata=_ZERO_OK)
     # Per (business number, recipient): a burst of pair_burst, then one per pair_interval_s
     # (Meta: about 45, then one per 6 s). 0 = no pair pacing.
-    pair_burst: int = 45
-    pair_interval_s: float = 6.0
+    pair_burst: int = field(default=45, metadata=_ZERO_OK)
+    pair_interval_s: float = field(default=6.0, metadata=_ZERO_OK)
 
 
 @dataclass(frozen=True, kw_only=True)
 class InstagramSettings:
     base_url: str = field(
-        default="https://graph.facebook.com", metadata=_env("INSTAGRAM_API_BASE_URL")
+        default="https://graph.facebook.com",
+        metadata=_env("INSTAGRAM_API_BASE_URL", check=config_checks.http_url),
     )
-    api_version: str = "v21.0"
+    api_version: str = field(default="v21.0", metadata={"check": config_checks.api_version})
     access_token: Secret = field(default=Secret(""), metadata=_env("INSTAGRAM_ACCESS_TOKEN"))
     user_id: str = field(default="", metadata=_env("INSTAGRAM_USER_ID"))
     timeout_s: float = 10.0
     # Sends per second per Instagram account, shared through Redis (Meta: 300 calls/s for text;
     # 250 leaves headroom). 0 = no pacing.
-    max_rate_per_s: float = 250.0
+    max_rate_per_s: float = field(default=250.0, metadata=_ZERO_OK)
     # Meta documents no pair limit for Instagram: off (0) unless set.
-    pair_burst: int = 0
-    pair_interval_s: float = 0.0
+    pair_burst: int = field(default=0, metadata=_ZERO_OK)
+    pair_interval_s: float = field(default=0.0, metadata=_ZERO_OK)
 
 
 @dataclass(frozen=True, kw_only=True)
 class WebhookSettings:
     """The `webhooks` role: the HTTP endpoint Meta calls back (statuses, inbound messages)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8200
+    host: str = field(default="127.0.0.1", metadata=_NON_EMPTY)
+    port: int = field(default=8200, metadata={"min": 0, "max": 65535})  # 0: any free port
     # The Meta app's secret signs every POST (X-Hub-Signature-256); empty: POSTs are refused.
     whatsapp_app_secret: Secret = field(default=Secret(""), metadata=_env("WHATSAPP_APP_SECRET"))
     instagram_app_secret: Secret = field(default=Secret(""), metadata=_env("INSTAGRAM_APP_SECRET"))
@@ -319,24 +372,24 @@ class WebhookSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class MockSettings:
-    host: str = "127.0.0.1"
-    whatsapp_port: int = 8101
-    instagram_port: int = 8102
-    latency_ms: float = 0.0
-    error_rate: float = 0.0
+    host: str = field(default="127.0.0.1", metadata=_NON_EMPTY)
+    whatsapp_port: int = field(default=8101, metadata={"min": 0, "max": 65535})
+    instagram_port: int = field(default=8102, metadata={"min": 0, "max": 65535})
+    latency_ms: float = field(default=0.0, metadata=_ZERO_OK)
+    error_rate: float = field(default=0.0, metadata={"min": 0, "max": 1})
     # Like a real account: sends per second per account (0 = unlimited), answered above it as
     # Meta does, HTTP `throttle_status` with code 130429 (WhatsApp) or 613 (Instagram) in the body.
-    whatsapp_rate_per_s: float = 80.0
-    instagram_rate_per_s: float = 300.0
+    whatsapp_rate_per_s: float = field(default=80.0, metadata=_ZERO_OK)
+    instagram_rate_per_s: float = field(default=300.0, metadata=_ZERO_OK)
     throttle_status: int = field(default=400, metadata={"choices": (400, 429)})
     # WhatsApp's pair limit per (account, recipient), code 131056 (0 = off).
-    pair_burst: int = 45
+    pair_burst: int = field(default=45, metadata=_ZERO_OK)
     pair_interval_s: float = 6.0
     # An expired token answers every send with HTTP 401 and code 190; also switchable at run
     # time with POST /__mock__/token {"expired": true|false}.
     token_expired: bool = False
-    delivered_after_ms: float = 200.0
-    read_after_ms: float = 500.0
+    delivered_after_ms: float = field(default=200.0, metadata=_ZERO_OK)
+    read_after_ms: float = field(default=500.0, metadata=_ZERO_OK)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -436,6 +489,7 @@ class Settings:
                         value=_printable(getattr(value, f.name)),
                         source=self.sources.get(key, "default"),
                         env=env_name(section.name, f),
+                        data=_json_value(getattr(value, f.name)),
                     )
                 )
         return rows
@@ -443,9 +497,10 @@ class Settings:
 
 class SettingRow(typing.NamedTuple):
     key: str
-    value: str
+    value: str  # printable; a secret masked (`Secret.masked`)
     source: str
     env: str
+    data: Any = None  # the value as JSON (lists, tables, numbers), a secret masked
 
 
 def env_name(section: str, f: dataclasses.Field[Any]) -> str:
@@ -462,6 +517,10 @@ def _read_toml(toml: Mapping[str, Any] | Path | None) -> tuple[Mapping[str, Any]
                 return tomllib.load(fh), str(toml)
         except FileNotFoundError:
             raise ConfigError("--config", str(toml), "file not found") from None
+        except OSError as exc:
+            raise ConfigError("--config", str(toml), f"cannot read it: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError("--config", str(toml), "not valid TOML: not UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError("--config", str(toml), f"not valid TOML: {exc}") from None
     return toml, "supervisor.toml"
@@ -481,7 +540,7 @@ def _load_section(
     for key in table:
         if key not in fields:
             raise ConfigError(
-                f"{section}.{key}", file_label, f"unknown key; known: {sorted(fields)}"
+                f"{section}.{_shown_key(key)}", file_label, f"unknown key; known: {sorted(fields)}"
             )
     values: dict[str, Any] = {}
     for name, f in fields.items():
@@ -498,14 +557,84 @@ def _load_section(
             value = _parse_toml(key, source, table[name], hints[name])
         else:
             continue
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(key, source, f"must be one of {list(choices)}, got {value!r}")
-        if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(key, source, f"must not be negative, got {value!r}")
+        _validate(key, source, f.metadata, value)
         values[name] = value
         sources[key] = source
-    return section_cls(**values)
+    loaded = section_cls(**values)
+    for name, problem in getattr(loaded, "problems", list)():
+        key = f"{section}.{name}"
+        raise ConfigError(key, sources.get(key, "default"), problem)
+    return loaded
+
+
+def _validate(key: str, source: str, rules: Mapping[str, Any], value: Any) -> None:
+    """The field's rules (`metadata`) hold for `value`, or ConfigError names the key (a table
+    entry as `key.name`) and never quotes a secret."""
+    if isinstance(value, dict):
+        check_key = rules.get("check_key")
+        for name, item in value.items():
+            if check_key is not None and (problem := check_key(name)):
+                raise ConfigError(f"{key}.{_shown_key(name)}", source, f"the name is {problem}")
+            _validate(f"{key}.{_shown_key(name)}", source, rules, item)
+        return
+    problem = _problem(rules, value)
+    if problem:
+        raise ConfigError(key, source, problem)
+
+
+def _problem(rules: Mapping[str, Any], value: Any) -> str | None:
+    choices = rules.get("choices")
+    if choices and value not in choices:
+        return f"must be one of {', '.join(map(str, choices))}, got {_shown(value)}"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return _out_of_bounds(rules, value)
+    check = rules.get("check")
+    if check is None:
+        return None
+    if isinstance(value, Secret):
+        problem: str | None = check(value.get())  # the URL checks never quote what they read
+        return problem
+    if isinstance(value, str):
+        problem = check(value)
+        return f"{problem}: {_shown(value)}" if problem else None
+    return None
+
+
+def _out_of_bounds(rules: Mapping[str, Any], value: float) -> str | None:
+    """Numbers are positive unless the field says otherwise (`min`, `max`): a zero or negative
+    size, count, timeout or interval is nonsense almost everywhere, so the few settings where 0
+    means something (a port chosen by the OS, no delay) say so."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    low = rules.get("min")
+    high = rules.get("max", _INT_MAX if isinstance(value, int) else _FLOAT_MAX)
+    if low is None and value <= 0:
+        return f"must be greater than 0, got {value}"
+    if low is not None and value < low:
+        return f"must be at least {low}, got {value}"
+    if value > high:
+        return f"must be at most {high}, got {value}"
+    return None
+
+
+# Integers end up in int32 protocol fields (Kafka timeouts, counts) unless a field says otherwise.
+_INT_MAX = 2**31 - 1
+_FLOAT_MAX = 1e9
+_SHOWN_CHARS = 60
+
+
+def _shown(value: Any) -> str:
+    """A value quoted for an error message: on one line, and cut short."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}... ({len(text)} chars)"
+
+
+def _shown_key(key: Any) -> str:
+    text = str(key)
+    printable = text.isprintable() and len(text) <= _SHOWN_CHARS and "." not in text
+    return text if printable else _shown(text)
 
 
 def _parse_text(key: str, source: str, raw: str, kind: Any) -> Any:
@@ -517,11 +646,11 @@ def _parse_text(key: str, source: str, raw: str, kind: Any) -> Any:
                 return True
             if lowered in ("0", "false", "no", "off", ""):
                 return False
-            raise ValueError(f"expected true/false, got {raw!r}")
+            raise ValueError(f"expected true or false, got {_shown(raw)}")
         if kind is int:
-            return int(raw.strip())
+            return _int(raw)
         if kind is float:
-            return float(raw.strip())
+            return _float(raw)
         if kind is Secret:
             return Secret(raw)
         if kind is str:
@@ -540,6 +669,20 @@ def _parse_text(key: str, source: str, raw: str, kind: Any) -> Any:
     raise ConfigError(key, source, f"unsupported setting type {kind!r}")
 
 
+def _int(raw: str) -> int:
+    text = raw.strip()
+    if not re.fullmatch(r"[+-]?[0-9]{1,30}", text, re.ASCII):
+        raise ValueError(f"expected an integer, got {_shown(raw)}")
+    return int(text)
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw.strip())
+    except ValueError:
+        raise ValueError(f"expected a number, got {_shown(raw)}") from None
+
+
 def _parse_toml(key: str, source: str, value: Any, kind: Any) -> Any:
     """Check a TOML value against the field's type (TOML already typed it)."""
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
@@ -555,25 +698,42 @@ def _parse_toml(key: str, source: str, value: Any, kind: Any) -> Any:
         return _parse_text(key, source, value, kind)
     if origin is dict and isinstance(value, dict):
         _, value_kind = typing.get_args(kind)
-        return {str(k): _parse_toml(f"{key}.{k}", source, v, value_kind) for k, v in value.items()}
-    raise ConfigError(
-        key, source, f"expected {_type_name(kind)}, got {type(value).__name__} {value!r}"
-    )
+        return {
+            str(k): _parse_toml(f"{key}.{_shown_key(k)}", source, v, value_kind)
+            for k, v in value.items()
+        }
+    # A secret given with the wrong type is still a secret: say what type it had, never what.
+    got = _toml_type(value) if kind is Secret else f"{_toml_type(value)} {_shown(value)}"
+    raise ConfigError(key, source, f"expected {_type_name(kind)}, got {got}")
+
+
+def _toml_type(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array"}
+    return names.get(type(value), "table" if isinstance(value, dict) else "date/time")
 
 
 def _type_name(kind: Any) -> str:
     if isinstance(kind, type):
-        return "string" if kind in (str, Secret) else kind.__name__
+        names = {str: "string", Secret: "string", int: "integer", float: "number", bool: "boolean"}
+        return names.get(kind, kind.__name__)
     if isinstance(kind, types.GenericAlias):
-        return "list of strings" if typing.get_origin(kind) is tuple else "table"
+        return "array of strings" if typing.get_origin(kind) is tuple else "table"
     return str(kind)
 
 
 def _printable(value: Any) -> str:
     if isinstance(value, Secret):
-        return repr(value)
+        return value.masked()
     if isinstance(value, tuple):
         return ",".join(value)
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items())
     return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Secret):
+        return value.masked()
+    if isinstance(value, tuple):
+        return list(value)
+    return value

@@ -5,6 +5,8 @@ happens to the work item, not the place where the error was raised::
 
     Chat4AllError
     +-- ConfigError            bad settings: the process refuses to start (exit code 2)
+    +-- DependencyRefusedError a backing service refused us for good at start-up (wrong
+    |                          password, no such database): exit code 1 at once, no retries
     +-- RetryableError         transient: retry in place with backoff, the item stays owned
     |   +-- CircuitOpenError   the Kafka breaker is open: do not even try, wait or fall back
     |   +-- TransientProviderError*  a channel API failed this once (5xx, timeout, codes 1, 2)
@@ -45,6 +47,16 @@ class ConfigError(Chat4AllError):
         self.source = source
         self.problem = problem
         super().__init__(f"{key} ({source}): {problem}")
+
+
+class DependencyRefusedError(Chat4AllError):
+    """A backing service answered, and said no in a way no retry changes (credentials,
+    permissions, a database that does not exist); `service` and `reason` say who and why."""
+
+    def __init__(self, service: str, reason: str) -> None:
+        self.service = service
+        self.reason = reason
+        super().__init__(f"{service}: {reason}")
 
 
 class RetryableError(Chat4AllError):

@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import enum
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import aiohttp
@@ -23,12 +25,13 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from aiokafka.errors import KafkaConnectionError
 from miniopy_async.api import Minio
-from miniopy_async.error import ServerError
+from miniopy_async.error import S3Error, ServerError
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import Settings
 from chat4all_workers.deadline import ShutdownDeadline, timeout_at
+from chat4all_workers.errors import DependencyRefusedError
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.observability.metrics import Metrics
@@ -54,7 +57,35 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     KafkaConnectionError,
     ServerError,  # an S3 5xx
 )
+# What "the service answered and said no for good" looks like: a retry cannot change a wrong
+# password, a missing permission or a database that does not exist. `refusal` picks these out
+# (redis-py makes its authentication errors connection errors, so they are also transient-shaped).
+REFUSAL_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.InvalidAuthorizationSpecificationError,  # wrong password, no such role, pg_hba
+    asyncpg.InvalidCatalogNameError,  # no such database
+    asyncpg.InsufficientPrivilegeError,  # no CONNECT on the database
+    redis_errors.AuthenticationError,  # WRONGPASS, NOAUTH, "invalid password"
+    redis_errors.AuthorizationError,
+    redis_errors.NoPermissionError,  # NOPERM: the ACL user may not do this
+    # An S3 4xx (5xx is ServerError): AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch,
+    # or a region or endpoint the server does not serve.
+    S3Error,
+)
+_NOAUTH = re.compile(r"(?i)authentication required|with the client already authenticated")
 _PROBE_TIMEOUT_S = 3.0
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why the service refused us for good (`password authentication failed for user "x"`), or
+    None when `exc` is something a retry may get past."""
+    if isinstance(exc, S3Error):
+        return f"{exc.code}: {exc.message}"
+    if isinstance(exc, redis_errors.AuthenticationError) and _NOAUTH.search(str(exc)):
+        # Redis 7 answers a client without a password with a HELLO-specific NOAUTH text.
+        return "the server requires a password, and the URL gives none (NOAUTH)"
+    if isinstance(exc, REFUSAL_ERRORS):
+        return str(exc) or type(exc).__name__
+    return None
 
 
 class Need(enum.Enum):
@@ -74,6 +105,8 @@ class Resources:
     redis: aioredis.Redis | None = None
     s3: Minio | None = None
     http: HttpClient | None = None
+    # The last probe's problem per dependency (None: it answered), so a change is logged once.
+    probe_problems: dict[str, str | None] = field(default_factory=dict, compare=False)
 
     # Accessors for roles: a role that declared a need gets the resource, or it is a bug.
     def kafka(self) -> Producer:
@@ -96,7 +129,8 @@ class Resources:
         return f"{self.settings.redis.key_prefix}{key}"
 
     async def probe(self) -> dict[str, bool]:
-        """Whether each opened dependency answers now (for /readyz)."""
+        """Whether each opened dependency answers now (for /readyz). A dependency that stops
+        answering is logged once, at WARNING, with the reason; its recovery at INFO."""
         checks: dict[str, Callable[[], Awaitable[object]]] = {}
         if self.producer is not None:
             checks["kafka"] = self._probe_kafka
@@ -105,24 +139,48 @@ class Resources:
         if self.redis is not None:
             checks["redis"] = _present(self.redis, Need.REDIS).ping
         if self.s3 is not None:
-            checks["s3"] = lambda: _present(self.s3, Need.S3).bucket_exists(self.settings.s3.bucket)
+            checks["s3"] = self._probe_s3
         names = list(checks)
-        results = await asyncio.gather(*(_answers(checks[n]) for n in names))
-        return dict(zip(names, results, strict=True))
+        problems = await asyncio.gather(*(_problem_of(checks[n]) for n in names))
+        for name, problem in zip(names, problems, strict=True):
+            self._note(name, problem)
+        return {name: problem is None for name, problem in zip(names, problems, strict=True)}
+
+    def _note(self, name: str, problem: str | None) -> None:
+        """Log a change: the first failing probe (not every one: /readyz is polled), and the
+        first that answers again."""
+        was_failing = self.probe_problems.get(name) is not None
+        self.probe_problems[name] = problem
+        fields = {"fields": {"dependency": name}}
+        if problem is not None and not was_failing:
+            log.warning("%s: not ready: %s", name, problem, extra=fields)
+        elif problem is None and was_failing:
+            log.info("%s: answers again", name, extra=fields)
 
     async def _probe_kafka(self) -> bool:
         if not await self.kafka().probe():
             raise ConnectionError("kafka metadata request failed")
         return True
 
+    async def _probe_s3(self) -> None:
+        await _bucket_exists(self.s3_client(), self.settings.s3.bucket)
 
-async def _answers(check: Callable[[], Awaitable[object]]) -> bool:
+
+async def _bucket_exists(s3: Minio, bucket: str) -> None:
+    """Credentials accepted and the bucket there; ConnectionError while it is not (yet)."""
+    if not await s3.bucket_exists(bucket):
+        raise ConnectionError(f"bucket {bucket!r} does not exist")
+
+
+async def _problem_of(check: Callable[[], Awaitable[object]]) -> str | None:
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT_S):
-            result = await check()
-    except Exception:  # noqa: BLE001 - whatever a probe raises, the dependency is not usable
-        return False
-    return result is not False
+            await check()
+    except TimeoutError:
+        return f"no answer within {_PROBE_TIMEOUT_S:.0f}s"
+    except Exception as exc:  # noqa: BLE001 - whatever a probe raises, the dependency is not usable
+        return refusal(exc) or f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _present(value: T | None, need: Need) -> T:
@@ -204,6 +262,7 @@ async def open_resources(
         if Need.S3 in needs:
             s3 = new_client(settings.s3)
             close_by_deadline("s3", s3.close_session)
+            await _connect("s3", partial(_bucket_exists, s3, settings.s3.bucket), connect_timeout_s)
         if Need.HTTP in needs:
             # No connection cap of its own: kafka.max_in_flight already bounds concurrent
             # sends (aiohttp's hidden default of 100 once capped the router at 100 / provider
@@ -244,14 +303,20 @@ def _breaker_gauge(metrics: Metrics, state: BreakerState) -> None:
 
 
 async def _connect(name: str, attempt: Callable[[], Awaitable[T]], timeout_s: float) -> T:
-    """Retry a connection while the dependency is starting; the last error names it."""
+    """Retry a connection while the dependency is starting; the last error names it. A refusal
+    (wrong password, no such database) is final: DependencyRefusedError at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     tries = 0
     while True:
         try:
             return await attempt()
-        except TRANSIENT_ERRORS as exc:
+        except (*TRANSIENT_ERRORS, *REFUSAL_ERRORS) as exc:
+            reason = refusal(exc)
+            if reason is not None:
+                raise DependencyRefusedError(name, reason) from None
+            if not isinstance(exc, TRANSIENT_ERRORS):
+                raise
             error: Exception = exc
         if loop.time() >= deadline:
             raise ConnectionError(

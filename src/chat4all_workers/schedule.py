@@ -29,7 +29,7 @@ class Cron:
     def parse(cls, expression: str) -> Cron:
         parts = expression.split()
         if len(parts) != 5:
-            raise ValueError(f"cron needs 5 fields, got {len(parts)} in {expression!r}")
+            raise ValueError(f"cron needs 5 fields, got {len(parts)}")
         sets = [
             _parse_field(p, lo, hi, name)
             for p, (lo, hi), name in zip(parts, _BOUNDS, _NAMES, strict=True)
@@ -68,7 +68,7 @@ class Cron:
                 candidate += timedelta(minutes=1)
                 continue
             return candidate
-        raise ValueError(f"cron {self.expression!r} never fires")
+        raise ValueError("cron never fires (no date matches it)")
 
     def _day_matches(self, moment: datetime) -> bool:
         in_days = moment.day in self.days
@@ -82,16 +82,25 @@ def _parse_field(text: str, lo: int, hi: int, name: str) -> frozenset[int]:
     values: set[int] = set()
     for item in text.split(","):
         body, _, step_text = item.partition("/")
-        step = int(step_text) if step_text else 1
-        if body == "*":
-            start, end = lo, hi
-        elif "-" in body:
-            a, b = body.split("-", 1)
-            start, end = int(a), int(b)
-        else:
-            start = int(body)
-            end = hi if step_text else start
+        try:
+            step = _number(step_text) if step_text else 1
+            if body == "*":
+                start, end = lo, hi
+            elif "-" in body:
+                a, b = body.split("-", 1)
+                start, end = _number(a), _number(b)
+            else:
+                start = _number(body)
+                end = hi if step_text else start
+        except ValueError:
+            raise ValueError(f"cron {name} field {item[:20]!r} is not a number or range") from None
         if step < 1 or not (lo <= start <= end <= hi):
-            raise ValueError(f"cron {name} field {item!r} is outside {lo}-{hi}")
+            raise ValueError(f"cron {name} field {item[:20]!r} is outside {lo}-{hi}")
         values.update(range(start, end + 1, step))
     return frozenset(values)
+
+
+def _number(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise ValueError(text)
+    return int(text)

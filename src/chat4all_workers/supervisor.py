@@ -42,7 +42,12 @@ from chat4all_workers.observability.loop_lag import watch_loop_lag
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.readiness import ChildStats, Readiness
 from chat4all_workers.resources import Need, Resources, open_resources
-from chat4all_workers.roles import REGISTRY, check_required_settings, resolve_roles
+from chat4all_workers.roles import (
+    REGISTRY,
+    check_required_settings,
+    check_restart_overrides,
+    resolve_roles,
+)
 from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
 from chat4all_workers.schedule import Cron
 from chat4all_workers.scheduling import run_on_schedule
@@ -95,6 +100,7 @@ class Supervisor:
         if named:
             self.specs += resolve_roles(named, registry, source=source)
         check_required_settings(settings, self.specs)
+        check_restart_overrides(settings, {**registry, **{s.name: s for s in self.specs}})
         self.metrics = Metrics()
         self.drain = drain
         self._serve_http = serve_http

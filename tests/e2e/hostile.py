@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import unicodedata
 import uuid
 from collections.abc import Iterator, Sequence
@@ -42,6 +43,8 @@ HYPOTHESIS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# Parsing alone is pure and fast: unit tests afford many more examples than end-to-end ones.
+UNIT_EXAMPLES = 30 * EXAMPLES
 
 MIB = 1024 * 1024
 # Big, but leaves room in Kafka's 1 MiB record limit for the JSON around it.
@@ -169,6 +172,38 @@ def non_uuid() -> st.SearchStrategy[Any]:
     return json_values().filter(invalid)
 
 
+def outside_bigint() -> st.SearchStrategy[int]:
+    """Integers a bigint column cannot hold (orjson reads those beyond 64 bits as floats)."""
+    return st.one_of(
+        st.integers(min_value=2**63, max_value=2**80), st.integers(max_value=-(2**63) - 1)
+    )
+
+
+def not_rfc3339() -> st.SearchStrategy[Any]:
+    """Values that are not an RFC 3339 date-time with offset: other types, other formats,
+    impossible dates, overlong strings."""
+    shape = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+    return st.one_of(
+        not_a(str).filter(lambda v: v is not None),
+        st.text(max_size=40).filter(lambda t: not shape.fullmatch(t)),
+        st.sampled_from(
+            [
+                "2026-11-28",  # a date
+                "2026-11-28T10:30:00",  # no offset
+                "20261128T103000Z",  # ISO 8601 basic format
+                "2026-02-30T10:30:00Z",  # no such day
+                "2026-11-28T24:00:00Z",
+                "0000-01-01T00:00:00Z",
+                "0001-01-01T00:00:00+14:00",  # before year 1 in UTC
+                "2026-11-28T10:30:00+25:00",
+                "yesterday",
+                "2026-11-28T10:30:00Z" * 1000,
+                "A" * (HUGE - 1024),
+            ]
+        ),
+    )
+
+
 # -- encoding a document to bytes ------------------------------------------------------------------
 
 
@@ -198,6 +233,18 @@ def huge_or_edge(draw: st.DrawFn) -> Any:
     )
 
 
+@dataclass(frozen=True)
+class Broken:
+    """A document made invalid on purpose: its bytes, and the field whose breaking made it so
+    (the dead-letter reason must name it)."""
+
+    value: bytes
+    field: str
+    # Other fields given hostile values: one of them may be what the record is rejected for
+    # first (the mutation may have been one the format allows, like a file that does not exist).
+    also: tuple[str, ...] = ()
+
+
 @st.composite
 def broken_document(
     draw: st.DrawFn,
@@ -205,24 +252,29 @@ def broken_document(
     wrong: dict[str, st.SearchStrategy[Any]],
     required: Sequence[str],
     extra_fields: Sequence[str] = (),
-) -> bytes:
+) -> Broken:
     """`base` made invalid by one mutation (a required field dropped or a field mistyped),
     with hostile values in other fields, encoded one way or another."""
     doc = dict(base)
-    for name in draw(st.lists(st.sampled_from(list(extra_fields) or ["note"]), max_size=2)):
+    hostile = draw(st.lists(st.sampled_from(list(extra_fields) or ["note"]), max_size=2))
+    for name in hostile:
         doc[name] = draw(huge_or_edge())
     mutation = draw(st.sampled_from(["drop", "mistype"]))
     if mutation == "drop":
-        del doc[draw(st.sampled_from(list(required)))]
+        name = draw(st.sampled_from(list(required)))
+        del doc[name]
     else:
         name = draw(st.sampled_from(sorted(wrong)))
         doc[name] = draw(wrong[name])
     how = draw(encodings())
     text = encode(doc, how)
-    if len(text) > HUGE:  # two huge fields: keep under Kafka's record limit
+    if len(text) > HUGE:  # two huge fields: keep under Kafka's record limit (the broken one)
+        doc = {k: v[:1000] if isinstance(v, str) and k != name else v for k, v in doc.items()}
+        text = encode(doc, how)
+    if len(text) > HUGE:  # the broken one alone is too big: 1000 characters still break it
         doc = {k: v[:1000] if isinstance(v, str) else v for k, v in doc.items()}
         text = encode(doc, how)
-    return text
+    return Broken(text, name, tuple(sorted(set(hostile) - {name})))
 
 
 def junk_bytes() -> st.SearchStrategy[bytes]:
@@ -268,13 +320,16 @@ Headers = tuple[tuple[str, bytes | None], ...]
 
 @dataclass(frozen=True)
 class Case:
-    """One hostile record: rejected for sure (`must_reject`), or maybe applied after all."""
+    """One hostile record: rejected for sure (`must_reject`), or maybe applied after all.
+    `field`: the field its reason must name, when one was broken on purpose."""
 
     key: bytes | None
     value: bytes | None
     must_reject: bool = True
     label: str = ""
     headers: Headers = ()
+    field: str | None = None
+    also: tuple[str, ...] = ()  # fields the reason may name instead (see Broken.also)
 
 
 def record_headers() -> st.SearchStrategy[Headers]:
@@ -320,7 +375,7 @@ async def produce_each(stack: StackEndpoints, topic: str, cases: Sequence[Case])
 @dataclass(frozen=True)
 class DeadLetter:
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: dict[str, str]
 
 
@@ -330,21 +385,36 @@ async def dead_letters(
     """Every DLQ record by the (topic, partition, offset) it came from."""
     found: dict[tuple[str, int, int], DeadLetter] = {}
     for record in await read_topic(stack, dlq_topic):
-        headers = {k: v.decode("utf-8", errors="replace") for k, v in record.headers}
-        origin = (
-            headers.get("dlq.original_topic", ""),
-            int(headers.get("dlq.original_partition") or -1),
-            int(headers.get("dlq.original_offset") or -1),
-        )
-        assert origin not in found, f"dead-lettered twice: {origin}"
-        found[origin] = DeadLetter(record.key, record.value or b"", headers)
+        file_dead_letter(found, record)
     return found
 
 
+def file_dead_letter(found: dict[tuple[str, int, int], DeadLetter], record: Any) -> None:
+    """Add a DLQ record to `found`, under the origin its headers name; never twice."""
+    headers = {k: v.decode("utf-8", errors="replace") for k, v in record.headers}
+    origin = (
+        headers.get("dlq.original_topic", ""),
+        int(headers.get("dlq.original_partition") or -1),
+        int(headers.get("dlq.original_offset") or -1),
+    )
+    assert origin not in found, f"dead-lettered twice: {origin}"
+    found[origin] = DeadLetter(record.key, record.value, headers)
+
+
+# `dlq.error_type` values (contract section 3) a record that is bad by itself may get.
+BAD_INPUT_TYPES = frozenset({"invalid_record", "file_unavailable", "unknown_upload"})
+MAX_REASON_CHARS = 1000
+
+
 def assert_dead_lettered(
-    letters: dict[tuple[str, int, int], DeadLetter], sent: Sent, source: str
+    letters: dict[tuple[str, int, int], DeadLetter],
+    sent: Sent,
+    source: str,
+    field: str | None = None,
+    also: Sequence[str] = (),
 ) -> DeadLetter:
-    """`sent` is in the DLQ, unchanged, with a reason, naming `source` and its origin."""
+    """`sent` is in the DLQ, unchanged (a tombstone stays one), with a short one-line reason
+    (naming `field`, or one of `also`, when given), from `source`, pointing back at its origin."""
     letter = letters.get((sent.topic, sent.partition, sent.offset))
     assert letter is not None, f"not dead-lettered: {sent.value!r:.200}"
     if "dlq.value_dropped" in letter.headers:
@@ -352,9 +422,15 @@ def assert_dead_lettered(
         assert len(sent.value or b"") + len(sent.key or b"") > MIB - 8192, letter.headers
         assert letter.value == b""
     else:
-        assert letter.value == (sent.value or b""), "the DLQ value must be the original bytes"
+        assert letter.value == sent.value, "the DLQ value must be the original bytes"
         assert letter.key == sent.key
-    assert letter.headers.get("dlq.reason"), "empty dlq.reason"
+    reason = letter.headers.get("dlq.reason", "")
+    assert reason, "empty dlq.reason"
+    assert len(reason) <= MAX_REASON_CHARS, f"a reason of {len(reason)} chars: {reason[:200]}"
+    assert "\n" not in reason, reason
+    if field is not None:
+        named = [f for f in (field, *also) if f in reason]
+        assert named, f"the reason does not name {field!r} (or one of {also}): {reason}"
     assert letter.headers.get("dlq.source") == source
     assert letter.headers.get("dlq.original_partition") == str(sent.partition)
     assert letter.headers.get("dlq.original_offset") == str(sent.offset)
@@ -465,3 +541,134 @@ def assert_safe_key(key: str, upload_id: uuid.UUID) -> None:
     assert not [c for c in name if unicodedata.category(c) == "Cc"], f"control char in {name!r}"
     assert len(name.encode()) <= 255, f"name of {len(name.encode())} bytes"
     assert len(key.encode()) <= 1024, key
+
+
+# -- the consumed formats: a valid document, and how each field can be wrong ---------------------
+# A field's "wrong" strategy breaks the FORMAT (the record is invalid whatever the world holds);
+# tests add their own cases that are valid in form but fail later (a file that does not exist).
+
+
+def message_doc(**changes: Any) -> dict[str, Any]:
+    """A valid `message_processing` value (contract section 3)."""
+    doc: dict[str, Any] = {
+        "message_id": str(uuid.uuid4()),
+        "conversation_id": 42,
+        "sender_id": 7,
+        "sender_username": "ana",
+        "payload": {"type": "text", "content": "hello"},
+        "channels": ["whatsapp", "instagram"],
+        "recipients": {"whatsapp": "+5511999990000", "instagram": "17841400000000000"},
+        "created_at": "2026-11-28T10:30:00Z",
+    }
+    doc.update(changes)
+    return doc
+
+
+def unknown_channels() -> st.SearchStrategy[list[Any]]:
+    bad = edge_text().filter(lambda c: c not in ("whatsapp", "instagram", "all"))
+    return st.lists(st.one_of(bad, not_a(str)), min_size=1, max_size=3).map(
+        lambda extra: ["whatsapp", *extra]
+    )
+
+
+def bigint_wrong() -> st.SearchStrategy[Any]:
+    return st.one_of(not_a(int).filter(lambda v: v is not None), outside_bigint())
+
+
+MESSAGE_REQUIRED = ("message_id", "conversation_id", "payload", "channels")
+MESSAGE_WRONG: dict[str, st.SearchStrategy[Any]] = {
+    "message_id": st.one_of(
+        non_uuid(),
+        st.uuids().map(lambda u: f"{{{u}}}"),  # forms uuid.UUID takes but the format does not
+        st.uuids().map(lambda u: u.hex),
+        st.uuids().map(lambda u: f"urn:uuid:{u}"),
+    ),
+    "conversation_id": bigint_wrong(),
+    "sender_id": bigint_wrong(),
+    "sender_username": st.one_of(
+        not_a(str).filter(lambda v: v is not None),
+        st.text(min_size=256, max_size=300),
+        st.just("\U0001f4a9" * (HUGE // 12)),
+    ),
+    "payload": st.one_of(
+        not_a(dict).filter(lambda v: v is not None),
+        st.fixed_dictionaries({"type": not_text_matching(["text", "file"])}),
+        st.fixed_dictionaries(
+            {"type": st.just("text"), "content": st.one_of(not_a(str), st.just(""))}
+        ),
+        st.fixed_dictionaries({"type": st.just("file"), "file_id": non_uuid()}),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("file"),
+                "file_id": st.uuids().map(str),
+                "content": not_a(str).filter(lambda v: v is not None),
+            }
+        ),
+    ),
+    "channels": st.one_of(
+        not_a(list).filter(lambda v: v not in ("all", None)), st.just([]), unknown_channels()
+    ),
+    "recipients": st.one_of(
+        not_a(dict).filter(lambda v: v is not None),
+        st.dictionaries(
+            st.sampled_from(["whatsapp", "instagram", "x"]),
+            not_a(str).filter(lambda v: v is not None),
+            min_size=1,
+        ),
+        st.fixed_dictionaries({"whatsapp": st.text(min_size=257, max_size=300)}),
+    ),
+    "created_at": not_rfc3339(),
+}
+MESSAGE_HOSTILE_FIELDS = ("sender_username", "created_at", "note")
+
+
+def status_doc(**changes: Any) -> dict[str, Any]:
+    """A valid `message_status_updates` value."""
+    doc: dict[str, Any] = {
+        "message_id": str(uuid.uuid4()),
+        "conversation_id": 42,
+        "channel": "whatsapp",
+        "new_status": "SENT",
+        "timestamp": "2026-11-28T10:30:00Z",
+        "details": {"provider_message_id": "wamid.1"},
+    }
+    doc.update(changes)
+    return doc
+
+
+STATUS_REQUIRED = ("message_id", "conversation_id", "channel", "new_status")
+STATUS_WRONG: dict[str, st.SearchStrategy[Any]] = {
+    "message_id": MESSAGE_WRONG["message_id"],
+    "conversation_id": st.one_of(not_a(int), outside_bigint()),
+    "channel": not_text_matching(["whatsapp", "instagram"]),
+    "new_status": not_text_matching(STATUSES),
+    "details": st.one_of(
+        not_a(dict).filter(lambda v: v is not None),
+        st.fixed_dictionaries({"reason": st.just("a\x00b")}),  # jsonb cannot store a NUL
+        st.fixed_dictionaries({"nested": st.just([{"\x00": 1}])}),
+    ),
+    "timestamp": not_rfc3339(),
+}
+
+
+def merge_doc(**changes: Any) -> dict[str, Any]:
+    """A valid `file_merge_requests` value (for an upload that does not exist)."""
+    doc: dict[str, Any] = {
+        "upload_id": str(uuid.uuid4()),
+        "filename": "a.pdf",
+        "total_chunks": 1,
+        "timestamp": "2026-11-28T10:30:00Z",
+    }
+    doc.update(changes)
+    return doc
+
+
+MERGE_REQUIRED = ("upload_id", "total_chunks")
+MERGE_WRONG: dict[str, st.SearchStrategy[Any]] = {
+    "upload_id": MESSAGE_WRONG["message_id"],
+    "total_chunks": st.one_of(
+        not_a(int), st.integers(max_value=0), st.integers(min_value=2**31, max_value=2**70)
+    ),
+    "filename": st.one_of(not_a(str).filter(lambda v: v is not None), st.just("x" * 5000)),
+    "timestamp": not_rfc3339(),
+}

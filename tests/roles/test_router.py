@@ -139,7 +139,7 @@ async def test_router_sends_or_dead_letters_every_record_and_keeps_conversation_
     assert len(dlq) == 5  # 3 malformed + rejected + half
     assert all(d["dlq.source"] == "router" and d["dlq.reason"] for d in dlq)
     assert reasons[b"{not json"]["dlq.error_type"] == "invalid_record"
-    assert "unknown channel 'telegram'" in reasons[malformed[2]]["dlq.reason"]
+    assert 'unknown channel "telegram"' in reasons[malformed[2]]["dlq.reason"]
     assert reasons[orjson.dumps(rejected)]["dlq.error_type"] == "provider_rejected"
     assert "instagram" in reasons[orjson.dumps(half)]["dlq.reason"]
 

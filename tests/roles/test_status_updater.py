@@ -17,6 +17,7 @@ from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.roles.status_updater import next_status
 from chat4all_workers.supervisor import Supervisor
+from tests.e2e.hostile import watch_logs
 from tests.roles.durable_support import wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
 from tests.support import settings_for
@@ -172,9 +173,13 @@ async def test_status_updater_keeps_history_of_unknown_message(
     message_id = uuid.uuid4()
     await produce(stack, topic, [update(message_id, "whatsapp", "SENT")])
 
-    await run_drained(settings)
+    with watch_logs() as logs:
+        await run_drained(settings)
 
     assert await history(db, message_id) == [("whatsapp", "SENT")]
+    (warning,) = [orjson.loads(line) for _, line in logs.lines if "for unknown message" in line]
+    assert warning["level"] == "WARNING"
+    assert (warning["message_id"], warning["conversation_id"]) == (str(message_id), 42)
 
 
 @pytest.mark.stack

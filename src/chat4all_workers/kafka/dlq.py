@@ -1,11 +1,11 @@
 """Dead-lettering: the original bytes, the original key, and the reason in `dlq.*` headers.
 
 The value is never re-encoded, so an operator can replay a record exactly as it first arrived
-(SPEC section 3). Every role that dead-letters goes through `dead_letter`. The one exception: a
-copy Kafka refuses (an original at the record size limit has no room for the `dlq.*` headers)
-goes without its value and key, with `dlq.value_dropped` saying so; the original is still at
-`dlq.original_topic`/`partition`/`offset` while the topic's retention keeps it, and `dlq replay`
-leaves such a record alone.
+(SPEC section 3); a tombstone (no value) stays one, and is replayed as one. Every role that
+dead-letters goes through `dead_letter`. The one exception: a copy Kafka refuses (an original at
+the record size limit has no room for the `dlq.*` headers) goes without its value and key, with
+`dlq.value_dropped` saying so; the original is still at `dlq.original_topic`/`partition`/
+`offset` while the topic's retention keeps it, and `dlq replay` leaves such a record alone.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ async def dead_letter(
     producer: Producer,
     *,
     dlq_topic: str,
-    value: bytes,
+    value: bytes | None,
     key: bytes | None,
     source: str,
     reason: str,
@@ -54,6 +54,6 @@ async def dead_letter(
     except PermanentError as exc:
         # Kafka refuses the copy (a record at the size limit cannot also carry these headers).
         # Crashing would redeliver it forever; keep the reason and where the original still is.
-        dropped = f"{len(value)}-byte value and {len(key or b'')}-byte key not copied: {exc}"
+        dropped = f"{len(value or b'')}-byte value and {len(key or b'')}-byte key not copied: {exc}"
         headers.append(("dlq.value_dropped", dropped.encode("utf-8")[:MAX_REASON_BYTES]))
         return await producer.send(OutgoingRecord(dlq_topic, b"", None, headers))

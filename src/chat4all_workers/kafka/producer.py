@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class OutgoingRecord:
     topic: str
-    value: bytes
+    value: bytes | None  # None: a tombstone (only a dead-lettered or replayed one)
     key: bytes | None = None
     headers: KafkaHeaders = field(default_factory=list)
     # The trace context to inject (a span per event, see roles/outbox.py); else the current one.
@@ -97,10 +97,12 @@ FallbackSink = Callable[[bytes], Awaitable[None]]
 
 def fallback_envelope(record: OutgoingRecord) -> bytes:
     """The SPEC section 5 envelope for a record parked while Kafka is unreachable."""
-    try:
-        value: object = orjson.loads(record.value)
-    except orjson.JSONDecodeError:
-        value = record.value.decode("utf-8", errors="replace")
+    value: object = None
+    if record.value is not None:
+        try:
+            value = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            value = record.value.decode("utf-8", errors="replace")
     return orjson.dumps(
         {
             "topic": record.topic,

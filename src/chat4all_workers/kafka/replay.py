@@ -149,9 +149,7 @@ async def _replay_partition(
             else:
                 if producer is not None:
                     await producer.send(
-                        OutgoingRecord(
-                            target, record.value or b"", record.key, replay_headers(record)
-                        )
+                        OutgoingRecord(target, record.value, record.key, replay_headers(record))
                     )
                 summary.replayed += 1
                 summary.by_topic[target] = summary.by_topic.get(target, 0) + 1

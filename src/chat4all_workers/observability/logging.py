@@ -32,7 +32,9 @@ from opentelemetry import trace
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("log_context", default={})  # noqa: B039
 
-CONTEXT_FIELDS = ("message_id", "conversation_id", "user_id")
+# The ids a line may carry (SPEC section 7, and the upload of a file role): set them with
+# `log_context` around the work on one record, so every line inside names it.
+CONTEXT_FIELDS = ("message_id", "conversation_id", "user_id", "upload_id")
 
 
 class log_context:  # lower case: used like the function it replaced, `with log_context(...)`

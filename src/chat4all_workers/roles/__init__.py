@@ -71,3 +71,14 @@ def check_required_settings(settings: Settings, specs: Sequence[RoleSpec]) -> No
             if not getattr(getattr(settings, section), name):
                 source = settings.sources.get(key, "default")
                 raise ConfigError(key, source, f"required by role {spec.name!r} but empty")
+
+
+def check_restart_overrides(
+    settings: Settings, registry: Mapping[str, RoleSpec] = REGISTRY
+) -> None:
+    """`roles.restart` names only roles that exist (its values were checked when loaded)."""
+    for name in settings.roles.restart:
+        if name not in registry:
+            source = settings.sources.get("roles.restart", "default")
+            valid = ", ".join(registry)
+            raise ConfigError(f"roles.restart.{name}", source, f"unknown role; valid: {valid}")

@@ -45,18 +45,25 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
+from chat4all_workers.config_checks import is_topic_name
 from chat4all_workers.deadline import timeout_at
-from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
+from chat4all_workers.errors import (
+    CircuitOpenError,
+    InvalidRecordError,
+    PermanentError,
+    RetryableError,
+)
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer, span_per_record
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
+from chat4all_workers.roles.wire import Fields, describe, present, quote, read_record
 
 log = logging.getLogger(__name__)
 
 
-# Kafka's rule for topic names (ASCII letters, digits, `.`, `_`, `-`; at most 249).
-_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}", re.ASCII)
+# A conversation id as older API versions wrote it: a decimal string within bigint's digits.
+_DECIMAL = re.compile(r"-?[0-9]{1,18}", re.ASCII)
 
 # Recover one worker if, and only if, its heartbeat is gone: atomic, so a beat that re-registers
 # it cannot fall between the check and the removal. Newest item first to the queue head, so the
@@ -95,43 +102,56 @@ class _Keys:
 
 
 def parse_item(raw: bytes, *, message_processing_topic: str) -> OutgoingRecord:
-    """The record an item stands for; InvalidItemError says why there is none."""
+    """The record an item stands for; InvalidItemError says why there is none, naming the
+    field. A bare value needs a `message_id` and a `conversation_id` (a bigint, or one written
+    as a decimal string by older API versions) for its key; the router checks the rest."""
     try:
-        item = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidItemError(f"not JSON: {exc}") from None
-    if not isinstance(item, dict):
-        raise InvalidItemError("not a JSON object")
-    if "topic" in item and "value" in item:
-        return _from_envelope(item)
-    conversation_id = item.get("conversation_id")
-    if "message_id" not in item or not isinstance(conversation_id, int | str):
-        raise InvalidItemError("neither an envelope nor a message_processing value")
-    return OutgoingRecord(message_processing_topic, raw, f"conversation:{conversation_id}".encode())
+        fields = read_record(raw)
+    except InvalidRecordError as exc:
+        raise InvalidItemError(str(exc)) from None
+    if "topic" in fields.doc and "value" in fields.doc:
+        return _from_envelope(fields)
+    if "message_id" not in fields.doc:
+        fields.problems.append("neither an envelope (topic, value) nor a bare value (message_id)")
+        _done(fields)
+    conversation_id = fields.doc.get("conversation_id")
+    if isinstance(conversation_id, str) and _DECIMAL.fullmatch(conversation_id):
+        key = conversation_id
+    else:
+        key = str(fields.integer("conversation_id"))
+    _done(fields)
+    return OutgoingRecord(message_processing_topic, raw, f"conversation:{key}".encode())
 
 
-def _from_envelope(item: dict[str, object]) -> OutgoingRecord:
-    topic, key, value, headers = item["topic"], item.get("key"), item["value"], item.get("headers")
-    if not isinstance(topic, str) or not topic:
-        raise InvalidItemError("envelope topic must be a non-empty string")
-    if not _TOPIC_NAME.fullmatch(topic) or topic in (".", ".."):
+def _from_envelope(fields: Fields) -> OutgoingRecord:
+    topic = fields.text("topic")
+    if topic is not None and not is_topic_name(topic):
         # The client would wait for metadata of a topic that cannot exist until the send times
         # out, as if Kafka were down: the item would go round forever and open the breaker.
-        raise InvalidItemError(f"envelope topic {topic!r:.60} is not a legal Kafka topic name")
-    if key is not None and not isinstance(key, str):
-        raise InvalidItemError("envelope key must be a string or null")
-    if headers is None:
-        headers = {}
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise InvalidItemError("envelope headers must be an object of strings")
+        fields.problem("topic", f"{quote(topic)} is not a topic one may produce to")
+    key = fields.text("key", required=False, allow_empty=True)
+    headers = fields.object("headers", required=False)
+    header_values = dict(headers.doc) if headers is not None else {}
+    for name, text in header_values.items():
+        if headers is not None and not isinstance(text, str):
+            headers.problem(name, f"must be a string, got {describe(text)}")
+    _done(fields)
+    value = fields.doc["value"]
     # A value that was not JSON was parked as text (see producer.fallback_envelope).
     body = value.encode() if isinstance(value, str) else orjson.dumps(value)
     return OutgoingRecord(
-        topic,
+        present(topic),
         body,
         None if key is None else key.encode(),
-        [(k, _header_bytes(v)) for k, v in headers.items()],
+        [(k, _header_bytes(v)) for k, v in header_values.items()],
     )
+
+
+def _done(fields: Fields) -> None:
+    try:
+        fields.done()
+    except InvalidRecordError as exc:
+        raise InvalidItemError(str(exc)) from None
 
 
 def _header_bytes(value: str) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
 from chat4all_workers.kafka.backlog import warn_of_reread
 from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHandler
 from chat4all_workers.kafka.dlq import dead_letter
@@ -45,7 +45,11 @@ async def consume(
             raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
 
     async def dead_letter_it(record: ConsumedRecord, exc: PermanentError) -> None:
-        await dead_letter_record(ctx, record, reason=str(exc), error_type=exc.error_type)
+        # A record that breaks its format was never tried on anything: 0 attempts.
+        attempts = 0 if isinstance(exc, InvalidRecordError) else 1
+        await dead_letter_record(
+            ctx, record, reason=str(exc), error_type=exc.error_type, attempts=attempts
+        )
 
     group = consumer_group(ctx)
     await warn_of_reread(ctx.settings, role=ctx.name, group=group, topic=topic)
@@ -96,7 +100,7 @@ async def dead_letter_record(
     await dead_letter(
         ctx.resources.kafka(),
         dlq_topic=ctx.settings.topics.dlq,
-        value=record.value or b"",
+        value=record.value,
         key=record.key,
         source=ctx.name,
         reason=reason,

@@ -138,7 +138,11 @@ async def _clean(
     if dry_run:
         report.chunk_objects_deleted += len(await s3merge.list_sizes(s3, bucket, prefix))
         report.chunk_rows_deleted += len(await files_db.chunk_rows(conn, upload_id))
-        log.info("gc dry run: would clean abandoned upload %s", upload_id)
+        log.info(
+            "gc dry run: would clean abandoned upload %s",
+            upload_id,
+            extra={"fields": {"upload_id": str(upload_id)}},
+        )
         return
     report.chunk_objects_deleted += await s3merge.remove_prefix(s3, bucket, prefix)
     report.chunk_rows_deleted += await files_db.delete_chunk_rows(conn, upload_id)

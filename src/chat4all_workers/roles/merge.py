@@ -50,13 +50,14 @@ import orjson
 
 from chat4all_workers.config import Settings
 from chat4all_workers.db import files as files_db
-from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
+from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
 from chat4all_workers.roles.base import RoleContext, RoleSpec
 from chat4all_workers.roles.consuming import consume
+from chat4all_workers.roles.wire import INTEGER, present, read_record
 from chat4all_workers.storage import merge as s3merge
 from chat4all_workers.storage.s3 import chunk_key, file_key
 
@@ -65,8 +66,9 @@ log = logging.getLogger(__name__)
 _STUCK_REFRESH_S = 30.0
 
 _MAX_LISTED = 20
-# Checking walks every chunk number on the loop; a request for 2**62 chunks must not freeze it.
+# Checking walks every chunk number on the loop; a request for 2**30 chunks must not freeze it.
 _MAX_CHUNKS = 100_000
+_MAX_FILENAME_CHARS = 4096
 
 
 class UnknownUploadError(PermanentError):
@@ -87,21 +89,19 @@ class MergeRequest:
 
 
 def parse_request(value: bytes | None) -> MergeRequest:
-    try:
-        doc = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRecordError(f"merge request is not JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise InvalidRecordError("merge request must be a JSON object")
-    try:
-        upload_id = uuid.UUID(str(doc["upload_id"]))
-    except (KeyError, ValueError) as exc:
-        raise InvalidRecordError(f"merge request needs a uuid upload_id: {exc!r}") from exc
-    total = doc.get("total_chunks")
-    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
-        raise InvalidRecordError(f"total_chunks must be a positive integer, got {total!r}")
-    filename = doc.get("filename")
-    return MergeRequest(upload_id, filename if isinstance(filename, str) else None, total)
+    """The request a record carries, or InvalidRecordError naming every field that is wrong:
+    `upload_id` (UUID), `total_chunks` (1 to 2**31 - 1: the `files.total_chunks` column),
+    `filename` (a string, or absent/null; the file row's own name is the one used), and
+    `timestamp` (RFC 3339 with offset, or absent/null)."""
+    fields = read_record(value)
+    upload_id = fields.uuid("upload_id")
+    total = fields.integer("total_chunks", bounds=(1, INTEGER[1]))
+    filename = fields.text(
+        "filename", required=False, max_chars=_MAX_FILENAME_CHARS, allow_empty=True
+    )
+    fields.timestamp("timestamp", required=False)
+    fields.done()
+    return MergeRequest(uuid.UUID(present(upload_id)), filename, present(total))
 
 
 class Merger:
@@ -114,6 +114,10 @@ class Merger:
 
     async def handle(self, record: ConsumedRecord) -> None:
         request = parse_request(record.value)
+        with log_context(upload_id=str(request.upload_id)):
+            await self._handle(request)
+
+    async def _handle(self, request: MergeRequest) -> None:
         async with self._resources.postgres().acquire() as conn:
             if not await files_db.try_lock_merge(conn, request.upload_id):
                 raise RetryableError(f"upload {request.upload_id} is being merged elsewhere")

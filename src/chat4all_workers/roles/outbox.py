@@ -92,9 +92,21 @@ class _Prepared:
 
 
 def _prepare(settings: Settings, event: db.OutboxEvent) -> _Prepared:
-    payload = orjson.loads(event.payload)
+    """The record of an event: its payload as PostgreSQL prints the jsonb, unchanged (parsing
+    and re-encoding it would turn an integer beyond 64 bits into a rounded float). The parsed
+    payload only finds the key and the announcement; one orjson cannot read at all (a number
+    beyond a double's range) is still published, for its consumer to take or dead-letter with
+    the reason, instead of crashing the poller at every claim."""
+    value = event.payload.encode()
+    try:
+        payload: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        payload = None
     conversation_id = payload.get("conversation_id") if isinstance(payload, dict) else None
-    key = f"conversation:{conversation_id}" if conversation_id is not None else event.aggregate_id
+    if isinstance(conversation_id, int | str) and not isinstance(conversation_id, bool):
+        key = f"conversation:{conversation_id}"
+    else:  # none, or not an id (an object, a list): the aggregate keeps its events in order
+        key = event.aggregate_id
     topic = route(settings, event.event_type, event.topic)
     headers = [
         ("event_id", str(event.id).encode()),
@@ -102,7 +114,7 @@ def _prepare(settings: Settings, event: db.OutboxEvent) -> _Prepared:
         ("aggregate_type", event.aggregate_type.encode()),
         ("aggregate_id", event.aggregate_id.encode()),
     ]
-    record = OutgoingRecord(topic, orjson.dumps(payload), key.encode(), headers)
+    record = OutgoingRecord(topic, value, key.encode(), headers)
     return _Prepared(event, topic, record, payload)
 
 

@@ -3,10 +3,12 @@
 Per record (records of one conversation in order, conversations concurrently: the consumer
 engine's keyed concurrency):
 
-1. Validate against the wire format (SPEC section 3). Bad JSON, a missing or mistyped field, an
-   unknown channel: straight to the DLQ with the reason, no retries, no sends.
+1. Validate against the wire format (roles/message.py): a tombstone, bad JSON, a missing or
+   mistyped field, an unknown channel: straight to the DLQ as `invalid_record` with a reason
+   naming each bad field, no retries, no sends. A chosen channel without a recipient fails for
+   that channel alone, also `invalid_record`, with nothing called.
 2. A file message is sent only when its file is COMPLETED and its object exists; otherwise every
-   channel FAILS (a permanent error) and the record is dead-lettered.
+   channel FAILS (`file_unavailable`) and the record is dead-lettered.
 3. `all` expands to `router.all_channels`. The channels of one message are sent concurrently; a
    failure on one never holds back the other.
 4. Per channel, at most once within `router.dedup_ttl_s` (24 h), however often Kafka redelivers
@@ -70,7 +72,7 @@ import orjson
 from miniopy_async.error import S3Error
 
 from chat4all_workers.backoff import backoff_delay_s
-from chat4all_workers.channels import CHANNELS, build_adapters
+from chat4all_workers.channels import build_adapters
 from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage, SendResult
 from chat4all_workers.channels.http import RequestCancelledError
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
@@ -94,108 +96,19 @@ from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
 from chat4all_workers.roles.consuming import consume, dead_letter_record
 from chat4all_workers.roles.dedup import Claim, SendMarkers, State
+from chat4all_workers.roles.message import Message, parse_message
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Message:
-    message_id: str
-    conversation_id: int
-    sender_id: int | None
-    kind: str
-    content: str
-    file_id: str | None
-    channels: tuple[str, ...]
-    recipients: dict[str, str]
-
-
-def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message:
-    """The message a record carries, or InvalidRecordError saying exactly what is wrong."""
-    try:
-        doc = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRecordError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRecordError(f"expected a JSON object, got {type(doc).__name__}")
-    message_id = doc.get("message_id")
-    if not isinstance(message_id, str):
-        raise InvalidRecordError("message_id must be a string (a UUID)")
-    try:
-        uuid.UUID(message_id)
-    except ValueError:
-        raise InvalidRecordError("message_id is not a UUID") from None
-    conversation_id = doc.get("conversation_id")
-    if not isinstance(conversation_id, int) or isinstance(conversation_id, bool):
-        raise InvalidRecordError("conversation_id must be an integer")
-    sender_id = doc.get("sender_id")
-    if sender_id is not None and (not isinstance(sender_id, int) or isinstance(sender_id, bool)):
-        raise InvalidRecordError("sender_id must be an integer")
-    kind, content, file_id = _parse_payload(doc.get("payload"))
-    channels = _parse_channels(doc.get("channels"), all_channels)
-    recipients = doc.get("recipients", {})
-    if recipients is None:
-        recipients = {}
-    if not isinstance(recipients, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in recipients.items()
-    ):
-        raise InvalidRecordError("recipients must map channel names to strings")
-    return Message(
-        message_id=message_id,
-        conversation_id=conversation_id,
-        sender_id=sender_id,
-        kind=kind,
-        content=content,
-        file_id=file_id,
-        channels=channels,
-        recipients=recipients,
-    )
-
-
-def _parse_payload(payload: Any) -> tuple[str, str, str | None]:
-    if not isinstance(payload, dict):
-        raise InvalidRecordError("payload must be an object")
-    kind = payload.get("type")
-    if kind == "text":
-        content = payload.get("content")
-        if not isinstance(content, str) or not content:
-            raise InvalidRecordError("a text payload needs a non-empty string content")
-        return "text", content, None
-    if kind == "file":
-        file_id = payload.get("file_id")
-        if not isinstance(file_id, str):
-            raise InvalidRecordError("a file payload needs a file_id")
-        try:
-            uuid.UUID(file_id)
-        except ValueError:
-            raise InvalidRecordError("file_id is not a UUID") from None
-        caption = payload.get("content")
-        return "file", caption if isinstance(caption, str) else "", file_id
-    raise InvalidRecordError(f"payload type must be 'text' or 'file', got {kind!r:.40}")
-
-
-def _parse_channels(channels: Any, all_channels: tuple[str, ...]) -> tuple[str, ...]:
-    if channels == "all":
-        return all_channels
-    if not isinstance(channels, list) or not channels:
-        raise InvalidRecordError("channels must be a non-empty list or 'all'")
-    chosen: list[str] = []
-    for channel in channels:
-        if not isinstance(channel, str):
-            raise InvalidRecordError("channels must be strings")
-        names = all_channels if channel == "all" else (channel,)
-        for name in names:
-            if name not in CHANNELS:
-                raise InvalidRecordError(
-                    f"unknown channel {name!r:.40}; known: {', '.join(CHANNELS)}"
-                )
-            if name not in chosen:
-                chosen.append(name)
-    return tuple(chosen)
-
-
 class _UnknownOutcomeError(PermanentError):
     error_type = "delivery_unknown"
+
+
+class FileUnavailableError(PermanentError):
+    """A file message whose file is not COMPLETED, or whose object is missing: nothing sent."""
+
+    error_type = "file_unavailable"
 
 
 # A send's lease is released, or its answer recorded, on the way out within this long.
@@ -371,7 +284,8 @@ class Router:
             if file_problem is not None:
                 prepared[channel] = file_problem
             elif not recipient:
-                prepared[channel] = ProviderRejectedError(f"{channel}: no recipient in the message")
+                # The reason names the field; _dead_letter puts the channel in front once.
+                prepared[channel] = InvalidRecordError(f"no recipient (recipients.{channel})")
             else:
                 outbound = OutboundMessage(
                     message_id=message.message_id,
@@ -397,17 +311,19 @@ class Router:
             uuid.UUID(file_id),
         )
         if row is None:
-            raise PermanentError(f"file {file_id} does not exist")
+            raise FileUnavailableError(f"payload.file_id: file {file_id} does not exist")
         if row["status"] != "COMPLETED" or not row["storage_key"]:
-            raise PermanentError(f"file {file_id} is {row['status']}, not COMPLETED")
+            raise FileUnavailableError(
+                f"payload.file_id: file {file_id} is {row['status']}, not COMPLETED"
+            )
         s3 = self.ctx.resources.s3_client()
         bucket = self.settings.s3.bucket
         try:
             await s3.stat_object(bucket, row["storage_key"])
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject", "NotFound"):
-                raise PermanentError(
-                    f"file {file_id}: object {row['storage_key']} is missing"
+                raise FileUnavailableError(
+                    f"payload.file_id: the object of file {file_id} is missing"
                 ) from None
             raise RetryableError(f"s3: {exc.code}") from exc
         url = await s3.presigned_get_object(bucket, row["storage_key"], expires=timedelta(hours=24))
@@ -472,7 +388,7 @@ class Router:
             return _Verdict.OTHER
         if claim.state is State.ORPHANED and r.on_unknown_outcome != "resend":
             await self.markers.release(send.key, claim.lease)
-            reason = f"{send.channel}: a worker stopped mid-send; the provider may already have it"
+            reason = "a worker stopped mid-send; the provider may already have it"
             send.failures.append(_ChannelFailure(send.channel, _UnknownOutcomeError(reason), 1))
             self._count(send.channel, "unknown")
             return _Verdict.OTHER
@@ -499,7 +415,7 @@ class Router:
                 renewed = await self.markers.renew(lease.key, lease.value)
                 if renewed is None:
                     lease.settled = True  # another worker's now
-                    error = PermanentError(f"{channel}: lost the send lease to another worker")
+                    error = PermanentError("lost the send lease to another worker")
                     await self._fail(send, error, attempts)
                     return _Verdict.OTHER
                 lease.value = renewed
@@ -647,7 +563,7 @@ class Router:
             self._count(send.channel, "duplicate")
             return
         raise RetryableError(
-            f"{send.channel}: another worker is sending this message",
+            "another worker is sending this message",
             retry_after_s=max(0.5, claim.retry_after_s),
         )
 

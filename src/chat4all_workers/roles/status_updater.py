@@ -30,12 +30,15 @@ import asyncpg
 import orjson
 import redis.exceptions as redis_errors
 
+from chat4all_workers.channels import CHANNELS
 from chat4all_workers.db import statuses as db
 from chat4all_workers.errors import InvalidRecordError
 from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import Need
 from chat4all_workers.roles.base import RoleContext, RoleSpec
 from chat4all_workers.roles.consuming import consume
+from chat4all_workers.roles.wire import present, read_record
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +60,26 @@ class StatusUpdate:
 
 
 def parse_update(value: bytes | None) -> StatusUpdate:
-    """The update a record carries, or InvalidRecordError naming what is wrong."""
-    try:
-        doc = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        raise InvalidRecordError(f"not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidRecordError("not a JSON object")
-    try:
-        message_id = uuid.UUID(str(doc.get("message_id")))
-    except ValueError:
-        raise InvalidRecordError("message_id is not a UUID") from None
-    conversation_id = doc.get("conversation_id")
-    if not isinstance(conversation_id, int) or isinstance(conversation_id, bool):
-        raise InvalidRecordError("conversation_id must be an integer")
-    channel = doc.get("channel")
-    if not isinstance(channel, str) or not channel:
-        raise InvalidRecordError("channel must be a non-empty string")
-    status = doc.get("new_status")
-    if status not in (*PROGRESS, FAILED):
-        raise InvalidRecordError(f"unknown new_status {status!r}")
-    details = doc.get("details")
-    if details is None:
-        details = {}
-    if not isinstance(details, dict):
-        raise InvalidRecordError("details must be an object")
-    return StatusUpdate(message_id, conversation_id, channel, status, _timestamp(doc), details)
-
-
-def _timestamp(doc: dict[str, Any]) -> datetime:
-    raw = doc.get("timestamp")
-    if raw is None:
-        return datetime.now(UTC)
-    if not isinstance(raw, str):
-        raise InvalidRecordError("timestamp must be an ISO 8601 string")
-    try:
-        at = datetime.fromisoformat(raw)
-    except ValueError:
-        raise InvalidRecordError(f"timestamp {raw!r} is not ISO 8601") from None
-    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+    """The update a record carries, or InvalidRecordError naming every field that is wrong:
+    `message_id` (UUID), `conversation_id` (bigint), `channel` (a known channel), `new_status`,
+    `timestamp` (RFC 3339 with offset; absent or null: now), `details` (an object jsonb can
+    store, or absent/null)."""
+    fields = read_record(value)
+    message_id = fields.uuid("message_id")
+    conversation_id = fields.integer("conversation_id")
+    channel = fields.choice("channel", CHANNELS)
+    status = fields.choice("new_status", (*PROGRESS, FAILED))
+    at = fields.timestamp("timestamp", required=False)
+    details = fields.storable("details")
+    fields.done()
+    return StatusUpdate(
+        uuid.UUID(present(message_id)),
+        present(conversation_id),
+        present(channel),
+        present(status),
+        at or datetime.now(UTC),
+        details or {},
+    )
 
 
 def next_status(current: str, update: str, *, every_channel_failed: bool) -> str:
@@ -115,18 +99,19 @@ class _Updater:
 
     async def handle(self, record: ConsumedRecord) -> None:
         update = parse_update(record.value)
-        try:
-            new, overall = await self._apply(update)
-        except _UNSTORABLE_ERRORS as exc:
-            raise InvalidRecordError(f"postgres cannot store this update: {exc}") from None
-        outcome = "applied" if new else "duplicate"
-        if new and overall is None:
-            outcome = "unknown_message"
-        self.ctx.metrics.messages_processed.inc(
-            {"role": self.ctx.name, "channel": update.channel, "outcome": outcome}
-        )
-        if new:
-            await self._announce(update, overall)
+        with log_context(message_id=str(update.message_id), conversation_id=update.conversation_id):
+            try:
+                new, overall = await self._apply(update)
+            except _UNSTORABLE_ERRORS as exc:
+                raise InvalidRecordError(f"postgres cannot store this update: {exc}") from None
+            outcome = "applied" if new else "duplicate"
+            if new and overall is None:
+                outcome = "unknown_message"
+            self.ctx.metrics.messages_processed.inc(
+                {"role": self.ctx.name, "channel": update.channel, "outcome": outcome}
+            )
+            if new:
+                await self._announce(update, overall)
 
     async def _apply(self, update: StatusUpdate) -> tuple[bool, str | None]:
         """(history row is new, the message's status now or None when it has no row)."""

@@ -1,0 +1,127 @@
+"""The `message_processing` wire format (contract section 3), as the router reads it.
+
+Every field is checked, not only those the router uses, so a record that breaks the contract
+is dead-lettered with the reason instead of being sent half-understood:
+
+- `message_id` (UUID, required), `conversation_id` (integer in PostgreSQL's bigint range,
+  required), `sender_id` (bigint, or absent/null for a message without a sender);
+- `sender_username`: a string of at most 255 characters, or absent/null (the API may not know
+  it, and nothing here depends on it);
+- `payload`: `{"type": "text", "content": non-empty string}` or `{"type": "file", "file_id":
+  UUID, "content": optional caption string}`;
+- `channels`: a non-empty array of known channel names (or `"all"` in it), or `"all"`;
+- `recipients`: optional; an object whose values are strings of at most 256 characters, or
+  null (a chosen channel without one fails for that channel only, as `invalid_record`, with
+  nothing sent to it);
+- `created_at`: an RFC 3339 date-time with offset, or absent/null (nothing here depends on it,
+  and a message is not refused for lacking what no step uses; when present it must be right).
+
+Fields the format does not name are ignored, so the API can add some first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from chat4all_workers.channels import CHANNELS
+from chat4all_workers.roles.wire import Fields, describe, present, quote, read_record
+
+MAX_USERNAME_CHARS = 255
+MAX_RECIPIENT_CHARS = 256
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class Message:
+    message_id: str
+    conversation_id: int
+    sender_id: int | None
+    sender_username: str | None
+    kind: str  # "text" | "file"
+    content: str
+    file_id: str | None
+    channels: tuple[str, ...]
+    recipients: dict[str, str]
+    created_at: datetime | None
+
+
+def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message:
+    """The message a record carries, or InvalidRecordError naming every field that is wrong."""
+    fields = read_record(value)
+    message_id = fields.uuid("message_id")
+    conversation_id = fields.integer("conversation_id")
+    sender_id = fields.integer("sender_id", required=False)
+    sender_username = fields.text(
+        "sender_username", required=False, max_chars=MAX_USERNAME_CHARS, allow_empty=True
+    )
+    payload = _payload(fields)
+    channels = _channels(fields, all_channels)
+    recipients = _recipients(fields)
+    created_at = fields.timestamp("created_at", required=False)
+    fields.done()
+    kind, content, file_id = present(payload)
+    return Message(
+        message_id=present(message_id),
+        conversation_id=present(conversation_id),
+        sender_id=sender_id,
+        sender_username=sender_username,
+        kind=kind,
+        content=content,
+        file_id=file_id,
+        channels=channels,
+        recipients=recipients,
+        created_at=created_at,
+    )
+
+
+def _payload(fields: Fields) -> tuple[str, str, str | None] | None:
+    payload = fields.object("payload")
+    if payload is None:
+        return None
+    kind = payload.choice("type", ("text", "file"))
+    if kind == "text":
+        content = payload.text("content")
+        return None if content is None else ("text", content, None)
+    if kind == "file":
+        file_id = payload.uuid("file_id")
+        caption = payload.text("content", required=False, allow_empty=True)
+        return None if file_id is None else ("file", caption or "", file_id)
+    return None
+
+
+def _channels(fields: Fields, all_channels: tuple[str, ...]) -> tuple[str, ...]:
+    value = fields.get("channels", required=True)
+    if value is None or value == ALL:
+        return all_channels if value == ALL else ()
+    if not isinstance(value, list) or not value:
+        got = "an empty array" if value == [] else describe(value)
+        fields.problem("channels", f'must be a non-empty array of channels or "all", got {got}')
+        return ()
+    chosen: list[str] = []
+    for n, channel in enumerate(value):
+        where = f"channels[{n}]"
+        if not isinstance(channel, str):
+            fields.problem_at(where, f"must be a channel name, got {describe(channel)}")
+            continue
+        for name in all_channels if channel == ALL else (channel,):
+            if name not in CHANNELS:
+                known = ", ".join(CHANNELS)
+                fields.problem_at(where, f"unknown channel {quote(name)}; known: {known}")
+            elif name not in chosen:
+                chosen.append(name)
+    return tuple(chosen)
+
+
+def _recipients(fields: Fields) -> dict[str, str]:
+    recipients = fields.object("recipients", required=False)
+    if recipients is None:
+        return {}
+    chosen: dict[str, str] = {}
+    for name in recipients.doc:
+        recipient = recipients.text(
+            name, required=False, max_chars=MAX_RECIPIENT_CHARS, allow_empty=True
+        )
+        if recipient is not None:
+            chosen[name] = recipient
+    return chosen
