@@ -16,7 +16,7 @@ ROLES ?= all,whatsapp_mock,instagram_mock
 TEST_SERVICES := kafka postgres redis s3 prometheus
 # Tests that run a 3-node Kafka cluster of their own (marker `cluster`): in `make soak` and
 # `make test-cluster`; in `make test` only the pipeline's broker failover (marker `failover`,
-# tests/e2e/test_broker_failover.py: 70-90 s with its cluster here), not the cluster's own
+# tests/e2e/test_broker_failover.py: 65-110 s with its cluster here), not the cluster's own
 # tests (tests/infra/test_kafka_cluster.py: three more JVMs for another minute).
 TEST_MARKERS ?= not cluster or failover
 # `make soak`: the fault and hostile-input tests with bigger sizes, then a long pipeline load.

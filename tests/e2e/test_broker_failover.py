@@ -362,8 +362,8 @@ async def gather(
         stall_s=stall_s,
         latency_s={
             "p50_before": statistics.median(latencies(0, at.killed)),
-            "max_failover": max(latencies(at.killed, at.back)),
-            "max_return": max(latencies(at.back, math.inf)),
+            "max_failover": max(latencies(at.killed, at.back), default=math.nan),
+            "max_return": max(latencies(at.back, math.inf), default=math.nan),
         },
         stages_p50_s={
             "publish": p50(lambda w: w.at, published_of),
