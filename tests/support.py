@@ -109,6 +109,14 @@ async def eventually(
         await asyncio.sleep(interval_s)
 
 
+def occurrences(line: dict[str, Any]) -> int:
+    """How many times a log line's condition occurred: the line and the repeats it stood for
+    (`repeats_suppressed`); a summary line (`repeats_summary`) stands for its repeats only."""
+    repeats = line.get("repeats_suppressed", 0)
+    assert isinstance(repeats, int)
+    return repeats + (0 if line.get("repeats_summary") else 1)
+
+
 # The `[topics]` settings, so a topic added there is created for every test deployment too.
 TOPIC_FIELDS = tuple(f.name for f in dataclasses.fields(TopicSettings))
 

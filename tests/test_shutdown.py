@@ -90,6 +90,11 @@ async def test_sigterm_with_work_in_flight_exits_0_and_commits_only_finished_wor
     assert code == 0, worker.log_tail()
     assert elapsed < SHUTDOWN_TIMEOUT_S
     assert len(sent_before_stop) < len(records)  # the stop really interrupted work
+    # The drain summary says what the group's offsets say: committed, and handed back.
+    (drained,) = drain_lines(worker, "router")
+    assert drained["committed_total"] == sum(max(0, n) for n in committed.values())
+    assert drained["handed_back"] > 0
+    assert (drained["level"], drained["cancelled"]) == ("INFO", 0)
     texts = channel.texts()
     assert sorted(set(texts)) == sorted(orjson.loads(v)["payload"]["content"] for _, v in records)
     assert len(texts) == len(set(texts)), "a message was sent twice"
@@ -166,3 +171,20 @@ async def test_sigterm_with_1000_sends_hung_at_the_provider_exits_0_within_the_d
     assert code == 0, worker.log_tail()
     assert elapsed_s < shutdown_timeout_s + 1.0, f"exited after {elapsed_s:.2f}s"
     assert max(committed.values()) <= 0  # none of the hung sends was committed as done
+    # The drain summary is a WARNING: handlers were cancelled at the drain deadline.
+    (drained,) = drain_lines(worker, "router")
+    assert (drained["level"], drained["committed_total"]) == ("WARNING", 0)
+    assert drained["handed_back"] == 1000
+    assert drained["cancelled"] >= 1
+    (total,) = drain_lines(worker, None)
+    assert total["level"] == "WARNING"
+
+
+def drain_lines(worker: WorkerProcess, role: str | None) -> list[dict[str, Any]]:
+    """The drain summary's line for `role`, or (None) its total line."""
+    event = "drain" if role else "drain_total"
+    return [
+        line
+        for line in worker.log_records()
+        if line.get("event") == event and line.get("role") == role
+    ]

@@ -226,9 +226,12 @@ class ObservabilitySettings:
         default="",
         metadata=_env("OTEL_EXPORTER_OTLP_ENDPOINT", check=config_checks.http_url_or_empty),
     )
-    # A client library's message (aiokafka's reconnect errors) repeated within this long is
-    # logged once, then again with the count of repeats it stood for.
-    log_repeat_interval_s: float = 30.0
+    # A WARNING or ERROR repeated within this long (the same condition: logger and message,
+    # numbers and ids aside, per role) is logged once, then again with the count of repeats it
+    # stood for; 0 logs every one.
+    log_repeat_interval_s: float = field(default=30.0, metadata=_ZERO_OK)
+    # A progress line per role this often (processed, rate, dead-lettered, lag, in flight); 0: none.
+    progress_interval_s: float = field(default=30.0, metadata=_ZERO_OK)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,6 +28,10 @@ class ChildStats:
     restart: str
     restarts_total: int
     last_error: str | None
+    # Seconds from the stop request to the child's end (0 if it had ended before); None while
+    # it runs. `cancelled`: still running at the hand-back deadline, so it was cancelled.
+    stop_s: float | None = None
+    cancelled: bool = False
 
 
 class Readiness:

@@ -9,23 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
-from chat4all_workers.roles.base import RoleContext, RunFn, outlast_outages
+from chat4all_workers.roles.base import RoleContext, RoleReport, RunFn, outlast_outages
 from chat4all_workers.schedule import Cron
 
 
-async def run_on_schedule(ctx: RoleContext, one_pass: RunFn, cron: Cron) -> None:
+async def run_on_schedule(
+    ctx: RoleContext,
+    one_pass: RunFn,
+    cron: Cron,
+    *,
+    arm: Callable[[RoleContext], None] | None = None,
+) -> None:
     """Wait for each scheduled time (UTC) and run `one_pass`; return once `ctx.stopping` is set.
 
+    `arm` runs once the schedule is armed, before the first wait (what must exist from the
+    start: gc's counter, so its series is there before the first pass). The role's report is
+    the time of the next pass.
     A pass that meets an outage runs again once the service is back, not at the next scheduled
     time: a daily GC would otherwise skip a day.
     """
+    next_pass = cron.next_after(datetime.now(UTC))
+    ctx.report(lambda: RoleReport(state={"next_pass": next_pass.isoformat()}))
+    if arm is not None:
+        arm(ctx)
     ctx.mark_ready()
     while not ctx.stopping.is_set():
         now = datetime.now(UTC)
-        wait_s = (cron.next_after(now) - now).total_seconds()
+        next_pass = cron.next_after(now)
+        wait_s = (next_pass - now).total_seconds()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait_s):
                 await ctx.stopping.wait()

@@ -15,8 +15,9 @@ then rolls back) and, if they ignore that, reported as stuck; resources close la
 order of opening, each bounded by the deadline's end.
 
 It supervises and nothing else: which roles exist is the registry's (`roles/__init__.py`), how a
-periodic role waits for its next pass is `scheduling.py`'s, and what `/readyz` answers is
-`readiness.py`'s, reading the `stats()` this class exposes.
+periodic role waits for its next pass is `scheduling.py`'s, what `/readyz` answers is
+`readiness.py`'s, and the ready, progress and drain lines of the log are `reporting.py`'s, both
+reading the `stats()` this class exposes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +43,7 @@ from chat4all_workers.observability.logging import bind_service
 from chat4all_workers.observability.loop_lag import watch_loop_lag
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.readiness import ChildStats, Readiness
+from chat4all_workers.reporting import Reporter
 from chat4all_workers.resources import Need, Resources, open_resources
 from chat4all_workers.roles import (
     REGISTRY,
@@ -72,6 +75,8 @@ class _Child:
     restarts_total: int = 0
     last_error: BaseException | None = None
     started_at: float | None = None
+    ended_at: float | None = None
+    cancelled: bool = False  # at the hand-back deadline
     task: asyncio.Task[None] | None = None
 
 
@@ -109,6 +114,8 @@ class Supervisor:
         self.shutdown = ShutdownDeadline(settings.supervisor.shutdown_timeout_s)
         self._children: dict[str, _Child] = {}
         self._failure: RoleFailedError | None = None
+        self._stop_requested_at: float | None = None
+        self._reporter: Reporter | None = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self.resources: Resources | None = None
@@ -163,6 +170,7 @@ class Supervisor:
                 child.task = self._tasks.create_task(
                     self._supervise(child), name=f"role:{spec.name}"
                 )
+                child.task.add_done_callback(partial(self._ended, child))
             sup = self.settings.supervisor
             self._tasks.create_task(
                 watch_loop_lag(
@@ -173,6 +181,15 @@ class Supervisor:
                 ),
                 name="loop-lag-watchdog",
             )
+            self._reporter = Reporter(
+                contexts={name: child.ctx for name, child in self._children.items()},
+                children=self.stats,
+                metrics=self.metrics,
+                interval_s=self.settings.observability.progress_interval_s,
+                operations_port=self.http_port,
+                stopping=self._stopping,
+            )
+            self._tasks.create_task(self._reporter.run(), name="reporter")
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -186,6 +203,8 @@ class Supervisor:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+        if self._reporter is not None:
+            self._reporter.drain_summary()
         if self._stack is not None:
             stack, self._stack = self._stack, None
             # Children have ended, so the task group exits quietly; the body's own exception
@@ -203,7 +222,9 @@ class Supervisor:
             return
         deadline = self.shutdown
         _, stuck = await asyncio.wait(tasks, timeout=deadline.left_s(deadline.handback_end()))
+        by_task = {c.task: c for c in self._children.values()}
         for task in stuck:
+            by_task[task].cancelled = True
             # Expected of a role waiting out an outage (the outbox's batch, for one): it rolls
             # back. A role that ignores the cancellation too is an ERROR below.
             log.warning(
@@ -225,6 +246,8 @@ class Supervisor:
     def _begin_stopping(self) -> None:
         """The shutdown deadline starts now (once), then roles are told to stop."""
         self.shutdown.begin()
+        if self._stop_requested_at is None:
+            self._stop_requested_at = self._clock()
         self._stopping.set()
 
     async def wait(self) -> None:
@@ -269,9 +292,20 @@ class Supervisor:
                 restart=child.restart.value,
                 restarts_total=child.restarts_total,
                 last_error=None if child.last_error is None else repr(child.last_error),
+                stop_s=self._stop_s(child),
+                cancelled=child.cancelled,
             )
             for name, child in self._children.items()
         ]
+
+    def _stop_s(self, child: _Child) -> float | None:
+        if child.ended_at is None:
+            return None
+        requested = self._stop_requested_at
+        return 0.0 if requested is None else max(0.0, child.ended_at - requested)
+
+    def _ended(self, child: _Child, _: asyncio.Task[None]) -> None:
+        child.ended_at = self._clock()
 
     def published(self) -> dict[str, Any]:
         """The sections roles publish for `/readyz` (RoleContext.publish)."""
@@ -368,7 +402,8 @@ class Supervisor:
             return
         assert spec.run_once is not None
         assert spec.schedule is not None
-        await run_on_schedule(child.ctx, spec.run_once, Cron.parse(spec.schedule(self.settings)))
+        cron = Cron.parse(spec.schedule(self.settings))
+        await run_on_schedule(child.ctx, spec.run_once, cron, arm=spec.arm)
 
     def _set_state(self, child: _Child, state: ChildState) -> None:
         child.state = state

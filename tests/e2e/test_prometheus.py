@@ -5,29 +5,35 @@ from those files (a new panel needs no test change) and asked of the devstack Pr
 (`scripts/devstack up prometheus`) through its HTTP API. Each must return series, and each label
 it names (matchers, groupings) or prints (legends, alert annotations) must be one the workers
 export. Some series exist only after an event, so the test causes each: dead-lettered records
-(router and merge), an abandoned upload for gc, and a crash (the outbox's table renamed under
-it) for a restart.
+(router and merge), a paused channel (the WhatsApp mock's token expired for a moment), throttled
+answers (the Instagram mock's rate set low), signed webhooks (accepted, a bad signature, shed
+with 503 while every slot is held), and a crash (the outbox's table renamed under it) for a
+restart. gc's counter needs no pass: it exists, at 0, from the moment the role schedules its
+passes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import orjson
 import pytest
 import yaml
 from miniopy_async.api import Minio
 
+from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER, sign, whatsapp_notification
 from tests.e2e.pipeline import insert_messages, statuses, upload_file, workers_running
 from tests.promql import (
     Query,
@@ -38,7 +44,6 @@ from tests.promql import (
     operands,
     template_labels,
 )
-from tests.roles.uploads import seed_upload
 from tests.stack import DEVSTACK, unique_name
 from tests.support import Deployment, WorkerProcess, eventually, produce
 
@@ -51,12 +56,17 @@ RATE_INTERVAL = "10s"
 # configurations add (worker: the compose service, the Kubernetes component, devstack's target).
 TARGET_LABELS = {"job", "instance", "worker"}
 
+WEBHOOK_SECRET = "prometheus-test-app-secret"
+HELD_SLOTS = 4
 FAST: dict[str, dict[str, Any]] = {
-    "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0},
     "outbox": {"poll_interval_ms": 200, "pending_refresh_s": 0.5},
     "fallback": {"poll_interval_s": 0.5},
-    "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5},
-    "gc": {"schedule": "* * * * *"},  # a pass at the next minute: uploads_cleaned_total
+    "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5, "pause_probe_base_s": 0.2},
+    # Throttled answers: the Instagram account takes 3 a second (a burst of 3), the router
+    # paces it at 250.
+    "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0, "instagram_rate_per_s": 3.0},
+    # A few slots, so that holding them all sheds a POST with 503.
+    "webhooks": {"whatsapp_app_secret": WEBHOOK_SECRET, "max_concurrent_requests": 4},
     # The outbox crashes on purpose below; it must not take the process down.
     "supervisor": {"max_restarts": 1000, "backoff_base_s": 0.1, "backoff_cap_s": 0.5},
 }
@@ -137,12 +147,9 @@ def prometheus() -> Prometheus:
 
 async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess) -> None:
     """Traffic, and each event some series wait for."""
-    conn = await asyncpg.connect(deployment.database_url)
-    try:  # for gc: an upload abandoned two days ago
-        await seed_upload(conn, s3, deployment.bucket, [b"x"], age=timedelta(days=2))
-    finally:
-        await conn.close()
+    await pause_whatsapp(deployment, worker)
     sent = await insert_messages(deployment, conversations=range(1, 4), per_conversation=3)
+    await webhook_traffic(deployment, worker)
     await upload_file(deployment, s3, [b"a" * 1024, b"b" * 512])
     # Dead letters: a router record and a merge request that can never succeed.
     await produce(deployment.stack, deployment.topics["message_processing"], [(b"k", b"{no")])
@@ -167,13 +174,95 @@ async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess)
         await conn.close()
 
 
-async def restarted(worker: WorkerProcess) -> bool:
+async def pause_whatsapp(deployment: Deployment, worker: WorkerProcess) -> None:
+    """The WhatsApp mock's token expires: the next send pauses the channel; it comes back once
+    the token does (the probe). That message is READ like the others in the end."""
+    await expire_token(deployment, expired=True)
+    try:
+        await insert_messages(deployment, conversations=[9], per_conversation=1, tag="paused")
+        await eventually(
+            lambda: metric_matches(worker, r'^channel_paused\{[^}]*channel="whatsapp"[^}]*\} 1'),
+            timeout_s=30,
+            message="whatsapp paused",
+        )
+    finally:
+        await expire_token(deployment, expired=False)
+
+
+async def expire_token(deployment: Deployment, *, expired: bool) -> None:
+    url = f"http://127.0.0.1:{deployment.whatsapp_port}/__mock__/token"
+    async with aiohttp.ClientSession() as http, http.post(url, json={"expired": expired}) as answer:
+        assert answer.status == 200
+
+
+async def webhook_traffic(deployment: Deployment, worker: WorkerProcess) -> None:
+    """Signed WhatsApp notifications of users' messages: one with a wrong signature (401), one
+    shed (503) while every slot is held by a body still arriving, then the held ones (200)."""
+    port = deployment.webhooks_port
+    url = f"http://127.0.0.1:{port}/webhooks/whatsapp"
+    bodies = [inbound_body(n) for n in range(HELD_SLOTS)]
+    held = []
+    for body in bodies:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(signed_head(body) + body[:10])
+        await writer.drain()
+        held.append((reader, writer, body))
+    try:
+        await eventually(lambda: webhooks_in_flight(worker, HELD_SLOTS), message="every slot held")
+        async with aiohttp.ClientSession() as http:
+            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: "sha256=00"}
+            async with http.post(url, data=bodies[0], headers=headers) as answer:
+                assert answer.status == 503  # shed before its signature is even looked at
+            for _, writer, body in held:  # the held POSTs complete normally
+                writer.write(body[10:])
+                await writer.drain()
+            for reader, _, _ in held:
+                assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            async with http.post(url, data=bodies[0], headers=headers) as answer:
+                assert answer.status == 401
+    finally:
+        for _, writer, _ in held:
+            writer.close()
+
+
+def inbound_body(n: int) -> bytes:
+    message = {
+        "from": f"5511999{n:06d}",
+        "id": f"wamid.prometheus-{n}",
+        "timestamp": str(int(time.time())),
+        "type": "text",
+        "text": {"body": f"hello {n}"},
+    }
+    return orjson.dumps(whatsapp_notification(phone_number_id="1000", messages=[message]))
+
+
+def signed_head(body: bytes) -> bytes:
+    return (
+        "POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"{SIGNATURE_HEADER}: {sign(WEBHOOK_SECRET, body)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+
+
+async def webhooks_in_flight(worker: WorkerProcess, count: int) -> bool:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{worker.metrics_port}/readyz") as response,
+    ):
+        body = await response.json()
+    return bool(body["webhooks"]["in_flight"] == count)
+
+
+async def metric_matches(worker: WorkerProcess, pattern: str) -> bool:
     async with (
         aiohttp.ClientSession() as http,
         http.get(f"http://127.0.0.1:{worker.metrics_port}/metrics") as response,
     ):
         text = await response.text()
-    return re.search(r'^supervisor_restarts_total\{[^}]*role="outbox"', text, re.M) is not None
+    return re.search(pattern, text, re.M) is not None
+
+
+async def restarted(worker: WorkerProcess) -> bool:
+    return await metric_matches(worker, r'^supervisor_restarts_total\{[^}]*role="outbox"')
 
 
 def for_worker(expr: str, worker: str) -> str:

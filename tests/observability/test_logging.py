@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 
 import orjson
+import pytest
 
 from chat4all_workers.observability.logging import (
     DemoteFilter,
     JsonFormatter,
     RepeatFilter,
+    RepeatLimitedHandler,
     bind_service,
     log_context,
 )
+from tests.support import occurrences
 
 
 def render(record_msg: str, **fields: object) -> dict[str, object]:
@@ -147,3 +151,86 @@ def test_demote_filter_turns_client_errors_into_warnings_but_keeps_tracebacks() 
         assert demote.filter(record)
 
     assert (plain.levelname, bug.levelname, ours.levelname) == ("WARNING", "ERROR", "ERROR")
+
+
+def our_record(msg: str, *args: object, level: int = logging.WARNING) -> logging.LogRecord:
+    return logging.LogRecord("chat4all_workers.roles.x", level, __file__, 1, msg, args, None)
+
+
+def test_repeat_filter_limits_every_logger_with_one_condition_per_role_and_one_word_arguments() -> (
+    None
+):
+    repeats = RepeatFilter(interval_s=30, clock=Clock())
+    passed = []
+    for channel in ("whatsapp", "instagram", "whatsapp"):
+        for role in ("router", "router", "outbox"):
+            with log_context(service=role):
+                reason = f"HTTP 401 ({uuid.uuid4()}): token expired"  # free text: not the key
+                passed.append(repeats.filter(our_record("%s paused: %s", channel, reason)))
+
+    # whatsapp/router, whatsapp/outbox, instagram/router, instagram/outbox: each once.
+    assert passed == [True, False, True, True, False, True, False, False, False]
+
+
+def test_repeat_filter_never_limits_critical() -> None:
+    repeats = RepeatFilter(interval_s=30, clock=Clock())
+
+    passed = [repeats.filter(our_record("escalated", level=logging.CRITICAL)) for _ in range(3)]
+
+    assert passed == [True, True, True]
+
+
+def test_repeat_filter_counts_3000_repeats_exactly_across_lines_and_the_final_flush() -> None:
+    clock = Clock()
+    emitted: list[logging.LogRecord] = []
+    repeats = RepeatFilter(interval_s=30, emit=emitted.append, clock=clock)
+    for n in range(3000):  # 50 a second for a minute
+        clock.now = n / 50
+        record = our_record("status for unknown message recorded in history only")
+        if repeats.filter(record):
+            emitted.append(record)
+    repeats.flush()
+
+    fields = [getattr(r, "fields", {}) for r in emitted]
+    assert len(emitted) == 3  # the first, one after 30 s with its count, the flush at the end
+    assert [f.get("repeats_summary", False) for f in fields] == [False, False, True]
+    assert sum(occurrences(f) for f in fields) == 3000
+    assert emitted[-1].getMessage().endswith("more like this in the last 30 s)")
+
+
+def test_repeat_filter_summary_carries_the_role_and_ids_of_what_it_summarises() -> None:
+    clock = Clock()
+    emitted: list[logging.LogRecord] = []
+    repeats = RepeatFilter(interval_s=30, emit=emitted.append, clock=clock)
+    formatter = JsonFormatter("supervisor")
+    for n in range(3):
+        with log_context(service="status_updater", message_id=f"m-{n}"):
+            repeats.filter(our_record("status for unknown message"))
+
+    clock.now = 40
+    with log_context(service="outbox", message_id="other"):
+        repeats.filter(our_record("unrelated", level=logging.INFO))
+
+    (summary,) = [orjson.loads(formatter.format(r)) for r in emitted]
+    assert (summary["service"], summary["message_id"]) == ("status_updater", "m-2")
+    assert summary["repeats_suppressed"] == 2
+
+
+def test_repeat_limited_handler_writes_the_summaries_owed_when_closed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    handler = RepeatLimitedHandler(service="supervisor", repeat_interval_s=30)
+    logger = logging.getLogger("chat4all_workers.test_close")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        for _ in range(5):
+            logger.warning("dead-lettering %s (%s): %s", "topic-a", "invalid_record", "not JSON")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
+    handler.close()
+
+    lines = [orjson.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [line.get("repeats_suppressed") for line in lines] == [None, 4]
+    assert lines[1]["repeats_summary"] is True

@@ -20,7 +20,7 @@ from chat4all_workers.db.migrate import migrate
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.roles.gc import GcReport, collect_garbage
-from chat4all_workers.supervisor import run_once
+from chat4all_workers.supervisor import Supervisor, run_once
 from tests.roles.uploads import object_keys, seed_upload
 from tests.stack import StackEndpoints
 from tests.support import metric_value, settings_for
@@ -194,3 +194,10 @@ async def test_gc_aborts_old_incomplete_multipart_uploads(env: GcEnv) -> None:
     assert report.multipart_uploads_aborted == 1
     listing = await env.s3._list_multipart_uploads(env.bucket)
     assert listing.uploads == []
+
+
+async def test_gc_counter_exists_at_0_once_its_schedule_is_armed(env: GcEnv) -> None:
+    async with Supervisor(env.settings, roles=["gc"], serve_http=False) as sup:
+        await sup.wait_ready()
+
+        assert metric_value(sup.metrics.uploads_cleaned, {}) == 0  # a series before any pass

@@ -94,6 +94,8 @@ class _Partition:
     commit_position: int | None = None
     committed: int | None = None
     ownership: _Ownership = _Ownership.OWNED
+    # Records finished in order (below commit_position) that no commit has covered yet.
+    finished_uncommitted: int = 0
 
     def add(self, offset: int) -> None:
         self.pending.append(offset)
@@ -106,6 +108,7 @@ class _Partition:
             done = self.pending.popleft()
             self.finished.discard(done)
             self.commit_position = done + 1
+            self.finished_uncommitted += 1
 
     def uncommitted(self) -> int | None:
         if self.commit_position is not None and self.commit_position != self.committed:
@@ -115,6 +118,9 @@ class _Partition:
 
 @dataclass(frozen=True)
 class ConsumerStats:
+    """The engine as it describes itself (STYLE 11): `/readyz` and the log lines an operator
+    follows (reporting.py) read it. Counts are since this engine was created."""
+
     group_id: str
     topics: tuple[str, ...]
     assigned: int
@@ -123,6 +129,13 @@ class ConsumerStats:
     paused: bool
     finished_total: int
     last_commit_age_s: float | None
+    # Records between the commit position (finished work, committed or about to be) and the
+    # log end, over the partitions owned now; None until a fetch told the log end.
+    lag: int | None = None
+    committed_total: int = 0  # records whose offsets a commit covered
+    committed_in_drain: int = 0  # of those, committed after the stop (or a bug) began the drain
+    handed_back: int = 0  # taken and left uncommitted when the engine stopped (redelivered)
+    cancelled: int = 0  # handlers cancelled at the drain deadline (their records handed back)
 
 
 class ConsumerEngine:
@@ -167,6 +180,10 @@ class ConsumerEngine:
         self._wakeup = asyncio.Event()
         self._paused = False
         self._finished_total = 0
+        self._committed_total = 0
+        self._committed_before_drain: int | None = None
+        self._handed_back = 0
+        self._cancelled = 0
         self._last_commit: float | None = None
         self._tasks: asyncio.TaskGroup | None = None
         self._stopping = asyncio.Event()
@@ -184,7 +201,22 @@ class ConsumerEngine:
             last_commit_age_s=None
             if self._last_commit is None
             else time.monotonic() - self._last_commit,
+            lag=self._lag(),
+            committed_total=self._committed_total,
+            committed_in_drain=0
+            if self._committed_before_drain is None
+            else self._committed_total - self._committed_before_drain,
+            handed_back=self._handed_back,
+            cancelled=self._cancelled,
         )
+
+    def _lag(self) -> int | None:
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        lags = [_lag_of(consumer, p) for p in self._partitions.values()]
+        known = [lag for lag in lags if lag is not None]
+        return sum(known) if known else None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Consume until `stopping` is set (or, in drain mode, until caught up), then hand back
@@ -236,7 +268,13 @@ class ConsumerEngine:
 
     async def _wake_on(self, stopping: asyncio.Event) -> None:
         await stopping.wait()
+        self._drain_begins()
         self._interrupt()
+
+    def _drain_begins(self) -> None:
+        """From here on, commits count as the drain's (`committed_in_drain`)."""
+        if self._committed_before_drain is None:
+            self._committed_before_drain = self._committed_total
 
     def _point(self, point: Callable[[ShutdownDeadline], float]) -> float:
         """A point of the shutdown deadline (deadline.py); after a bug, the earlier of the
@@ -349,6 +387,7 @@ class ConsumerEngine:
         )  # fmt: skip
         self._bug = exc
         self._bug_deadline = ShutdownDeadline.begun_now(self._shutdown.budget_s)
+        self._drain_begins()
         self._interrupt()
 
     def _owns(self, partition: _Partition) -> bool:
@@ -426,6 +465,7 @@ class ConsumerEngine:
             running, timeout=ShutdownDeadline.left_s(self._point(ShutdownDeadline.drain_end))
         )
         if unfinished:
+            self._cancelled += len(unfinished)
             unwind_by = self._point(ShutdownDeadline.unwind_end)
             await self._cancel(unfinished, until=unwind_by, why="at the drain deadline")
 
@@ -469,14 +509,9 @@ class ConsumerEngine:
         if consumer is None:
             return
         for tp, partition in self._partitions.items():
-            highwater = consumer.highwater(tp)
-            done = (
-                partition.commit_position
-                if partition.commit_position is not None
-                else partition.committed
-            )
-            if highwater is not None and done is not None:
-                self._metrics.consumer_lag.set(_lag_labels(tp), max(0, highwater - done))
+            lag = _lag_of(consumer, partition)
+            if lag is not None:
+                self._metrics.consumer_lag.set(_lag_labels(tp), lag)
 
     async def _commit_finished(self, partitions: Iterable[_Partition]) -> None:
         consumer = self._consumer
@@ -486,9 +521,16 @@ class ConsumerEngine:
         offsets = {p.tp: pos for p in wanted if (pos := p.uncommitted()) is not None}
         if not offsets:
             return
+        counts = {p.tp: p.finished_uncommitted for p in wanted if p.tp in offsets}
         await consumer.commit(offsets)
         for p in wanted:
             if p.tp in offsets:
+                # A commit of a position already passed (a concurrent one finished first)
+                # counts nothing again.
+                if p.committed is None or offsets[p.tp] > p.committed:
+                    covered = min(counts[p.tp], p.finished_uncommitted)
+                    p.finished_uncommitted -= covered
+                    self._committed_total += covered
                 p.committed = offsets[p.tp]
         self._last_commit = time.monotonic()
 
@@ -503,6 +545,9 @@ class ConsumerEngine:
                 await self._commit_finished(list(self._partitions.values()))
         except (KafkaError, TimeoutError) as exc:
             log.warning("%s: final offset commit failed; that work is redone: %r", self.role, exc)
+        self._handed_back = sum(
+            len(p.pending) + p.finished_uncommitted for p in self._partitions.values()
+        )
         try:
             async with timeout_at(until):
                 await consumer.stop()
@@ -617,6 +662,17 @@ async def held() -> AsyncIterator[None]:
         yield
     finally:
         engine._unhold(scope)
+
+
+def _lag_of(consumer: AIOKafkaConsumer, partition: _Partition) -> int | None:
+    """Records between what is committed (or about to be) and the log end; None while unknown."""
+    highwater: int | None = consumer.highwater(partition.tp)
+    done = (
+        partition.commit_position if partition.commit_position is not None else partition.committed
+    )
+    if highwater is None or done is None:
+        return None
+    return max(0, highwater - done)
 
 
 def _lag_labels(tp: TopicPartition) -> dict[str, str]:

@@ -112,6 +112,16 @@ class Metrics:
         )
 
 
+def total(collector: Collector, **match: str) -> int:
+    """The sum of a counter's series whose labels include `match`. For a figure the process
+    already counts here (the router's answers per channel): read, not counted a second time."""
+    count = 0.0
+    for labels, value in collector.get_all():
+        if isinstance(value, int | float) and all(labels.get(k) == x for k, x in match.items()):
+            count += value
+    return int(count)
+
+
 def forget(collector: Collector, labels: dict[str, str]) -> None:
     """Drop one labelled series, e.g. the lag of a partition this process no longer owns (else
     the last value would be reported forever)."""

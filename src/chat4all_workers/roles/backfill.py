@@ -55,8 +55,9 @@ from chat4all_workers.errors import (
 )
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer, span_per_record
+from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
+from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec, outlast_outages
 from chat4all_workers.roles.wire import Fields, describe, present, quote, read_record
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,12 @@ class _Backfill:
         self.worker_id = worker_id
         self._ttl_ms = max(1000, int(self.settings.heartbeat_ttl_s * 1000))
         self._recover = self.redis.register_script(_RECOVER)
+        self.queue_length_seen: int | None = None  # the queue's length at the last look
+
+    def report(self) -> RoleReport:
+        """Items moved into Kafka so far (`messages_processed_total`), the queue's length."""
+        moved = total(self.ctx.metrics.messages_processed, role=self.ctx.name)
+        return RoleReport(processed_total=moved, state={"queue_length": self.queue_length_seen})
 
     async def beat(self) -> None:
         """Alive, and a member: re-registers a worker that was presumed dead and recovered."""
@@ -280,11 +287,13 @@ class _Backfill:
     async def queue_length(self) -> int:
         length = int(await self.redis.llen(self.keys.queue))
         self.ctx.metrics.fallback_queue_length.set({}, length)
+        self.queue_length_seen = length
         return length
 
 
 async def run(ctx: RoleContext) -> None:
     worker = _Backfill(ctx)
+    ctx.report(worker.report)
     # Through a Redis restart (AOF keeps the lists) the items stay where they were: in the
     # queue, or in our processing list, handed back or recovered when Redis answers again.
     await outlast_outages(ctx, lambda: _serve(ctx, worker), what="moving fallback items")

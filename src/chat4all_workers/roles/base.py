@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
 from chat4all_workers.deadline import ShutdownDeadline
+from chat4all_workers.kafka.consumer import ConsumerStats
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
 
@@ -36,6 +37,25 @@ class Restart(enum.StrEnum):
     TEMPORARY = "temporary"  # never restarted
 
 
+@dataclass(frozen=True)
+class RoleReport:
+    """What a role says about its work in the lines an operator follows (reporting.py): the
+    ready line, a progress line every `observability.progress_interval_s`, the drain summary.
+
+    Each part is read from where it is counted once (STYLE 11): a consuming role's `engine`
+    stats (counted since that engine started: the reporter adds up a restarted role's
+    engines), or, for a role without one, `processed_total`; `counts`, running totals of the
+    role's own (the router's sends per channel, from the metrics it already keeps), which a
+    progress line shows as the change since the last; `state`, current values shown as they
+    are (a channel's state, a queue's length, the address it listens on).
+    """
+
+    engine: ConsumerStats | None = None
+    processed_total: int | None = None  # without an engine; None: nothing to count (gc)
+    counts: Mapping[str, int] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class RoleContext:
     """Everything a running role may touch."""
@@ -53,6 +73,8 @@ class RoleContext:
     shutdown: ShutdownDeadline = field(init=False)
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
     _published: dict[str, Callable[[], Mapping[str, Any]]] = field(default_factory=dict)
+    # How the role reports its work (`report`); None until it says.
+    reporter: Callable[[], RoleReport] | None = None
 
     def __post_init__(self) -> None:
         self.shutdown = ShutdownDeadline(self.settings.supervisor.shutdown_timeout_s)
@@ -69,6 +91,9 @@ class RoleContext:
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+
     def publish(self, section: str, describe: Callable[[], Mapping[str, Any]]) -> None:
         """Show `describe()` (JSON-able, e.g. an object's `stats()`) as `section` of `/readyz`.
 
@@ -81,6 +106,11 @@ class RoleContext:
     def published(self) -> dict[str, Any]:
         """Every published section, described now."""
         return {section: dict(describe()) for section, describe in self._published.items()}
+
+    def report(self, describe: Callable[[], RoleReport]) -> None:
+        """How the role's work is described in the log (reporting.py reads it per line). A
+        restarted role reports again with its new objects; the reporter keeps the totals."""
+        self.reporter = describe
 
 
 RunFn = Callable[[RoleContext], Awaitable[None]]
@@ -96,6 +126,8 @@ class RoleSpec:
     run: RunFn | None = None
     run_once: RunFn | None = None
     schedule: Callable[[Settings], str] | None = None
+    # A periodic role's preparation once its schedule is armed (scheduling.py).
+    arm: Callable[[RoleContext], None] | None = None
     restart: Restart = Restart.PERMANENT
     # Development helpers (the channel mocks) are not part of `--roles all`.
     dev_only: bool = False

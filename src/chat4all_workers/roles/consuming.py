@@ -4,7 +4,9 @@ dead-lettering of a record it consumed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Callable
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
 from chat4all_workers.kafka.backlog import warn_of_reread
@@ -12,7 +14,7 @@ from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHa
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.resources import TRANSIENT_ERRORS
-from chat4all_workers.roles.base import RoleContext
+from chat4all_workers.roles.base import RoleContext, RoleReport
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +32,15 @@ async def consume(
     handler: Handler,
     on_permanent: PermanentHandler | None = None,
     max_in_flight: int | None = None,
+    report: Callable[[], RoleReport] | None = None,
 ) -> None:
     """Run the consumer engine for this role until it stops; ready once partitions are assigned.
 
     Without `on_permanent`, a PermanentError dead-letters the record (`dead_letter_record`).
     A backing service that is unreachable (TRANSIENT_ERRORS) retries the record in place, like
     a RetryableError: the record stays owned and uncommitted, the role keeps running.
+    The role's report (`ctx.report`) is the engine's stats, with what `report` adds (the
+    router's channels).
     """
 
     async def outage_is_retryable(record: ConsumedRecord) -> None:
@@ -65,6 +70,8 @@ async def consume(
         drain=ctx.drain,
         shutdown=ctx.shutdown,
     )
+    own = report or RoleReport
+    ctx.report(lambda: dataclasses.replace(own(), engine=engine.stats()))
 
     async def announce_ready() -> None:
         await engine.ready.wait()

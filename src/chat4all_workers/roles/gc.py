@@ -154,10 +154,17 @@ async def run_once(ctx: RoleContext) -> None:
     )
 
 
+def arm(ctx: RoleContext) -> None:
+    """`uploads_cleaned_total` exists (at 0) from the moment passes are scheduled: a dashboard
+    or an alert on it has a series before the first pass (a daily one may be 24 h away)."""
+    ctx.metrics.uploads_cleaned.add({}, 0)
+
+
 ROLE = RoleSpec(
     name="gc",
     description="marks abandoned uploads FAILED and deletes their chunks (periodic)",
     needs=frozenset({Need.POSTGRES, Need.S3}),
     run_once=run_once,
     schedule=lambda s: s.gc.schedule,
+    arm=arm,
 )

@@ -54,8 +54,9 @@ from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Delivery, NotSentError, OutgoingRecord, span_per_record
+from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
+from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,17 @@ class _Poller:
         self.pool: asyncpg.Pool = ctx.resources.postgres()
         self.producer = ctx.resources.kafka()
         self._pending_at = -float("inf")
+        self.pending: int | None = None  # unpublished rows at the last count
+
+    def report(self) -> RoleReport:
+        """Events settled (published, dead-lettered, failed an attempt) and published so far,
+        from `messages_processed_total`; the backlog at its last count."""
+        processed = self.ctx.metrics.messages_processed
+        return RoleReport(
+            processed_total=total(processed, role=self.ctx.name),
+            counts={"published": total(processed, role=self.ctx.name, outcome="published")},
+            state={"pending": self.pending},
+        )
 
     async def publish_once(self) -> int:
         """Claim, publish and mark one batch; returns how many events it claimed."""
@@ -261,11 +273,13 @@ class _Poller:
         now = time.monotonic()
         if force or now - self._pending_at >= self.settings.pending_refresh_s:
             self._pending_at = now
-            self.ctx.metrics.outbox_pending.set({}, await db.count_pending(self.pool))
+            self.pending = await db.count_pending(self.pool)
+            self.ctx.metrics.outbox_pending.set({}, self.pending)
 
 
 async def run(ctx: RoleContext) -> None:
     poller = _Poller(ctx)
+    ctx.report(poller.report)
     # A database outage rolls back the batch in flight (its rows stay unpublished) and takes
     # the LISTEN connection with it: serve again, with a new listener, once it is back.
     await outlast_outages(ctx, lambda: _serve(ctx, poller), what="the outbox poll")

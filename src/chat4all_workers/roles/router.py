@@ -92,8 +92,9 @@ from chat4all_workers.kafka.consumer import held
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
+from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec, outlast_outages
+from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec, outlast_outages
 from chat4all_workers.roles.consuming import consume, dead_letter_record
 from chat4all_workers.roles.dedup import Claim, SendMarkers, State
 from chat4all_workers.roles.message import Message, parse_message
@@ -111,6 +112,8 @@ class FileUnavailableError(PermanentError):
     error_type = "file_unavailable"
 
 
+# The provider's answers a progress line shows per channel (channel_requests_total outcomes).
+_REPORTED_OUTCOMES = ("sent", "throttled", "paused")
 # A send's lease is released, or its answer recorded, on the way out within this long.
 _SETTLE_S = 2.0
 
@@ -233,6 +236,19 @@ class Router:
     def describe_channels(self) -> dict[str, Any]:
         """The `channels` section of /readyz: each channel active or paused, and why."""
         return {name: lane.pause.stats() for name, lane in self.lanes.items()}
+
+    def report(self) -> RoleReport:
+        """For the log's progress lines: per channel, the provider's answers so far (sent,
+        throttled, paused: `channel_requests_total`), its state and the sends it holds."""
+        requests = self.ctx.metrics.channel_requests
+        counts: dict[str, int] = {}
+        state: dict[str, Any] = {}
+        for name, lane in self.lanes.items():
+            for outcome in _REPORTED_OUTCOMES:
+                counts[f"{name}_{outcome}"] = total(requests, channel=name, outcome=outcome)
+            state[name] = "paused" if lane.pause.paused else "active"
+            state[f"{name}_held"] = lane.pause.held
+        return RoleReport(counts=counts, state=state)
 
     def close(self) -> None:
         """The process stops: sends held by a paused channel give their records back."""
@@ -690,7 +706,10 @@ async def run(ctx: RoleContext) -> None:
             closer = tasks.create_task(close_on_stop())
             try:
                 await consume(
-                    ctx, topic=ctx.settings.topics.message_processing, handler=router.handle
+                    ctx,
+                    topic=ctx.settings.topics.message_processing,
+                    handler=router.handle,
+                    report=router.report,
                 )
             finally:
                 closer.cancel()

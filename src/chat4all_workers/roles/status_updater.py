@@ -11,7 +11,9 @@ then moves `messages.status` forward, never backwards, under a row lock:
   status at what the other reached. FAILED is terminal: nothing moves the message after it.
 - An update for a message that has no row yet is recorded in the history only, with a warning
   (the row may be written later by the API; the history keeps the evidence). It is not
-  dead-lettered: the update is valid, only our view of the message is incomplete.
+  dead-lettered: the update is valid, only our view of the message is incomplete. The warning
+  is one condition (the message, status and channel are its fields), so a stream of them is
+  one line per `observability.log_repeat_interval_s` with the count.
 
 After the commit, a new history row is announced on the Redis channel `conversation:{id}` as
 `{"type": "MessageStatusUpdated", ...}` (best effort: pub/sub has no delivery guarantee anyway).
@@ -126,10 +128,17 @@ class _Updater:
                 at=update.at,
             )
             if message is None:
+                # One condition, whatever the message or status (they are fields): repeated, it
+                # is one line per observability.log_repeat_interval_s with the count.
                 log.warning(
-                    "status %s for unknown message %s recorded in history only",
-                    update.status,
-                    update.message_id,
+                    "status for unknown message recorded in history only (no messages row)",
+                    extra={
+                        "fields": {
+                            "message_id": str(update.message_id),
+                            "status": update.status,
+                            "channel": update.channel,
+                        }
+                    },
                 )
                 return new, None
             every_failed = False

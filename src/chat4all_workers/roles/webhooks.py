@@ -69,8 +69,9 @@ from chat4all_workers.config import Settings
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord
+from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec
 from chat4all_workers.roles.provider_index import MessageRef, ProviderIndex
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ _MAX_REASON_PROBLEMS = 5
 _CANNOT_STORE: tuple[type[Exception], ...] = (RetryableError, *TRANSIENT_ERRORS)
 _LINGER_S = 2.0
 _WARN_EVERY_S = 60.0  # rejected requests are logged at most once a minute per channel and kind
+# Request outcomes answered 200 (the notification is stored: produced, parked or dead-lettered);
+# the verification GETs are not notifications.
+_STORED = ("accepted", "parked", "invalid")
+_VERIFICATION = ("verify_ok", "verify_refused")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -142,6 +147,19 @@ class Webhooks:
             "in_flight": self.in_flight,
             "requests": {f"{c}:{o}": n for (c, o), n in sorted(self.requests.items())},
         }
+
+    def report(self, listening: str) -> RoleReport:
+        """Notifications (POSTs) answered so far, accepted (stored: 200) and refused (4xx,
+        503), from `webhook_requests_total`; the address it listens on."""
+        requests = self._metrics.webhook_requests
+        by_outcome = {outcome: total(requests, outcome=outcome) for outcome in _STORED}
+        posts = total(requests) - sum(total(requests, outcome=o) for o in _VERIFICATION)
+        accepted = sum(by_outcome.values())
+        return RoleReport(
+            processed_total=posts,
+            counts={"accepted": accepted, "refused": posts - accepted},
+            state={"listening": listening, "in_flight": self.in_flight},
+        )
 
     # -- GET ------------------------------------------------------------------------------------
 
@@ -479,6 +497,7 @@ async def run(ctx: RoleContext) -> None:
         host, port = sockets[0].getsockname()[:2] if sockets else (site.name, 0)
         listening = f"{host}:{port}"
         ctx.publish("webhooks", lambda: {"listening": listening, **service.stats()})
+        ctx.report(lambda: service.report(listening))
         log.info("webhooks: listening on http://%s/webhooks/{%s}", listening, ",".join(CHANNELS))
         ctx.mark_ready()
         await ctx.stopping.wait()
