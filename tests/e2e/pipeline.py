@@ -24,7 +24,6 @@ from chat4all_workers.roles.webhooks import ROLE as WEBHOOKS_ROLE
 from tests.roles.uploads import seed_upload
 from tests.support import Deployment, WorkerProcess, free_port
 
-
 WEBHOOKS = WEBHOOKS_ROLE.name
 
 
