@@ -19,9 +19,11 @@ WHATSAPP_APP_SECRET ?= dev-mock-app-secret
 INSTAGRAM_APP_SECRET ?= dev-mock-app-secret
 # `make test` also needs Prometheus (tests/e2e/test_prometheus.py); `make run` does not.
 TEST_SERVICES := kafka postgres redis s3 prometheus
-# Tests that run a 3-node Kafka cluster of their own (tests/infra/test_kafka_cluster.py): in
-# `make soak` and `make test-cluster`, not in `make test` (three more JVMs, about 40 s).
-TEST_MARKERS ?= not cluster
+# Tests that run a 3-node Kafka cluster of their own (marker `cluster`): in `make soak` and
+# `make test-cluster`; in `make test` only the pipeline's broker failover (marker `failover`,
+# tests/e2e/test_broker_failover.py: 65-110 s with its cluster here), not the cluster's own
+# tests (tests/infra/test_kafka_cluster.py: three more JVMs for another minute).
+TEST_MARKERS ?= not cluster or failover
 # `make soak`: the fault and hostile-input tests with bigger sizes, then a long pipeline load.
 SOAK_SECONDS ?= 600
 SOAK_RATE ?= 100
@@ -29,7 +31,9 @@ SOAK_EXAMPLES ?= 200
 SOAK_FAULTS ?= FAULT_RATE_PER_S=50 FAULT_SECONDS=30 FAULT_CONVERSATIONS=16 FAULT_OUTAGE_S=10 \
 	FAULT_TIMEOUT_S=600 HOSTILE_EXAMPLES=$(SOAK_EXAMPLES) OUTBOX_OUTAGE_S=75 \
 	WEBHOOK_E2E_WEBHOOKS=50000 WEBHOOK_HOSTILE_EXAMPLES=2000 KILL_MESSAGES=5000 KILL_RATE_PER_S=5000 \
-	KILL_CONVERSATIONS=500
+	KILL_CONVERSATIONS=500 \
+	FAILOVER_RATE_PER_S=20 FAILOVER_SECONDS=60 FAILOVER_KILL_AFTER_S=20 FAILOVER_WORKERS=2 \
+	FAILOVER_TIMEOUT_S=600
 
 .PHONY: help venv tools stack test-stack migrate topics run check test test-cluster lint down status soak
 
@@ -42,7 +46,8 @@ help:
 	@echo "make check    lint and every test that needs no service (starts nothing; under a minute)"
 	@echo "make test     venv + stack + Prometheus + lint, then the whole suite, 15 slowest listed"
 	@echo "              (PYTEST_ARGS=... to pass options)"
-	@echo "make test-cluster  the tests on a 3-node Kafka cluster of their own (DEVSTACK_KAFKA_BROKERS=3)"
+	@echo "make test-cluster  the tests on a 3-node Kafka cluster of their own (DEVSTACK_KAFKA_BROKERS=3),"
+	@echo "              the pipeline's broker failover included (also in make test)"
 	@echo "make lint     ruff (check, format), mypy --strict (src, tests, bench), import-linter"
 	@echo "make soak     long run (tens of minutes): fault + hostile-input tests with bigger sizes,"
 	@echo "              then bench/pipeline.py for SOAK_SECONDS=$(SOAK_SECONDS) at SOAK_RATE=$(SOAK_RATE)/s"
@@ -95,8 +100,10 @@ check: venv tools lint
 test: venv test-stack tools lint
 	$(WITH_ENV) $(BIN)/pytest -m "$(TEST_MARKERS)" --durations=15 $(PYTEST_ARGS)
 
-test-cluster: venv
-	$(BIN)/pytest -m cluster --durations=5 $(PYTEST_ARGS)
+# Each cluster test brings up a cluster of its own (CLUSTER_TEST_PORTS=LOW-HIGH picks its ports);
+# the pipeline's failover test also needs the stack's PostgreSQL, Redis and S3.
+test-cluster: venv stack
+	$(WITH_ENV) $(BIN)/pytest -m cluster --durations=5 $(PYTEST_ARGS)
 
 # Not part of `make test`: the fault tests stop and start the shared services, so nothing else
 # may use the stack meanwhile. Sizes: SOAK_FAULTS (env for tests/e2e/test_faults.py,
@@ -107,7 +114,7 @@ soak: venv stack
 		tests/e2e/test_outbox_outage.py tests/e2e/test_hostile_input.py \
 		tests/e2e/test_webhook_statuses.py tests/e2e/test_webhook_hostile.py \
 		tests/e2e/test_router_kills.py \
-		tests/infra/test_kafka_cluster.py $(PYTEST_ARGS)
+		tests/infra/test_kafka_cluster.py tests/e2e/test_broker_failover.py $(PYTEST_ARGS)
 	$(WITH_ENV) $(BIN)/python bench/pipeline.py --rate $(SOAK_RATE) --seconds $(SOAK_SECONDS) \
 		--drain-timeout 120
 

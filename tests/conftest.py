@@ -18,6 +18,7 @@ from miniopy_async.api import Minio
 
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
+from tests.cluster import Cluster, cluster_running
 from tests.stack import (
     StackEndpoints,
     StackUnavailableError,
@@ -38,6 +39,14 @@ def stack() -> Iterator[StackEndpoints]:
         except StackUnavailableError as exc:
             pytest.fail(f"backing services unavailable: {exc}", pytrace=False)
         yield endpoints
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A 3-node Kafka cluster of the test module's own (tests/cluster.py), in a temporary
+    DEVSTACK_HOME on free ports; a test that kills a node starts it again before it ends."""
+    with cluster_running(tmp_path_factory.mktemp("kafka-cluster")) as running:
+        yield running
 
 
 @pytest.fixture

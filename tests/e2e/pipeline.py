@@ -19,8 +19,12 @@ import asyncpg
 import orjson
 from miniopy_async.api import Minio
 
+from chat4all_workers.roles import resolve_roles
+from chat4all_workers.roles.webhooks import ROLE as WEBHOOKS_ROLE
 from tests.roles.uploads import seed_upload
 from tests.support import Deployment, WorkerProcess, free_port
+
+WEBHOOKS = WEBHOOKS_ROLE.name
 
 
 @contextlib.asynccontextmanager
@@ -29,11 +33,19 @@ async def workers_running(
 ) -> AsyncIterator[list[WorkerProcess]]:
     """One `chat4all-workers run --roles <group>` process per group, each with its own
     operations port and `overrides` (settings sections); yields them once all answer /readyz,
-    and stops them afterwards."""
+    and stops them afterwards. The first process to run the webhooks role listens on the
+    deployment's webhooks port, any other one on a port of its own."""
     procs: list[WorkerProcess] = []
+    webhooks_bound = False
     try:
         for n, roles in enumerate(groups):
-            env = deployment.environ(**overrides)
+            binds = WEBHOOKS in {spec.name for spec in resolve_roles(roles.split(","))}
+            if binds and webhooks_bound:
+                webhooks = {**overrides.get("webhooks", {}), "port": free_port()}
+                env = deployment.environ(**{**overrides, "webhooks": webhooks})
+            else:
+                env = deployment.environ(**overrides)
+            webhooks_bound = webhooks_bound or binds
             if n:
                 env["METRICS_PORT"] = str(free_port())
             procs.append(await WorkerProcess(roles, env, log_dir / f"worker-{n}.log").start())

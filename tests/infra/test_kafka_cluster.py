@@ -7,92 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
-import shlex
-import socket
-import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from chat4all_workers.kafka.admin import wait_for_leaders
-from tests.support import REPO, eventually
+from tests.cluster import Cluster, describe_without, leaders
+from tests.support import eventually
 
 pytestmark = [pytest.mark.stack, pytest.mark.cluster]
-
-DEVSTACK = REPO / "scripts" / "devstack"
-
-
-@dataclass(frozen=True)
-class Cluster:
-    env: dict[str, str]  # DEVSTACK_* of this stack
-    exported: dict[str, str]  # what `scripts/devstack env` printed
-
-    @property
-    def bootstrap(self) -> str:
-        return self.exported["KAFKA_BOOTSTRAP_SERVERS"]
-
-    def devstack(self, *args: str, timeout_s: float = 300) -> str:
-        result = subprocess.run(
-            [str(DEVSTACK), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-        assert result.returncode == 0, f"devstack {shlex.join(args)}:\n{result.stderr}"
-        return result.stdout
-
-
-def free_base_port() -> int:
-    """A base port p with p .. p+5 free (brokers p, p+2, p+4; controllers p+1, p+3, p+5)."""
-    for _ in range(50):
-        base = random.randrange(30000, 50000, 2)
-        ports = range(base, base + 6)
-        with contextlib.ExitStack() as held:
-            try:
-                for port in ports:
-                    sock = held.enter_context(socket.socket())
-                    sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no six free consecutive ports")
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    home = tmp_path_factory.mktemp("kafka-cluster")
-    base = free_base_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("DEVSTACK_")},
-        "DEVSTACK_HOME": str(home),
-        "DEVSTACK_KAFKA_BROKERS": "3",
-        "DEVSTACK_KAFKA_PORT": str(base),
-        "DEVSTACK_KAFKA_CONTROLLER_PORT": str(base + 1),
-    }
-    probe = Cluster(env, {})
-    try:
-        probe.devstack("up", "kafka")
-        exported = dict(
-            shlex.split(line)[1].split("=", 1)
-            for line in probe.devstack("env").splitlines()
-            if line.startswith("export ")
-        )
-        yield Cluster(env, exported)
-    finally:
-        probe.devstack("down", "kafka")
-        logs = Path(home) / "logs"
-        if logs.exists():
-            print(f"cluster logs in {logs}", file=sys.stderr)
 
 
 def test_devstack_env_names_every_broker_and_production_replication(cluster: Cluster) -> None:
@@ -142,26 +68,6 @@ async def test_topics_ensure_creates_replicated_topics_with_min_insync_two(
     assert replicas == {3}
     # From the broker's default (min.insync.replicas=2), which the topic inherits.
     assert "min.insync.replicas=2 " in configs
-
-
-async def describe_without(
-    cluster: Cluster, dead: int, topic: str, group: str
-) -> tuple[dict[str, object], int]:
-    """The topic's partitions and the group's coordinator, asked of the brokers still alive (an
-    admin client that knew the dead one may keep picking it)."""
-    base = int(cluster.env["DEVSTACK_KAFKA_PORT"])
-    alive = ",".join(f"127.0.0.1:{base + 2 * (n - 1)}" for n in (1, 2, 3) if n != dead)
-    admin = AIOKafkaAdminClient(bootstrap_servers=alive)
-    await admin.start()
-    try:
-        (described,) = await admin.describe_topics([topic])
-        return described, await admin.find_coordinator(group)
-    finally:
-        await admin.close()
-
-
-def leaders(described: dict[str, object]) -> dict[int, int]:
-    return {p["partition"]: p["leader"] for p in described["partitions"]}  # type: ignore[attr-defined]
 
 
 async def test_killing_the_leader_and_coordinator_loses_nothing(cluster: Cluster) -> None:

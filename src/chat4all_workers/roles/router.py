@@ -80,8 +80,8 @@ import orjson
 from miniopy_async.error import S3Error
 
 from chat4all_workers.backoff import backoff_delay_s
-from chat4all_workers.channels import CHANNELS, build_adapters
-from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage, SendResult
+from chat4all_workers.channels import build_adapters
+from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage
 from chat4all_workers.channels.http import RequestCancelledError
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
 from chat4all_workers.channels.pause import ChannelPause, PauseChange
