@@ -19,6 +19,7 @@ since a command may or may not have run.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -124,3 +125,33 @@ class AutoPipeline:
             name.decode() if isinstance(name, bytes) else str(name)
         )
         return callback(raw) if callback is not None else raw
+
+
+class PipedScript:
+    """A Lua script run by EVALSHA through an AutoPipeline, so that the calls of concurrent
+    tasks share one round trip (1,000 leases given back at a shutdown deadline take one
+    pipeline, not 1,000 round trips through a pool of 50 connections). The script is loaded
+    once more when Redis answers NOSCRIPT (a new or flushed server): none of those calls ran."""
+
+    def __init__(self, pipe: AutoPipeline, redis: aioredis.Redis, source: str) -> None:
+        self._pipe = pipe
+        self._redis = redis
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, *, keys: Sequence[EncodableT], args: Sequence[EncodableT] = ()) -> Any:
+        (reply,) = await self.many([(keys, args)])
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    async def many(
+        self, calls: Sequence[tuple[Sequence[EncodableT], Sequence[EncodableT]]]
+    ) -> list[Any]:
+        """Each call's reply, or its ResponseError, in order."""
+        commands = [("EVALSHA", self._sha, len(keys), *keys, *args) for keys, args in calls]
+        found = await self._pipe.execute_many(commands)
+        if any(isinstance(f, redis_errors.NoScriptError) for f in found):
+            await self._redis.script_load(self._source)
+            found = await self._pipe.execute_many(commands)
+        return found

@@ -47,6 +47,7 @@ import contextlib
 import contextvars
 import enum
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -481,7 +482,17 @@ class ConsumerEngine:
         )  # fmt: skip
         for task in tasks:
             task.cancel()
-        _, stuck = await asyncio.wait(tasks, timeout=ShutdownDeadline.left_s(until))
+        # A handler may take the first cancel as "finish what is under way": the router waits
+        # for the answer of a request already written, to know whether it was sent. A quarter
+        # of the time is its; a second cancel means "now" (the router records the send as in
+        # doubt), and unwinding hundreds of handlers takes the rest.
+        loop = asyncio.get_running_loop()
+        patience = until if math.isinf(until) else loop.time() + (until - loop.time()) / 4
+        _, stuck = await asyncio.wait(tasks, timeout=ShutdownDeadline.left_s(patience))
+        if stuck:
+            for task in stuck:
+                task.cancel()
+            _, stuck = await asyncio.wait(stuck, timeout=ShutdownDeadline.left_s(until))
         if stuck:
             log.error("%s: %d handler(s) ignored cancellation", self.role, len(stuck))
 

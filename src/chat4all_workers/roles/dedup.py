@@ -32,7 +32,6 @@ answer, a send held by a paused channel, a cancel before anything was written).
 from __future__ import annotations
 
 import enum
-import hashlib
 import itertools
 import secrets
 import time
@@ -40,9 +39,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-import redis.exceptions as redis_errors
 
-from chat4all_workers.autopipeline import AutoPipeline
+from chat4all_workers.autopipeline import AutoPipeline, PipedScript
 
 _SENT = "sent:"
 _LEASE = "lease:"
@@ -166,9 +164,9 @@ class SendMarkers:
         self.pipe = AutoPipeline(redis)
         self._ttl_s = ttl_s
         self.lease_s = lease_s
-        self._swap = redis.register_script(_SWAP)
-        self._release = redis.register_script(_RELEASE)
-        self._give_up = redis.register_script(_GIVE_UP)
+        self._swap = PipedScript(self.pipe, redis, _SWAP)
+        self._release = PipedScript(self.pipe, redis, _RELEASE)
+        self._give_up = PipedScript(self.pipe, redis, _GIVE_UP)
 
     def _new_lease(self, token: str) -> str:
         return f"{_LEASE}{token}:{time.time() + self.lease_s:.3f}"
@@ -244,18 +242,14 @@ class ProviderVerdicts:
         self._redis = redis
         self._pipe = AutoPipeline(redis)
         self._ttl_s = ttl_s
-        self._sha = hashlib.sha1(_VERDICT.encode()).hexdigest()
+        self._verdict = PipedScript(self._pipe, redis, _VERDICT)
 
     async def record(self, entries: Sequence[tuple[str, str]]) -> list[str]:
         """For each (marker key, provider message id): the marker becomes `sent:{id}` unless it
         already is. Returns what each marker held before (sent, lease, failed, other, absent)."""
         if not entries:
             return []
-        commands = [("EVALSHA", self._sha, 1, key, pid, self._ttl_s) for key, pid in entries]
-        found = await self._pipe.execute_many(commands)
-        if any(isinstance(f, redis_errors.NoScriptError) for f in found):
-            await self._redis.script_load(_VERDICT)  # a new or flushed Redis: load, once more
-            found = await self._pipe.execute_many(commands)
+        found = await self._verdict.many([([key], [pid, self._ttl_s]) for key, pid in entries])
         for f in found:
             if isinstance(f, Exception):
                 raise f
