@@ -24,6 +24,7 @@ TEST_SERVICES := kafka postgres redis s3 prometheus
 # tests/e2e/test_broker_failover.py: 65-110 s with its cluster here), not the cluster's own
 # tests (tests/infra/test_kafka_cluster.py: three more JVMs for another minute).
 TEST_MARKERS ?= not cluster or failover
+TEST_WORKERS ?= 3
 # `make soak`: the fault and hostile-input tests with bigger sizes, then a long pipeline load.
 SOAK_SECONDS ?= 600
 SOAK_RATE ?= 100
@@ -97,8 +98,14 @@ check: venv tools lint
 		$(BIN)/pytest -m "not stack" --durations=5 $(PYTEST_ARGS)
 
 # The tools hold the line: lint first, then every test against the real stack.
+# In two runs: every test that shares the stack politely on TEST_WORKERS pytest-xdist workers
+# (most of a stack test's time is waiting on a service, so three share two cores well), then
+# the `faults` tests alone, since they stop and start the shared services. Each prints its
+# 15 slowest.
 test: venv test-stack tools lint
-	$(WITH_ENV) $(BIN)/pytest -m "$(TEST_MARKERS)" --durations=15 $(PYTEST_ARGS)
+	$(WITH_ENV) $(BIN)/pytest -m "($(TEST_MARKERS)) and not faults" -n $(TEST_WORKERS) \
+		--durations=15 $(PYTEST_ARGS)
+	$(WITH_ENV) $(BIN)/pytest -m "($(TEST_MARKERS)) and faults" --durations=15 $(PYTEST_ARGS)
 
 # Each cluster test brings up a cluster of its own (CLUSTER_TEST_PORTS=LOW-HIGH picks its ports);
 # the pipeline's failover test also needs the stack's PostgreSQL, Redis and S3.

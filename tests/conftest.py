@@ -193,12 +193,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 _SUMMARIES: list[str] = []
+_SUMMARY = "scenario summary"
 
 
 @pytest.fixture
-def record_summary() -> Callable[[str], None]:
-    """Record a line for the end-of-run summary (fault scenarios say what they counted)."""
-    return _SUMMARIES.append
+def record_summary(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Record a line for the end-of-run summary (fault scenarios say what they counted). It
+    rides the test's report, so under pytest-xdist the controller prints the workers' lines."""
+
+    def record(line: str) -> None:
+        request.node.user_properties.append((_SUMMARY, line))
+
+    return record
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "teardown":  # every phase carries the lines so far: take them once
+        _SUMMARIES.extend(str(v) for k, v in report.user_properties if k == _SUMMARY)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
