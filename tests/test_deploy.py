@@ -23,7 +23,7 @@ from aioprometheus.collectors import Histogram
 from chat4all_workers.cli import build_parser
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.metrics import Metrics
-from chat4all_workers.roles import REGISTRY
+from chat4all_workers.roles import CATALOGUE, REGISTRY
 from tests.promql import (
     ALERTS,
     alert_queries,
@@ -51,9 +51,11 @@ IMAGE_ONLY_ENV = re.compile(r"^(PYTHON|PIP_)")
 # Prometheus's own series, usable in alerts next to what the workers export.
 PROMETHEUS_SERIES = {"up"}
 
-PRODUCTION_SERVICES = {n for n, s in REGISTRY.items() if s.run is not None and not s.dev_only}
+PRODUCTION_SERVICES = {n for n, s in REGISTRY.items() if s.run is not None} - {
+    n for n, e in CATALOGUE.items() if e.dev_only
+}
 PERIODIC = {n for n, s in REGISTRY.items() if s.run_once is not None}
-DEV_ONLY = {n for n, s in REGISTRY.items() if s.dev_only}
+DEV_ONLY = {n for n, e in CATALOGUE.items() if e.dev_only}
 
 
 def known_env() -> set[str]:

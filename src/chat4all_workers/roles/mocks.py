@@ -41,18 +41,14 @@ async def run_instagram(ctx: RoleContext) -> None:
 
 WHATSAPP = RoleSpec(
     name="whatsapp_mock",
-    description="simulates the WhatsApp Cloud API on loopback (development)",
     needs=frozenset({Need.KAFKA, Need.REDIS}),
     run=run_whatsapp,
     restart=Restart.TEMPORARY,
-    dev_only=True,
 )
 
 INSTAGRAM = RoleSpec(
     name="instagram_mock",
-    description="simulates the Instagram Messaging API on loopback (development)",
     needs=frozenset({Need.KAFKA, Need.REDIS}),
     run=run_instagram,
     restart=Restart.TEMPORARY,
-    dev_only=True,
 )

@@ -508,7 +508,6 @@ async def run(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="webhooks",
-    description="receives Meta's signed webhooks: statuses and users' messages to Kafka",
     needs=frozenset({Need.KAFKA, Need.REDIS}),
     run=run,
 )
