@@ -6,6 +6,7 @@ environment name changes or a metric disappears: these tests do, without any ser
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -88,7 +89,9 @@ def assert_cli_accepts(argv: list[str], where: str) -> None:
 # --- docker-compose.yml --------------------------------------------------------------------------
 
 
+@functools.cache
 def compose() -> dict[str, Any]:
+    """Parsed once per run (the tests only read it)."""
     doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return doc
 
@@ -192,7 +195,9 @@ def test_dockerfile_entrypoint_is_the_console_script() -> None:
 # --- deploy/k8s ----------------------------------------------------------------------------------
 
 
+@functools.cache
 def k8s_objects() -> list[dict[str, Any]]:
+    """Parsed once per run: every pod's env lookup reads it again (the tests only read it)."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     return [
         doc
