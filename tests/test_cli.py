@@ -114,3 +114,40 @@ async def test_cli_db_migrate_is_idempotent(stack: StackEndpoints, pg_database: 
     finally:
         await conn.close()
     assert {"messages", "message_status_history", "outbox_events", "files", "file_chunks"} <= tables
+
+
+# What `config show`, `roles` and a usage error must not import (cli.py defers these; its
+# docstring says why): each client library, and our modules that pull them in.
+HEAVY_MODULES = (
+    "aiokafka",
+    "redis",
+    "asyncpg",
+    "miniopy_async",
+    "aiohttp",
+    "chat4all_workers.supervisor",
+    "chat4all_workers.resources",
+    "chat4all_workers.roles.base",
+    "chat4all_workers.status",
+)
+IMPORT_PROBE = """
+import contextlib, sys
+from chat4all_workers.cli import main
+for argv in (["config", "show"], ["roles"], ["--bogus"]):
+    with contextlib.suppress(SystemExit):
+        main(argv)
+print("imported:", *sorted(m for m in sys.modules if m.startswith(tuple(sys.argv[1:]))))
+"""
+
+
+def test_cli_settings_commands_import_no_client_and_no_role() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *HEAVY_MODULES],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "imported:"

@@ -6,6 +6,7 @@ environment name changes or a metric disappears: these tests do, without any ser
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -23,7 +24,7 @@ from aioprometheus.collectors import Histogram
 from chat4all_workers.cli import build_parser
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.metrics import Metrics
-from chat4all_workers.roles import REGISTRY
+from chat4all_workers.roles import CATALOGUE, REGISTRY
 from tests.promql import (
     ALERTS,
     alert_queries,
@@ -51,9 +52,11 @@ IMAGE_ONLY_ENV = re.compile(r"^(PYTHON|PIP_)")
 # Prometheus's own series, usable in alerts next to what the workers export.
 PROMETHEUS_SERIES = {"up"}
 
-PRODUCTION_SERVICES = {n for n, s in REGISTRY.items() if s.run is not None and not s.dev_only}
+PRODUCTION_SERVICES = {n for n, s in REGISTRY.items() if s.run is not None} - {
+    n for n, e in CATALOGUE.items() if e.dev_only
+}
 PERIODIC = {n for n, s in REGISTRY.items() if s.run_once is not None}
-DEV_ONLY = {n for n, s in REGISTRY.items() if s.dev_only}
+DEV_ONLY = {n for n, e in CATALOGUE.items() if e.dev_only}
 
 
 def known_env() -> set[str]:
@@ -86,7 +89,9 @@ def assert_cli_accepts(argv: list[str], where: str) -> None:
 # --- docker-compose.yml --------------------------------------------------------------------------
 
 
+@functools.cache
 def compose() -> dict[str, Any]:
+    """Parsed once per run (the tests only read it)."""
     doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return doc
 
@@ -190,7 +195,9 @@ def test_dockerfile_entrypoint_is_the_console_script() -> None:
 # --- deploy/k8s ----------------------------------------------------------------------------------
 
 
+@functools.cache
 def k8s_objects() -> list[dict[str, Any]]:
+    """Parsed once per run: every pod's env lookup reads it again (the tests only read it)."""
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     return [
         doc

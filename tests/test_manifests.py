@@ -69,14 +69,26 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return [*pod.get("initContainers", []), *pod.get("containers", [])]
 
 
-def rendered() -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        return render_kustomization(K8S)
+def kubectl_kustomize(kubectl: str) -> list[dict[str, Any]]:
     out = subprocess.run(
         [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module")
+def kubectl_rendered() -> list[dict[str, Any]] | None:
+    """`kubectl kustomize`'s output, rendered once for the module (None: kubectl is missing)."""
+    kubectl = shutil.which("kubectl")
+    return None if kubectl is None else kubectl_kustomize(kubectl)
+
+
+@pytest.fixture
+def rendered(kubectl_rendered: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """The manifests as `kubectl apply -k` renders them; each test gets its own copy."""
+    if kubectl_rendered is None:
+        return render_kustomization(K8S)
+    return copy.deepcopy(kubectl_rendered)
 
 
 def identity(obj: dict[str, Any]) -> tuple[str, str, str]:
@@ -84,8 +96,10 @@ def identity(obj: dict[str, Any]) -> tuple[str, str, str]:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-def test_rendered_k8s_manifests_match_the_kubernetes_schemas(version: str) -> None:
-    objects = rendered()
+def test_rendered_k8s_manifests_match_the_kubernetes_schemas(
+    version: str, rendered: list[dict[str, Any]]
+) -> None:
+    objects = rendered
     errors = []
     for obj in objects:
         try:
@@ -99,8 +113,10 @@ def test_rendered_k8s_manifests_match_the_kubernetes_schemas(version: str) -> No
     assert errors == []
 
 
-def test_kubernetes_schema_check_refuses_an_unknown_field() -> None:
-    (deployment, *_) = [o for o in rendered() if o["kind"] == "Deployment"]
+def test_kubernetes_schema_check_refuses_an_unknown_field(
+    rendered: list[dict[str, Any]],
+) -> None:
+    (deployment, *_) = [o for o in rendered if o["kind"] == "Deployment"]
     broken = copy.deepcopy(deployment)
     broken["spec"]["template"]["spec"]["terminationGracePeriod"] = 40
 
@@ -108,13 +124,13 @@ def test_kubernetes_schema_check_refuses_an_unknown_field() -> None:
         kubernetes_validate.validate(broken, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_own_rendering_is_what_kubectl_renders() -> None:
-    kubectl = shutil.which("kubectl")
-    assert kubectl is not None, "kubectl is part of the development image (Debian package kubectl)"
-    out = subprocess.run(
-        [kubectl, "kustomize", str(K8S)], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
-    theirs = sorted((doc for doc in yaml.safe_load_all(out) if doc), key=identity)
+def test_own_rendering_is_what_kubectl_renders(
+    kubectl_rendered: list[dict[str, Any]] | None,
+) -> None:
+    assert kubectl_rendered is not None, (
+        "kubectl is part of the development image (Debian package kubectl)"
+    )
+    theirs = sorted(kubectl_rendered, key=identity)
 
     assert sorted(render_kustomization(K8S), key=identity) == theirs
 

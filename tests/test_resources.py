@@ -28,7 +28,7 @@ async def idle(ctx: RoleContext) -> None:
 
 
 def role_needing(*needs: Need) -> RoleSpec:
-    return RoleSpec(name="probe", description="test", needs=frozenset(needs), run=idle)
+    return RoleSpec(name="probe", needs=frozenset(needs), run=idle)
 
 
 async def test_resources_gc_only_opens_no_kafka_connection(stack: StackEndpoints) -> None:

@@ -10,7 +10,7 @@ import pytest
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
-from chat4all_workers.roles import resolve_roles
+from chat4all_workers.roles import CATALOGUE, resolve_roles
 from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
 from chat4all_workers.supervisor import Supervisor
 from tests.support import eventually, metric_value
@@ -53,7 +53,7 @@ class Ticker:
 
 
 def spec(name: str, run: object, restart: Restart = Restart.PERMANENT) -> RoleSpec:
-    return RoleSpec(name=name, description="test", needs=frozenset(), run=run, restart=restart)  # type: ignore[arg-type]
+    return RoleSpec(name=name, needs=frozenset(), run=run, restart=restart)  # type: ignore[arg-type]
 
 
 def test_backoff_ceiling_grows_exponentially_up_to_the_cap() -> None:
@@ -224,3 +224,10 @@ def test_resolve_roles_all_excludes_the_mocks() -> None:
 
 def _state(sup: Supervisor, role: str) -> str:
     return next(s.state for s in sup.stats() if s.role == role)
+
+
+def test_registry_lines_agree_with_the_specs_they_load() -> None:
+    for name, entry in CATALOGUE.items():
+        spec = entry.load()
+        assert spec.name == name
+        assert (spec.run_once is not None) == entry.periodic, name

@@ -5,6 +5,13 @@ runtime failure (a permanent role failed, a dependency unreachable or refusing o
 2 bad usage or configuration (one line naming the key and its source, or the argument), 141 when
 the reader of stdout went away (`config show | head`), as for any Unix tool killed by SIGPIPE.
 Every error a user can cause is one line on stderr, never a traceback.
+
+Each command imports what it runs when it runs: the supervisor, the roles, `status`, the Kafka,
+PostgreSQL, Redis and S3 clients cost about half a second of CPU to import, which `config show`,
+`roles`, `--help` or a usage error would pay for nothing (and the tests run this CLI as a
+process many times). Only what every command needs (argparse, config, logging) is imported
+at the top; the rest inside the function of the command that uses it, with the names that
+only annotate imported under TYPE_CHECKING.
 """
 
 from __future__ import annotations
@@ -18,24 +25,19 @@ import sys
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import asyncpg
 import orjson
 
 from chat4all_workers.config import Settings
-from chat4all_workers.db.migrate import migrate
 from chat4all_workers.errors import ConfigError, DependencyRefusedError, RoleFailedError
-from chat4all_workers.kafka.admin import ensure_topics
-from chat4all_workers.kafka.records import ConsumedRecord
-from chat4all_workers.kafka.replay import ReplayFilter, ReplaySummary, replay_dlq
 from chat4all_workers.observability.logging import configure_logging
-from chat4all_workers.observability.tracing import configure_tracing
-from chat4all_workers.resources import REFUSAL_ERRORS, refusal
-from chat4all_workers.roles import REGISTRY, check_restart_overrides, resolve_roles
-from chat4all_workers.status import Thresholds, collect_status
-from chat4all_workers.status import render as render_status
-from chat4all_workers.supervisor import Supervisor, run_once
+from chat4all_workers.roles import CATALOGUE, check_restart_overrides, resolve_names
+
+if TYPE_CHECKING:
+    from chat4all_workers.kafka.records import ConsumedRecord
+    from chat4all_workers.kafka.replay import ReplaySummary
+    from chat4all_workers.supervisor import Supervisor
 
 log = logging.getLogger("chat4all_workers.cli")
 # 128 + SIGPIPE: what a shell reports for a tool whose reader closed the pipe.
@@ -208,23 +210,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     match args.command:
         case "run":
-            specs = resolve_roles(
+            from chat4all_workers.observability.tracing import configure_tracing
+
+            names = resolve_names(
                 settings.roles.enabled, source=settings.sources.get("roles.enabled", "default")
             )
             configure_tracing(
                 service_name=settings.observability.service_name,
                 otlp_endpoint=settings.observability.otlp_endpoint,
             )
-            return _run_async(_run(settings, [s.name for s in specs]))
+            return _run_async(_run(settings, names))
         case "run-once":
             return _run_async(_run_once(settings, args.role))
         case "roles":
-            enabled = {s.name for s in resolve_roles(settings.roles.enabled)}
-            width = max(len(n) for n in REGISTRY)
-            for name, spec in REGISTRY.items():
+            enabled = set(resolve_names(settings.roles.enabled))
+            width = max(len(n) for n in CATALOGUE)
+            for name, entry in CATALOGUE.items():
                 mark = "enabled " if name in enabled else "disabled"
-                kind = "periodic" if spec.run_once else "service"
-                _out(f"{name:<{width}}  {mark}  {kind:<8}  {spec.description}\n")
+                kind = "periodic" if entry.periodic else "service"
+                _out(f"{name:<{width}}  {mark}  {kind:<8}  {entry.description}\n")
             return 0
         case "config":
             _show_config(settings, as_json=args.json)
@@ -268,6 +272,8 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 async def _run(settings: Settings, roles: list[str]) -> int:
     """Run until a signal; a signal while start-up still waits for a dependency ends it too, with
     exit code 0 (an orchestrator stopping a pod that never became ready is not a failure)."""
+    from chat4all_workers.supervisor import Supervisor
+
     loop = asyncio.get_running_loop()
     starting = asyncio.current_task()
     assert starting is not None
@@ -310,6 +316,8 @@ async def _run(settings: Settings, roles: list[str]) -> int:
 
 
 async def _run_once(settings: Settings, role: str) -> int:
+    from chat4all_workers.supervisor import run_once
+
     try:
         await run_once(settings, role)
     except (ConfigError, DependencyRefusedError):
@@ -321,6 +329,11 @@ async def _run_once(settings: Settings, role: str) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
+    import asyncpg
+
+    from chat4all_workers.db.migrate import migrate
+    from chat4all_workers.resources import REFUSAL_ERRORS, refusal
+
     try:
         conn = await asyncpg.connect(settings.postgres.url.get())
     except REFUSAL_ERRORS as exc:
@@ -334,6 +347,9 @@ async def _migrate(settings: Settings) -> int:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
+    from chat4all_workers.status import Thresholds, collect_status
+    from chat4all_workers.status import render as render_status
+
     default = f"http://127.0.0.1:{settings.observability.metrics_port}"
     workers = [u.strip() for u in (args.workers or default).split(",") if u.strip()]
     thresholds = Thresholds(max_lag=args.max_lag, max_outbox_age_s=args.max_outbox_age_s)
@@ -346,6 +362,8 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from chat4all_workers.kafka.replay import ReplayFilter, replay_dlq
+
     def progress(summary: ReplaySummary, record: ConsumedRecord, outcome: str) -> None:
         reason = (record.header("dlq.reason") or "")[:80]
         _out(f"[{summary.examined}] {record.partition}@{record.offset} {outcome}  ({reason})\n")
@@ -375,6 +393,8 @@ def _parse_since(text: str) -> datetime:
 
 
 async def _ensure_topics(settings: Settings) -> int:
+    from chat4all_workers.kafka.admin import ensure_topics
+
     created, present = await ensure_topics(settings)
     for name in created:
         _out(f"created {name}\n")

@@ -105,7 +105,7 @@ class Supervisor:
         if named:
             self.specs += resolve_roles(named, registry, source=source)
         check_required_settings(settings, self.specs)
-        check_restart_overrides(settings, {**registry, **{s.name: s for s in self.specs}})
+        check_restart_overrides(settings, [*registry, *(s.name for s in self.specs)])
         self.metrics = Metrics()
         self.drain = drain
         self._serve_http = serve_http

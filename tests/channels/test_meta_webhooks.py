@@ -30,6 +30,7 @@ from chat4all_workers.channels.meta_webhooks import (
     whatsapp_notification,
     whatsapp_status,
 )
+from tests.e2e.hostile import UNIT_EXAMPLES
 from tests.roles.webhook_support import (
     IG_USER_ID,
     PHONE_NUMBER_ID,
@@ -42,8 +43,9 @@ IG = IG_USER_ID
 MESSAGE_ID = str(uuid.UUID(int=7))
 CALLBACK = orjson.dumps({"message_id": MESSAGE_ID, "conversation_id": 42}).decode()
 AT_S = 1_764_000_000
-# How many documents each property test tries (cheap: no I/O).
-PROPERTY_EXAMPLES = 300
+# How many documents each property test tries (cheap: no I/O): the unit tests' count (100;
+# HOSTILE_EXAMPLES=200 makes it 2,000).
+PROPERTY_EXAMPLES = UNIT_EXAMPLES
 
 
 def test_sign_is_hmac_sha256_hex_with_the_prefix() -> None:

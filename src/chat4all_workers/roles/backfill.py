@@ -338,7 +338,6 @@ async def _loop(ctx: RoleContext, worker: _Backfill) -> None:
 
 ROLE = RoleSpec(
     name="backfill",
-    description="moves records parked in the Redis fallback list back into Kafka",
     needs=frozenset({Need.REDIS, Need.KAFKA}),
     run=run,
 )

@@ -118,8 +118,7 @@ RunFn = Callable[[RoleContext], Awaitable[None]]
 
 @dataclass(frozen=True)
 class RoleSpec:
-    name: str
-    description: str
+    name: str  # its line in the registry (roles/__init__.py) describes it
     needs: frozenset[Need]
     # Exactly one of: `run` (long-running, returns when ctx.stopping is set) or `run_once`
     # (one pass of a periodic role, scheduled by `schedule(settings)`, a cron expression).
@@ -129,8 +128,6 @@ class RoleSpec:
     # A periodic role's preparation once its schedule is armed (scheduling.py).
     arm: Callable[[RoleContext], None] | None = None
     restart: Restart = Restart.PERMANENT
-    # Development helpers (the channel mocks) are not part of `--roles all`.
-    dev_only: bool = False
     # Settings that must be non-empty when the role is enabled, e.g. "whatsapp.access_token".
     required_settings: tuple[str, ...] = ()
 

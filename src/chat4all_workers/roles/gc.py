@@ -162,7 +162,6 @@ def arm(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="gc",
-    description="marks abandoned uploads FAILED and deletes their chunks (periodic)",
     needs=frozenset({Need.POSTGRES, Need.S3}),
     run_once=run_once,
     schedule=lambda s: s.gc.schedule,

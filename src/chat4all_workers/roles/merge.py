@@ -314,7 +314,6 @@ async def _watch_stuck(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="merge",
-    description="merges uploaded chunks into one S3 object and emits file_upload_completed",
     needs=frozenset({Need.KAFKA, Need.POSTGRES, Need.S3}),
     run=run,
 )

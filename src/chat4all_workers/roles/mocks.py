@@ -53,20 +53,14 @@ async def run_instagram(ctx: RoleContext) -> None:
 
 WHATSAPP = RoleSpec(
     name="whatsapp_mock",
-    description="simulates the WhatsApp Cloud API on loopback, calling back with signed webhooks "
-    "(development)",
     needs=frozenset({Need.HTTP}),
     run=run_whatsapp,
     restart=Restart.TEMPORARY,
-    dev_only=True,
 )
 
 INSTAGRAM = RoleSpec(
     name="instagram_mock",
-    description="simulates the Instagram Messaging API on loopback, calling back with signed "
-    "webhooks (development)",
     needs=frozenset({Need.HTTP}),
     run=run_instagram,
     restart=Restart.TEMPORARY,
-    dev_only=True,
 )

@@ -350,7 +350,6 @@ async def _wake_on(stopping: asyncio.Event, wake: asyncio.Event) -> None:
 
 ROLE = RoleSpec(
     name="outbox",
-    description="publishes outbox_events rows to Kafka in per-aggregate order",
     needs=frozenset({Need.POSTGRES, Need.KAFKA, Need.REDIS}),
     run=run,
 )

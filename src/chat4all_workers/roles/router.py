@@ -924,8 +924,6 @@ async def run(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="router",
-    description="sends message_processing records to WhatsApp/Instagram at the provider's pace, "
-    "deduplicated, retried",
     needs=frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3}),
     run=run,
 )

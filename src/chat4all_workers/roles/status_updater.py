@@ -176,7 +176,6 @@ async def run(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="status_updater",
-    description="applies message_status_updates to messages and their history",
     needs=frozenset({Need.KAFKA, Need.POSTGRES, Need.REDIS}),
     run=run,
 )

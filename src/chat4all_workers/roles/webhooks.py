@@ -557,7 +557,6 @@ async def _until_quiet(service: Webhooks, deadline: ShutdownDeadline) -> None:
 
 ROLE = RoleSpec(
     name="webhooks",
-    description="receives Meta's signed webhooks: statuses and users' messages to Kafka",
     needs=frozenset({Need.KAFKA, Need.REDIS}),
     run=run,
 )
