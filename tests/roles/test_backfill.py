@@ -29,6 +29,8 @@ from tests.support import eventually, free_port, settings_for
 pytestmark = pytest.mark.stack
 
 QUEUE = "fallback:message_queue"
+# A drain that is not done by then is stuck: fail with its state, well within pytest's timeout.
+DRAIN_TIMEOUT_S = 45.0
 # A worker process that takes big batches and is presumed dead one second after it stops beating.
 FAST_HEARTBEAT = {
     "FALLBACK_BATCH_SIZE": "500",
@@ -89,7 +91,7 @@ async def test_backfill_delivers_bare_values_and_envelopes_then_empties_the_queu
 
     settings = backfill_settings(stack, redis_prefix, topic)
     async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await sup.wait()
+        await drained(sup, redis, redis_prefix + QUEUE)
         assert sup.metrics.fallback_queue_length.get({}) == 0
 
     main = await wait_for_records(stack, topic, expect=2)
@@ -111,7 +113,7 @@ async def test_backfill_moves_invalid_items_to_the_dead_list_with_the_reason(
 
     settings = backfill_settings(stack, redis_prefix, topic)
     async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await sup.wait()
+        await drained(sup, redis, redis_prefix + QUEUE)
 
     dead = [orjson.loads(d) for d in await redis.lrange(f"{redis_prefix}{QUEUE}:dead", 0, -1)]
     assert [d["item"] for d in dead] == ["not json", '{"x": 1}']
@@ -130,7 +132,7 @@ async def test_backfill_recovers_items_of_a_worker_whose_heartbeat_expired(
 
     settings = backfill_settings(stack, redis_prefix, topic)
     async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await sup.wait()
+        await drained(sup, redis, queue)
 
     assert [r[2] for r in await wait_for_records(stack, topic, expect=3)] == [
         bare(1),
@@ -166,7 +168,7 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
     settings = backfill_settings(stack, redis_prefix, topic, heartbeat_ttl_s=1.0, batch_size=500)
     await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
     async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await sup.wait()
+        await drained(sup, redis, queue)
 
     records = await wait_for_records(stack, topic, expect=total)
     delivered = {orjson.loads(r[2])["n"] for r in records}
@@ -193,7 +195,8 @@ async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_a
         child.send_signal(signal.SIGSTOP)
         await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
         async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-            await sup.wait()  # its start-up recovery presumes the paused worker dead
+            # Its start-up recovery presumes the paused worker dead.
+            await drained(sup, redis, queue)
         recovered_while_paused = await redis.scard(f"{queue}:workers") == 0
         child.send_signal(signal.SIGCONT)
         await eventually(lambda: _members(redis, queue, 1), timeout_s=10, message="rejoined")
@@ -212,12 +215,39 @@ async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_a
         await child.wait()
     await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
     async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await sup.wait()
+        await drained(sup, redis, queue)
 
     assert recovered_while_paused
     records = await wait_for_records(stack, topic, expect=total)
     assert {orjson.loads(r[2])["n"] for r in records} == set(range(total))
     assert await redis.llen(queue) == 0
+
+
+async def drained(
+    sup: Supervisor, redis: aioredis.Redis, queue: str, *, timeout_s: float = DRAIN_TIMEOUT_S
+) -> None:
+    """`sup.wait()` of a drain, failing after `timeout_s` with what the drain was waiting on."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            await sup.wait()
+    except TimeoutError:
+        raise AssertionError(
+            f"drain not done after {timeout_s}s: {await _drain_state(sup, redis, queue)}"
+        ) from None
+
+
+async def _drain_state(sup: Supervisor, redis: aioredis.Redis, queue: str) -> str:
+    processing = {
+        key.decode(): int(await redis.llen(key))
+        async for key in redis.scan_iter(match=f"{queue}:processing:*")
+    }
+    assert sup.resources is not None
+    producer = sup.resources.kafka()
+    return (
+        f"queue length {await redis.llen(queue)}, processing lists {processing}, "
+        f"breaker {producer.breaker.stats()}, {producer.unacknowledged} records unacknowledged, "
+        f"roles {sup.stats()}"
+    )
 
 
 async def _members(redis: aioredis.Redis, queue: str, count: int) -> bool:
