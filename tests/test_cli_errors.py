@@ -146,6 +146,12 @@ BAD_SETTINGS = [
         id="restart of an unknown role",
     ),
     pytest.param(
+        {},
+        "[kafka]\ngroups = { routr = 'message_router_group' }\n",
+        "kafka.groups.routr (",
+        id="group of an unknown role",
+    ),
+    pytest.param(
         {"DATABASE_URL": None},
         f"[postgres]\nurl = ['postgresql://chat4all:{PG_PASSWORD}@db/chat4all']\n",
         "postgres.url (",

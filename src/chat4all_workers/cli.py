@@ -32,7 +32,7 @@ import orjson
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, DependencyRefusedError, RoleFailedError
 from chat4all_workers.observability.logging import configure_logging
-from chat4all_workers.roles import CATALOGUE, check_restart_overrides, resolve_names
+from chat4all_workers.roles import CATALOGUE, check_role_keys, resolve_names
 
 if TYPE_CHECKING:
     from chat4all_workers.kafka.records import ConsumedRecord
@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ = dict(os.environ)
     try:
         settings = load_settings(args, environ)
-        check_restart_overrides(settings)  # keys name roles: the registry is known only up here
+        check_role_keys(settings)  # keys name roles: the registry is known only up here
         configure_logging(
             level=settings.observability.log_level,
             service="supervisor",

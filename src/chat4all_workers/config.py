@@ -111,13 +111,18 @@ class KafkaSettings:
         default_factory=dict, metadata={"check_key": config_checks.topic_name}
     )
     # Per-role consumer group, replacing "<consumer_group>-<role>": e.g. {"router":
-    # "message_router_group"} continues from the original workers' committed offsets.
+    # "message_router_group"} continues from the original workers' committed offsets. Keys are
+    # role names, or DLQ_REPLAY_GROUP (checked with the registry: roles.check_role_keys).
     groups: dict[str, str] = field(default_factory=dict, metadata=_NON_EMPTY)
 
     def group_for(self, role: str) -> str:
         """The consumer group of a consuming role (or of a tool like `dlq-replay`). The one
         derivation: the roles, `status` and `dlq replay` all ask here."""
         return self.groups.get(role) or f"{self.consumer_group}-{role}"
+
+
+# The group name `dlq replay` asks `KafkaSettings.group_for` for (it reads the DLQ topics).
+DLQ_REPLAY_GROUP = "dlq-replay"
 
 
 @dataclass(frozen=True, kw_only=True)

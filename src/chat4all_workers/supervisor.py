@@ -48,7 +48,7 @@ from chat4all_workers.resources import Need, Resources, open_resources
 from chat4all_workers.roles import (
     REGISTRY,
     check_required_settings,
-    check_restart_overrides,
+    check_role_keys,
     resolve_roles,
 )
 from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
@@ -105,7 +105,7 @@ class Supervisor:
         if named:
             self.specs += resolve_roles(named, registry, source=source)
         check_required_settings(settings, self.specs)
-        check_restart_overrides(settings, [*registry, *(s.name for s in self.specs)])
+        check_role_keys(settings, [*registry, *(s.name for s in self.specs)])
         self.metrics = Metrics()
         self.drain = drain
         self._serve_http = serve_http

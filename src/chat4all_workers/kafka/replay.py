@@ -18,7 +18,7 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from chat4all_workers.config import Settings
+from chat4all_workers.config import DLQ_REPLAY_GROUP, Settings
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.dlq import DLQ_HEADER_PREFIX
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer
@@ -57,7 +57,7 @@ class ReplaySummary:
 
 
 def replay_group(settings: Settings) -> str:
-    return settings.kafka.group_for("dlq-replay")
+    return settings.kafka.group_for(DLQ_REPLAY_GROUP)
 
 
 def replay_headers(record: ConsumedRecord) -> list[tuple[str, bytes]]:

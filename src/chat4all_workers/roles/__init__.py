@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from chat4all_workers.config import DLQ_REPLAY_GROUP
 from chat4all_workers.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -168,11 +169,19 @@ def check_required_settings(settings: Settings, specs: Sequence[RoleSpec]) -> No
                 raise ConfigError(key, source, f"required by role {spec.name!r} but empty")
 
 
-def check_restart_overrides(settings: Settings, known: Iterable[str] = CATALOGUE) -> None:
-    """`roles.restart` names only roles that exist (its values were checked when loaded)."""
+def check_role_keys(settings: Settings, known: Iterable[str] = CATALOGUE) -> None:
+    """Settings keyed by role name name only roles that exist: `roles.restart` and
+    `kafka.groups` (which also takes `dlq replay`'s group). A misspelt key would otherwise be
+    ignored: a restart type never applied, or a group override never used, so that the role
+    re-reads its whole topic from a group of its own."""
     known = list(known)
-    for name in settings.roles.restart:
-        if name not in known:
-            source = settings.sources.get("roles.restart", "default")
-            valid = ", ".join(known)
-            raise ConfigError(f"roles.restart.{name}", source, f"unknown role; valid: {valid}")
+    keyed = (
+        ("roles.restart", settings.roles.restart, known),
+        ("kafka.groups", settings.kafka.groups, [*known, DLQ_REPLAY_GROUP]),
+    )
+    for setting, values, valid_names in keyed:
+        for name in values:
+            if name not in valid_names:
+                source = settings.sources.get(setting, "default")
+                valid = ", ".join(valid_names)
+                raise ConfigError(f"{setting}.{name}", source, f"unknown role; valid: {valid}")
