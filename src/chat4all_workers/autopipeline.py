@@ -29,6 +29,8 @@ import redis.exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 from redis.typing import EncodableT
 
+from chat4all_workers.batching import IterationBatcher
+
 _Pending = tuple[tuple[EncodableT, ...], asyncio.Future[Any]]
 
 
@@ -37,10 +39,8 @@ class AutoPipeline:
         self, redis: aioredis.Redis, *, max_batch: int = 1000, timeout_s: float = 5.0
     ) -> None:
         self._redis = redis
-        self._max_batch = max_batch
         self._timeout_s = timeout_s
-        self._queue: list[_Pending] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._batcher = IterationBatcher(self._send, max_batch=max_batch)
 
     async def execute(self, *args: EncodableT) -> Any:
         """Run one command (`"SET", key, value, "NX"`) with the others of this loop iteration."""
@@ -61,20 +61,8 @@ class AutoPipeline:
     def _enqueue(self, args: tuple[EncodableT, ...]) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, reply))
-        if len(self._queue) == 1:
-            loop.call_soon(self._flush)
-        elif len(self._queue) >= self._max_batch:
-            self._flush()
+        self._batcher.add((args, reply))
         return reply
-
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
-        task = asyncio.create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
         try:

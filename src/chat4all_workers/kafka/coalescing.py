@@ -4,7 +4,7 @@ Why: the webhooks role produces the one or few records of each request, and many
 flight at once. One `Producer.send_each` per request costs a task, a shield, a timer and the
 call's bookkeeping for a single record: measured in-process (64 concurrent callers, one record
 each, the shared devstack broker) 76-86 us of CPU per record, against 53-58 us when the records
-of one loop iteration go out in one call (as autopipeline.py does for Redis commands).
+of one loop iteration go out in one call (batching.py, as autopipeline.py does for Redis commands).
 
 Each caller gets a future of its own records' outcomes (a Delivery, RetryableError or
 PermanentError each, in order), or the call's CircuitOpenError; it may stop waiting (a timeout, a
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from chat4all_workers.batching import IterationBatcher
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer, SendOutcome
 
 _Waiting = tuple[Sequence[OutgoingRecord], asyncio.Future[list[SendOutcome]]]
@@ -31,8 +32,7 @@ _Waiting = tuple[Sequence[OutgoingRecord], asyncio.Future[list[SendOutcome]]]
 class ProduceCoalescer:
     def __init__(self, producer: Producer) -> None:
         self._producer = producer
-        self._queue: list[_Waiting] = []
-        self._sending: set[asyncio.Task[None]] = set()
+        self._batcher = IterationBatcher(self._send)
 
     def send_each(self, records: Sequence[OutgoingRecord]) -> asyncio.Future[list[SendOutcome]]:
         """The outcome of each of `records`, sent with the others of this loop iteration."""
@@ -45,18 +45,8 @@ class ProduceCoalescer:
                 r if r.context is not None else dataclasses.replace(r, context=current)
                 for r in records
             ]
-        self._queue.append((records, outcomes))
-        if len(self._queue) == 1:
-            loop.call_soon(self._flush)
+        self._batcher.add((records, outcomes))
         return outcomes
-
-    def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        if not batch:
-            return
-        task = asyncio.create_task(self._send(batch))
-        self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: list[_Waiting]) -> None:
         records = [record for waiting, _ in batch for record in waiting]
