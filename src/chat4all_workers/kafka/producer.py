@@ -287,6 +287,14 @@ class Producer:
         missed = call.total - sum(1 for f in call.futures if f.done())
         if missed:
             self.breaker.record_failure(count=missed)
+            # Said even when too few to open the breaker: a call that waits on a handful of
+            # records is otherwise silent for as long as Kafka takes (a backfill drain, an
+            # outbox batch). Repeats are limited per interval like every warning.
+            log.warning(
+                "kafka: %d record(s) unacknowledged %gs after the send began "
+                "(breaker.ack_timeout_s); waiting for Kafka's verdict",
+                missed, self._ack_timeout_s,
+            )  # fmt: skip
 
     async def _append(self, record: OutgoingRecord) -> asyncio.Future[RecordMetadata]:
         token = None if record.context is None else otel_context.attach(record.context)
