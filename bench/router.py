@@ -79,7 +79,7 @@ from aiokafka.structs import ConsumerRecord
 from chat4all_workers.channels.base import OutboundMessage
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
-from chat4all_workers.config import Secret, Settings, WhatsAppSettings
+from chat4all_workers.config import KafkaSettings, Secret, Settings, WhatsAppSettings
 from chat4all_workers.kafka.admin import wait_for_leaders
 
 # Run as a script, so the repository is put on the path for the shared bench helpers.
@@ -223,6 +223,11 @@ class Provider:
 
 
 # -- the run's scratch resources ------------------------------------------------------------------
+
+
+def router_group(doc: dict[str, Any]) -> str:
+    """The router's consumer group under the settings `doc`, as the engine derives it."""
+    return KafkaSettings(consumer_group=doc["kafka"]["consumer_group"]).group_for("router")
 
 
 @dataclass
@@ -432,8 +437,7 @@ async def run_router(
 ) -> RouterRun:
     async with fake_provider(latency_ms) as provider:
         doc = router_settings(s, phase, provider.base_url, max_in_flight)
-        # The engine's group is "{kafka.consumer_group}-router": register that one for cleanup.
-        s.groups.append(f"{doc['kafka']['consumer_group']}-router")
+        s.groups.append(router_group(doc))  # the engine's group, for cleanup
         proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--worker", orjson.dumps(doc).decode(),
             stdout=asyncio.subprocess.PIPE,
@@ -905,7 +909,7 @@ async def paced_bench(args: argparse.Namespace) -> bool:
             "whatsapp_rate_per_s": args.paced_rate,
             "instagram_rate_per_s": args.paced_rate,
         }
-        s.groups.append(f"{doc['kafka']['consumer_group']}-router")
+        s.groups.append(router_group(doc))
         wa_url = doc["whatsapp"]["base_url"]
         ig_url = doc["instagram"]["base_url"]
         mocks = await spawn(doc, "whatsapp_mock,instagram_mock")
