@@ -76,11 +76,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.structs import ConsumerRecord
 
-from chat4all_workers.channels.base import OutboundMessage
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import KafkaSettings, Secret, Settings, WhatsAppSettings
 from chat4all_workers.kafka.admin import wait_for_leaders
+from chat4all_workers.meta.payloads import OutboundMessage
 
 # Run as a script, so the repository is put on the path for the shared bench helpers.
 REPO = Path(__file__).resolve().parent.parent

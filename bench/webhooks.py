@@ -49,14 +49,10 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from chat4all_workers.channels.meta_webhooks import (
-    SIGNATURE_HEADER,
-    sign,
-    whatsapp_notification,
-    whatsapp_status,
-)
 from chat4all_workers.config import Settings
 from chat4all_workers.kafka.admin import wait_for_leaders
+from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:

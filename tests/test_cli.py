@@ -126,7 +126,7 @@ HEAVY_MODULES = (
     "aiohttp",
     "chat4all_workers.supervisor",
     "chat4all_workers.resources",
-    "chat4all_workers.roles.base",
+    "chat4all_workers.role",
     "chat4all_workers.status",
 )
 IMPORT_PROBE = """
@@ -135,7 +135,8 @@ from chat4all_workers.cli import main
 for argv in (["config", "show"], ["roles"], ["--bogus"]):
     with contextlib.suppress(SystemExit):
         main(argv)
-print("imported:", *sorted(m for m in sys.modules if m.startswith(tuple(sys.argv[1:]))))
+heavy = sys.argv[1:]
+print("imported:", *sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy)))
 """
 
 

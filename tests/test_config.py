@@ -9,7 +9,7 @@ import pytest
 
 from chat4all_workers.config import RESTART_TYPES, Secret, Settings
 from chat4all_workers.errors import ConfigError
-from chat4all_workers.roles.base import Restart
+from chat4all_workers.role import Restart
 
 REPO = Path(__file__).resolve().parent.parent
 

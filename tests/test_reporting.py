@@ -31,7 +31,7 @@ from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.readiness import ChildStats
 from chat4all_workers.reporting import Reporter
 from chat4all_workers.resources import Resources
-from chat4all_workers.roles.base import RoleContext, RoleReport
+from chat4all_workers.role import RoleContext, RoleReport
 from tests.stack import StackEndpoints
 from tests.support import (
     Deployment,

@@ -11,7 +11,7 @@ import pytest
 
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, Resources
-from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage.s3 import new_client
 from chat4all_workers.supervisor import Supervisor
 from tests.stack import StackEndpoints

@@ -10,8 +10,8 @@ import pytest
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
+from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from chat4all_workers.roles import CATALOGUE, resolve_roles
-from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
 from chat4all_workers.supervisor import Supervisor
 from tests.support import eventually, metric_value
 

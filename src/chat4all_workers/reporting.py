@@ -34,7 +34,7 @@ from chat4all_workers.kafka.consumer import ConsumerStats
 from chat4all_workers.observability.logging import flush_repeats, log_context
 from chat4all_workers.observability.metrics import Metrics, total
 from chat4all_workers.readiness import ChildStats
-from chat4all_workers.roles.base import RoleContext, RoleReport
+from chat4all_workers.role import RoleContext, RoleReport
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
-from chat4all_workers.roles.base import RoleContext, RoleReport, RunFn, outlast_outages
+from chat4all_workers.role import RoleContext, RoleReport, RunFn, outlast_outages
 from chat4all_workers.schedule import Cron
 
 

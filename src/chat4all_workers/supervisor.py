@@ -45,13 +45,13 @@ from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.readiness import ChildStats, Readiness
 from chat4all_workers.reporting import Reporter
 from chat4all_workers.resources import Need, Resources, open_resources
+from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from chat4all_workers.roles import (
     REGISTRY,
     check_required_settings,
     check_role_keys,
     resolve_roles,
 )
-from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
 from chat4all_workers.schedule import Cron
 from chat4all_workers.scheduling import run_on_schedule
 

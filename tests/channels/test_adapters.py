@@ -10,11 +10,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from chat4all_workers.channels.base import ErrorClass, OutboundMessage, classify
 from chat4all_workers.channels.http import HttpClient
-from chat4all_workers.channels.instagram import CODES as INSTAGRAM_CODES
 from chat4all_workers.channels.instagram import InstagramAdapter
-from chat4all_workers.channels.whatsapp import CODES as WHATSAPP_CODES
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import InstagramSettings, Secret, WhatsAppSettings
 from chat4all_workers.errors import (
@@ -25,6 +22,8 @@ from chat4all_workers.errors import (
     ThrottledError,
     TransientProviderError,
 )
+from chat4all_workers.meta.errors import INSTAGRAM_CODES, WHATSAPP_CODES, ErrorClass, classify
+from chat4all_workers.meta.payloads import OutboundMessage
 from tests.support import free_port
 
 TOKEN = "EAAG-very-secret-token"

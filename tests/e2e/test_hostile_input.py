@@ -43,8 +43,8 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat4all_workers.channels.instagram import TEXT_LIMIT_BYTES
-from chat4all_workers.channels.whatsapp import TEXT_LIMIT_CHARACTERS
+from chat4all_workers.meta.limits import INSTAGRAM_TEXT_BYTES as TEXT_LIMIT_BYTES
+from chat4all_workers.meta.limits import WHATSAPP_TEXT_CHARACTERS as TEXT_LIMIT_CHARACTERS
 from tests.e2e.hostile import (
     BAD_INPUT_TYPES,
     EDGE_STRINGS,

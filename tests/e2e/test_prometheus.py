@@ -33,7 +33,8 @@ import pytest
 import yaml
 from miniopy_async.api import Minio
 
-from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER, sign, whatsapp_notification
+from chat4all_workers.meta.notifications import whatsapp_notification
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from tests.e2e.pipeline import Sent, insert_messages, statuses, upload_file, workers_running
 from tests.promql import (
     Query,

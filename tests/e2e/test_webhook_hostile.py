@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER, sign
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from tests.roles.webhook_support import (
     IG_SECRET,
     SECRETS,

@@ -19,7 +19,7 @@ import asyncpg
 import orjson
 import pytest
 
-from chat4all_workers.channels.meta_webhooks import whatsapp_notification, whatsapp_status
+from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
 from tests.roles.webhook_support import PHONE_NUMBER_ID, Endpoint, running, webhook_settings
 from tests.support import Deployment, eventually, metric_value
 

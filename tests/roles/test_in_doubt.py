@@ -23,13 +23,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from chat4all_workers.channels import CHANNELS
-from chat4all_workers.channels.meta_webhooks import (
-    SIGNATURE_HEADER,
-    sign,
-    whatsapp_notification,
-    whatsapp_status,
-)
 from chat4all_workers.config import Settings
+from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from chat4all_workers.supervisor import Supervisor
 from tests.support import (
     DEV_APP_SECRET,

@@ -12,7 +12,7 @@ import redis.exceptions as redis_errors
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Resources
-from chat4all_workers.roles.base import RoleContext, is_outage, outlast_outages
+from chat4all_workers.role import RoleContext, is_outage, outlast_outages
 
 
 def context() -> RoleContext:

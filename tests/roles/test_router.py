@@ -22,12 +22,12 @@ import redis.asyncio as aioredis
 from miniopy_async.api import Minio
 
 from chat4all_workers.channels import CHANNELS, build_adapters
+from chat4all_workers.consuming import consume
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
+from chat4all_workers.role import RoleContext
 from chat4all_workers.roles import REGISTRY
-from chat4all_workers.roles.base import RoleContext
-from chat4all_workers.roles.consuming import consume
 from chat4all_workers.roles.router import Router
 from chat4all_workers.supervisor import Supervisor
 from tests.support import (

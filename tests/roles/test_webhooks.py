@@ -12,17 +12,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from chat4all_workers.channels.meta_webhooks import (
-    SIGNATURE_HEADER,
-    ProviderError,
+from chat4all_workers.kafka.breaker import BreakerState
+from chat4all_workers.meta.events import StatusError as ProviderError
+from chat4all_workers.meta.notifications import (
     instagram_echo,
     instagram_notification,
     instagram_read,
-    sign,
     whatsapp_notification,
     whatsapp_status,
 )
-from chat4all_workers.kafka.breaker import BreakerState
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from tests.roles.durable_support import KafkaProxy, wait_for_records
 from tests.roles.webhook_support import (
     IG_SECRET,

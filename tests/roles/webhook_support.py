@@ -12,17 +12,16 @@ import aiohttp
 import orjson
 from hypothesis import strategies as st
 
-from chat4all_workers.channels.meta_webhooks import (
-    SIGNATURE_HEADER,
-    ProviderError,
+from chat4all_workers.config import Settings
+from chat4all_workers.meta.events import StatusError as ProviderError
+from chat4all_workers.meta.notifications import (
     instagram_echo,
     instagram_notification,
     instagram_read,
-    sign,
     whatsapp_notification,
     whatsapp_status,
 )
-from chat4all_workers.config import Settings
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from chat4all_workers.supervisor import Supervisor
 from tests.support import Deployment
 

@@ -22,7 +22,7 @@ from chat4all_workers.errors import ConfigError
 
 if TYPE_CHECKING:
     from chat4all_workers.config import Settings
-    from chat4all_workers.roles.base import RoleSpec
+    from chat4all_workers.role import RoleSpec
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,14 @@ class RoleEntry:
 
     name: str
     description: str
-    spec: str  # "module:attribute" inside this package, e.g. "gc:ROLE"
+    spec: str  # "module:attribute" inside chat4all_workers, e.g. "roles.gc:ROLE"
     periodic: bool = False  # runs one pass on a schedule (`run_once`), else long-running
     # Development helpers (the channel mocks) are not part of `--roles all`.
     dev_only: bool = False
 
     def load(self) -> RoleSpec:
         module, _, attr = self.spec.partition(":")
-        spec: RoleSpec = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+        spec: RoleSpec = getattr(importlib.import_module(f"chat4all_workers.{module}"), attr)
         if spec.name != self.name or (spec.run_once is not None) != self.periodic:
             raise AssertionError(f"registry line {self.name!r} disagrees with {self.spec}")
         return spec
@@ -51,49 +51,51 @@ CATALOGUE: dict[str, RoleEntry] = {
             "router",
             "sends message_processing records to WhatsApp/Instagram at the provider's pace, "
             "deduplicated, retried",
-            "router:ROLE",
+            "roles.router:ROLE",
         ),
         RoleEntry(
             "status_updater",
             "applies message_status_updates to messages and their history",
-            "status_updater:ROLE",
+            "roles.status_updater:ROLE",
         ),
         RoleEntry(
-            "outbox", "publishes outbox_events rows to Kafka in per-aggregate order", "outbox:ROLE"
+            "outbox",
+            "publishes outbox_events rows to Kafka in per-aggregate order",
+            "roles.outbox:ROLE",
         ),
         RoleEntry(
             "backfill",
             "moves records parked in the Redis fallback list back into Kafka",
-            "backfill:ROLE",
+            "roles.backfill:ROLE",
         ),
         RoleEntry(
             "merge",
             "merges uploaded chunks into one S3 object and emits file_upload_completed",
-            "merge:ROLE",
+            "roles.merge:ROLE",
         ),
         RoleEntry(
             "gc",
             "marks abandoned uploads FAILED and deletes their chunks (periodic)",
-            "gc:ROLE",
+            "roles.gc:ROLE",
             periodic=True,
         ),
         RoleEntry(
             "webhooks",
             "receives Meta's signed webhooks: statuses and users' messages to Kafka",
-            "webhooks:ROLE",
+            "roles.webhooks:ROLE",
         ),
         RoleEntry(
             "whatsapp_mock",
             "simulates the WhatsApp Cloud API on loopback, calling back with signed webhooks "
             "(development)",
-            "mocks:WHATSAPP",
+            "simulators.roles:WHATSAPP",
             dev_only=True,
         ),
         RoleEntry(
             "instagram_mock",
             "simulates the Instagram Messaging API on loopback, calling back with signed "
             "webhooks (development)",
-            "mocks:INSTAGRAM",
+            "simulators.roles:INSTAGRAM",
             dev_only=True,
         ),
     )

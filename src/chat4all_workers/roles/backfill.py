@@ -53,12 +53,12 @@ from chat4all_workers.errors import (
     PermanentError,
     RetryableError,
 )
+from chat4all_workers.formats.wire import Fields, describe, present, quote, read_record
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer, span_per_record
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec, outlast_outages
-from chat4all_workers.roles.wire import Fields, describe, present, quote, read_record
+from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from chat4all_workers.config import Settings
 from chat4all_workers.db import files as files_db
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec
+from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage import merge as s3merge
 
 log = logging.getLogger(__name__)

@@ -49,15 +49,15 @@ import asyncpg
 import orjson
 
 from chat4all_workers.config import Settings
+from chat4all_workers.consuming import consume
 from chat4all_workers.db import files as files_db
 from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.formats.wire import INTEGER, present, read_record
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
-from chat4all_workers.roles.base import RoleContext, RoleSpec
-from chat4all_workers.roles.consuming import consume
-from chat4all_workers.roles.wire import INTEGER, present, read_record
+from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage import merge as s3merge
 from chat4all_workers.storage.s3 import chunk_key, file_key
 

@@ -56,7 +56,7 @@ from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Delivery, NotSentError, OutgoingRecord, span_per_record
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
-from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec, outlast_outages
+from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
 

@@ -81,10 +81,13 @@ from miniopy_async.error import S3Error
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels import build_adapters
-from chat4all_workers.channels.base import ChannelAdapter, OutboundMessage
+from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.http import RequestCancelledError
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
 from chat4all_workers.channels.pause import ChannelPause, PauseChange
+from chat4all_workers.consuming import consume, dead_letter_record
+from chat4all_workers.delivery.markers import Claim, Kind, Marker, SendMarkers, State, marker_key
+from chat4all_workers.delivery.provider_index import MessageRef, ProviderIndex
 from chat4all_workers.errors import (
     AccountError,
     InvalidRecordError,
@@ -96,17 +99,15 @@ from chat4all_workers.errors import (
     ThrottledError,
     TransientProviderError,
 )
+from chat4all_workers.formats.message import Message, parse_message
 from chat4all_workers.kafka.consumer import held, wait_unless_handed_back
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
-from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec, outlast_outages
-from chat4all_workers.roles.consuming import consume, dead_letter_record
-from chat4all_workers.roles.dedup import Claim, Kind, Marker, SendMarkers, State, marker_key
-from chat4all_workers.roles.message import Message, parse_message
-from chat4all_workers.roles.provider_index import MessageRef, ProviderIndex
+from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_outages
 
 log = logging.getLogger(__name__)
 

@@ -33,14 +33,14 @@ import orjson
 import redis.exceptions as redis_errors
 
 from chat4all_workers.channels import CHANNELS
+from chat4all_workers.consuming import consume
 from chat4all_workers.db import statuses as db
 from chat4all_workers.errors import InvalidRecordError
+from chat4all_workers.formats.wire import present, read_record
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import RoleContext, RoleSpec
-from chat4all_workers.roles.consuming import consume
-from chat4all_workers.roles.wire import present, read_record
+from chat4all_workers.role import RoleContext, RoleSpec
 
 log = logging.getLogger(__name__)
 

@@ -65,28 +65,21 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat4all_workers.channels.meta_webhooks import (
-    SIGNATURE_HEADER,
-    InboundEvent,
-    Parsed,
-    StatusEvent,
-    challenge_answer,
-    parse_body,
-    parse_instagram,
-    parse_whatsapp,
-    signature_matches,
-)
 from chat4all_workers.config import Settings
 from chat4all_workers.deadline import ShutdownDeadline, timeout_at
+from chat4all_workers.delivery.markers import ProviderVerdicts, marker_key
+from chat4all_workers.delivery.provider_index import MessageRef, ProviderIndex
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord
+from chat4all_workers.meta.events import InboundEvent, Parsed, StatusEvent, parse_body
+from chat4all_workers.meta.instagram_webhooks import parse_instagram
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, challenge_answer, signature_matches
+from chat4all_workers.meta.whatsapp_webhooks import parse_whatsapp
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
-from chat4all_workers.roles.base import RoleContext, RoleReport, RoleSpec
-from chat4all_workers.roles.dedup import ProviderVerdicts, marker_key
-from chat4all_workers.roles.provider_index import MessageRef, ProviderIndex
+from chat4all_workers.role import RoleContext, RoleReport, RoleSpec
 
 log = logging.getLogger(__name__)
 

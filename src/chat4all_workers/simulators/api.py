@@ -48,18 +48,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat4all_workers.channels.instagram import TEXT_LIMIT_BYTES
-from chat4all_workers.channels.meta_webhooks import (
+from chat4all_workers.config import MockSettings
+from chat4all_workers.deadline import ShutdownDeadline
+from chat4all_workers.meta.limits import INSTAGRAM_TEXT_BYTES as TEXT_LIMIT_BYTES
+from chat4all_workers.meta.limits import WHATSAPP_TEXT_CHARACTERS as TEXT_LIMIT_CHARACTERS
+from chat4all_workers.meta.notifications import (
     instagram_echo,
     instagram_notification,
     instagram_read,
     whatsapp_notification,
     whatsapp_status,
 )
-from chat4all_workers.channels.mock_callbacks import Callbacks, Stage
-from chat4all_workers.channels.whatsapp import TEXT_LIMIT_CHARACTERS
-from chat4all_workers.config import MockSettings
-from chat4all_workers.deadline import ShutdownDeadline
+from chat4all_workers.simulators.callbacks import Callbacks, Stage
 
 log = logging.getLogger(__name__)
 

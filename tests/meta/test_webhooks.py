@@ -15,21 +15,19 @@ from typing import Any
 import orjson
 from hypothesis import given, settings
 
-from chat4all_workers.channels.meta_webhooks import (
-    ProviderError,
-    callback_ids,
-    challenge_answer,
+from chat4all_workers.meta.callback import callback_ids
+from chat4all_workers.meta.events import StatusError as ProviderError
+from chat4all_workers.meta.events import parse_body
+from chat4all_workers.meta.instagram_webhooks import parse_instagram
+from chat4all_workers.meta.notifications import (
     instagram_echo,
     instagram_notification,
     instagram_read,
-    parse_body,
-    parse_instagram,
-    parse_whatsapp,
-    sign,
-    signature_matches,
     whatsapp_notification,
     whatsapp_status,
 )
+from chat4all_workers.meta.signature import challenge_answer, sign, signature_matches
+from chat4all_workers.meta.whatsapp_webhooks import parse_whatsapp
 from tests.e2e.hostile import UNIT_EXAMPLES
 from tests.roles.webhook_support import (
     IG_USER_ID,

@@ -14,10 +14,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from chat4all_workers.channels.base import OutboundMessage
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
-from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER, signature_matches
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.errors import (
     AccountError,
@@ -25,6 +23,8 @@ from chat4all_workers.errors import (
     ThrottledError,
     TransientProviderError,
 )
+from chat4all_workers.meta.payloads import OutboundMessage
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, signature_matches
 from chat4all_workers.supervisor import Supervisor
 from tests.support import DEV_APP_SECRET, Deployment, eventually, free_port, read_topic
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from chat4all_workers.channels import CHANNELS
-from chat4all_workers.roles.wire import Fields, describe, present, quote, read_record
+from chat4all_workers.formats.wire import Fields, describe, present, quote, read_record
 
 MAX_USERNAME_CHARS = 255
 MAX_RECIPIENT_CHARS = 256

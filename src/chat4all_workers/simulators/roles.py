@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import logging
 
-from chat4all_workers.channels.mock_api import MockChannel
-from chat4all_workers.channels.mock_callbacks import Callbacks
 from chat4all_workers.resources import Need
-from chat4all_workers.roles.base import Restart, RoleContext, RoleSpec
+from chat4all_workers.role import Restart, RoleContext, RoleSpec
+from chat4all_workers.simulators.api import MockChannel
+from chat4all_workers.simulators.callbacks import Callbacks
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHa
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.resources import TRANSIENT_ERRORS
-from chat4all_workers.roles.base import RoleContext, RoleReport
+from chat4all_workers.role import RoleContext, RoleReport
 
 log = logging.getLogger(__name__)
 

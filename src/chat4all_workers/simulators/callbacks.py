@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels.http import HttpClient, HTTPTransportError, RequestTimeoutError
-from chat4all_workers.channels.meta_webhooks import SIGNATURE_HEADER, sign
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from chat4all_workers.autopipeline import AutoPipeline
-from chat4all_workers.channels.meta_webhooks import callback_ids
+from chat4all_workers.meta.callback import callback_ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from chat4all_workers.roles.dedup import Kind, ProviderVerdicts, SendMarkers, State, marker_key
+from chat4all_workers.delivery.markers import Kind, ProviderVerdicts, SendMarkers, State, marker_key
 from tests.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat4all_workers.errors import InvalidRecordError
-from chat4all_workers.roles.message import parse_message
+from chat4all_workers.formats.message import parse_message
 from tests.e2e.hostile import (
     MESSAGE_HOSTILE_FIELDS,
     MESSAGE_REQUIRED,
