@@ -136,7 +136,8 @@ for argv in (["config", "show"], ["roles"], ["--bogus"]):
     with contextlib.suppress(SystemExit):
         main(argv)
 heavy = sys.argv[1:]
-print("imported:", *sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy)))
+loaded = [m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy)]
+print("imported:", *sorted(loaded))
 """
 
 

@@ -1,19 +1,16 @@
-"""The one retry/backoff helper: exponential delays with full jitter, and a retry loop around it.
+"""The one backoff rule: exponential delays with full jitter, and a server's hint on top.
 
 Full jitter (a uniform delay in [0, min(cap, base * 2**n)]) spreads retries of many workers that
-failed together, so a recovering dependency is not hit by a synchronised wave.
+failed together, so a recovering dependency is not hit by a synchronised wave. Each retrying
+loop of the process (the consumer engine's in-place retries, the router's attempts and
+throttles, outages outlasted, connections at start-up, the supervisor's restarts, the mocks'
+webhooks) has its own exit rule (attempts, a deadline, a stop, a refusal), so they share the
+delay, not a loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import random
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from chat4all_workers.errors import RetryableError
-
-T = TypeVar("T")
 
 
 def backoff_delay_s(
@@ -31,29 +28,18 @@ def backoff_delay_s(
     return float((rng or random).uniform(0.0, ceiling))
 
 
-async def retry(
-    call: Callable[[], Awaitable[T]],
+def retry_delay_s(
+    attempt: int,
     *,
-    attempts: int,
     base_s: float,
     cap_s: float,
-    on_retry: Callable[[int, RetryableError, float], None] | None = None,
-) -> T:
-    """Await `call` up to `attempts` times, sleeping between tries while it raises RetryableError.
-
-    A server's `retry_after_s` hint replaces the computed delay when it is longer. The last
-    RetryableError propagates when every attempt failed; any other exception propagates at once.
-    """
-    for attempt in range(attempts):
-        try:
-            return await call()
-        except RetryableError as exc:
-            if attempt + 1 >= attempts:
-                raise
-            delay = backoff_delay_s(attempt, base_s=base_s, cap_s=cap_s)
-            if exc.retry_after_s is not None:
-                delay = max(delay, min(exc.retry_after_s, cap_s))
-            if on_retry is not None:
-                on_retry(attempt + 1, exc, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable: attempts must be at least 1")
+    retry_after_s: float | None = None,
+    whole_hint: bool = False,
+    rng: random.Random | None = None,
+) -> float:
+    """`backoff_delay_s`, or a server's hint (Retry-After) when longer: capped at `cap_s`, or
+    whole with `whole_hint` (a throttle: sending before the provider asked only earns another)."""
+    delay = backoff_delay_s(attempt, base_s=base_s, cap_s=cap_s, rng=rng)
+    if retry_after_s is None:
+        return delay
+    return max(delay, retry_after_s if whole_hint else min(retry_after_s, cap_s))

@@ -72,7 +72,10 @@ def _env(name: str, **rules: Any) -> dict[str, Any]:
 _ZERO_OK = {"min": 0}
 _TOPIC = {"check": config_checks.topic_name}
 _NON_EMPTY = {"check": config_checks.non_empty}
-# OTP restart types; roles/base.py `Restart` has the same three (a test keeps them equal).
+# The channels the platform delivers to, each with a settings section of the same name below:
+# the one list (message formats, the router's `all`, the webhooks role's paths, the mocks).
+CHANNELS = ("whatsapp", "instagram")
+# OTP restart types; role.py `Restart` has the same three (a test keeps them equal).
 RESTART_TYPES = ("permanent", "transient", "temporary")
 
 
@@ -291,7 +294,7 @@ class RouterSettings:
     retry_base_s: float = 0.2
     retry_cap_s: float = 5.0
     dedup_ttl_s: int = 86_400
-    all_channels: tuple[str, ...] = ("whatsapp", "instagram")
+    all_channels: tuple[str, ...] = CHANNELS
     # A send whose outcome is unknown (a worker killed mid-send, a request timed out or reset
     # after it was written, a cancel that could not wait for the answer) waits up to this long
     # for the provider's word (a status webhook recorded in its dedup marker by the webhooks

@@ -35,7 +35,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from chat4all_workers.channels import CHANNELS
+from chat4all_workers.config import CHANNELS
 from tests.e2e.pipeline import mock_sent
 from tests.support import (
     Deployment,

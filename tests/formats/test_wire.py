@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat4all_workers.errors import InvalidRecordError
+from chat4all_workers.formats.status_update import parse_update
 from chat4all_workers.formats.wire import quote
 from chat4all_workers.roles.backfill import InvalidItemError, parse_item
 from chat4all_workers.roles.merge import parse_request
-from chat4all_workers.roles.status_updater import parse_update
 from tests.e2e.hostile import (
     MERGE_REQUIRED,
     MERGE_WRONG,

@@ -22,8 +22,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from chat4all_workers.channels import CHANNELS
-from chat4all_workers.config import Settings
+from chat4all_workers.config import CHANNELS, Settings
 from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from chat4all_workers.supervisor import Supervisor

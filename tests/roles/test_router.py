@@ -21,7 +21,8 @@ import pytest
 import redis.asyncio as aioredis
 from miniopy_async.api import Minio
 
-from chat4all_workers.channels import CHANNELS, build_adapters
+from chat4all_workers.channels import build_adapters
+from chat4all_workers.config import CHANNELS
 from chat4all_workers.consuming import consume
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics

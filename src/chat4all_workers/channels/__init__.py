@@ -1,4 +1,5 @@
-"""Channel adapters (WhatsApp, Instagram) behind the `ChannelAdapter` interface, and their mocks."""
+"""Channel adapters (WhatsApp, Instagram) behind the `ChannelAdapter` interface, with pacing and
+pauses: the I/O over Meta's protocol (meta/)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import Settings
-
-CHANNELS = ("whatsapp", "instagram")
 
 
 def build_adapters(settings: Settings, http: HttpClient) -> dict[str, ChannelAdapter]:

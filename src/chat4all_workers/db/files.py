@@ -86,7 +86,7 @@ async def unlock_merge(conn: asyncpg.Connection, file_id: uuid.UUID) -> None:
     )
 
 
-async def get_file(conn: asyncpg.Connection, file_id: uuid.UUID) -> FileRow | None:
+async def get_file(conn: asyncpg.Pool | asyncpg.Connection, file_id: uuid.UUID) -> FileRow | None:
     row = await conn.fetchrow(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = $1", file_id)
     return None if row is None else FileRow.from_record(row)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from chat4all_workers.channels import CHANNELS
+from chat4all_workers.config import CHANNELS
 from chat4all_workers.formats.wire import Fields, describe, present, quote, read_record
 
 MAX_USERNAME_CHARS = 255

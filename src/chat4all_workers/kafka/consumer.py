@@ -58,7 +58,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
 from opentelemetry import trace
 
-from chat4all_workers.backoff import backoff_delay_s
+from chat4all_workers.backoff import retry_delay_s
 from chat4all_workers.config import KafkaSettings, SupervisorSettings
 from chat4all_workers.deadline import ShutdownDeadline, timeout_at
 from chat4all_workers.errors import PermanentError, RetryableError
@@ -426,9 +426,12 @@ class ConsumerEngine:
                 except RetryableError as exc:
                     if self._draining() or not self._owns(partition):
                         return False
-                    delay = backoff_delay_s(attempt, base_s=_RETRY_BASE_S, cap_s=_RETRY_CAP_S)
-                    if exc.retry_after_s is not None:
-                        delay = max(delay, min(exc.retry_after_s, _RETRY_CAP_S))
+                    delay = retry_delay_s(
+                        attempt,
+                        base_s=_RETRY_BASE_S,
+                        cap_s=_RETRY_CAP_S,
+                        retry_after_s=exc.retry_after_s,
+                    )
                     attempt += 1
                     log.warning(
                         "retrying record %s-%d@%d in %.2fs: %s",

@@ -23,20 +23,15 @@ A record that violates the wire format is dead-lettered (`dlq.source=status_upda
 from __future__ import annotations
 
 import logging
-import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 import orjson
 import redis.exceptions as redis_errors
 
-from chat4all_workers.channels import CHANNELS
 from chat4all_workers.consuming import consume
 from chat4all_workers.db import statuses as db
 from chat4all_workers.errors import InvalidRecordError
-from chat4all_workers.formats.wire import present, read_record
+from chat4all_workers.formats.status_update import FAILED, PROGRESS, StatusUpdate, parse_update
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import Need
@@ -44,44 +39,9 @@ from chat4all_workers.role import RoleContext, RoleSpec
 
 log = logging.getLogger(__name__)
 
-PROGRESS = ("ACCEPTED", "PROCESSING", "SENT", "DELIVERED", "READ")
-FAILED = "FAILED"
 # The update's own values are what PostgreSQL refuses (a NUL in text or jsonb, a timestamp
 # outside its range, a channel too long for the history index): no retry can store them.
 _UNSTORABLE_ERRORS = (asyncpg.DataError, asyncpg.ProgramLimitExceededError)
-
-
-@dataclass(frozen=True)
-class StatusUpdate:
-    message_id: uuid.UUID
-    conversation_id: int
-    channel: str
-    status: str
-    at: datetime
-    details: dict[str, Any]
-
-
-def parse_update(value: bytes | None) -> StatusUpdate:
-    """The update a record carries, or InvalidRecordError naming every field that is wrong:
-    `message_id` (UUID), `conversation_id` (bigint), `channel` (a known channel), `new_status`,
-    `timestamp` (RFC 3339 with offset; absent or null: now), `details` (an object jsonb can
-    store, or absent/null)."""
-    fields = read_record(value)
-    message_id = fields.uuid("message_id")
-    conversation_id = fields.integer("conversation_id")
-    channel = fields.choice("channel", CHANNELS)
-    status = fields.choice("new_status", (*PROGRESS, FAILED))
-    at = fields.timestamp("timestamp", required=False)
-    details = fields.storable("details")
-    fields.done()
-    return StatusUpdate(
-        uuid.UUID(present(message_id)),
-        present(conversation_id),
-        present(channel),
-        present(status),
-        at or datetime.now(UTC),
-        details or {},
-    )
 
 
 def next_status(current: str, update: str, *, every_channel_failed: bool) -> str:

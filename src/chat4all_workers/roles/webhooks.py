@@ -65,7 +65,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chat4all_workers.config import Settings
+from chat4all_workers.config import CHANNELS, Settings
 from chat4all_workers.deadline import ShutdownDeadline, timeout_at
 from chat4all_workers.delivery.markers import ProviderVerdicts, marker_key
 from chat4all_workers.delivery.provider_index import MessageRef, ProviderIndex
@@ -83,7 +83,6 @@ from chat4all_workers.role import RoleContext, RoleReport, RoleSpec
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("whatsapp", "instagram")
 _JSON = "application/json"
 _MAX_REASON_PROBLEMS = 5
 # What keeps a notification from being stored now: answered 503, Meta sends it again later.

@@ -1,0 +1,185 @@
+"""Channel lanes: one channel as the router sends to it, its pace and its pause.
+
+A `Lane` holds the channel's adapter, its `Pacer` (channels/pacing.py: the account's rate and
+the recipient's pair limit, shared by every router through Redis) and its `ChannelPause`
+(channels/pause.py: the channel paused by an account-class answer, its held sends, the probe
+that resumes it). What the router asks of a lane:
+
+- `turn()`: wait while the channel is paused (held: not counted against kafka.max_in_flight);
+  True when this send is the probe;
+- `settle_probe(verdict, error)`: what the probe's round says about the account;
+- `after_throttle(send)`: a throttled answer slows the pace (AIMD) and waits, spending no
+  attempt, until `router.throttle_deadline_s` after the send's first throttle;
+- `calm()`: a send went through; once no throttle came for a recovery period, say so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from chat4all_workers.backoff import retry_delay_s
+from chat4all_workers.channels.base import ChannelAdapter
+from chat4all_workers.channels.pacing import Pacer, PaceSettings
+from chat4all_workers.channels.pause import ChannelPause, PauseChange
+from chat4all_workers.delivery.send import Send, Verdict
+from chat4all_workers.errors import (
+    AccountError,
+    ProviderError,
+    ThrottleDeadlineError,
+    ThrottledError,
+)
+from chat4all_workers.kafka.consumer import held
+from chat4all_workers.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Wait = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LaneSettings:
+    """The router's settings a lane reads."""
+
+    retry_base_s: float
+    retry_cap_s: float
+    throttle_deadline_s: float
+    pacing_recovery_s: float
+    pause_probe_base_s: float
+    pause_probe_cap_s: float
+
+
+class Lane:
+    def __init__(
+        self,
+        adapter: ChannelAdapter,
+        *,
+        pacer: Pacer,
+        settings: LaneSettings,
+        timeout_s: float,
+        metrics: Metrics,
+        wait: Wait,
+    ) -> None:
+        self.adapter = adapter
+        self.pacer = pacer
+        self.timeout_s = timeout_s
+        self._settings = settings
+        self._metrics = metrics
+        self._wait = wait
+        self.pause = ChannelPause(
+            adapter.name,
+            probe_base_s=settings.pause_probe_base_s,
+            probe_cap_s=settings.pause_probe_cap_s,
+            on_change=self._paused_gauge,
+        )
+        self.throttled_at: float | None = None  # the last throttled answer, while throttling lasts
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    async def turn(self) -> bool:
+        """Wait while the channel is paused (held: not counted against kafka.max_in_flight);
+        True when this send is the probe."""
+        if not self.pause.paused:
+            return False
+        self.pause.held += 1
+        try:
+            async with held():
+                return await self.pause.wait_turn()
+        finally:
+            self.pause.held -= 1
+
+    def wanted(self, probe: bool) -> Callable[[], bool]:
+        """Whether a send waiting for its slot still wants it: not once its channel paused
+        (unless it is the probe)."""
+        return (lambda: True) if probe else (lambda: not self.pause.paused)
+
+    def account_refused(self, error: AccountError | ThrottledError | None, *, probe: bool) -> None:
+        """An account-class answer: the channel pauses (a probe's answer: it stays paused)."""
+        assert isinstance(error, AccountError)
+        self.pause.pause(str(error), label=_label(error), probe=probe)
+
+    def settle_probe(self, verdict: Verdict, error: AccountError | ThrottledError | None) -> None:
+        if verdict is Verdict.ACCOUNT:
+            self.account_refused(error, probe=True)
+        elif verdict in (Verdict.SENT, Verdict.REJECTED, Verdict.THROTTLED):
+            self.pause.resume()
+        else:
+            self.pause.probe_done()
+
+    async def after_throttle(self, send: Send) -> ThrottleDeadlineError | None:
+        """After a throttled answer: slow the pace and wait; the error once past the deadline."""
+        settings = self._settings
+        exc = send.last_error
+        assert isinstance(exc, ThrottledError)
+        now = time.monotonic()
+        if send.throttled_since is None:
+            send.throttled_since = now
+        if now - send.throttled_since >= settings.throttle_deadline_s:
+            error = ThrottleDeadlineError(
+                f"still throttled after {now - send.throttled_since:.1f}s "
+                f"(router.throttle_deadline_s = {settings.throttle_deadline_s:g}): {exc}"
+            )
+            error.__cause__ = exc
+            return error
+        throttle = await self.pacer.throttled(
+            send.outbound.recipient, pair=exc.pair, retry_after_s=exc.retry_after_s
+        )
+        if self.throttled_at is None:
+            log.warning(
+                "%s throttles sends (%s)%s; waiting for its pace, no attempt spent",
+                send.channel,
+                exc,
+                f"; rate now {throttle.rate_per_s:.1f}/s" if throttle.rate_per_s else "",
+            )
+        self.throttled_at = now
+        # The provider's Retry-After is honoured whole: sending before it only earns throttles.
+        delay = retry_delay_s(
+            send.throttles,
+            base_s=settings.retry_base_s,
+            cap_s=settings.retry_cap_s,
+            retry_after_s=exc.retry_after_s,
+            whole_hint=True,
+        )
+        send.throttles += 1
+        remaining = settings.throttle_deadline_s - (now - send.throttled_since)
+        async with held():
+            await self._wait(min(delay, remaining))
+        return None
+
+    def calm(self) -> None:
+        """A send went through: once no throttle came for a recovery period, say so once."""
+        if self.throttled_at is None:
+            return
+        quiet = time.monotonic() - self.throttled_at
+        if quiet >= self._settings.pacing_recovery_s:
+            log.info("%s: no throttled answer for %.0fs", self.name, quiet)
+            self.throttled_at = None
+
+    def _paused_gauge(self, change: PauseChange) -> None:
+        labels = {"channel": change.channel, "reason": change.reason}
+        self._metrics.channel_paused.set(labels, 1 if change.paused else 0)
+
+
+def pace_settings(section: Any, *, recovery_s: float) -> PaceSettings:
+    """A channel section's pace (`max_rate_per_s`, `pair_burst`, `pair_interval_s`)."""
+    return PaceSettings(
+        max_rate_per_s=section.max_rate_per_s,
+        pair_burst=section.pair_burst,
+        pair_interval_s=section.pair_interval_s,
+        recovery_s=recovery_s,
+    )
+
+
+def describe(lanes: Mapping[str, Lane]) -> dict[str, Any]:
+    """The `channels` section of /readyz: each channel active or paused, and why."""
+    return {name: lane.pause.stats() for name, lane in lanes.items()}
+
+
+def _label(error: ProviderError) -> str:
+    """The `reason` label of channel_paused: the provider's code, low cardinality."""
+    return str(error.provider_code) if error.provider_code is not None else "http"
