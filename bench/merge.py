@@ -7,7 +7,7 @@ Scenario `stream`: 256 MiB in 1 MiB chunks (streamed multipart upload).
 `--scale` multiplies both sizes; `--checksum` records files.checksum_sha256 so the merge also
 reads and hashes the whole file.
 
-The worker runs as a subprocess (`--worker`), a real `Supervisor` with the merge role only, so its
+The worker runs as a subprocess (`--worker`), a real `App` with the merge role only, so its
 resident memory is not mixed with the benchmark's own uploads; RSS is sampled every 10 ms with
 psutil. Growth = peak RSS during the merge - RSS just before the request. Everything is created
 uniquely for the run (database, bucket, topics) and removed afterwards. Services come from the
@@ -88,16 +88,16 @@ def env(name: str, default: str) -> str:
 
 
 async def worker(doc: dict[str, Any]) -> None:
-    from chat4all_workers.supervisor import Supervisor
+    from chat4all_workers.app import App
 
     settings = Settings.load({}, doc)
-    async with Supervisor(settings, roles=["merge"], serve_http=False) as sup:
+    async with App(settings, roles=["merge"], serve_http=False) as app:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, sup.request_stop)
-        await sup.wait_ready(timeout_s=60)
+        loop.add_signal_handler(signal.SIGTERM, app.request_stop)
+        await app.wait_ready(timeout_s=60)
         sys.stdout.write("READY\n")
         sys.stdout.flush()
-        await sup.wait()
+        await app.wait()
 
 
 # -- the benchmark ------------------------------------------------------------------------------

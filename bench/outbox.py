@@ -33,9 +33,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
-from chat4all_workers.supervisor import Supervisor
 
 DSN = os.environ.get("DATABASE_URL", "postgresql://chat4all:chat4all@127.0.0.1:5432/chat4all")
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -86,9 +86,9 @@ INSERT = """INSERT INTO outbox_events (id, aggregate_type, aggregate_id, event_t
 async def throughput(events: int) -> float:
     async with scratch() as (dsn, topic):
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
-        async with Supervisor(settings(dsn, topic, batch_size=500), roles=["outbox"],
-                              serve_http=False) as sup:  # fmt: skip
-            await sup.wait_ready()
+        async with App(settings(dsn, topic, batch_size=500), roles=["outbox"],
+                              serve_http=False) as app:  # fmt: skip
+            await app.wait_ready()
             started = time.perf_counter()
             for start in range(0, events, 500):
                 await pool.execute(INSERT, start, min(start + 500, events) - 1)
@@ -116,8 +116,8 @@ async def latency(seconds: float, *, notify: bool) -> list[float]:
                 arrived[dict(record.headers)["event_id"].decode()] = time.perf_counter()
 
         reader = asyncio.create_task(consume())
-        async with Supervisor(conf, roles=["outbox"], serve_http=False) as sup:
-            await sup.wait_ready()
+        async with App(conf, roles=["outbox"], serve_http=False) as app:
+            await app.wait_ready()
             total = int(seconds * 100)
             t0 = time.perf_counter()
             for n in range(total):

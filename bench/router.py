@@ -41,7 +41,7 @@ those figures say by how much.
     failed call (its probes aside), resumed within 60 s of the token working; Instagram's rate
     during the pause against its rate before, reported.
 
-The router runs as a subprocess (`--worker`): a real `Supervisor(roles=["router"], drain=True)`,
+The router runs as a subprocess (`--worker`): a real `App(roles=["router"], drain=True)`,
 so its RSS is its own and it exits once caught up. The fake provider (an aiohttp app answering
 like the WhatsApp Cloud API, `POST /{version}/{phone}/messages` -> {"messages":[{"id":"wamid.N"}]})
 is a second process, so its CPU is not the router's event loop. Throughput is measured from the
@@ -140,16 +140,16 @@ async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
     """A router (or the mocks) in this process, until drained or SIGTERM. Prints READY, then at
     the end `DONE <restarts>` and `STATS <json>`: the channel calls by outcome, and each change
     of a channel's state (paused, active) with its time and probes."""
+    from chat4all_workers.app import App
     from chat4all_workers.observability.logging import configure_logging
     from chat4all_workers.observability.tracing import configure_tracing
-    from chat4all_workers.supervisor import Supervisor
 
     settings = Settings.load({}, doc)
     # As `chat4all-workers run` sets the process up (spans exist, exported only with an OTLP
     # endpoint), so the router pays what it pays in production.
     configure_logging(level="WARNING", service="supervisor")
     configure_tracing(service_name="bench-router", otlp_endpoint="")
-    async with Supervisor(settings, roles=roles, drain=drain, serve_http=False) as sup:
+    async with App(settings, roles=roles, drain=drain, serve_http=False) as sup:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sup.request_stop)
         await sup.wait_ready(timeout_s=60)
         sys.stdout.write("READY\n")

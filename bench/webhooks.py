@@ -14,7 +14,7 @@ Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS
     sending its next request when the last was answered (closed loop).
 (2) the same statuses --batch per POST (Meta batches under load).
 
-The webhooks role runs as a subprocess (`--worker`): a real `Supervisor(roles=["webhooks"])`
+The webhooks role runs as a subprocess (`--worker`): a real `App(roles=["webhooks"])`
 producing to a topic of its own; the load generator is another (`--client`: raw HTTP/1.1 over
 asyncio with pre-signed requests and httptools parsing, so it costs as little CPU as it can).
 Throughput is statuses acknowledged (200) per second of the generator's wall clock; ack latency
@@ -79,14 +79,14 @@ out = sys.stdout.write
 
 
 async def worker(doc: dict[str, Any]) -> None:
+    from chat4all_workers.app import App
     from chat4all_workers.observability.logging import configure_logging
     from chat4all_workers.observability.tracing import configure_tracing
-    from chat4all_workers.supervisor import Supervisor
 
     settings = Settings.load({}, doc)
     configure_logging(level="WARNING", service="supervisor")
     configure_tracing(service_name="bench-webhooks", otlp_endpoint="")
-    async with Supervisor(settings, roles=["webhooks"], serve_http=False) as sup:
+    async with App(settings, roles=["webhooks"], serve_http=False) as sup:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sup.request_stop)
         await sup.wait_ready(timeout_s=60)
         sys.stdout.write("READY\n")

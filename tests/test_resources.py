@@ -9,11 +9,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from chat4all_workers.app import App
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, Resources
 from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage.s3 import new_client
-from chat4all_workers.supervisor import Supervisor
 from tests.stack import StackEndpoints
 from tests.support import eventually, free_port, own_redis, settings_for
 
@@ -34,21 +34,21 @@ def role_needing(*needs: Need) -> RoleSpec:
 async def test_resources_gc_only_opens_no_kafka_connection(stack: StackEndpoints) -> None:
     settings = settings_for(stack, kafka={"bootstrap_servers": DEAD})
 
-    async with Supervisor(settings, roles=["gc"], serve_http=False) as sup:
-        assert sup.resources is not None
-        assert sup.resources.producer is None
-        assert sup.resources.pg is not None
-        assert sup.resources.s3 is not None
+    async with App(settings, roles=["gc"], serve_http=False) as app:
+        assert app.resources is not None
+        assert app.resources.producer is None
+        assert app.resources.pg is not None
+        assert app.resources.s3 is not None
 
 
 async def test_resources_backfill_only_opens_no_postgres_pool(stack: StackEndpoints) -> None:
     settings = settings_for(stack, database_url=f"postgresql://x:y@{DEAD}/none")
 
-    async with Supervisor(settings, roles=["backfill"], serve_http=False) as sup:
-        assert sup.resources is not None
-        assert sup.resources.pg is None
-        assert sup.resources.redis is not None
-        assert sup.resources.producer is not None
+    async with App(settings, roles=["backfill"], serve_http=False) as app:
+        assert app.resources is not None
+        assert app.resources.pg is None
+        assert app.resources.redis is not None
+        assert app.resources.producer is not None
 
 
 async def readyz(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:
@@ -64,21 +64,21 @@ async def test_readyz_turns_503_while_a_dependency_is_down_and_200_when_back(
     with own_redis(port, tmp_path) as first:
         await eventually(lambda: _accepts(port), message="redis up")
         async with (
-            Supervisor(settings, roles=[role_needing(Need.REDIS)]) as sup,
+            App(settings, roles=[role_needing(Need.REDIS)]) as app,
             aiohttp.ClientSession() as http,
         ):
-            await sup.wait_ready(10)
-            assert sup.http_port is not None
-            status, body = await readyz(http, sup.http_port)
+            await app.wait_ready(10)
+            assert app.http_port is not None
+            status, body = await readyz(http, app.http_port)
             assert (status, body["dependencies"]) == (200, {"redis": True})
 
             first.terminate()
             first.wait(10)
             with caplog.at_level(logging.INFO, logger="chat4all_workers.resources"):
-                await eventually(lambda: _status_is(http, sup.http_port, 503), message="503")
+                await eventually(lambda: _status_is(http, app.http_port, 503), message="503")
                 with own_redis(port, tmp_path):
-                    await eventually(lambda: _status_is(http, sup.http_port, 200), message="200")
-            assert [s.restarts_total for s in sup.stats()] == [0]
+                    await eventually(lambda: _status_is(http, app.http_port, 200), message="200")
+            assert [s.restarts_total for s in app.stats()] == [0]
 
     said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name.endswith("resources")]
     assert said[0][0] == "WARNING"
@@ -106,12 +106,12 @@ async def test_probe_says_once_why_a_dependency_refuses(
 
 async def test_metrics_endpoint_exposes_supervisor_metrics(stack: StackEndpoints) -> None:
     settings = settings_for(stack)
-    async with Supervisor(settings, roles=[role_needing()]) as sup, aiohttp.ClientSession() as http:
-        await sup.wait_ready(10)
-        sup.metrics.supervisor_restarts.inc({"role": "probe", "reason": "test"})
-        async with http.get(f"http://127.0.0.1:{sup.http_port}/metrics") as response:
+    async with App(settings, roles=[role_needing()]) as app, aiohttp.ClientSession() as http:
+        await app.wait_ready(10)
+        app.metrics.supervisor_restarts.inc({"role": "probe", "reason": "test"})
+        async with http.get(f"http://127.0.0.1:{app.http_port}/metrics") as response:
             text = await response.text()
-        async with http.get(f"http://127.0.0.1:{sup.http_port}/healthz") as response:
+        async with http.get(f"http://127.0.0.1:{app.http_port}/healthz") as response:
             health = response.status
 
     assert 'supervisor_restarts_total{reason="test",role="probe"} 1' in text

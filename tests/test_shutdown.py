@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from chat4all_workers.supervisor import Supervisor
+from chat4all_workers.app import App
 from tests.support import (
     Deployment,
     FakeChannelApi,
@@ -79,13 +79,13 @@ async def test_sigterm_with_work_in_flight_exits_0_and_commits_only_finished_wor
                 assert content in sent_before_stop, f"{content} committed but never sent"
 
         # Nothing lost: a second run delivers the rest, and dedup sends nothing twice.
-        async with Supervisor(
+        async with App(
             deployment.settings(whatsapp={"base_url": channel.base_url}),
             roles=["router"],
             drain=True,
             serve_http=False,
-        ) as sup:
-            await asyncio.wait_for(sup.wait(), 120)
+        ) as app:
+            await asyncio.wait_for(app.wait(), 120)
 
     assert code == 0, worker.log_tail()
     assert elapsed < SHUTDOWN_TIMEOUT_S

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
+from chat4all_workers.app import App
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
 from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from chat4all_workers.roles import CATALOGUE, resolve_roles
-from chat4all_workers.supervisor import Supervisor
 from tests.support import eventually, metric_value
 
 
@@ -72,15 +72,15 @@ def test_backoff_full_jitter_stays_within_the_ceiling() -> None:
 async def test_supervisor_restarts_a_crashing_role_and_counts_restarts() -> None:
     crasher, ticker = Crasher(), Ticker()
     settings = fast_settings(max_restarts=100)
-    async with Supervisor(
+    async with App(
         settings, roles=[spec("crashy", crasher), spec("steady", ticker)], serve_http=False
-    ) as sup:
+    ) as app:
         await eventually(lambda: len(crasher.starts) >= 4, message="four starts")
-        (restarts,) = [s.restarts_total for s in sup.stats() if s.role == "crashy"]
+        (restarts,) = [s.restarts_total for s in app.stats() if s.role == "crashy"]
 
     assert restarts >= 3
     counted = metric_value(
-        sup.metrics.supervisor_restarts, {"role": "crashy", "reason": "RuntimeError"}
+        app.metrics.supervisor_restarts, {"role": "crashy", "reason": "RuntimeError"}
     )
     assert counted >= 3
     assert ticker.ticks > 0
@@ -89,33 +89,33 @@ async def test_supervisor_restarts_a_crashing_role_and_counts_restarts() -> None
 async def test_supervisor_escalates_a_permanent_role_past_its_intensity() -> None:
     crasher, ticker = Crasher(), Ticker()
     settings = fast_settings(max_restarts=2)
-    async with Supervisor(
+    async with App(
         settings, roles=[spec("crashy", crasher), spec("steady", ticker)], serve_http=False
-    ) as sup:
+    ) as app:
         with pytest.raises(RoleFailedError, match="crashy") as failure:
-            await asyncio.wait_for(sup.wait(), 10)
+            await asyncio.wait_for(app.wait(), 10)
         ticks_while_crashing = ticker.ticks
 
     assert len(crasher.starts) == 3  # the first run and two restarts; the third crash escalates
     assert isinstance(failure.value.last_error, RuntimeError)
     assert ticks_while_crashing > 0  # the other role kept running meanwhile
-    assert {s.role: s.state for s in sup.stats()} == {"crashy": "failed", "steady": "stopped"}
+    assert {s.role: s.state for s in app.stats()} == {"crashy": "failed", "steady": "stopped"}
 
 
 async def test_supervisor_leaves_a_transient_role_failed_and_keeps_running() -> None:
     crasher, ticker = Crasher(), Ticker()
     settings = fast_settings(max_restarts=1)
-    async with Supervisor(
+    async with App(
         settings,
         roles=[spec("crashy", crasher, Restart.TRANSIENT), spec("steady", ticker)],
         serve_http=False,
-    ) as sup:
-        await eventually(lambda: _state(sup, "crashy") == "failed", message="crashy failed")
+    ) as app:
+        await eventually(lambda: _state(app, "crashy") == "failed", message="crashy failed")
         ticks = ticker.ticks
         await eventually(lambda: ticker.ticks > ticks + 5, message="steady still ticking")
-        ready, detail = await sup.readiness()
+        ready, detail = await app.readiness()
 
-    assert sup.failure is None
+    assert app.failure is None
     assert len(crasher.starts) == 2
     assert ready is False
     assert detail["roles"]["crashy"]["state"] == "failed"
@@ -136,12 +136,10 @@ async def test_readiness_shows_what_a_role_publishes_without_turning_unready() -
         ctx.mark_ready()
         await ctx.stopping.wait()
 
-    async with Supervisor(
-        fast_settings(), roles=[spec("publisher", publisher)], serve_http=False
-    ) as sup:
-        await sup.wait_ready(timeout_s=5)
+    async with App(fast_settings(), roles=[spec("publisher", publisher)], serve_http=False) as app:
+        await app.wait_ready(timeout_s=5)
         gate.state = "paused"
-        ready, detail = await sup.readiness()
+        ready, detail = await app.readiness()
 
     assert ready is True
     assert detail["gates"] == {"g1": {"state": "paused"}}  # described at request time
@@ -149,16 +147,16 @@ async def test_readiness_shows_what_a_role_publishes_without_turning_unready() -
 
 async def test_supervisor_never_restarts_a_temporary_role() -> None:
     crasher, ticker = Crasher(), Ticker()
-    async with Supervisor(
+    async with App(
         fast_settings(),
         roles=[spec("once", crasher, Restart.TEMPORARY), spec("steady", ticker)],
         serve_http=False,
-    ) as sup:
-        await eventually(lambda: _state(sup, "once") == "failed", message="temporary role ended")
+    ) as app:
+        await eventually(lambda: _state(app, "once") == "failed", message="temporary role ended")
         await eventually(lambda: ticker.ticks > 10, message="steady ticking")
 
     assert len(crasher.starts) == 1
-    assert sup.failure is None
+    assert app.failure is None
 
 
 async def test_supervisor_gives_back_the_restart_budget_after_a_healthy_run() -> None:
@@ -172,12 +170,12 @@ async def test_supervisor_gives_back_the_restart_budget_after_a_healthy_run() ->
         raise RuntimeError("crash after a long healthy run")
 
     settings = fast_settings(max_restarts=2, reset_after_s=300.0)
-    async with Supervisor(
+    async with App(
         settings, roles=[spec("long", healthy_then_crash)], serve_http=False, clock=lambda: now[0]
-    ) as sup:
+    ) as app:
         await eventually(lambda: starts >= 8, message="many restarts without escalation")
 
-    assert sup.failure is None
+    assert app.failure is None
 
 
 async def test_supervisor_cancels_a_role_that_ignores_the_stop_after_the_timeout() -> None:
@@ -186,14 +184,14 @@ async def test_supervisor_cancels_a_role_that_ignores_the_stop_after_the_timeout
         await asyncio.Event().wait()
 
     settings = fast_settings(shutdown_timeout_s=0.2)
-    sup = Supervisor(settings, roles=[spec("stubborn", stubborn)], serve_http=False)
-    async with sup:
-        await sup.wait_ready(5)
+    app = App(settings, roles=[spec("stubborn", stubborn)], serve_http=False)
+    async with app:
+        await app.wait_ready(5)
         began = time.monotonic()
     elapsed = time.monotonic() - began
 
     assert elapsed < 2.0
-    assert _state(sup, "stubborn") == "stopped"
+    assert _state(app, "stubborn") == "stopped"
 
 
 async def test_supervisor_drain_mode_returns_when_roles_finish() -> None:
@@ -203,10 +201,10 @@ async def test_supervisor_drain_mode_returns_when_roles_finish() -> None:
         ctx.mark_ready()
         done.append(ctx.name)
 
-    async with Supervisor(
+    async with App(
         fast_settings(), roles=[spec("a", finite), spec("b", finite)], drain=True, serve_http=False
-    ) as sup:
-        await asyncio.wait_for(sup.wait(), 5)
+    ) as app:
+        await asyncio.wait_for(app.wait(), 5)
 
     assert sorted(done) == ["a", "b"]
 
@@ -222,8 +220,8 @@ def test_resolve_roles_all_excludes_the_mocks() -> None:
     assert names == ["router", "status_updater", "outbox", "backfill", "merge", "gc", "webhooks"]
 
 
-def _state(sup: Supervisor, role: str) -> str:
-    return next(s.state for s in sup.stats() if s.role == role)
+def _state(app: App, role: str) -> str:
+    return next(s.state for s in app.stats() if s.role == role)
 
 
 def test_registry_lines_agree_with_the_specs_they_load() -> None:

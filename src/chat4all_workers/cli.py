@@ -35,9 +35,9 @@ from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.roles import CATALOGUE, check_role_keys, resolve_names
 
 if TYPE_CHECKING:
+    from chat4all_workers.app import App
     from chat4all_workers.kafka.records import ConsumedRecord
     from chat4all_workers.kafka.replay import ReplaySummary
-    from chat4all_workers.supervisor import Supervisor
 
 log = logging.getLogger("chat4all_workers.cli")
 # 128 + SIGPIPE: what a shell reports for a tool whose reader closed the pipe.
@@ -272,12 +272,12 @@ def _run_async(coro: Coroutine[Any, Any, int]) -> int:
 async def _run(settings: Settings, roles: list[str]) -> int:
     """Run until a signal; a signal while start-up still waits for a dependency ends it too, with
     exit code 0 (an orchestrator stopping a pod that never became ready is not a failure)."""
-    from chat4all_workers.supervisor import Supervisor
+    from chat4all_workers.app import App
 
     loop = asyncio.get_running_loop()
     starting = asyncio.current_task()
     assert starting is not None
-    running: Supervisor | None = None
+    running: App | None = None
     signals_seen = 0
 
     def on_signal(signum: int) -> None:
@@ -297,11 +297,11 @@ async def _run(settings: Settings, roles: list[str]) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
-        async with Supervisor(settings, roles=roles) as sup:
-            running = sup
-            log.info("running roles %s; operations on port %s", ",".join(roles), sup.http_port)
+        async with App(settings, roles=roles) as app:
+            running = app
+            log.info("running roles %s; operations on port %s", ",".join(roles), app.http_port)
             try:
-                await sup.wait()
+                await app.wait()
             except RoleFailedError as exc:
                 log.critical("%s", exc)
                 return 1
@@ -316,7 +316,7 @@ async def _run(settings: Settings, roles: list[str]) -> int:
 
 
 async def _run_once(settings: Settings, role: str) -> int:
-    from chat4all_workers.supervisor import run_once
+    from chat4all_workers.app import run_once
 
     try:
         await run_once(settings, role)

@@ -24,10 +24,10 @@ from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.logging import JsonFormatter
 from chat4all_workers.readiness import ChildStats
-from chat4all_workers.supervisor import Supervisor
 from tests.stack import StackEndpoints
 from tests.support import Deployment, read_topic
 
@@ -457,9 +457,9 @@ def hostile_settings(deployment: Deployment, **overrides: dict[str, Any]) -> Set
 
 async def run_drained(settings: Settings, role: str, timeout_s: float = 60.0) -> ChildStats:
     """Run `role` until its input is used up; it must not have crashed or restarted."""
-    async with Supervisor(settings, roles=[role], drain=True, serve_http=False) as sup:
-        await asyncio.wait_for(sup.wait(), timeout_s)
-        (stats,) = sup.stats()
+    async with App(settings, roles=[role], drain=True, serve_http=False) as app:
+        await asyncio.wait_for(app.wait(), timeout_s)
+        (stats,) = app.stats()
     assert stats.restarts_total == 0, f"{role} restarted: {stats.last_error}"
     assert stats.last_error is None, f"{role} crashed: {stats.last_error}"
     assert stats.state in ("running", "stopped"), stats

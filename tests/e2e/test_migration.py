@@ -16,8 +16,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 
+from chat4all_workers.app import App
 from chat4all_workers.status import collect_status
-from chat4all_workers.supervisor import Supervisor
 from tests.stack import unique_name
 from tests.support import Deployment, FakeChannelApi, commit_offsets, read_topic, router_record
 
@@ -81,8 +81,8 @@ async def route(deployment: Deployment, channel: FakeChannelApi, **kafka: object
         whatsapp={"base_url": channel.base_url},
         router={"dedup_ttl_s": WINDOW_S},
     )
-    async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
-        await asyncio.wait_for(sup.wait(), 60)
+    async with App(settings, roles=["router"], drain=True, serve_http=False) as app:
+        await asyncio.wait_for(app.wait(), 60)
 
 
 async def test_router_with_the_original_group_sends_only_what_the_original_did_not(

@@ -12,10 +12,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from chat4all_workers.app import App
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.status import collect_status, render
-from chat4all_workers.supervisor import Supervisor
 from tests.support import REPO, Deployment, eventually, produce
 
 pytestmark = pytest.mark.stack
@@ -127,8 +127,8 @@ async def test_status_names_a_paused_channel_and_calls_it_unhealthy(
         [(b"conversation:1", orjson.dumps(whatsapp_message(1)))],
     )
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
-        Supervisor(settings, roles=["router"]) as workers,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        App(settings, roles=["router"]) as workers,
     ):
         await mocks.wait_ready(10)
         await workers.wait_ready(30)

@@ -17,11 +17,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import OutgoingRecord
-from chat4all_workers.supervisor import Supervisor
 from tests.roles.durable_support import KafkaProxy, wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
 from tests.support import eventually, free_port, settings_for
@@ -90,9 +90,9 @@ async def test_backfill_delivers_bare_values_and_envelopes_then_empties_the_queu
     await redis.rpush(redis_prefix + QUEUE, bare(1), orjson.dumps(envelope), bare(2))
 
     settings = backfill_settings(stack, redis_prefix, topic)
-    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await drained(sup, redis, redis_prefix + QUEUE)
-        assert sup.metrics.fallback_queue_length.get({}) == 0
+    async with App(settings, roles=["backfill"], drain=True, serve_http=False) as app:
+        await drained(app, redis, redis_prefix + QUEUE)
+        assert app.metrics.fallback_queue_length.get({}) == 0
 
     main = await wait_for_records(stack, topic, expect=2)
     assert [(r[1], r[2]) for r in main] == [
@@ -112,8 +112,8 @@ async def test_backfill_moves_invalid_items_to_the_dead_list_with_the_reason(
     await redis.rpush(redis_prefix + QUEUE, b"not json", b'{"x": 1}', bare(3))
 
     settings = backfill_settings(stack, redis_prefix, topic)
-    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await drained(sup, redis, redis_prefix + QUEUE)
+    async with App(settings, roles=["backfill"], drain=True, serve_http=False) as app:
+        await drained(app, redis, redis_prefix + QUEUE)
 
     dead = [orjson.loads(d) for d in await redis.lrange(f"{redis_prefix}{QUEUE}:dead", 0, -1)]
     assert [d["item"] for d in dead] == ["not json", '{"x": 1}']
@@ -131,8 +131,8 @@ async def test_backfill_recovers_items_of_a_worker_whose_heartbeat_expired(
     await redis.rpush(queue, bare(3))
 
     settings = backfill_settings(stack, redis_prefix, topic)
-    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await drained(sup, redis, queue)
+    async with App(settings, roles=["backfill"], drain=True, serve_http=False) as app:
+        await drained(app, redis, queue)
 
     assert [r[2] for r in await wait_for_records(stack, topic, expect=3)] == [
         bare(1),
@@ -167,8 +167,8 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
 
     settings = backfill_settings(stack, redis_prefix, topic, heartbeat_ttl_s=1.0, batch_size=500)
     await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
-    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await drained(sup, redis, queue)
+    async with App(settings, roles=["backfill"], drain=True, serve_http=False) as app:
+        await drained(app, redis, queue)
 
     records = await wait_for_records(stack, topic, expect=total)
     delivered = {orjson.loads(r[2])["n"] for r in records}
@@ -194,9 +194,9 @@ async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_a
         await eventually(lambda: _members(redis, queue, 1), timeout_s=30, message="registered")
         child.send_signal(signal.SIGSTOP)
         await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
-        async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
+        async with App(settings, roles=["backfill"], drain=True, serve_http=False) as app:
             # Its start-up recovery presumes the paused worker dead.
-            await drained(sup, redis, queue)
+            await drained(app, redis, queue)
         recovered_while_paused = await redis.scard(f"{queue}:workers") == 0
         child.send_signal(signal.SIGCONT)
         await eventually(lambda: _members(redis, queue, 1), timeout_s=10, message="rejoined")
@@ -214,8 +214,8 @@ async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_a
             child.kill()
         await child.wait()
     await eventually(lambda: _heartbeats_expired(redis, queue), timeout_s=5)
-    async with Supervisor(settings, roles=["backfill"], drain=True, serve_http=False) as sup:
-        await drained(sup, redis, queue)
+    async with App(settings, roles=["backfill"], drain=True, serve_http=False) as app:
+        await drained(app, redis, queue)
 
     assert recovered_while_paused
     records = await wait_for_records(stack, topic, expect=total)
@@ -224,29 +224,29 @@ async def test_backfill_worker_recovered_while_paused_rejoins_and_is_recovered_a
 
 
 async def drained(
-    sup: Supervisor, redis: aioredis.Redis, queue: str, *, timeout_s: float = DRAIN_TIMEOUT_S
+    app: App, redis: aioredis.Redis, queue: str, *, timeout_s: float = DRAIN_TIMEOUT_S
 ) -> None:
-    """`sup.wait()` of a drain, failing after `timeout_s` with what the drain was waiting on."""
+    """`app.wait()` of a drain, failing after `timeout_s` with what the drain was waiting on."""
     try:
         async with asyncio.timeout(timeout_s):
-            await sup.wait()
+            await app.wait()
     except TimeoutError:
         raise AssertionError(
-            f"drain not done after {timeout_s}s: {await _drain_state(sup, redis, queue)}"
+            f"drain not done after {timeout_s}s: {await _drain_state(app, redis, queue)}"
         ) from None
 
 
-async def _drain_state(sup: Supervisor, redis: aioredis.Redis, queue: str) -> str:
+async def _drain_state(app: App, redis: aioredis.Redis, queue: str) -> str:
     processing = {
         key.decode(): int(await redis.llen(key))
         async for key in redis.scan_iter(match=f"{queue}:processing:*")
     }
-    assert sup.resources is not None
-    producer = sup.resources.kafka()
+    assert app.resources is not None
+    producer = app.resources.kafka()
     return (
         f"queue length {await redis.llen(queue)}, processing lists {processing}, "
         f"breaker {producer.breaker.stats()}, {producer.unacknowledged} records unacknowledged, "
-        f"roles {sup.stats()}"
+        f"roles {app.stats()}"
     )
 
 
@@ -331,10 +331,10 @@ async def test_kafka_outage_parks_status_updates_holds_outbox_and_loses_nothing(
         fallback={"poll_interval_s": 0.2},
     )
     try:
-        async with Supervisor(settings, roles=["outbox", "backfill"], serve_http=False) as sup:
-            await sup.wait_ready()
-            assert sup.resources is not None
-            producer = sup.resources.kafka()
+        async with App(settings, roles=["outbox", "backfill"], serve_http=False) as app:
+            await app.wait_ready()
+            assert app.resources is not None
+            producer = app.resources.kafka()
             await _insert_events(pool, range(0, 100))
             await eventually(lambda: _unpublished(pool, 0), message="first events published")
 
@@ -342,7 +342,7 @@ async def test_kafka_outage_parks_status_updates_holds_outbox_and_loses_nothing(
             for n in range(50):
                 await producer.send(_status_update(status_topic, n), fallback=True)
             await _insert_events(pool, range(100, 200))
-            assert sup.metrics.breaker_state.get({"service": "kafka"}) != BreakerState.CLOSED
+            assert app.metrics.breaker_state.get({"service": "kafka"}) != BreakerState.CLOSED
             assert await redis.llen(redis_prefix + QUEUE) > 0
             assert await _count(pool, "NOT published") == 100  # they wait
 

@@ -14,13 +14,13 @@ import asyncpg
 import pytest
 from miniopy_async.api import Minio
 
+from chat4all_workers.app import App, run_once
 from chat4all_workers.config import Settings
 from chat4all_workers.db import files as files_db
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.roles.gc import GcReport, collect_garbage
-from chat4all_workers.supervisor import Supervisor, run_once
 from tests.roles.uploads import object_keys, seed_upload
 from tests.stack import StackEndpoints
 from tests.support import metric_value, settings_for
@@ -197,7 +197,7 @@ async def test_gc_aborts_old_incomplete_multipart_uploads(env: GcEnv) -> None:
 
 
 async def test_gc_counter_exists_at_0_once_its_schedule_is_armed(env: GcEnv) -> None:
-    async with Supervisor(env.settings, roles=["gc"], serve_http=False) as sup:
-        await sup.wait_ready()
+    async with App(env.settings, roles=["gc"], serve_http=False) as app:
+        await app.wait_ready()
 
-        assert metric_value(sup.metrics.uploads_cleaned, {}) == 0  # a series before any pass
+        assert metric_value(app.metrics.uploads_cleaned, {}) == 0  # a series before any pass

@@ -22,10 +22,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from chat4all_workers.app import App
 from chat4all_workers.config import CHANNELS, Settings
 from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
-from chat4all_workers.supervisor import Supervisor
 from tests.support import (
     DEV_APP_SECRET,
     Deployment,
@@ -61,7 +61,7 @@ class Provider:
     """The mocks and the webhooks role, running: what the provider accepted and said."""
 
     settings: Settings
-    supervisor: Supervisor
+    supervisor: App
     http: aiohttp.ClientSession
 
     async def accepted(self, channel: str) -> list[dict[str, Any]]:
@@ -96,22 +96,22 @@ class Provider:
 async def provider(settings: Settings) -> AsyncIterator[Provider]:
     roles = ["whatsapp_mock", "instagram_mock", "webhooks"]
     async with (
-        Supervisor(settings, roles=roles, serve_http=False) as sup,
+        App(settings, roles=roles, serve_http=False) as sup,
         aiohttp.ClientSession() as http,
     ):
         await sup.wait_ready(10)
         yield Provider(settings, sup, http)
 
 
-async def route(settings: Settings) -> Supervisor:
+async def route(settings: Settings) -> App:
     """The router over the topic until it is drained."""
-    async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
+    async with App(settings, roles=["router"], drain=True, serve_http=False) as sup:
         await asyncio.wait_for(sup.wait(), 90)
     assert [s.restarts_total for s in sup.stats()] == [0]
     return sup
 
 
-def in_doubt(router: Supervisor, channel: str, resolution: str) -> float:
+def in_doubt(router: App, channel: str, resolution: str) -> float:
     labels = {"channel": channel, "resolution": resolution}
     return metric_value(router.metrics.router_in_doubt, labels)
 
@@ -304,7 +304,7 @@ async def test_a_router_stopping_while_a_send_is_in_doubt_hands_it_back_at_once(
     async with redis_client(deployment) as redis, provider(settings) as side:
         await redis.set(marker(deployment, doc), ORPHAN, ex=600)
         await produce(deployment.stack, deployment.topics["message_processing"], [record(doc)])
-        async with Supervisor(settings, roles=["router"], serve_http=False) as router:
+        async with App(settings, roles=["router"], serve_http=False) as router:
             await eventually(
                 lambda: taken_over(redis, marker(deployment, doc)),
                 message="the router waiting for the provider's word",

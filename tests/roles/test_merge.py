@@ -15,10 +15,10 @@ import orjson
 import pytest
 from miniopy_async.api import Minio
 
+from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.storage.s3 import file_key
-from chat4all_workers.supervisor import Supervisor
 from tests.roles.uploads import MIB, object_keys, object_sha256, seed_upload
 from tests.stack import KafkaTopicFactory, StackEndpoints
 from tests.support import produce, read_topic, settings_for
@@ -49,8 +49,8 @@ class MergeEnv:
         await produce(self.stack, self.requests, [(str(upload_id).encode(), value)])
 
     async def run_merge(self) -> None:
-        async with Supervisor(self.settings, roles=["merge"], drain=True, serve_http=False) as sup:
-            await sup.wait()
+        async with App(self.settings, roles=["merge"], drain=True, serve_http=False) as app:
+            await app.wait()
 
     async def status(self, upload_id: uuid.UUID) -> asyncpg.Record:
         row = await self.conn.fetchrow("SELECT * FROM files WHERE id = $1", upload_id)

@@ -14,10 +14,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.roles.outbox import route
-from chat4all_workers.supervisor import Supervisor
 from tests.roles.durable_support import wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
 from tests.support import eventually, metric_value, settings_for
@@ -137,13 +137,13 @@ async def test_outbox_publishes_value_key_headers_and_marks_published(
         ],
     )
 
-    async with Supervisor(
+    async with App(
         outbox_settings(stack, pg_database, redis_prefix, topic),
         roles=["outbox"],
         drain=True,
         serve_http=False,
-    ) as sup:
-        await sup.wait()
+    ) as app:
+        await app.wait()
 
     records = await wait_for_records(stack, topic, expect=2)
     assert [(r[1], orjson.loads(r[2])) for r in records] == [
@@ -172,12 +172,12 @@ async def test_outbox_announces_message_events_on_redis(
     pubsub = client.pubsub()
     await pubsub.subscribe(f"{redis_prefix}conversation:7")
     try:
-        async with Supervisor(
+        async with App(
             outbox_settings(stack, pg_database, redis_prefix, topic),
             roles=["outbox"],
             serve_http=False,
-        ) as sup:
-            await sup.wait_ready()
+        ) as app:
+            await app.wait_ready()
             await insert(
                 db,
                 [
@@ -228,13 +228,13 @@ async def test_outbox_event_waiting_for_retry_holds_back_its_aggregate(
         ],
     )
 
-    async with Supervisor(
+    async with App(
         outbox_settings(stack, pg_database, redis_prefix, topic),
         roles=["outbox"],
         drain=True,
         serve_http=False,
-    ) as sup:
-        await sup.wait()
+    ) as app:
+        await app.wait()
 
     records = await wait_for_records(stack, topic, expect=1, timeout_s=5)
     assert [orjson.loads(r[2]) for r in records] == [{"n": 2}]
@@ -260,8 +260,8 @@ async def test_outbox_dead_letters_event_past_max_retries_keeping_last_error(
     await insert(db, [("a", "message", "message.updated", {"n": 1}, None)])
     settings = outbox_settings(stack, pg_database, redis_prefix, topic).replace(topics={"dlq": dlq})
 
-    async with Supervisor(settings, roles=["outbox"], drain=True, serve_http=False) as sup:
-        await sup.wait()
+    async with App(settings, roles=["outbox"], drain=True, serve_http=False) as app:
+        await app.wait()
 
     (dead,) = await wait_for_records(stack, dlq, expect=1)
     assert orjson.loads(dead[2]) == {"n": 0}
@@ -284,8 +284,8 @@ async def test_outbox_publishes_events_inserted_while_running_once_and_in_order(
     topic = await kafka_topic(partitions=4)
     settings = outbox_settings(stack, pg_database, redis_prefix, topic, batch_size=500)
 
-    async with Supervisor(settings, roles=["outbox"], serve_http=False) as sup:
-        await sup.wait_ready()
+    async with App(settings, roles=["outbox"], serve_http=False) as app:
+        await app.wait_ready()
         await bulk_insert(db, rounds=20, aggregates=500, pause_s=0.05)
         await eventually(lambda: _none_pending(db), timeout_s=60, message="outbox drained")
 
@@ -306,9 +306,7 @@ async def test_outbox_three_pollers_publish_each_event_once(
 
     async with contextlib.AsyncExitStack() as stack_:
         sups = [
-            await stack_.enter_async_context(
-                Supervisor(settings, roles=["outbox"], serve_http=False)
-            )
+            await stack_.enter_async_context(App(settings, roles=["outbox"], serve_http=False))
             for _ in range(3)
         ]
         await asyncio.gather(*(s.wait_ready() for s in sups))

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 from miniopy_async.api import Minio
 
+from chat4all_workers.app import App
 from chat4all_workers.channels import build_adapters
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.consuming import consume
@@ -30,7 +31,6 @@ from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.role import RoleContext
 from chat4all_workers.roles import REGISTRY
 from chat4all_workers.roles.router import Router
-from chat4all_workers.supervisor import Supervisor
 from tests.support import (
     Deployment,
     FakeChannelApi,
@@ -78,9 +78,9 @@ async def route_all(deployment: Deployment, channel: FakeChannelApi, **overrides
         instagram={"base_url": channel.base_url},
         router={"retry_base_s": 0.01, "retry_cap_s": 0.05, **overrides},
     )
-    async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
-        await asyncio.wait_for(sup.wait(), 120)
-    assert [s.restarts_total for s in sup.stats()] == [0]
+    async with App(settings, roles=["router"], drain=True, serve_http=False) as app:
+        await asyncio.wait_for(app.wait(), 120)
+    assert [s.restarts_total for s in app.stats()] == [0]
 
 
 async def statuses(deployment: Deployment) -> list[dict[str, Any]]:
@@ -265,12 +265,12 @@ async def test_router_handler_bug_on_one_record_lets_the_other_sends_finish_then
             router={"retry_base_s": 0.01, "retry_cap_s": 0.05},
             supervisor={"backoff_base_s": 0.05, "backoff_cap_s": 0.1},
         )
-        async with Supervisor(settings, roles=[buggy], drain=True, serve_http=False) as sup:
-            await asyncio.wait_for(sup.wait(), 120)
+        async with App(settings, roles=[buggy], drain=True, serve_http=False) as app:
+            await asyncio.wait_for(app.wait(), 120)
 
     texts = channel.texts()
     assert raised
-    assert [s.restarts_total for s in sup.stats()] == [1]
+    assert [s.restarts_total for s in app.stats()] == [1]
     assert sorted(texts) == sorted(d["payload"]["content"] for d in docs)  # each once
     assert await dead_letters(deployment) == []  # no delivery_unknown, nothing else either
 
@@ -290,10 +290,10 @@ async def test_router_waits_for_a_redis_connection_when_more_sends_are_in_flight
             whatsapp={"base_url": channel.base_url},
             redis={"max_connections": 2},
         )
-        async with Supervisor(settings, roles=["router"], drain=True, serve_http=False) as sup:
-            await asyncio.wait_for(sup.wait(), 60)
+        async with App(settings, roles=["router"], drain=True, serve_http=False) as app:
+            await asyncio.wait_for(app.wait(), 60)
 
-    assert [s.restarts_total for s in sup.stats()] == [0]
+    assert [s.restarts_total for s in app.stats()] == [0]
     assert sorted(channel.texts()) == sorted(d["payload"]["content"] for d in docs)
 
 
@@ -343,7 +343,7 @@ class MockedRun:
     mock_stats: dict[str, dict[str, Any]]
     statuses: list[dict[str, Any]]  # the router's SENT and FAILED
     dead: list[dict[str, Any]]
-    routers: list[Supervisor]
+    routers: list[App]
 
     def texts(self, channel: str) -> list[str]:
         return [a["text"] for a in self.accepted[channel]]
@@ -383,7 +383,7 @@ async def route_with_mocks(
     *,
     routers: int = 1,
     mocks: dict[str, Any] | None = None,
-    during: Callable[[list[Supervisor]], Awaitable[None]] | None = None,
+    during: Callable[[list[App]], Awaitable[None]] | None = None,
     **sections: dict[str, Any],
 ) -> MockedRun:
     """Produce `docs`, run the mocks and `routers` routers (one consumer group) until every
@@ -407,12 +407,12 @@ async def route_with_mocks(
         got = [len(await mock_get(settings, c, "/__mock__/sent")) for c in CHANNELS]
         return sum(got) >= len(docs)
 
-    async with Supervisor(settings, roles=mock_roles, serve_http=False) as mock_sup:
+    async with App(settings, roles=mock_roles, serve_http=False) as mock_sup:
         await mock_sup.wait_ready(10)
         async with contextlib.AsyncExitStack() as stack:
             sups = [
                 await stack.enter_async_context(
-                    Supervisor(settings, roles=["router"], drain=drain, serve_http=False)
+                    App(settings, roles=["router"], drain=drain, serve_http=False)
                 )
                 for _ in range(routers)
             ]
@@ -424,7 +424,7 @@ async def route_with_mocks(
                 await eventually(all_accepted, timeout_s=120, interval_s=0.2, message="all sent")
         accepted = {c: await mock_get(settings, c, "/__mock__/sent") for c in CHANNELS}
         stats = {c: await mock_get(settings, c, "/__mock__/stats") for c in CHANNELS}
-    assert [s.restarts_total for sup in sups for s in sup.stats()] == [0] * routers
+    assert [s.restarts_total for app in sups for s in app.stats()] == [0] * routers
     router_statuses = [u for u in await statuses(deployment) if u["new_status"] in ROUTER_STATUSES]
     return MockedRun(accepted, stats, router_statuses, await dead_letters(deployment), sups)
 
@@ -552,7 +552,7 @@ async def test_router_pauses_a_channel_whose_token_expired_and_resumes_by_itself
     docs = [d for pair in zip(wa, ig, strict=True) for d in pair]
     seen: dict[str, Any] = {}
 
-    async def expire_then_restore(routers: list[Supervisor]) -> None:
+    async def expire_then_restore(routers: list[App]) -> None:
         (router,) = routers
         settings = deployment.settings()
 
@@ -652,7 +652,7 @@ async def test_a_send_cancelled_mid_request_waits_for_the_answer_and_marks_it_se
     doc = message(1, "in flight when cancelled")
     settings = deployment.settings(mocks={"latency_ms": 800.0})
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
         a_router(settings) as (router, redis),
     ):
         await mocks.wait_ready(10)
@@ -677,7 +677,7 @@ async def test_a_send_cancelled_twice_mid_request_leaves_it_in_doubt_for_the_nex
     doc = message(1, "cancelled twice while in flight")
     settings = deployment.settings(mocks={"latency_ms": 800.0})
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
         a_router(settings) as (router, redis),
     ):
         await mocks.wait_ready(10)
@@ -711,7 +711,7 @@ async def test_a_send_cancelled_between_attempts_releases_its_lease_at_once(
     )
     key = f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as mocks,
         a_router(settings) as (router, redis),
     ):
         await mocks.wait_ready(10)

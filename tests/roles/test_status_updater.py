@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.roles.status_updater import next_status
-from chat4all_workers.supervisor import Supervisor
 from tests.e2e.hostile import watch_logs
 from tests.roles.durable_support import wait_for_records
 from tests.stack import KafkaTopicFactory, StackEndpoints
@@ -61,8 +61,8 @@ async def produce(stack: StackEndpoints, topic: str, values: list[bytes]) -> Non
 
 
 async def run_drained(settings: Settings) -> None:
-    async with Supervisor(settings, roles=["status_updater"], drain=True, serve_http=False) as sup:
-        await sup.wait()
+    async with App(settings, roles=["status_updater"], drain=True, serve_http=False) as app:
+        await app.wait()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 from hypothesis import strategies as st
 
+from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.meta.events import StatusError as ProviderError
 from chat4all_workers.meta.notifications import (
@@ -22,7 +23,6 @@ from chat4all_workers.meta.notifications import (
     whatsapp_status,
 )
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
-from chat4all_workers.supervisor import Supervisor
 from tests.support import Deployment
 
 WA_SECRET = "wa-app-secret-for-tests"
@@ -53,7 +53,7 @@ class Endpoint:
 
     base_url: str
     http: aiohttp.ClientSession
-    supervisor: Supervisor
+    supervisor: App
 
     def url(self, channel: str) -> str:
         return f"{self.base_url}/webhooks/{channel}"
@@ -86,7 +86,7 @@ async def running(
 ) -> AsyncIterator[Endpoint]:
     """The roles running in this process until the block ends (then drained)."""
     async with (
-        Supervisor(settings, roles=list(roles), serve_http=False) as sup,
+        App(settings, roles=list(roles), serve_http=False) as sup,
         aiohttp.ClientSession() as http,
     ):
         await sup.wait_ready(timeout_s=60)

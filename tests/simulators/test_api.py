@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from chat4all_workers.app import App
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
@@ -25,7 +26,6 @@ from chat4all_workers.errors import (
 )
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, signature_matches
-from chat4all_workers.supervisor import Supervisor
 from tests.support import DEV_APP_SECRET, Deployment, eventually, free_port, read_topic
 
 pytestmark = pytest.mark.stack
@@ -93,7 +93,7 @@ async def test_mocks_call_back_the_webhooks_role_with_sent_delivered_and_read(
     settings = deployment.settings(mocks={"delivered_after_ms": 20.0, "read_after_ms": 60.0})
     roles = ["whatsapp_mock", "instagram_mock", "webhooks"]
     async with (
-        Supervisor(settings, roles=roles, serve_http=False) as sup,
+        App(settings, roles=roles, serve_http=False) as sup,
         HttpClient() as channel_http,
         aiohttp.ClientSession() as http,
     ):
@@ -152,7 +152,7 @@ async def test_mock_retries_a_webhook_answered_503_and_keeps_the_order(
             }
         )
         async with (
-            Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+            App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
             HttpClient() as http,
         ):
             await sup.wait_ready(10)
@@ -176,7 +176,7 @@ async def test_mock_flushes_its_pending_webhooks_on_shutdown(deployment: Deploym
             }
         )
         async with (
-            Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+            App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
             HttpClient() as http,
         ):
             await sup.wait_ready(10)
@@ -197,7 +197,7 @@ async def test_mock_without_an_app_secret_says_so_and_sends_no_webhook(
         )
         with caplog.at_level(logging.WARNING):
             async with (
-                Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+                App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
                 HttpClient() as http,
             ):
                 await sup.wait_ready(10)
@@ -218,7 +218,7 @@ async def test_mock_with_a_webhook_url_it_cannot_post_to_says_so_and_still_serve
 ) -> None:
     settings = deployment.settings(mocks={"whatsapp_webhook_url": "webhooks.example/whatsapp"})
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
         HttpClient() as http,
     ):
         await sup.wait_ready(10)
@@ -239,7 +239,7 @@ async def test_mock_finishes_a_request_whose_client_gave_up_and_calls_back(
             whatsapp={"timeout_s": 0.1},
         )
         async with (
-            Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+            App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
             HttpClient() as http,
         ):
             await sup.wait_ready(10)
@@ -256,7 +256,7 @@ async def test_mock_finishes_a_request_whose_client_gave_up_and_calls_back(
 async def test_mock_enforces_the_account_rate_as_meta_does(deployment: Deployment) -> None:
     settings = deployment.settings(mocks={"whatsapp_rate_per_s": 2.0})
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
         HttpClient() as http,
     ):
         await sup.wait_ready(10)
@@ -275,7 +275,7 @@ async def test_mock_enforces_the_account_rate_as_meta_does(deployment: Deploymen
 async def test_mock_can_throttle_with_http_429(deployment: Deployment) -> None:
     settings = deployment.settings(mocks={"instagram_rate_per_s": 1.0, "throttle_status": 429})
     async with (
-        Supervisor(settings, roles=["instagram_mock"], serve_http=False) as sup,
+        App(settings, roles=["instagram_mock"], serve_http=False) as sup,
         HttpClient() as http,
     ):
         await sup.wait_ready(10)
@@ -290,7 +290,7 @@ async def test_mock_can_throttle_with_http_429(deployment: Deployment) -> None:
 async def test_mock_enforces_the_pair_limit_per_recipient(deployment: Deployment) -> None:
     settings = deployment.settings(mocks={"pair_burst": 3, "pair_interval_s": 60.0})
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
         HttpClient() as http,
     ):
         await sup.wait_ready(10)
@@ -310,7 +310,7 @@ async def test_mock_enforces_the_pair_limit_per_recipient(deployment: Deployment
 async def test_mock_token_expires_and_is_restored_at_run_time(deployment: Deployment) -> None:
     settings = deployment.settings()
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
         HttpClient() as channel_http,
         aiohttp.ClientSession() as http,
     ):
@@ -331,7 +331,7 @@ async def test_mock_token_expires_and_is_restored_at_run_time(deployment: Deploy
 async def test_mock_token_can_start_expired(deployment: Deployment) -> None:
     settings = deployment.settings(mocks={"token_expired": True})
     async with (
-        Supervisor(settings, roles=["instagram_mock"], serve_http=False) as sup,
+        App(settings, roles=["instagram_mock"], serve_http=False) as sup,
         HttpClient() as http,
     ):
         await sup.wait_ready(10)
@@ -342,7 +342,7 @@ async def test_mock_token_can_start_expired(deployment: Deployment) -> None:
 async def test_mock_rejects_invalid_recipients_and_over_long_texts(deployment: Deployment) -> None:
     settings = deployment.settings()
     async with (
-        Supervisor(settings, roles=["whatsapp_mock", "instagram_mock"], serve_http=False) as sup,
+        App(settings, roles=["whatsapp_mock", "instagram_mock"], serve_http=False) as sup,
         HttpClient() as http,
     ):
         await sup.wait_ready(10)
@@ -368,7 +368,7 @@ async def test_mock_rejects_invalid_recipients_and_over_long_texts(deployment: D
 async def test_mock_fails_at_the_configured_error_rate(deployment: Deployment) -> None:
     settings = deployment.settings(mocks={"error_rate": 1.0})
     async with (
-        Supervisor(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+        App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
         HttpClient() as http,
     ):
         await sup.wait_ready(10)
