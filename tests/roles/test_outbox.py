@@ -312,13 +312,14 @@ async def test_outbox_three_pollers_publish_each_event_once(
         await asyncio.gather(*(s.wait_ready() for s in sups))
         await bulk_insert(db, rounds=20, aggregates=500)
         await eventually(lambda: _none_pending(db), timeout_s=60, message="outbox drained")
-        published = [
-            metric_value(
-                s.metrics.messages_processed,
-                {"role": "outbox", "channel": "", "outcome": "published"},
-            )
-            for s in sups
-        ]
+        # A poller counts its batch only after the commit (and the Redis announcement), so the
+        # table can show every event published before the last batch counted itself.
+        await eventually(
+            lambda: sum(_published_counts(sups)) >= 10_000,
+            timeout_s=30,
+            message="every published batch counted",
+        )
+        published = _published_counts(sups)
 
     assert_once_in_order(
         await wait_for_records(stack, topic, expect=10_000), rounds=20, aggregates=500
@@ -329,3 +330,15 @@ async def test_outbox_three_pollers_publish_each_event_once(
 
 async def _none_pending(pool: asyncpg.Pool) -> bool:
     return await pending(pool) == 0
+
+
+def _published_counts(sups: Sequence[Supervisor]) -> list[float]:
+    """Each poller's `messages_processed_total{outcome="published"}` (0 before its first)."""
+    labels = {"role": "outbox", "channel": "", "outcome": "published"}
+    counts = []
+    for sup in sups:
+        try:
+            counts.append(metric_value(sup.metrics.messages_processed, labels))
+        except KeyError:  # this poller has published nothing yet
+            counts.append(0.0)
+    return counts
