@@ -78,7 +78,8 @@ from aiokafka.structs import ConsumerRecord
 
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
-from chat4all_workers.config import KafkaSettings, Secret, Settings, WhatsAppSettings
+from chat4all_workers.config import KafkaSettings, Settings, WhatsAppSettings
+from chat4all_workers.config_values import Secret
 from chat4all_workers.kafka.admin import wait_for_leaders
 from chat4all_workers.meta.payloads import OutboundMessage
 
@@ -739,7 +740,7 @@ async def bench(args: argparse.Namespace) -> bool:
         f"router settings: kafka.max_in_flight={max_in_flight}, kafka.fetch_max_records="
         f"{defaults.fetch_max_records}, kafka.linger_ms={defaults.linger_ms}, "
         f"redis.max_connections={Settings().redis.max_connections}, dedup on "
-        f"(router.dedup_ttl_s={Settings().router.dedup_ttl_s}), channels [whatsapp]\n"
+        f"(delivery.dedup_ttl_s={Settings().delivery.dedup_ttl_s}), channels [whatsapp]\n"
     )
     async with scratch(args.partitions) as s:
         started = time.perf_counter()

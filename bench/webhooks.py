@@ -302,8 +302,8 @@ async def run_webhooks(
         "kafka": {"bootstrap_servers": KAFKA},
         "topics": {"message_status_updates": topic, "dlq": s.topic("dlq")},
         "redis": {"url": REDIS, "key_prefix": s.redis_prefix(f"wh-{label}")},
-        "webhooks": {"port": port, "whatsapp_app_secret": SECRET},
-        "whatsapp": {"phone_number_id": PHONE},
+        "webhooks": {"port": port},
+        "whatsapp": {"phone_number_id": PHONE, "app_secret": SECRET},
         "observability": {"log_level": "WARNING"},
     }
     proc = await asyncio.create_subprocess_exec(

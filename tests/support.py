@@ -32,6 +32,7 @@ from miniopy_async.deleteobjects import DeleteObject
 from chat4all_workers.config import Settings, TopicSettings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
+from chat4all_workers.roles import load_settings
 from tests.stack import StackEndpoints, unique_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,7 +74,7 @@ def settings_for(
         doc["topics"] = dict(topics)
     for name, values in sections.items():
         doc.setdefault(name, {}).update(values)
-    return Settings.load({}, doc)
+    return load_settings({}, doc)
 
 
 def free_port() -> int:
@@ -153,20 +154,18 @@ class Deployment:
                 "instagram_webhook_url": f"{webhooks}/instagram",
             },
             # `--roles all` includes the webhooks role: never on the default port of a `make run`.
-            "webhooks": {
-                "port": self.webhooks_port,
-                "whatsapp_app_secret": DEV_APP_SECRET,
-                "instagram_app_secret": DEV_APP_SECRET,
-            },
+            "webhooks": {"port": self.webhooks_port},
             "whatsapp": {
                 "base_url": f"http://127.0.0.1:{self.whatsapp_port}",
                 "access_token": "test-token",
                 "phone_number_id": "1000",
+                "app_secret": DEV_APP_SECRET,
             },
             "instagram": {
                 "base_url": f"http://127.0.0.1:{self.instagram_port}",
                 "access_token": "test-token",
                 "user_id": "2000",
+                "app_secret": DEV_APP_SECRET,
             },
         }
         for name, values in overrides.items():
@@ -278,7 +277,7 @@ async def _delete_keys(stack: StackEndpoints, prefix: str) -> None:
 
 
 def _env_name(section: str, key: str) -> str:
-    settings = Settings.load({})
+    settings = load_settings({})
     for row in settings.describe():
         if row.key == f"{section}.{key}":
             return row.env

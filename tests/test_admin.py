@@ -6,8 +6,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from chat4all_workers.config import Settings
 from chat4all_workers.kafka.admin import ensure_topics, planned_topics
+from chat4all_workers.roles import load_settings
 from tests.stack import StackEndpoints, unique_name
 from tests.support import TOPIC_FIELDS
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.stack
 async def test_ensure_topics_creates_the_missing_ones_ready_to_use(stack: StackEndpoints) -> None:
     run = unique_name("ensure")
     topics = {field: f"{run}-{field.replace('_', '-')}" for field in TOPIC_FIELDS}
-    settings = Settings.load(
+    settings = load_settings(
         {},
         {
             "kafka": {

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from chat4all_workers.config import RESTART_TYPES, Secret, Settings
+from chat4all_workers.config import RESTART_TYPES
+from chat4all_workers.config_values import Secret
 from chat4all_workers.errors import ConfigError
 from chat4all_workers.role import Restart
+from chat4all_workers.roles import load_settings
+from chat4all_workers.roles.outbox import OutboxSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -18,19 +21,19 @@ def test_settings_precedence_is_flag_then_env_then_file_then_default() -> None:
     doc = {"roles": {"enabled": ["gc"]}, "outbox": {"batch_size": 7, "max_retries": 9}}
     env = {"ROLES": "outbox", "OUTBOX_BATCH_SIZE": "8"}
 
-    settings = Settings.load(env, doc, overrides={"roles.enabled": ("router", "--roles")})
+    settings = load_settings(env, doc, overrides={"roles.enabled": ("router", "--roles")})
 
     assert settings.roles.enabled == ("router",)
-    assert settings.outbox.batch_size == 8
-    assert settings.outbox.max_retries == 9
-    assert settings.outbox.poll_interval_ms == 500
+    assert settings.section(OutboxSettings).batch_size == 8
+    assert settings.section(OutboxSettings).max_retries == 9
+    assert settings.section(OutboxSettings).poll_interval_ms == 500
     assert settings.sources["roles.enabled"] == "--roles"
     assert settings.sources["outbox.batch_size"] == "env OUTBOX_BATCH_SIZE"
     assert settings.sources["outbox.max_retries"] == "supervisor.toml"
 
 
 def test_settings_every_key_has_a_generic_env_name() -> None:
-    settings = Settings.load(
+    settings = load_settings(
         {"CHAT4ALL_KAFKA_MAX_IN_FLIGHT": "42", "CHAT4ALL_REDIS_KEY_PREFIX": "t:"}
     )
 
@@ -39,7 +42,7 @@ def test_settings_every_key_has_a_generic_env_name() -> None:
 
 
 def test_settings_parse_env_lists_tables_and_booleans() -> None:
-    settings = Settings.load(
+    settings = load_settings(
         {
             "ROLES": "router, outbox",
             "MINIO_SECURE": "yes",
@@ -49,7 +52,7 @@ def test_settings_parse_env_lists_tables_and_booleans() -> None:
 
     assert settings.roles.enabled == ("router", "outbox")
     assert settings.s3.secure is True
-    assert settings.outbox.routes == {"a.b": "t1", "c.*": "t2"}
+    assert settings.section(OutboxSettings).routes == {"a.b": "t1", "c.*": "t2"}
 
 
 @pytest.mark.parametrize(
@@ -100,7 +103,7 @@ def test_settings_reject_bad_values_naming_key_and_source(
     env: dict[str, str], doc: dict[str, object], message: str
 ) -> None:
     with pytest.raises(ConfigError) as error:
-        Settings.load(env, doc)
+        load_settings(env, doc)
 
     assert message in str(error.value)
     assert "\n" not in str(error.value)
@@ -149,7 +152,7 @@ PASSWORD = "pw-0xDEADBEEF"
 )
 def test_settings_reject_a_bad_dsn_without_quoting_it(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError) as error:
-        Settings.load(env)
+        load_settings(env)
 
     assert message in str(error.value)
     assert PASSWORD not in str(error.value)
@@ -169,7 +172,7 @@ def test_settings_name_a_wrong_typed_secret_by_its_type_only(key: str, value: ob
     section, name = key.split(".")
 
     with pytest.raises(ConfigError) as error:
-        Settings.load({}, {section: {name: value}})
+        load_settings({}, {section: {name: value}})
 
     assert str(error.value).startswith(f"{key} (supervisor.toml): expected string, got ")
     assert PASSWORD not in str(error.value)
@@ -185,7 +188,7 @@ def test_settings_name_a_wrong_typed_secret_by_its_type_only(key: str, value: ob
     ],
 )
 def test_settings_accept_the_dsns_asyncpg_accepts(url: str) -> None:
-    assert Settings.load({"DATABASE_URL": url}).postgres.url.get() == url
+    assert load_settings({"DATABASE_URL": url}).postgres.url.get() == url
 
 
 @pytest.mark.parametrize(
@@ -212,7 +215,7 @@ def test_settings_restart_types_are_the_supervisors() -> None:
 
 
 def test_secret_never_shows_its_value() -> None:
-    settings = Settings.load({"DATABASE_URL": "postgresql://u:hunter2@db/x"})
+    settings = load_settings({"DATABASE_URL": "postgresql://u:hunter2@db/x"})
 
     assert settings.postgres.url.get() == "postgresql://u:hunter2@db/x"
     assert "hunter2" not in repr(settings)
@@ -227,7 +230,7 @@ def test_checked_in_supervisor_toml_loads_and_documents_every_key() -> None:
     with path.open("rb") as fh:
         doc = tomllib.load(fh)
 
-    settings = Settings.load({}, path)
+    settings = load_settings({}, path)
 
     documented = {f"{section}.{key}" for section, table in doc.items() for key in table}
     every_key = {row.key for row in settings.describe()}
@@ -236,10 +239,10 @@ def test_checked_in_supervisor_toml_loads_and_documents_every_key() -> None:
 
 
 def test_consumer_group_of_a_role_is_derived_unless_named() -> None:
-    from_env = Settings.load(
+    from_env = load_settings(
         {"KAFKA_CONSUMER_GROUP": "c4a", "CHAT4ALL_KAFKA_GROUPS": "router=message_router_group"}
     )
-    from_file = Settings.load({}, {"kafka": {"groups": {"merge": "old_merge_group"}}})
+    from_file = load_settings({}, {"kafka": {"groups": {"merge": "old_merge_group"}}})
 
     assert from_env.kafka.group_for("router") == "message_router_group"
     assert from_env.kafka.group_for("status_updater") == "c4a-status_updater"

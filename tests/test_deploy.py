@@ -22,9 +22,9 @@ import yaml
 from aioprometheus.collectors import Histogram
 
 from chat4all_workers.cli import build_parser
-from chat4all_workers.config import Settings
 from chat4all_workers.observability.metrics import Metrics
-from chat4all_workers.roles import CATALOGUE, REGISTRY
+from chat4all_workers.roles import CATALOGUE, REGISTRY, load_settings
+from chat4all_workers.roles.webhooks import WebhookSettings
 from tests.promql import (
     ALERTS,
     alert_queries,
@@ -60,7 +60,7 @@ DEV_ONLY = {n for n, e in CATALOGUE.items() if e.dev_only}
 
 
 def known_env() -> set[str]:
-    return {row.env for row in Settings.load({}).describe()} | EXTRA_ENV
+    return {row.env for row in load_settings({}).describe()} | EXTRA_ENV
 
 
 def exported_metrics() -> set[str]:
@@ -271,7 +271,7 @@ def test_k8s_env_names_are_settings() -> None:
 
 
 def test_k8s_grace_period_outlasts_the_drain() -> None:
-    settings = Settings.from_environ({}, config_path=str(ROOT / "supervisor.toml"))
+    settings = load_settings({}, ROOT / "supervisor.toml")
     for where, pod in pod_specs():
         if where.startswith("Deployment/"):
             grace = pod["terminationGracePeriodSeconds"]
@@ -279,7 +279,7 @@ def test_k8s_grace_period_outlasts_the_drain() -> None:
 
 
 def test_k8s_probes_hit_the_operations_port() -> None:
-    port = Settings.load({}).observability.metrics_port
+    port = load_settings({}).observability.metrics_port
     for where, pod in pod_specs():
         if not where.startswith("Deployment/"):
             continue
@@ -297,9 +297,9 @@ def test_k8s_deployments_bind_the_ops_port_on_every_interface() -> None:
 
 
 def test_make_run_binds_the_ops_port_to_loopback() -> None:
-    settings = Settings.from_environ({}, config_path=str(ROOT / "supervisor.toml"))
+    settings = load_settings({}, ROOT / "supervisor.toml")
     assert settings.observability.metrics_host == "127.0.0.1"
-    assert Settings.load({}).observability.metrics_host == "127.0.0.1"
+    assert load_settings({}).observability.metrics_host == "127.0.0.1"
 
 
 def test_k8s_pods_run_as_non_root() -> None:
@@ -330,7 +330,7 @@ def webhooks_pods() -> list[tuple[str, dict[str, Any]]]:
 
 
 def test_k8s_webhooks_service_and_ingress_reach_the_webhooks_port() -> None:
-    port = Settings.load({}).webhooks.port
+    port = load_settings({}).section(WebhookSettings).port
     service = k8s_find("Service", "chat4all-webhooks")
     ((where, pod),) = webhooks_pods()
     (container,) = pod["containers"]
@@ -346,7 +346,7 @@ def test_k8s_webhooks_service_and_ingress_reach_the_webhooks_port() -> None:
 
 def test_containers_bind_the_webhooks_port_on_every_interface() -> None:
     """supervisor.toml binds it to loopback (`make run` exposes nothing)."""
-    assert Settings.from_environ({}, config_path=str(ROOT / "supervisor.toml")).webhooks.host == (
+    assert load_settings({}, ROOT / "supervisor.toml").section(WebhookSettings).host == (
         "127.0.0.1"
     )
     for where, pod in webhooks_pods():
@@ -354,7 +354,7 @@ def test_containers_bind_the_webhooks_port_on_every_interface() -> None:
     for name, svc in our_services().items():
         if "webhooks" in roles_in(svc["environment"].get("ROLES", "")):
             assert svc["environment"].get(WEBHOOKS_HOST_ENV) == "0.0.0.0", name
-            port = Settings.load({}).webhooks.port
+            port = load_settings({}).section(WebhookSettings).port
             assert f"127.0.0.1:{port}:{port}" in svc["ports"], name
     env = dict(
         pair.split("=", 1)

@@ -25,13 +25,13 @@ import aiohttp
 import orjson
 import pytest
 
-from chat4all_workers.config import Settings
 from chat4all_workers.kafka.consumer import ConsumerStats
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.readiness import ChildStats
 from chat4all_workers.reporting import Reporter
 from chat4all_workers.resources import Resources
 from chat4all_workers.role import RoleContext, RoleReport
+from chat4all_workers.roles import load_settings
 from tests.stack import StackEndpoints
 from tests.support import (
     Deployment,
@@ -67,7 +67,7 @@ def engine_stats(finished: int, committed: int) -> ConsumerStats:
 
 
 def in_process_reporter(clock: Clock) -> tuple[Reporter, RoleContext]:
-    settings = Settings.load({})
+    settings = load_settings({})
     metrics = Metrics()
     ctx = RoleContext("router", settings, Resources(settings, metrics), metrics, asyncio.Event())
     child = ChildStats("router", "running", True, "permanent", 0, None, stop_s=0.5)

@@ -7,11 +7,12 @@ the reader of stdout went away (`config show | head`), as for any Unix tool kill
 Every error a user can cause is one line on stderr, never a traceback.
 
 Each command imports what it runs when it runs: the supervisor, the roles, `status`, the Kafka,
-PostgreSQL, Redis and S3 clients cost about half a second of CPU to import, which `config show`,
-`roles`, `--help` or a usage error would pay for nothing (and the tests run this CLI as a
-process many times). Only what every command needs (argparse, config, logging) is imported
-at the top; the rest inside the function of the command that uses it, with the names that
-only annotate imported under TYPE_CHECKING.
+PostgreSQL, Redis and S3 clients cost about half a second of CPU to import, which `roles`,
+`--help` or a usage error would pay for nothing (and the tests run this CLI as a process many
+times). Only what every command needs (argparse, config, logging, the registry) is imported at
+the top; the rest inside the function of the command that uses it, with the names that only
+annotate imported under TYPE_CHECKING. A role is imported for its own settings section only by
+the commands that read it (`run`, `run-once`, `config show`: load_settings).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
+from chat4all_workers import roles
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, DependencyRefusedError, RoleFailedError
 from chat4all_workers.observability.logging import configure_logging
@@ -172,14 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
+    """The settings a command needs: the shared sections, and the own sections of the roles it
+    runs (`run`: the enabled ones; `run-once`: its one; `config show`: every role's), each role
+    imported only when its section is read."""
     overrides: dict[str, tuple[str, str]] = {}
     if getattr(args, "roles", None):
         overrides["roles.enabled"] = (args.roles, "--roles")
     path = args.config or environ.get("CHAT4ALL_CONFIG")
-    if path is None:
-        default = Path(Settings.DEFAULT_PATH)
-        return Settings.load(environ, default if default.exists() else None, overrides=overrides)
-    return Settings.load(environ, Path(path), overrides=overrides)
+    default = Path(Settings.DEFAULT_PATH)
+    toml = Path(path) if path is not None else default if default.exists() else None
+    match args.command:
+        case "run":
+            return roles.load_settings_for_enabled(environ, toml, overrides=overrides)
+        case "run-once":
+            known = args.role if args.role in roles.CATALOGUE else None
+            return roles.load_settings(
+                environ, toml, overrides=overrides, roles=[known] if known else ()
+            )
+        case "config":
+            return roles.load_settings(environ, toml, overrides=overrides)
+    return roles.load_settings(environ, toml, overrides=overrides, roles=())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from chat4all_workers.backoff import backoff_delay_s
-from chat4all_workers.config import Settings
+from chat4all_workers.config import Section, Settings
 from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.kafka.consumer import ConsumerStats
 from chat4all_workers.observability.metrics import Metrics
@@ -130,6 +130,9 @@ class RoleSpec:
     restart: Restart = Restart.PERMANENT
     # Settings that must be non-empty when the role is enabled, e.g. "whatsapp.access_token".
     required_settings: tuple[str, ...] = ()
+    # The role's own settings section (a frozen dataclass with `SECTION`), read with
+    # `ctx.settings.section(cls)`; its registry line names the same section.
+    settings: type[Section] | None = None
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.run_once is None):

@@ -169,7 +169,7 @@ async def _store_status(settings: Settings, report: StatusReport) -> None:
             None if row["oldest_age_s"] is None else float(row["oldest_age_s"])
         )
         report.files_stuck_merging = await count_stuck_merging(
-            pg, minutes=settings.gc.merging_stuck_minutes
+            pg, minutes=settings.files.merging_stuck_minutes
         )
         queue = res.redis_key(settings.fallback.queue_key)
         report.fallback_queue = int(await redis.llen(queue))
@@ -215,7 +215,7 @@ def _judge(report: StatusReport, settings: Settings, thresholds: Thresholds) -> 
     if report.files_stuck_merging:
         problems.append(
             f"{report.files_stuck_merging} files stuck in MERGING "
-            f"over {settings.gc.merging_stuck_minutes:.0f} min"
+            f"over {settings.files.merging_stuck_minutes:.0f} min"
         )
     if report.fallback_dead:
         problems.append(f"{report.fallback_dead} unreadable items in the fallback dead list")

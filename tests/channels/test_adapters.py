@@ -13,7 +13,8 @@ from aiohttp import web
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.instagram import InstagramAdapter
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
-from chat4all_workers.config import InstagramSettings, Secret, WhatsAppSettings
+from chat4all_workers.config import InstagramSettings, WhatsAppSettings
+from chat4all_workers.config_values import Secret
 from chat4all_workers.errors import (
     AccountError,
     ContentLimitError,

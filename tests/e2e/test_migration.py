@@ -79,7 +79,7 @@ async def route(deployment: Deployment, channel: FakeChannelApi, **kafka: object
     settings = deployment.settings(
         kafka=dict(kafka),
         whatsapp={"base_url": channel.base_url},
-        router={"dedup_ttl_s": WINDOW_S},
+        delivery={"dedup_ttl_s": WINDOW_S},
     )
     async with App(settings, roles=["router"], drain=True, serve_http=False) as app:
         await asyncio.wait_for(app.wait(), 60)

@@ -67,12 +67,9 @@ async def worker(
 ) -> AsyncIterator[Worker]:
     port = deployment.webhooks_port
     env = deployment.environ(
-        webhooks={
-            "max_body_bytes": LIMIT,
-            "whatsapp_app_secret": WA_SECRET,
-            "instagram_app_secret": IG_SECRET,
-            "whatsapp_verify_token": WA_TOKEN,
-        }
+        webhooks={"max_body_bytes": LIMIT},
+        whatsapp={"app_secret": WA_SECRET, "verify_token": WA_TOKEN},
+        instagram={"app_secret": IG_SECRET},
     )
     process = WorkerProcess("webhooks", env, tmp_path / "worker.log")
     await process.start()

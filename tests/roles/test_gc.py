@@ -65,7 +65,8 @@ async def env(
         stack,
         database_url=pg_database,
         bucket=s3_bucket,
-        gc={"retention_hours": 24.0, "merging_stuck_minutes": 60.0, "batch_size": 2},
+        gc={"retention_hours": 24.0, "batch_size": 2},
+        files={"merging_stuck_minutes": 60.0},
     )
     conn = await asyncpg.connect(pg_database)
     try:

@@ -26,6 +26,7 @@ from chat4all_workers.app import App
 from chat4all_workers.config import CHANNELS, Settings
 from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
+from chat4all_workers.roles.webhooks import WebhookSettings
 from tests.support import (
     DEV_APP_SECRET,
     Deployment,
@@ -86,7 +87,7 @@ class Provider:
                 phone_number_id=self.settings.whatsapp.phone_number_id, statuses=[status]
             )
         )
-        url = f"http://127.0.0.1:{self.settings.webhooks.port}/webhooks/whatsapp"
+        url = f"http://127.0.0.1:{self.settings.section(WebhookSettings).port}/webhooks/whatsapp"
         headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(DEV_APP_SECRET, body)}
         async with self.http.post(url, data=body, headers=headers) as response:
             assert response.status == 200
@@ -280,7 +281,7 @@ async def test_router_remembers_the_instagram_mid_for_read_receipts(
 ) -> None:
     doc = message(5, "to instagram", channels=["instagram"])
     # No app secret: the mock sends no echo, so only the router can have written the index.
-    settings = deployment.settings(router=FAST, webhooks={"instagram_app_secret": ""})
+    settings = deployment.settings(router=FAST, instagram={"app_secret": ""})
     async with redis_client(deployment) as redis, provider(settings) as side:
         await produce(deployment.stack, deployment.topics["message_processing"], [record(doc)])
         await route(settings)
@@ -293,7 +294,7 @@ async def test_router_remembers_the_instagram_mid_for_read_receipts(
 
     assert indexed is not None
     assert orjson.loads(indexed) == {"message_id": doc["message_id"], "conversation_id": 5}
-    assert 0 < ttl <= settings.webhooks.provider_index_ttl_s
+    assert 0 < ttl <= settings.delivery.provider_index_ttl_s
 
 
 async def test_a_router_stopping_while_a_send_is_in_doubt_hands_it_back_at_once(

@@ -332,7 +332,7 @@ async def _none_pending(pool: asyncpg.Pool) -> bool:
     return await pending(pool) == 0
 
 
-def _published_counts(sups: Sequence[Supervisor]) -> list[float]:
+def _published_counts(sups: Sequence[App]) -> list[float]:
     """Each poller's `messages_processed_total{outcome="published"}` (0 before its first)."""
     labels = {"role": "outbox", "channel": "", "outcome": "published"}
     counts = []

@@ -394,10 +394,11 @@ async def route_with_mocks(
     )
     # No webhooks: the statuses seen are the router's alone (tests/roles/test_in_doubt.py
     # runs the mocks calling the webhooks role back).
-    no_callbacks = {"whatsapp_app_secret": "", "instagram_app_secret": ""}
+    no_callbacks = {"app_secret": ""}
     settings = deployment.settings(
         mocks=mocks or {},
-        webhooks=no_callbacks,
+        whatsapp=no_callbacks,
+        instagram=no_callbacks,
         **{"router": {"retry_base_s": 0.01, "retry_cap_s": 0.05}, **sections},
     )
     mock_roles = ["whatsapp_mock", "instagram_mock"]

@@ -22,6 +22,7 @@ from chat4all_workers.meta.notifications import (
     whatsapp_status,
 )
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
+from chat4all_workers.roles.webhooks import WebhookSettings
 from tests.roles.durable_support import KafkaProxy, wait_for_records
 from tests.roles.webhook_support import (
     IG_SECRET,
@@ -453,7 +454,9 @@ async def test_webhooks_body_over_the_limit_is_413_without_keeping_it(
             streamed = response.status
         small, _ = await endpoint.post("whatsapp", statuses_body(status(str(uuid.uuid4()), "read")))
         # 5 MB announced, 100 bytes sent: answered at once, closed after at most 2 s of lingering.
-        reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", settings.section(WebhookSettings).port
+        )
         writer.write(signed_head(b"", content_length=5_000_000) + b" " * 100)
         await writer.drain()
         raw = await reader.readline()
@@ -485,7 +488,7 @@ async def test_webhooks_wrong_content_type_or_method_is_a_clean_4xx(deployment: 
 async def test_webhooks_channel_without_app_secret_refuses_posts_and_says_so_once(
     deployment: Deployment, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = webhook_settings(deployment, webhooks={"instagram_app_secret": ""})
+    settings = webhook_settings(deployment, instagram={"app_secret": ""})
     receipt = instagram_read("mid.1", customer="c", account_id=IG_USER_ID, at_ms=AT_S * 1000)
     with caplog.at_level(logging.WARNING, logger="chat4all_workers.roles.webhooks"):
         async with running(settings) as endpoint:
@@ -501,7 +504,7 @@ async def test_webhooks_channel_without_app_secret_refuses_posts_and_says_so_onc
     startup = [r.getMessage() for r in caplog.records if "no app secret" in r.getMessage()]
     assert (refused, accepted) == (403, 200)
     assert startup == [
-        "webhooks: POSTs refused (403) for instagram (webhooks.instagram_app_secret, env "
+        "webhooks: POSTs refused (403) for instagram (instagram.app_secret, env "
         "INSTAGRAM_APP_SECRET): no app secret set"
     ]
     assert all(WA_SECRET not in r.getMessage() for r in caplog.records)
@@ -514,7 +517,9 @@ async def test_webhooks_answer_503_above_the_concurrent_requests_limit(
     body = orjson.dumps(statuses_body(status(str(uuid.uuid4()), "read")))
     async with running(settings) as endpoint:
         # A POST whose body is still arriving holds the one slot.
-        reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", settings.section(WebhookSettings).port
+        )
         writer.write(signed_head(body) + body[:10])
         await writer.drain()
         await eventually(lambda: endpoint.supervisor.published()["webhooks"]["in_flight"] == 1)
@@ -535,7 +540,9 @@ async def test_webhooks_answer_408_to_a_body_slower_than_the_timeout(
     settings = webhook_settings(deployment, webhooks={"body_timeout_s": 0.3})
     body = orjson.dumps(statuses_body(status(str(uuid.uuid4()), "read")))
     async with running(settings) as endpoint:
-        reader, writer = await asyncio.open_connection("127.0.0.1", settings.webhooks.port)
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", settings.section(WebhookSettings).port
+        )
         writer.write(signed_head(body) + body[:10])  # and the rest never comes
         await writer.drain()
         answer = await reader.readline()
@@ -594,11 +601,11 @@ async def test_webhooks_answer_503_while_kafka_fails_and_200_parked_once_the_bre
 
 
 async def test_webhooks_readiness_publishes_the_listening_address(deployment: Deployment) -> None:
-    settings = webhook_settings(deployment, webhooks={"whatsapp_app_secret": ""})
+    settings = webhook_settings(deployment, whatsapp={"app_secret": ""})
     async with running(settings) as endpoint:
         section = endpoint.supervisor.published()["webhooks"]
 
-    assert section["listening"] == f"127.0.0.1:{settings.webhooks.port}"
+    assert section["listening"] == f"127.0.0.1:{settings.section(WebhookSettings).port}"
     assert section["accepting"] == {"whatsapp": False, "instagram": True}
 
 

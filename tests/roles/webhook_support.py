@@ -23,6 +23,7 @@ from chat4all_workers.meta.notifications import (
     whatsapp_status,
 )
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
+from chat4all_workers.roles.webhooks import WebhookSettings
 from tests.support import Deployment
 
 WA_SECRET = "wa-app-secret-for-tests"
@@ -37,14 +38,13 @@ IG_USER_ID = "2000"
 
 def webhook_settings(deployment: Deployment, **overrides: dict[str, Any]) -> Settings:
     """The deployment's settings with the webhooks role on a free port and test secrets."""
-    webhooks = {
-        "whatsapp_app_secret": WA_SECRET,
-        "instagram_app_secret": IG_SECRET,
-        "whatsapp_verify_token": WA_TOKEN,
-        "instagram_verify_token": IG_TOKEN,
-        **overrides.pop("webhooks", {}),
+    whatsapp = {"app_secret": WA_SECRET, "verify_token": WA_TOKEN, **overrides.pop("whatsapp", {})}
+    instagram = {
+        "app_secret": IG_SECRET,
+        "verify_token": IG_TOKEN,
+        **overrides.pop("instagram", {}),
     }
-    return deployment.settings(webhooks=webhooks, **overrides)
+    return deployment.settings(whatsapp=whatsapp, instagram=instagram, **overrides)
 
 
 @dataclass
@@ -90,7 +90,7 @@ async def running(
         aiohttp.ClientSession() as http,
     ):
         await sup.wait_ready(timeout_s=60)
-        yield Endpoint(f"http://127.0.0.1:{settings.webhooks.port}", http, sup)
+        yield Endpoint(f"http://127.0.0.1:{settings.section(WebhookSettings).port}", http, sup)
 
 
 # -- hostile documents (the property tests) -------------------------------------------------------

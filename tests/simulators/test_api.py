@@ -193,7 +193,7 @@ async def test_mock_without_an_app_secret_says_so_and_sends_no_webhook(
 ) -> None:
     async with stand_in() as app:
         settings = deployment.settings(
-            webhooks={"whatsapp_app_secret": ""}, mocks={"whatsapp_webhook_url": app.url}
+            whatsapp={"app_secret": ""}, mocks={"whatsapp_webhook_url": app.url}
         )
         with caplog.at_level(logging.WARNING):
             async with (

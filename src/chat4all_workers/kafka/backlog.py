@@ -4,7 +4,7 @@ A role switched over from the platform's original workers joins a group of its o
 (`<consumer_group>-<role>`) unless `kafka.groups` names the old one. A group with no committed
 offset starts where `auto_offset_reset` says; with `earliest` that is the start of the topic's
 retention (7 days by default), and every record older than the router's dedup window
-(`router.dedup_ttl_s`) is no longer recognised as done: it is processed, i.e. sent to the
+(`delivery.dedup_ttl_s`) is no longer recognised as done: it is processed, i.e. sent to the
 customer, again. Nothing in the records says so, so the process says it, once, before the engine
 fetches anything.
 
@@ -101,7 +101,7 @@ async def warn_of_reread(settings: Settings, *, role: str, group: str, topic: st
     is logged and ignored: the engine meets the same broker next and waits out an outage."""
     if settings.kafka.auto_offset_reset != "earliest":
         return
-    window_s = settings.router.dedup_ttl_s
+    window_s = settings.delivery.dedup_ttl_s
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
             backlog = await uncommitted_backlog(
@@ -123,7 +123,7 @@ async def warn_of_reread(settings: Settings, *, role: str, group: str, topic: st
     log.warning(
         "%s: consumer group %s has no committed offset on %d of the %d partitions of %s, and "
         "kafka.auto_offset_reset is earliest: it will re-read %d records from the beginning, "
-        "%d of them older than the dedup window (router.dedup_ttl_s = %ds), which are processed "
+        "%d of them older than the dedup window (delivery.dedup_ttl_s = %ds), which are processed "
         "(the router: sent to customers) again. To continue from the previous workers' "
         'offsets, name their group: [kafka] groups = { %s = "<group>" } '
         "(CHAT4ALL_KAFKA_GROUPS=%s=<group>, e.g. message_router_group); to skip the backlog, "

@@ -15,13 +15,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from chat4all_workers.config import DLQ_REPLAY_GROUP
+from chat4all_workers.config import DLQ_REPLAY_GROUP, Settings
 from chat4all_workers.errors import ConfigError
 
 if TYPE_CHECKING:
-    from chat4all_workers.config import Settings
     from chat4all_workers.role import RoleSpec
 
 
@@ -35,11 +35,19 @@ class RoleEntry:
     periodic: bool = False  # runs one pass on a schedule (`run_once`), else long-running
     # Development helpers (the channel mocks) are not part of `--roles all`.
     dev_only: bool = False
+    # The role's own settings section (its table in supervisor.toml), if it has one: known
+    # without importing the role, so a process need not import roles it does not run.
+    section: str | None = None
 
     def load(self) -> RoleSpec:
         module, _, attr = self.spec.partition(":")
         spec: RoleSpec = getattr(importlib.import_module(f"chat4all_workers.{module}"), attr)
-        if spec.name != self.name or (spec.run_once is not None) != self.periodic:
+        section = None if spec.settings is None else spec.settings.SECTION
+        if (
+            spec.name != self.name
+            or (spec.run_once is not None) != self.periodic
+            or section != self.section
+        ):
             raise AssertionError(f"registry line {self.name!r} disagrees with {self.spec}")
         return spec
 
@@ -52,6 +60,7 @@ CATALOGUE: dict[str, RoleEntry] = {
             "sends message_processing records to WhatsApp/Instagram at the provider's pace, "
             "deduplicated, retried",
             "roles.router:ROLE",
+            section="router",
         ),
         RoleEntry(
             "status_updater",
@@ -62,6 +71,7 @@ CATALOGUE: dict[str, RoleEntry] = {
             "outbox",
             "publishes outbox_events rows to Kafka in per-aggregate order",
             "roles.outbox:ROLE",
+            section="outbox",
         ),
         RoleEntry(
             "backfill",
@@ -72,23 +82,27 @@ CATALOGUE: dict[str, RoleEntry] = {
             "merge",
             "merges uploaded chunks into one S3 object and emits file_upload_completed",
             "roles.merge:ROLE",
+            section="merge",
         ),
         RoleEntry(
             "gc",
             "marks abandoned uploads FAILED and deletes their chunks (periodic)",
             "roles.gc:ROLE",
+            section="gc",
             periodic=True,
         ),
         RoleEntry(
             "webhooks",
             "receives Meta's signed webhooks: statuses and users' messages to Kafka",
             "roles.webhooks:ROLE",
+            section="webhooks",
         ),
         RoleEntry(
             "whatsapp_mock",
             "simulates the WhatsApp Cloud API on loopback, calling back with signed webhooks "
             "(development)",
             "simulators.roles:WHATSAPP",
+            section="mocks",
             dev_only=True,
         ),
         RoleEntry(
@@ -96,6 +110,7 @@ CATALOGUE: dict[str, RoleEntry] = {
             "simulates the Instagram Messaging API on loopback, calling back with signed "
             "webhooks (development)",
             "simulators.roles:INSTAGRAM",
+            section="mocks",
             dev_only=True,
         ),
     )
@@ -166,7 +181,8 @@ def check_required_settings(settings: Settings, specs: Sequence[RoleSpec]) -> No
     for spec in specs:
         for key in spec.required_settings:
             section, _, name = key.partition(".")
-            if not getattr(getattr(settings, section), name):
+            table = settings.sections.get(section) or getattr(settings, section)
+            if not getattr(table, name):
                 source = settings.sources.get(key, "default")
                 raise ConfigError(key, source, f"required by role {spec.name!r} but empty")
 
@@ -187,3 +203,38 @@ def check_role_keys(settings: Settings, known: Iterable[str] = CATALOGUE) -> Non
                 source = settings.sources.get(setting, "default")
                 valid = ", ".join(valid_names)
                 raise ConfigError(f"{setting}.{name}", source, f"unknown role; valid: {valid}")
+
+
+def load_settings(
+    environ: Mapping[str, str],
+    toml: Mapping[str, Any] | Path | None = None,
+    *,
+    overrides: Mapping[str, tuple[str, str]] | None = None,
+    roles: Iterable[str] | None = None,
+) -> Settings:
+    """Settings with the own sections of `roles` (None: every role's, as `config show` wants
+    them), each role imported for its section's class; the other roles' tables are accepted
+    unread (their own processes check them)."""
+    names = list(CATALOGUE) if roles is None else list(roles)
+    classes = {}
+    for name in names:
+        spec = REGISTRY[name]
+        if spec.settings is not None:
+            classes[spec.settings.SECTION] = spec.settings
+    known = {e.section for e in CATALOGUE.values() if e.section is not None}
+    return Settings.load(environ, toml, overrides=overrides, sections=classes.values(), known=known)
+
+
+def load_settings_for_enabled(
+    environ: Mapping[str, str],
+    toml: Mapping[str, Any] | Path | None = None,
+    *,
+    overrides: Mapping[str, tuple[str, str]] | None = None,
+) -> Settings:
+    """Settings for the roles the configuration enables (`roles.enabled`: the shared sections
+    name them), with their own sections."""
+    shared = load_settings(environ, toml, overrides=overrides, roles=())
+    source = shared.sources.get("roles.enabled", "default")
+    return load_settings(
+        environ, toml, overrides=overrides, roles=resolve_names(shared.roles.enabled, source=source)
+    )

@@ -1,7 +1,7 @@
 """The `gc` role: cleans uploads nobody will finish, on a schedule (default daily 02:00 UTC).
 
 An upload is abandoned when it sat in PENDING or UPLOADING with no activity (row or chunk) for
-`gc.retention_hours`, or in MERGING for `gc.merging_stuck_minutes` while no merge holds its lock.
+`gc.retention_hours`, or in MERGING for `files.merging_stuck_minutes` while no merge holds its lock.
 Each is marked FAILED ("abandoned upload ...") first, then its chunk objects and `file_chunks`
 rows are deleted: a merge that starts meanwhile sees FAILED and gives up instead of finding its
 chunks gone, and a pass that crashes after marking leaves rows the next pass still finds
@@ -19,11 +19,13 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 
 import asyncpg
 from miniopy_async.api import Minio
 
-from chat4all_workers.config import Settings
+from chat4all_workers import config_checks
+from chat4all_workers.config import Settings, env
 from chat4all_workers.db import files as files_db
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need
@@ -31,6 +33,18 @@ from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage import merge as s3merge
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GcSettings:
+    """`[gc]`: what counts as abandoned, and when gc runs."""
+
+    SECTION: ClassVar[str] = "gc"
+
+    retention_hours: float = field(default=24.0, metadata=env("GC_RETENTION_HOURS"))
+    batch_size: int = field(default=100, metadata=env("GC_BATCH_SIZE"))
+    schedule: str = field(default="0 2 * * *", metadata={"check": config_checks.cron})
+    dry_run: bool = False
 
 
 @dataclass
@@ -54,7 +68,7 @@ async def collect_garbage(
     settings: Settings, pool: asyncpg.Pool, s3: Minio, metrics: Metrics
 ) -> GcReport:
     """One GC pass; see the module docstring."""
-    gc = settings.gc
+    gc = settings.section(GcSettings)
     report = GcReport(dry_run=gc.dry_run)
     async with pool.acquire() as conn:
         if not await files_db.try_lock_gc(conn):
@@ -82,10 +96,10 @@ async def collect_garbage(
 async def _pass(
     settings: Settings, conn: asyncpg.Connection, s3: Minio, metrics: Metrics, report: GcReport
 ) -> None:
-    gc = settings.gc
+    gc = settings.section(GcSettings)
     bucket = settings.s3.bucket
     retention_s = gc.retention_hours * 3600.0
-    stuck_s = gc.merging_stuck_minutes * 60.0
+    stuck_s = settings.files.merging_stuck_minutes * 60.0
     batch = max(1, gc.batch_size)
 
     after: uuid.UUID | None = None
@@ -164,6 +178,7 @@ ROLE = RoleSpec(
     name="gc",
     needs=frozenset({Need.POSTGRES, Need.S3}),
     run_once=run_once,
-    schedule=lambda s: s.gc.schedule,
+    schedule=lambda s: s.section(GcSettings).schedule,
+    settings=GcSettings,
     arm=arm,
 )

@@ -41,9 +41,9 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import orjson
@@ -62,6 +62,23 @@ from chat4all_workers.storage import merge as s3merge
 from chat4all_workers.storage.s3 import chunk_key, file_key
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeSettings:
+    """`[merge]`: how many merges at once, and how they stream."""
+
+    SECTION: ClassVar[str] = "merge"
+
+    # Merges running at once per process; each streaming merge holds about two parts in memory.
+    max_concurrent: int = 4
+    # Part size of a streamed (multipart) merge; S3 requires at least 5 MiB for all but the last.
+    stream_part_size_bytes: int = field(
+        default=8 * 1024 * 1024, metadata={"min": 5 * 1024 * 1024, "max": 5 * 1024**3}
+    )
+    # How much is read from S3 (and hashed) at a time.
+    read_block_bytes: int = 1024 * 1024
+
 
 _STUCK_REFRESH_S = 30.0
 
@@ -205,7 +222,7 @@ class Merger:
         self, key: str, chunks: Sequence[s3merge.SourceChunk], file: files_db.FileRow
     ) -> None:
         client = self._resources.s3_client()
-        merge = self._settings.merge
+        merge = self._settings.section(MergeSettings)
         if s3merge.can_compose([c.size for c in chunks]):
             await s3merge.merge_server_side(
                 client,
@@ -235,7 +252,7 @@ class Merger:
             url = await self._resources.s3_client().presigned_get_object(
                 self._bucket,
                 key,
-                expires=timedelta(seconds=self._settings.merge.download_url_expiry_s),
+                expires=timedelta(seconds=self._settings.files.download_url_expiry_s),
             )
         except s3merge.S3_ERRORS as exc:
             raise RetryableError(f"presigning {key} failed: {exc!r}") from exc
@@ -290,7 +307,7 @@ async def run(ctx: RoleContext) -> None:
                 ctx,
                 topic=ctx.settings.topics.file_merge_requests,
                 handler=merger.handle,
-                max_in_flight=ctx.settings.merge.max_concurrent,
+                max_in_flight=ctx.settings.section(MergeSettings).max_concurrent,
             )
         finally:
             watcher.cancel()
@@ -302,7 +319,7 @@ async def _watch_stuck(ctx: RoleContext) -> None:
     while not ctx.stopping.is_set():
         try:
             stuck = await files_db.count_stuck_merging(
-                pool, minutes=ctx.settings.gc.merging_stuck_minutes
+                pool, minutes=ctx.settings.files.merging_stuck_minutes
             )
             ctx.metrics.files_stuck_merging.set({}, stuck)
         except TRANSIENT_ERRORS as exc:
@@ -316,4 +333,5 @@ ROLE = RoleSpec(
     name="merge",
     needs=frozenset({Need.KAFKA, Need.POSTGRES, Need.S3}),
     run=run,
+    settings=MergeSettings,
 )

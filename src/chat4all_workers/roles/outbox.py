@@ -41,14 +41,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg
 import orjson
 import redis.exceptions as redis_errors
 
 from chat4all_workers.backoff import backoff_delay_s
-from chat4all_workers.config import Settings
+from chat4all_workers.config import NON_EMPTY, TOPIC, Settings, env
 from chat4all_workers.db import outbox as db
 from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
@@ -61,12 +61,28 @@ from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_out
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, kw_only=True)
+class OutboxSettings:
+    """`[outbox]`: how the outbox polls, retries and routes."""
+
+    SECTION: ClassVar[str] = "outbox"
+
+    poll_interval_ms: int = field(default=500, metadata=env("OUTBOX_POLL_INTERVAL_MS"))
+    max_retries: int = field(default=3, metadata=env("OUTBOX_MAX_RETRIES", min=0))
+    batch_size: int = field(default=100, metadata=env("OUTBOX_BATCH_SIZE"))
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    notify_channel: str = field(default="outbox_events", metadata=NON_EMPTY)
+    routes: dict[str, str] = field(default_factory=dict, metadata=TOPIC)
+    pending_refresh_s: float = 5.0
+
+
 def route(settings: Settings, event_type: str, row_topic: str | None) -> str:
     """The topic of an event: the row's own, else `outbox.routes` (exact, then glob), else the
     SPEC's table."""
     if row_topic:
         return row_topic
-    routes = settings.outbox.routes
+    routes = settings.section(OutboxSettings).routes
     if event_type in routes:
         return routes[event_type]
     for pattern, topic in routes.items():
@@ -129,7 +145,7 @@ class _Outcome:
 class _Poller:
     def __init__(self, ctx: RoleContext) -> None:
         self.ctx = ctx
-        self.settings = ctx.settings.outbox
+        self.settings = ctx.settings.section(OutboxSettings)
         self.pool: asyncpg.Pool = ctx.resources.postgres()
         self.producer = ctx.resources.kafka()
         self._pending_at = -float("inf")
@@ -287,8 +303,9 @@ async def run(ctx: RoleContext) -> None:
 
 async def _serve(ctx: RoleContext, poller: _Poller) -> None:
     wake = asyncio.Event()
-    channel = ctx.settings.outbox.notify_channel
-    interval_s = ctx.settings.outbox.poll_interval_ms / 1000
+    own = ctx.settings.section(OutboxSettings)
+    channel = own.notify_channel
+    interval_s = own.poll_interval_ms / 1000
 
     def on_notify(*_: object) -> None:
         wake.set()
@@ -352,4 +369,5 @@ ROLE = RoleSpec(
     name="outbox",
     needs=frozenset({Need.POSTGRES, Need.KAFKA, Need.REDIS}),
     run=run,
+    settings=OutboxSettings,
 )

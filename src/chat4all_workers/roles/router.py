@@ -10,7 +10,7 @@ engine's keyed concurrency):
    the channel's content limits, a recipient per channel; a channel that cannot be sent to
    FAILS alone, with nothing called. `all` expands to `router.all_channels`. The channels of one
    message are sent concurrently; a failure on one never holds back the other.
-3. Per channel, at most once within `router.dedup_ttl_s` (24 h), however often Kafka redelivers:
+3. Per channel, at most once within `delivery.dedup_ttl_s` (24 h), however often Kafka redelivers:
    the send's dedup marker (delivery/markers.py) is claimed with a short lease and ends marked
    sent, released, given up on or in doubt (delivery/lease.py). A redelivered record that finds
    `sent:` re-emits SENT and sends nothing; one that finds another worker's live lease waits
@@ -39,11 +39,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from chat4all_workers.channels import build_adapters
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.pacing import Pacer
+from chat4all_workers.config import CHANNELS
 from chat4all_workers.consuming import consume, dead_letter_record
 from chat4all_workers.delivery.attempts import Attempts, AttemptSettings
 from chat4all_workers.delivery.doubt import Doubts, DoubtSettings
@@ -67,6 +69,41 @@ from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True, kw_only=True)
+class RouterSettings:
+    """`[router]`: how the router retries, waits and pauses."""
+
+    SECTION: ClassVar[str] = "router"
+
+    max_attempts: int = 3
+    retry_base_s: float = 0.2
+    retry_cap_s: float = 5.0
+    all_channels: tuple[str, ...] = CHANNELS
+    # A send whose outcome is unknown (a worker killed mid-send, a request timed out or reset
+    # after it was written, a cancel that could not wait for the answer) waits up to this long
+    # for the provider's word (a status webhook recorded in its dedup marker by the webhooks
+    # role), holding back only its conversation: found, it is SENT and not sent again.
+    in_doubt_window_s: float = 60.0
+    # ... and when the window closes with the provider silent: "resend" sends it again (counted
+    # as an attempt): a provider that acknowledges every message it takes with a webhook within
+    # the window does not have one it stayed silent about. "dead_letter" keeps at-most-once
+    # whatever the webhooks do: FAILED + DLQ `delivery_unknown`, for an operator to replay.
+    on_unknown_outcome: str = field(
+        default="resend", metadata={"choices": ("dead_letter", "resend")}
+    )
+    # A throttled send never spends an attempt; it waits for the pace and tries again until
+    # this long after its first throttled answer, then FAILED (dlq.error_type throttle_deadline).
+    throttle_deadline_s: float = 3600.0
+    # After a throttled answer halves a channel's sending rate, the rate climbs back to the
+    # channel's max_rate_per_s over this long (additive increase).
+    pacing_recovery_s: float = 30.0
+    # A paused channel (an account-class answer) lets one held send through as a probe after
+    # this delay, doubling per failed probe up to the cap.
+    pause_probe_base_s: float = 1.0
+    pause_probe_cap_s: float = 60.0
+
+
 # The provider's answers a progress line shows per channel (channel_requests_total outcomes).
 _REPORTED_OUTCOMES = ("sent", "throttled", "paused")
 
@@ -77,19 +114,20 @@ class Router:
     def __init__(self, ctx: RoleContext, adapters: dict[str, ChannelAdapter]) -> None:
         self.ctx = ctx
         settings = ctx.settings
-        r = settings.router
+        self.all_channels = settings.section(RouterSettings).all_channels
+        r = settings.section(RouterSettings)
         redis = ctx.resources.redis_client()
         # A lease covers one attempt and the backoff before it, and is renewed per attempt; a
         # worker that dies mid-send blocks its messages for at most this long.
         timeout_s = max(getattr(settings, name).timeout_s for name in adapters)
         lease_s = timeout_s + r.retry_cap_s + 2.0
-        markers = SendMarkers(redis, ttl_s=r.dedup_ttl_s, lease_s=lease_s)
+        markers = SendMarkers(redis, ttl_s=settings.delivery.dedup_ttl_s, lease_s=lease_s)
         # Instagram's read receipts name only the provider's id: remembered when a send is
         # marked done (riding the markers' pipeline).
         index = ProviderIndex(
             redis,
             key=ctx.resources.redis_key,
-            ttl_s=settings.webhooks.provider_index_ttl_s,
+            ttl_s=settings.delivery.provider_index_ttl_s,
             pipe=markers.pipe,
         )
         self.leases = Leases(ctx, markers, index)
@@ -119,13 +157,14 @@ class Router:
             pool=ctx.resources.postgres(),
             s3=ctx.resources.s3_client(),
             bucket=settings.s3.bucket,
-            link_expiry_s=settings.merge.download_url_expiry_s,
+            link_expiry_s=settings.files.download_url_expiry_s,
         )
         self.lanes = {name: self._lane(adapter) for name, adapter in adapters.items()}
         ctx.publish("channels", lambda: describe(self.lanes))
 
     def _lane(self, adapter: ChannelAdapter) -> Lane:
-        r, section = self.ctx.settings.router, getattr(self.ctx.settings, adapter.name)
+        r = self.ctx.settings.section(RouterSettings)
+        section = getattr(self.ctx.settings, adapter.name)
         pacer = Pacer(
             self.ctx.resources.redis_client(),
             account_key=self.ctx.resources.redis_key(f"pace:{adapter.name}:{adapter.account}"),
@@ -169,7 +208,7 @@ class Router:
             lane.pause.close()
 
     async def handle(self, record: ConsumedRecord) -> None:
-        message = parse_message(record.value, self.ctx.settings.router.all_channels)
+        message = parse_message(record.value, self.all_channels)
         origin = f"{record.topic}:{record.partition}:{record.offset}"
         with log_context(
             message_id=message.message_id,
@@ -341,4 +380,5 @@ ROLE = RoleSpec(
     name="router",
     needs=frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3}),
     run=run,
+    settings=RouterSettings,
 )

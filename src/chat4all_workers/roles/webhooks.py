@@ -59,13 +59,14 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
 
-from chat4all_workers.config import CHANNELS, Settings
+from chat4all_workers.config import CHANNELS, NON_EMPTY, Settings
 from chat4all_workers.deadline import ShutdownDeadline, timeout_at
 from chat4all_workers.delivery.markers import ProviderVerdicts, marker_key
 from chat4all_workers.delivery.provider_index import MessageRef, ProviderIndex
@@ -82,6 +83,27 @@ from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.role import RoleContext, RoleReport, RoleSpec
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookSettings:
+    """`[webhooks]`: the HTTP endpoint Meta calls back (the apps' secrets and verify tokens are
+    the channel sections': `whatsapp.app_secret`, ...)."""
+
+    SECTION: ClassVar[str] = "webhooks"
+
+    host: str = field(default="127.0.0.1", metadata=NON_EMPTY)
+    port: int = field(default=8200, metadata={"min": 0, "max": 65535})  # 0: any free port
+    max_body_bytes: int = 1024 * 1024
+    # POSTs in progress at once (bodies in memory); above it, 503 at once and Meta retries.
+    max_concurrent_requests: int = 1000
+    # A POST whose body takes longer to arrive is answered 408: slow senders cannot hold the slots.
+    body_timeout_s: float = 10.0
+    # How long a POST waits for Kafka to acknowledge its records before it answers 503 (Meta
+    # retries; the records stay with the producer, which still delivers them: a status is
+    # idempotent). Below Meta's own time-out for a webhook.
+    store_timeout_s: float = 5.0
+
 
 _JSON = "application/json"
 _MAX_REASON_PROBLEMS = 5
@@ -114,28 +136,26 @@ class Webhooks:
     def __init__(self, ctx: RoleContext) -> None:
         settings = ctx.settings
         self._ctx = ctx
-        self._settings = settings.webhooks
+        self._settings = settings.section(WebhookSettings)
         self._topics = settings.topics
         self._producer = ctx.resources.kafka()
-        self._store_timeout_s = settings.webhooks.store_timeout_s
+        self._store_timeout_s = self._settings.store_timeout_s
         # A request that stops waiting (503) leaves its records with the producer.
         self._coalescer = ProduceCoalescer(self._producer)
         self._metrics = ctx.metrics
         self._index = ProviderIndex(
             ctx.resources.redis_client(),
             key=ctx.resources.redis_key,
-            ttl_s=settings.webhooks.provider_index_ttl_s,
+            ttl_s=settings.delivery.provider_index_ttl_s,
         )
         self._verdicts = ProviderVerdicts(
-            ctx.resources.redis_client(), ttl_s=settings.router.dedup_ttl_s
+            ctx.resources.redis_client(), ttl_s=settings.delivery.dedup_ttl_s
         )
         self._secrets = {
-            "whatsapp": settings.webhooks.whatsapp_app_secret.get(),
-            "instagram": settings.webhooks.instagram_app_secret.get(),
+            channel: getattr(settings, channel).app_secret.get() for channel in CHANNELS
         }
         self._tokens = {
-            "whatsapp": settings.webhooks.whatsapp_verify_token.get(),
-            "instagram": settings.webhooks.instagram_verify_token.get(),
+            channel: getattr(settings, channel).verify_token.get() for channel in CHANNELS
         }
         phone, ig_user = settings.whatsapp.phone_number_id, settings.instagram.user_id
         self._parsers: dict[str, Callable[[Any], Parsed]] = {
@@ -487,9 +507,9 @@ def _app(service: Webhooks, *, max_body_bytes: int, body_timeout_s: float) -> we
 
 def _warn_unconfigured(settings: Settings) -> None:
     missing = [
-        f"{channel} (webhooks.{channel}_app_secret, env {channel.upper()}_APP_SECRET)"
+        f"{channel} ({channel}.app_secret, env {settings.env_of(f'{channel}.app_secret')})"
         for channel in CHANNELS
-        if not getattr(settings.webhooks, f"{channel}_app_secret")
+        if not getattr(settings, channel).app_secret
     ]
     if missing:
         log.warning("webhooks: POSTs refused (403) for %s: no app secret set", ", ".join(missing))
@@ -500,12 +520,13 @@ async def run(ctx: RoleContext) -> None:
     service = Webhooks(ctx)
     _warn_unconfigured(settings)
     # An in-flight request waits for Kafka at most store_timeout_s; let it finish.
-    grace_s = min(settings.webhooks.store_timeout_s + 1.0, settings.supervisor.shutdown_timeout_s)
+    own = settings.section(WebhookSettings)
+    grace_s = min(own.store_timeout_s + 1.0, settings.supervisor.shutdown_timeout_s)
     runner = web.AppRunner(
         _app(
             service,
-            max_body_bytes=settings.webhooks.max_body_bytes,
-            body_timeout_s=settings.webhooks.body_timeout_s,
+            max_body_bytes=own.max_body_bytes,
+            body_timeout_s=own.body_timeout_s,
         ),
         access_log=None,
         shutdown_timeout=grace_s,
@@ -516,7 +537,7 @@ async def run(ctx: RoleContext) -> None:
     )
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.webhooks.host, settings.webhooks.port, backlog=1024)
+        site = web.TCPSite(runner, own.host, own.port, backlog=1024)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         host, port = sockets[0].getsockname()[:2] if sockets else (site.name, 0)
@@ -551,4 +572,5 @@ ROLE = RoleSpec(
     name="webhooks",
     needs=frozenset({Need.KAFKA, Need.REDIS}),
     run=run,
+    settings=WebhookSettings,
 )

@@ -42,13 +42,13 @@ import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
 
 import orjson
 from aiohttp import web
 
-from chat4all_workers.config import MockSettings
+from chat4all_workers.config import NON_EMPTY, ZERO_OK
 from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.meta.limits import INSTAGRAM_TEXT_BYTES as TEXT_LIMIT_BYTES
 from chat4all_workers.meta.limits import WHATSAPP_TEXT_CHARACTERS as TEXT_LIMIT_CHARACTERS
@@ -66,6 +66,39 @@ log = logging.getLogger(__name__)
 _MAX_REMEMBERED = 100_000  # accepted messages kept for /__mock__/sent
 _FLUSH_CAP_S = 10.0  # the longest a stopping mock flushes its webhooks
 _MAX_PAIRS = 100_000  # (account, recipient) pair states kept before the expired are dropped
+
+
+@dataclass(frozen=True, kw_only=True)
+class MockSettings:
+    """`[mocks]`: the simulated accounts (both mocks share the section)."""
+
+    SECTION: ClassVar[str] = "mocks"
+
+    host: str = field(default="127.0.0.1", metadata=NON_EMPTY)
+    whatsapp_port: int = field(default=8101, metadata={"min": 0, "max": 65535})
+    instagram_port: int = field(default=8102, metadata={"min": 0, "max": 65535})
+    latency_ms: float = field(default=0.0, metadata=ZERO_OK)
+    error_rate: float = field(default=0.0, metadata={"min": 0, "max": 1})
+    # Like a real account: sends per second per account (0 = unlimited), answered above it as
+    # Meta does, HTTP `throttle_status` with code 130429 (WhatsApp) or 613 (Instagram) in the body.
+    whatsapp_rate_per_s: float = field(default=80.0, metadata=ZERO_OK)
+    instagram_rate_per_s: float = field(default=300.0, metadata=ZERO_OK)
+    throttle_status: int = field(default=400, metadata={"choices": (400, 429)})
+    # WhatsApp's pair limit per (account, recipient), code 131056 (0 = off).
+    pair_burst: int = field(default=45, metadata=ZERO_OK)
+    pair_interval_s: float = 6.0
+    # An expired token answers every send with HTTP 401 and code 190; also switchable at run
+    # time with POST /__mock__/token {"expired": true|false}.
+    token_expired: bool = False
+    # Like Meta, the mocks call back with signed status webhooks (signed with the channel's app
+    # secret, `whatsapp.app_secret`: the mock plays Meta for this app; no secret, no webhooks):
+    # WhatsApp `sent` at once, `delivered` and `read` after these delays; Instagram an echo, then
+    # a read receipt after read_after_ms. Retried with backoff until answered 200; flushed on
+    # shutdown.
+    delivered_after_ms: float = field(default=200.0, metadata=ZERO_OK)
+    read_after_ms: float = field(default=500.0, metadata=ZERO_OK)
+    whatsapp_webhook_url: str = "http://127.0.0.1:8200/webhooks/whatsapp"
+    instagram_webhook_url: str = "http://127.0.0.1:8200/webhooks/instagram"
 
 
 class _Gcra:

@@ -3,7 +3,7 @@
 Each serves the provider's API on loopback (`mocks.host`, `mocks.whatsapp_port` /
 `mocks.instagram_port`) and calls the app back like Meta: signed status webhooks to
 `mocks.whatsapp_webhook_url` / `mocks.instagram_webhook_url` (by default the local webhooks
-role), signed with `webhooks.whatsapp_app_secret` / `instagram_app_secret` (the mock plays Meta
+role), signed with `whatsapp.app_secret` / `instagram.app_secret` (the mock plays Meta
 for this app: the same secret on both sides). Without a secret it cannot sign, says so once at
 start-up, and sends no webhook. On stop, the webhooks still pending are sent at once, until the
 shutdown deadline's unwind end. They are `temporary` (never restarted) and not part of
@@ -16,7 +16,7 @@ import logging
 
 from chat4all_workers.resources import Need
 from chat4all_workers.role import Restart, RoleContext, RoleSpec
-from chat4all_workers.simulators.api import MockChannel
+from chat4all_workers.simulators.api import MockChannel, MockSettings
 from chat4all_workers.simulators.callbacks import Callbacks
 
 log = logging.getLogger(__name__)
@@ -24,37 +24,39 @@ log = logging.getLogger(__name__)
 
 async def _serve(ctx: RoleContext, channel: str, port: int) -> None:
     settings = ctx.settings
-    secret = getattr(settings.webhooks, f"{channel}_app_secret").get()
-    url = getattr(settings.mocks, f"{channel}_webhook_url")
+    own = settings.section(MockSettings)
+    secret = getattr(settings, channel).app_secret.get()
+    url = getattr(own, f"{channel}_webhook_url")
     callbacks = Callbacks(ctx.resources.http_client(), name=channel, url=url, secret=secret)
     if not secret:
         log.warning(
-            "mock %s: no app secret (webhooks.%s_app_secret, env %s_APP_SECRET): its status "
+            "mock %s: no app secret (%s.app_secret, env %s): its status "
             "webhooks cannot be signed and are not sent; messages stay SENT",
-            channel, channel, channel.upper(),
+            channel, channel, settings.env_of(f"{channel}.app_secret"),
         )  # fmt: skip
     elif (why := callbacks.not_sent) is not None:
         log.warning(
             "mock %s: mocks.%s_webhook_url is %s; no status webhook is sent", channel, channel, why
         )
-    mock = MockChannel(channel, settings.mocks, callbacks)
-    async with mock.serving(settings.mocks.host, port, shutdown=ctx.shutdown):
+    mock = MockChannel(channel, own, callbacks)
+    async with mock.serving(own.host, port, shutdown=ctx.shutdown):
         ctx.mark_ready()
         await ctx.stopping.wait()
 
 
 async def run_whatsapp(ctx: RoleContext) -> None:
-    await _serve(ctx, "whatsapp", ctx.settings.mocks.whatsapp_port)
+    await _serve(ctx, "whatsapp", ctx.settings.section(MockSettings).whatsapp_port)
 
 
 async def run_instagram(ctx: RoleContext) -> None:
-    await _serve(ctx, "instagram", ctx.settings.mocks.instagram_port)
+    await _serve(ctx, "instagram", ctx.settings.section(MockSettings).instagram_port)
 
 
 WHATSAPP = RoleSpec(
     name="whatsapp_mock",
     needs=frozenset({Need.HTTP}),
     run=run_whatsapp,
+    settings=MockSettings,
     restart=Restart.TEMPORARY,
 )
 
@@ -62,5 +64,6 @@ INSTAGRAM = RoleSpec(
     name="instagram_mock",
     needs=frozenset({Need.HTTP}),
     run=run_instagram,
+    settings=MockSettings,
     restart=Restart.TEMPORARY,
 )
