@@ -38,8 +38,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from miniopy_async.api import Minio
 from miniopy_async.deleteobjects import DeleteObject
 
-from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
+from chat4all_workers.roles import load_settings
 from chat4all_workers.storage.s3 import chunk_key, file_key
 
 # Run as a script, so the repository is put on the path for the shared bench helpers.
@@ -90,7 +90,7 @@ def env(name: str, default: str) -> str:
 async def worker(doc: dict[str, Any]) -> None:
     from chat4all_workers.app import App
 
-    settings = Settings.load({}, doc)
+    settings = load_settings({}, doc)
     async with App(settings, roles=["merge"], serve_http=False) as app:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, app.request_stop)

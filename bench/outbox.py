@@ -36,6 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
+from chat4all_workers.roles import load_settings
 
 DSN = os.environ.get("DATABASE_URL", "postgresql://chat4all:chat4all@127.0.0.1:5432/chat4all")
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -65,7 +66,7 @@ async def scratch() -> AsyncIterator[tuple[str, str]]:
 
 
 def settings(dsn: str, topic: str, **outbox: object) -> Settings:
-    return Settings.load(
+    return load_settings(
         {},
         {
             "kafka": {"bootstrap_servers": KAFKA},

@@ -82,6 +82,7 @@ from chat4all_workers.config import KafkaSettings, Settings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
 from chat4all_workers.kafka.admin import wait_for_leaders
 from chat4all_workers.meta.payloads import OutboundMessage
+from chat4all_workers.roles import load_settings
 
 # Run as a script, so the repository is put on the path for the shared bench helpers.
 REPO = Path(__file__).resolve().parent.parent
@@ -145,7 +146,7 @@ async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
     from chat4all_workers.observability.logging import configure_logging
     from chat4all_workers.observability.tracing import configure_tracing
 
-    settings = Settings.load({}, doc)
+    settings = load_settings({}, doc)
     # As `chat4all-workers run` sets the process up (spans exist, exported only with an OTLP
     # endpoint), so the router pays what it pays in production.
     configure_logging(level="WARNING", service="supervisor")

@@ -49,10 +49,10 @@ import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from chat4all_workers.config import Settings
 from chat4all_workers.kafka.admin import wait_for_leaders
 from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
+from chat4all_workers.roles import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -83,7 +83,7 @@ async def worker(doc: dict[str, Any]) -> None:
     from chat4all_workers.observability.logging import configure_logging
     from chat4all_workers.observability.tracing import configure_tracing
 
-    settings = Settings.load({}, doc)
+    settings = load_settings({}, doc)
     configure_logging(level="WARNING", service="supervisor")
     configure_tracing(service_name="bench-webhooks", otlp_endpoint="")
     async with App(settings, roles=["webhooks"], serve_http=False) as sup:

@@ -68,6 +68,7 @@ class App:
         self.specs = [r for r in names if isinstance(r, RoleSpec)]
         if named:
             self.specs += resolve_roles(named, registry, source=source)
+        _check_sections(settings, self.specs)
         check_required_settings(settings, self.specs)
         check_role_keys(settings, [*registry, *(s.name for s in self.specs)])
         self.metrics = Metrics()
@@ -232,6 +233,17 @@ class App:
         return sections
 
 
+def _check_sections(settings: Settings, specs: Sequence[RoleSpec]) -> None:
+    """Each role's own settings section was loaded (a program that embeds roles loads its
+    settings with `roles.load_settings`); else the role would crash at its first read."""
+    for spec in specs:
+        if spec.settings is not None and spec.settings.SECTION not in settings.sections:
+            raise ValueError(
+                f"role {spec.name!r} reads settings section [{spec.settings.SECTION}], which was "
+                "not loaded: load the settings with chat4all_workers.roles.load_settings"
+            )
+
+
 async def run_once(
     settings: Settings, role: str, registry: Mapping[str, RoleSpec] = REGISTRY
 ) -> None:
@@ -239,6 +251,7 @@ async def run_once(
     (spec,) = resolve_roles([role], registry, source="run-once")
     if spec.run_once is None:
         raise ConfigError("run-once", "argv", f"role {role!r} is not periodic")
+    _check_sections(settings, [spec])
     check_required_settings(settings, [spec])
     metrics = Metrics()
     async with open_resources(settings, metrics, spec.needs) as resources:

@@ -394,11 +394,10 @@ async def route_with_mocks(
     )
     # No webhooks: the statuses seen are the router's alone (tests/roles/test_in_doubt.py
     # runs the mocks calling the webhooks role back).
-    no_callbacks = {"app_secret": ""}
+    channels = {c: {"app_secret": "", **sections.pop(c, {})} for c in CHANNELS}
     settings = deployment.settings(
         mocks=mocks or {},
-        whatsapp=no_callbacks,
-        instagram=no_callbacks,
+        **channels,
         **{"router": {"retry_base_s": 0.01, "retry_cap_s": 0.05}, **sections},
     )
     mock_roles = ["whatsapp_mock", "instagram_mock"]
