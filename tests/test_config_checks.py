@@ -167,6 +167,18 @@ def test_host_port_refuses_a_bad_address(address: str, problem: str) -> None:
     assert checks.host_port(address) == problem
 
 
+@pytest.mark.parametrize("address", ["kafka:", "10.0.0.1:", "[::1]:"])
+def test_host_port_refuses_a_colon_without_a_port(address: str) -> None:
+    assert checks.host_port(address) == (
+        "the port after ':' is empty (give one, or leave out the ':')"
+    )
+
+
+@pytest.mark.parametrize("address", ["[notip]:1", "[notip]", "[::1:1", "[v1.x]:1", "k\uff1a1"])
+def test_host_port_says_the_host_is_wrong_when_it_is_not_an_address(address: str) -> None:
+    assert checks.host_port(address) == "the host is not a valid address"  # not the port
+
+
 @pytest.mark.parametrize("servers", ["k:9092", "k1:9092,k2:9093", " k1:9092 , k2 ", "[::1]:9092"])
 def test_kafka_servers_accepts_a_list_of_addresses(servers: str) -> None:
     assert checks.kafka_servers(servers) is None
@@ -182,6 +194,9 @@ def test_kafka_servers_accepts_a_list_of_addresses(servers: str) -> None:
         ("k1:9092,PLAINTEXT://k2:9092", "expected host:port[,host:port...], without a scheme"),
         ("k1:9092,k2:0", "the port must be a number from 1 to 65535"),
         ("k1:9092,k 2:1", "not a valid host name"),
+        ("k1:", "the port after ':' is empty (give one, or leave out the ':')"),
+        ("k1:9092,k2:", "the port after ':' is empty (give one, or leave out the ':')"),
+        ("k1:9092,[k2]:9092", "the host is not a valid address"),
     ],
 )
 def test_kafka_servers_refuses_a_bad_entry_anywhere_in_the_list(servers: str, problem: str) -> None:
@@ -333,6 +348,8 @@ _REFUSED = [
     (checks.http_url, f"http://[{PASSWORD}/"),
     (checks.host_port, f"{USER}:{PASSWORD}@{HOST}:1"),
     (checks.host_port, f"{HOST}:{PASSWORD}"),
+    (checks.host_port, f"[{HOST}]:1"),
+    (checks.host_port, f"{PASSWORD}:"),
     (checks.kafka_servers, f"{HOST}:1,{USER}:{PASSWORD}@{HOST}"),
     (checks.kafka_servers, f"sasl://{USER}:{PASSWORD}@{HOST}:9092"),
 ]

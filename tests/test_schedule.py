@@ -59,10 +59,20 @@ def test_cron_parse_merges_0_and_7_into_one_sunday() -> None:
     assert cron.weekdays == frozenset(range(7))
 
 
-def test_cron_parse_marks_a_day_field_restricted_unless_it_is_a_bare_star() -> None:
+def test_cron_parse_marks_a_day_field_restricted_unless_it_starts_with_a_star() -> None:
     cron = Cron.parse("0 0 1-31 * *")
 
     assert cron.days_restricted
+    assert not cron.weekdays_restricted
+
+
+@pytest.mark.parametrize("expression", ["0 0 */2 * */2", "0 0 */1 * */3", "0 0 *,5 * *,1"])
+def test_cron_parse_reads_a_day_field_starting_with_a_star_as_unrestricted(
+    expression: str,
+) -> None:
+    cron = Cron.parse(expression)  # as Vixie cron and cronie do
+
+    assert not cron.days_restricted
     assert not cron.weekdays_restricted
 
 
@@ -116,6 +126,9 @@ def test_cron_parse_refuses_values_outside_the_field(expression: str, message: s
         ("*/x * * * *", "minute", "*/x"),
         ("1-2-3 * * * *", "minute", "1-2-3"),
         ("1/2/3 * * * *", "minute", "1/2/3"),
+        ("*/ * * * *", "minute", "*/"),  # an empty step
+        ("* 5/ * * *", "hour", "5/"),
+        ("* * 1-5/ * *", "day of month", "1-5/"),
         ("+5 * * * *", "minute", "+5"),
         ("\uff15 * * * *", "minute", "\uff15"),  # a full-width digit: isdigit() but not ASCII
     ],
@@ -200,6 +213,18 @@ def test_cron_next_after_finds_the_next_leap_day() -> None:
     assert cron.next_after(at(2025, 3, 1)) == at(2028, 2, 29)
 
 
+def test_cron_next_after_finds_the_leap_day_after_a_century_that_is_not_leap() -> None:
+    cron = Cron.parse("0 0 29 2 *")
+
+    assert cron.next_after(at(2096, 2, 29)) == at(2104, 2, 29)  # 2100 has no 29 February
+
+
+def test_cron_next_after_finds_a_date_on_a_weekday_decades_ahead() -> None:
+    cron = Cron.parse("0 0 29 2 */7")  # 29 February on a Sunday (the day of week reads as *)
+
+    assert cron.next_after(at(2088, 3, 1)) == at(2128, 2, 29)
+
+
 def test_cron_next_after_fires_on_the_named_months_only() -> None:
     cron = Cron.parse("0 0 1 3,9 *")
 
@@ -236,6 +261,27 @@ def test_cron_next_after_fires_on_either_day_rule_when_both_are_restricted() -> 
     assert fires == [at(2025, 5, 2), at(2025, 5, 9), at(2025, 5, 13)]
 
 
+@pytest.mark.parametrize(
+    ("expression", "first"),
+    [
+        ("0 0 */2 * 1", at(2025, 5, 5)),  # an odd day that is a Monday, not the 3rd (odd)
+        ("0 0 13 * */7", at(2025, 7, 13)),  # a 13th that is a Sunday, not Sunday the 4th
+    ],
+)
+def test_cron_next_after_needs_both_when_a_day_field_starts_with_a_star(
+    expression: str, first: datetime
+) -> None:
+    cron = Cron.parse(expression)
+
+    assert cron.next_after(at(2025, 5, 1)) == first
+
+
+def test_cron_next_after_fires_on_the_weekday_when_both_are_restricted_and_no_day_exists() -> None:
+    cron = Cron.parse("0 0 30 2 1")  # 30 February never comes; the Mondays of February do
+
+    assert cron.next_after(at(2025, 3, 1)) == at(2026, 2, 2)
+
+
 def test_cron_next_after_reads_a_naive_moment_as_utc() -> None:
     cron = Cron.parse("0 12 * * *")
 
@@ -254,7 +300,7 @@ def test_cron_next_after_converts_an_aware_moment_to_utc() -> None:
 
 @pytest.mark.parametrize(
     "expression",
-    ["0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 31 2 *"],
+    ["0 0 30 2 *", "0 0 31 4,6,9,11 *", "0 0 31 2 *", "0 0 30 2 */7", "0 0 31 2,4 */2"],
 )
 def test_cron_next_after_refuses_an_expression_that_never_fires(expression: str) -> None:
     cron = Cron.parse(expression)

@@ -69,21 +69,21 @@ def cron(text: str) -> str | None:
 
 
 def host_port(text: str) -> str | None:
-    """`host`, `host:port` or `[ipv6]:port`."""
+    """`host`, `host:port` or `[ipv6]:port`; a `:` needs a port after it."""
     if "://" in text:
         return "expected host:port, without a scheme"
-    return _host_port(text)
+    return _address(text)
 
 
 def kafka_servers(text: str) -> str | None:
-    """A comma-separated list of `host[:port]`."""
+    """A comma-separated list of `host[:port]` (aiokafka refuses a `:` without a port)."""
     entries = [entry.strip() for entry in text.split(",")]
     if not text.strip() or not all(entries):
         return "expected host:port[,host:port...]"
     for entry in entries:
         if "://" in entry:
             return "expected host:port[,host:port...], without a scheme"
-        problem = _host_port(entry)
+        problem = _address(entry)
         if problem:
             return problem
     return None
@@ -188,9 +188,22 @@ def _url_shape(text: str, schemes: tuple[str, ...]) -> str | None:
     return None
 
 
+def _address(text: str) -> str | None:
+    """A bare `host[:port]` (Kafka's servers, the S3 endpoint): a `:` needs a port after it, as
+    aiokafka refuses an empty one. In a URL an empty port means the scheme's default (asyncpg,
+    redis-py and yarl read it so), so `_host_port` lets it pass."""
+    problem = _host_port(text)
+    if problem is None and text.endswith(":"):
+        return "the port after ':' is empty (give one, or leave out the ':')"
+    return problem
+
+
 def _host_port(text: str) -> str | None:
     try:
         parts = urlsplit(f"//{text}")
+    except ValueError:  # a [bracketed] host that is no IP address, or a look-alike of : / ? # @
+        return "the host is not a valid address"
+    try:
         port = parts.port
     except ValueError:
         return "the port must be a number from 1 to 65535"
@@ -201,6 +214,8 @@ def _host_port(text: str) -> str | None:
         return "expected host:port"
     if not host:
         return "no host"
+    if parts.netloc.startswith("[") and not _is_ip(host):  # an IPvFuture `[v1.x]` gets here
+        return "the host is not a valid address"
     if not (_HOSTNAME.fullmatch(host) or _is_ip(host)):
         return "not a valid host name"
     return None

@@ -1,8 +1,9 @@
 """Five-field cron expressions (minute hour day-of-month month day-of-week), evaluated in UTC.
 
-Enough of cron for periodic roles: numbers, `*`, ranges `a-b`, lists `a,b`, and steps `*/n` or
-`a-b/n`; day-of-week 0-7 with 0 and 7 both Sunday. When both day fields are restricted, a day
-matching either fires, as in classic cron.
+Enough of cron for periodic roles: numbers, `*`, ranges `a-b`, lists `a,b`, and steps `*/n`,
+`a/n` (a to the end of the field) or `a-b/n`; day-of-week 0-7 with 0 and 7 both Sunday. When both
+day fields are restricted, a day matching either fires, as in classic cron; as in Vixie cron and
+cronie, a day field is restricted unless it starts with `*` (so `*/2` is not).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from datetime import UTC, datetime, timedelta
 
 _BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 _NAMES = ("minute", "hour", "day of month", "month", "day of week")
+_LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February in a leap year
+# The Gregorian calendar, weekdays included, repeats every 400 years: a date-and-weekday rule
+# that matches any day at all matches one within this span of any moment.
+_CALENDAR_CYCLE = timedelta(days=146_097)
 
 
 @dataclass(frozen=True)
@@ -42,16 +47,20 @@ class Cron:
             sets[2],
             sets[3],
             weekdays,
-            days_restricted=parts[2] != "*",
-            weekdays_restricted=parts[4] != "*",
+            days_restricted=not parts[2].startswith("*"),
+            weekdays_restricted=not parts[4].startswith("*"),
         )
 
     def next_after(self, moment: datetime) -> datetime:
-        """The first firing time strictly after `moment` (aware or naive-as-UTC)."""
+        """The first firing time strictly after `moment` (aware or naive-as-UTC); ValueError
+        when no date ever matches (`0 0 30 2 *`)."""
+        if not self._matches_some_date():
+            raise ValueError("cron never fires (no date matches it)")
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         candidate = moment.astimezone(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        limit = candidate + timedelta(days=366 * 5)
+        # A bound never reached (some date matches), kept short of the year 9999.
+        limit = candidate + min(_CALENDAR_CYCLE, datetime.max.replace(tzinfo=UTC) - candidate)
         while candidate < limit:
             if candidate.month not in self.months:
                 candidate = (
@@ -70,6 +79,14 @@ class Cron:
             return candidate
         raise ValueError("cron never fires (no date matches it)")
 
+    def _matches_some_date(self) -> bool:
+        """Whether any date ever matches. With both day fields restricted either rule will do,
+        and every month has each weekday; otherwise a day of `days` must exist in one of the
+        months (29 February counts), and every such date falls on each weekday in 400 years."""
+        if self.days_restricted and self.weekdays_restricted:
+            return True
+        return min(self.days) <= max(_LONGEST_MONTH[month - 1] for month in self.months)
+
     def _day_matches(self, moment: datetime) -> bool:
         in_days = moment.day in self.days
         in_weekdays = (moment.isoweekday() % 7) in self.weekdays
@@ -81,9 +98,9 @@ class Cron:
 def _parse_field(text: str, lo: int, hi: int, name: str) -> frozenset[int]:
     values: set[int] = set()
     for item in text.split(","):
-        body, _, step_text = item.partition("/")
+        body, slash, step_text = item.partition("/")
         try:
-            step = _number(step_text) if step_text else 1
+            step = _number(step_text) if slash else 1
             if body == "*":
                 start, end = lo, hi
             elif "-" in body:
@@ -91,7 +108,7 @@ def _parse_field(text: str, lo: int, hi: int, name: str) -> frozenset[int]:
                 start, end = _number(a), _number(b)
             else:
                 start = _number(body)
-                end = hi if step_text else start
+                end = hi if slash else start
         except ValueError:
             raise ValueError(f"cron {name} field {item[:20]!r} is not a number or range") from None
         if step < 1 or not (lo <= start <= end <= hi):

@@ -188,3 +188,29 @@ async def test_migrate_concurrent_runs_wait_for_each_other_and_apply_once(
     assert results == [["0001_slow"], []]
     assert await first.fetchval("SELECT count(*) FROM runs") == 1
     assert await recorded(first) == ["0001_slow"]
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("attempt", range(5))  # a fresh schema each: a race, tried 5 times
+async def test_migrate_concurrent_first_runs_on_an_empty_schema_all_succeed(
+    pg_schema: PgSchema, attempt: int
+) -> None:
+    connections = [await pg_schema.connect() for _ in range(4)]
+    versions = [m.version for m in bundled_migrations()]
+
+    async with asyncio.timeout(WAIT_S):
+        results = await asyncio.gather(*(migrate(conn) for conn in connections))
+
+    assert sorted(results, key=len) == [[], [], [], versions]
+    assert await recorded(connections[0]) == versions
+
+
+@pytest.mark.stack
+async def test_migrate_an_empty_list_applies_nothing(pg_schema: PgSchema) -> None:
+    conn = await pg_schema.connect()
+
+    applied = await migrate(conn, [])
+
+    assert applied == []
+    assert await recorded(conn) == []
+    assert await tables(conn) == {"schema_migrations"}

@@ -1,8 +1,9 @@
 """Versioned SQL migrations: files `NNNN_name.sql` beside this module, applied in order.
 
-Each file runs in its own transaction and is recorded in `schema_migrations`; an advisory lock
-makes concurrent `db migrate` runs (one per container at start-up) wait for each other instead of
-racing, so applying is idempotent.
+Each file runs in its own transaction and is recorded in `schema_migrations`; an advisory lock,
+taken before the table is even created, makes concurrent `db migrate` runs (one per container at
+start-up, on an empty database too) wait for each other instead of racing, so applying is
+idempotent.
 """
 
 from __future__ import annotations
@@ -32,17 +33,22 @@ def bundled_migrations() -> list[Migration]:
 
 
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
-    """Apply what is missing; returns the versions applied by this call."""
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version text PRIMARY KEY,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
-    applied: list[str] = []
+    """Apply what is missing of `migrations` (None: the bundled ones; an empty list applies
+    nothing); returns the versions applied by this call.
+
+    The advisory lock is taken before anything else, creating `schema_migrations` included, so
+    concurrent first runs on an empty database wait for each other instead of racing to create it.
+    """
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version text PRIMARY KEY,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for migration in migrations or bundled_migrations():
+        applied: list[str] = []
+        for migration in bundled_migrations() if migrations is None else migrations:
             if migration.version in done:
                 continue
             async with conn.transaction():
