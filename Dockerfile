@@ -43,6 +43,11 @@ ENV CHAT4ALL_CONFIG=/etc/chat4all/supervisor.toml \
 # The webhooks port (role webhooks) on every interface too; supervisor.toml binds it to loopback.
 ENV CHAT4ALL_WEBHOOKS_HOST=0.0.0.0
 
+# Logs: the contract's JSON lines, always. The default `auto` already writes JSON when stderr is
+# not a terminal; this keeps `docker run -t` and a pod with `tty: true` from turning them into
+# the text lines meant for a person (override it with --log-format text to read one by eye).
+ENV CHAT4ALL_OBSERVABILITY_LOG_FORMAT=json
+
 USER 10001:10001
 WORKDIR /tmp
 EXPOSE 8000 8200

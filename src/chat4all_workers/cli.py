@@ -31,6 +31,7 @@ import orjson
 
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, DependencyRefusedError, RoleFailedError
+from chat4all_workers.observability.console import LOG_FORMATS, choose_formatter
 from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.roles import CATALOGUE, check_role_keys, resolve_names
 
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         help="supervisor.toml to read (default: $CHAT4ALL_CONFIG, else ./supervisor.toml)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="log lines on stderr: text (readable), json (the contract's), or auto: text on a "
+        "terminal, JSON otherwise (default: $CHAT4ALL_OBSERVABILITY_LOG_FORMAT, else the file's)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -175,6 +182,8 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings
     overrides: dict[str, tuple[str, str]] = {}
     if getattr(args, "roles", None):
         overrides["roles.enabled"] = (args.roles, "--roles")
+    if getattr(args, "log_format", None):
+        overrides["observability.log_format"] = (args.log_format, "--log-format")
     path = args.config or environ.get("CHAT4ALL_CONFIG")
     if path is None:
         default = Path(Settings.DEFAULT_PATH)
@@ -192,6 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=settings.observability.log_level,
             service="supervisor",
             repeat_interval_s=settings.observability.log_repeat_interval_s,
+            formatter=choose_formatter(
+                settings.observability.log_format,
+                stream=sys.stderr,
+                default_service="supervisor",
+                no_color=bool(environ.get("NO_COLOR")),
+                term=environ.get("TERM", ""),
+            ),
         )
         code = _dispatch(args, settings)
         _flush_stdout()
