@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # chat4all-workers: one image for every role. Pick the roles with ROLES (e.g. ROLES=router);
 # the command is a `chat4all-workers` subcommand (default `run`; also `run-once gc`,
-# `db migrate`, `topics ensure`, `status`, `dlq replay`).
+# `db migrate`, `topics ensure`, `status`, `dlq replay`, `send`, `message ID`).
 #
 #   docker build -t chat4all-workers .
 #   docker run --rm -e ROLES=router -e KAFKA_BOOTSTRAP_SERVERS=... chat4all-workers
