@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # chat4all-workers: one image for every role. Pick the roles with ROLES (e.g. ROLES=router);
 # the command is a `chat4all-workers` subcommand (default `run`; also `run-once gc`,
-# `db migrate`, `topics ensure`, `status`, `dlq replay`).
+# `db migrate`, `topics ensure`, `status`, `dlq replay`, `send`, `message ID`).
 #
 #   docker build -t chat4all-workers .
 #   docker run --rm -e ROLES=router -e KAFKA_BOOTSTRAP_SERVERS=... chat4all-workers
@@ -42,6 +42,11 @@ ENV CHAT4ALL_CONFIG=/etc/chat4all/supervisor.toml \
 
 # The webhooks port (role webhooks) on every interface too; supervisor.toml binds it to loopback.
 ENV CHAT4ALL_WEBHOOKS_HOST=0.0.0.0
+
+# Logs: the contract's JSON lines, always. The default `auto` already writes JSON when stderr is
+# not a terminal; this keeps `docker run -t` and a pod with `tty: true` from turning them into
+# the text lines meant for a person (override it with --log-format text to read one by eye).
+ENV CHAT4ALL_OBSERVABILITY_LOG_FORMAT=json
 
 USER 10001:10001
 WORKDIR /tmp

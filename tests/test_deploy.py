@@ -185,6 +185,16 @@ def test_dockerfile_binds_the_ops_port_on_every_interface() -> None:
     assert env[METRICS_HOST_ENV] == "0.0.0.0"
 
 
+def test_dockerfile_logs_the_contracts_json_even_on_a_terminal() -> None:
+    env = dict(
+        pair.split("=", 1)
+        for kw, rest in dockerfile_instructions()
+        if kw == "ENV"
+        for pair in shlex.split(rest)
+    )
+    assert env["CHAT4ALL_OBSERVABILITY_LOG_FORMAT"] == "json"
+
+
 def test_dockerfile_entrypoint_is_the_console_script() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     entrypoints = [json.loads(rest) for kw, rest in dockerfile_instructions() if kw == "ENTRYPOINT"]

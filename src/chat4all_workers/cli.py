@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,7 @@ import orjson
 from chat4all_workers import roles
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, DependencyRefusedError, RoleFailedError
+from chat4all_workers.observability.console import LOG_FORMATS, choose_formatter
 from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.roles import CATALOGUE, check_role_keys, resolve_names
 
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from chat4all_workers.app import App
     from chat4all_workers.kafka.records import ConsumedRecord
     from chat4all_workers.kafka.replay import ReplaySummary
+    from chat4all_workers.ops.follow import StatusEvent
 
 log = logging.getLogger("chat4all_workers.cli")
 # 128 + SIGPIPE: what a shell reports for a tool whose reader closed the pipe.
@@ -99,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         help="supervisor.toml to read (default: $CHAT4ALL_CONFIG, else ./supervisor.toml)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        help="log lines on stderr: text (readable), json (the contract's), or auto: text on a "
+        "terminal, JSON otherwise (default: $CHAT4ALL_OBSERVABILITY_LOG_FORMAT, else the file's)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -170,7 +179,104 @@ def build_parser() -> argparse.ArgumentParser:
     topics = commands.add_parser("topics", help="Kafka topic administration")
     topic_commands = topics.add_subparsers(dest="topics_command", required=True, metavar="ACTION")
     topic_commands.add_parser("ensure", help="create the platform's topics if missing (idempotent)")
+    _add_send(commands)
+    _add_message(commands)
     return parser
+
+
+def _add_send(commands: Any) -> None:
+    send = commands.add_parser(
+        "send",
+        help="write a message as the platform's API does (its row and outbox event, one "
+        "transaction) and print its id; --wait follows it to READ",
+        description="Write a message as the platform's API does: the messages row and its "
+        "message.created outbox event in one transaction. Prints the message id. With --wait, "
+        "one line per status (time, channel, status, provider id) until every channel is READ "
+        "(exit 0) or FAILED, or the timeout (exit 1, with the reason).",
+    )
+    content = send.add_mutually_exclusive_group(required=True)
+    content.add_argument("--text", metavar="TEXT", help="a text message")
+    content.add_argument(
+        "--file-id", type=_uuid, metavar="UUID", help="a COMPLETED file of the files table"
+    )
+    send.add_argument("--caption", metavar="TEXT", help="the file's caption (with --file-id)")
+    send.add_argument(
+        "--channel",
+        "--channels",
+        dest="channels",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="whatsapp, instagram or all; repeat it or separate with commas (default: all)",
+    )
+    send.add_argument(
+        "--to",
+        action="append",
+        default=[],
+        metavar="CHANNEL=RECIPIENT",
+        help="e.g. --to whatsapp=+5511999990000 --to instagram=17841400000000000 (default: "
+        "demo recipients, only for a channel whose API is a local mock, as with make run)",
+    )
+    send.add_argument(
+        "--conversation-id",
+        type=_at_least(1, int),
+        metavar="N",
+        help="the conversation (default: a fresh one)",
+    )
+    send.add_argument("--sender-id", type=_at_least(1, int), metavar="N", help="the sender")
+    send.add_argument(
+        "--wait", action="store_true", help="follow it until READ or FAILED on every channel"
+    )
+    send.add_argument(
+        "--timeout",
+        type=_at_least(0.1, float),
+        default=60.0,
+        metavar="S",
+        help="with --wait: give up after S seconds, exit 1 (default 60)",
+    )
+    send.add_argument(
+        "--workers",
+        metavar="URLS",
+        help="with --wait: operations ports read for a paused channel "
+        "(default: http://127.0.0.1:$METRICS_PORT)",
+    )
+    send.add_argument("--json", action="store_true", help="one JSON document at the end")
+
+
+def _add_message(commands: Any) -> None:
+    message = commands.add_parser(
+        "message",
+        help="all that is known about one message: row, status history, dedup markers, DLQ "
+        "records, outbox event (read-only); exit 1 if none knows it",
+        description="All that is known about one message, read-only: its messages row, its "
+        "status history, per channel its dedup marker (sent, failed, leased, in doubt), the "
+        "Instagram provider index, its DLQ records and its outbox event. The DLQ is not "
+        "scanned: only the partition its conversation's key hashes to is read, from the "
+        "message's creation time (less 5 minutes) to the partition's end, at most "
+        "--dlq-limit records.",
+    )
+    message.add_argument("message_id", type=_uuid, metavar="ID", help="the message id (UUID)")
+    message.add_argument(
+        "--dlq-limit",
+        type=_at_least(1, int),
+        default=10_000,
+        metavar="N",
+        help="read at most N records of the DLQ partition (default 10000)",
+    )
+    message.add_argument(
+        "--workers",
+        metavar="URLS",
+        help="operations ports read for the router's state of a channel not sent yet "
+        "(default: http://127.0.0.1:$METRICS_PORT; '' for none)",
+    )
+    message.add_argument("--json", action="store_true", help="one JSON document")
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r:.60}") from None
 
 
 def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings:
@@ -180,6 +286,8 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings
     overrides: dict[str, tuple[str, str]] = {}
     if getattr(args, "roles", None):
         overrides["roles.enabled"] = (args.roles, "--roles")
+    if getattr(args, "log_format", None):
+        overrides["observability.log_format"] = (args.log_format, "--log-format")
     path = args.config or environ.get("CHAT4ALL_CONFIG")
     default = Path(Settings.DEFAULT_PATH)
     toml = Path(path) if path is not None else default if default.exists() else None
@@ -193,6 +301,8 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str]) -> Settings
             )
         case "config":
             return roles.load_settings(environ, toml, overrides=overrides)
+        case "send" | "message":  # what `all` expands to is the router's
+            return roles.load_settings(environ, toml, overrides=overrides, roles=["router"])
     return roles.load_settings(environ, toml, overrides=overrides, roles=())
 
 
@@ -206,6 +316,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             level=settings.observability.log_level,
             service="supervisor",
             repeat_interval_s=settings.observability.log_repeat_interval_s,
+            formatter=choose_formatter(
+                settings.observability.log_format,
+                stream=sys.stderr,
+                default_service="supervisor",
+                no_color=bool(environ.get("NO_COLOR")),
+                term=environ.get("TERM", ""),
+            ),
         )
         code = _dispatch(args, settings)
         _flush_stdout()
@@ -255,6 +372,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return _run_async(_status(settings, args))
         case "dlq":
             return _run_async(_replay(settings, args))
+        case "send":
+            return _run_async(_send(settings, args))
+        case "message":
+            return _run_async(_message(settings, args))
     raise AssertionError(f"unhandled command {args.command}")
 
 
@@ -415,3 +536,111 @@ async def _ensure_topics(settings: Settings) -> int:
     for name in present:
         _out(f"exists  {name}\n")
     return 0
+
+
+def _workers(settings: Settings, urls: str | None) -> list[str]:
+    default = f"http://127.0.0.1:{settings.observability.metrics_port}"
+    return [u.strip() for u in (default if urls is None else urls).split(",") if u.strip()]
+
+
+async def _send(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from chat4all_workers.ops import follow, send
+
+    try:
+        message = send.compose(
+            settings,
+            text=args.text,
+            file_id=args.file_id,
+            caption=args.caption,
+            channels=args.channels,
+            to=args.to,
+            conversation_id=args.conversation_id,
+            sender_id=args.sender_id,
+        )
+        conn = await _connect_postgres(settings)
+        try:
+            written = await send.write(conn, message)
+            doc = dict(send.describe(written))
+            if not args.json:
+                _out(f"{message.message_id}\n")
+            if not args.wait:
+                if args.json:
+                    _out(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+                return 0
+            if not args.json:
+                to = ", ".join(f"{c} {r}" for c, r in message.recipients.items())
+                _out(
+                    f"following it to READ on {to} (conversation {message.conversation_id}; "
+                    f"up to {args.timeout:g} s)\n"
+                )
+
+            def on_status(event: StatusEvent) -> None:
+                if not args.json:
+                    _out(follow.status_line(event) + "\n")
+                    _flush_stdout()
+
+            def on_notice(text: str) -> None:
+                if not args.json:
+                    _out(f"  {text}\n")
+                    _flush_stdout()
+
+            result = await follow.follow(
+                settings,
+                conn,
+                message_id=message.message_id,
+                conversation_id=message.conversation_id,
+                channels=message.channels,
+                event_id=written.event_id,
+                timeout_s=args.timeout,
+                workers=_workers(settings, args.workers),
+                on_status=on_status,
+                on_notice=on_notice,
+            )
+        finally:
+            await conn.close()
+    except send.BadInputError as exc:
+        sys.stderr.write(f"chat4all-workers send: {exc}\n")
+        return 2
+    except asyncpg.PostgresError as exc:  # e.g. a database without the migrations
+        sys.stderr.write(f"chat4all-workers send: postgres: {exc}\n")
+        return 1
+    if args.json:
+        _out(orjson.dumps({**doc, **result.as_dict()}, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif result.outcome == "read":
+        _out(f"{result.reason} in {result.elapsed_s:.1f} s\n")
+    elif result.outcome == "failed":
+        _out(f"{result.reason}\n")
+    else:
+        _out(f"timed out after {args.timeout:g} s: {result.reason}\n")
+    return 0 if result.outcome == "read" else 1
+
+
+async def _connect_postgres(settings: Settings) -> Any:
+    import asyncpg
+
+    from chat4all_workers.resources import REFUSAL_ERRORS, refusal
+
+    try:
+        return await asyncpg.connect(settings.postgres.url.get(), timeout=10)
+    except REFUSAL_ERRORS as exc:
+        raise DependencyRefusedError("postgres", refusal(exc) or type(exc).__name__) from None
+
+
+async def _message(settings: Settings, args: argparse.Namespace) -> int:
+    from chat4all_workers.ops.story import collect_story
+    from chat4all_workers.ops.story_text import render as render_story
+
+    story = await collect_story(
+        settings,
+        args.message_id,
+        dlq_limit=args.dlq_limit,
+        workers=_workers(settings, args.workers),
+    )
+    if args.json:
+        doc = story.as_dict()
+        _out(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode() + "\n")
+    else:
+        render_story(story, write=_out)
+    return 0 if story.found else 1

@@ -218,6 +218,10 @@ class ObservabilitySettings:
     log_repeat_interval_s: float = field(default=30.0, metadata=ZERO_OK)
     # A progress line per role this often (processed, rate, dead-lettered, lag, in flight); 0: none.
     progress_interval_s: float = field(default=30.0, metadata=ZERO_OK)
+    # How stderr's log lines are written: "json" (the contract's JSON objects, for machines),
+    # "text" (one readable line per event, for a person), "auto" (text when stderr is a
+    # terminal, JSON otherwise: pipes, files and containers get JSON, as before).
+    log_format: str = field(default="auto", metadata={"choices": ("auto", "text", "json")})
 
 
 @dataclass(frozen=True, kw_only=True)

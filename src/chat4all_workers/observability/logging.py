@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +62,13 @@ class log_context:  # lower case: used like the function it replaced, `with log_
             _context.reset(self._token)
 
 
+def record_context(record: logging.LogRecord) -> Mapping[str, Any]:
+    """The fields a record is written with: its own (a summary of repeats carries the context of
+    the record it summarises), else the current context."""
+    ctx: Mapping[str, Any] = getattr(record, "log_context", None) or _context.get()
+    return ctx
+
+
 def bind_service(service: str) -> None:
     """Name the role for the rest of the current task (a task copies its context when created)."""
     _context.set({**_context.get(), "service": service})
@@ -75,7 +82,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # A summary of repeats (RepeatFilter) is written from another record's context: it
         # carries the context and trace of the record it summarises.
-        ctx = getattr(record, "log_context", None) or _context.get()
+        ctx = record_context(record)
         span = getattr(record, "span_context", None) or trace.get_current_span().get_span_context()
         doc: dict[str, Any] = {
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
@@ -284,12 +291,19 @@ class DemoteFilter(logging.Filter):
 
 
 class RepeatLimitedHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The process's stderr handler: JSON lines, client errors demoted, repeats limited; on
-    close (`logging.shutdown`, at exit) the summaries still owed are written first."""
+    """The process's stderr handler: JSON lines (or `formatter`'s), client errors demoted,
+    repeats limited; on close (`logging.shutdown`, at exit) the summaries still owed are
+    written first."""
 
-    def __init__(self, *, service: str, repeat_interval_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        service: str,
+        repeat_interval_s: float,
+        formatter: logging.Formatter | None = None,
+    ) -> None:
         super().__init__(sys.stderr)
-        self.setFormatter(JsonFormatter(service))
+        self.setFormatter(formatter or JsonFormatter(service))
         self.addFilter(DemoteFilter(prefixes=_CLIENT_LOGGERS))
         self.repeats = RepeatFilter(interval_s=repeat_interval_s, emit=self.handle)
         self.addFilter(self.repeats)
@@ -309,9 +323,18 @@ def flush_repeats() -> None:
 _CLIENT_LOGGERS = ("aiokafka", "kafka")
 
 
-def configure_logging(*, level: str, service: str, repeat_interval_s: float = 30.0) -> None:
-    """Send every logger to stderr as JSON lines. Called once, by the CLI."""
-    handler = RepeatLimitedHandler(service=service, repeat_interval_s=repeat_interval_s)
+def configure_logging(
+    *,
+    level: str,
+    service: str,
+    repeat_interval_s: float = 30.0,
+    formatter: logging.Formatter | None = None,
+) -> None:
+    """Send every logger to stderr, as JSON lines unless `formatter` says otherwise
+    (observability/console.py: text for a person at a terminal). Called once, by the CLI."""
+    handler = RepeatLimitedHandler(
+        service=service, repeat_interval_s=repeat_interval_s, formatter=formatter
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
