@@ -117,5 +117,5 @@ async def dead_letter_record(
         original_partition=record.partition,
         original_offset=record.offset,
         extra_headers=extra_headers,
+        metrics=ctx.metrics,
     )
-    ctx.metrics.dlq_messages.inc({"source": ctx.name, "reason": error_type})

@@ -32,6 +32,7 @@ async def dead_letter_some(
                 original_topic=settings.topics.message_processing,
                 original_partition=0,
                 original_offset=n,
+                metrics=None,
             )
     finally:
         await producer.stop()

@@ -61,6 +61,7 @@ async def seed_trouble(deployment: Deployment) -> None:
             error_type="e",
             attempts=1,
             original_topic=settings.topics.message_processing,
+            metrics=None,
         )
     finally:
         await producer.stop()

@@ -160,6 +160,7 @@ async def test_message_shows_a_dead_lettered_message_with_its_dlq_reason(
             original_topic=topic,
             original_partition=2,
             original_offset=17,
+            metrics=None,
         )
     finally:
         await producer.stop()

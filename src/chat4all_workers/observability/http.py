@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -11,6 +11,7 @@ from aiohttp import web
 from aioprometheus.renderer import render
 
 from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.serving import serving
 
 Readiness = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
@@ -37,19 +38,8 @@ def build_app(metrics: Metrics, readiness: Readiness) -> web.Application:
     return app
 
 
-@contextlib.asynccontextmanager
-async def serve_operations(
+def serve_operations(
     metrics: Metrics, readiness: Readiness, *, host: str, port: int
-) -> AsyncIterator[int]:
+) -> contextlib.AbstractAsyncContextManager[int]:
     """Serve the endpoints for the duration of the block; yields the bound port (0 picks one)."""
-    runner = web.AppRunner(build_app(metrics, readiness), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
-        yield int(bound)
-    finally:
-        await runner.cleanup()
+    return serving(build_app(metrics, readiness), host=host, port=port)

@@ -254,13 +254,13 @@ class _Poller:
                 attempts=event.attempts,
                 original_topic=prepared.topic,
                 extra_headers=list(prepared.record.headers),
+                metrics=self.ctx.metrics,
             )
         except CircuitOpenError:
             raise
         except (RetryableError, PermanentError) as exc:
             log.warning("could not dead-letter outbox event %s yet: %s", event.id, exc)
             return False
-        self.ctx.metrics.dlq_messages.inc({"source": "outbox", "reason": error_type})
         log.error("outbox event %s dead-lettered: %s", event.id, reason)
         return True
 

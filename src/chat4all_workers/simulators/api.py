@@ -59,6 +59,7 @@ from chat4all_workers.meta.notifications import (
     whatsapp_notification,
     whatsapp_status,
 )
+from chat4all_workers.serving import serving
 from chat4all_workers.simulators.callbacks import Callbacks, Stage
 
 log = logging.getLogger(__name__)
@@ -176,29 +177,30 @@ class MockChannel:
         under way and flush the pending webhooks, until the shutdown deadline's unwind end
         (the supervisor cancels roles at the next point) and at most `_FLUSH_CAP_S`; yields
         the bound port."""
-        # handler_cancellation=False (aiohttp's default, said out loud): a request whose client
-        # went away is still processed to the end, as Meta's would be.
-        runner = web.AppRunner(
-            self.app(), access_log=None, handler_cancellation=False, shutdown_timeout=5.0
-        )
-        await runner.setup()
         async with asyncio.TaskGroup() as tasks:
             calling_back = tasks.create_task(self.callbacks.run())
             try:
-                site = web.TCPSite(runner, host, port)
-                await site.start()
-                sockets = getattr(site._server, "sockets", None) or []
-                yield int(sockets[0].getsockname()[1]) if sockets else port
-            finally:
+                # handler_cancellation=False (aiohttp's default, said out loud): a request whose
+                # client went away is still processed to the end, as Meta's would be.
+                async with serving(
+                    self.app(),
+                    host=host,
+                    port=port,
+                    handler_cancellation=False,
+                    shutdown_timeout=5.0,
+                ) as bound:
+                    try:
+                        yield bound
+                    finally:
+                        # From now on every webhook is due at once; the requests still under
+                        # way finish (and call back) while the server closes.
+                        self.callbacks.start_flushing()
                 until = asyncio.get_running_loop().time() + _FLUSH_CAP_S
                 if shutdown is not None:
                     until = min(until, shutdown.unwind_end())
-                try:
-                    self.callbacks.start_flushing()
-                    await runner.cleanup()  # the requests under way finish and call back too
-                    await self.callbacks.flush(until)
-                finally:
-                    calling_back.cancel()
+                await self.callbacks.flush(until)
+            finally:
+                calling_back.cancel()
 
     # -- the provider API --------------------------------------------------------------------
 

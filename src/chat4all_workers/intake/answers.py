@@ -1,0 +1,21 @@
+"""What the webhooks endpoint answers a request, apart from the HTTP framing (intake/server.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import orjson
+
+JSON = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    close: bool = False  # the request body was not read: do not keep the connection
+
+
+def error(status: int, text: str, *, close: bool = False) -> Answer:
+    return Answer(status, orjson.dumps({"error": text}), close=close)

@@ -1,0 +1,75 @@
+"""Our ids for the statuses a notification carries, and the provider's word they prove.
+
+A WhatsApp status names our message itself (the callback data our send set); an Instagram read
+receipt names only the provider's `mid`, looked up in the provider index (delivery/
+provider_index.py; a receipt the index does not know is ignored as `unknown_message`), and an
+Instagram echo carrying our metadata is remembered there for the receipts to come.
+
+Every verified status of one of our messages (sent, delivered, read, failed; an echo or a read
+receipt) proves the provider accepted that send: its dedup marker
+`message:dedup:{message_id}:{channel}` becomes `sent:{provider_message_id}` unless it already
+is (delivery/markers.py `ProviderVerdicts`: one script per marker, one round trip per
+request), settling a send whose outcome the router could not know. Counted in
+`webhook_verdicts_total{channel,marker}` by what the marker held.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from chat4all_workers.delivery.markers import ProviderVerdicts, marker_key
+from chat4all_workers.delivery.provider_index import MessageRef, ProviderIndex
+from chat4all_workers.meta.events import Parsed, StatusEvent
+from chat4all_workers.observability.metrics import Metrics
+
+
+class ProviderWord:
+    def __init__(
+        self,
+        index: ProviderIndex,
+        verdicts: ProviderVerdicts,
+        *,
+        key: Callable[[str], str],
+        metrics: Metrics,
+    ) -> None:
+        self._index = index
+        self._verdicts = verdicts
+        self._key = key
+        self._metrics = metrics
+
+    async def statuses(self, channel: str, parsed: Parsed) -> list[StatusEvent]:
+        """Every status with our message's ids; a read receipt's are looked up (an unknown one
+        is ignored), an echo's are remembered for the receipts to come."""
+        unknown = [s.provider_message_id for s in parsed.statuses if s.message_id is None]
+        found = await self._index.lookup(channel, unknown) if unknown else {}
+        statuses, echoes = [], []
+        for status in parsed.statuses:
+            if status.message_id is None:
+                ref = found.get(status.provider_message_id)
+                if ref is None:
+                    parsed.ignored.append((status.kind, "unknown_message"))
+                    continue
+                status = dataclasses.replace(
+                    status, message_id=ref.message_id, conversation_id=ref.conversation_id
+                )
+            elif status.kind == "echo" and status.conversation_id is not None:
+                ref = MessageRef(status.message_id, status.conversation_id)
+                echoes.append((status.provider_message_id, ref))
+            statuses.append(status)
+        await self._index.remember(channel, echoes)
+        return statuses
+
+    async def record(self, statuses: Sequence[StatusEvent]) -> None:
+        """The provider's word for each (message, channel) into its dedup marker."""
+        entries: dict[str, tuple[str, str]] = {}
+        for status in statuses:
+            if status.message_id is None:
+                continue
+            key = self._key(marker_key(status.message_id, status.channel))
+            entries.setdefault(key, (status.channel, status.provider_message_id))
+        if not entries:
+            return
+        found = await self._verdicts.record([(k, p) for k, (_, p) in entries.items()])
+        for (channel, _), marker in zip(entries.values(), found, strict=True):
+            self._metrics.webhook_verdicts.inc({"channel": channel, "marker": marker})

@@ -1,0 +1,186 @@
+"""One webhook request, from its signature to its answer (the HTTP framing is intake/server.py).
+
+- `GET` is Meta's verification: `hub.mode=subscribe` with the channel's verify token (compared
+  in constant time) is answered 200 with `hub.challenge` as text/plain; anything else 403.
+- `POST` is a notification. A channel without an app secret is 403 (the role says so at
+  start-up); a body over `max_body_bytes` 413 without being read past the limit; more than
+  `max_concurrent_requests` in progress 503 at once; one slower to arrive than `body_timeout_s`
+  408. The signature (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the channel's app
+  secret) is checked in constant time before anything is parsed: missing or wrong, 401 and
+  nothing produced; a content type other than JSON 415. Then the body is parsed (meta/), our
+  ids found and the provider's word recorded (intake/provider_word.py), and what it carries
+  stored (intake/storing.py): 200 once stored, 503 when it cannot be (Meta retries).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from chat4all_workers.config import CHANNELS, Settings
+from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.formats.inbound import inbound_record
+from chat4all_workers.formats.status_update import status_record
+from chat4all_workers.intake.accounting import Accounting
+from chat4all_workers.intake.answers import JSON, Answer, error
+from chat4all_workers.intake.provider_word import ProviderWord
+from chat4all_workers.intake.storing import Storing
+from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.meta.events import Parsed, StatusEvent, parse_body
+from chat4all_workers.meta.instagram_webhooks import parse_instagram
+from chat4all_workers.meta.signature import SIGNATURE_HEADER, challenge_answer, signature_matches
+from chat4all_workers.meta.whatsapp_webhooks import parse_whatsapp
+from chat4all_workers.resources import TRANSIENT_ERRORS
+
+log = logging.getLogger(__name__)
+
+# What keeps a notification from being stored now: answered 503, Meta sends it again later.
+_CANNOT_STORE: tuple[type[Exception], ...] = (RetryableError, *TRANSIENT_ERRORS)
+
+
+class Webhooks:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_body_bytes: int,
+        max_concurrent_requests: int,
+        word: ProviderWord,
+        storing: Storing,
+        accounting: Accounting,
+    ) -> None:
+        self._topics = settings.topics
+        self._max_body_bytes = max_body_bytes
+        self._max_concurrent = max_concurrent_requests
+        self._word = word
+        self._storing = storing
+        self.accounting = accounting
+        self._secrets = {c: getattr(settings, c).app_secret.get() for c in CHANNELS}
+        self._tokens = {c: getattr(settings, c).verify_token.get() for c in CHANNELS}
+        phone, ig_user = settings.whatsapp.phone_number_id, settings.instagram.user_id
+        self._parsers: dict[str, Callable[[Any], Parsed]] = {
+            "whatsapp": lambda doc: parse_whatsapp(doc, phone_number_id=phone),
+            "instagram": lambda doc: parse_instagram(doc, user_id=ig_user),
+        }
+
+    def accepting(self) -> dict[str, bool]:
+        """Channels whose POSTs are taken (those with an app secret)."""
+        return {channel: bool(self._secrets[channel]) for channel in CHANNELS}
+
+    def stats(self) -> dict[str, Any]:
+        return {"accepting": self.accepting(), **self.accounting.stats()}
+
+    # -- GET ------------------------------------------------------------------------------------
+
+    def verify(self, channel: str, query: Mapping[str, str]) -> Answer:
+        challenge = challenge_answer(query, self._tokens[channel])
+        if challenge is None:
+            text = "verification GET refused (wrong token or mode)"
+            self.accounting.refused(channel, "verify_refused", text)
+            return Answer(403, b"forbidden", "text/plain")
+        self.accounting.count(channel, "verify_ok")
+        log.info("webhooks: %s verification request answered", channel)
+        return Answer(200, challenge.encode(), "text/plain")
+
+    # -- POST -----------------------------------------------------------------------------------
+
+    def refuse_early(self, channel: str, content_length: int | None) -> Answer | None:
+        """The answer to a POST that is not to be read at all, or None to read it."""
+        if not self._secrets[channel]:
+            self.accounting.count(channel, "refused")
+            return error(403, f"{channel} webhooks are not configured", close=True)
+        if content_length is not None and content_length > self._max_body_bytes:
+            return self.too_large(channel)
+        if self.accounting.in_flight >= self._max_concurrent:
+            self.accounting.refused(channel, "overloaded", "POST answered 503: too many at once")
+            return error(503, "overloaded, try again", close=True)
+        return None
+
+    def too_slow(self, channel: str) -> Answer:
+        text = "POST refused (408): body slower than webhooks.body_timeout_s"
+        self.accounting.refused(channel, "timeout", text)
+        return error(408, "the body took too long", close=True)
+
+    def too_large(self, channel: str) -> Answer:
+        text = "POST refused (413): body over webhooks.max_body_bytes"
+        self.accounting.refused(channel, "too_large", text)
+        return error(413, f"body over {self._max_body_bytes} bytes", close=True)
+
+    async def receive(
+        self, channel: str, body: bytes, signature: str | None, content_type: str
+    ) -> Answer:
+        if not signature_matches(self._secrets[channel], body, signature):
+            text = f"POST refused (401): missing or wrong {SIGNATURE_HEADER}"
+            self.accounting.refused(channel, "bad_signature", text)
+            return error(401, "missing or wrong signature")
+        if content_type != JSON:
+            self.accounting.count(channel, "unsupported_media_type")
+            return error(415, f"content type must be {JSON}")
+        doc, problem = parse_body(body)
+        parsed = Parsed(problems=[problem]) if problem else self._parsers[channel](doc)
+        try:
+            outcome, summary = await self._store(channel, body, parsed)
+        except _CANNOT_STORE as exc:
+            text = f"POST answered 503, not stored: {exc}"
+            self.accounting.refused(channel, "unavailable", text)
+            return error(503, "could not store the notification, try again")
+        self.accounting.count(channel, outcome)
+        return Answer(200, orjson.dumps(summary))
+
+    async def _store(self, channel: str, body: bytes, parsed: Parsed) -> tuple[str, dict[str, Any]]:
+        """Produce what `parsed` carries (and dead-letter the body if it has problems);
+        (request outcome, summary). Raises RetryableError or an outage's error if it cannot."""
+        statuses = await self._word.statuses(channel, parsed)
+        await self._word.record(statuses)
+        records = [self._status_record(s) for s in statuses]
+        topic = self._topics.inbound_messages
+        records += [inbound_record(topic, m) for m in parsed.inbound]
+        problems, error_type = list(parsed.problems), "invalid_record"
+        parked = False
+        try:
+            parked = await self._storing.produce(records)
+        except PermanentError as exc:  # Kafka refused a record (its size): nothing retries that
+            problems.append(f"kafka refused its records: {exc}")
+            error_type = "kafka_refused"
+        else:
+            self.accounting.events(channel, statuses, parsed.inbound)
+        if problems:
+            await self._storing.dead_letter(channel, body, problems, error_type)
+        self.accounting.ignored(channel, parsed.ignored)
+        for text in parsed.provider_errors:
+            log.warning("webhooks: the provider reported an error: %s", text)
+        summary = {
+            "statuses": len(statuses),
+            "inbound": len(parsed.inbound),
+            "ignored": len(parsed.ignored),
+            "dead_lettered": bool(problems),
+            "parked": parked,
+        }
+        outcome = "invalid" if problems else "parked" if parked else "accepted"
+        return outcome, summary
+
+    def _status_record(self, status: StatusEvent) -> OutgoingRecord:
+        details: dict[str, Any] = {"provider_message_id": status.provider_message_id}
+        if status.error is not None:
+            failure = status.error
+            code = f"({failure.code}) " if failure.code is not None else ""
+            text = ": ".join(t for t in (failure.title, failure.details) if t) or "no reason given"
+            details["reason"] = f"{status.channel}: {code}{text}"
+            if failure.code is not None:
+                details["provider_code"] = failure.code
+            if failure.title:
+                details["title"] = failure.title
+        assert status.message_id is not None
+        assert status.conversation_id is not None
+        return status_record(
+            self._topics.message_status_updates,
+            message_id=status.message_id,
+            conversation_id=status.conversation_id,
+            channel=status.channel,
+            status=status.status,
+            details=details,
+            at=status.at,
+        )

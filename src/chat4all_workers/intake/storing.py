@@ -1,0 +1,84 @@
+"""Storing what a notification carries: its records produced, or its body dead-lettered.
+
+200 only once Kafka acknowledged every record of the request, or, while the Kafka breaker is
+open, once they are parked in the Redis fallback list (the backfill role replays them). Any other
+failure to store them raises, for a 503: Meta's own retries cover our outage. A request waits for
+Kafka at most `webhooks.store_timeout_s`, then leaves its records with the producer (which owns
+their fate and still delivers them: the copy Meta sends again is a harmless duplicate). The
+records of concurrent requests go to Kafka in one call per loop iteration (kafka/coalescing.py).
+
+A signed body that violates the format is dead-lettered as it came (`dlq.source=webhooks`,
+`invalid_record`, the reason naming what is wrong; not replayable: it belongs to no topic of
+ours): Meta would otherwise retry it for days, and it would never get better.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from chat4all_workers.errors import CircuitOpenError, RetryableError
+from chat4all_workers.kafka.coalescing import ProduceCoalescer
+from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
+from chat4all_workers.observability.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_MAX_REASON_PROBLEMS = 5
+
+
+class Storing:
+    def __init__(
+        self, producer: Producer, *, dlq_topic: str, timeout_s: float, metrics: Metrics
+    ) -> None:
+        self._producer = producer
+        # A request that stops waiting (503) leaves its records with the producer.
+        self._coalescer = ProduceCoalescer(producer)
+        self._dlq_topic = dlq_topic
+        self._timeout_s = timeout_s
+        self._metrics = metrics
+
+    async def produce(self, records: list[OutgoingRecord]) -> bool:
+        """Produce and await the acks; True when parked instead (the breaker is open)."""
+        if not records:
+            return False
+        # With the records of the other requests of this loop iteration, in one call.
+        sending = self._coalescer.send_each(records)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                outcomes = await sending
+        except TimeoutError:
+            # Not abandoned: the producer keeps the records and delivers them (its verdict is
+            # final); the answer says only that they are not stored yet.
+            raise RetryableError(f"kafka did not acknowledge within {self._timeout_s}s") from None
+        except CircuitOpenError:
+            deliveries = await self._producer.send_many(records, fallback=True)
+            return any(d.parked for d in deliveries)
+        for outcome in outcomes:
+            if not isinstance(outcome, Delivery):
+                raise outcome  # the first failure, in record order (as send_many raises it)
+        return False
+
+    async def dead_letter(
+        self, channel: str, body: bytes, problems: list[str], error_type: str
+    ) -> None:
+        shown = "; ".join(problems[:_MAX_REASON_PROBLEMS])
+        more = len(problems) - _MAX_REASON_PROBLEMS
+        reason = f"{channel}: {shown}" + (f" (and {more} more)" if more > 0 else "")
+        log.warning(
+            "webhooks: dead-lettering a %d-byte %s notification: %s", len(body), channel, reason
+        )
+        await dead_letter(
+            self._producer,
+            dlq_topic=self._dlq_topic,
+            value=body,
+            key=f"webhook:{channel}".encode(),
+            source="webhooks",
+            reason=reason,
+            error_type=error_type,
+            attempts=1,
+            # Not replayable: a provider's notification belongs to no topic of ours.
+            original_topic="",
+            metrics=self._metrics,
+        )
