@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from miniopy_async.api import Minio
 
+from chat4all_workers.background import Background
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
 from tests.cluster import Cluster, cluster_running
@@ -217,3 +218,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("scenario summaries")
         for line in _SUMMARIES:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture
+async def background() -> AsyncIterator[Background]:
+    """The owner of batch sends (background.py), for a test that builds a batcher itself."""
+    async with Background() as owner:
+        yield owner

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from chat4all_workers.autopipeline import AutoPipeline
+from chat4all_workers.background import Background
 from tests.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
@@ -26,11 +27,11 @@ class CountingPool(aioredis.ConnectionPool):
 
 
 async def test_concurrent_commands_share_one_round_trip_and_keep_their_replies(
-    stack: StackEndpoints, redis_prefix: str
+    stack: StackEndpoints, redis_prefix: str, background: Background
 ) -> None:
     pool = CountingPool.from_url(stack.redis_url)
     client = aioredis.Redis.from_pool(pool)
-    pipe = AutoPipeline(client)
+    pipe = AutoPipeline(client, spawn=background.spawn)
     try:
         await client.set(f"{redis_prefix}taken", "old")
         CountingPool.checkouts = 0
@@ -50,10 +51,10 @@ async def test_concurrent_commands_share_one_round_trip_and_keep_their_replies(
 
 
 async def test_one_failing_command_fails_only_its_caller(
-    stack: StackEndpoints, redis_prefix: str
+    stack: StackEndpoints, redis_prefix: str, background: Background
 ) -> None:
     client = aioredis.Redis.from_url(stack.redis_url)
-    pipe = AutoPipeline(client)
+    pipe = AutoPipeline(client, spawn=background.spawn)
     try:
         await client.rpush(f"{redis_prefix}list", "x")
         results: tuple[Any, ...] = await asyncio.gather(
@@ -70,11 +71,11 @@ async def test_one_failing_command_fails_only_its_caller(
 
 
 async def test_execute_many_rides_the_same_round_trip_with_each_reply_or_error_in_order(
-    stack: StackEndpoints, redis_prefix: str
+    stack: StackEndpoints, redis_prefix: str, background: Background
 ) -> None:
     pool = CountingPool.from_url(stack.redis_url)
     client = aioredis.Redis.from_pool(pool)
-    pipe = AutoPipeline(client)
+    pipe = AutoPipeline(client, spawn=background.spawn)
     try:
         await client.rpush(f"{redis_prefix}list", "x")
         CountingPool.checkouts = 0
@@ -100,9 +101,11 @@ async def test_execute_many_rides_the_same_round_trip_with_each_reply_or_error_i
     assert many[3] == b"2"
 
 
-async def test_an_unreachable_redis_reaches_every_caller_as_a_connection_error() -> None:
+async def test_an_unreachable_redis_reaches_every_caller_as_a_connection_error(
+    background: Background,
+) -> None:
     client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
-    pipe = AutoPipeline(client)
+    pipe = AutoPipeline(client, spawn=background.spawn)
     try:
         results = await asyncio.gather(
             *(pipe.execute("SET", f"k{i}", "v") for i in range(5)), return_exceptions=True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from chat4all_workers.background import Background
 from chat4all_workers.batching import IterationBatcher
 from tests.support import eventually
 
@@ -34,9 +35,11 @@ class Recorder:
         )
 
 
-async def test_iteration_batcher_sends_one_iterations_items_as_one_batch() -> None:
+async def test_iteration_batcher_sends_one_iterations_items_as_one_batch(
+    background: Background,
+) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send)
+    batcher = IterationBatcher(send, spawn=background.spawn)
 
     for item in range(5):
         batcher.add(item)
@@ -45,9 +48,11 @@ async def test_iteration_batcher_sends_one_iterations_items_as_one_batch() -> No
     assert send.batches == [[0, 1, 2, 3, 4]]
 
 
-async def test_iteration_batcher_sends_nothing_within_the_adding_iteration() -> None:
+async def test_iteration_batcher_sends_nothing_within_the_adding_iteration(
+    background: Background,
+) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send)
+    batcher = IterationBatcher(send, spawn=background.spawn)
 
     batcher.add(1)
     sent_at_once = list(send.started)
@@ -57,9 +62,11 @@ async def test_iteration_batcher_sends_nothing_within_the_adding_iteration() -> 
     assert send.batches == [[1]]
 
 
-async def test_iteration_batcher_sends_a_lone_item_after_one_iteration() -> None:
+async def test_iteration_batcher_sends_a_lone_item_after_one_iteration(
+    background: Background,
+) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send)
+    batcher = IterationBatcher(send, spawn=background.spawn)
 
     batcher.add(1)
     await asyncio.sleep(0)  # one iteration: the flush ran and started the send's task
@@ -68,9 +75,11 @@ async def test_iteration_batcher_sends_a_lone_item_after_one_iteration() -> None
     assert send.batches == [[1]]
 
 
-async def test_iteration_batcher_items_of_later_iterations_go_in_later_batches() -> None:
+async def test_iteration_batcher_items_of_later_iterations_go_in_later_batches(
+    background: Background,
+) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send)
+    batcher = IterationBatcher(send, spawn=background.spawn)
 
     batcher.add(1)
     batcher.add(2)
@@ -81,9 +90,9 @@ async def test_iteration_batcher_items_of_later_iterations_go_in_later_batches()
     assert send.batches == [[1, 2], [3]]
 
 
-async def test_iteration_batcher_collects_items_added_by_many_tasks() -> None:
+async def test_iteration_batcher_collects_items_added_by_many_tasks(background: Background) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send)
+    batcher = IterationBatcher(send, spawn=background.spawn)
 
     async def handler(item: int) -> None:
         batcher.add(item)
@@ -96,9 +105,9 @@ async def test_iteration_batcher_collects_items_added_by_many_tasks() -> None:
     assert send.batches == [list(range(10))]
 
 
-async def test_iteration_batcher_max_batch_sends_a_full_batch_early() -> None:
+async def test_iteration_batcher_max_batch_sends_a_full_batch_early(background: Background) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send, max_batch=3)
+    batcher = IterationBatcher(send, spawn=background.spawn, max_batch=3)
 
     for item in range(7):
         batcher.add(item)
@@ -107,9 +116,11 @@ async def test_iteration_batcher_max_batch_sends_a_full_batch_early() -> None:
     assert send.batches == [[0, 1, 2], [3, 4, 5], [6]]
 
 
-async def test_iteration_batcher_max_batch_does_not_wait_for_the_end_of_the_iteration() -> None:
+async def test_iteration_batcher_max_batch_does_not_wait_for_the_end_of_the_iteration(
+    background: Background,
+) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send, max_batch=3)
+    batcher = IterationBatcher(send, spawn=background.spawn, max_batch=3)
 
     for item in range(3):
         batcher.add(item)
@@ -118,9 +129,11 @@ async def test_iteration_batcher_max_batch_does_not_wait_for_the_end_of_the_iter
     assert send.batches == [[0, 1, 2]]
 
 
-async def test_iteration_batcher_max_batch_exactly_reached_leaves_no_empty_batch() -> None:
+async def test_iteration_batcher_max_batch_exactly_reached_leaves_no_empty_batch(
+    background: Background,
+) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send, max_batch=2)
+    batcher = IterationBatcher(send, spawn=background.spawn, max_batch=2)
 
     for item in range(4):
         batcher.add(item)
@@ -131,9 +144,11 @@ async def test_iteration_batcher_max_batch_exactly_reached_leaves_no_empty_batch
     assert send.batches == [[0, 1], [2, 3], [4]]  # no [] in between
 
 
-async def test_iteration_batcher_without_max_batch_never_splits_an_iteration() -> None:
+async def test_iteration_batcher_without_max_batch_never_splits_an_iteration(
+    background: Background,
+) -> None:
     send = Recorder()
-    batcher = IterationBatcher(send)
+    batcher = IterationBatcher(send, spawn=background.spawn)
 
     for item in range(10_000):
         batcher.add(item)
@@ -142,10 +157,12 @@ async def test_iteration_batcher_without_max_batch_never_splits_an_iteration() -
     assert [len(batch) for batch in send.batches] == [10_000]
 
 
-async def test_iteration_batcher_sends_each_batch_in_a_task_of_its_own() -> None:
+async def test_iteration_batcher_sends_each_batch_in_a_task_of_its_own(
+    background: Background,
+) -> None:
     gate = asyncio.Event()
     send = Recorder(gate=gate)
-    batcher = IterationBatcher(send)
+    batcher = IterationBatcher(send, spawn=background.spawn)
     batcher.add(1)
     await eventually(lambda: len(send.started) == 1, timeout_s=DEADLINE_S, interval_s=0)
 

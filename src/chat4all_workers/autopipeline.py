@@ -29,6 +29,7 @@ import redis.exceptions as redis_errors
 from redis.asyncio.connection import AbstractConnection
 from redis.typing import EncodableT
 
+from chat4all_workers.background import Spawn
 from chat4all_workers.batching import IterationBatcher
 
 _Pending = tuple[tuple[EncodableT, ...], asyncio.Future[Any]]
@@ -36,11 +37,17 @@ _Pending = tuple[tuple[EncodableT, ...], asyncio.Future[Any]]
 
 class AutoPipeline:
     def __init__(
-        self, redis: aioredis.Redis, *, max_batch: int = 1000, timeout_s: float = 5.0
+        self,
+        redis: aioredis.Redis,
+        *,
+        spawn: Spawn,
+        max_batch: int = 1000,
+        timeout_s: float = 5.0,
     ) -> None:
+        """`spawn` owns the task each batch is sent in (background.py)."""
         self._redis = redis
         self._timeout_s = timeout_s
-        self._batcher = IterationBatcher(self._send, max_batch=max_batch)
+        self._batcher = IterationBatcher(self._send, spawn=spawn, max_batch=max_batch)
 
     async def execute(self, *args: EncodableT) -> Any:
         """Run one command (`"SET", key, value, "NX"`) with the others of this loop iteration."""

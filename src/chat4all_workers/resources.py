@@ -27,6 +27,8 @@ from aiokafka.errors import KafkaConnectionError
 from miniopy_async.api import Minio
 from miniopy_async.error import S3Error, ServerError
 
+from chat4all_workers.autopipeline import AutoPipeline
+from chat4all_workers.background import Background, Spawn
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import Settings
@@ -105,6 +107,9 @@ class Resources:
     redis: aioredis.Redis | None = None
     s3: Minio | None = None
     http: HttpClient | None = None
+    # Owns the tasks that serve many callers at once (batches: background.py).
+    background: Background | None = None
+    pipeline: AutoPipeline | None = None
     # The last probe's problem per dependency (None: it answered), so a change is logged once.
     probe_problems: dict[str, str | None] = field(default_factory=dict, compare=False)
 
@@ -123,6 +128,17 @@ class Resources:
 
     def http_client(self) -> HttpClient:
         return _present(self.http, Need.HTTP)
+
+    def redis_pipeline(self) -> AutoPipeline:
+        """The process's one auto-pipeline: Redis commands of one loop iteration, in one
+        round trip (autopipeline.py), whichever role issued them."""
+        return _present(self.pipeline, Need.REDIS)
+
+    def spawn(self) -> Spawn:
+        """What batches are sent in (background.py)."""
+        if self.background is None:
+            raise RuntimeError("resources not opened: no background owner")
+        return self.background.spawn
 
     def redis_key(self, key: str) -> str:
         """Every Redis key and channel goes through here, so a prefix isolates a deployment."""
@@ -205,71 +221,108 @@ async def open_resources(
     `shutdown`'s end when it has begun (a close that would take longer is cut short)."""
     deadline = shutdown or ShutdownDeadline(settings.supervisor.shutdown_timeout_s)
     async with contextlib.AsyncExitStack() as stack:
+        opener = _Opener(settings, metrics, stack, deadline, connect_timeout_s)
+        redis_client = await opener.redis() if Need.REDIS in needs else None
+        pg = await opener.postgres() if Need.POSTGRES in needs else None
+        producer = await opener.kafka(redis_client) if Need.KAFKA in needs else None
+        s3 = await opener.s3() if Need.S3 in needs else None
+        # No connection cap of its own: kafka.max_in_flight already bounds concurrent sends
+        # (aiohttp's hidden default of 100 once capped the router at 100 / provider latency
+        # sends/s, whatever max_in_flight said).
+        http = await stack.enter_async_context(HttpClient()) if Need.HTTP in needs else None
+        # Opened last, so it closes first: batches under way finish while the clients are open.
+        background = await stack.enter_async_context(Background(shutdown=deadline))
+        pipeline = (
+            None if redis_client is None else AutoPipeline(redis_client, spawn=background.spawn)
+        )
+        yield Resources(
+            settings, metrics, producer, pg, redis_client, s3, http, background, pipeline
+        )
 
-        def close_by_deadline(name: str, close: Callable[[], Awaitable[object]]) -> None:
-            stack.push_async_callback(_close_within, name, close, deadline)
 
-        producer = pg = redis_client = s3 = http = None
-        if Need.REDIS in needs:
-            # A blocking pool: above max_connections a command waits for a free connection
-            # (the plain pool raises MaxConnectionsError at once, crashing busy roles).
-            redis_client = aioredis.Redis.from_pool(
-                aioredis.BlockingConnectionPool.from_url(
-                    settings.redis.url.get(), max_connections=settings.redis.max_connections
-                )
+class _Opener:
+    """Opens one resource at a time onto the exit stack, each closed by the deadline's end."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        stack: contextlib.AsyncExitStack,
+        deadline: ShutdownDeadline,
+        connect_timeout_s: float,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._stack = stack
+        self._deadline = deadline
+        self._timeout_s = connect_timeout_s
+
+    async def redis(self) -> aioredis.Redis:
+        # A blocking pool: above max_connections a command waits for a free connection (the
+        # plain pool raises MaxConnectionsError at once, crashing busy roles).
+        settings = self._settings.redis
+        client = aioredis.Redis.from_pool(
+            aioredis.BlockingConnectionPool.from_url(
+                settings.url.get(), max_connections=settings.max_connections
             )
-            close_by_deadline("redis", redis_client.aclose)
-            await _connect("redis", redis_client.ping, connect_timeout_s)
-        if Need.POSTGRES in needs:
-            pg = await _connect(
-                "postgres",
-                lambda: asyncpg.create_pool(
-                    settings.postgres.url.get(),
-                    min_size=settings.postgres.pool_min_size,
-                    max_size=settings.postgres.pool_max_size,
-                    command_timeout=settings.postgres.command_timeout_s,
-                ),
-                connect_timeout_s,
+        )
+        self._stack.push_async_callback(_close_within, "redis", client.aclose, self._deadline)
+        await _connect("redis", client.ping, self._timeout_s)
+        return client
+
+    async def postgres(self) -> asyncpg.Pool:
+        settings = self._settings.postgres
+        pool = await _connect(
+            "postgres",
+            lambda: asyncpg.create_pool(
+                settings.url.get(),
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                command_timeout=settings.command_timeout_s,
+            ),
+            self._timeout_s,
+        )
+        self._stack.push_async_callback(_close_pool, pool, self._deadline)
+        return pool
+
+    async def kafka(self, redis_client: aioredis.Redis | None) -> Producer:
+        """The producer; with Redis, records are parked in the fallback list while the breaker
+        is open."""
+        settings, metrics = self._settings, self._metrics
+
+        async def start_producer() -> Producer:
+            # A fresh client per attempt: aiokafka cannot restart one whose start failed.
+            candidate = Producer(
+                settings.kafka,
+                settings.breaker,
+                on_breaker_change=lambda state: _breaker_gauge(metrics, state),
             )
-            stack.push_async_callback(_close_pool, pg, deadline)
-        if Need.KAFKA in needs:
+            try:
+                await candidate.start()
+            except BaseException:
+                await candidate.stop()
+                raise
+            return candidate
 
-            async def start_producer() -> Producer:
-                # A fresh client per attempt: aiokafka cannot restart one whose start failed.
-                candidate = Producer(
-                    settings.kafka,
-                    settings.breaker,
-                    on_breaker_change=lambda state: _breaker_gauge(metrics, state),
-                )
-                try:
-                    await candidate.start()
-                except BaseException:
-                    await candidate.stop()
-                    raise
-                return candidate
+        producer = await _connect("kafka", start_producer, self._timeout_s)
+        _breaker_gauge(metrics, BreakerState.CLOSED)
+        self._stack.push_async_callback(_stop_producer, producer, self._deadline)
+        if redis_client is not None:
+            queue = f"{settings.redis.key_prefix}{settings.fallback.queue_key}"
+            client = redis_client
 
-            producer = await _connect("kafka", start_producer, connect_timeout_s)
-            _breaker_gauge(metrics, BreakerState.CLOSED)
-            stack.push_async_callback(_stop_producer, producer, deadline)
-            if redis_client is not None:
-                queue = f"{settings.redis.key_prefix}{settings.fallback.queue_key}"
-                client = redis_client
+            async def park(envelope: bytes) -> None:
+                await client.rpush(queue, envelope)
 
-                async def park(envelope: bytes) -> None:
-                    await client.rpush(queue, envelope)
+            producer.fallback_sink = park
+        return producer
 
-                producer.fallback_sink = park
-        if Need.S3 in needs:
-            s3 = new_client(settings.s3)
-            close_by_deadline("s3", s3.close_session)
-            await _connect("s3", partial(_bucket_exists, s3, settings.s3.bucket), connect_timeout_s)
-        if Need.HTTP in needs:
-            # No connection cap of its own: kafka.max_in_flight already bounds concurrent
-            # sends (aiohttp's hidden default of 100 once capped the router at 100 / provider
-            # latency sends/s, whatever max_in_flight said).
-            http = HttpClient()
-            close_by_deadline("http", http.aclose)
-        yield Resources(settings, metrics, producer, pg, redis_client, s3, http)
+    async def s3(self) -> Minio:
+        client = new_client(self._settings.s3)
+        self._stack.push_async_callback(_close_within, "s3", client.close_session, self._deadline)
+        bucket = self._settings.s3.bucket
+        await _connect("s3", partial(_bucket_exists, client, bucket), self._timeout_s)
+        return client
 
 
 async def _close_within(

@@ -259,9 +259,8 @@ async def test_a_header_cannot_smuggle_a_line() -> None:
 
 async def test_aclose_closes_idle_connections(serve: Serve) -> None:
     server = await serve(lambda _: OK)
-    client = HttpClient()
-    await post(client, server)
-    await client.aclose()
+    async with HttpClient() as client:
+        await post(client, server)
 
     await eventually(lambda: server.closed_by_client == 1, timeout_s=5)
     with pytest.raises(RuntimeError, match="closed"):

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from chat4all_workers.autopipeline import AutoPipeline
+from chat4all_workers.background import Background
 from chat4all_workers.delivery.markers import Kind, ProviderVerdicts, SendMarkers, State, marker_key
 from tests.stack import StackEndpoints
 
@@ -17,12 +19,18 @@ RECORD = "message_processing:3:120"  # the record a claim is made for
 REPLAY = "message_processing:1:900"  # another record of the same message (a DLQ replay)
 
 
+# Each test's client and its auto-pipeline (the process's one, in production: resources.py).
+_PIPES: dict[int, AutoPipeline] = {}
+
+
 @pytest.fixture
-async def redis(stack: StackEndpoints) -> AsyncIterator[aioredis.Redis]:
+async def redis(stack: StackEndpoints, background: Background) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.from_url(stack.redis_url)
+    _PIPES[id(client)] = AutoPipeline(client, spawn=background.spawn)
     try:
         yield client
     finally:
+        del _PIPES[id(client)]
         await client.aclose()
 
 
@@ -32,7 +40,7 @@ def key(redis_prefix: str) -> str:
 
 
 def markers(redis: aioredis.Redis, *, lease_s: float = 30.0) -> SendMarkers:
-    return SendMarkers(redis, ttl_s=TTL_S, lease_s=lease_s)
+    return SendMarkers(redis, _PIPES[id(redis)], ttl_s=TTL_S, lease_s=lease_s)
 
 
 async def test_claim_is_ours_once_and_busy_for_another_worker(
@@ -81,7 +89,7 @@ async def test_given_up_marker_stops_a_redelivery_and_yields_to_a_replay(
 
 async def test_give_up_never_overwrites_the_providers_word(redis: aioredis.Redis, key: str) -> None:
     claim = await markers(redis).claim(key, RECORD)
-    await ProviderVerdicts(redis, ttl_s=TTL_S).record([(key, "wamid.X")])
+    await ProviderVerdicts(redis, _PIPES[id(redis)], ttl_s=TTL_S).record([(key, "wamid.X")])
     after = await markers(redis).give_up(
         key, claim.lease, error_type="delivery_unknown", origin=RECORD
     )
@@ -101,7 +109,7 @@ async def test_provider_verdicts_settle_every_marker_but_a_sent_one(
     absent = f"{redis_prefix}absent"
     entries = [(k, f"wamid.{n}") for n, k in keys.items()] + [(absent, "wamid.absent")]
 
-    found = await ProviderVerdicts(redis, ttl_s=TTL_S).record(entries)
+    found = await ProviderVerdicts(redis, _PIPES[id(redis)], ttl_s=TTL_S).record(entries)
     values = {n: await redis.get(k) for n, k in [*keys.items(), ("absent", absent)]}
 
     assert found == ["lease", "failed", "sent", "other", "absent"]

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
+from chat4all_workers.background import Background
 from chat4all_workers.errors import CircuitOpenError
 from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
@@ -29,10 +30,13 @@ async def producer(stack: StackEndpoints) -> AsyncIterator[Producer]:
 
 
 async def test_callers_of_one_loop_iteration_each_get_their_own_outcomes(
-    stack: StackEndpoints, kafka_topic: KafkaTopicFactory, producer: Producer
+    stack: StackEndpoints,
+    kafka_topic: KafkaTopicFactory,
+    producer: Producer,
+    background: Background,
 ) -> None:
     topics = [await kafka_topic(partitions=1) for _ in range(3)]
-    coalescer = ProduceCoalescer(producer)
+    coalescer = ProduceCoalescer(producer, spawn=background.spawn)
     futures = [
         coalescer.send_each([OutgoingRecord(t, orjson.dumps({"n": n}), b"k") for n in range(2)])
         for t in topics
@@ -52,11 +56,11 @@ async def test_callers_of_one_loop_iteration_each_get_their_own_outcomes(
 
 
 async def test_an_open_breaker_reaches_every_caller(
-    kafka_topic: KafkaTopicFactory, producer: Producer
+    kafka_topic: KafkaTopicFactory, producer: Producer, background: Background
 ) -> None:
     topic = await kafka_topic(partitions=1)
     producer.breaker.record_failure(count=100)
-    coalescer = ProduceCoalescer(producer)
+    coalescer = ProduceCoalescer(producer, spawn=background.spawn)
 
     results = await asyncio.gather(
         coalescer.send_each([OutgoingRecord(topic, b"{}")]),

@@ -214,7 +214,8 @@ class HttpClient:
         self._user_agent = user_agent
         self._idle: dict[_Origin, deque[_Connection]] = {}
         self._busy: dict[_Connection, float] = {}  # requests under way, and their deadlines
-        self._sweeper: asyncio.Task[None] | None = None
+        self._working = asyncio.Event()  # set while requests are under way: the sweeper sweeps
+        self._tasks: asyncio.TaskGroup | None = None  # owns the sweeper while the client is open
         self._targets: dict[str, _Target] = {}
         self._closed = False
 
@@ -226,8 +227,8 @@ class HttpClient:
         Raises RequestTimeoutError or HTTPTransportError, each saying in `request_written`
         whether the request left this process.
         """
-        if self._closed:
-            raise RuntimeError("the HTTP client is closed")
+        if self._closed or self._tasks is None:
+            raise RuntimeError("the HTTP client is closed (or was never opened: async with)")
         target = self._target(url)
         data = b"".join((target.head, _header_block(headers, len(body)), body))
         loop = asyncio.get_running_loop()
@@ -248,7 +249,7 @@ class HttpClient:
         # The answer is awaited without a timer of its own: the sweeper fails requests past
         # their deadline (a timer per request cost more than parsing the answer).
         self._busy[connection] = deadline
-        self._sweep_soon(loop)
+        self._working.set()
         try:
             try:
                 response = await connection.request(data)
@@ -263,10 +264,18 @@ class HttpClient:
         return response
 
     async def __aenter__(self) -> HttpClient:
+        """Open: the sweeper that times requests out runs, owned by the client, until exit."""
+        tasks = asyncio.TaskGroup()
+        await tasks.__aenter__()
+        tasks.create_task(self._sweep(), name="http-client-sweeper")
+        self._tasks = tasks
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+        if self._tasks is not None:
+            tasks, self._tasks = self._tasks, None
+            await tasks.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -276,20 +285,19 @@ class HttpClient:
         self._idle.clear()
         for connection in list(self._busy):
             connection.close()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        self._working.set()  # the sweeper sees the client closed, and ends
 
     # -- deadlines ---------------------------------------------------------------------------
 
-    def _sweep_soon(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = loop.create_task(self._sweep())
-
     async def _sweep(self) -> None:
         """Fail every request past its deadline, checking every `_SWEEP_S` while any is under
-        way: a request times out at most that late."""
+        way (a request times out at most that late); idle while none is, until closed."""
         loop = asyncio.get_running_loop()
-        while self._busy:
+        while not self._closed:
+            if not self._busy:
+                self._working.clear()
+                await self._working.wait()
+                continue
             await asyncio.sleep(_SWEEP_S)
             now = loop.time()
             for connection, deadline in list(self._busy.items()):

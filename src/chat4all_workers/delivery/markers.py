@@ -158,10 +158,12 @@ class Claim:
 
 
 class SendMarkers:
-    def __init__(self, redis: aioredis.Redis, *, ttl_s: int, lease_s: float) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, pipe: AutoPipeline, *, ttl_s: int, lease_s: float
+    ) -> None:
         self._redis = redis
-        # The hot path (claim, mark sent) rides one pipeline per loop iteration.
-        self.pipe = AutoPipeline(redis)
+        # The hot path (claim, mark sent) rides the process's pipeline: one per loop iteration.
+        self.pipe = pipe
         self._ttl_s = ttl_s
         self.lease_s = lease_s
         self._swap = PipedScript(self.pipe, redis, _SWAP)
@@ -238,9 +240,9 @@ class ProviderVerdicts:
     pipeline per request, the webhooks role spent twice the CPU per status (bench/webhooks.py).
     """
 
-    def __init__(self, redis: aioredis.Redis, *, ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, pipe: AutoPipeline, *, ttl_s: int) -> None:
         self._redis = redis
-        self._pipe = AutoPipeline(redis)
+        self._pipe = pipe
         self._ttl_s = ttl_s
         self._verdict = PipedScript(self._pipe, redis, _VERDICT)
 

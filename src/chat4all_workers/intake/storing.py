@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from chat4all_workers.background import Spawn
 from chat4all_workers.errors import CircuitOpenError, RetryableError
 from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.dlq import dead_letter
@@ -30,11 +31,17 @@ _MAX_REASON_PROBLEMS = 5
 
 class Storing:
     def __init__(
-        self, producer: Producer, *, dlq_topic: str, timeout_s: float, metrics: Metrics
+        self,
+        producer: Producer,
+        *,
+        spawn: Spawn,
+        dlq_topic: str,
+        timeout_s: float,
+        metrics: Metrics,
     ) -> None:
         self._producer = producer
         # A request that stops waiting (503) leaves its records with the producer.
-        self._coalescer = ProduceCoalescer(producer)
+        self._coalescer = ProduceCoalescer(producer, spawn=spawn)
         self._dlq_topic = dlq_topic
         self._timeout_s = timeout_s
         self._metrics = metrics

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from chat4all_workers.background import Spawn
 from chat4all_workers.batching import IterationBatcher
 from chat4all_workers.kafka.producer import OutgoingRecord, Producer, SendOutcome
 
@@ -30,9 +31,10 @@ _Waiting = tuple[Sequence[OutgoingRecord], asyncio.Future[list[SendOutcome]]]
 
 
 class ProduceCoalescer:
-    def __init__(self, producer: Producer) -> None:
+    def __init__(self, producer: Producer, *, spawn: Spawn) -> None:
+        """`spawn` owns the task each batch is sent in (background.py)."""
         self._producer = producer
-        self._batcher = IterationBatcher(self._send)
+        self._batcher = IterationBatcher(self._send, spawn=spawn)
 
     def send_each(self, records: Sequence[OutgoingRecord]) -> asyncio.Future[list[SendOutcome]]:
         """The outcome of each of `records`, sent with the others of this loop iteration."""

@@ -121,7 +121,12 @@ class Router:
         # worker that dies mid-send blocks its messages for at most this long.
         timeout_s = max(getattr(settings, name).timeout_s for name in adapters)
         lease_s = timeout_s + r.retry_cap_s + 2.0
-        markers = SendMarkers(redis, ttl_s=settings.delivery.dedup_ttl_s, lease_s=lease_s)
+        markers = SendMarkers(
+            redis,
+            ctx.resources.redis_pipeline(),
+            ttl_s=settings.delivery.dedup_ttl_s,
+            lease_s=lease_s,
+        )
         # Instagram's read receipts name only the provider's id: remembered when a send is
         # marked done (riding the markers' pipeline).
         index = ProviderIndex(

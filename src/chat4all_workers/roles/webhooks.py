@@ -57,10 +57,12 @@ def build(ctx: RoleContext) -> Webhooks:
     index = ProviderIndex(
         redis, key=ctx.resources.redis_key, ttl_s=settings.delivery.provider_index_ttl_s
     )
-    verdicts = ProviderVerdicts(redis, ttl_s=settings.delivery.dedup_ttl_s)
+    pipe = ctx.resources.redis_pipeline()
+    verdicts = ProviderVerdicts(redis, pipe, ttl_s=settings.delivery.dedup_ttl_s)
     word = ProviderWord(index, verdicts, key=ctx.resources.redis_key, metrics=ctx.metrics)
     storing = Storing(
         ctx.resources.kafka(),
+        spawn=ctx.resources.spawn(),
         dlq_topic=settings.topics.dlq,
         timeout_s=own.store_timeout_s,
         metrics=ctx.metrics,
