@@ -23,7 +23,6 @@ drain_total) and its figures as fields: `jq 'select(.event == "progress")'`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +34,7 @@ from chat4all_workers.observability.logging import flush_repeats, log_context
 from chat4all_workers.observability.metrics import Metrics, total
 from chat4all_workers.readiness import ChildStats
 from chat4all_workers.role import RoleContext, RoleReport
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,7 @@ class Reporter:
         if self.interval_s <= 0:
             return
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval_s):
-                    await self._stopping.wait()
+            await wait_event(self._stopping, timeout_s=self.interval_s)
             if not self._stopping.is_set():
                 self.progress_lines()
 

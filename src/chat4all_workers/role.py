@@ -7,7 +7,6 @@ registry. Roles never import the supervisor or each other; they receive a `RoleC
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -20,6 +19,7 @@ from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.kafka.consumer import ConsumerStats
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -165,9 +165,7 @@ async def outlast_outages(ctx: RoleContext, call: Callable[[], Awaitable[T]], *,
                 exc,
                 delay,
             )
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await ctx.stopping.wait()
+            await wait_event(ctx.stopping, timeout_s=delay)
 
 
 def is_outage(exc: BaseException) -> bool:

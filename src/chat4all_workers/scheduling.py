@@ -7,14 +7,13 @@ coroutine (`RoleSpec.run_once`) into a long-running one.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
 
 from chat4all_workers.role import RoleContext, RoleReport, RunFn, outlast_outages
 from chat4all_workers.schedule import Cron
+from chat4all_workers.waiting import wait_event
 
 
 async def run_on_schedule(
@@ -41,9 +40,7 @@ async def run_on_schedule(
         now = datetime.now(UTC)
         next_pass = cron.next_after(now)
         wait_s = (next_pass - now).total_seconds()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                await ctx.stopping.wait()
+        await wait_event(ctx.stopping, timeout_s=wait_s)
         if ctx.stopping.is_set():
             return
         await outlast_outages(ctx, partial(one_pass, ctx), what="the pass")

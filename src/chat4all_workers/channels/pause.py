@@ -22,7 +22,6 @@ under `channels` (the process stays ready: the other channel, and everything els
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chat4all_workers.errors import RetryableError
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -146,9 +146,7 @@ class ChannelPause:
                 return True
             changed = self._changed
             timeout = None if self._probing else self._next_probe_at - now
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await changed.wait()
+            await wait_event(changed, timeout_s=timeout)
         return False
 
     def _notify(self) -> None:

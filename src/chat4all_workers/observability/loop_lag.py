@@ -7,10 +7,10 @@ shows up as lag on a topic.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,7 @@ async def watch_loop_lag(
     loop = asyncio.get_running_loop()
     while not stopping.is_set():
         expected = loop.time() + interval_s
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
-                await stopping.wait()
+        await wait_event(stopping, timeout_s=interval_s)
         lag = max(0.0, loop.time() - expected)
         metrics.loop_lag.set({}, lag)
         if lag > warn_s:

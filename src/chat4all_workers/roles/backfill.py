@@ -59,6 +59,7 @@ from chat4all_workers.kafka.producer import OutgoingRecord, Producer, span_per_r
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_outages
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -331,9 +332,7 @@ async def _loop(ctx: RoleContext, worker: _Backfill) -> None:
             continue
         if ctx.drain and length == 0:
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
-                await ctx.stopping.wait()
+        await wait_event(ctx.stopping, timeout_s=interval_s)
 
 
 ROLE = RoleSpec(

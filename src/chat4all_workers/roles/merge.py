@@ -37,7 +37,6 @@ request is redelivered and the steps above run again):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Sequence
@@ -60,6 +59,7 @@ from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
 from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage import merge as s3merge
 from chat4all_workers.storage.s3 import chunk_key, file_key
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -324,9 +324,7 @@ async def _watch_stuck(ctx: RoleContext) -> None:
             ctx.metrics.files_stuck_merging.set({}, stuck)
         except TRANSIENT_ERRORS as exc:
             log.warning("could not count stuck merges: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_STUCK_REFRESH_S):
-                await ctx.stopping.wait()
+        await wait_event(ctx.stopping, timeout_s=_STUCK_REFRESH_S)
 
 
 ROLE = RoleSpec(

@@ -57,6 +57,7 @@ from chat4all_workers.kafka.producer import Delivery, NotSentError, OutgoingReco
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_outages
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -348,9 +349,7 @@ async def _poll(ctx: RoleContext, poller: _Poller, wake: asyncio.Event, interval
             continue
         if ctx.drain and not await db.has_due(poller.pool):
             return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(interval_s):
-                await wake.wait()
+        await wait_event(wake, timeout_s=interval_s)
 
 
 async def _count_pending_forever(poller: _Poller) -> None:

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels.http import HttpClient, HTTPTransportError, RequestTimeoutError
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
+from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +242,7 @@ class Callbacks:
 
     async def _wait_for_wake(self, timeout_s: float | None) -> None:
         self._wake.clear()
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._wake.wait()
-        except TimeoutError:
-            pass
+        await wait_event(self._wake, timeout_s=timeout_s)
 
     def _warn(self, kind: str, text: str) -> None:
         """At most one WARNING of a kind per `_WARN_EVERY_S`, with how many it stands for."""
