@@ -476,3 +476,16 @@ def test_prometheus_config_passes_promtool() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_every_role_compose_runs() -> None:
+    """deploy/prometheus/prometheus.yml names the compose services to scrape by hand: it must
+    name exactly the roles of the registry (once it lacked `webhooks`, and its panels and alerts
+    had no data under docker compose)."""
+    config = yaml.safe_load(PROMETHEUS.read_text())
+    (job,) = config["scrape_configs"]
+    scraped = {name for sd in job["dns_sd_configs"] for name in sd["names"]}
+    services = set(yaml.safe_load(COMPOSE.read_text())["services"])
+
+    assert scraped == set(CATALOGUE)
+    assert scraped <= services
