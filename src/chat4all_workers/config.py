@@ -73,7 +73,7 @@ class KafkaSettings:
     client_id: str = field(default="chat4all-workers", metadata=NON_EMPTY)
     max_in_flight: int = 1000
     # Records a handler holds while it waits on an outside condition (a paused channel, a
-    # recipient's pair limit: kafka/consumer.py `held()`) count against this bound instead of
+    # recipient's pair limit: kafka/held.py `held()`) count against this bound instead of
     # max_in_flight, so they do not starve the rest; past it they count normally again.
     max_held_records: int = 10_000
     fetch_max_records: int = 500
@@ -81,7 +81,7 @@ class KafkaSettings:
     session_timeout_ms: int = 10_000
     request_timeout_ms: int = 30_000
     # How long the group coordinator waits for every member to rejoin a rebalance; a member
-    # waits up to half of it for its revoked partitions' running handlers (kafka/consumer.py).
+    # waits up to half of it for its revoked partitions' running handlers (kafka/rebalance.py).
     # Keep it well above session_timeout_ms / 3 (the heartbeat that notices a rebalance).
     rebalance_timeout_ms: int = 30_000
     linger_ms: int = field(default=5, metadata=ZERO_OK)

@@ -12,7 +12,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
-from chat4all_workers.kafka.consumer import ConsumerEngine, held, wait_unless_handed_back
+from chat4all_workers.kafka.consumer import ConsumerEngine
+from chat4all_workers.kafka.held import held, wait_unless_handed_back
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
 from tests.stack import StackEndpoints
@@ -483,13 +484,6 @@ async def test_consumer_held_records_past_their_bound_count_as_in_flight(
         await eventually(lambda: len(finished) == 15, message="everything, once released")
 
 
-async def test_held_outside_an_engine_does_nothing() -> None:
-    async with held():
-        inside = True
-
-    assert inside
-
-
 async def test_consumer_wakes_a_long_wait_of_a_revoked_key_at_once(
     stack: StackEndpoints, kafka_topic: Callable[..., Awaitable[str]], consumer_group: str
 ) -> None:
@@ -519,7 +513,3 @@ async def test_consumer_wakes_a_long_wait_of_a_revoked_key_at_once(
     # Handed back as the revocation began, not after its wait (a third of 9 s) and a cancel;
     # what remains is the rebalance noticed by a heartbeat (session_timeout_ms / 3 = 2 s).
     assert handed_back[0] - joined < REBALANCE["rebalance_timeout_ms"] / 3000
-
-
-async def test_wait_unless_handed_back_outside_an_engine_is_a_plain_sleep() -> None:
-    assert await wait_unless_handed_back(0.01) is False

@@ -24,7 +24,7 @@ from chat4all_workers.delivery.markers import Kind
 from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import RetryableError, TransientProviderError
-from chat4all_workers.kafka.consumer import held, wait_unless_handed_back
+from chat4all_workers.kafka.held import held, wait_unless_handed_back
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.role import RoleContext
 

@@ -32,7 +32,7 @@ from chat4all_workers.errors import (
     ThrottleDeadlineError,
     ThrottledError,
 )
-from chat4all_workers.kafka.consumer import held
+from chat4all_workers.kafka.held import held
 from chat4all_workers.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)

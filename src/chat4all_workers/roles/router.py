@@ -59,7 +59,7 @@ from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.message import Message, parse_message
-from chat4all_workers.kafka.consumer import held
+from chat4all_workers.kafka.held import held
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.observability.metrics import total
