@@ -398,7 +398,8 @@ class FakeChannelApi:
     Messaging API (the outside world is the one thing tests fake), recording every call.
 
     `latency_s` delays each answer; `fail_first[recipient] = n` answers the first n calls for that
-    recipient with 503; a recipient containing "invalid" gets a permanent 400.
+    recipient with a failure that proves the message was not taken (WhatsApp's 131057, account
+    in maintenance: retried as transient); a recipient containing "invalid" gets a permanent 400.
     """
 
     def __init__(self, *, latency_s: float = 0.0) -> None:
@@ -445,7 +446,8 @@ class FakeChannelApi:
             )
         if self.fail_first.get(recipient, 0) > 0:
             self.fail_first[recipient] -= 1
-            return web.json_response({"error": {"message": "try later"}}, status=503)
+            error = {"message": "(#131057) Account in maintenance mode", "code": 131057}
+            return web.json_response({"error": error}, status=500)
         self.calls.append(ChannelCall(channel, recipient, text, body))
         provider_id = f"{channel}-{len(self.calls)}"
         if whatsapp:

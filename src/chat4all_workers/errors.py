@@ -9,15 +9,21 @@ happens to the work item, not the place where the error was raised::
     |                          password, no such database): exit code 1 at once, no retries
     +-- RetryableError         transient: retry in place with backoff, the item stays owned
     |   +-- CircuitOpenError   the Kafka breaker is open: do not even try, wait or fall back
-    |   +-- TransientProviderError*  a channel API failed this once (5xx, timeout, codes 1, 2)
+    |   +-- TransientProviderError*  a channel API failed this once (a 5xx without Meta's error
+    |   |                      object, a timeout, codes 1, 2, 131000): `in_doubt` when the
+    |   |                      answer does not prove the message was not taken
     |   +-- ThrottledError*    a channel API said "too fast": wait for the pace, never a spent
     |   |                      attempt (bounded by router.throttle_deadline_s instead)
     |   +-- AccountError*      a channel API refused the sending account (token, permission,
     |                          policy): every message fails alike, so the channel pauses
     +-- PermanentError         can never succeed: dead-letter the item with the reason
     |   +-- InvalidRecordError the input violates the wire format (bad JSON, schema, channel)
-    |   +-- ContentLimitError  a text over the channel's limit; refused before any call
+    |   +-- ContentLimitError  over the channel's limits (text, media type or size); no call
+    |   +-- UnsupportedMessageError  a kind of message the channel has not (a template on
+    |   |                      Instagram); no call
     |   +-- ProviderRejectedError*  a channel API refused this message for good (131026, ...)
+    |   |   +-- WindowClosedError*     outside the user's conversation window (131047, 10/2534022)
+    |   |   +-- TemplateRejectedError* the template (132xxx)
     |   +-- ThrottleDeadlineError   still throttled after router.throttle_deadline_s
     +-- RoleFailedError        a supervised role crashed past its restart intensity
 
@@ -128,7 +134,8 @@ class ThrottledError(ProviderError, RetryableError):
     not take the message. Wait for the pace and try again; never a spent attempt.
 
     `pair` says the limit was the one per (sending account, recipient), so only that recipient
-    has to wait (WhatsApp's 131056).
+    has to wait (WhatsApp's 131056); `app` that it was the Meta app's or business account's, so
+    every account of it slows down (4, 80007).
     """
 
     error_class = "throttled"
@@ -141,11 +148,13 @@ class ThrottledError(ProviderError, RetryableError):
         fbtrace_id: str | None = None,
         retry_after_s: float | None = None,
         pair: bool = False,
+        app: bool = False,
     ) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
         self.provider_code = provider_code
         self.fbtrace_id = fbtrace_id
         self.pair = pair
+        self.app = app
 
 
 class AccountError(ProviderError, RetryableError):
@@ -177,6 +186,28 @@ class ProviderRejectedError(ProviderError, PermanentError):
         super().__init__(message)
         self.provider_code = provider_code
         self.fbtrace_id = fbtrace_id
+
+
+class WindowClosedError(ProviderRejectedError):
+    """Outside the conversation's window: WhatsApp's 24-hour customer service window (131047),
+    Instagram's standard messaging window (10/2534022). This message, to this user, until the user
+    writes again; the router remembers the window closed (delivery/windows.py)."""
+
+    error_type = "window_closed"
+
+
+class TemplateRejectedError(ProviderRejectedError):
+    """A template message the provider refused for its template (132xxx: missing, not approved
+    in that language, paused, disabled, parameters that do not match)."""
+
+    error_type = "template_rejected"
+
+
+class UnsupportedMessageError(PermanentError):
+    """The channel has no such kind of message (a template on Instagram): refused before any
+    call."""
+
+    error_type = "unsupported_message"
 
 
 class ContentLimitError(PermanentError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +16,6 @@ from chat4all_workers.config import InstagramSettings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
 from chat4all_workers.errors import (
     AccountError,
-    ContentLimitError,
     ProviderError,
     ProviderRejectedError,
     ThrottledError,
@@ -259,16 +257,23 @@ def test_the_code_tables_hold_the_issue_s_classes() -> None:
     """Every code the contract lists, in the class it lists it under (docs/contract.md)."""
     listed = {
         ErrorClass.THROTTLED: (130429, 131056, 131048, 80007, 4, 17, 32, 613),
-        ErrorClass.TRANSIENT: (1, 2, 131000, 131016, 131057),
-        ErrorClass.REJECTED: (100, 131026, 131047, 131051),
-        ErrorClass.ACCOUNT: (0, 190, 10, 200, 250, 299, 368, 131031, 131042),
+        ErrorClass.TRANSIENT: (131057, 133004, 2494100),
+        ErrorClass.IN_DOUBT: (1, 2, 131000, 131016),
+        ErrorClass.REJECTED: (100, 131026, 131049, 131051, 131053, 130472),
+        ErrorClass.WINDOW: (131047,),
+        ErrorClass.TEMPLATE: (132000, 132001, 132005, 132007, 132012, 132015, 132016),
+        ErrorClass.ACCOUNT: (0, 33, 190, 10, 200, 250, 299, 368, 131031, 131042, 133010),
     }
     for error_class, codes in listed.items():
         for code in codes:
             assert classify(400, code, None, WHATSAPP_CODES).error_class is error_class, code
     for code in (4, 17, 32, 613):
         assert classify(400, code, None, INSTAGRAM_CODES).error_class is ErrorClass.THROTTLED
-    assert classify(400, 131056, None, WHATSAPP_CODES).pair
+    assert classify(400, 131056, None, WHATSAPP_CODES).scope == "pair"
+    assert classify(400, 80007, None, WHATSAPP_CODES).scope == "app"
+    assert classify(400, 4, None, INSTAGRAM_CODES).scope == "app"
+    assert classify(400, 100, 33, WHATSAPP_CODES).error_class is ErrorClass.ACCOUNT
+    assert classify(403, 10, 2534022, INSTAGRAM_CODES).error_class is ErrorClass.WINDOW
 
 
 async def test_adapter_treats_a_timeout_as_transient_and_in_doubt(http: HttpClient) -> None:
@@ -291,18 +296,3 @@ async def test_adapter_treats_a_refused_connection_as_transient_not_in_doubt(
 
     assert not error.value.in_doubt
     assert TOKEN not in str(error.value)
-
-
-def test_content_limits_are_whatsapp_characters_and_instagram_bytes(http: HttpClient) -> None:
-    wa, ig = whatsapp(1, http), instagram(1, http)
-    at_limit = dataclasses.replace(TEXT, text="é" * 4096)
-    over = dataclasses.replace(TEXT, text="a" * 4097)
-    ig_at_limit = dataclasses.replace(TEXT, text="é" * 500)  # 1,000 bytes
-    ig_over = dataclasses.replace(TEXT, text="é" * 500 + "a")
-
-    wa.check_content(at_limit)
-    ig.check_content(ig_at_limit)
-    with pytest.raises(ContentLimitError, match="4097 characters; WhatsApp takes at most 4096"):
-        wa.check_content(over)
-    with pytest.raises(ContentLimitError, match="1001 bytes of UTF-8; Instagram takes at most"):
-        ig.check_content(ig_over)

@@ -706,7 +706,7 @@ async def test_a_send_cancelled_between_attempts_releases_its_lease_at_once(
     # Backoff is full jitter (a delay in [0, 30 s]): a retry may come at once, so the send
     # never runs out of attempts here, and "answered 500" means at least once.
     settings = deployment.settings(
-        mocks={"error_rate": 1.0},
+        mocks={"error_rate": 1.0, "error_code": 131057},
         router={"retry_base_s": 30.0, "retry_cap_s": 30.0, "max_attempts": 1000},
     )
     key = f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"

@@ -1,11 +1,11 @@
 """The one small interface every channel provider sits behind, and the POST they all make.
 
-A `ChannelAdapter` has one verb, `send`, plus `aclose`, and says what it is: its `name`, the
+A `ChannelAdapter` has one verb, `send`, plus `aclose`, and says what it is: its `name` and the
 sending `account` (the business phone number id, the Instagram account id: what the provider's
-limits are counted against) and `check_content` (the channel's content limits, checked before
-any call: meta/limits.py). Adapters speak to the real provider APIs through the process's shared
-HTTP client (channels/http.py); the development mocks speak the same HTTP, so the adapter that
-tests exercise is the one production runs.
+limits are counted against). What a message may hold is Meta's protocol (meta/limits.py),
+checked before any call by delivery/outbound.py. Adapters speak to the real provider APIs
+through the process's shared HTTP client (channels/http.py); the development mocks speak the
+same HTTP, so the adapter that tests exercise is the one production runs.
 
 `post_json` makes the call and turns what came back into the provider's answer or a classified
 error (meta/errors.py: the channel's ONE code table). No answer at all (refused, reset, timeout)
@@ -33,10 +33,6 @@ class SendResult:
 class ChannelAdapter(Protocol):
     name: str
     account: str  # the sending account: what the provider's limits count against
-
-    def check_content(self, message: OutboundMessage) -> None:
-        """Raise ContentLimitError, naming the limit, for a message the channel cannot take."""
-        ...
 
     async def send(self, message: OutboundMessage) -> SendResult: ...
 

@@ -18,7 +18,6 @@ from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import InstagramSettings
 from chat4all_workers.errors import TransientProviderError
 from chat4all_workers.meta.errors import INSTAGRAM_CODES
-from chat4all_workers.meta.limits import check_instagram
 from chat4all_workers.meta.payloads import OutboundMessage, instagram_body
 
 
@@ -31,9 +30,6 @@ class InstagramAdapter:
         self.account = settings.user_id
         base = settings.base_url.rstrip("/")
         self._url = f"{base}/{settings.api_version}/{settings.user_id}/messages"
-
-    def check_content(self, message: OutboundMessage) -> None:
-        check_instagram(message)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         answer = await post_json(

@@ -19,7 +19,6 @@ from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import WhatsAppSettings
 from chat4all_workers.errors import TransientProviderError
 from chat4all_workers.meta.errors import WHATSAPP_CODES
-from chat4all_workers.meta.limits import check_whatsapp
 from chat4all_workers.meta.payloads import OutboundMessage, whatsapp_body
 
 
@@ -32,9 +31,6 @@ class WhatsAppAdapter:
         self.account = settings.phone_number_id
         base = settings.base_url.rstrip("/")
         self._url = f"{base}/{settings.api_version}/{settings.phone_number_id}/messages"
-
-    def check_content(self, message: OutboundMessage) -> None:
-        check_whatsapp(message)
 
     async def send(self, message: OutboundMessage) -> SendResult:
         answer = await post_json(

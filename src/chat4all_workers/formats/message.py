@@ -7,8 +7,11 @@ is dead-lettered with the reason instead of being sent half-understood:
   required), `sender_id` (bigint, or absent/null for a message without a sender);
 - `sender_username`: a string of at most 255 characters, or absent/null (the API may not know
   it, and nothing here depends on it);
-- `payload`: `{"type": "text", "content": non-empty string}` or `{"type": "file", "file_id":
-  UUID, "content": optional caption string}`;
+- `payload`: `{"type": "text", "content": non-empty string}`, `{"type": "file", "file_id":
+  UUID, "content": optional caption string}`, or `{"type": "template", "template": {"name":
+  string, "language": {"code": string, ...}, "components": [objects]}}` (Meta's template object,
+  sent as it is: WhatsApp only); any of them may say `"human_agent": true` (a person wrote it:
+  Instagram may send it with Meta's HUMAN_AGENT tag up to 7 days after the user's last message);
 - `channels`: a non-empty array of known channel names (or `"all"` in it), or `"all"`;
 - `recipients`: optional; an object whose values are strings of at most 256 characters, or
   null (a chosen channel without one fails for that channel only, as `invalid_record`, with
@@ -23,6 +26,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+
+import orjson
 
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.formats.wire import Fields, describe, present, quote, read_record
@@ -32,18 +38,24 @@ MAX_RECIPIENT_CHARS = 256
 ALL = "all"
 
 
+MAX_TEMPLATE_NAME_CHARS = 512  # Meta: template names up to 512 characters
+MAX_TEMPLATE_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Message:
     message_id: str
     conversation_id: int
     sender_id: int | None
     sender_username: str | None
-    kind: str  # "text" | "file"
+    kind: str  # "text" | "file" | "template"
     content: str
     file_id: str | None
     channels: tuple[str, ...]
     recipients: dict[str, str]
     created_at: datetime | None
+    template: dict[str, Any] | None = None  # Meta's template object, for "template"
+    human_agent: bool = False  # a person wrote it (Instagram's HUMAN_AGENT tag)
 
 
 def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message:
@@ -60,7 +72,7 @@ def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message
     recipients = _recipients(fields)
     created_at = fields.timestamp("created_at", required=False)
     fields.done()
-    kind, content, file_id = present(payload)
+    kind, content, file_id, template, human_agent = present(payload)
     return Message(
         message_id=present(message_id),
         conversation_id=present(conversation_id),
@@ -72,22 +84,54 @@ def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message
         channels=channels,
         recipients=recipients,
         created_at=created_at,
+        template=template,
+        human_agent=human_agent,
     )
 
 
-def _payload(fields: Fields) -> tuple[str, str, str | None] | None:
+_Payload = tuple[str, str, str | None, dict[str, Any] | None, bool]
+
+
+def _payload(fields: Fields) -> _Payload | None:
     payload = fields.object("payload")
     if payload is None:
         return None
-    kind = payload.choice("type", ("text", "file"))
+    kind = payload.choice("type", ("text", "file", "template"))
+    human_agent = payload.get("human_agent", required=False)
+    if human_agent is not None and not isinstance(human_agent, bool):
+        payload.problem("human_agent", f"must be true or false, got {describe(human_agent)}")
+    human = human_agent is True
     if kind == "text":
         content = payload.text("content")
-        return None if content is None else ("text", content, None)
+        return None if content is None else ("text", content, None, None, human)
     if kind == "file":
         file_id = payload.uuid("file_id")
         caption = payload.text("content", required=False, allow_empty=True)
-        return None if file_id is None else ("file", caption or "", file_id)
+        return None if file_id is None else ("file", caption or "", file_id, None, human)
+    if kind == "template":
+        template = _template(payload)
+        return None if template is None else ("template", "", None, template, human)
     return None
+
+
+def _template(payload: Fields) -> dict[str, Any] | None:
+    """Meta's template object: `name`, `language.code`, optional `components` (objects); the
+    rest of it (parameters, sub_type, index, policy) is Meta's to judge, passed on as it is."""
+    template = payload.object("template")
+    if template is None:
+        return None
+    template.text("name", max_chars=MAX_TEMPLATE_NAME_CHARS)
+    language = template.object("language")
+    if language is not None:
+        language.text("code", max_chars=32)
+    components = template.get("components", required=False)
+    if components is not None and not (
+        isinstance(components, list) and all(isinstance(c, dict) for c in components)
+    ):
+        template.problem("components", f"must be an array of objects, got {describe(components)}")
+    if len(orjson.dumps(template.doc)) > MAX_TEMPLATE_BYTES:
+        payload.problem("template", f"larger than {MAX_TEMPLATE_BYTES} bytes")
+    return dict(template.doc)
 
 
 def _channels(fields: Fields, all_channels: tuple[str, ...]) -> tuple[str, ...]:

@@ -1,29 +1,43 @@
 """The opaque callback data our sends carry, which Meta echoes in its webhooks.
 
-WhatsApp echoes `biz_opaque_callback_data` in every status webhook of the message; Instagram echoes
-`message.metadata` in the echo of a message we sent. Both hold the same small JSON object, so a
-status names the platform's message without any lookup:
-`{"message_id": "<uuid>", "conversation_id": <bigint>}`.
+WhatsApp echoes `biz_opaque_callback_data` in every status webhook of the message (at most 512
+characters: messages reference); Instagram echoes `message.metadata` in the echo of a message we
+sent. Both hold the same small JSON object, so a status names the platform's message without any
+lookup, and the record the send came from, so a failure reported later by webhook finds the
+original record to dead-letter or send again:
+`{"message_id": "<uuid>", "conversation_id": <bigint>, "origin": "<topic>:<partition>:<offset>"}`.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from chat4all_workers.meta.events import is_int64
 
+_MAX_ORIGIN = 300
 
-def callback_data(message_id: str, conversation_id: int) -> str:
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    message_id: str
+    conversation_id: int
+    origin: str | None = None  # "{topic}:{partition}:{offset}" of the record that was sent
+
+
+def callback_data(message_id: str, conversation_id: int, *, origin: str = "") -> str:
     """What a send sets as its callback data (WhatsApp) or metadata (Instagram)."""
-    return orjson.dumps({"message_id": message_id, "conversation_id": conversation_id}).decode()
+    doc: dict[str, Any] = {"message_id": message_id, "conversation_id": conversation_id}
+    if origin:
+        doc["origin"] = origin
+    return orjson.dumps(doc).decode()
 
 
-def callback_ids(raw: Any) -> tuple[str, int] | None:
-    """(message_id, conversation_id) from the opaque callback data our adapters set on a send
-    (`callback_data`), or None if it is not ours."""
+def read_callback(raw: Any) -> Callback | None:
+    """The callback data our adapters set on a send, or None if it is not ours."""
     if not isinstance(raw, str):
         return None
     try:
@@ -36,6 +50,26 @@ def callback_ids(raw: Any) -> tuple[str, int] | None:
     if not isinstance(message_id, str) or not is_int64(conversation_id):
         return None
     try:
-        return str(uuid.UUID(message_id)), conversation_id
+        message_id = str(uuid.UUID(message_id))
     except ValueError:
         return None
+    origin = doc.get("origin")
+    valid = isinstance(origin, str) and 0 < len(origin) <= _MAX_ORIGIN and origin.count(":") >= 2
+    return Callback(message_id, conversation_id, origin if valid else None)
+
+
+def callback_ids(raw: Any) -> tuple[str, int] | None:
+    """(message_id, conversation_id) of our callback data, or None if it is not ours."""
+    callback = read_callback(raw)
+    return None if callback is None else (callback.message_id, callback.conversation_id)
+
+
+def parse_origin(origin: str) -> tuple[str, int, int] | None:
+    """(topic, partition, offset) of an origin, or None for one that is not."""
+    parts = origin.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0]:
+        return None
+    topic, partition, offset = parts
+    if not (partition.isdigit() and offset.isdigit()):
+        return None
+    return topic, int(partition), int(offset)

@@ -158,7 +158,6 @@ class Router:
             wait=self._wait,
         )
         self.outbound = Outbound(
-            adapters,
             pool=ctx.resources.postgres(),
             s3=ctx.resources.s3_client(),
             bucket=settings.s3.bucket,
@@ -220,7 +219,7 @@ class Router:
             conversation_id=message.conversation_id,
             user_id=message.sender_id,
         ):
-            prepared = await self.outbound.prepare(message)
+            prepared = await self.outbound.prepare(message, origin=origin)
             failures: list[ChannelFailure] = []
             if len(message.channels) == 1:  # the common case: nothing to run side by side
                 await self._deliver(message, message.channels[0], prepared, origin, failures)

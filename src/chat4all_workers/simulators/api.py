@@ -80,6 +80,10 @@ class MockSettings:
     instagram_port: int = field(default=8102, metadata={"min": 0, "max": 65535})
     latency_ms: float = field(default=0.0, metadata=ZERO_OK)
     error_rate: float = field(default=0.0, metadata={"min": 0, "max": 1})
+    # The code of those failures (HTTP 500): 0 is the channel's "something went wrong" (131000,
+    # 2), an answer that proves nothing (the router waits for the provider's word); 131057
+    # (maintenance) proves the message was not taken (retried at once).
+    error_code: int = field(default=0, metadata={"min": 0})
     # Like a real account: sends per second per account (0 = unlimited), answered above it as
     # Meta does, HTTP `throttle_status` with code 130429 (WhatsApp) or 613 (Instagram) in the body.
     whatsapp_rate_per_s: float = field(default=80.0, metadata=ZERO_OK)
@@ -240,7 +244,8 @@ class MockChannel:
             )
         if self.settings.error_rate and self._random.random() < self.settings.error_rate:
             self.stats["failed"] += 1
-            return _error(500, "simulated provider failure", 131000 if self._whatsapp else 2)
+            code = self.settings.error_code or (131000 if self._whatsapp else 2)
+            return _error(500, "simulated provider failure", code)
         if problem := self._refusal(recipient, text):
             self.stats["rejected"] += 1
             return problem
@@ -279,10 +284,15 @@ class MockChannel:
             if body.get("messaging_product") != "whatsapp":
                 raise ValueError("messaging_product must be whatsapp")
             recipient = str(body["to"])
-            if body.get("type") == "document":
-                text = str(body["document"]["link"])
-            else:
+            kind = body.get("type")
+            if kind == "text":
                 text = str(body["text"]["body"])
+            elif kind == "template":
+                text = str(body["template"]["name"])
+            elif kind in ("image", "video", "audio", "document", "sticker"):
+                text = str(body[kind]["link"])
+            else:
+                raise ValueError(f"unsupported message type {kind!r}")
             raw_callback = body.get("biz_opaque_callback_data")
         else:
             recipient = str(body["recipient"]["id"])
