@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
 from chat4all_workers.autopipeline import AutoPipeline
-from tests.stack import StackEndpoints
+from harness.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
 

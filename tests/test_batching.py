@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from chat4all_workers.batching import IterationBatcher
-from tests.support import eventually
+from harness.waiting import eventually
 
 DEADLINE_S = 2.0
 

@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from chat4all_workers.delivery.markers import Kind, ProviderVerdicts, SendMarkers, State, marker_key
-from tests.stack import StackEndpoints
+from harness.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
 
