@@ -14,17 +14,18 @@ mocks' webhook delays, which are set LOW (DELIVERED after --delivered-after-ms, 
 --read-after-ms from the provider's accept) so that READ latency is the pipeline's, not the
 simulated reader's.
 
-Each message is written as the platform's API writes it (harness/pipeline.insert_one: the
-`messages` row and its `message.created` outbox event in one transaction), at a FIXED offered rate
-(open loop: message k is due at t0 + k/rate, whatever the pipeline does), round-robin across
---conversations conversations, each message to both channels. Its latency runs from the insert's
-commit to the Redis pub/sub note on `conversation:{id}` whose `message_status` is READ (the
-status updater publishes it after committing `messages.status`; READ is reached when the first
-channel reports it). Pub/sub is best effort, so the counts come from the database after a drain:
-READ, FAILED, and lost (neither, --drain-timeout after the last insert); the database's own clock
-(`updated_at - created_at` of READ rows) is printed as a cross-check, and so is where the time
-goes: when SENT, DELIVERED and READ were first reported (the status records' own timestamps, from
-`message_status_history`), counted from the insert.
+Each message is written as the platform's API writes it (harness/pipeline.insert_one, through the
+product's own writer behind `chat4all-workers send`: the `messages` row and its `message.created`
+outbox event in one transaction), at a FIXED offered rate (open loop: message k is due at
+t0 + k/rate, whatever the pipeline does), round-robin across --conversations conversations, each
+message to both channels. Its latency runs from the insert's commit to the Redis pub/sub note on
+`conversation:{id}` whose `message_status` is READ (the status updater publishes it after
+committing `messages.status`; READ is reached when the first channel reports it). Pub/sub is best
+effort, so the counts come from the database after a drain: READ, FAILED, and lost (neither,
+--drain-timeout after the last insert); the database's own clock (`updated_at - created_at` of
+READ rows) is printed as a cross-check, and so is where the time goes: when SENT, DELIVERED and
+READ were first reported (the status records' own timestamps, from `message_status_history`),
+counted from the insert.
 
 Baseline, in the same run and deployment: first --baseline-rate msg/s for --baseline-seconds
 (the latency floor of an idle pipeline), then the load; the report gives load/baseline ratios, and

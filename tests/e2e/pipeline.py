@@ -1,7 +1,7 @@
 """The platform's side of an end-to-end run: what its API would write, and what to check after.
 
-A message is written as the API writes it (harness/pipeline.py: the `messages` row and its
-`message.created` outbox event in one transaction). An upload is a `files`
+A message is written as the API writes it (harness/pipeline.py: the product's own writer, the
+`messages` row and its `message.created` outbox event in one transaction). An upload is a `files`
 row with its chunks in S3, and its merge request goes out through the outbox too (a row with
 `topic` set), so the whole flow starts in PostgreSQL.
 """
