@@ -49,7 +49,8 @@ help:
 	@echo "              (PYTEST_ARGS=... to pass options)"
 	@echo "make test-cluster  the tests on a 3-node Kafka cluster of their own (DEVSTACK_KAFKA_BROKERS=3),"
 	@echo "              the pipeline's broker failover included (also in make test)"
-	@echo "make lint     ruff (check, format), mypy --strict (src, tests, bench), import-linter"
+	@echo "make lint     ruff (check, format), mypy --strict (src, harness, tests, bench),"
+	@echo "              import-linter"
 	@echo "make soak     long run (tens of minutes): fault + hostile-input tests with bigger sizes,"
 	@echo "              then bench/pipeline.py for SOAK_SECONDS=$(SOAK_SECONDS) at SOAK_RATE=$(SOAK_RATE)/s"
 	@echo "make status   state of each service"
@@ -126,8 +127,8 @@ soak: venv stack
 		--drain-timeout 120
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench harness
+	$(BIN)/ruff format --check src tests bench harness
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

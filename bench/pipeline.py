@@ -8,23 +8,24 @@
 Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
 REDIS_URL, MINIO_*) in a deployment of its own (every topic, a migrated database, a bucket, a
 Redis key prefix; removed afterwards): `chat4all-workers run --roles all` in one process and the
-two channel mocks in another (tests/e2e/pipeline.deployment_running), the mocks calling the
+two channel mocks in another (harness/processes.deployment_running), the mocks calling the
 webhooks role back with signed status webhooks (the production path), production settings but the
 mocks' webhook delays, which are set LOW (DELIVERED after --delivered-after-ms, READ after
 --read-after-ms from the provider's accept) so that READ latency is the pipeline's, not the
 simulated reader's.
 
-Each message is written as the platform's API writes it (tests/e2e/pipeline.insert_one: the
-`messages` row and its `message.created` outbox event in one transaction), at a FIXED offered rate
-(open loop: message k is due at t0 + k/rate, whatever the pipeline does), round-robin across
---conversations conversations, each message to both channels. Its latency runs from the insert's
-commit to the Redis pub/sub note on `conversation:{id}` whose `message_status` is READ (the
-status updater publishes it after committing `messages.status`; READ is reached when the first
-channel reports it). Pub/sub is best effort, so the counts come from the database after a drain:
-READ, FAILED, and lost (neither, --drain-timeout after the last insert); the database's own clock
-(`updated_at - created_at` of READ rows) is printed as a cross-check, and so is where the time
-goes: when SENT, DELIVERED and READ were first reported (the status records' own timestamps, from
-`message_status_history`), counted from the insert.
+Each message is written as the platform's API writes it (harness/pipeline.insert_one, through the
+product's own writer behind `chat4all-workers send`: the `messages` row and its `message.created`
+outbox event in one transaction), at a FIXED offered rate (open loop: message k is due at
+t0 + k/rate, whatever the pipeline does), round-robin across --conversations conversations, each
+message to both channels. Its latency runs from the insert's commit to the Redis pub/sub note on
+`conversation:{id}` whose `message_status` is READ (the status updater publishes it after
+committing `messages.status`; READ is reached when the first channel reports it). Pub/sub is best
+effort, so the counts come from the database after a drain: READ, FAILED, and lost (neither,
+--drain-timeout after the last insert); the database's own clock (`updated_at - created_at` of
+READ rows) is printed as a cross-check, and so is where the time goes: when SENT, DELIVERED and
+READ were first reported (the status records' own timestamps, from `message_status_history`),
+counted from the insert.
 
 Baseline, in the same run and deployment: first --baseline-rate msg/s for --baseline-seconds
 (the latency floor of an idle pipeline), then the load; the report gives load/baseline ratios, and
@@ -61,15 +62,18 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # the test harness is the benchmark's harness too
+if str(REPO) not in sys.path:  # harness/, shared with the tests, is at the repository root
     sys.path.insert(0, str(REPO))
 
 import asyncpg  # noqa: E402
 import orjson  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
-from tests.e2e.pipeline import deployment_running, insert_one  # noqa: E402
-from tests.stack import StackEndpoints  # noqa: E402
-from tests.support import Deployment, WorkerProcess, isolated_deployment, read_topic  # noqa: E402
+
+from harness.deployment import Deployment, isolated_deployment  # noqa: E402
+from harness.pipeline import insert_one  # noqa: E402
+from harness.processes import WorkerProcess, deployment_running  # noqa: E402
+from harness.stack import StackEndpoints  # noqa: E402
+from harness.topics import read_topic  # noqa: E402
 
 MB = 1024 * 1024
 # Where the services are when the environment does not say (`scripts/devstack env` does).

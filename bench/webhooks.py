@@ -57,8 +57,6 @@ from chat4all_workers.roles import load_settings
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from tests.support import free_port  # noqa: E402
-
 from bench.procs import CpuMeter, RssSampler, read_line, service_pids, stop_process  # noqa: E402
 from bench.router import (  # noqa: E402
     KAFKA,
@@ -69,6 +67,7 @@ from bench.router import (  # noqa: E402
     run_router,
     scratch,
 )
+from harness.deployment import free_port  # noqa: E402
 
 SECRET = "bench-app-secret"
 PHONE = "1000"

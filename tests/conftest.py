@@ -19,14 +19,10 @@ from miniopy_async.api import Minio
 from chat4all_workers.background import Background
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
+from harness.deployment import TOPIC_FIELDS, Deployment, remove_bucket
+from harness.stack import StackEndpoints, unique_name
 from tests.cluster import Cluster, cluster_running
-from tests.stack import (
-    StackEndpoints,
-    StackUnavailableError,
-    discover,
-    unique_name,
-)
-from tests.support import TOPIC_FIELDS, Deployment, remove_bucket
+from tests.stack import StackUnavailableError, discover
 
 TOPIC_READY_TIMEOUT_S = 30.0
 
@@ -163,7 +159,7 @@ async def deployment(
     s3_bucket: str,
 ) -> Deployment:
     """A whole isolated deployment: every topic (4 partitions), a migrated database, a Redis
-    prefix, a bucket, a consumer-group prefix and free ports (see tests/support.Deployment)."""
+    prefix, a bucket, a consumer-group prefix and free ports (see harness/deployment.Deployment)."""
     conn = await asyncpg.connect(pg_database)
     try:
         await migrate(conn)

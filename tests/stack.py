@@ -1,4 +1,5 @@
-"""Where the test suite finds Kafka, PostgreSQL, Redis and S3.
+"""Where the test suite finds Kafka, PostgreSQL, Redis and S3 (harness/stack.py holds the
+endpoints it finds, shared with the benchmarks).
 
 In order:
 1. the environment (`KAFKA_BOOTSTRAP_SERVERS`, `DATABASE_URL`, `REDIS_URL`, `MINIO_ENDPOINT`,
@@ -20,15 +21,11 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
-from miniopy_async.api import Minio
+from harness import REPO
+from harness.stack import StackEndpoints
 
-REPO = Path(__file__).resolve().parent.parent
 DEVSTACK = REPO / "scripts" / "devstack"
 
 # `await kafka_topic(partitions=1, prefix="test")` -> topic name (see the conftest fixture)
@@ -39,73 +36,6 @@ REQUIRED_ENV = ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL", "MINIO_E
 
 class StackUnavailableError(RuntimeError):
     """A backing service is missing or unreachable."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class StackEndpoints:
-    kafka_bootstrap: str
-    database_url: str
-    redis_url: str
-    s3_endpoint: str
-    s3_access_key: str
-    s3_secret_key: str
-    s3_secure: bool
-    s3_bucket: str = "chat4all-files"
-
-    @classmethod
-    def from_environ(cls, environ: dict[str, str] | os._Environ[str]) -> StackEndpoints:
-        return cls(
-            kafka_bootstrap=environ["KAFKA_BOOTSTRAP_SERVERS"],
-            database_url=environ["DATABASE_URL"],
-            redis_url=environ["REDIS_URL"],
-            s3_endpoint=environ["MINIO_ENDPOINT"],
-            s3_access_key=environ.get("MINIO_ACCESS_KEY", "chat4all"),
-            s3_secret_key=environ.get("MINIO_SECRET_KEY", "chat4all-secret"),
-            s3_secure=environ.get("MINIO_SECURE", "false").strip().lower() in ("1", "true", "yes"),
-            s3_bucket=environ.get("MINIO_BUCKET", "chat4all-files"),
-        )
-
-    def as_environ(self) -> dict[str, str]:
-        """The same endpoints under the names the workers read."""
-        return {
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
-            "DATABASE_URL": self.database_url,
-            "REDIS_URL": self.redis_url,
-            "MINIO_ENDPOINT": self.s3_endpoint,
-            "MINIO_ACCESS_KEY": self.s3_access_key,
-            "MINIO_SECRET_KEY": self.s3_secret_key,
-            "MINIO_BUCKET": self.s3_bucket,
-            "MINIO_SECURE": "true" if self.s3_secure else "false",
-        }
-
-    def s3_client(self) -> Minio:
-        """A new miniopy-async client for the stack's S3 (`async with` it to close its session)."""
-        return Minio(
-            self.s3_endpoint,
-            access_key=self.s3_access_key,
-            secret_key=self.s3_secret_key,
-            secure=self.s3_secure,
-        )
-
-    def addresses(self) -> dict[str, tuple[str, int]]:
-        """(host, port) of each service, for reachability checks."""
-
-        def split(hostport: str, default_port: int) -> tuple[str, int]:
-            parts = urlsplit("//" + hostport)
-            return parts.hostname or "127.0.0.1", parts.port or default_port
-
-        db, rd = urlsplit(self.database_url), urlsplit(self.redis_url)
-        return {
-            "kafka": split(self.kafka_bootstrap.split(",")[0], 9092),
-            "postgres": (db.hostname or "127.0.0.1", db.port or 5432),
-            "redis": (rd.hostname or "127.0.0.1", rd.port or 6379),
-            "s3": split(self.s3_endpoint, 443 if self.s3_secure else 80),
-        }
-
-
-def unique_name(prefix: str = "t") -> str:
-    """A name no other test (or earlier run) uses: `{prefix}-{12 hex digits}`."""
-    return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
 def wait_reachable(stack: StackEndpoints, *, timeout_s: float = 30.0) -> None:

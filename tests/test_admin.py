@@ -8,8 +8,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from chat4all_workers.kafka.admin import ensure_topics, planned_topics
 from chat4all_workers.roles import load_settings
-from tests.stack import StackEndpoints, unique_name
-from tests.support import TOPIC_FIELDS
+from harness.deployment import TOPIC_FIELDS
+from harness.stack import StackEndpoints, unique_name
 
 pytestmark = pytest.mark.stack
 

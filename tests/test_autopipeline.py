@@ -11,7 +11,7 @@ import redis.exceptions as redis_errors
 
 from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.background import Background
-from tests.stack import StackEndpoints
+from harness.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
 

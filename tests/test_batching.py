@@ -6,7 +6,7 @@ import asyncio
 
 from chat4all_workers.background import Background
 from chat4all_workers.batching import IterationBatcher
-from tests.support import eventually
+from harness.waiting import eventually
 
 DEADLINE_S = 2.0
 

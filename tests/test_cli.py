@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.stack import StackEndpoints
+from harness.stack import StackEndpoints
 
 REPO = Path(__file__).resolve().parent.parent
 

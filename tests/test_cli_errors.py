@@ -18,8 +18,9 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 import pytest
 
-from tests.stack import StackEndpoints
-from tests.support import Deployment, free_port, own_redis
+from harness.deployment import Deployment, free_port
+from harness.stack import StackEndpoints
+from tests.support import own_redis
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -32,16 +32,11 @@ from chat4all_workers.reporting import Reporter
 from chat4all_workers.resources import Resources
 from chat4all_workers.role import RoleContext, RoleReport
 from chat4all_workers.roles import load_settings
-from tests.stack import StackEndpoints
-from tests.support import (
-    Deployment,
-    WorkerProcess,
-    eventually,
-    isolated_deployment,
-    occurrences,
-    produce,
-    router_record,
-)
+from harness.deployment import Deployment, isolated_deployment
+from harness.processes import WorkerProcess
+from harness.stack import StackEndpoints
+from harness.waiting import eventually
+from tests.support import occurrences, produce, router_record
 
 UNKNOWN_STATUSES = 3000
 SENT = 20  # router messages, each sent once: one SENT status each, for a message without a row

@@ -14,8 +14,10 @@ from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, Resources
 from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage.s3 import new_client
-from tests.stack import StackEndpoints
-from tests.support import eventually, free_port, own_redis, settings_for
+from harness.deployment import free_port, settings_for
+from harness.stack import StackEndpoints
+from harness.waiting import eventually
+from tests.support import own_redis
 
 pytestmark = pytest.mark.stack
 

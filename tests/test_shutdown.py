@@ -16,17 +16,11 @@ import orjson
 import pytest
 
 from chat4all_workers.app import App
-from tests.support import (
-    Deployment,
-    FakeChannelApi,
-    WorkerProcess,
-    committed_offsets,
-    eventually,
-    free_port,
-    partitions_of,
-    produce,
-    read_topic,
-)
+from harness.deployment import Deployment, free_port
+from harness.processes import WorkerProcess
+from harness.topics import partitions_of, read_topic
+from harness.waiting import eventually
+from tests.support import FakeChannelApi, committed_offsets, produce
 
 pytestmark = pytest.mark.stack
 

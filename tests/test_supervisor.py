@@ -13,7 +13,8 @@ from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
 from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from chat4all_workers.roles import CATALOGUE, resolve_roles
-from tests.support import eventually, metric_value
+from harness.waiting import eventually
+from tests.support import metric_value
 
 
 def fast_settings(**supervisor: float) -> Settings:

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.stack import StackEndpoints
-from tests.support import REPO
+from harness import REPO
+from harness.stack import StackEndpoints
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(240)]
 

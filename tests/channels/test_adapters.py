@@ -23,7 +23,7 @@ from chat4all_workers.errors import (
 )
 from chat4all_workers.meta.errors import INSTAGRAM_CODES, WHATSAPP_CODES, ErrorClass, classify
 from chat4all_workers.meta.payloads import OutboundMessage
-from tests.support import free_port
+from harness.deployment import free_port
 
 TOKEN = "EAAG-very-secret-token"
 

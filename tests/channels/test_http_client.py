@@ -20,7 +20,7 @@ from chat4all_workers.channels.http import (
     RequestTimeoutError,
     Response,
 )
-from tests.support import eventually
+from harness.waiting import eventually
 
 OK = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"id":"m1"}'
 Answer = Callable[[bytes], bytes | None]  # request bytes -> raw response (None: say nothing)

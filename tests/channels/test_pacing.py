@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
-from tests.stack import StackEndpoints
+from harness.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
 

@@ -16,7 +16,7 @@ import pytest
 
 from chat4all_workers.channels.pause import ChannelPause, PauseChange
 from chat4all_workers.errors import RetryableError
-from tests.support import eventually
+from harness.waiting import eventually
 
 BASE_S = 10.0
 CAP_S = 35.0

@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from chat4all_workers.db.migrate import migrate
-from tests.stack import StackEndpoints, unique_name
+from harness.stack import StackEndpoints, unique_name
 
 CLOSE_TIMEOUT_S = 10.0
 

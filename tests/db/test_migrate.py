@@ -11,8 +11,8 @@ import pytest
 
 import chat4all_workers.db
 from chat4all_workers.db.migrate import Migration, bundled_migrations, migrate
+from harness.waiting import eventually
 from tests.db.conftest import PgSchema
-from tests.support import eventually
 
 MIGRATIONS_DIR = Path(chat4all_workers.db.__file__).parent / "migrations"
 WAIT_S = 10.0

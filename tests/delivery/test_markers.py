@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.background import Background
 from chat4all_workers.delivery.markers import Kind, ProviderVerdicts, SendMarkers, State, marker_key
-from tests.stack import StackEndpoints
+from harness.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
 

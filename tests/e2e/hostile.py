@@ -28,8 +28,9 @@ from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.logging import JsonFormatter
 from chat4all_workers.readiness import ChildStats
-from tests.stack import StackEndpoints
-from tests.support import Deployment, read_topic
+from harness.deployment import Deployment
+from harness.stack import StackEndpoints
+from harness.topics import read_topic
 
 # Recognisable credentials: none of them may ever appear in a formatted log line.
 WA_TOKEN = "SECRET-WA-TOKEN-xyz"

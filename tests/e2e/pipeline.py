@@ -1,17 +1,15 @@
 """The platform's side of an end-to-end run: what its API would write, and what to check after.
 
-A message is written as the API writes it: the `messages` row and its `message.created` outbox
-event in one transaction. An upload is a `files` row with its chunks in S3, and its merge request
-goes out through the outbox too (a row with `topic` set), so the whole flow starts in PostgreSQL.
+A message is written as the API writes it (harness/pipeline.py: the product's own writer, the
+`messages` row and its `message.created` outbox event in one transaction). An upload is a `files`
+row with its chunks in S3, and its merge request goes out through the outbox too (a row with
+`topic` set), so the whole flow starts in PostgreSQL.
 """
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -19,59 +17,9 @@ import asyncpg
 import orjson
 from miniopy_async.api import Minio
 
-from chat4all_workers.roles import resolve_roles
-from chat4all_workers.roles.webhooks import ROLE as WEBHOOKS_ROLE
+from harness.deployment import Deployment
+from harness.pipeline import Sent, insert_one
 from tests.roles.uploads import seed_upload
-from tests.support import Deployment, WorkerProcess, free_port
-
-WEBHOOKS = WEBHOOKS_ROLE.name
-
-
-@contextlib.asynccontextmanager
-async def workers_running(
-    deployment: Deployment, log_dir: Path, groups: Sequence[str], **overrides: dict[str, Any]
-) -> AsyncIterator[list[WorkerProcess]]:
-    """One `chat4all-workers run --roles <group>` process per group, each with its own
-    operations port and `overrides` (settings sections); yields them once all answer /readyz,
-    and stops them afterwards. The first process to run the webhooks role listens on the
-    deployment's webhooks port, any other one on a port of its own."""
-    procs: list[WorkerProcess] = []
-    webhooks_bound = False
-    try:
-        for n, roles in enumerate(groups):
-            binds = WEBHOOKS in {spec.name for spec in resolve_roles(roles.split(","))}
-            if binds and webhooks_bound:
-                webhooks = {**overrides.get("webhooks", {}), "port": free_port()}
-                env = deployment.environ(**{**overrides, "webhooks": webhooks})
-            else:
-                env = deployment.environ(**overrides)
-            webhooks_bound = webhooks_bound or binds
-            if n:
-                env["METRICS_PORT"] = str(free_port())
-            procs.append(await WorkerProcess(roles, env, log_dir / f"worker-{n}.log").start())
-        for proc in procs:
-            await proc.ready()
-        yield procs
-    finally:
-        for proc in procs:
-            await proc.stop()
-
-
-def deployment_running(
-    deployment: Deployment, log_dir: Path, **overrides: dict[str, Any]
-) -> contextlib.AbstractAsyncContextManager[list[WorkerProcess]]:
-    """The production roles (`--roles all`) in one process, the channel mocks in another (so
-    what the mocks saw survives anything done to the workers): yields [workers, mocks]."""
-    return workers_running(
-        deployment, log_dir, ["all", "whatsapp_mock,instagram_mock"], **overrides
-    )
-
-
-@dataclass(frozen=True)
-class Sent:
-    message_id: str
-    conversation_id: int
-    content: str
 
 
 async def insert_messages(
@@ -88,37 +36,6 @@ async def insert_messages(
     finally:
         await conn.close()
     return written
-
-
-async def insert_one(conn: asyncpg.Connection, conversation: int, content: str) -> Sent:
-    """One message and its `message.created` event, committed together."""
-    message_id = uuid.uuid4()
-    value = {
-        "message_id": str(message_id),
-        "conversation_id": conversation,
-        "sender_id": 7,
-        "sender_username": "ana",
-        "payload": {"type": "text", "content": content},
-        "channels": "all",
-        "recipients": {"whatsapp": f"+55{conversation:09d}", "instagram": f"ig{conversation}"},
-        "created_at": "2026-11-28T10:30:00Z",
-    }
-    async with conn.transaction():
-        await conn.execute(
-            """INSERT INTO messages (id, conversation_id, sender_id, payload, channels, status)
-               VALUES ($1, $2, 7, $3, '["whatsapp", "instagram"]', 'ACCEPTED')""",
-            message_id,
-            conversation,
-            orjson.dumps(value["payload"]).decode(),
-        )
-        await conn.execute(
-            """INSERT INTO outbox_events (id, aggregate_type, aggregate_id, event_type, payload)
-               VALUES ($1, 'conversation', $2, 'message.created', $3)""",
-            uuid.uuid4(),
-            str(conversation),
-            orjson.dumps(value).decode(),
-        )
-    return Sent(str(message_id), conversation, content)
 
 
 async def upload_file(deployment: Deployment, s3: Minio, chunks: Sequence[bytes]) -> uuid.UUID:

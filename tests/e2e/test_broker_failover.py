@@ -44,10 +44,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import ensure_topics
+from harness.deployment import TOPIC_FIELDS, Deployment
+from harness.pipeline import Sent, insert_one
+from harness.processes import WorkerProcess, workers_running
+from harness.stack import StackEndpoints, unique_name
+from harness.topics import read_topic
+from harness.waiting import eventually
 from tests.cluster import Cluster, describe_without, leaders
-from tests.e2e.pipeline import Sent, check_deliveries, insert_one, mock_sent, workers_running
-from tests.stack import StackEndpoints, unique_name
-from tests.support import TOPIC_FIELDS, Deployment, WorkerProcess, eventually, read_topic
+from tests.e2e.pipeline import check_deliveries, mock_sent
 
 # The stream (`make soak` raises them): RATE_PER_S messages a second for SECONDS, each to both
 # channels, the kill KILL_AFTER_S into it; over as many conversations as keep each recipient
@@ -85,7 +89,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 async def cluster_deployment(
     stack: StackEndpoints, cluster: Cluster, pg_database: str, redis_prefix: str, s3_bucket: str
 ) -> Deployment:
-    """A whole deployment (tests/support.Deployment) whose Kafka is the cluster: every topic
+    """A whole deployment (harness/deployment.Deployment) whose Kafka is the cluster: every topic
     created by `ensure_topics`, what `topics ensure` runs, replicated 3."""
     conn = await asyncpg.connect(pg_database)
     try:

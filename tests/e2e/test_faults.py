@@ -21,18 +21,14 @@ import orjson
 import pytest
 from miniopy_async.api import Minio
 
-from tests.e2e.pipeline import (
-    Sent,
-    check_deliveries,
-    deployment_running,
-    file_status,
-    insert_one,
-    mock_sent,
-    statuses,
-    upload_file,
-)
+from harness import REPO
+from harness.deployment import Deployment
+from harness.pipeline import Sent, insert_one
+from harness.processes import WorkerProcess, deployment_running
+from harness.topics import read_topic
+from harness.waiting import eventually
+from tests.e2e.pipeline import check_deliveries, file_status, mock_sent, statuses, upload_file
 from tests.roles.uploads import MIB
-from tests.support import REPO, Deployment, WorkerProcess, eventually, read_topic
 
 # The steady stream each fault hits, and each test's time limit; `make soak` raises them
 # (defaults: 20/s for 4 s over 8 conversations, a 3 s outage, 120 s per test).

@@ -45,6 +45,8 @@ from hypothesis import strategies as st
 
 from chat4all_workers.meta.limits import INSTAGRAM_TEXT_BYTES as TEXT_LIMIT_BYTES
 from chat4all_workers.meta.limits import WHATSAPP_TEXT_CHARACTERS as TEXT_LIMIT_CHARACTERS
+from harness.deployment import Deployment
+from harness.topics import partitions_of, read_topic
 from tests.e2e.hostile import (
     BAD_INPUT_TYPES,
     EDGE_STRINGS,
@@ -90,7 +92,7 @@ from tests.e2e.hostile import (
     watch_logs,
 )
 from tests.roles.uploads import seed_upload
-from tests.support import Deployment, FakeChannelApi, partitions_of, read_topic
+from tests.support import FakeChannelApi
 
 pytestmark = [
     pytest.mark.stack,

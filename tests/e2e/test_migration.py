@@ -18,8 +18,10 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from chat4all_workers.app import App
 from chat4all_workers.status import collect_status
-from tests.stack import unique_name
-from tests.support import Deployment, FakeChannelApi, commit_offsets, read_topic, router_record
+from harness.deployment import Deployment
+from harness.stack import unique_name
+from harness.topics import read_topic
+from tests.support import FakeChannelApi, commit_offsets, router_record
 
 pytestmark = pytest.mark.stack
 

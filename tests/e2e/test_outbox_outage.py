@@ -25,8 +25,11 @@ import asyncpg
 import orjson
 import pytest
 
+from harness.deployment import Deployment
+from harness.processes import WorkerProcess
+from harness.topics import read_topic
+from harness.waiting import eventually
 from tests.e2e.test_faults import devstack
-from tests.support import Deployment, WorkerProcess, eventually, read_topic
 
 OUTAGE_S = float(os.environ.get("OUTBOX_OUTAGE_S", "20"))
 ROUNDS = 20

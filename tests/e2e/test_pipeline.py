@@ -12,18 +12,20 @@ import orjson
 import pytest
 from miniopy_async.api import Minio
 
+from harness.deployment import Deployment
+from harness.pipeline import Sent
+from harness.processes import workers_running
+from harness.topics import read_topic
+from harness.waiting import eventually
 from tests.e2e.pipeline import (
-    Sent,
     check_deliveries,
     file_status,
     insert_messages,
     mock_sent,
     statuses,
     upload_file,
-    workers_running,
 )
 from tests.roles.uploads import MIB
-from tests.support import Deployment, eventually, read_topic
 
 pytestmark = pytest.mark.stack
 

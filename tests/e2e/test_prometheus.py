@@ -35,7 +35,12 @@ from miniopy_async.api import Minio
 
 from chat4all_workers.meta.notifications import whatsapp_notification
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
-from tests.e2e.pipeline import Sent, insert_messages, statuses, upload_file, workers_running
+from harness.deployment import DEV_APP_SECRET, Deployment
+from harness.pipeline import Sent
+from harness.processes import WorkerProcess, workers_running
+from harness.stack import unique_name
+from harness.waiting import eventually
+from tests.e2e.pipeline import insert_messages, statuses, upload_file
 from tests.promql import (
     Query,
     alert_queries,
@@ -45,8 +50,8 @@ from tests.promql import (
     operands,
     template_labels,
 )
-from tests.stack import DEVSTACK, unique_name
-from tests.support import DEV_APP_SECRET, Deployment, WorkerProcess, eventually, produce
+from tests.stack import DEVSTACK
+from tests.support import produce
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

@@ -36,15 +36,12 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from chat4all_workers.config import CHANNELS
+from harness.deployment import Deployment, free_port
+from harness.processes import WorkerProcess
+from harness.topics import read_topic
+from harness.waiting import eventually
 from tests.e2e.pipeline import mock_sent
-from tests.support import (
-    Deployment,
-    WorkerProcess,
-    committed_offsets,
-    eventually,
-    free_port,
-    read_topic,
-)
+from tests.support import committed_offsets
 
 MESSAGES = int(os.environ.get("KILL_MESSAGES", "600"))
 RATE_PER_S = float(os.environ.get("KILL_RATE_PER_S", "200"))

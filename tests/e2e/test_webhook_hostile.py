@@ -30,6 +30,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
+from harness.deployment import Deployment
+from harness.processes import WorkerProcess
+from harness.topics import partitions_of
 from tests.roles.webhook_support import (
     IG_SECRET,
     SECRETS,
@@ -38,7 +41,6 @@ from tests.roles.webhook_support import (
     arbitrary_documents,
     mutated_notifications,
 )
-from tests.support import Deployment, WorkerProcess, partitions_of
 
 EXAMPLES = int(os.environ.get("WEBHOOK_HOSTILE_EXAMPLES", "100"))
 LIMIT = 65_536  # webhooks.max_body_bytes for this test: big enough to matter, quick to send

@@ -20,8 +20,10 @@ import orjson
 import pytest
 
 from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
+from harness.deployment import Deployment
+from harness.waiting import eventually
 from tests.roles.webhook_support import PHONE_NUMBER_ID, Endpoint, running, webhook_settings
-from tests.support import Deployment, eventually, metric_value
+from tests.support import metric_value
 
 WEBHOOKS = int(os.environ.get("WEBHOOK_E2E_WEBHOOKS", "10000"))
 DUPLICATES = 0.2

@@ -15,8 +15,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from chat4all_workers.kafka.admin import wait_for_leaders
+from harness.waiting import eventually
 from tests.cluster import Cluster, describe_without, leaders
-from tests.support import eventually
 
 pytestmark = [pytest.mark.stack, pytest.mark.cluster]
 

@@ -16,16 +16,12 @@ from pathlib import Path
 import pytest
 
 from chat4all_workers.config import TopicSettings
-from tests.e2e.pipeline import workers_running
-from tests.support import (
-    REPO,
-    Deployment,
-    committed_offsets,
-    eventually,
-    produce,
-    read_topic,
-    router_record,
-)
+from harness import REPO
+from harness.deployment import Deployment
+from harness.processes import workers_running
+from harness.topics import read_topic
+from harness.waiting import eventually
+from tests.support import committed_offsets, produce, router_record
 
 OPERATIONS = REPO / "docs" / "operations.md"
 TABLE = re.compile(r"<!-- runbook-commands: begin.*?-->\n(.*?)<!-- runbook-commands: end -->", re.S)

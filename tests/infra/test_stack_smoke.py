@@ -17,7 +17,8 @@ from miniopy_async.api import Minio
 from miniopy_async.commonconfig import ComposeSource
 from miniopy_async.deleteobjects import DeleteObject
 
-from tests.stack import KafkaTopicFactory, StackEndpoints
+from harness.stack import StackEndpoints
+from tests.stack import KafkaTopicFactory
 
 pytestmark = pytest.mark.stack
 

@@ -10,8 +10,9 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from chat4all_workers.kafka.backlog import uncommitted_backlog
-from tests.stack import StackEndpoints, unique_name
-from tests.support import commit_offsets, settings_for
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints, unique_name
+from tests.support import commit_offsets
 
 pytestmark = pytest.mark.stack
 

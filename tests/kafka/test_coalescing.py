@@ -12,8 +12,10 @@ from chat4all_workers.background import Background
 from chat4all_workers.errors import CircuitOpenError
 from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
-from tests.stack import KafkaTopicFactory, StackEndpoints
-from tests.support import read_topic, settings_for
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints
+from harness.topics import read_topic
+from tests.stack import KafkaTopicFactory
 
 pytestmark = pytest.mark.stack
 

@@ -11,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from chat4all_workers.kafka.commits import Commits, forget_lag, report_lag, total_lag
 from chat4all_workers.kafka.partitions import Partition
 from chat4all_workers.observability.metrics import Metrics
-from tests.stack import StackEndpoints
+from harness.stack import StackEndpoints
 from tests.support import committed_offsets, eventually, metric_value, produce
 
 pytestmark = pytest.mark.stack

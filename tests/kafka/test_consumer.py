@@ -16,8 +16,10 @@ from chat4all_workers.kafka.consumer import ConsumerEngine
 from chat4all_workers.kafka.held import held, wait_unless_handed_back
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
-from tests.stack import StackEndpoints
-from tests.support import committed_offsets, eventually, metric_value, produce, settings_for
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints
+from harness.waiting import eventually
+from tests.support import committed_offsets, metric_value, produce
 
 pytestmark = pytest.mark.stack
 

@@ -21,9 +21,11 @@ from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints
+from harness.waiting import eventually
 from tests.roles.durable_support import KafkaProxy, wait_for_records
-from tests.stack import KafkaTopicFactory, StackEndpoints
-from tests.support import eventually, settings_for
+from tests.stack import KafkaTopicFactory
 
 pytestmark = pytest.mark.stack
 

@@ -7,7 +7,8 @@ import pytest
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.kafka.replay import ReplayFilter, replay_dlq
-from tests.support import Deployment, read_topic
+from harness.deployment import Deployment
+from harness.topics import read_topic
 
 pytestmark = pytest.mark.stack
 

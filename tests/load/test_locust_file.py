@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.pipeline import workers_running
-from tests.support import REPO, Deployment
+from harness import REPO
+from harness.deployment import Deployment
+from harness.processes import workers_running
 
 pytestmark = pytest.mark.stack
 

@@ -17,8 +17,8 @@ from chat4all_workers.config import Settings
 from chat4all_workers.formats.message import parse_message
 from chat4all_workers.ops.send import BadInputError, compose
 from chat4all_workers.roles import load_settings
+from harness.deployment import Deployment
 from tests.ops.cli_support import run_cli
-from tests.support import Deployment
 
 FAST: dict[str, dict[str, Any]] = {
     "mocks": {"delivered_after_ms": 20.0, "read_after_ms": 50.0},

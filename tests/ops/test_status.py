@@ -16,7 +16,10 @@ from chat4all_workers.app import App
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.status import collect_status, render
-from tests.support import REPO, Deployment, eventually, produce
+from harness import REPO
+from harness.deployment import Deployment
+from harness.waiting import eventually
+from tests.support import produce
 
 pytestmark = pytest.mark.stack
 

@@ -20,8 +20,9 @@ import redis.asyncio as aioredis
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.ops.dead_letters import partition_for
+from harness.deployment import Deployment
 from tests.ops.cli_support import CliRun, run_cli
-from tests.support import Deployment, produce
+from tests.support import produce
 
 pytestmark = pytest.mark.stack
 

@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator
 from aiokafka.protocol import metadata as metadata_protocol
 from aiokafka.structs import ConsumerRecord
 
-from tests.stack import StackEndpoints
-from tests.support import eventually, read_topic
+from harness.stack import StackEndpoints
+from harness.topics import read_topic
+from harness.waiting import eventually
 
 _METADATA_API_KEY = 3
 

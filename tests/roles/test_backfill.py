@@ -22,9 +22,11 @@ from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import OutgoingRecord
+from harness.deployment import free_port, settings_for
+from harness.stack import StackEndpoints
+from harness.waiting import eventually
 from tests.roles.durable_support import KafkaProxy, wait_for_records
-from tests.stack import KafkaTopicFactory, StackEndpoints
-from tests.support import eventually, free_port, settings_for
+from tests.stack import KafkaTopicFactory
 
 pytestmark = pytest.mark.stack
 

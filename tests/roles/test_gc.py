@@ -21,9 +21,10 @@ from chat4all_workers.db.migrate import migrate
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.roles.gc import GcReport, collect_garbage
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints
 from tests.roles.uploads import object_keys, seed_upload
-from tests.stack import StackEndpoints
-from tests.support import metric_value, settings_for
+from tests.support import metric_value
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(60)]
 

@@ -27,14 +27,10 @@ from chat4all_workers.config import CHANNELS, Settings
 from chat4all_workers.meta.notifications import whatsapp_notification, whatsapp_status
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from chat4all_workers.roles.webhooks import WebhookSettings
-from tests.support import (
-    DEV_APP_SECRET,
-    Deployment,
-    eventually,
-    metric_value,
-    produce,
-    read_topic,
-)
+from harness.deployment import DEV_APP_SECRET, Deployment
+from harness.topics import read_topic
+from harness.waiting import eventually
+from tests.support import metric_value, produce
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(120)]
 

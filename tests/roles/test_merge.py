@@ -19,9 +19,12 @@ from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.storage.s3 import file_key
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints
+from harness.topics import read_topic
 from tests.roles.uploads import MIB, object_keys, object_sha256, seed_upload
-from tests.stack import KafkaTopicFactory, StackEndpoints
-from tests.support import produce, read_topic, settings_for
+from tests.stack import KafkaTopicFactory
+from tests.support import produce
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(90)]
 

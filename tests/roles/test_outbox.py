@@ -18,9 +18,12 @@ from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.roles.outbox import route
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints
+from harness.waiting import eventually
 from tests.roles.durable_support import wait_for_records
-from tests.stack import KafkaTopicFactory, StackEndpoints
-from tests.support import eventually, metric_value, settings_for
+from tests.stack import KafkaTopicFactory
+from tests.support import metric_value
 
 pytestmark = pytest.mark.stack
 

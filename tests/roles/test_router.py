@@ -31,15 +31,11 @@ from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.role import RoleContext
 from chat4all_workers.roles import REGISTRY
 from chat4all_workers.roles.router import Router
-from tests.support import (
-    Deployment,
-    FakeChannelApi,
-    WorkerProcess,
-    eventually,
-    metric_value,
-    produce,
-    read_topic,
-)
+from harness.deployment import Deployment
+from harness.processes import WorkerProcess
+from harness.topics import read_topic
+from harness.waiting import eventually
+from tests.support import FakeChannelApi, metric_value, produce
 
 pytestmark = pytest.mark.stack
 

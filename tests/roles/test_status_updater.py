@@ -17,10 +17,11 @@ from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.roles.status_updater import next_status
+from harness.deployment import settings_for
+from harness.stack import StackEndpoints
 from tests.e2e.hostile import watch_logs
 from tests.roles.durable_support import wait_for_records
-from tests.stack import KafkaTopicFactory, StackEndpoints
-from tests.support import settings_for
+from tests.stack import KafkaTopicFactory
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ from chat4all_workers.meta.notifications import (
 )
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from chat4all_workers.roles.webhooks import WebhookSettings
+from harness.deployment import Deployment
+from harness.topics import read_topic
+from harness.waiting import eventually
 from tests.roles.durable_support import KafkaProxy, wait_for_records
 from tests.roles.webhook_support import (
     IG_SECRET,
@@ -34,7 +37,7 @@ from tests.roles.webhook_support import (
     running,
     webhook_settings,
 )
-from tests.support import Deployment, eventually, metric_value, read_topic
+from tests.support import metric_value
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(120)]
 

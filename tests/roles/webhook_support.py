@@ -24,14 +24,14 @@ from chat4all_workers.meta.notifications import (
 )
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from chat4all_workers.roles.webhooks import WebhookSettings
-from tests.support import Deployment
+from harness.deployment import Deployment
 
 WA_SECRET = "wa-app-secret-for-tests"
 IG_SECRET = "ig-app-secret-for-tests"
 WA_TOKEN = "wa-verify-token-for-tests"
 IG_TOKEN = "ig-verify-token-for-tests"
 SECRETS = {"whatsapp": WA_SECRET, "instagram": IG_SECRET}
-# The accounts tests.support.Deployment configures.
+# The accounts harness.deployment.Deployment configures.
 PHONE_NUMBER_ID = "1000"
 IG_USER_ID = "2000"
 

@@ -26,7 +26,9 @@ from chat4all_workers.errors import (
 )
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, signature_matches
-from tests.support import DEV_APP_SECRET, Deployment, eventually, free_port, read_topic
+from harness.deployment import DEV_APP_SECRET, Deployment, free_port
+from harness.topics import read_topic
+from harness.waiting import eventually
 
 pytestmark = pytest.mark.stack
 
