@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,13 +16,11 @@ from chat4all_workers.config import InstagramSettings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
 from chat4all_workers.errors import (
     AccountError,
-    ContentLimitError,
     ProviderError,
     ProviderRejectedError,
     ThrottledError,
     TransientProviderError,
 )
-from chat4all_workers.meta.errors import INSTAGRAM_CODES, WHATSAPP_CODES, ErrorClass, classify
 from chat4all_workers.meta.payloads import OutboundMessage
 from tests.support import free_port
 
@@ -255,22 +252,6 @@ async def test_instagram_adapter_classifies_by_code_and_subcode(
         await runner.cleanup()
 
 
-def test_the_code_tables_hold_the_issue_s_classes() -> None:
-    """Every code the contract lists, in the class it lists it under (docs/contract.md)."""
-    listed = {
-        ErrorClass.THROTTLED: (130429, 131056, 131048, 80007, 4, 17, 32, 613),
-        ErrorClass.TRANSIENT: (1, 2, 131000, 131016, 131057),
-        ErrorClass.REJECTED: (100, 131026, 131047, 131051),
-        ErrorClass.ACCOUNT: (0, 190, 10, 200, 250, 299, 368, 131031, 131042),
-    }
-    for error_class, codes in listed.items():
-        for code in codes:
-            assert classify(400, code, None, WHATSAPP_CODES).error_class is error_class, code
-    for code in (4, 17, 32, 613):
-        assert classify(400, code, None, INSTAGRAM_CODES).error_class is ErrorClass.THROTTLED
-    assert classify(400, 131056, None, WHATSAPP_CODES).pair
-
-
 async def test_adapter_treats_a_timeout_as_transient_and_in_doubt(http: HttpClient) -> None:
     scripted = Scripted([(200, {"messages": [{"id": "late"}]}, {})], delay_s=1.0)
     runner = await serve(scripted)
@@ -291,18 +272,3 @@ async def test_adapter_treats_a_refused_connection_as_transient_not_in_doubt(
 
     assert not error.value.in_doubt
     assert TOKEN not in str(error.value)
-
-
-def test_content_limits_are_whatsapp_characters_and_instagram_bytes(http: HttpClient) -> None:
-    wa, ig = whatsapp(1, http), instagram(1, http)
-    at_limit = dataclasses.replace(TEXT, text="é" * 4096)
-    over = dataclasses.replace(TEXT, text="a" * 4097)
-    ig_at_limit = dataclasses.replace(TEXT, text="é" * 500)  # 1,000 bytes
-    ig_over = dataclasses.replace(TEXT, text="é" * 500 + "a")
-
-    wa.check_content(at_limit)
-    ig.check_content(ig_at_limit)
-    with pytest.raises(ContentLimitError, match="4097 characters; WhatsApp takes at most 4096"):
-        wa.check_content(over)
-    with pytest.raises(ContentLimitError, match="1001 bytes of UTF-8; Instagram takes at most"):
-        ig.check_content(ig_over)
