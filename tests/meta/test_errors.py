@@ -212,3 +212,19 @@ def test_error_for_answer_uses_the_channels_table() -> None:
 
     assert isinstance(on_whatsapp, ProviderRejectedError)  # 1200 is not WhatsApp's: HTTP 400
     assert isinstance(on_instagram, TransientProviderError)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="src bug: meta/errors._int trusts str.isdigit(), which accepts what int() refuses "
+    "(superscript digits, more than 4,300 digits): ValueError instead of a classified error",
+)
+@pytest.mark.parametrize("code", ["\u00b2", "1" * 5000], ids=["superscript", "5000-digits"])
+def test_error_for_answer_falls_back_to_the_http_status_for_a_code_it_cannot_read(
+    code: str,
+) -> None:
+    error = error_for_answer(503, answer(code), None, WHATSAPP_CODES)
+
+    assert isinstance(error, TransientProviderError)
+    assert error.provider_code is None
