@@ -296,7 +296,7 @@ async def test_supervisor_stop_ends_a_backoff_at_once() -> None:
         await supervisor.stop()
         stop_took_s = time.monotonic() - began
 
-    assert stop_took_s < 1.0
+    assert stop_took_s < 2.0  # not the hour of backoff
     assert (state(supervisor, "worker"), child.starts) == ("stopped", 1)
 
 
@@ -341,7 +341,7 @@ async def test_supervisor_stop_cancels_a_child_still_running_at_the_hand_back_de
         stats = stats_of(supervisor, "stubborn")
 
     assert (stats.state, stats.cancelled) == ("stopped", True)
-    assert 0.2 < stop_took_s < 1.0  # the hand-back end of a 0.4 s budget, not later
+    assert 0.2 < stop_took_s < 2.0  # at the hand-back end of a 0.4 s budget
 
 
 async def test_supervisor_stop_reports_a_child_that_ignores_cancellation_as_stuck(
