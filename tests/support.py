@@ -118,6 +118,67 @@ class FakeChannelApi:
         return web.json_response({"recipient_id": recipient, "message_id": f"mid.{provider_id}"})
 
 
+Answer = tuple[int, Any, dict[str, str]]  # (HTTP status, JSON body, headers)
+
+
+class ScriptedApi:
+    """A loopback Send API (`POST /{version}/{account}/messages`, as WhatsApp's and Instagram's)
+    answering each request with the next scripted answer, recording every request body.
+
+    `answers` is the script: (status, JSON body, headers) per request, in order; a request past
+    the end of the script gets a 599 (so a test that sends more than it planned fails loudly).
+    Helpers build Meta's answers: `accepted(...)`, `meta_error(...)`."""
+
+    def __init__(self, answers: Sequence[Answer] = ()) -> None:
+        self.answers: list[Answer] = list(answers)
+        self.requests: list[dict[str, Any]] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> ScriptedApi:
+        app = web.Application()
+        app.router.add_post("/{version}/{account}/messages", self._messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        self.requests.append(await request.json())
+        if not self.answers:
+            return web.json_response({"error": {"message": "unscripted request"}}, status=599)
+        status, body, headers = self.answers.pop(0)
+        return web.json_response(body, status=status, headers=headers)
+
+    @staticmethod
+    def accepted(provider_message_id: str, *, channel: str = "whatsapp") -> Answer:
+        if channel == "whatsapp":
+            return (
+                200,
+                {"messaging_product": "whatsapp", "messages": [{"id": provider_message_id}]},
+                {},
+            )
+        return 200, {"recipient_id": "1", "message_id": provider_message_id}, {}
+
+    @staticmethod
+    def meta_error(
+        status: int, code: int | None = None, *, retry_after: str | None = None
+    ) -> Answer:
+        error: dict[str, Any] = {"message": f"scripted error {code}", "fbtrace_id": "TRACE"}
+        if code is not None:
+            error["code"] = code
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        return status, {"error": error}, headers
+
+
 async def produce(
     stack: StackEndpoints,
     topic: str,

@@ -1,8 +1,5 @@
-"""backoff_delay_s: exponential ceilings, the cap, and full jitter below the ceiling (backoff.py).
-
-(tests/test_supervisor.py also checks the doubling sequence and the jitter's spread, as the
-supervisor's restart delay.)
-"""
+"""backoff_delay_s: exponential ceilings, the cap, and full jitter below the ceiling
+(backoff.py)."""
 
 from __future__ import annotations
 

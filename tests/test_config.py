@@ -1,4 +1,6 @@
-"""The one config loader: precedence, validation that names key and source, hidden secrets."""
+"""The one config loader (config.py): precedence, shared and role sections, validation that names
+key and source, moved keys, hidden secrets, and what settings say about themselves. How one value
+is parsed and checked is tests/test_config_values.py's."""
 
 from __future__ import annotations
 
@@ -7,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from chat4all_workers.config import RESTART_TYPES
+from chat4all_workers.config import MOVED_KEYS, RESTART_TYPES, Settings
 from chat4all_workers.config_values import Secret
 from chat4all_workers.errors import ConfigError
 from chat4all_workers.role import Restart
 from chat4all_workers.roles import load_settings
 from chat4all_workers.roles.outbox import OutboxSettings
+from chat4all_workers.roles.router import RouterSettings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -191,25 +194,6 @@ def test_settings_accept_the_dsns_asyncpg_accepts(url: str) -> None:
     assert load_settings({"DATABASE_URL": url}).postgres.url.get() == url
 
 
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        (
-            f"postgresql://chat4all:{PASSWORD}@db.internal:5432/chat4all",
-            "postgresql://chat4all:***@db.internal:5432/chat4all",
-        ),
-        (f"redis://:{PASSWORD}@cache:6379/2", "redis://:***@cache:6379/2"),
-        ("redis://cache:6379/0", "redis://cache:6379/0"),
-        (f"postgresql://u@db/x?password={PASSWORD}", "postgresql://u@db/x?password=***"),
-        (f"postgresql://u:{PASSWORD}/x@db/x", "postgresql://***"),
-        (PASSWORD, "***"),
-        ("", ""),
-    ],
-)
-def test_secret_masks_only_the_password_of_a_url(url: str, shown: str) -> None:
-    assert Secret(url).masked() == shown
-
-
 def test_settings_restart_types_are_the_supervisors() -> None:
     assert set(RESTART_TYPES) == {r.value for r in Restart}
 
@@ -248,3 +232,136 @@ def test_consumer_group_of_a_role_is_derived_unless_named() -> None:
     assert from_env.kafka.group_for("status_updater") == "c4a-status_updater"
     assert from_file.kafka.group_for("merge") == "old_merge_group"
     assert from_file.kafka.group_for("dlq-replay") == "chat4all-workers-dlq-replay"
+
+
+# -- shared sections and a role's own --------------------------------------------------------------
+
+
+def test_settings_load_reads_the_role_sections_it_is_given() -> None:
+    settings = Settings.load(
+        {"OUTBOX_BATCH_SIZE": "8"},
+        {"kafka": {"max_in_flight": 5}, "outbox": {"max_retries": 9}},
+        sections=[OutboxSettings],
+    )
+
+    assert settings.kafka.max_in_flight == 5
+    assert settings.section(OutboxSettings) == OutboxSettings(batch_size=8, max_retries=9)
+    assert list(settings.sections) == ["outbox"]
+
+
+def test_settings_section_not_loaded_for_this_process_is_a_lookup_error() -> None:
+    settings = Settings.load({})
+
+    with pytest.raises(LookupError, match=r"settings section \[outbox\] was not loaded"):
+        settings.section(OutboxSettings)
+
+
+def test_settings_accept_the_tables_of_roles_they_do_not_run_unread() -> None:
+    settings = Settings.load({}, {"outbox": {"no_such_key": 1}}, known=["outbox"])
+
+    assert settings.sections == {}
+
+
+def test_settings_refuse_an_unknown_section_listing_the_known_ones() -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.load({}, {"outbx": {}}, sections=[OutboxSettings])
+
+    assert str(error.value).startswith("outbx (supervisor.toml): unknown section; known: [")
+    assert "'outbox'" in str(error.value)
+    assert "'kafka'" in str(error.value)
+
+
+def test_settings_refuse_a_section_that_is_not_a_table() -> None:
+    with pytest.raises(ConfigError, match=r"^kafka \(supervisor.toml\): must be a table$"):
+        Settings.load({}, {"kafka": 5})
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(MOVED_KEYS.items()))
+def test_settings_refuse_a_moved_key_in_the_file_naming_its_new_key(old: str, new: str) -> None:
+    section, name = old.split(".")
+
+    with pytest.raises(ConfigError) as error:
+        load_settings({}, {section: {name: 1}})
+
+    assert str(error.value) == f"{old} (supervisor.toml): moved to {new}"
+
+
+def test_settings_refuse_a_moved_key_in_the_environment_naming_its_new_key() -> None:
+    with pytest.raises(ConfigError) as error:
+        load_settings({"CHAT4ALL_WEBHOOKS_WHATSAPP_APP_SECRET": "s"})
+
+    assert str(error.value) == (
+        "webhooks.whatsapp_app_secret (env CHAT4ALL_WEBHOOKS_WHATSAPP_APP_SECRET): "
+        "moved to whatsapp.app_secret"
+    )
+
+
+def test_settings_refuse_a_config_file_that_is_not_there(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+
+    with pytest.raises(ConfigError, match=r"^--config \(.*nope.toml\): file not found$"):
+        Settings.load({}, missing)
+
+
+def test_settings_refuse_a_file_that_is_not_toml(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[kafka\n")
+
+    with pytest.raises(ConfigError, match=r"broken.toml\): not valid TOML: "):
+        Settings.load({}, broken)
+
+
+# -- copies and self-description ----------------------------------------------------------------
+
+
+def test_settings_replace_changes_shared_and_role_sections_in_a_copy() -> None:
+    settings = load_settings({}, roles=["router"])
+
+    changed = settings.replace(kafka={"max_in_flight": 5}, router={"max_attempts": 1})
+
+    assert changed.kafka.max_in_flight == 5
+    assert changed.section(RouterSettings).max_attempts == 1
+    assert changed.kafka.linger_ms == settings.kafka.linger_ms
+    assert settings.kafka.max_in_flight == 1000  # the original is unchanged
+    assert settings.section(RouterSettings).max_attempts == 3
+
+
+def test_settings_describe_every_setting_with_its_value_source_and_env_name() -> None:
+    settings = load_settings({"OUTBOX_BATCH_SIZE": "8", "ROLES": "router,outbox"}, roles=["outbox"])
+
+    rows = {row.key: row for row in settings.describe()}
+
+    batch = rows["outbox.batch_size"]
+    assert (batch.value, batch.source, batch.env, batch.data) == (
+        "8",
+        "env OUTBOX_BATCH_SIZE",
+        "OUTBOX_BATCH_SIZE",
+        8,
+    )
+    assert (rows["roles.enabled"].value, rows["roles.enabled"].data) == (
+        "router,outbox",
+        ["router", "outbox"],
+    )
+    in_flight = rows["kafka.max_in_flight"]
+    assert (in_flight.value, in_flight.source, in_flight.env, in_flight.data) == (
+        "1000",
+        "default",
+        "CHAT4ALL_KAFKA_MAX_IN_FLIGHT",
+        1000,
+    )
+    assert not any(key.startswith("router.") for key in rows)  # not loaded for this process
+
+
+@pytest.mark.parametrize(
+    ("key", "env"),
+    [
+        ("whatsapp.app_secret", "WHATSAPP_APP_SECRET"),
+        ("kafka.max_in_flight", "CHAT4ALL_KAFKA_MAX_IN_FLIGHT"),
+        ("router.max_attempts", "CHAT4ALL_ROUTER_MAX_ATTEMPTS"),
+        ("outbox.batch_size", "OUTBOX_BATCH_SIZE"),
+    ],
+)
+def test_settings_env_of_names_the_variable_that_sets_a_key(key: str, env: str) -> None:
+    settings = load_settings({}, roles=["router", "outbox"])
+
+    assert settings.env_of(key) == env

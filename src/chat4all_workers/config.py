@@ -413,13 +413,21 @@ class Settings:
         own = dict(self.sections)
         for name, values in changes.items():
             if name not in shared_names:
-                own[name] = dataclasses.replace(self.sections[name], **values)
+                own[name] = dataclasses.replace(self._table(name), **values)
         return dataclasses.replace(self, **shared, sections=own)
+
+    def _table(self, name: str) -> Any:
+        """A section by its name, shared or own; LookupError for one not loaded."""
+        if name in self.sections:
+            return self.sections[name]
+        if name in {f.name for f in _shared_fields(type(self))}:
+            return getattr(self, name)
+        raise LookupError(f"settings section [{name}] was not loaded for this process")
 
     def env_of(self, key: str) -> str:
         """The environment name that sets `key` ("whatsapp.app_secret" -> WHATSAPP_APP_SECRET)."""
         name, _, field_name = key.partition(".")
-        section = self.sections.get(name) or getattr(self, name)
+        section = self._table(name)
         (found,) = [f for f in dataclasses.fields(section) if f.name == field_name]
         return env_name(name, found)
 

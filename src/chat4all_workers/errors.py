@@ -28,8 +28,7 @@ happens to the work item, not the place where the error was raised::
     +-- RoleFailedError        a supervised role crashed past its restart intensity
 
     * also a ProviderError: what the provider answered (`error_class`, `provider_code`,
-      `fbtrace_id`), classified by the channel's code table (channels/whatsapp.py,
-      channels/instagram.py).
+      `fbtrace_id`), classified by the channel's code table (meta/errors.py).
 
 Anything else is a bug: it crashes the child task and the supervisor restarts it. The exception
 is a backing service that is unreachable (`resources.TRANSIENT_ERRORS`, the client libraries'

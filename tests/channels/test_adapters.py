@@ -21,7 +21,6 @@ from chat4all_workers.errors import (
     ThrottledError,
     TransientProviderError,
 )
-from chat4all_workers.meta.errors import INSTAGRAM_CODES, WHATSAPP_CODES, ErrorClass, classify
 from chat4all_workers.meta.payloads import OutboundMessage
 from harness.deployment import free_port
 
@@ -251,29 +250,6 @@ async def test_instagram_adapter_classifies_by_code_and_subcode(
             await instagram(scripted.port, http).send(TEXT)
     finally:
         await runner.cleanup()
-
-
-def test_the_code_tables_hold_the_issue_s_classes() -> None:
-    """Every code the contract lists, in the class it lists it under (docs/contract.md)."""
-    listed = {
-        ErrorClass.THROTTLED: (130429, 131056, 131048, 80007, 4, 17, 32, 613),
-        ErrorClass.TRANSIENT: (131057, 133004, 2494100),
-        ErrorClass.IN_DOUBT: (1, 2, 131000, 131016),
-        ErrorClass.REJECTED: (100, 131026, 131049, 131051, 131053, 130472),
-        ErrorClass.WINDOW: (131047,),
-        ErrorClass.TEMPLATE: (132000, 132001, 132005, 132007, 132012, 132015, 132016),
-        ErrorClass.ACCOUNT: (0, 33, 190, 10, 200, 250, 299, 368, 131031, 131042, 133010),
-    }
-    for error_class, codes in listed.items():
-        for code in codes:
-            assert classify(400, code, None, WHATSAPP_CODES).error_class is error_class, code
-    for code in (4, 17, 32, 613):
-        assert classify(400, code, None, INSTAGRAM_CODES).error_class is ErrorClass.THROTTLED
-    assert classify(400, 131056, None, WHATSAPP_CODES).scope == "pair"
-    assert classify(400, 80007, None, WHATSAPP_CODES).scope == "app"
-    assert classify(400, 4, None, INSTAGRAM_CODES).scope == "app"
-    assert classify(400, 100, 33, WHATSAPP_CODES).error_class is ErrorClass.ACCOUNT
-    assert classify(403, 10, 2534022, INSTAGRAM_CODES).error_class is ErrorClass.WINDOW
 
 
 async def test_adapter_treats_a_timeout_as_transient_and_in_doubt(http: HttpClient) -> None:

@@ -9,7 +9,14 @@ import redis.asyncio as aioredis
 
 from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.background import Background
-from chat4all_workers.delivery.markers import Kind, ProviderVerdicts, SendMarkers, State, marker_key
+from chat4all_workers.delivery.markers import (
+    Kind,
+    ProviderVerdicts,
+    SendMarkers,
+    State,
+    marker_key,
+    read_marker,
+)
 from harness.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
@@ -132,3 +139,54 @@ async def test_a_marker_this_code_did_not_write_reads_as_sent(
     claim = await markers(redis).claim(key, RECORD)
 
     assert (claim.state, claim.foreign, claim.provider_message_id) == (State.SENT, True, "")
+
+
+def test_read_marker_reads_each_kind_of_value() -> None:
+    assert read_marker(None).kind is Kind.ABSENT
+    assert read_marker(b"sent:wamid.X").provider_message_id == "wamid.X"
+    assert read_marker(b"lease:abc1:1764000000.250").deadline == 1764000000.25
+    assert read_marker(b"lease:abc1:garbled").deadline == 0.0  # unreadable: expired
+    failed = read_marker(f"failed:provider_rejected:{RECORD}".encode())
+    assert (failed.kind, failed.error_type, failed.origin) == (
+        Kind.FAILED,
+        "provider_rejected",
+        RECORD,
+    )
+    assert read_marker(b"1").kind is Kind.FOREIGN
+
+
+async def test_release_deletes_only_the_lease_it_holds(redis: aioredis.Redis, key: str) -> None:
+    claim = await markers(redis).claim(key, RECORD)
+    await markers(redis).release(key, "lease:someone-else:9999999999.000")
+    kept = await redis.get(key)
+
+    await markers(redis).release(key, claim.lease)
+
+    assert kept == claim.lease.encode()
+    assert await redis.get(key) is None
+
+
+async def test_renew_is_refused_once_the_lease_is_not_ours(redis: aioredis.Redis, key: str) -> None:
+    claim = await markers(redis).claim(key, RECORD)
+    renewed = await markers(redis).renew(key, claim.lease)
+    assert renewed is not None
+    await ProviderVerdicts(redis, _PIPES[id(redis)], ttl_s=TTL_S).record([(key, "wamid.X")])
+
+    refused = await markers(redis).renew(key, renewed)
+
+    assert refused is None
+    assert await redis.get(key) == b"sent:wamid.X"
+
+
+async def test_peek_is_none_for_a_free_send_and_busy_for_another_workers_live_lease(
+    redis: aioredis.Redis, key: str
+) -> None:
+    free = await markers(redis).peek(key, RECORD)
+    await markers(redis).claim(key, RECORD)
+
+    busy = await markers(redis).peek(key, RECORD)
+
+    assert free is None
+    assert busy is not None
+    assert busy.state is State.BUSY
+    assert 0 < busy.retry_after_s <= 30

@@ -12,7 +12,8 @@ from chat4all_workers.kafka.commits import Commits, forget_lag, report_lag, tota
 from chat4all_workers.kafka.partitions import Partition
 from chat4all_workers.observability.metrics import Metrics
 from harness.stack import StackEndpoints
-from tests.support import committed_offsets, eventually, metric_value, produce
+from harness.waiting import eventually
+from tests.support import committed_offsets, metric_value, produce
 
 pytestmark = pytest.mark.stack
 

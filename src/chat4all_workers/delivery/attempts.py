@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from chat4all_workers.backoff import retry_delay_s
 from chat4all_workers.channels.http import RequestCancelledError
 from chat4all_workers.delivery.doubt import Doubts
+from chat4all_workers.delivery.failures import LeaseLostError
 from chat4all_workers.delivery.lease import Lease, Leases
 from chat4all_workers.delivery.markers import Kind
 from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import (
     AccountError,
-    PermanentError,
     ProviderRejectedError,
     ThrottledError,
     TransientProviderError,
@@ -127,7 +127,7 @@ class Attempts:
         if marker.kind is Kind.SENT:
             await self._outcomes.sent(send, marker.provider_message_id)
             return Verdict.SENT
-        error = PermanentError(f"{send.channel}: lost the send lease to another worker")
+        error = LeaseLostError("lost the send lease to another worker")
         await self._outcomes.fail(send, error, attempts)
         return Verdict.OTHER
 

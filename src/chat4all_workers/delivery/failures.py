@@ -20,6 +20,13 @@ class UnknownOutcomeError(PermanentError):
     error_type = "delivery_unknown"
 
 
+class LeaseLostError(PermanentError):
+    """Another worker took the send's lease between two attempts (its own, expired: this one
+    was too slow); that worker sends it, this record reports FAILED for the channel."""
+
+    error_type = "lease_lost"
+
+
 class GivenUpError(PermanentError):
     """This record gave up on the channel before (its `failed:` marker): FAILED again, the same
     error type, nothing sent."""

@@ -1,6 +1,6 @@
 """Per-channel send markers in Redis: at most one send per (message, channel) in 24 h.
 
-The key `message:dedup:{message_id}:{channel}` (`marker_key`) lives for `router.dedup_ttl_s` from
+The key `message:dedup:{message_id}:{channel}` (`marker_key`) lives for `delivery.dedup_ttl_s` from
 the moment a worker claims the send, and holds one of:
 
 - `lease:{token}:{deadline}`: a worker is sending; it renews the deadline before each attempt
@@ -76,7 +76,7 @@ return current or ''
 """
 # The provider's word (the webhooks role): `sent:{id}` replaces a lease, a `failed:`, a foreign
 # marker or nothing, and leaves a `sent:` alone. The TTL is kept (a marker lives
-# router.dedup_ttl_s from its claim); a new key, or one without a TTL, gets ARGV[2]. Returns what
+# delivery.dedup_ttl_s from its claim); a new key, or one without a TTL, gets ARGV[2]. Returns what
 # the key held before: sent, lease, failed, other or absent.
 _VERDICT = """
 local current = redis.call('GET', KEYS[1])

@@ -6,7 +6,7 @@ returned. This index maps it back:
 
     message:provider:{channel}:{provider_message_id} -> {"message_id": ..., "conversation_id": 42}
 
-for `webhooks.provider_index_ttl_s` (24 h by default, like the dedup window: a receipt later than
+for `delivery.provider_index_ttl_s` (24 h by default, like the dedup window: a receipt later than
 that finds nothing and is counted as `unknown_message`). It is written when the provider's id
 becomes known: by the router when it marks a send done (through the auto-pipeline of its dedup
 markers, so the write rides the same round trip), and by the webhooks role from an Instagram

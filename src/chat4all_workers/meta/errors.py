@@ -305,8 +305,11 @@ def _int(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    # ASCII digits only, and few of them: str.isdigit also takes "²", and int() refuses a
+    # number of more than 4,300 digits (a code is never near that).
+    if text.isascii() and text.isdigit() and len(text) <= 19:
+        return int(text)
     return None
 
 

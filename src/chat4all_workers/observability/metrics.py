@@ -43,7 +43,7 @@ class Metrics:
         )
         self.files_stuck_merging = Gauge(
             "files_stuck_merging",
-            "Files in MERGING for longer than gc.merging_stuck_minutes.",
+            "Files in MERGING for longer than files.merging_stuck_minutes.",
             registry=r,
         )
         self.uploads_cleaned = Counter(

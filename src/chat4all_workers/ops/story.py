@@ -10,7 +10,7 @@ headers, `redis-cli` for the dedup markers. This reads them all, and changes not
 - per channel its dedup marker `message:dedup:{id}:{channel}` (roles/dedup.py), decoded: absent,
   a lease (which worker holds it and until when; expired, the send is in doubt since then), sent
   (the provider's id), failed (the error type and the record that gave up), or foreign; with
-  when it was written (its TTL counts down from `router.dedup_ttl_s`, set at the claim and
+  when it was written (its TTL counts down from `delivery.dedup_ttl_s`, set at the claim and
   again at the `sent:` mark);
 - for Instagram, whether the provider index still maps its mid back to it (its read receipt is
   found only then);
@@ -274,7 +274,7 @@ def _marker_view(
     view = MarkerView(channel=channel, key=key, state=marker.kind.value, summary="")
     if marker.kind is Kind.ABSENT:
         view.summary = (
-            "no marker: no router claimed this send (or it is older than router.dedup_ttl_s)"
+            "no marker: no router claimed this send (or it is older than delivery.dedup_ttl_s)"
         )
         return view
     view.value = marker.value

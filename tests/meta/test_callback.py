@@ -1,0 +1,44 @@
+"""The callback data our sends carry and Meta echoes (meta/callback.py)."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+
+from chat4all_workers.meta.callback import callback_data, callback_ids
+
+MESSAGE_ID = str(uuid.UUID(int=7))
+CALLBACK = orjson.dumps({"message_id": MESSAGE_ID, "conversation_id": 42}).decode()
+
+
+def test_callback_data_is_the_small_json_object_of_our_ids() -> None:
+    data = callback_data(MESSAGE_ID, 42)
+
+    assert orjson.loads(data) == {"message_id": MESSAGE_ID, "conversation_id": 42}
+
+
+def test_callback_ids_reads_back_what_callback_data_wrote() -> None:
+    assert callback_ids(callback_data(MESSAGE_ID, 2**63 - 1)) == (MESSAGE_ID, 2**63 - 1)
+
+
+def test_callback_ids_accepts_only_our_shape() -> None:
+    assert callback_ids(CALLBACK) == (MESSAGE_ID, 42)
+    assert callback_ids('{"message_id": "x", "conversation_id": 42}') is None
+    assert callback_ids(f'{{"message_id": "{MESSAGE_ID}", "conversation_id": true}}') is None
+    assert callback_ids(f'{{"message_id": "{MESSAGE_ID}", "conversation_id": {2**63}}}') is None
+    assert callback_ids("order-1234") is None
+    assert callback_ids(None) is None
+
+
+def test_callback_ids_refuses_json_that_is_not_an_object() -> None:
+    assert callback_ids(f'["{MESSAGE_ID}", 42]') is None
+    assert callback_ids("42") is None
+    assert callback_ids("{") is None
+    assert callback_ids(b'{"message_id": "x"}') is None  # not text
+
+
+def test_callback_ids_gives_the_message_id_in_its_canonical_form() -> None:
+    shouted = orjson.dumps({"message_id": MESSAGE_ID.upper(), "conversation_id": 42}).decode()
+
+    assert callback_ids(shouted) == (MESSAGE_ID, 42)
