@@ -299,6 +299,10 @@ class InstagramSettings:
     # Sends per second per Instagram account, shared through Redis (Meta: 300 calls/s for text;
     # 250 leaves headroom). 0 = no pacing.
     max_rate_per_s: float = field(default=250.0, metadata=ZERO_OK)
+    # Audio and video sends per second per account, paced apart from (and as well as) the
+    # account's rate, shared through Redis (Meta: 10 calls/s for audio or video; 8 leaves
+    # headroom; meta/limits.py SLOW_MEDIA names the types). 0 = no separate pace.
+    media_rate_per_s: float = field(default=8.0, metadata=ZERO_OK)
     # Meta documents no pair limit for Instagram: off (0) unless set.
     pair_burst: int = field(default=0, metadata=ZERO_OK)
     pair_interval_s: float = field(default=0.0, metadata=ZERO_OK)

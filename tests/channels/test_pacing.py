@@ -1,15 +1,17 @@
-"""The pacing script against a real Redis: rate, pair burst, AIMD, one key shared by two pacers."""
+"""The pacing script against a real Redis: rate, pair burst, AIMD (and throttles that are not the
+rate), one key shared by two pacers, an account's slow-media pace beside its own."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
 
-from chat4all_workers.channels.pacing import Pacer, PaceSettings
+from chat4all_workers.channels.pacing import Pacer, PaceSettings, Throttle, media_key
 from harness.stack import StackEndpoints
 
 pytestmark = pytest.mark.stack
@@ -19,8 +21,8 @@ MakePacer = Callable[..., Pacer]
 
 @pytest.fixture
 async def make_pacer(stack: StackEndpoints, redis_prefix: str) -> AsyncIterator[MakePacer]:
-    """`make_pacer(max_rate_per_s=..., ...)`: a Pacer on this test's key, each with its own
-    Redis client (as another process would have)."""
+    """`make_pacer(max_rate_per_s=..., ...)`: a Pacer on this test's key (`media=True`: on its
+    slow-media key), each with its own Redis client (as another process would have)."""
     clients: list[aioredis.Redis] = []
 
     def make(
@@ -29,6 +31,8 @@ async def make_pacer(stack: StackEndpoints, redis_prefix: str) -> AsyncIterator[
         pair_burst: int = 0,
         pair_interval_s: float = 0.0,
         recovery_s: float = 1000.0,
+        debounce_s: float = 1.0,
+        media: bool = False,
     ) -> Pacer:
         client = aioredis.from_url(stack.redis_url)
         clients.append(client)
@@ -38,7 +42,13 @@ async def make_pacer(stack: StackEndpoints, redis_prefix: str) -> AsyncIterator[
             pair_interval_s=pair_interval_s,
             recovery_s=recovery_s,
         )
-        return Pacer(client, account_key=f"{redis_prefix}pace:whatsapp:1000", settings=settings)
+        key = f"{redis_prefix}pace:whatsapp:1000"
+        return Pacer(
+            client,
+            account_key=media_key(key) if media else key,
+            settings=settings,
+            debounce_s=debounce_s,
+        )
 
     yield make
     for client in clients:
@@ -53,6 +63,58 @@ async def timed(pacer: Pacer, recipients: list[str]) -> list[float]:
         await pacer.acquire(recipient)
         times.append(time.monotonic() - started)
     return times
+
+
+Provider = Callable[[int, float], bool]
+
+
+@dataclass
+class Run:
+    """What `drive` saw: each throttled answer's effect, and the rate at the end."""
+
+    calls: int
+    answers: list[Throttle]
+
+    @property
+    def decreases(self) -> list[Throttle]:
+        return [a for a in self.answers if a.decreased]
+
+
+async def drive(pacer: Pacer, *, seconds: float, throttles: Provider) -> Run:
+    """One sender at the pacer's pace for `seconds`: after each slot, `throttles(call, t)` says
+    whether the provider throttled that call (t: seconds since the start), and a throttled
+    answer goes back to the pacer at once."""
+    started = time.monotonic()
+    calls = 0
+    answers: list[Throttle] = []
+    while time.monotonic() - started < seconds:
+        await pacer.acquire(f"+{calls}")
+        calls += 1
+        if throttles(calls, time.monotonic() - started):
+            answers.append(await pacer.throttled("+1", pair=False, retry_after_s=None))
+    return Run(calls, answers)
+
+
+def every(n: int) -> Provider:
+    """A provider that throttles one call in n, whatever the rate."""
+    return lambda call, _t: call % n == 0
+
+
+class Limit:
+    """A provider that throttles whatever goes faster than `rate_per_s` (a GCRA with a tenth
+    of a second's burst), as a real account limit does."""
+
+    def __init__(self, rate_per_s: float) -> None:
+        self._interval_s = 1 / rate_per_s
+        self._tolerance_s = 0.1
+        self._tat = 0.0
+
+    def __call__(self, _call: int, t: float) -> bool:
+        tat = max(self._tat, t)
+        if tat - self._tolerance_s > t:
+            return True
+        self._tat = tat + self._interval_s
+        return False
 
 
 async def test_pacer_never_goes_faster_than_the_rate(make_pacer: MakePacer) -> None:
@@ -118,14 +180,16 @@ async def test_a_throttle_halves_the_rate_once_per_burst_of_answers(make_pacer: 
     assert times[-1] >= 10 / 50 - 0.01  # 11 sends at 50/s
 
 
-async def test_a_throttle_after_the_debounce_halves_the_rate_again(make_pacer: MakePacer) -> None:
-    slow_to_recover = make_pacer(max_rate_per_s=100.0, recovery_s=1000.0)
-    first = await slow_to_recover.throttled("+1", pair=False, retry_after_s=None)
-    await asyncio.sleep(1.1)  # past the debounce
-    second = await slow_to_recover.throttled("+1", pair=False, retry_after_s=None)
+async def test_a_share_the_halving_lowered_halves_the_rate_again(make_pacer: MakePacer) -> None:
+    pacer = make_pacer(max_rate_per_s=400.0, debounce_s=0.0)
+    await drive(pacer, seconds=0.05, throttles=lambda _c, _t: False)
+    first = await pacer.throttled("+1", pair=False, retry_after_s=None)  # the first: halves
+    half = await drive(pacer, seconds=0.15, throttles=lambda call, _t: call % 2 == 0)
+    lowered = await drive(pacer, seconds=0.25, throttles=lambda call, _t: call == 20)
 
-    assert first.rate_per_s == 50.0
-    assert second.rate_per_s == pytest.approx(25.0, abs=0.1)  # barely recovered: halved again
+    assert first.rate_per_s == 200.0
+    assert [d.rate_per_s for d in half.decreases] == [pytest.approx(100.0, abs=0.1)]
+    assert [d.rate_per_s for d in lowered.decreases] == [pytest.approx(50.0, abs=0.1)]
 
 
 async def test_the_rate_climbs_back_to_the_maximum(make_pacer: MakePacer) -> None:
@@ -188,3 +252,82 @@ async def test_waiters_no_longer_wanted_leave_the_queue_unbooked(make_pacer: Mak
 
     assert probe_s < 0.6
     assert results.count(None) >= 20  # left unbooked
+
+
+async def test_throttles_whatever_the_rate_hold_it_after_the_first_decrease(
+    make_pacer: MakePacer,
+) -> None:
+    pacer = make_pacer(max_rate_per_s=400.0, debounce_s=0.05)
+
+    run = await drive(pacer, seconds=1.5, throttles=every(5))  # one call in five, at any rate
+
+    assert run.answers[0].decreased  # the first throttle halves: nothing to compare with yet
+    assert len(run.decreases) == 1
+    assert min(a.rate_per_s for a in run.answers) >= 400.0 / 2  # never walked down to 20/s
+    assert sum(a.held for a in run.answers) >= 50  # the others held the rate
+
+
+async def test_throttles_that_follow_the_rate_drive_it_down_as_before(
+    make_pacer: MakePacer,
+) -> None:
+    pacer = make_pacer(max_rate_per_s=400.0, debounce_s=0.05)
+
+    run = await drive(pacer, seconds=1.0, throttles=Limit(60.0))  # the account's real limit
+    stats = await pacer.stats()
+    late = await drive(pacer, seconds=0.5, throttles=Limit(60.0))
+
+    assert [round(d.rate_per_s) for d in run.decreases] == [200, 100, 50]
+    assert stats.rate_per_s <= 60.0
+    assert len(late.answers) <= late.calls // 100  # at most 1 % throttled once down
+
+
+async def test_throttles_that_come_back_with_the_rate_halve_it_each_time(
+    make_pacer: MakePacer,
+) -> None:
+    pacer = make_pacer(max_rate_per_s=400.0, recovery_s=0.5, debounce_s=0.05)
+
+    run = await drive(pacer, seconds=1.5, throttles=Limit(250.0))  # climbs back past it
+
+    assert len(run.decreases) >= 3  # 400 -> 200, then each time the climb crosses 250/s
+    assert sum(a.held for a in run.answers) <= len(run.decreases)
+    assert len(run.answers) <= run.calls // 20  # at most 5 % throttled, as before
+
+
+async def test_the_counts_restart_at_each_decrease(make_pacer: MakePacer) -> None:
+    pacer = make_pacer(max_rate_per_s=400.0, debounce_s=0.0)
+    await timed(pacer, [f"+{n}" for n in range(10)])
+    first = await pacer.throttled("+1", pair=False, retry_after_s=None)
+    after_first = await pacer.stats()
+    await timed(pacer, [f"+{n}" for n in range(20)])
+    held = []
+    while (answer := await pacer.throttled("+1", pair=False, retry_after_s=None)).held:
+        held.append(answer)
+    counted = await pacer.stats()  # read after the decrease: the counts start again
+    after_second = answer
+
+    assert first.decreased
+    assert (after_first.calls, after_first.throttled) == (0, 0)
+    assert after_first.share_before == pytest.approx(1 / 10)  # 1 throttle in the 10 calls
+    assert after_second.decreased
+    assert len(held) >= 1  # held until the share stood out
+    assert (counted.calls, counted.throttled) == (0, 0)
+    assert counted.share_before == pytest.approx((len(held) + 1) / 20)
+
+
+async def test_the_media_pace_is_independent_of_the_accounts(make_pacer: MakePacer) -> None:
+    account = make_pacer(max_rate_per_s=1000.0)
+    media = make_pacer(max_rate_per_s=10.0, media=True)
+
+    started = time.monotonic()
+    async with asyncio.TaskGroup() as tasks:
+        for _ in range(5):
+            tasks.create_task(media.acquire("+m"))
+        await timed(account, [f"+{n}" for n in range(20)])  # while the media slots wait
+        account_s = time.monotonic() - started
+        throttle = await media.throttled("+m", pair=False, retry_after_s=None)
+    media_s = time.monotonic() - started
+
+    assert account_s < 0.2  # 20 slots of 1000/s, not of 10/s
+    assert media_s >= 4 / 10 - 0.01  # 5 media slots at 10/s
+    assert throttle.rate_per_s == 5.0  # the media pace halved...
+    assert (await account.stats()).rate_per_s == 1000.0  # ...and the account's did not

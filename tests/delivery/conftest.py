@@ -163,6 +163,7 @@ class RigFactory(Protocol):
         pause_probe_base_s: float = ...,
         lease_s: float = ...,
         pace: PaceSettings = ...,
+        pace_debounce_s: float = ...,
     ) -> Rig: ...
 
 
@@ -188,6 +189,7 @@ async def delivery(
             pause_probe_base_s: float = 0.0,
             lease_s: float = 30.0,
             pace: PaceSettings = UNPACED,
+            pace_debounce_s: float = 1.0,
         ) -> Rig:
             status_topic = await kafka_topic(prefix="statuses")
             settings = settings_for(
@@ -223,6 +225,7 @@ async def delivery(
                 redis,
                 account_key=resources.redis_key(f"pace:{channel}:{adapter.account}"),
                 settings=pace,
+                debounce_s=pace_debounce_s,
             )
             lane = Lane(
                 adapter,

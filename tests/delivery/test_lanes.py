@@ -7,6 +7,8 @@ is real (Redis); the lane's waits are recorded, not slept."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from chat4all_workers.channels.pacing import PaceSettings
@@ -98,6 +100,26 @@ async def test_lane_after_throttle_slows_the_accounts_shared_pace(delivery: RigF
 
     account_key = rig.ctx.resources.redis_key("pace:whatsapp:1000")
     assert float(await rig.redis.hget(account_key, "rate") or 0) == 40.0  # halved, in Redis
+
+
+async def test_lane_after_throttle_says_once_when_the_throttles_are_not_the_rate(
+    delivery: RigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    fast = PaceSettings(max_rate_per_s=1000.0, pair_burst=0, pair_interval_s=0.0, recovery_s=30.0)
+    rig = await delivery(answers=[ScriptedApi.meta_error(429)] * 3, pace=fast, pace_debounce_s=0)
+    for n in range(5):
+        await rig.lane.pacer.acquire(f"+{n}")
+    await rig.lane.after_throttle(await throttled(rig))  # one in five: the rate halves
+    for n in range(20):
+        await rig.lane.pacer.acquire(f"+{n}")  # then two of 20 throttled: as before
+
+    with caplog.at_level(logging.WARNING, logger="chat4all_workers.delivery.lanes"):
+        await rig.lane.after_throttle(await throttled(rig))
+        await rig.lane.after_throttle(await throttled(rig))
+
+    held = [r.getMessage() for r in caplog.records if "not the rate" in r.getMessage()]
+    assert len(held) == 1
+    assert held[0].startswith("whatsapp: throttles that are not the rate: rate held at 500.")
 
 
 async def test_lane_after_a_pair_throttle_the_recipient_alone_waits(delivery: RigFactory) -> None:

@@ -8,8 +8,9 @@ that resumes it). What the router asks of a lane:
 - `turn()`: wait while the channel is paused (held: not counted against kafka.max_in_flight);
   True when this send is the probe;
 - `settle_probe(verdict, error)`: what the probe's round says about the account;
-- `after_throttle(send)`: a throttled answer slows the pace (AIMD) and waits, spending no
-  attempt, until `router.throttle_deadline_s` after the send's first throttle;
+- `after_throttle(send)`: a throttled answer slows the pace (AIMD; or holds it when the
+  throttles are not the rate) and waits, spending no attempt, until `router.throttle_deadline_s`
+  after the send's first throttle;
 - `calm()`: a send went through; once no throttle came for a recovery period, say so once.
 """
 
@@ -76,6 +77,7 @@ class Lane:
             on_change=self._paused_gauge,
         )
         self.throttled_at: float | None = None  # the last throttled answer, while throttling lasts
+        self.holding = False  # the pace held against throttles that are not the rate (logged once)
 
     @property
     def name(self) -> str:
@@ -136,6 +138,16 @@ class Lane:
                 exc,
                 f"; rate now {throttle.rate_per_s:.1f}/s" if throttle.rate_per_s else "",
             )
+        if throttle.held and not self.holding:
+            log.warning(
+                "%s: throttles that are not the rate: rate held at %.1f/s (%s)",
+                send.channel,
+                throttle.rate_per_s,
+                exc,
+            )
+            self.holding = True
+        elif throttle.decreased:
+            self.holding = False  # they follow the rate again: say so when it holds next
         self.throttled_at = now
         # The provider's Retry-After is honoured whole: sending before it only earns throttles.
         delay = retry_delay_s(
@@ -159,6 +171,7 @@ class Lane:
         if quiet >= self._settings.pacing_recovery_s:
             log.info("%s: no throttled answer for %.0fs", self.name, quiet)
             self.throttled_at = None
+            self.holding = False
 
     def _paused_gauge(self, change: PauseChange) -> None:
         labels = {"channel": change.channel, "reason": change.reason}
