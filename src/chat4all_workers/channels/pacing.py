@@ -24,11 +24,12 @@ the same account), and the provider's answer is the only measure of it.
 
 Throttles that are not the rate. Some providers throttle a share of calls whatever the rate (a
 busy backend answering 429 to one call in five). Halving on each of those walks the rate down to
-its floor, two or three sends a second, and lowers nothing: the share stays. So every decrease is
-also an experiment: the account's hash counts, from the end of the decrease's debounce, the calls
-(each booked slot: the acquire script counts it, no extra Redis call) and the throttled answers,
-and remembers what the interval before the decrease measured: its throttle share `s0`. A
-throttled answer past the debounce then weighs two explanations of what came since:
+its floor, two or three sends a second, and lowers nothing: the share stays. So every decrease
+is also an experiment: the account's hash counts, from the end of the decrease's debounce, the
+calls (each booked slot, by its time: the acquire script counts it, no extra Redis call) and the
+throttled answers, and remembers what the interval before the decrease measured: its throttle
+share `s0`. A throttled answer past the debounce then weighs two explanations of what came
+since:
 
 - the throttles follow the rate: the provider takes what it took before, `L = r0 * (1 - s0)`
   calls a second (r0: the rate at the decrease), so a call at rate r is throttled with
@@ -148,9 +149,10 @@ local tat = math.max(tonumber(state[1] or '0'), now)
 local wait = tat - now
 if wait > horizon then return {0, wait, 0} end
 redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat + 1000000 / rate))
--- A call counts once the decrease's debounce is over (the answers within it are one signal).
+-- A call counts if its slot (not its booking: up to a horizon earlier) is past the decrease's
+-- debounce, as its answer will be (the answers within the debounce are one signal).
 local debounce = tonumber(ARGV[7])
-if debounce >= 0 and (not state[3] or now - tonumber(state[3]) >= debounce) then
+if debounce >= 0 and (not state[3] or tat - tonumber(state[3]) >= debounce) then
   redis.call('HINCRBY', KEYS[1], 'n', 1)
   if state[4] then
     local expected = 1 - tonumber(state[4]) / rate
