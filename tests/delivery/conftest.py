@@ -39,6 +39,7 @@ from chat4all_workers.delivery.markers import (
 from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.delivery.send import Send
+from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.formats.message import Message
 from chat4all_workers.formats.status_update import StatusUpdate, parse_update
 from chat4all_workers.meta.payloads import OutboundMessage
@@ -239,10 +240,17 @@ async def delivery(
                 metrics=metrics,
                 wait=waits,
             )
+            windows = Windows(
+                redis,
+                resources.redis_pipeline(),
+                key=resources.redis_key,
+                memory_s=settings.delivery.window_memory_s,
+            )
             attempts = Attempts(
                 leases,
                 outcomes,
                 doubts,
+                windows,
                 settings=AttemptSettings(max_attempts, retry_base_s, retry_cap_s),
                 metrics=metrics,
                 wait=waits,

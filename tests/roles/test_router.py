@@ -30,7 +30,7 @@ from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.role import RoleContext
 from chat4all_workers.roles import REGISTRY
-from chat4all_workers.roles.router import Router
+from chat4all_workers.roles.router import Router, build_router
 from harness.deployment import Deployment
 from harness.processes import WorkerProcess
 from harness.topics import read_topic
@@ -241,7 +241,7 @@ async def test_router_handler_bug_on_one_record_lets_the_other_sends_finish_then
     raised = False
 
     async def run_router_with_a_bug(ctx: RoleContext) -> None:
-        router = Router(ctx, build_adapters(ctx.settings, ctx.resources.http_client()))
+        router = build_router(ctx, build_adapters(ctx.settings, ctx.resources.http_client()))
 
         async def handle(consumed: ConsumedRecord) -> None:
             nonlocal entered, raised
@@ -627,7 +627,7 @@ async def a_router(settings: Any) -> AsyncIterator[tuple[Router, aioredis.Redis]
             stopping=asyncio.Event(),
         )
         yield (
-            Router(ctx, build_adapters(settings, resources.http_client())),
+            build_router(ctx, build_adapters(settings, resources.http_client())),
             resources.redis_client(),
         )
 

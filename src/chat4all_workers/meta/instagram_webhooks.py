@@ -13,6 +13,7 @@ from chat4all_workers.meta.events import (
     InboundEvent,
     Parsed,
     StatusEvent,
+    WindowEvent,
     entries,
     is_id,
     list_of,
@@ -70,6 +71,7 @@ def _instagram_event(event: Any, where: str, entry_id: str, parsed: Parsed) -> N
             parsed.ignored.append(("inbound", "deleted"))
         else:
             parsed.inbound.append(_instagram_inbound(message, mid, sender, entry_id, at))
+            parsed.windows.append(WindowEvent("instagram", entry_id, sender, at))
     elif isinstance(read, dict):
         mid = read.get("mid")
         if is_id(mid):
@@ -79,6 +81,9 @@ def _instagram_event(event: Any, where: str, entry_id: str, parsed: Parsed) -> N
     elif message is not None or read is not None:
         parsed.problems.append(f"{where}.message or .read is not an object")
     else:  # reactions, postbacks, referrals, ...
+        if isinstance(event.get("reaction"), dict) or isinstance(event.get("postback"), dict):
+            # Not a message of ours to store, but the user acted: the window opens.
+            parsed.windows.append(WindowEvent("instagram", entry_id, sender, at))
         parsed.ignored.append(("other", "unsupported_event"))
 
 

@@ -16,6 +16,7 @@ from chat4all_workers.meta.events import (
     Parsed,
     StatusError,
     StatusEvent,
+    WindowEvent,
     changes,
     clean_json,
     depth,
@@ -140,6 +141,8 @@ def _whatsapp_message(
         text = text_of(content.get("text"))
     context = item.get("context")
     reply_to = context.get("id") if isinstance(context, dict) else None
+    # Any message of the user opens the window, whatever its type (a reaction, a button reply).
+    parsed.windows.append(WindowEvent("whatsapp", account, sender, at))
     parsed.inbound.append(
         InboundEvent(
             channel="whatsapp",

@@ -39,33 +39,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from chat4all_workers.channels import build_adapters
 from chat4all_workers.channels.base import ChannelAdapter
-from chat4all_workers.channels.pacing import Pacer
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.consuming import consume, dead_letter_record
-from chat4all_workers.delivery.attempts import Attempts, AttemptSettings
-from chat4all_workers.delivery.doubt import Doubts, DoubtSettings
 from chat4all_workers.delivery.failures import ChannelFailure, GivenUpError, dead_letter_reason
-from chat4all_workers.delivery.lanes import Lane, LaneSettings, describe, pace_settings
-from chat4all_workers.delivery.lease import Lease, Leases
-from chat4all_workers.delivery.markers import Claim, SendMarkers, State, marker_key
-from chat4all_workers.delivery.outbound import Outbound, Prepared
-from chat4all_workers.delivery.outcomes import Outcomes
-from chat4all_workers.delivery.provider_index import ProviderIndex
+from chat4all_workers.delivery.lanes import describe
+from chat4all_workers.delivery.lease import Lease
+from chat4all_workers.delivery.markers import Claim, State, marker_key
+from chat4all_workers.delivery.outbound import Prepared
+from chat4all_workers.delivery.parts import Parts, RouterTuning, build_parts
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.message import Message, parse_message
-from chat4all_workers.kafka.held import held
+from chat4all_workers.formats.resend import History, history
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleReport, RoleSpec
-from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -109,89 +106,16 @@ _REPORTED_OUTCOMES = ("sent", "throttled", "paused")
 
 
 class Router:
-    """Composes the parts (delivery/) for every record; holds no state of a send itself."""
+    """Orchestrates the parts (delivery/) for every record; holds no state of a send itself."""
 
-    def __init__(self, ctx: RoleContext, adapters: dict[str, ChannelAdapter]) -> None:
+    def __init__(self, ctx: RoleContext, parts: Parts, *, all_channels: tuple[str, ...]) -> None:
         self.ctx = ctx
-        settings = ctx.settings
-        self.all_channels = settings.section(RouterSettings).all_channels
-        r = settings.section(RouterSettings)
-        redis = ctx.resources.redis_client()
-        # A lease covers one attempt and the backoff before it, and is renewed per attempt; a
-        # worker that dies mid-send blocks its messages for at most this long.
-        timeout_s = max(getattr(settings, name).timeout_s for name in adapters)
-        lease_s = timeout_s + r.retry_cap_s + 2.0
-        markers = SendMarkers(
-            redis,
-            ctx.resources.redis_pipeline(),
-            ttl_s=settings.delivery.dedup_ttl_s,
-            lease_s=lease_s,
-        )
-        # Instagram's read receipts name only the provider's id: remembered when a send is
-        # marked done (riding the markers' pipeline).
-        index = ProviderIndex(
-            redis,
-            key=ctx.resources.redis_key,
-            ttl_s=settings.delivery.provider_index_ttl_s,
-            pipe=markers.pipe,
-        )
-        self.leases = Leases(ctx, markers, index)
-        self.outcomes = Outcomes(
-            ctx.resources.kafka(),
-            self.leases,
-            topic=settings.topics.message_status_updates,
-            metrics=ctx.metrics,
-        )
-        self.doubts = Doubts(
-            ctx,
-            self.leases,
-            self.outcomes,
-            settings=DoubtSettings(r.in_doubt_window_s, r.on_unknown_outcome, r.max_attempts),
-            channels=adapters,
-        )
-        self.attempts = Attempts(
-            self.leases,
-            self.outcomes,
-            self.doubts,
-            settings=AttemptSettings(r.max_attempts, r.retry_base_s, r.retry_cap_s),
-            metrics=ctx.metrics,
-            wait=self._wait,
-        )
-        self.outbound = Outbound(
-            pool=ctx.resources.postgres(),
-            s3=ctx.resources.s3_client(),
-            bucket=settings.s3.bucket,
-            link_expiry_s=settings.files.download_url_expiry_s,
-        )
-        self.lanes = {name: self._lane(adapter) for name, adapter in adapters.items()}
+        self.parts = parts
+        self.leases, self.outcomes, self.doubts = parts.leases, parts.outcomes, parts.doubts
+        self.windows, self.attempts, self.outbound = parts.windows, parts.attempts, parts.outbound
+        self.lanes = parts.lanes
+        self.all_channels = all_channels
         ctx.publish("channels", lambda: describe(self.lanes))
-
-    def _lane(self, adapter: ChannelAdapter) -> Lane:
-        r = self.ctx.settings.section(RouterSettings)
-        section = getattr(self.ctx.settings, adapter.name)
-        pacer = Pacer(
-            self.ctx.resources.redis_client(),
-            account_key=self.ctx.resources.redis_key(f"pace:{adapter.name}:{adapter.account}"),
-            settings=pace_settings(section, recovery_s=r.pacing_recovery_s),
-            sleep=self._wait,
-            hold=held,
-        )
-        settings = LaneSettings(
-            r.retry_base_s,
-            r.retry_cap_s,
-            r.throttle_deadline_s,
-            r.pacing_recovery_s,
-            r.pause_probe_base_s,
-            r.pause_probe_cap_s,
-        )
-        return Lane(
-            adapter,
-            pacer=pacer,
-            settings=settings,
-            timeout_s=section.timeout_s,
-            metrics=self.ctx.metrics,
-            wait=self._wait,
-        )
 
     def report(self) -> RoleReport:
         """For the log's progress lines: per channel, the provider's answers so far (sent,
@@ -214,6 +138,7 @@ class Router:
     async def handle(self, record: ConsumedRecord) -> None:
         message = parse_message(record.value, self.all_channels)
         origin = f"{record.topic}:{record.partition}:{record.offset}"
+        past = history(record)
         with log_context(
             message_id=message.message_id,
             conversation_id=message.conversation_id,
@@ -222,13 +147,13 @@ class Router:
             prepared = await self.outbound.prepare(message, origin=origin)
             failures: list[ChannelFailure] = []
             if len(message.channels) == 1:  # the common case: nothing to run side by side
-                await self._deliver(message, message.channels[0], prepared, origin, failures)
+                await self._deliver(message, message.channels[0], prepared, origin, failures, past)
             else:
                 # gather, not a task group: one channel's trouble must not cancel the other's
                 # send halfway (a cancelled send may have reached the provider unmarked).
                 results = await asyncio.gather(
                     *(
-                        self._deliver(message, c, prepared, origin, failures)
+                        self._deliver(message, c, prepared, origin, failures, past)
                         for c in message.channels
                     ),
                     return_exceptions=True,
@@ -257,14 +182,21 @@ class Router:
         prepared: Prepared,
         origin: str,
         failures: list[ChannelFailure],
+        past: History,
     ) -> None:
+        lane = self.lanes[channel]
         outbound = prepared[channel]
+        if not isinstance(outbound, PermanentError):
+            outbound = await self.windows.admit(
+                channel, lane.adapter.account, outbound, human_agent=message.human_agent
+            )
         if isinstance(outbound, PermanentError):
             await self.outcomes.failed(message, ChannelFailure(channel, outbound, 0), failures)
             return
-        lane = self.lanes[channel]
         key = self.ctx.resources.redis_key(marker_key(message.message_id, channel))
-        send = Send(message, channel, lane, key, origin, outbound, failures)
+        send = Send(message, channel, lane, key, origin, outbound, failures, past.attempts)
+        if past.throttled_since is not None:  # the copy's throttle deadline runs from the first
+            send.throttled_since = time.monotonic() - max(0.0, time.time() - past.throttled_since)
         if lane.pacer.enabled:
             # A redelivered message already sent (or being sent, or given up on) waits for no
             # slot of the pace.
@@ -335,6 +267,11 @@ class Router:
             else:
                 await self.outcomes.sent(send, claim.provider_message_id, outcome="duplicate")
             return
+        if claim.state is State.ENDED:
+            # The provider failed this record's send later; the webhooks role ended it (a DLQ
+            # record, or a copy published again): nothing more for this record to say.
+            self.outcomes.count(send.channel, "duplicate")
+            return
         if claim.state is State.GIVEN_UP:
             reason = (
                 f"given up on by an earlier delivery of this record ({claim.error_type}); "
@@ -347,17 +284,27 @@ class Router:
             retry_after_s=max(0.5, claim.retry_after_s),
         )
 
-    async def _wait(self, delay_s: float) -> None:
-        """Sleep, or hand the record back (RetryableError) once the process stops."""
-        if self.ctx.stopping.is_set():
-            raise RetryableError("the process is stopping; handing the record back")
-        if delay_s > 0 and await wait_event(self.ctx.stopping, timeout_s=delay_s):
-            raise RetryableError("the process is stopping; handing the record back")
+
+def build_router(ctx: RoleContext, adapters: Mapping[str, ChannelAdapter]) -> Router:
+    """The router with its parts, over the context's resources and these adapters."""
+    own = ctx.settings.section(RouterSettings)
+    tuning = RouterTuning(
+        own.max_attempts,
+        own.retry_base_s,
+        own.retry_cap_s,
+        own.in_doubt_window_s,
+        own.on_unknown_outcome,
+        own.throttle_deadline_s,
+        own.pacing_recovery_s,
+        own.pause_probe_base_s,
+        own.pause_probe_cap_s,
+    )
+    return Router(ctx, build_parts(ctx, adapters, tuning), all_channels=own.all_channels)
 
 
 async def run(ctx: RoleContext) -> None:
     adapters = build_adapters(ctx.settings, ctx.resources.http_client())
-    router = Router(ctx, adapters)
+    router = build_router(ctx, adapters)
 
     async def close_on_stop() -> None:
         await ctx.stopping.wait()
