@@ -21,11 +21,13 @@ from typing import Any
 import orjson
 
 from chat4all_workers.config import CHANNELS, Settings
+from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.inbound import inbound_record
 from chat4all_workers.formats.status_update import status_record
 from chat4all_workers.intake.accounting import Accounting
 from chat4all_workers.intake.answers import JSON, Answer, error
+from chat4all_workers.intake.failures import Failures
 from chat4all_workers.intake.provider_word import ProviderWord
 from chat4all_workers.intake.storing import Storing
 from chat4all_workers.kafka.producer import OutgoingRecord
@@ -49,6 +51,8 @@ class Webhooks:
         max_body_bytes: int,
         max_concurrent_requests: int,
         word: ProviderWord,
+        failures: Failures,
+        windows: Windows,
         storing: Storing,
         accounting: Accounting,
     ) -> None:
@@ -56,6 +60,8 @@ class Webhooks:
         self._max_body_bytes = max_body_bytes
         self._max_concurrent = max_concurrent_requests
         self._word = word
+        self._failures = failures
+        self._windows = windows
         self._storing = storing
         self.accounting = accounting
         self._secrets = {c: getattr(settings, c).app_secret.get() for c in CHANNELS}
@@ -134,8 +140,13 @@ class Webhooks:
         """Produce what `parsed` carries (and dead-letter the body if it has problems);
         (request outcome, summary). Raises RetryableError or an outage's error if it cannot."""
         statuses = await self._word.statuses(channel, parsed)
-        await self._word.record(statuses)
-        records = [self._status_record(s) for s in statuses]
+        failed = [s for s in statuses if s.status == "FAILED"]
+        went = [s for s in statuses if s.status != "FAILED"]
+        await self._word.record(went)
+        endings = await self._failures.end(failed)
+        await self._windows.record(parsed.windows)
+        statuses = went + endings.failed
+        records = [self._status_record(s) for s in statuses] + endings.resend
         topic = self._topics.inbound_messages
         records += [inbound_record(topic, m) for m in parsed.inbound]
         problems, error_type = list(parsed.problems), "invalid_record"

@@ -88,6 +88,10 @@ class StatusEvent:
     message_id: str | None = None
     conversation_id: int | None = None
     error: StatusError | None = None
+    # The record the send came from ("{topic}:{partition}:{offset}", our callback data), and
+    # the user it was for: a failure reported here is ended from them (intake/failures.py).
+    origin: str | None = None
+    recipient: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chat4all_workers.meta.callback import callback_ids
+from chat4all_workers.meta.callback import read_callback
 from chat4all_workers.meta.events import (
     MAX_DEPTH,
     MAX_ERROR_TEXT,
@@ -93,13 +93,25 @@ def _whatsapp_status(item: Any, where: str, parsed: Parsed) -> None:
     if raw_callback is None:
         parsed.ignored.append(("status", "no_callback_data"))
         return
-    ids = callback_ids(raw_callback)
-    if ids is None:
+    callback = read_callback(raw_callback)
+    if callback is None:
         parsed.ignored.append(("status", "bad_callback_data"))
         return
     error = _status_error(item.get("errors")) if status == "FAILED" else None
+    recipient = item.get("recipient_id")
     parsed.statuses.append(
-        StatusEvent("status", "whatsapp", provider_id, status, at, *ids, error=error)
+        StatusEvent(
+            "status",
+            "whatsapp",
+            provider_id,
+            status,
+            at,
+            callback.message_id,
+            callback.conversation_id,
+            error=error,
+            origin=callback.origin,
+            recipient=recipient if is_id(recipient) else None,
+        )
     )
 
 

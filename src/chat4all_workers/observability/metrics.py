@@ -109,6 +109,15 @@ class Metrics:
             "marker of another router).",
             registry=r,
         )
+        self.webhook_async_failures = Counter(
+            "webhook_async_failures_total",
+            "Sends the provider failed later, by a `failed` status webhook, by channel, the "
+            "code's class and what became of the send: dead_lettered (final: FAILED, the record "
+            "in the DLQ), resent (not final: the record published again), duplicate, stale "
+            "(another send of the message counts now), given_up (the router had given up on it), "
+            "gone (its record is no longer in Kafka), no_origin (a send of an older version).",
+            registry=r,
+        )
         self.webhook_requests = Counter(
             "webhook_requests_total",
             "Requests to the webhooks endpoint, by channel and outcome (accepted, parked, "

@@ -18,11 +18,14 @@ from typing import ClassVar
 from chat4all_workers.config import CHANNELS, NON_EMPTY, Settings
 from chat4all_workers.delivery.markers import ProviderVerdicts
 from chat4all_workers.delivery.provider_index import ProviderIndex
+from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.intake.accounting import Accounting
+from chat4all_workers.intake.failures import Failures
 from chat4all_workers.intake.provider_word import ProviderWord
 from chat4all_workers.intake.server import LINGER_S, Listener, build_app, until_quiet
 from chat4all_workers.intake.service import Webhooks
 from chat4all_workers.intake.storing import Storing
+from chat4all_workers.kafka.originals import OriginalRecords
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.serving import serving
@@ -50,7 +53,7 @@ class WebhookSettings:
     store_timeout_s: float = 5.0
 
 
-def build(ctx: RoleContext) -> Webhooks:
+def build(ctx: RoleContext, originals: OriginalRecords) -> Webhooks:
     """The endpoint's service, over the process's Redis and Kafka producer."""
     settings, own = ctx.settings, ctx.settings.section(WebhookSettings)
     redis = ctx.resources.redis_client()
@@ -60,6 +63,22 @@ def build(ctx: RoleContext) -> Webhooks:
     pipe = ctx.resources.redis_pipeline()
     verdicts = ProviderVerdicts(redis, pipe, ttl_s=settings.delivery.dedup_ttl_s)
     word = ProviderWord(index, verdicts, key=ctx.resources.redis_key, metrics=ctx.metrics)
+    windows = Windows(
+        redis, pipe, key=ctx.resources.redis_key, memory_s=settings.delivery.window_memory_s
+    )
+    failures = Failures(
+        verdicts,
+        originals,
+        windows,
+        ctx.resources.kafka(),
+        key=ctx.resources.redis_key,
+        dlq_topic=settings.topics.dlq,
+        accounts={
+            "whatsapp": settings.whatsapp.phone_number_id,
+            "instagram": settings.instagram.user_id,
+        },
+        metrics=ctx.metrics,
+    )
     storing = Storing(
         ctx.resources.kafka(),
         spawn=ctx.resources.spawn(),
@@ -72,6 +91,8 @@ def build(ctx: RoleContext) -> Webhooks:
         max_body_bytes=own.max_body_bytes,
         max_concurrent_requests=own.max_concurrent_requests,
         word=word,
+        failures=failures,
+        windows=windows,
         storing=storing,
         accounting=Accounting(ctx.metrics),
     )
@@ -89,7 +110,8 @@ def _warn_unconfigured(settings: Settings) -> None:
 
 async def run(ctx: RoleContext) -> None:
     settings, own = ctx.settings, ctx.settings.section(WebhookSettings)
-    service, listener = build(ctx), Listener()
+    originals = OriginalRecords(settings.kafka)
+    service, listener = build(ctx, originals), Listener()
     _warn_unconfigured(settings)
     app = build_app(
         service, listener, max_body_bytes=own.max_body_bytes, body_timeout_s=own.body_timeout_s
@@ -117,6 +139,7 @@ async def run(ctx: RoleContext) -> None:
             await until_quiet(service, listener, ctx.shutdown)
     finally:
         ctx.mark_unready()
+        await originals.aclose()
 
 
 ROLE = RoleSpec(
