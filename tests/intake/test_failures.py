@@ -162,7 +162,8 @@ async def test_failures_close_the_window_a_late_131047_names(deployment: Deploym
             code, _ = await endpoint.post(
                 "whatsapp", failed(message_id, origin, 131047, "Re-engagement message", "wamid.W")
             )
-        closed = bytes(await redis.get(window) or b"")
+        raw = await redis.get(window)
+        closed = raw.encode() if isinstance(raw, str) else raw or b""
     finally:
         await redis.aclose()
     (letter,) = await read_topic(deployment.stack, deployment.topics["dlq"])
