@@ -13,7 +13,12 @@ from chat4all_workers.channels.pacing import PaceSettings
 from chat4all_workers.config import WhatsAppSettings
 from chat4all_workers.delivery.lanes import describe, pace_settings
 from chat4all_workers.delivery.send import Send, Verdict
-from chat4all_workers.errors import AccountError, ThrottleDeadlineError, ThrottledError
+from chat4all_workers.errors import (
+    AccountError,
+    ProviderRejectedError,
+    ThrottleDeadlineError,
+    ThrottledError,
+)
 from tests.delivery.conftest import Rig, RigFactory
 from tests.support import ScriptedApi, metric_value
 
@@ -225,3 +230,26 @@ def test_pace_settings_takes_a_channels_section() -> None:
     assert pace_settings(section, recovery_s=30.0) == PaceSettings(
         max_rate_per_s=20.0, pair_burst=45, pair_interval_s=6.0, recovery_s=30.0
     )
+
+
+async def test_lane_refused_again_after_a_probe_went_through_is_the_messages_problem(
+    delivery: RigFactory,
+) -> None:
+    rig = await delivery()
+    culprit, other = rig.send(), rig.send()
+    refusal = AccountError("HTTP 400 (10): Permission denied for this message", provider_code=10)
+    culprit.last_error = refusal
+
+    first = rig.lane.refused_again(culprit)  # it paused the channel
+    rig.lane.account_refused(refusal, probe=False)
+    rig.lane.settle_probe(Verdict.SENT, None)  # another send probed: the account works
+    again = rig.lane.refused_again(culprit)
+    other.last_error = refusal
+    unrelated = rig.lane.refused_again(other)  # its first refusal: the account's, as far as known
+
+    assert first is None
+    assert isinstance(again, ProviderRejectedError)
+    assert again.provider_code == 10
+    assert "this message is what the provider refuses" in str(again)
+    assert unrelated is None
+    assert not rig.lane.pause.paused

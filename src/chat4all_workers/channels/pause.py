@@ -71,6 +71,7 @@ class ChannelPause:
         self._changed = asyncio.Event()
         self.held = 0  # sends waiting for the channel now
         self.probes = 0  # probes sent in the current (or last) pause
+        self.resumes = 0  # pauses ended by a probe that went through: the account worked then
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -125,6 +126,7 @@ class ChannelPause:
                 self.reason,
             )
             self.paused, self.reason = False, None
+            self.resumes += 1
             self._since = datetime.now(UTC)
             self._on_change(PauseChange(self.channel, False, self._label))
         self._notify()

@@ -29,6 +29,7 @@ from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import (
     AccountError,
     ProviderError,
+    ProviderRejectedError,
     ThrottleDeadlineError,
     ThrottledError,
 )
@@ -102,6 +103,22 @@ class Lane:
         """An account-class answer: the channel pauses (a probe's answer: it stays paused)."""
         assert isinstance(error, AccountError)
         self.pause.pause(str(error), label=_label(error), probe=probe)
+
+    def refused_again(self, send: Send) -> ProviderRejectedError | None:
+        """The safety net of the code table: a send that gets an account-class answer again after
+        a probe went through since its last one (the account works) is this message's problem,
+        never a pause loop: the error to fail it with, in the provider's words."""
+        error = send.last_error
+        assert isinstance(error, AccountError)
+        if send.refused_at_resume is not None and self.pause.resumes > send.refused_at_resume:
+            return ProviderRejectedError(
+                f"{error}; refused again after the account was shown to work (a probe went "
+                "through): this message is what the provider refuses",
+                provider_code=error.provider_code,
+                fbtrace_id=error.fbtrace_id,
+            )
+        send.refused_at_resume = self.pause.resumes
+        return None
 
     def settle_probe(self, verdict: Verdict, error: AccountError | ThrottledError | None) -> None:
         if verdict is Verdict.ACCOUNT:

@@ -47,6 +47,8 @@ class Send:
     # reported later: formats/resend.py); they count against router.max_attempts.
     prior_attempts: int = 0
     throttles: int = 0
+    # The lane's `pause.resumes` when this send last got an account-class answer.
+    refused_at_resume: int | None = None
     throttled_since: float | None = None
     last_error: ThrottledError | AccountError | None = field(default=None, repr=False)
 

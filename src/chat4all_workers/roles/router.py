@@ -212,8 +212,11 @@ class Router:
                 if probe:
                     lane.pause.probe_done()
                 raise
+            # An account-class answer for a message the account was shown to send around: the
+            # message's problem (the probe, if it was one, proved the account works).
+            refused = lane.refused_again(send) if verdict is Verdict.ACCOUNT else None
             if probe:
-                lane.settle_probe(verdict, send.last_error)
+                lane.settle_probe(Verdict.REJECTED if refused else verdict, send.last_error)
             if verdict is Verdict.THROTTLED:
                 deadline = await lane.after_throttle(send)
                 if deadline is None:
@@ -221,6 +224,9 @@ class Router:
                 await self.outcomes.give_up(send, None, deadline, send.throttles)
                 return
             if verdict is Verdict.ACCOUNT:
+                if refused is not None:
+                    await self.outcomes.give_up(send, None, refused, 1)
+                    return
                 if not probe:
                     lane.account_refused(send.last_error, probe=False)
                 continue  # held by the pause at the top, until a probe goes through
