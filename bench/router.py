@@ -910,6 +910,7 @@ async def paced_bench(args: argparse.Namespace) -> bool:
             **mock_ports,
             "whatsapp_rate_per_s": args.paced_rate,
             "instagram_rate_per_s": args.paced_rate,
+            "windows": "open",  # the bench's recipients never wrote first
         }
         s.groups.append(router_group(doc))
         wa_url = doc["whatsapp"]["base_url"]

@@ -10,9 +10,14 @@ from chat4all_workers.meta.callback import callback_data
 from chat4all_workers.meta.events import StatusError
 from chat4all_workers.meta.instagram_webhooks import parse_instagram
 from chat4all_workers.meta.notifications import (
+    ERROR_CODES_HREF,
     instagram_echo,
+    instagram_message,
     instagram_notification,
+    instagram_reaction,
     instagram_read,
+    whatsapp_contact,
+    whatsapp_message,
     whatsapp_notification,
     whatsapp_status,
 )
@@ -63,6 +68,7 @@ def test_whatsapp_status_with_an_error_parses_back_to_a_failure_with_it() -> Non
     (status,) = parse_whatsapp(doc, phone_number_id=PHONE).statuses
 
     assert (status.status, status.error) == ("FAILED", error)
+    assert failed["errors"][0]["href"] == ERROR_CODES_HREF  # Meta links its error codes page
 
 
 def test_whatsapp_notification_of_a_message_parses_back_with_the_contacts_name() -> None:
@@ -127,3 +133,61 @@ def test_instagram_echo_without_metadata_is_a_message_sent_from_the_app() -> Non
 
     assert parsed.statuses == []
     assert parsed.ignored == [("echo", "no_callback_data")]
+
+
+def test_whatsapp_message_writer_parses_back_to_the_users_message() -> None:
+    doc = whatsapp_notification(
+        phone_number_id=PHONE,
+        contacts=[whatsapp_contact("5511999990000", name="Ana")],
+        messages=[
+            whatsapp_message(
+                "wamid.in2", sender="5511999990000", at_s=AT_S, kind="text", content={"body": "oi"}
+            )
+        ],
+    )
+
+    (inbound,) = parse_whatsapp(doc, phone_number_id=PHONE).inbound
+
+    assert (inbound.provider_message_id, inbound.sender, inbound.sender_name) == (
+        "wamid.in2",
+        "5511999990000",
+        "Ana",
+    )
+    assert (inbound.type, inbound.text, inbound.at) == (
+        "text",
+        "oi",
+        datetime.fromtimestamp(AT_S, UTC),
+    )
+
+
+def test_instagram_message_writer_parses_back_to_the_users_message() -> None:
+    event = instagram_message(
+        "mid.in1", customer="igsid", account_id=IG, at_ms=AT_S * 1000, text="oi"
+    )
+    doc = instagram_notification(account_id=IG, events=[event])
+
+    (inbound,) = parse_instagram(doc, user_id=IG).inbound
+
+    assert (inbound.provider_message_id, inbound.sender, inbound.text) == ("mid.in1", "igsid", "oi")
+    assert inbound.account_id == IG
+
+
+def test_instagram_reaction_is_an_event_the_parser_leaves_alone() -> None:
+    reaction = instagram_reaction(
+        "mid.1", customer="igsid", account_id=IG, at_ms=AT_S * 1000, emoji="❤"
+    )
+    doc = instagram_notification(account_id=IG, events=[reaction])
+
+    parsed = parse_instagram(doc, user_id=IG)
+
+    assert reaction["reaction"] == {
+        "mid": "mid.1",
+        "action": "react",
+        "reaction": "love",
+        "emoji": "❤",
+    }
+    assert (parsed.inbound, parsed.problems, parsed.ignored) == (
+        [],
+        [],
+        [("other", "unsupported_event")],
+    )
