@@ -11,7 +11,7 @@ import pytest
 
 from chat4all_workers.channels.pacing import PaceSettings
 from chat4all_workers.config import WhatsAppSettings
-from chat4all_workers.delivery.lanes import describe, pace_settings
+from chat4all_workers.delivery.lanes import pace_settings
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import (
     AccountError,
@@ -44,7 +44,7 @@ async def account_refused(rig: Rig) -> AccountError:
 
 
 def paused_gauge(rig: Rig, reason: str) -> float:
-    labels = {"channel": rig.channel, "reason": reason}
+    labels = {"channel": rig.channel, "account": "default", "reason": reason}
     return metric_value(rig.ctx.metrics.channel_paused, labels)
 
 
@@ -147,9 +147,8 @@ async def test_lane_account_refused_pauses_the_channel_labelled_with_the_provide
 
     rig.lane.account_refused(error, probe=False)
 
-    channels = describe({"whatsapp": rig.lane})
-    assert channels["whatsapp"]["state"] == "paused"
-    assert channels["whatsapp"]["reason"] == str(error)
+    assert rig.lane.pause.stats()["state"] == "paused"
+    assert rig.lane.pause.stats()["reason"] == str(error)
     assert paused_gauge(rig, "190") == 1
 
 

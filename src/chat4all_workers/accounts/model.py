@@ -16,7 +16,9 @@ message without `account` is sent from: the environment's single account (`WHATS
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from chat4all_workers.config import CHANNELS, InstagramSettings, Settings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
@@ -86,3 +88,49 @@ def environment_accounts(settings: Settings) -> tuple[list[Account], list[MetaAp
             )
         )
     return accounts, apps
+
+
+class Directory(Protocol):
+    """Where a process finds its accounts and apps: lookups without I/O, on every message
+    (accounts/directory.py keeps them current from PostgreSQL; `FixedDirectory` holds a list)."""
+
+    def find(self, channel: str, key: str | None) -> Account | None:
+        """The account `key` of `channel` (None: the default), disabled ones included."""
+        ...
+
+    def by_provider_id(self, channel: str, provider_id: str) -> Account | None: ...
+
+    def app(self, app_id: str) -> MetaApp | None: ...
+
+    def apps(self) -> Sequence[MetaApp]: ...
+
+    def accounts(self) -> Sequence[Account]: ...
+
+
+class FixedDirectory:
+    """A directory that never changes: the environment's accounts (a process without the
+    accounts table), or a test's."""
+
+    def __init__(self, accounts: Iterable[Account], apps: Iterable[MetaApp]) -> None:
+        self._accounts = {(a.channel, a.key): a for a in accounts}
+        self._by_provider = {(a.channel, a.provider_id): a for a in self._accounts.values()}
+        self._apps = {app.app_id: app for app in apps}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FixedDirectory:
+        return cls(*environment_accounts(settings))
+
+    def find(self, channel: str, key: str | None) -> Account | None:
+        return self._accounts.get((channel, DEFAULT_KEY if key is None else key))
+
+    def by_provider_id(self, channel: str, provider_id: str) -> Account | None:
+        return self._by_provider.get((channel, provider_id))
+
+    def app(self, app_id: str) -> MetaApp | None:
+        return self._apps.get(app_id)
+
+    def apps(self) -> Sequence[MetaApp]:
+        return list(self._apps.values())
+
+    def accounts(self) -> Sequence[Account]:
+        return list(self._accounts.values())

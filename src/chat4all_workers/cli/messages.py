@@ -69,6 +69,11 @@ def _add_send(commands: Any) -> None:
     )
     send.add_argument("--sender-id", type=at_least(1, int), metavar="N", help="the sender")
     send.add_argument(
+        "--account",
+        metavar="KEY",
+        help="the sending account's key (`accounts list`; default: each channel's default)",
+    )
+    send.add_argument(
         "--wait", action="store_true", help="follow it until READ or FAILED on every channel"
     )
     send.add_argument(
@@ -131,6 +136,7 @@ async def send_message(settings: Settings, args: argparse.Namespace) -> int:
             to=args.to,
             conversation_id=args.conversation_id,
             sender_id=args.sender_id,
+            account=args.account,
         )
         conn = await connect_postgres(settings)
         try:
@@ -170,6 +176,7 @@ async def send_message(settings: Settings, args: argparse.Namespace) -> int:
                 workers=workers(settings, args.workers),
                 on_status=on_status,
                 on_notice=on_notice,
+                accounts=message.accounts_by_channel(),
             )
         finally:
             await conn.close()

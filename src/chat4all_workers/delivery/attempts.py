@@ -103,7 +103,7 @@ class Attempts:
                 lease.in_doubt = True  # cancelled twice: the answer is unknown
                 raise
             except TransientProviderError as exc:
-                self._outcomes.request(send.channel, "in_doubt" if exc.in_doubt else "transient")
+                self._outcomes.request(send, "in_doubt" if exc.in_doubt else "transient")
                 verdict = await self._transient(send, lease, exc, attempts)
                 if verdict is None:
                     continue
@@ -113,13 +113,13 @@ class Attempts:
             except AccountError as exc:
                 return await self._not_taken(send, lease, exc, "paused", Verdict.ACCOUNT)
             except ProviderRejectedError as exc:
-                self._outcomes.request(send.channel, "rejected")
+                self._outcomes.request(send, "rejected")
                 if isinstance(exc, WindowClosedError):  # remembered: the next ones cost no call
-                    account, user = send.lane.adapter.account, send.outbound.recipient
+                    account, user = send.lane.account.provider_id, send.outbound.recipient
                     await self._windows.close(send.channel, account, user, sent_at_s=sent_at)
                 await self._outcomes.give_up(send, lease, exc, attempts)
                 return Verdict.REJECTED
-            self._outcomes.request(send.channel, "sent")
+            self._outcomes.request(send, "sent")
             pid = result.provider_message_id
             await self._leases.mark_sent(lease, pid, channel=send.channel, ref=send.ref)
             await self._outcomes.sent(send, pid)
@@ -155,7 +155,7 @@ class Attempts:
         verdict: Verdict,
     ) -> Verdict:
         """Throttled, or the account refused: the provider did not take it; the lease goes."""
-        self._outcomes.request(send.channel, outcome)
+        self._outcomes.request(send, outcome)
         await self._leases.release(lease)
         send.last_error = exc
         return verdict

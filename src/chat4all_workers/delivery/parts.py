@@ -2,17 +2,21 @@
 
 Markers and the provider index over the process's Redis auto-pipeline, leases, outcomes (status
 emission), sends in doubt, conversation windows, the attempts, the outbound messages (file
-links), and one lane per channel (its adapter, pace and pause). `handing_back` is the wait they
+links), and the sending accounts: one lane per account (its adapter, pace and pause), built on
+its first message from the directory (accounts/). `handing_back` is the wait they
 all use: a sleep that hands the record back (RetryableError) once the process stops.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from chat4all_workers.accounts.model import Account, Directory
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.pacing import Pacer
+from chat4all_workers.config import CHANNELS
+from chat4all_workers.delivery.accounts import SendingAccounts
 from chat4all_workers.delivery.attempts import Attempts, AttemptSettings, Wait
 from chat4all_workers.delivery.doubt import Doubts, DoubtSettings
 from chat4all_workers.delivery.lanes import Lane, LaneSettings, pace_settings
@@ -41,6 +45,11 @@ class RouterTuning:
     pacing_recovery_s: float
     pause_probe_base_s: float
     pause_probe_cap_s: float
+    account_label_limit: int
+
+
+# The adapter that sends as an account (channels.build_adapter over the process's client).
+Connect = Callable[[Account], ChannelAdapter]
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,7 @@ class Parts:
     windows: Windows
     attempts: Attempts
     outbound: Outbound
-    lanes: Mapping[str, Lane]
+    accounts: SendingAccounts
 
 
 def handing_back(ctx: RoleContext) -> Wait:
@@ -67,13 +76,13 @@ def handing_back(ctx: RoleContext) -> Wait:
 
 
 def build_parts(
-    ctx: RoleContext, adapters: Mapping[str, ChannelAdapter], tuning: RouterTuning
+    ctx: RoleContext, directory: Directory, connect: Connect, tuning: RouterTuning
 ) -> Parts:
     settings, resources, wait = ctx.settings, ctx.resources, handing_back(ctx)
     redis, pipe = resources.redis_client(), resources.redis_pipeline()
     # A lease covers one attempt and the backoff before it, and is renewed per attempt; a
     # worker that dies mid-send blocks its messages for at most this long.
-    timeout_s = max(getattr(settings, name).timeout_s for name in adapters)
+    timeout_s = max(getattr(settings, name).timeout_s for name in CHANNELS)
     lease_s = timeout_s + tuning.retry_cap_s + 2.0
     markers = SendMarkers(redis, pipe, ttl_s=settings.delivery.dedup_ttl_s, lease_s=lease_s)
     # Instagram's read receipts name only the provider's id: remembered when a send is marked
@@ -86,7 +95,7 @@ def build_parts(
         resources.kafka(), leases, topic=settings.topics.message_status_updates, metrics=ctx.metrics
     )
     doubt = DoubtSettings(tuning.in_doubt_window_s, tuning.on_unknown_outcome, tuning.max_attempts)
-    doubts = Doubts(ctx, leases, outcomes, settings=doubt, channels=adapters)
+    doubts = Doubts(ctx, leases, outcomes, settings=doubt, channels=CHANNELS)
     windows = Windows(
         redis, pipe, key=resources.redis_key, memory_s=settings.delivery.window_memory_s
     )
@@ -105,19 +114,41 @@ def build_parts(
         bucket=settings.s3.bucket,
         link_expiry_s=settings.files.download_url_expiry_s,
     )
-    lanes = {name: _lane(ctx, adapter, tuning, wait) for name, adapter in adapters.items()}
-    return Parts(leases, outcomes, doubts, windows, attempts, outbound, lanes)
+
+    def make_lane(account: Account, label: str) -> Lane:
+        return _lane(ctx, account, connect(account), tuning, wait, label)
+
+    def refresh(lane: Lane, account: Account) -> None:
+        lane.refresh(account, connect(account), _pacer(ctx, account, tuning, wait))
+
+    label_limit = tuning.account_label_limit
+    senders = SendingAccounts(
+        directory, make_lane=make_lane, refresh=refresh, label_limit=label_limit
+    )
+    return Parts(leases, outcomes, doubts, windows, attempts, outbound, senders)
 
 
-def _lane(ctx: RoleContext, adapter: ChannelAdapter, tuning: RouterTuning, wait: Wait) -> Lane:
-    section = getattr(ctx.settings, adapter.name)
-    pacer = Pacer(
+def _pacer(ctx: RoleContext, account: Account, tuning: RouterTuning, wait: Wait) -> Pacer:
+    """The account's pace, keyed by its provider id: what Meta counts its limits against, so
+    every router (and any key naming the same number) shares it."""
+    return Pacer(
         ctx.resources.redis_client(),
-        account_key=ctx.resources.redis_key(f"pace:{adapter.name}:{adapter.account}"),
-        settings=pace_settings(section, recovery_s=tuning.pacing_recovery_s),
+        account_key=ctx.resources.redis_key(f"pace:{account.channel}:{account.provider_id}"),
+        settings=pace_settings(account, recovery_s=tuning.pacing_recovery_s),
         sleep=wait,
         hold=held,
     )
+
+
+def _lane(
+    ctx: RoleContext,
+    account: Account,
+    adapter: ChannelAdapter,
+    tuning: RouterTuning,
+    wait: Wait,
+    label: str,
+) -> Lane:
+    section = getattr(ctx.settings, account.channel)
     settings = LaneSettings(
         tuning.retry_base_s,
         tuning.retry_cap_s,
@@ -127,10 +158,12 @@ def _lane(ctx: RoleContext, adapter: ChannelAdapter, tuning: RouterTuning, wait:
         tuning.pause_probe_cap_s,
     )
     return Lane(
+        account,
         adapter,
-        pacer=pacer,
+        pacer=_pacer(ctx, account, tuning, wait),
         settings=settings,
         timeout_s=section.timeout_s,
         metrics=ctx.metrics,
         wait=wait,
+        label=label,
     )

@@ -75,14 +75,15 @@ class Metrics:
         )
         self.channel_requests = Counter(
             "channel_requests_total",
-            "Calls to channel providers, by channel and outcome: sent, throttled, transient, "
-            "rejected, paused (an account-class answer).",
+            "Calls to channel providers, by channel, account (its key; `_other` past "
+            "router.account_label_limit accounts) and outcome: sent, throttled, transient, "
+            "in_doubt, rejected, paused (an account-class answer).",
             registry=r,
         )
         self.channel_paused = Gauge(
             "channel_paused",
-            "1 while a channel is paused in this process (an account-class answer), by channel "
-            "and reason (the provider's code); 0 once it resumed.",
+            "Sending accounts paused in this process (an account-class answer), by channel, "
+            "account (its key, or `_other`) and reason (the provider's code); 0 once resumed.",
             registry=r,
         )
         self.channel_pacing_wait = Histogram(

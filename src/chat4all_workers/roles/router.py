@@ -17,10 +17,12 @@ engine's keyed concurrency):
    (the engine holds back only that conversation); one that finds its own `failed:` emits
    FAILED again. A send whose outcome is unknown waits for the provider's word
    (delivery/doubt.py).
-4. At the provider's pace and through its pauses (delivery/lanes.py): each call waits for its
-   slot of the sending account's rate and of the recipient's pair limit, taken before the lease
-   is claimed, so a long wait never holds a lease; an account-class answer pauses the channel,
-   whose sends are held until a probe goes through.
+4. From its account, at the provider's pace and through its pauses (delivery/accounts.py,
+   delivery/lanes.py): the message's `account` (or the channel's default) picks the lane; an
+   unknown or disabled account FAILS that channel with no call. Each call waits for its slot of
+   the account's rate and of the recipient's pair limit, taken before the lease is claimed, so
+   a long wait never holds a lease; an account-class answer pauses that account alone, whose
+   sends are held until a probe goes through.
 5. The attempts under the lease (delivery/attempts.py): the provider's answer, classified by its
    error code (meta/errors.py), decides: retried, waited for, paused, or failed.
 6. SENT or FAILED goes to `message_status_updates` (delivery/outcomes.py); if any channel
@@ -40,25 +42,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from chat4all_workers.channels import build_adapters
+from chat4all_workers.accounts.model import Account, Directory, FixedDirectory
+from chat4all_workers.channels import build_adapter
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.consuming import consume, dead_letter_record
 from chat4all_workers.delivery.failures import ChannelFailure, GivenUpError, dead_letter_reason
-from chat4all_workers.delivery.lanes import describe
+from chat4all_workers.delivery.lanes import Lane
 from chat4all_workers.delivery.lease import Lease
 from chat4all_workers.delivery.markers import Claim, State, marker_key
 from chat4all_workers.delivery.outbound import Prepared
-from chat4all_workers.delivery.parts import Parts, RouterTuning, build_parts
+from chat4all_workers.delivery.parts import Connect, Parts, RouterTuning, build_parts
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.message import Message, parse_message
 from chat4all_workers.formats.resend import History, history
 from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import Need
@@ -99,6 +102,9 @@ class RouterSettings:
     # this delay, doubling per failed probe up to the cap.
     pause_probe_base_s: float = 1.0
     pause_probe_cap_s: float = 60.0
+    # Metrics carry an `account` label for at most this many accounts per process (the first
+    # seen); the rest share `_other` (/readyz names every one).
+    account_label_limit: int = 100
 
 
 # The provider's answers a progress line shows per channel (channel_requests_total outcomes).
@@ -113,27 +119,30 @@ class Router:
         self.parts = parts
         self.leases, self.outcomes, self.doubts = parts.leases, parts.outcomes, parts.doubts
         self.windows, self.attempts, self.outbound = parts.windows, parts.attempts, parts.outbound
-        self.lanes = parts.lanes
+        self.accounts = parts.accounts
         self.all_channels = all_channels
-        ctx.publish("channels", lambda: describe(self.lanes))
+        ctx.publish("accounts", self.accounts.describe)
+        ctx.publish("channels", self.accounts.channels)
 
     def report(self) -> RoleReport:
         """For the log's progress lines: per channel, the provider's answers so far (sent,
-        throttled, paused: `channel_requests_total`), its state and the sends it holds."""
+        throttled, paused: `channel_requests_total`), its accounts paused and the sends they
+        hold."""
         requests = self.ctx.metrics.channel_requests
         counts: dict[str, int] = {}
         state: dict[str, Any] = {}
-        for name, lane in self.lanes.items():
+        for name in self.all_channels:
             for outcome in _REPORTED_OUTCOMES:
                 counts[f"{name}_{outcome}"] = total(requests, channel=name, outcome=outcome)
-            state[name] = "paused" if lane.pause.paused else "active"
-            state[f"{name}_held"] = lane.pause.held
+        for lane in self.accounts.lanes():
+            if lane.pause.paused:
+                state[lane.name] = "paused"
+                state[f"{lane.name}_held"] = lane.pause.held
         return RoleReport(counts=counts, state=state)
 
     def close(self) -> None:
-        """The process stops: sends held by a paused channel give their records back."""
-        for lane in self.lanes.values():
-            lane.pause.close()
+        """The process stops: sends held by a paused account give their records back."""
+        self.accounts.close()
 
     async def handle(self, record: ConsumedRecord) -> None:
         message = parse_message(record.value, self.all_channels)
@@ -184,15 +193,11 @@ class Router:
         failures: list[ChannelFailure],
         past: History,
     ) -> None:
-        lane = self.lanes[channel]
-        outbound = prepared[channel]
-        if not isinstance(outbound, PermanentError):
-            outbound = await self.windows.admit(
-                channel, lane.adapter.account, outbound, human_agent=message.human_agent
-            )
-        if isinstance(outbound, PermanentError):
-            await self.outcomes.failed(message, ChannelFailure(channel, outbound, 0), failures)
+        admitted = await self._admit(message, channel, prepared)
+        if isinstance(admitted, PermanentError):
+            await self.outcomes.failed(message, ChannelFailure(channel, admitted, 0), failures)
             return
+        lane, outbound = admitted
         key = self.ctx.resources.redis_key(marker_key(message.message_id, channel))
         send = Send(message, channel, lane, key, origin, outbound, failures, past.attempts)
         if past.throttled_since is not None:  # the copy's throttle deadline runs from the first
@@ -233,6 +238,22 @@ class Router:
             if verdict is Verdict.HELD:
                 continue
             return
+
+    async def _admit(
+        self, message: Message, channel: str, prepared: Prepared
+    ) -> tuple[Lane, OutboundMessage] | PermanentError:
+        """The account that sends it and what is sent, or why nothing may be sent on this
+        channel (no such account, a disabled one, the content, a closed window): no call."""
+        lane = self.accounts.lane(channel, message.account(channel))
+        if isinstance(lane, PermanentError):
+            return lane
+        outbound = prepared[channel]
+        if isinstance(outbound, PermanentError):
+            return outbound
+        admitted = await self.windows.admit(
+            channel, lane.account.provider_id, outbound, human_agent=message.human_agent
+        )
+        return admitted if isinstance(admitted, PermanentError) else (lane, admitted)
 
     async def _round(self, send: Send, *, probe: bool) -> Verdict:
         """Wait for a slot, claim the send, and try it; the verdict says what the channel
@@ -291,8 +312,12 @@ class Router:
         )
 
 
-def build_router(ctx: RoleContext, adapters: Mapping[str, ChannelAdapter]) -> Router:
-    """The router with its parts, over the context's resources and these adapters."""
+def build_router(
+    ctx: RoleContext, *, directory: Directory | None = None, connect: Connect | None = None
+) -> Router:
+    """The router with its parts, over the context's resources: its accounts from `directory`
+    (default: the process's), each sending through `connect(account)` (default: the real
+    adapter over the process's HTTP client)."""
     own = ctx.settings.section(RouterSettings)
     tuning = RouterTuning(
         own.max_attempts,
@@ -304,13 +329,28 @@ def build_router(ctx: RoleContext, adapters: Mapping[str, ChannelAdapter]) -> Ro
         own.pacing_recovery_s,
         own.pause_probe_base_s,
         own.pause_probe_cap_s,
+        own.account_label_limit,
     )
-    return Router(ctx, build_parts(ctx, adapters, tuning), all_channels=own.all_channels)
+    if directory is None:
+        directory = FixedDirectory.from_settings(ctx.settings)
+    if connect is None:
+        settings, http = ctx.settings, ctx.resources.http_client()
+
+        def connect(account: Account) -> ChannelAdapter:
+            return build_adapter(
+                account.channel,
+                settings,
+                http,
+                provider_id=account.provider_id,
+                token=account.token,
+            )
+
+    parts = build_parts(ctx, directory, connect, tuning)
+    return Router(ctx, parts, all_channels=own.all_channels)
 
 
 async def run(ctx: RoleContext) -> None:
-    adapters = build_adapters(ctx.settings, ctx.resources.http_client())
-    router = build_router(ctx, adapters)
+    router = build_router(ctx)
 
     async def close_on_stop() -> None:
         await ctx.stopping.wait()
@@ -329,8 +369,8 @@ async def run(ctx: RoleContext) -> None:
             finally:
                 closer.cancel()
     finally:
-        for adapter in adapters.values():
-            await adapter.aclose()
+        for lane in router.accounts.lanes():
+            await lane.adapter.aclose()
 
 
 ROLE = RoleSpec(
