@@ -49,7 +49,7 @@ def test_whatsapp_notification_of_a_status_parses_back_to_the_status() -> None:
         ],
     )
 
-    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+    parsed = parse_whatsapp(doc, ours=PHONE.__eq__)
 
     (status,) = parsed.statuses
     assert (parsed.problems, parsed.ignored) == ([], [])
@@ -65,7 +65,7 @@ def test_whatsapp_status_with_an_error_parses_back_to_a_failure_with_it() -> Non
     )
     doc = whatsapp_notification(phone_number_id=PHONE, statuses=[failed])
 
-    (status,) = parse_whatsapp(doc, phone_number_id=PHONE).statuses
+    (status,) = parse_whatsapp(doc, ours=PHONE.__eq__).statuses
 
     assert (status.status, status.error) == ("FAILED", error)
     assert failed["errors"][0]["href"] == ERROR_CODES_HREF  # Meta links its error codes page
@@ -86,7 +86,7 @@ def test_whatsapp_notification_of_a_message_parses_back_with_the_contacts_name()
         ],
     )
 
-    (inbound,) = parse_whatsapp(doc, phone_number_id=PHONE).inbound
+    (inbound,) = parse_whatsapp(doc, ours=PHONE.__eq__).inbound
 
     assert (inbound.channel, inbound.provider_message_id, inbound.account_id) == (
         "whatsapp",
@@ -102,7 +102,7 @@ def test_instagram_read_parses_back_to_a_read_receipt() -> None:
         events=[instagram_read("mid.1", customer="igsid", account_id=IG, at_ms=AT_S * 1000 + 5)],
     )
 
-    (status,) = parse_instagram(doc, user_id=IG).statuses
+    (status,) = parse_instagram(doc, ours=IG.__eq__).statuses
 
     assert (status.kind, status.provider_message_id, status.status) == ("read", "mid.1", "READ")
     assert status.message_id is None  # a receipt names the provider's id only
@@ -115,7 +115,7 @@ def test_instagram_echo_with_our_metadata_parses_back_to_sent() -> None:
     )
     doc = instagram_notification(account_id=IG, events=[echo])
 
-    (status,) = parse_instagram(doc, user_id=IG).statuses
+    (status,) = parse_instagram(doc, ours=IG.__eq__).statuses
 
     assert (status.kind, status.provider_message_id, status.status) == ("echo", "mid.2", "SENT")
     assert (status.message_id, status.conversation_id) == (MESSAGE_ID, 42)
@@ -129,7 +129,7 @@ def test_instagram_echo_without_metadata_is_a_message_sent_from_the_app() -> Non
         ],
     )
 
-    parsed = parse_instagram(doc, user_id=IG)
+    parsed = parse_instagram(doc, ours=IG.__eq__)
 
     assert parsed.statuses == []
     assert parsed.ignored == [("echo", "no_callback_data")]
@@ -146,7 +146,7 @@ def test_whatsapp_message_writer_parses_back_to_the_users_message() -> None:
         ],
     )
 
-    (inbound,) = parse_whatsapp(doc, phone_number_id=PHONE).inbound
+    (inbound,) = parse_whatsapp(doc, ours=PHONE.__eq__).inbound
 
     assert (inbound.provider_message_id, inbound.sender, inbound.sender_name) == (
         "wamid.in2",
@@ -166,7 +166,7 @@ def test_instagram_message_writer_parses_back_to_the_users_message() -> None:
     )
     doc = instagram_notification(account_id=IG, events=[event])
 
-    (inbound,) = parse_instagram(doc, user_id=IG).inbound
+    (inbound,) = parse_instagram(doc, ours=IG.__eq__).inbound
 
     assert (inbound.provider_message_id, inbound.sender, inbound.text) == ("mid.in1", "igsid", "oi")
     assert inbound.account_id == IG
@@ -178,7 +178,7 @@ def test_instagram_reaction_is_an_event_the_parser_leaves_alone() -> None:
     )
     doc = instagram_notification(account_id=IG, events=[reaction])
 
-    parsed = parse_instagram(doc, user_id=IG)
+    parsed = parse_instagram(doc, ours=IG.__eq__)
 
     assert reaction["reaction"] == {
         "mid": "mid.1",

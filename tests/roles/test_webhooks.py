@@ -504,11 +504,11 @@ async def test_webhooks_channel_without_app_secret_refuses_posts_and_says_so_onc
                 "whatsapp", statuses_body(status(str(uuid.uuid4()), "sent"))
             )
 
-    startup = [r.getMessage() for r in caplog.records if "no app secret" in r.getMessage()]
+    startup = [r.getMessage() for r in caplog.records if "app's secret" in r.getMessage()]
     assert (refused, accepted) == (403, 200)
     assert startup == [
-        "webhooks: POSTs refused (403) for instagram (instagram.app_secret, env "
-        "INSTAGRAM_APP_SECRET): no app secret set"
+        "webhooks: POSTs refused (403) for instagram: no Meta app's secret (set "
+        "INSTAGRAM_APP_SECRET, or add an app: chat4all-workers accounts app-add)"
     ]
     assert all(WA_SECRET not in r.getMessage() for r in caplog.records)
 

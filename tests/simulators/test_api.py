@@ -563,7 +563,7 @@ async def test_mock_inbound_posts_an_instagram_users_message_as_meta_does(
     assert app.bodies[0] == answer["notification"]
     assert (event["sender"]["id"], event["recipient"]["id"]) == ("17841400000000042", "2000")
     assert event["message"]["text"] == "olá"
-    (parsed,) = parse_instagram(app.bodies[0], user_id="2000").inbound
+    (parsed,) = parse_instagram(app.bodies[0], ours="2000".__eq__).inbound
     assert (parsed.sender, parsed.text, parsed.provider_message_id) == (
         "17841400000000042",
         "olá",

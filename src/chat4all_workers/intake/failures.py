@@ -66,7 +66,6 @@ class Failures:
         *,
         key: Callable[[str], str],
         dlq_topic: str,
-        accounts: dict[str, str],
         metrics: Metrics,
     ) -> None:
         self._verdicts = verdicts
@@ -75,7 +74,6 @@ class Failures:
         self._producer = producer
         self._key = key
         self._dlq_topic = dlq_topic
-        self._accounts = accounts  # channel -> our account id (the window's)
         self._metrics = metrics
 
     async def end(self, statuses: list[StatusEvent]) -> Endings:
@@ -115,9 +113,11 @@ class Failures:
             endings.failed.append(status)
             await self._dead_letter(status, error, record, origin, error_class)
             if isinstance(error, WindowClosedError) and status.recipient:
-                account = self._accounts.get(status.channel, "")
                 await self._windows.close(
-                    status.channel, account, status.recipient, sent_at_s=status.at.timestamp()
+                    status.channel,
+                    status.account or "",
+                    status.recipient,
+                    sent_at_s=status.at.timestamp(),
                 )
             self._count(status, error_class, "dead_lettered")
             return

@@ -92,6 +92,8 @@ class StatusEvent:
     # the user it was for: a failure reported here is ended from them (intake/failures.py).
     origin: str | None = None
     recipient: str | None = None
+    # Our account it came for (the phone number id, the Instagram account id).
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ content).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from chat4all_workers.meta.callback import read_callback
@@ -33,9 +34,10 @@ _WHATSAPP_STATUSES = {"sent": "SENT", "delivered": "DELIVERED", "read": "READ", 
 _WHATSAPP_MEDIA = frozenset({"image", "audio", "video", "document", "sticker"})
 
 
-def parse_whatsapp(doc: Any, *, phone_number_id: str) -> Parsed:
-    """A WhatsApp Cloud API notification; changes for another phone number than ours (when
-    `phone_number_id` is set) are ignored as `foreign_account`."""
+def parse_whatsapp(doc: Any, *, ours: Callable[[str], bool]) -> Parsed:
+    """A WhatsApp Cloud API notification; changes for a phone number id that is not `ours`
+    (none of our accounts, or not one of the app that signed the notification) are ignored as
+    `foreign_account`."""
     parsed = Parsed()
     for where, entry_id, change in changes(doc, WHATSAPP_OBJECT, parsed):
         field_name = change.get("field")
@@ -54,12 +56,12 @@ def parse_whatsapp(doc: Any, *, phone_number_id: str) -> Parsed:
         statuses = list_of(value, "statuses", f"{where}.value", parsed)
         messages = list_of(value, "messages", f"{where}.value", parsed)
         errors = list_of(value, "errors", f"{where}.value", parsed)
-        if phone_number_id and account != phone_number_id:
+        if not ours(account):
             parsed.ignored += [("status", "foreign_account")] * len(statuses)
             parsed.ignored += [("inbound", "foreign_account")] * len(messages)
             continue
         for k, item in enumerate(statuses):
-            _whatsapp_status(item, f"{where}.value.statuses[{k}]", parsed)
+            _whatsapp_status(item, f"{where}.value.statuses[{k}]", account, parsed)
         names = _contact_names(value.get("contacts"))
         for k, item in enumerate(messages):
             _whatsapp_message(
@@ -73,7 +75,7 @@ def parse_whatsapp(doc: Any, *, phone_number_id: str) -> Parsed:
     return parsed
 
 
-def _whatsapp_status(item: Any, where: str, parsed: Parsed) -> None:
+def _whatsapp_status(item: Any, where: str, account: str, parsed: Parsed) -> None:
     if not isinstance(item, dict):
         parsed.problems.append(f"{where} is not an object")
         return
@@ -111,6 +113,7 @@ def _whatsapp_status(item: Any, where: str, parsed: Parsed) -> None:
             error=error,
             origin=callback.origin,
             recipient=recipient if is_id(recipient) else None,
+            account=account,
         )
     )
 

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from chat4all_workers.accounts.model import Directory, FixedDirectory
 from chat4all_workers.config import CHANNELS, NON_EMPTY, Settings
 from chat4all_workers.delivery.markers import ProviderVerdicts
 from chat4all_workers.delivery.provider_index import ProviderIndex
@@ -53,8 +54,13 @@ class WebhookSettings:
     store_timeout_s: float = 5.0
 
 
-def build(ctx: RoleContext, originals: OriginalRecords) -> Webhooks:
-    """The endpoint's service, over the process's Redis and Kafka producer."""
+def build(
+    ctx: RoleContext, originals: OriginalRecords, directory: Directory | None = None
+) -> Webhooks:
+    """The endpoint's service, over the process's Redis and Kafka producer; the apps and
+    accounts it trusts from `directory` (default: the process's)."""
+    if directory is None:
+        directory = FixedDirectory.from_settings(ctx.settings)
     settings, own = ctx.settings, ctx.settings.section(WebhookSettings)
     redis = ctx.resources.redis_client()
     index = ProviderIndex(
@@ -73,10 +79,6 @@ def build(ctx: RoleContext, originals: OriginalRecords) -> Webhooks:
         ctx.resources.kafka(),
         key=ctx.resources.redis_key,
         dlq_topic=settings.topics.dlq,
-        accounts={
-            "whatsapp": settings.whatsapp.phone_number_id,
-            "instagram": settings.instagram.user_id,
-        },
         metrics=ctx.metrics,
     )
     storing = Storing(
@@ -88,6 +90,7 @@ def build(ctx: RoleContext, originals: OriginalRecords) -> Webhooks:
     )
     return Webhooks(
         settings,
+        directory=directory,
         max_body_bytes=own.max_body_bytes,
         max_concurrent_requests=own.max_concurrent_requests,
         word=word,
@@ -98,21 +101,23 @@ def build(ctx: RoleContext, originals: OriginalRecords) -> Webhooks:
     )
 
 
-def _warn_unconfigured(settings: Settings) -> None:
-    missing = [
-        f"{channel} ({channel}.app_secret, env {settings.env_of(f'{channel}.app_secret')})"
-        for channel in CHANNELS
-        if not getattr(settings, channel).app_secret
-    ]
-    if missing:
-        log.warning("webhooks: POSTs refused (403) for %s: no app secret set", ", ".join(missing))
+def _warn_unconfigured(settings: Settings, service: Webhooks) -> None:
+    refused = [channel for channel, taken in service.accepting().items() if not taken]
+    if refused:
+        envs = ", ".join(settings.env_of(f"{channel}.app_secret") for channel in refused)
+        log.warning(
+            "webhooks: POSTs refused (403) for %s: no Meta app's secret (set %s, or add an "
+            "app: chat4all-workers accounts app-add)",
+            ", ".join(refused),
+            envs,
+        )
 
 
 async def run(ctx: RoleContext) -> None:
     settings, own = ctx.settings, ctx.settings.section(WebhookSettings)
     originals = OriginalRecords(settings.kafka)
     service, listener = build(ctx, originals), Listener()
-    _warn_unconfigured(settings)
+    _warn_unconfigured(settings, service)
     app = build_app(
         service, listener, max_body_bytes=own.max_body_bytes, body_timeout_s=own.body_timeout_s
     )
