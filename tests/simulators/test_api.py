@@ -73,6 +73,8 @@ class StandIn:
     signed: list[bool] = field(default_factory=list)
     arrived: list[float] = field(default_factory=list)  # time.monotonic()
     refused: int = 0
+    # Each POST's path, raw body and signature header (an app's own URL is /hook/{app}).
+    posts: list[tuple[str, bytes, str | None]] = field(default_factory=list)
 
     def whatsapp_statuses(self) -> list[str]:
         return [status["status"] for status in self.whatsapp_status_items()]
@@ -100,10 +102,12 @@ async def stand_in(*, refuse_first: int = 0) -> AsyncIterator[StandIn]:
         )
         endpoint.bodies.append(orjson.loads(raw))
         endpoint.arrived.append(time.monotonic())
+        endpoint.posts.append((request.path, raw, request.headers.get(SIGNATURE_HEADER)))
         return web.json_response({})
 
     app = web.Application()
     app.router.add_post("/hook", hook)
+    app.router.add_post("/hook/{app}", hook)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
@@ -861,3 +865,60 @@ async def media_server() -> AsyncIterator[str]:
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_mock_serves_many_accounts_each_with_its_token_limits_and_app(
+    deployment: Deployment,
+) -> None:
+    """`mocks.accounts`: a second business's number answers with its own token only, throttles
+    at its own rate, signs its webhooks with its app's secret and posts them to the app's URL;
+    its token expires alone."""
+    async with stand_in() as app:
+        settings = deployment.settings(
+            mocks={
+                "whatsapp_webhook_url": app.url,
+                "delivered_after_ms": 0.0,
+                "read_after_ms": 0.0,
+                "accounts": {
+                    "2002": "channel=whatsapp token=tok-globex app=globex secret=sec-globex rate=2"
+                },
+            }
+        )
+        ours = settings.whatsapp
+        async with (
+            App(settings, roles=["whatsapp_mock"], serve_http=False) as sup,
+            HttpClient() as http,
+        ):
+            await sup.wait_ready(10)
+            globex = WhatsAppAdapter(ours, http, provider_id="2002", token=Secret("tok-globex"))
+            wrong_token = WhatsAppAdapter(ours, http, provider_id="2002", token=ours.access_token)
+            sent = await globex.send(outbound("+5511", 1))
+            with pytest.raises(AccountError):
+                await wrong_token.send(outbound("+5511", 2))
+            await globex.send(outbound("+5512", 3))
+            with pytest.raises(ThrottledError):  # its own rate: 2/s, a burst of 2
+                await globex.send(outbound("+5513", 4))
+            await WhatsAppAdapter(ours, http).send(outbound("+5514", 5))  # the other: its own
+            async with aiohttp.ClientSession() as client:
+                expire = {"expired": True, "account": "2002"}
+                async with client.post(f"{ours.base_url}/__mock__/token", json=expire) as answer:
+                    assert answer.status == 200
+            with pytest.raises(AccountError):
+                await globex.send(outbound("+5515", 6))
+            await WhatsAppAdapter(ours, http).send(outbound("+5516", 7))  # still sends
+
+            async def globex_webhooks() -> bool:
+                return sum(path == "/hook/globex" for path, _, _ in app.posts) >= 6
+
+            await eventually(globex_webhooks, message="the second account's webhooks")
+
+    globex_posts = [(raw, sig) for path, raw, sig in app.posts if path == "/hook/globex"]
+    assert sent.provider_message_id.startswith("wamid.")
+    assert all(signature_matches("sec-globex", raw, sig) for raw, sig in globex_posts)
+    assert not any(signature_matches(DEV_APP_SECRET, raw, sig) for raw, sig in globex_posts)
+    numbers = {
+        orjson.loads(raw)["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"]
+        for raw, _ in globex_posts
+    }
+    assert numbers == {"2002"}
+    assert {path for path, _, _ in app.posts} == {"/hook", "/hook/globex"}

@@ -528,18 +528,26 @@ class MockChannel:
 
     async def _token(self, request: web.Request) -> web.Response:
         """`{"expired": true}` expires the accounts' access tokens (every send: 401, code 190);
-        false restores them."""
+        false restores them. `"account": ID` names one account; absent, every account."""
         try:
             doc = orjson.loads(await request.read())
             expired = doc["expired"]
             if not isinstance(expired, bool):
                 raise TypeError("expired must be true or false")
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            return web.json_response({"error": f'expected {{"expired": bool}}: {exc}'}, status=400)
-        for account in self.accounts.values():
+            named = doc.get("account")
+            if named is not None and str(named) not in self.accounts:
+                raise KeyError(f"no account {named!r} here ({sorted(self.accounts)})")
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            expected = '{"expired": bool, "account": optional id}'
+            return web.json_response({"error": f"expected {expected}: {exc}"}, status=400)
+        chosen = self.accounts.values() if named is None else [self.accounts[str(named)]]
+        for account in chosen:
             if expired != account.token_expired:
                 log.warning(
-                    "mock %s: access token %s", self.channel, "expired" if expired else "restored"
+                    "mock %s: access token of %s %s",
+                    self.channel,
+                    account.id,
+                    "expired" if expired else "restored",
                 )
             account.token_expired = expired
         return web.json_response({"token_expired": expired})

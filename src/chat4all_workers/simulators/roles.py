@@ -1,8 +1,10 @@
 """`whatsapp_mock` and `instagram_mock`: the channel simulators, for development and tests.
 
 Each serves the provider's API on loopback (`mocks.host`, `mocks.whatsapp_port` /
-`mocks.instagram_port`) for the one account of the settings: its id (`whatsapp.phone_number_id`,
-`instagram.user_id`), its token (`whatsapp.access_token`, ...) and its rate. It calls the app
+`mocks.instagram_port`) for the environment's account: its id (`whatsapp.phone_number_id`,
+`instagram.user_id`), its token (`whatsapp.access_token`, ...) and its rate; and for each of
+`mocks.accounts` (many businesses: each its own token, rate and app, whose webhooks go to the
+app's own URL). It calls the app
 back like Meta: signed webhooks to `mocks.whatsapp_webhook_url` / `mocks.instagram_webhook_url`
 (by default the local webhooks role), signed with `whatsapp.app_secret` /
 `instagram.app_secret` (the mock plays Meta for this app: the same secret on both sides).
@@ -55,9 +57,31 @@ def _account(ctx: RoleContext, channel: str) -> Account:
     return account
 
 
+def _more_accounts(ctx: RoleContext, channel: str) -> list[Account]:
+    """The `mocks.accounts` of `channel`: each posts to its app's own webhook URL."""
+    own, http = ctx.settings.section(MockSettings), ctx.resources.http_client()
+    base_url = getattr(own, f"{channel}_webhook_url").rstrip("/")
+    default_rate = getattr(own, f"{channel}_rate_per_s")
+    return [
+        Account(
+            AccountConfig(
+                id=more.provider_id,
+                access_token=more.token,
+                rate_per_s=default_rate if more.rate_per_s is None else more.rate_per_s,
+                webhook_url=f"{base_url}/{more.app}",
+                app_secret=more.secret,
+            ),
+            own,
+            channel=channel,
+            http=http,
+        )
+        for more in own.more_accounts(channel)
+    ]
+
+
 async def _serve(ctx: RoleContext, channel: str, port: int) -> None:
     own = ctx.settings.section(MockSettings)
-    mock = MockChannel(channel, own, [_account(ctx, channel)])
+    mock = MockChannel(channel, own, [_account(ctx, channel), *_more_accounts(ctx, channel)])
     async with mock.serving(own.host, port, shutdown=ctx.shutdown):
         ctx.mark_ready()
         await ctx.stopping.wait()

@@ -87,6 +87,11 @@ class MockSettings:
     webhook_delay_ms: float = field(default=0.0, metadata=ZERO_OK)
     whatsapp_webhook_url: str = "http://127.0.0.1:8200/webhooks/whatsapp"
     instagram_webhook_url: str = "http://127.0.0.1:8200/webhooks/instagram"
+    # More accounts than the environment's one (a platform's many businesses), each with its own
+    # token, rate and Meta app: provider id -> "channel=whatsapp token=T app=APP secret=S" with
+    # an optional "rate=N" (default: the channel's rate above). Each signs its webhooks with
+    # its app's secret and posts them to `{channel}_webhook_url/{app}` (the app's own URL).
+    accounts: dict[str, str] = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
         """What the loader reports (config.py): the values the field rules cannot check."""
@@ -102,7 +107,17 @@ class MockSettings:
                 _languages(value)
             except ValueError as exc:
                 found.append(("templates", f"{name}: {exc}"))
+        for provider_id, value in self.accounts.items():
+            try:
+                _account(provider_id, value)
+            except ValueError as exc:
+                found.append(("accounts", f"{provider_id}: {exc}"))
         return found
+
+    def more_accounts(self, channel: str) -> list[MoreAccount]:
+        """The `accounts` of `channel`."""
+        chosen = (_account(pid, value) for pid, value in self.accounts.items())
+        return [account for account in chosen if account.channel == channel]
 
     def users_to_open(self, channel: str) -> list[str]:
         """The users of `open_windows_for` who write to `channel`'s account at start-up."""
@@ -120,6 +135,46 @@ class MockSettings:
             for name, value in self.templates.items()
             for language, count in _languages(value).items()
         }
+
+
+@dataclass(frozen=True)
+class MoreAccount:
+    """One of `accounts`."""
+
+    channel: str
+    provider_id: str
+    token: str
+    app: str
+    secret: str
+    rate_per_s: float | None
+
+
+_ACCOUNT_KEYS = frozenset({"channel", "token", "app", "secret", "rate"})
+
+
+def _account(provider_id: str, value: str) -> MoreAccount:
+    """ "channel=whatsapp token=T app=A secret=S rate=80" -> a MoreAccount."""
+    fields: dict[str, str] = {}
+    for part in value.split():
+        name, equals, text = part.partition("=")
+        if not equals or name not in _ACCOUNT_KEYS or not text:
+            raise ValueError(
+                f"expected name=value with a name of {sorted(_ACCOUNT_KEYS)}, got {part!r}"
+            )
+        fields[name] = text
+    missing = sorted({"channel", "token", "app", "secret"} - set(fields))
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    if fields["channel"] not in CHANNELS:
+        raise ValueError(f"unknown channel {fields['channel']!r}")
+    rate = fields.get("rate")
+    try:
+        rate_per_s = None if rate is None else float(rate)
+    except ValueError:
+        raise ValueError(f"rate: not a number: {rate!r}") from None
+    return MoreAccount(
+        fields["channel"], provider_id, fields["token"], fields["app"], fields["secret"], rate_per_s
+    )
 
 
 def _qualified(entry: str) -> tuple[str | None, str]:
