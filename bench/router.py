@@ -920,6 +920,7 @@ async def paced_bench(args: argparse.Namespace) -> bool:
             **mock_ports,
             "whatsapp_rate_per_s": args.paced_rate,
             "instagram_rate_per_s": args.paced_rate,
+            "windows": "open",  # the bench's recipients never wrote first
         }
         if args.random_throttle is not None:  # only when asked: a mock without it refuses the key
             doc["mocks"]["random_throttle_rate"] = args.random_throttle

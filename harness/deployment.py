@@ -103,11 +103,16 @@ class Deployment:
             "observability": {"metrics_port": self.metrics_port, "metrics_host": "127.0.0.1"},
             # The mocks call the deployment's webhooks role back, signing as Meta would with
             # the app secrets the role checks: the production path, as `make run` runs it.
+            # Tests send to recipients of their own who never wrote first: no windows (a test
+            # that wants them asks for `windows = "enforce"`), and no users writing at start-up
+            # (supervisor.toml's demo recipients) into a test's topics.
             "mocks": {
                 "whatsapp_port": self.whatsapp_port,
                 "instagram_port": self.instagram_port,
                 "whatsapp_webhook_url": f"{webhooks}/whatsapp",
                 "instagram_webhook_url": f"{webhooks}/instagram",
+                "windows": "open",
+                "open_windows_for": [],
             },
             # `--roles all` includes the webhooks role: never on the default port of a `make run`.
             "webhooks": {"port": self.webhooks_port},

@@ -4,8 +4,11 @@ a temporary `DEVSTACK_HOME` on free ports, never the shared stack. Used by the `
 
 Node id *i* is `kafka-i`: the leader of a partition (`describe_topics` -> `leader`) and a group's
 coordinator (`find_coordinator`) are node ids, so the node to kill is named by them.
-`CLUSTER_TEST_PORTS=LOW-HIGH` (default 30000-50000) is where the nodes' ports are picked, for a
-machine where each user has a port range.
+`CLUSTER_TEST_PORTS=LOW-HIGH` is where the nodes' ports are picked, for a machine where each user
+has a port range; by default below the kernel's ephemeral range (ip_local_port_range), from
+20000: a port picked inside it could be taken by some client's outgoing connection in the
+seconds between the pick and the broker's bind (a cluster once failed to start so, `Address
+already in use`, while other tests ran beside it).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class Cluster:
 
 def free_base_port() -> int:
     """A base port p with p .. p+5 free (brokers p, p+2, p+4; controllers p+1, p+3, p+5)."""
-    low, high = (int(p) for p in os.environ.get("CLUSTER_TEST_PORTS", "30000-50000").split("-"))
+    low, high = _port_range()
     for _ in range(50):
         base = random.randrange(low, high - 5, 2)
         ports = range(base, base + 6)
@@ -84,6 +87,18 @@ def free_base_port() -> int:
                 continue
         return base
     raise RuntimeError(f"no six free consecutive ports in {low}-{high}")
+
+
+def _port_range() -> tuple[int, int]:
+    given = os.environ.get("CLUSTER_TEST_PORTS")
+    if given:
+        low, high = (int(p) for p in given.split("-"))
+        return low, high
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return 20000, max(20000 + 64, ephemeral_low - 1)
 
 
 @contextlib.contextmanager

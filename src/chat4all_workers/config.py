@@ -245,6 +245,9 @@ class DeliverySettings:
     # How long `message:provider:{channel}:{mid}` maps a provider's id back to our message (an
     # Instagram read receipt later than this is counted as unknown and ignored).
     provider_index_ttl_s: int = 86_400
+    # How long a conversation window's record lives after its last write (delivery/windows.py):
+    # a user who wrote within it is known (window open or closed), an older one is unknown.
+    window_memory_s: int = 30 * 86_400
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,6 +25,8 @@ happens to the work item, not the place where the error was raised::
     |   |   +-- WindowClosedError*     outside the user's conversation window (131047, 10/2534022)
     |   |   +-- TemplateRejectedError* the template (132xxx)
     |   +-- ThrottleDeadlineError   still throttled after router.throttle_deadline_s
+    |   +-- UnknownAccountError     the message names no account the deployment has; no call
+    |   +-- AccountDisabledError    it names a disabled account; no call
     +-- RoleFailedError        a supervised role crashed past its restart intensity
 
     * also a ProviderError: what the provider answered (`error_class`, `provider_code`,
@@ -220,6 +222,19 @@ class ThrottleDeadlineError(PermanentError):
     """The provider still throttled the send after `router.throttle_deadline_s`."""
 
     error_type = "throttle_deadline"
+
+
+class UnknownAccountError(PermanentError):
+    """The message names a sending account (or its channel has no default) that the
+    deployment does not have: nothing is sent."""
+
+    error_type = "unknown_account"
+
+
+class AccountDisabledError(PermanentError):
+    """The message names an account an operator disabled: nothing is sent."""
+
+    error_type = "account_disabled"
 
 
 class RoleFailedError(Chat4AllError):

@@ -48,8 +48,9 @@ class WorkerStatus:
     ready: bool = False
     roles: dict[str, str] = field(default_factory=dict)
     breaker: str | None = None
-    # The router's channels (/readyz `channels`): {name: {"state", "reason", "since", ...}}
-    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The router's sending accounts (/readyz `accounts`): {"whatsapp/acme": {"state",
+    # "reason", "since", "held", ...}}
+    accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,11 +191,11 @@ async def _worker_status(url: str, report: StatusReport) -> None:
                     name: r.get("state", "?") for name, r in body.get("roles", {}).items()
                 }
                 worker.breaker = body.get("circuit_breakers", {}).get("kafka")
-                channels = body.get("channels")
-                if isinstance(channels, dict):
-                    worker.channels = {
+                accounts = body.get("accounts")
+                if isinstance(accounts, dict):
+                    worker.accounts = {
                         str(name): dict(state)
-                        for name, state in channels.items()
+                        for name, state in accounts.items()
                         if isinstance(state, dict)
                     }
 
@@ -224,11 +225,11 @@ def _judge(report: StatusReport, settings: Settings, thresholds: Thresholds) -> 
             problems.append(f"worker {w.url} does not answer")
         elif not w.ready:
             problems.append(f"worker {w.url} is not ready (breaker {w.breaker}, roles {w.roles})")
-        for name, channel in w.channels.items():
-            if channel.get("state") == "paused":
+        for name, account in w.accounts.items():
+            if account.get("state") == "paused":
                 problems.append(
-                    f"worker {w.url}: channel {name} paused since {channel.get('since')}: "
-                    f"{channel.get('reason')} ({channel.get('held', '?')} sends held)"
+                    f"worker {w.url}: account {name} paused since {account.get('since')}: "
+                    f"{account.get('reason')} ({account.get('held', '?')} sends held)"
                 )
 
 
@@ -254,9 +255,11 @@ def render(report: StatusReport, *, write: Callable[[str], Any]) -> None:
         state = "unreachable" if not w.reachable else ("ready" if w.ready else "NOT READY")
         roles = ", ".join(f"{k}={v}" for k, v in w.roles.items())
         write(f"  {w.url:<32} {state:<12} breaker={w.breaker or '-'}  {roles}\n")
-        if w.channels:
-            channels = ", ".join(f"{k}={v.get('state', '?')}" for k, v in w.channels.items())
-            write(f"  {'':<32} channels: {channels}\n")
+        if w.accounts:
+            paused = sorted(k for k, v in w.accounts.items() if v.get("state") == "paused")
+            shown = f" ({len(paused)} paused: {', '.join(paused[:10])})" if paused else ""
+            more = " ..." if len(paused) > 10 else ""
+            write(f"  {'':<32} sending accounts: {len(w.accounts)}{shown}{more}\n")
     write("\n" + ("HEALTHY\n" if report.healthy else "UNHEALTHY\n"))
     for problem in report.problems:
         write(f"  - {problem}\n")

@@ -60,7 +60,7 @@ def forbidden_imports(tree: str) -> dict[str, list[str]]:
 def test_imported_top_levels_sees_every_form_of_import() -> None:
     source = """
 import tests.support
-from harness.stack import StackEndpoints
+from tests.stack import StackEndpoints
 from . import procs
 import importlib
 

@@ -1,4 +1,4 @@
-"""ChannelPause: held sends, probes on an injected clock, resume and close (channels/pause.py).
+"""AccountPause: held sends, probes on an injected clock, resume and close (channels/pause.py).
 
 Time is the injected clock's: a test moves it and then asks for a turn. A waiter blocked in
 `wait_turn` sleeps on a real-time timeout, so a move of the fake clock alone does not wake it; the
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chat4all_workers.channels.pause import ChannelPause, PauseChange
+from chat4all_workers.channels.pause import AccountPause, PauseChange
 from chat4all_workers.errors import RetryableError
 from harness.waiting import eventually
 
@@ -34,14 +34,14 @@ class FakeClock:
         self.now += seconds
 
 
-PauseFactory = Callable[..., ChannelPause]
+PauseFactory = Callable[..., AccountPause]
 
 
 @pytest.fixture
 def make_pause() -> Iterator[PauseFactory]:
-    """`make_pause(clock, changes=[])` builds a whatsapp ChannelPause on that clock; each is closed
+    """`make_pause(clock, changes=[])` builds a whatsapp AccountPause on that clock; each is closed
     after the test, so no waiter outlives it."""
-    made: list[ChannelPause] = []
+    made: list[AccountPause] = []
 
     def make(
         clock: Callable[[], float],
@@ -49,9 +49,9 @@ def make_pause() -> Iterator[PauseFactory]:
         *,
         probe_base_s: float = BASE_S,
         probe_cap_s: float = CAP_S,
-    ) -> ChannelPause:
+    ) -> AccountPause:
         record = changes.append if changes is not None else (lambda change: None)
-        pause = ChannelPause(
+        pause = AccountPause(
             "whatsapp",
             probe_base_s=probe_base_s,
             probe_cap_s=probe_cap_s,
@@ -72,7 +72,7 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-async def immediate_turn(pause: ChannelPause) -> bool | None:
+async def immediate_turn(pause: AccountPause) -> bool | None:
     """What `wait_turn` answers without time passing: True (the probe), False (go on), or None
     when the send would have to wait (the waiter is cancelled again)."""
     waiter = asyncio.create_task(pause.wait_turn())
@@ -90,7 +90,7 @@ async def finish(waiter: asyncio.Task[bool]) -> bool:
         return await waiter
 
 
-async def delay_to_next_probe(pause: ChannelPause, clock: FakeClock, *, step_s: float) -> float:
+async def delay_to_next_probe(pause: AccountPause, clock: FakeClock, *, step_s: float) -> float:
     """Move the clock by `step_s` until a send may probe; how far it moved (inf: never, within
     a thousand steps)."""
     for steps in range(1000):
@@ -105,7 +105,7 @@ async def wall_clock_passes(moment: datetime) -> None:
     await eventually(lambda: datetime.now(UTC) > moment, timeout_s=TURN_TIMEOUT_S, interval_s=0)
 
 
-def since(pause: ChannelPause) -> datetime:
+def since(pause: AccountPause) -> datetime:
     return datetime.fromisoformat(pause.stats()["since"])
 
 
@@ -352,7 +352,7 @@ async def test_channel_pause_close_makes_held_sends_raise_retryable(
     pause.close()
 
     for waiter in held:
-        with pytest.raises(RetryableError, match="stopping while the channel is paused"):
+        with pytest.raises(RetryableError, match="stopping while the account is paused"):
             await finish(waiter)
 
 

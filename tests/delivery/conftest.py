@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import pytest
 import redis.asyncio as aioredis
 
+from chat4all_workers.accounts.model import DEFAULT_KEY, Account, default_app_id
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.instagram import InstagramAdapter
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
@@ -39,6 +40,7 @@ from chat4all_workers.delivery.markers import (
 from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.delivery.send import Send
+from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.formats.message import Message
 from chat4all_workers.formats.status_update import StatusUpdate, parse_update
 from chat4all_workers.meta.payloads import OutboundMessage
@@ -99,7 +101,7 @@ class Rig:
 
     @property
     def channel(self) -> str:
-        return self.lane.name
+        return self.lane.channel
 
     def send(self, text: str = "hello", *, conversation: int = 42) -> Send:
         """A new message's send on this channel, for the record at ORIGIN."""
@@ -139,7 +141,7 @@ class Rig:
         return metric_value(self.ctx.metrics.router_in_doubt, labels)
 
     def requests(self, outcome: str) -> float:
-        labels = {"channel": self.channel, "outcome": outcome}
+        labels = {"channel": self.channel, "account": DEFAULT_KEY, "outcome": outcome}
         return metric_value(self.ctx.metrics.channel_requests, labels)
 
     def processed(self, outcome: str) -> float:
@@ -228,6 +230,16 @@ async def delivery(
                 debounce_s=pace_debounce_s,
             )
             lane = Lane(
+                Account(
+                    channel=channel,
+                    key=DEFAULT_KEY,
+                    provider_id=adapter.account,
+                    app_id=default_app_id(channel),
+                    token=Secret(TOKEN),
+                    max_rate_per_s=pace.max_rate_per_s,
+                    pair_burst=pace.pair_burst,
+                    pair_interval_s=pace.pair_interval_s,
+                ),
                 adapter,
                 pacer=pacer,
                 settings=LaneSettings(
@@ -242,10 +254,17 @@ async def delivery(
                 metrics=metrics,
                 wait=waits,
             )
+            windows = Windows(
+                redis,
+                resources.redis_pipeline(),
+                key=resources.redis_key,
+                memory_s=settings.delivery.window_memory_s,
+            )
             attempts = Attempts(
                 leases,
                 outcomes,
                 doubts,
+                windows,
                 settings=AttemptSettings(max_attempts, retry_base_s, retry_cap_s),
                 metrics=metrics,
                 wait=waits,

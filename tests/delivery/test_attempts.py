@@ -21,7 +21,8 @@ from tests.support import Answer, ScriptedApi
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(60)]
 
 ACCEPTED = ScriptedApi.accepted("wamid.1")
-UNAVAILABLE = ScriptedApi.meta_error(503)
+# Failed, and not taken (an account in maintenance): retried at once, no provider word awaited.
+UNAVAILABLE = ScriptedApi.meta_error(500, 131057)
 NO_MESSAGE_ID: Answer = (200, {"messaging_product": "whatsapp", "messages": []}, {})
 
 
@@ -57,7 +58,7 @@ async def test_attempts_retry_a_transient_failure_after_a_backoff(delivery: RigF
 async def test_attempts_wait_a_transient_failures_retry_after_up_to_the_cap(
     delivery: RigFactory,
 ) -> None:
-    slow_down = ScriptedApi.meta_error(503, retry_after="0.5")
+    slow_down = ScriptedApi.meta_error(500, 131057, retry_after="0.5")
     rig = await delivery(answers=[slow_down, ACCEPTED], retry_base_s=0.01, retry_cap_s=5.0)
     send = rig.send()
 

@@ -13,9 +13,14 @@ import pytest
 
 from chat4all_workers.channels.pacing import PaceSettings
 from chat4all_workers.config import WhatsAppSettings
-from chat4all_workers.delivery.lanes import describe, pace_settings
+from chat4all_workers.delivery.lanes import pace_settings
 from chat4all_workers.delivery.send import Send, Verdict
-from chat4all_workers.errors import AccountError, ThrottleDeadlineError, ThrottledError
+from chat4all_workers.errors import (
+    AccountError,
+    ProviderRejectedError,
+    ThrottleDeadlineError,
+    ThrottledError,
+)
 from tests.delivery.conftest import Rig, RigFactory
 from tests.support import ScriptedApi, metric_value
 
@@ -41,7 +46,7 @@ async def account_refused(rig: Rig) -> AccountError:
 
 
 def paused_gauge(rig: Rig, reason: str) -> float:
-    labels = {"channel": rig.channel, "reason": reason}
+    labels = {"channel": rig.channel, "account": "default", "reason": reason}
     return metric_value(rig.ctx.metrics.channel_paused, labels)
 
 
@@ -119,7 +124,9 @@ async def test_lane_after_throttle_says_once_when_the_throttles_are_not_the_rate
 
     held = [r.getMessage() for r in caplog.records if "not the rate" in r.getMessage()]
     assert len(held) == 1
-    assert held[0].startswith("whatsapp: throttles that are not the rate: rate held at 500.")
+    assert held[0].startswith(
+        f"{rig.lane.name}: throttles that are not the rate: rate held at 500."
+    )
 
 
 async def test_lane_after_a_pair_throttle_the_recipient_alone_waits(delivery: RigFactory) -> None:
@@ -164,9 +171,8 @@ async def test_lane_account_refused_pauses_the_channel_labelled_with_the_provide
 
     rig.lane.account_refused(error, probe=False)
 
-    channels = describe({"whatsapp": rig.lane})
-    assert channels["whatsapp"]["state"] == "paused"
-    assert channels["whatsapp"]["reason"] == str(error)
+    assert rig.lane.pause.stats()["state"] == "paused"
+    assert rig.lane.pause.stats()["reason"] == str(error)
     assert paused_gauge(rig, "190") == 1
 
 
@@ -247,3 +253,26 @@ def test_pace_settings_takes_a_channels_section() -> None:
     assert pace_settings(section, recovery_s=30.0) == PaceSettings(
         max_rate_per_s=20.0, pair_burst=45, pair_interval_s=6.0, recovery_s=30.0
     )
+
+
+async def test_lane_refused_again_after_a_probe_went_through_is_the_messages_problem(
+    delivery: RigFactory,
+) -> None:
+    rig = await delivery()
+    culprit, other = rig.send(), rig.send()
+    refusal = AccountError("HTTP 400 (10): Permission denied for this message", provider_code=10)
+    culprit.last_error = refusal
+
+    first = rig.lane.refused_again(culprit)  # it paused the channel
+    rig.lane.account_refused(refusal, probe=False)
+    rig.lane.settle_probe(Verdict.SENT, None)  # another send probed: the account works
+    again = rig.lane.refused_again(culprit)
+    other.last_error = refusal
+    unrelated = rig.lane.refused_again(other)  # its first refusal: the account's, as far as known
+
+    assert first is None
+    assert isinstance(again, ProviderRejectedError)
+    assert again.provider_code == 10
+    assert "this message is what the provider refuses" in str(again)
+    assert unrelated is None
+    assert not rig.lane.pause.paused

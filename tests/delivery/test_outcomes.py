@@ -146,9 +146,10 @@ async def test_outcomes_give_up_without_a_lease_marks_the_sends_own_key(
 
 async def test_outcomes_request_counts_each_answer_of_the_provider(delivery: RigFactory) -> None:
     rig = await delivery()
+    send = rig.send()
 
-    rig.outcomes.request("whatsapp", "throttled")
-    rig.outcomes.request("whatsapp", "throttled")
-    rig.outcomes.request("whatsapp", "sent")
+    rig.outcomes.request(send, "throttled")
+    rig.outcomes.request(send, "throttled")
+    rig.outcomes.request(send, "sent")
 
     assert (rig.requests("throttled"), rig.requests("sent")) == (2, 1)

@@ -19,7 +19,8 @@ file headless against a router and the mocks in `make test`):
     export CHAT4ALL_TOPICS_MESSAGE_PROCESSING=load-message-processing \\
            CHAT4ALL_TOPICS_MESSAGE_STATUS_UPDATES=load-message-status-updates \\
            CHAT4ALL_TOPICS_DLQ=load-message-processing-dlq \\
-           KAFKA_CONSUMER_GROUP=load CHAT4ALL_REDIS_KEY_PREFIX=load:
+           KAFKA_CONSUMER_GROUP=load CHAT4ALL_REDIS_KEY_PREFIX=load: \\
+           CHAT4ALL_MOCKS_WINDOWS=open                     # its recipients never wrote first
     .venv/bin/chat4all-workers topics ensure               # the topics above (and the others)
     .venv/bin/chat4all-workers run --roles router,whatsapp_mock,instagram_mock &   # the workers
     .venv/bin/locust -f tests/load/worker_load_test.py --headless -u 100 -r 20 -t 60s

@@ -61,7 +61,7 @@ def test_parse_instagram_reads_receipts_echoes_and_messages() -> None:
         ],
     )
 
-    parsed = parse_instagram(doc, user_id=IG)
+    parsed = parse_instagram(doc, ours=IG.__eq__)
 
     assert parsed.problems == []
     assert [(s.kind, s.provider_message_id, s.status, s.message_id) for s in parsed.statuses] == [
@@ -82,7 +82,7 @@ def test_parse_instagram_ignores_another_account() -> None:
         account_id="3000",
         events=[instagram_read("mid.1", customer="c", account_id="3000", at_ms=AT_S * 1000)],
     )
-    assert parse_instagram(doc, user_id=IG).ignored == [("event", "foreign_account")]
+    assert parse_instagram(doc, ours=IG.__eq__).ignored == [("event", "foreign_account")]
 
 
 def test_parse_instagram_names_format_violations() -> None:
@@ -90,10 +90,10 @@ def test_parse_instagram_names_format_violations() -> None:
         account_id=IG, events=[{"recipient": {"id": IG}, "timestamp": AT_S * 1000, "read": {}}]
     )
 
-    assert parse_instagram({"object": "page", "entry": []}, user_id=IG).problems == [
+    assert parse_instagram({"object": "page", "entry": []}, ours=IG.__eq__).problems == [
         "object is 'page', not 'instagram'"
     ]
-    assert parse_instagram(no_sender, user_id=IG).problems == [
+    assert parse_instagram(no_sender, ours=IG.__eq__).problems == [
         "entry[0].messaging[0] lacks a valid sender.id, recipient.id or timestamp"
     ]
 
@@ -104,7 +104,7 @@ def test_parse_instagram_names_format_violations() -> None:
 @settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
 @given(doc=arbitrary_documents())
 def test_parse_instagram_never_raises_on_arbitrary_documents(doc: Any) -> None:
-    parsed = parse_instagram(doc, user_id=IG)
+    parsed = parse_instagram(doc, ours=IG.__eq__)
 
     assert all(s.status in ("SENT", "READ") for s in parsed.statuses)
     assert all(isinstance(p, str) and p for p in parsed.problems)
@@ -113,7 +113,7 @@ def test_parse_instagram_never_raises_on_arbitrary_documents(doc: Any) -> None:
 @settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
 @given(instagram=mutated_notifications("instagram"))
 def test_parse_instagram_never_raises_on_mutated_notifications(instagram: Any) -> None:
-    parsed = parse_instagram(instagram, user_id=IG)
+    parsed = parse_instagram(instagram, ours=IG.__eq__)
 
     for status in parsed.statuses:
         # What survived is storable: its record serialises, with ids of the right shape.

@@ -10,9 +10,14 @@ from chat4all_workers.meta.callback import callback_data
 from chat4all_workers.meta.events import StatusError
 from chat4all_workers.meta.instagram_webhooks import parse_instagram
 from chat4all_workers.meta.notifications import (
+    ERROR_CODES_HREF,
     instagram_echo,
+    instagram_message,
     instagram_notification,
+    instagram_reaction,
     instagram_read,
+    whatsapp_contact,
+    whatsapp_message,
     whatsapp_notification,
     whatsapp_status,
 )
@@ -44,7 +49,7 @@ def test_whatsapp_notification_of_a_status_parses_back_to_the_status() -> None:
         ],
     )
 
-    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+    parsed = parse_whatsapp(doc, ours=PHONE.__eq__)
 
     (status,) = parsed.statuses
     assert (parsed.problems, parsed.ignored) == ([], [])
@@ -60,9 +65,10 @@ def test_whatsapp_status_with_an_error_parses_back_to_a_failure_with_it() -> Non
     )
     doc = whatsapp_notification(phone_number_id=PHONE, statuses=[failed])
 
-    (status,) = parse_whatsapp(doc, phone_number_id=PHONE).statuses
+    (status,) = parse_whatsapp(doc, ours=PHONE.__eq__).statuses
 
     assert (status.status, status.error) == ("FAILED", error)
+    assert failed["errors"][0]["href"] == ERROR_CODES_HREF  # Meta links its error codes page
 
 
 def test_whatsapp_notification_of_a_message_parses_back_with_the_contacts_name() -> None:
@@ -80,7 +86,7 @@ def test_whatsapp_notification_of_a_message_parses_back_with_the_contacts_name()
         ],
     )
 
-    (inbound,) = parse_whatsapp(doc, phone_number_id=PHONE).inbound
+    (inbound,) = parse_whatsapp(doc, ours=PHONE.__eq__).inbound
 
     assert (inbound.channel, inbound.provider_message_id, inbound.account_id) == (
         "whatsapp",
@@ -96,7 +102,7 @@ def test_instagram_read_parses_back_to_a_read_receipt() -> None:
         events=[instagram_read("mid.1", customer="igsid", account_id=IG, at_ms=AT_S * 1000 + 5)],
     )
 
-    (status,) = parse_instagram(doc, user_id=IG).statuses
+    (status,) = parse_instagram(doc, ours=IG.__eq__).statuses
 
     assert (status.kind, status.provider_message_id, status.status) == ("read", "mid.1", "READ")
     assert status.message_id is None  # a receipt names the provider's id only
@@ -109,7 +115,7 @@ def test_instagram_echo_with_our_metadata_parses_back_to_sent() -> None:
     )
     doc = instagram_notification(account_id=IG, events=[echo])
 
-    (status,) = parse_instagram(doc, user_id=IG).statuses
+    (status,) = parse_instagram(doc, ours=IG.__eq__).statuses
 
     assert (status.kind, status.provider_message_id, status.status) == ("echo", "mid.2", "SENT")
     assert (status.message_id, status.conversation_id) == (MESSAGE_ID, 42)
@@ -123,7 +129,65 @@ def test_instagram_echo_without_metadata_is_a_message_sent_from_the_app() -> Non
         ],
     )
 
-    parsed = parse_instagram(doc, user_id=IG)
+    parsed = parse_instagram(doc, ours=IG.__eq__)
 
     assert parsed.statuses == []
     assert parsed.ignored == [("echo", "no_callback_data")]
+
+
+def test_whatsapp_message_writer_parses_back_to_the_users_message() -> None:
+    doc = whatsapp_notification(
+        phone_number_id=PHONE,
+        contacts=[whatsapp_contact("5511999990000", name="Ana")],
+        messages=[
+            whatsapp_message(
+                "wamid.in2", sender="5511999990000", at_s=AT_S, kind="text", content={"body": "oi"}
+            )
+        ],
+    )
+
+    (inbound,) = parse_whatsapp(doc, ours=PHONE.__eq__).inbound
+
+    assert (inbound.provider_message_id, inbound.sender, inbound.sender_name) == (
+        "wamid.in2",
+        "5511999990000",
+        "Ana",
+    )
+    assert (inbound.type, inbound.text, inbound.at) == (
+        "text",
+        "oi",
+        datetime.fromtimestamp(AT_S, UTC),
+    )
+
+
+def test_instagram_message_writer_parses_back_to_the_users_message() -> None:
+    event = instagram_message(
+        "mid.in1", customer="igsid", account_id=IG, at_ms=AT_S * 1000, text="oi"
+    )
+    doc = instagram_notification(account_id=IG, events=[event])
+
+    (inbound,) = parse_instagram(doc, ours=IG.__eq__).inbound
+
+    assert (inbound.provider_message_id, inbound.sender, inbound.text) == ("mid.in1", "igsid", "oi")
+    assert inbound.account_id == IG
+
+
+def test_instagram_reaction_is_an_event_the_parser_leaves_alone() -> None:
+    reaction = instagram_reaction(
+        "mid.1", customer="igsid", account_id=IG, at_ms=AT_S * 1000, emoji="❤"
+    )
+    doc = instagram_notification(account_id=IG, events=[reaction])
+
+    parsed = parse_instagram(doc, ours=IG.__eq__)
+
+    assert reaction["reaction"] == {
+        "mid": "mid.1",
+        "action": "react",
+        "reaction": "love",
+        "emoji": "❤",
+    }
+    assert (parsed.inbound, parsed.problems, parsed.ignored) == (
+        [],
+        [],
+        [("other", "unsupported_event")],
+    )

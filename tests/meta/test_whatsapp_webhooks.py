@@ -53,7 +53,7 @@ def test_parse_whatsapp_reads_a_batch_of_statuses() -> None:
         ],
     )
 
-    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+    parsed = parse_whatsapp(doc, ours=PHONE.__eq__)
 
     assert (parsed.problems, parsed.ignored) == ([], [])
     assert [
@@ -86,8 +86,8 @@ def test_parse_whatsapp_ignores_what_is_not_ours_with_a_reason() -> None:
         ],
     )
 
-    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
-    parsed_foreign = parse_whatsapp(foreign, phone_number_id=PHONE)
+    parsed = parse_whatsapp(doc, ours=PHONE.__eq__)
+    parsed_foreign = parse_whatsapp(foreign, ours=PHONE.__eq__)
 
     assert (parsed.statuses, parsed.problems) == ([], [])
     assert parsed.ignored == [
@@ -102,13 +102,13 @@ def test_parse_whatsapp_names_format_violations() -> None:
     bad_status = whatsapp_notification(
         phone_number_id=PHONE, statuses=[{"status": "sent", "timestamp": "1"}]
     )
-    assert parse_whatsapp({"object": "page", "entry": []}, phone_number_id=PHONE).problems == [
+    assert parse_whatsapp({"object": "page", "entry": []}, ours=PHONE.__eq__).problems == [
         "object is 'page', not 'whatsapp_business_account'"
     ]
-    assert parse_whatsapp({"object": "whatsapp_business_account"}, phone_number_id="").problems == [
+    assert parse_whatsapp({"object": "whatsapp_business_account"}, ours=PHONE.__eq__).problems == [
         "entry is not a list"
     ]
-    assert parse_whatsapp(bad_status, phone_number_id=PHONE).problems == [
+    assert parse_whatsapp(bad_status, ours=PHONE.__eq__).problems == [
         "entry[0].changes[0].value.statuses[0].id is missing or not an id"
     ]
 
@@ -148,7 +148,7 @@ def test_parse_whatsapp_reads_inbound_messages_with_the_senders_name() -> None:
         ],
     )
 
-    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+    parsed = parse_whatsapp(doc, ours=PHONE.__eq__)
 
     text, image, location = parsed.inbound
     assert (text.sender, text.sender_name, text.text, text.reply_to) == (
@@ -173,7 +173,7 @@ def test_parse_whatsapp_refuses_content_nested_too_deep_without_recursing() -> N
     )
     doc, problem = parse_body(body)
 
-    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+    parsed = parse_whatsapp(doc, ours=PHONE.__eq__)
 
     assert (problem, parsed.inbound) == (None, [])
     assert parsed.problems == [
@@ -187,7 +187,7 @@ def test_parse_whatsapp_refuses_content_nested_too_deep_without_recursing() -> N
 @settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
 @given(doc=arbitrary_documents())
 def test_parse_whatsapp_never_raises_on_arbitrary_documents(doc: Any) -> None:
-    parsed = parse_whatsapp(doc, phone_number_id=PHONE)
+    parsed = parse_whatsapp(doc, ours=PHONE.__eq__)
 
     assert all(s.status in ("SENT", "DELIVERED", "READ", "FAILED") for s in parsed.statuses)
     assert all(isinstance(p, str) and p for p in parsed.problems)
@@ -196,7 +196,7 @@ def test_parse_whatsapp_never_raises_on_arbitrary_documents(doc: Any) -> None:
 @settings(max_examples=PROPERTY_EXAMPLES, deadline=None)
 @given(whatsapp=mutated_notifications("whatsapp"))
 def test_parse_whatsapp_never_raises_on_mutated_notifications(whatsapp: Any) -> None:
-    parsed = parse_whatsapp(whatsapp, phone_number_id=PHONE)
+    parsed = parse_whatsapp(whatsapp, ours=PHONE.__eq__)
 
     for status in parsed.statuses:
         # What survived is storable: its record serialises, with ids of the right shape.

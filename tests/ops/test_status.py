@@ -139,7 +139,7 @@ async def test_status_names_a_paused_channel_and_calls_it_unhealthy(
 
         async def paused() -> bool:
             _, body = await workers.readiness()
-            return bool(body["channels"]["whatsapp"]["state"] == "paused")
+            return bool(body["accounts"]["whatsapp/default"]["state"] == "paused")
 
         await eventually(paused, message="whatsapp paused")
         url = f"http://127.0.0.1:{workers.http_port}"
@@ -148,14 +148,13 @@ async def test_status_names_a_paused_channel_and_calls_it_unhealthy(
         render(report, write=lines.append)
 
     (worker,) = report.workers
-    assert worker.ready  # paused, yet ready: the other channel and the rest still work
-    assert worker.channels["whatsapp"]["state"] == "paused"
-    assert worker.channels["instagram"]["state"] == "active"
+    assert worker.ready  # paused, yet ready: the other accounts and the rest still work
+    assert worker.accounts["whatsapp/default"]["state"] == "paused"
     assert not report.healthy
     (problem,) = [p for p in report.problems if "paused" in p]
-    assert "channel whatsapp paused since" in problem
+    assert "account whatsapp/default paused since" in problem
     assert "HTTP 401 (190/463)" in problem
-    assert "whatsapp=paused, instagram=active" in "".join(lines)
+    assert "sending accounts: 1 (1 paused: whatsapp/default)" in "".join(lines)
 
 
 def whatsapp_message(conversation: int) -> dict[str, object]:

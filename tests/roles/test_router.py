@@ -22,7 +22,6 @@ import redis.asyncio as aioredis
 from miniopy_async.api import Minio
 
 from chat4all_workers.app import App
-from chat4all_workers.channels import build_adapters
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.consuming import consume
 from chat4all_workers.kafka.records import ConsumedRecord
@@ -30,7 +29,7 @@ from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
 from chat4all_workers.role import RoleContext
 from chat4all_workers.roles import REGISTRY
-from chat4all_workers.roles.router import Router
+from chat4all_workers.roles.router import Router, build_router
 from harness.deployment import Deployment
 from harness.processes import WorkerProcess
 from harness.topics import read_topic
@@ -241,7 +240,7 @@ async def test_router_handler_bug_on_one_record_lets_the_other_sends_finish_then
     raised = False
 
     async def run_router_with_a_bug(ctx: RoleContext) -> None:
-        router = Router(ctx, build_adapters(ctx.settings, ctx.resources.http_client()))
+        router = build_router(ctx)
 
         async def handle(consumed: ConsumedRecord) -> None:
             nonlocal entered, raised
@@ -557,7 +556,7 @@ async def test_router_pauses_a_channel_whose_token_expired_and_resumes_by_itself
 
         async def channel_state() -> str:
             _, body = await router.readiness()
-            return str(body["channels"]["whatsapp"]["state"])
+            return str(body["accounts"]["whatsapp/default"]["state"])
 
         await eventually(lambda: whatsapp_sent(20), message="some whatsapp sends")
         await set_token(settings, "whatsapp", expired=True)
@@ -566,7 +565,7 @@ async def test_router_pauses_a_channel_whose_token_expired_and_resumes_by_itself
         seen["ready_while_paused"] = ready
         seen["ig_at_pause"] = len(await mock_get(settings, "instagram", "/__mock__/sent"))
         seen["paused_gauge"] = router.metrics.channel_paused.get(
-            {"channel": "whatsapp", "reason": "190"}
+            {"channel": "whatsapp", "account": "default", "reason": "190"}
         )
         await asyncio.sleep(1.5)  # the token stays expired a while: sends held, probes fail
         seen["ig_at_restore"] = len(await mock_get(settings, "instagram", "/__mock__/sent"))
@@ -585,7 +584,7 @@ async def test_router_pauses_a_channel_whose_token_expired_and_resumes_by_itself
         router={"pause_probe_base_s": 0.1, "pause_probe_cap_s": 0.4},
     )
 
-    paused = seen["paused_body"]["channels"]["whatsapp"]
+    paused = seen["paused_body"]["accounts"]["whatsapp/default"]
     unauthorized = run.mock_stats["whatsapp"]["unauthorized"]
     (router,) = run.routers
     assert run.dead == []  # nothing dead-lettered, nothing lost, each sent once:
@@ -598,12 +597,20 @@ async def test_router_pauses_a_channel_whose_token_expired_and_resumes_by_itself
     # One failed call, then only probes (0.1 s doubling to 0.4 s over ~1.5 s: about six).
     assert unauthorized <= 10
     assert (
-        metric_value(router.metrics.channel_requests, {"channel": "whatsapp", "outcome": "paused"})
+        metric_value(
+            router.metrics.channel_requests,
+            {"channel": "whatsapp", "account": "default", "outcome": "paused"},
+        )
         == unauthorized
     )
     assert seen["resumed_after_s"] < 2.0
     assert seen["ig_at_restore"] - seen["ig_at_pause"] >= 20  # instagram kept going meanwhile
-    assert router.metrics.channel_paused.get({"channel": "whatsapp", "reason": "190"}) == 0
+    assert (
+        router.metrics.channel_paused.get(
+            {"channel": "whatsapp", "account": "default", "reason": "190"}
+        )
+        == 0
+    )
 
 
 async def _is(value: Awaitable[str], expected: str) -> bool:
@@ -627,7 +634,7 @@ async def a_router(settings: Any) -> AsyncIterator[tuple[Router, aioredis.Redis]
             stopping=asyncio.Event(),
         )
         yield (
-            Router(ctx, build_adapters(settings, resources.http_client())),
+            build_router(ctx),
             resources.redis_client(),
         )
 

@@ -1,22 +1,24 @@
-"""A paused channel: what the router does when the provider refuses the sending account itself.
+"""A paused account: what the router does when the provider refuses the sending account itself.
 
 An account-class answer (an expired token, a revoked permission, a policy block, a locked
-account) fails every message of the channel the same way until an operator acts. Sending the
+account) fails every message of that account the same way until an operator acts. Sending the
 rest would dead-letter all of them within seconds (each needing a manual replay), so the first
-such answer pauses the channel in this process: no new call starts, and the channel's messages
-are held (not failed, not dead-lettered; each still owned by its conversation, so the order per
+such answer pauses the account in this process: no new call starts, and its messages are held
+(not failed, not dead-lettered; each still owned by its conversation, so the order per
 conversation is kept). Answers of calls already under way that come back the same are held too.
+Only that account: every other account, of either channel, goes on at its own pace.
 
-The channel resumes by itself: after `probe_base_s`, the next held send goes through as a probe;
-if the provider accepts it (or answers anything but an account error: a throttle or a rejected
-recipient also prove the account works), the channel resumes and every held send goes on; if
-not, the next probe waits twice as long, up to `probe_cap_s`. An inconclusive probe (no answer,
-a 5xx) keeps the delay. Only the probe resumes the channel: a success of a call sent before the
-pause says nothing about the account now.
+The account resumes by itself: after `probe_base_s`, the next held send goes through as a
+probe; if the provider accepts it (or answers anything but an account error: a throttle or a
+rejected recipient also prove the account works), the account resumes and every held send goes
+on; if not, the next probe waits twice as long, up to `probe_cap_s`. An inconclusive probe (no
+answer, a 5xx) keeps the delay. Only the probe resumes the account: a success of a call sent
+before the pause says nothing about the account now. A new token (`accounts rotate-token`)
+makes the next probe due at once (`probe_now`).
 
 Per process, on purpose: each process learns it from one failed call of its own, and no shared
-state can hold a channel paused after the cause went away. `stats()` is what `/readyz` shows
-under `channels` (the process stays ready: the other channel, and everything else, still works).
+state can hold an account paused after the cause went away. `stats()` is what `/readyz` shows
+under `accounts` (the process stays ready: the other accounts, and everything else, still work).
 """
 
 from __future__ import annotations
@@ -39,22 +41,22 @@ log = logging.getLogger(__name__)
 class PauseChange:
     """A state change, for the metric: `reason` is the label (the provider's code)."""
 
-    channel: str
+    name: str  # the account's ref: whatsapp/acme
     paused: bool
     reason: str
 
 
-class ChannelPause:
+class AccountPause:
     def __init__(
         self,
-        channel: str,
+        name: str,
         *,
         probe_base_s: float,
         probe_cap_s: float,
         on_change: Callable[[PauseChange], None] = lambda change: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.channel = channel
+        self.name = name
         self._probe_base_s = probe_base_s
         self._probe_cap_s = max(probe_cap_s, probe_base_s)
         self._on_change = on_change
@@ -69,8 +71,9 @@ class ChannelPause:
         self._probing = False
         self._closed = False
         self._changed = asyncio.Event()
-        self.held = 0  # sends waiting for the channel now
+        self.held = 0  # sends waiting for the account now
         self.probes = 0  # probes sent in the current (or last) pause
+        self.resumes = 0  # pauses ended by a probe that went through: the account worked then
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -82,7 +85,7 @@ class ChannelPause:
         }
 
     def pause(self, reason: str, *, label: str, probe: bool) -> None:
-        """An account-class answer. `probe`: it answered this channel's probe."""
+        """An account-class answer. `probe`: it answered this account's probe."""
         now = self._clock()
         if not self.paused:
             self.paused, self.reason, self._label = True, reason, label
@@ -92,17 +95,17 @@ class ChannelPause:
             self.probes = 0
             log.warning(
                 "%s paused: %s; holding its messages, first probe in %.0fs",
-                self.channel,
+                self.name,
                 reason,
                 self._delay_s,
             )
-            self._on_change(PauseChange(self.channel, True, label))
+            self._on_change(PauseChange(self.name, True, label))
         elif probe:
             self.reason = reason
             self._delay_s = min(self._delay_s * 2, self._probe_cap_s)
             self._next_probe_at = now + self._delay_s
             delay = self._delay_s
-            log.info("%s still paused: %s; next probe in %.0fs", self.channel, reason, delay)
+            log.info("%s still paused: %s; next probe in %.0fs", self.name, reason, delay)
         if probe:
             self._probing = False
         self._notify()
@@ -120,14 +123,22 @@ class ChannelPause:
         if self.paused:
             log.info(
                 "%s resumed after %.1fs paused (%s)",
-                self.channel,
+                self.name,
                 self._clock() - self._paused_at,
                 self.reason,
             )
             self.paused, self.reason = False, None
+            self.resumes += 1
             self._since = datetime.now(UTC)
-            self._on_change(PauseChange(self.channel, False, self._label))
+            self._on_change(PauseChange(self.name, False, self._label))
         self._notify()
+
+    def probe_now(self) -> None:
+        """Something that may have fixed the account changed (a new token): the next held send
+        goes as the probe at once, not after the backoff."""
+        if self.paused and not self._probing:
+            self._next_probe_at = self._clock()
+            self._notify()
 
     def close(self) -> None:
         """The process stops: every waiter gives its send back (RetryableError)."""
@@ -138,7 +149,7 @@ class ChannelPause:
         """Return once this send may go: False while active, True when it is the probe."""
         while self.paused:
             if self._closed:
-                raise RetryableError("stopping while the channel is paused")
+                raise RetryableError("stopping while the account is paused")
             now = self._clock()
             if not self._probing and now >= self._next_probe_at:
                 self._probing = True

@@ -17,6 +17,7 @@ from __future__ import annotations
 from chat4all_workers.channels.base import SendResult, post_json
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import WhatsAppSettings
+from chat4all_workers.config_values import Secret
 from chat4all_workers.errors import TransientProviderError
 from chat4all_workers.meta.errors import WHATSAPP_CODES
 from chat4all_workers.meta.payloads import OutboundMessage, whatsapp_body
@@ -25,18 +26,28 @@ from chat4all_workers.meta.payloads import OutboundMessage, whatsapp_body
 class WhatsAppAdapter:
     name = "whatsapp"
 
-    def __init__(self, settings: WhatsAppSettings, http: HttpClient) -> None:
+    def __init__(
+        self,
+        settings: WhatsAppSettings,
+        http: HttpClient,
+        *,
+        provider_id: str | None = None,
+        token: Secret | None = None,
+    ) -> None:
+        """`provider_id` and `token`: the sending account's (accounts/); by default the
+        environment's single account, from `settings`."""
         self._settings = settings
         self._http = http
-        self.account = settings.phone_number_id
+        self.account = settings.phone_number_id if provider_id is None else provider_id
+        self._token = settings.access_token if token is None else token
         base = settings.base_url.rstrip("/")
-        self._url = f"{base}/{settings.api_version}/{settings.phone_number_id}/messages"
+        self._url = f"{base}/{settings.api_version}/{self.account}/messages"
 
     async def send(self, message: OutboundMessage) -> SendResult:
         answer = await post_json(
             self._http,
             self._url,
-            token=self._settings.access_token.get(),
+            token=self._token.get(),
             body=whatsapp_body(message),
             timeout_s=self._settings.timeout_s,
             codes=WHATSAPP_CODES,

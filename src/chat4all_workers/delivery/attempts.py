@@ -18,22 +18,25 @@ in doubt) on the way out by the router.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from chat4all_workers.backoff import retry_delay_s
 from chat4all_workers.channels.http import RequestCancelledError
 from chat4all_workers.delivery.doubt import Doubts
-from chat4all_workers.delivery.failures import LeaseLostError
+from chat4all_workers.delivery.failures import LeaseLostError, RetriesExhaustedError
 from chat4all_workers.delivery.lease import Lease, Leases
 from chat4all_workers.delivery.markers import Kind
 from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.send import Send, Verdict
+from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.errors import (
     AccountError,
     ProviderRejectedError,
     ThrottledError,
     TransientProviderError,
+    WindowClosedError,
 )
 from chat4all_workers.observability.metrics import Metrics
 
@@ -55,6 +58,7 @@ class Attempts:
         leases: Leases,
         outcomes: Outcomes,
         doubts: Doubts,
+        windows: Windows,
         *,
         settings: AttemptSettings,
         metrics: Metrics,
@@ -63,6 +67,7 @@ class Attempts:
         self._leases = leases
         self._outcomes = outcomes
         self._doubts = doubts
+        self._windows = windows
         self._settings = settings
         self._metrics = metrics
         self._wait = wait
@@ -70,7 +75,13 @@ class Attempts:
     async def run(self, send: Send, lease: Lease, *, probe: bool, orphaned: bool) -> Verdict:
         """Try the send under `lease` until it ends; the verdict says what the channel learned.
         An orphaned lease (a worker stopped mid-send) first waits for the provider's word."""
-        attempts = 0
+        attempts = send.prior_attempts
+        if attempts >= self._settings.max_attempts:  # a copy with no attempt left
+            exhausted = RetriesExhaustedError(
+                f"{attempts} attempt(s) spent before this copy (router.max_attempts = "
+                f"{self._settings.max_attempts})"
+            )
+            return await self._outcomes.give_up(send, lease, exhausted, attempts)
         slot_taken = True  # the round's slot, for the first attempt
         if orphaned:
             cause = "a worker stopped mid-send"
@@ -85,13 +96,14 @@ class Attempts:
                     return ended
             slot_taken = False
             attempts += 1
+            sent_at = time.time()
             try:
                 result = await send.lane.adapter.send(send.outbound)
             except RequestCancelledError:
                 lease.in_doubt = True  # cancelled twice: the answer is unknown
                 raise
             except TransientProviderError as exc:
-                self._outcomes.request(send.channel, "transient")
+                self._outcomes.request(send, "in_doubt" if exc.in_doubt else "transient")
                 verdict = await self._transient(send, lease, exc, attempts)
                 if verdict is None:
                     continue
@@ -101,10 +113,13 @@ class Attempts:
             except AccountError as exc:
                 return await self._not_taken(send, lease, exc, "paused", Verdict.ACCOUNT)
             except ProviderRejectedError as exc:
-                self._outcomes.request(send.channel, "rejected")
+                self._outcomes.request(send, "rejected")
+                if isinstance(exc, WindowClosedError):  # remembered: the next ones cost no call
+                    account, user = send.lane.account.provider_id, send.outbound.recipient
+                    await self._windows.close(send.channel, account, user, sent_at_s=sent_at)
                 await self._outcomes.give_up(send, lease, exc, attempts)
                 return Verdict.REJECTED
-            self._outcomes.request(send.channel, "sent")
+            self._outcomes.request(send, "sent")
             pid = result.provider_message_id
             await self._leases.mark_sent(lease, pid, channel=send.channel, ref=send.ref)
             await self._outcomes.sent(send, pid)
@@ -140,7 +155,7 @@ class Attempts:
         verdict: Verdict,
     ) -> Verdict:
         """Throttled, or the account refused: the provider did not take it; the lease goes."""
-        self._outcomes.request(send.channel, outcome)
+        self._outcomes.request(send, outcome)
         await self._leases.release(lease)
         send.last_error = exc
         return verdict

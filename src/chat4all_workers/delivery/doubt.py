@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from chat4all_workers.delivery.failures import UnknownOutcomeError
 from chat4all_workers.delivery.lease import Lease, Leases
-from chat4all_workers.delivery.markers import Kind
+from chat4all_workers.delivery.markers import Kind, Marker
 from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import RetryableError, TransientProviderError
@@ -84,12 +84,20 @@ class Doubts:
             "%s send in doubt (%s); waiting up to %gs for the provider's word",
             channel, cause, settings.in_doubt_window_s,
         )  # fmt: skip
-        provider_message_id = await self._await_verdict(lease)
-        if provider_message_id is not None:
+        word = await self._await_verdict(lease)
+        if word is not None and word.kind is Kind.FAILED:
+            # The provider took it and failed it later: the webhooks role ended the send
+            # (dead-lettered this record, or published it again to be sent once more).
+            lease.settled = True
+            self.count(channel, "confirmed")
+            log.info("%s send in doubt failed by the provider later (%s)", channel, word.error_type)
+            return Verdict.OTHER
+        if word is not None:
             lease.settled = True  # the marker says sent: (the webhooks role wrote it)
             self.count(channel, "confirmed")
-            log.info("%s send in doubt confirmed by the provider: %s", channel, provider_message_id)
-            await self._outcomes.sent(send, provider_message_id)
+            pid = word.provider_message_id
+            log.info("%s send in doubt confirmed by the provider: %s", channel, pid)
+            await self._outcomes.sent(send, pid)
             return Verdict.SENT
         lease.in_doubt = False  # silent for the whole window: the provider does not have it
         window = (
@@ -112,8 +120,9 @@ class Doubts:
         log.warning("%s send in doubt (%s): %s; sending it again", channel, cause, window)
         return None
 
-    async def _await_verdict(self, lease: Lease) -> str | None:
-        """The provider's message id once the marker says `sent:`, or None once
+    async def _await_verdict(self, lease: Lease) -> Marker | None:
+        """The marker once it holds the provider's word (`sent:`, or failed by the provider
+        later), or None once
         `router.in_doubt_window_s` passed without it. Holds back only this conversation
         (`held()`); keeps the lease alive; hands the record back (RetryableError) when the
         process stops or the partition is revoked.
@@ -130,8 +139,8 @@ class Doubts:
         async with held():
             while True:
                 marker = await markers.read(lease.key)
-                if marker.kind is Kind.SENT:
-                    return marker.provider_message_id
+                if marker.kind is Kind.SENT or marker.failed_by_provider:
+                    return marker
                 if marker.value != lease.value:  # not ours any more (expired, taken over)
                     lease.settled = True
                     raise RetryableError("the send lease changed hands while in doubt")

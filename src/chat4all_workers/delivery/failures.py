@@ -20,6 +20,13 @@ class UnknownOutcomeError(PermanentError):
     error_type = "delivery_unknown"
 
 
+class RetriesExhaustedError(PermanentError):
+    """No attempt left: a copy published again after failures the provider reported later had
+    spent them all."""
+
+    error_type = "retries_exhausted"
+
+
 class LeaseLostError(PermanentError):
     """Another worker took the send's lease between two attempts (its own, expired: this one
     was too slow); that worker sends it, this record reports FAILED for the channel."""

@@ -1,16 +1,18 @@
-"""Channel lanes: one channel as the router sends to it, its pace and its pause.
+"""Lanes: one sending account as the router sends for it, its pace and its pause.
 
-A `Lane` holds the channel's adapter, its `Pacer` (channels/pacing.py: the account's rate and
-the recipient's pair limit, shared by every router through Redis) and its `ChannelPause`
-(channels/pause.py: the channel paused by an account-class answer, its held sends, the probe
-that resumes it). What the router asks of a lane:
+A `Lane` holds the account (accounts/model.py), the adapter that sends as it, its `Pacer`
+(channels/pacing.py: the account's rate and the recipient's pair limit, shared by every router
+through Redis) and its `AccountPause` (channels/pause.py: the account paused by an account-class
+answer, its held sends, the probe that resumes it). One lane per account, so one business's
+expired token or throttles never slow another's (delivery/accounts.py builds them). What the
+router asks of a lane:
 
-- `turn()`: wait while the channel is paused (held: not counted against kafka.max_in_flight);
+- `turn()`: wait while the account is paused (held: not counted against kafka.max_in_flight);
   True when this send is the probe;
 - `settle_probe(verdict, error)`: what the probe's round says about the account;
-- `after_throttle(send)`: a throttled answer slows the pace (AIMD; or holds it when the
-  throttles are not the rate) and waits, spending no attempt, until `router.throttle_deadline_s`
-  after the send's first throttle;
+- `after_throttle(send)`: a throttled answer slows the account's pace (AIMD; or holds it when
+  the throttles are not the rate) and waits, spending no attempt, until
+  `router.throttle_deadline_s` after the send's first throttle;
 - `calm()`: a send went through; once no throttle came for a recovery period, say so once.
 """
 
@@ -18,18 +20,20 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from chat4all_workers.accounts.model import Account
 from chat4all_workers.backoff import retry_delay_s
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.pacing import Pacer, PaceSettings
-from chat4all_workers.channels.pause import ChannelPause, PauseChange
+from chat4all_workers.channels.pause import AccountPause, PauseChange
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import (
     AccountError,
     ProviderError,
+    ProviderRejectedError,
     ThrottleDeadlineError,
     ThrottledError,
 )
@@ -56,6 +60,7 @@ class LaneSettings:
 class Lane:
     def __init__(
         self,
+        account: Account,
         adapter: ChannelAdapter,
         *,
         pacer: Pacer,
@@ -63,15 +68,19 @@ class Lane:
         timeout_s: float,
         metrics: Metrics,
         wait: Wait,
+        label: str | None = None,
     ) -> None:
+        self.account = account
         self.adapter = adapter
         self.pacer = pacer
         self.timeout_s = timeout_s
+        # The `account` label of its metrics (bounded: delivery/accounts.py).
+        self.label = account.key if label is None else label
         self._settings = settings
         self._metrics = metrics
         self._wait = wait
-        self.pause = ChannelPause(
-            adapter.name,
+        self.pause = AccountPause(
+            account.ref,
             probe_base_s=settings.pause_probe_base_s,
             probe_cap_s=settings.pause_probe_cap_s,
             on_change=self._paused_gauge,
@@ -81,7 +90,20 @@ class Lane:
 
     @property
     def name(self) -> str:
-        return self.adapter.name
+        """The account's ref (`whatsapp/acme`): what logs say."""
+        return self.account.ref
+
+    @property
+    def channel(self) -> str:
+        return self.account.channel
+
+    def refresh(self, account: Account, adapter: ChannelAdapter, pacer: Pacer) -> None:
+        """The account changed (a rotated token, a new rate): the next call uses the new
+        adapter and pace; a paused account probes at once with a new token."""
+        new_token = account.token != self.account.token
+        self.account, self.adapter, self.pacer = account, adapter, pacer
+        if new_token:
+            self.pause.probe_now()
 
     async def turn(self) -> bool:
         """Wait while the channel is paused (held: not counted against kafka.max_in_flight);
@@ -96,14 +118,30 @@ class Lane:
             self.pause.held -= 1
 
     def wanted(self, probe: bool) -> Callable[[], bool]:
-        """Whether a send waiting for its slot still wants it: not once its channel paused
+        """Whether a send waiting for its slot still wants it: not once its account paused
         (unless it is the probe)."""
         return (lambda: True) if probe else (lambda: not self.pause.paused)
 
     def account_refused(self, error: AccountError | ThrottledError | None, *, probe: bool) -> None:
-        """An account-class answer: the channel pauses (a probe's answer: it stays paused)."""
+        """An account-class answer: the account pauses (a probe's answer: it stays paused)."""
         assert isinstance(error, AccountError)
         self.pause.pause(str(error), label=_label(error), probe=probe)
+
+    def refused_again(self, send: Send) -> ProviderRejectedError | None:
+        """The safety net of the code table: a send that gets an account-class answer again after
+        a probe went through since its last one (the account works) is this message's problem,
+        never a pause loop: the error to fail it with, in the provider's words."""
+        error = send.last_error
+        assert isinstance(error, AccountError)
+        if send.refused_at_resume is not None and self.pause.resumes > send.refused_at_resume:
+            return ProviderRejectedError(
+                f"{error}; refused again after the account was shown to work (a probe went "
+                "through): this message is what the provider refuses",
+                provider_code=error.provider_code,
+                fbtrace_id=error.fbtrace_id,
+            )
+        send.refused_at_resume = self.pause.resumes
+        return None
 
     def settle_probe(self, verdict: Verdict, error: AccountError | ThrottledError | None) -> None:
         if verdict is Verdict.ACCOUNT:
@@ -134,14 +172,14 @@ class Lane:
         if self.throttled_at is None:
             log.warning(
                 "%s throttles sends (%s)%s; waiting for its pace, no attempt spent",
-                send.channel,
+                self.name,
                 exc,
                 f"; rate now {throttle.rate_per_s:.1f}/s" if throttle.rate_per_s else "",
             )
         if throttle.held and not self.holding:
             log.warning(
                 "%s: throttles that are not the rate: rate held at %.1f/s (%s)",
-                send.channel,
+                self.name,
                 throttle.rate_per_s,
                 exc,
             )
@@ -174,23 +212,21 @@ class Lane:
             self.holding = False
 
     def _paused_gauge(self, change: PauseChange) -> None:
-        labels = {"channel": change.channel, "reason": change.reason}
-        self._metrics.channel_paused.set(labels, 1 if change.paused else 0)
+        """`channel_paused`: the paused accounts per (channel, account label, reason); a label
+        that stands for many accounts (`_other`) counts each of them."""
+        labels = {"channel": self.channel, "account": self.label, "reason": change.reason}
+        self._metrics.channel_paused.add(labels, 1 if change.paused else -1)
 
 
-def pace_settings(section: Any, *, recovery_s: float) -> PaceSettings:
-    """A channel section's pace (`max_rate_per_s`, `pair_burst`, `pair_interval_s`)."""
+def pace_settings(account: Any, *, recovery_s: float) -> PaceSettings:
+    """An account's pace (`max_rate_per_s`, `pair_burst`, `pair_interval_s`: an Account, or a
+    channel section)."""
     return PaceSettings(
-        max_rate_per_s=section.max_rate_per_s,
-        pair_burst=section.pair_burst,
-        pair_interval_s=section.pair_interval_s,
+        max_rate_per_s=account.max_rate_per_s,
+        pair_burst=account.pair_burst,
+        pair_interval_s=account.pair_interval_s,
         recovery_s=recovery_s,
     )
-
-
-def describe(lanes: Mapping[str, Lane]) -> dict[str, Any]:
-    """The `channels` section of /readyz: each channel active or paused, and why."""
-    return {name: lane.pause.stats() for name, lane in lanes.items()}
 
 
 def _label(error: ProviderError) -> str:

@@ -16,6 +16,13 @@ the moment a worker claims the send, and holds one of:
   reported FAILED. Any other record of the message (a `dlq replay`, re-published at a new
   offset; a duplicate from the outbox) takes it over as a fresh claim: that is what a replay is
   for. The provider's word turns it into `sent:` (the send that was given up on had reached it).
+- `failed:{error_type}:{topic}:{partition}:{offset}#{provider_message_id}`: the provider took
+  that record's send and failed it later, by webhook (a `failed` status: the webhooks role,
+  intake/failures.py, dead-lettered the record, or published it again as `resend` for a
+  throttled or transient failure). For that record the send is over: a redelivery sends nothing
+  and says nothing; another record (a replay, the copy published again) takes it over. Never
+  turned into `sent:` by a status of the same provider id arriving late (webhooks come in any
+  order).
 - anything else: a marker this code did not write (the platform's original router stored a flag
   of its own under the same key, docs/migrating.md). That worker handled the message: read as
   sent, never in doubt, never sent again.
@@ -81,6 +88,9 @@ return current or ''
 _VERDICT = """
 local current = redis.call('GET', KEYS[1])
 if current and string.sub(current, 1, 5) == 'sent:' then return 'sent' end
+if current and string.sub(current, 1, 7) == 'failed:' and string.find(current, '#', 1, true) then
+  return 'failed'
+end
 local marker = 'sent:' .. ARGV[1]
 if current and redis.call('PTTL', KEYS[1]) > 0 then
   redis.call('SET', KEYS[1], marker, 'KEEPTTL')
@@ -123,6 +133,9 @@ class Marker:
     deadline: float = 0.0  # LEASE (Unix time; 0 for an unreadable one: expired)
     error_type: str = ""  # FAILED
     origin: str = ""  # FAILED: the record that gave up, "{topic}:{partition}:{offset}"
+    # FAILED by the provider, later (its status webhook), for this provider id: the webhooks
+    # role ended the send; "" for a router's give-up.
+    failed_by_provider: str = ""
 
 
 def read_marker(raw: object) -> Marker:
@@ -134,8 +147,15 @@ def read_marker(raw: object) -> Marker:
     if value.startswith(_LEASE):
         return Marker(Kind.LEASE, value, deadline=_deadline(value))
     if value.startswith(_FAILED):
-        error_type, _, origin = value.removeprefix(_FAILED).partition(":")
-        return Marker(Kind.FAILED, value, error_type=error_type, origin=origin)
+        error_type, _, rest = value.removeprefix(_FAILED).partition(":")
+        origin, _, provider_id = rest.partition("#")
+        return Marker(
+            Kind.FAILED,
+            value,
+            error_type=error_type,
+            origin=origin,
+            failed_by_provider=provider_id,
+        )
     return Marker(Kind.FOREIGN, value)
 
 
@@ -145,6 +165,7 @@ class State(enum.Enum):
     BUSY = "busy"  # another worker holds a live lease
     ORPHANED = "orphaned"  # a worker stopped mid-send; ours now, outcome unknown
     GIVEN_UP = "given_up"  # this record gave up on it before: FAILED again, send nothing
+    ENDED = "ended"  # the provider failed this record's send later; the webhooks role ended it
 
 
 @dataclass(frozen=True)
@@ -232,6 +253,29 @@ class SendMarkers:
         return read_marker(now)
 
 
+# The provider failed a send it took (its `failed` status): `failed:...#{pid}` (ARGV[2]) unless
+# the marker says another send of the message is what counts now. ARGV: pid, value, TTL s.
+# -> failed (act on it), duplicate (already done), stale (another send counts), given_up (the
+# router gave up on it before: it dead-lettered the record already).
+_PROVIDER_FAILED = """
+local current = redis.call('GET', KEYS[1])
+if current == ARGV[2] then return 'duplicate' end
+if current then
+  if string.sub(current, 1, 5) == 'sent:' and current ~= 'sent:' .. ARGV[1] then return 'stale' end
+  if string.sub(current, 1, 7) == 'failed:' then
+    if string.find(current, '#', 1, true) then return 'stale' end
+    return 'given_up'
+  end
+end
+if current and redis.call('PTTL', KEYS[1]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+end
+return 'failed'
+"""
+
+
 class ProviderVerdicts:
     """The webhooks role's side: the provider's word recorded in the dedup markers.
 
@@ -245,6 +289,16 @@ class ProviderVerdicts:
         self._pipe = pipe
         self._ttl_s = ttl_s
         self._verdict = PipedScript(self._pipe, redis, _VERDICT)
+        self._failed = PipedScript(self._pipe, redis, _PROVIDER_FAILED)
+
+    async def provider_failed(
+        self, key: str, provider_message_id: str, *, error_type: str, origin: str
+    ) -> str:
+        """The provider failed the send of the record at `origin` later: failed, duplicate,
+        stale or given_up (`_PROVIDER_FAILED`)."""
+        value = f"{_FAILED}{error_type}:{origin}#{provider_message_id}"
+        found = await self._failed(keys=[key], args=[provider_message_id, value, self._ttl_s])
+        return found.decode() if isinstance(found, bytes) else str(found)
 
     async def record(self, entries: Sequence[tuple[str, str]]) -> list[str]:
         """For each (marker key, provider message id): the marker becomes `sent:{id}` unless it
@@ -265,6 +319,8 @@ def _seen(marker: Marker, origin: str) -> Claim | None:
     if marker.kind is Kind.FOREIGN:
         return Claim(State.SENT, foreign=True)
     if marker.kind is Kind.FAILED and marker.origin == origin:
+        if marker.failed_by_provider:
+            return Claim(State.ENDED, error_type=marker.error_type)
         return Claim(State.GIVEN_UP, error_type=marker.error_type)
     if marker.kind is Kind.LEASE and (remaining := marker.deadline - time.time()) > 0:
         return Claim(State.BUSY, retry_after_s=remaining)

@@ -83,9 +83,11 @@ class Outcomes:
         )
         await self._producer.send(record, fallback=True)
 
-    def request(self, channel: str, outcome: str) -> None:
-        """One answer of the provider (`channel_requests_total`)."""
-        self._metrics.channel_requests.inc({"channel": channel, "outcome": outcome})
+    def request(self, send: Send, outcome: str) -> None:
+        """One answer of the provider (`channel_requests_total`, by channel, account label and
+        outcome)."""
+        labels = {"channel": send.channel, "account": send.lane.label, "outcome": outcome}
+        self._metrics.channel_requests.inc(labels)
 
     def count(self, channel: str, outcome: str) -> None:
         self._metrics.messages_processed.inc(

@@ -43,7 +43,12 @@ class Send:
     origin: str  # the record's "{topic}:{partition}:{offset}", for `failed:` markers
     outbound: OutboundMessage
     failures: list[ChannelFailure]  # the record's, shared by its channels
+    # Attempts spent before this record (a copy published again after a failure the provider
+    # reported later: formats/resend.py); they count against router.max_attempts.
+    prior_attempts: int = 0
     throttles: int = 0
+    # The lane's `pause.resumes` when this send last got an account-class answer.
+    refused_at_resume: int | None = None
     throttled_since: float | None = None
     last_error: ThrottledError | AccountError | None = field(default=None, repr=False)
 

@@ -12,9 +12,12 @@ from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.meta.events import InboundEvent
 
 
-def inbound_record(topic: str, message: InboundEvent) -> OutgoingRecord:
+def inbound_record(topic: str, message: InboundEvent, *, account: str | None) -> OutgoingRecord:
+    """`account`: our key of the account the user wrote to (accounts/), so the platform knows
+    which business it is for; None when the environment's app speaks for an id no account has."""
     value = {
         "channel": message.channel,
+        "account": account,
         "provider_message_id": message.provider_message_id,
         "account_id": message.account_id,
         "entry_id": message.entry_id,

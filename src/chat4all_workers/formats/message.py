@@ -17,14 +17,17 @@ is dead-lettered with the reason instead of being sent half-understood:
   null (a chosen channel without one fails for that channel only, as `invalid_record`, with
   nothing sent to it);
 - `created_at`: an RFC 3339 date-time with offset, or absent/null (nothing here depends on it,
-  and a message is not refused for lacking what no step uses; when present it must be right).
+  and a message is not refused for lacking what no step uses; when present it must be right);
+- `account`: optional; the sending account's key (accounts/model.py), one string for every
+  channel, or an object of channel -> key; absent or null: the channel's `default` account. A
+  key no account has is not a format error: that channel FAILS `unknown_account`.
 
 Fields the format does not name are ignored, so the API can add some first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +38,7 @@ from chat4all_workers.formats.wire import Fields, describe, present, quote, read
 
 MAX_USERNAME_CHARS = 255
 MAX_RECIPIENT_CHARS = 256
+MAX_ACCOUNT_CHARS = 64
 ALL = "all"
 
 
@@ -56,6 +60,11 @@ class Message:
     created_at: datetime | None
     template: dict[str, Any] | None = None  # Meta's template object, for "template"
     human_agent: bool = False  # a person wrote it (Instagram's HUMAN_AGENT tag)
+    accounts: dict[str, str] = field(default_factory=dict)  # channel -> account key, if named
+
+    def account(self, channel: str) -> str | None:
+        """The key of the account that sends on `channel`; None: the channel's default."""
+        return self.accounts.get(channel)
 
 
 def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message:
@@ -71,6 +80,7 @@ def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message
     channels = _channels(fields, all_channels)
     recipients = _recipients(fields)
     created_at = fields.timestamp("created_at", required=False)
+    accounts = _accounts(fields)
     fields.done()
     kind, content, file_id, template, human_agent = present(payload)
     return Message(
@@ -86,6 +96,7 @@ def parse_message(value: bytes | None, all_channels: tuple[str, ...]) -> Message
         created_at=created_at,
         template=template,
         human_agent=human_agent,
+        accounts=accounts,
     )
 
 
@@ -168,4 +179,32 @@ def _recipients(fields: Fields) -> dict[str, str]:
         )
         if recipient is not None:
             chosen[name] = recipient
+    return chosen
+
+
+def _accounts(fields: Fields) -> dict[str, str]:
+    """`account`: one key for every channel, or channel -> key."""
+    value = fields.get("account", required=False)
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        key = fields.text("account", max_chars=MAX_ACCOUNT_CHARS)
+        return {} if key is None else dict.fromkeys(CHANNELS, key)
+    if not isinstance(value, dict):
+        got = describe(value)
+        fields.problem(
+            "account", f"must be an account key or an object of channel -> key, got {got}"
+        )
+        return {}
+    per_channel = fields.object("account")
+    if per_channel is None:
+        return {}
+    chosen: dict[str, str] = {}
+    for name in per_channel.doc:
+        if name not in CHANNELS:
+            per_channel.problem(name, f"unknown channel; known: {', '.join(CHANNELS)}")
+            continue
+        key = per_channel.text(name, required=False, max_chars=MAX_ACCOUNT_CHARS)
+        if key is not None:
+            chosen[name] = key
     return chosen

@@ -1,4 +1,4 @@
-"""The webhooks endpoint's HTTP framing: `/webhooks/{channel}` on aiohttp's server.
+"""The webhooks endpoint's HTTP framing: `/webhooks/{channel}[/{app_id}]` on aiohttp's server.
 
 Why aiohttp's server and not one of our own on httptools (as channels/http.py is for the
 client): measured with bench/webhooks.py's load generator, a status posted alone costs this
@@ -44,10 +44,12 @@ def build_app(
     for channel in CHANNELS:
 
         async def get(request: web.Request, channel: str = channel) -> web.Response:
-            return _response(service.verify(channel, request.query))
+            app_id = request.match_info.get("app")
+            return _response(service.verify(channel, request.query, app_id))
 
         async def post(request: web.Request, channel: str = channel) -> web.Response:
-            early = service.refuse_early(channel, request.content_length)
+            app_id = request.match_info.get("app")
+            early = service.refuse_early(channel, request.content_length, app_id)
             if early is not None:
                 return _response(early)
             accounting = service.accounting
@@ -63,13 +65,17 @@ def build_app(
                 except TimeoutError:
                     return _response(service.too_slow(channel))
                 signature = request.headers.get("X-Hub-Signature-256")
-                answer = await service.receive(channel, body, signature, request.content_type)
+                answer = await service.receive(
+                    channel, body, signature, request.content_type, app_id
+                )
             finally:
                 accounting.in_flight -= 1
             return _response(answer)
 
-        app.router.add_get(f"/webhooks/{channel}", get, allow_head=False)
-        app.router.add_post(f"/webhooks/{channel}", post)
+        # One URL for every app, or one per app (the app's dashboard names its own).
+        for path in (f"/webhooks/{channel}", f"/webhooks/{channel}/{{app}}"):
+            app.router.add_get(path, get, allow_head=False)
+            app.router.add_post(path, post)
     return app
 
 

@@ -1,15 +1,17 @@
 """One webhook request, from its signature to its answer (the HTTP framing is intake/server.py).
 
-- `GET` is Meta's verification: `hub.mode=subscribe` with the channel's verify token (compared
-  in constant time) is answered 200 with `hub.challenge` as text/plain; anything else 403.
-- `POST` is a notification. A channel without an app secret is 403 (the role says so at
-  start-up); a body over `max_body_bytes` 413 without being read past the limit; more than
-  `max_concurrent_requests` in progress 503 at once; one slower to arrive than `body_timeout_s`
-  408. The signature (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body with the channel's app
-  secret) is checked in constant time before anything is parsed: missing or wrong, 401 and
-  nothing produced; a content type other than JSON 415. Then the body is parsed (meta/), our
-  ids found and the provider's word recorded (intake/provider_word.py), and what it carries
-  stored (intake/storing.py): 200 once stored, 503 when it cannot be (Meta retries).
+- `GET` is Meta's verification: `hub.mode=subscribe` with a known app's verify token (the
+  path's app, or any; compared in constant time) is answered 200 with `hub.challenge` as
+  text/plain; anything else 403.
+- `POST` is a notification. With no app secret at all (no app configured) it is 403 (the role
+  says so at start-up); a body over `max_body_bytes` 413 without being read past the limit; more
+  than `max_concurrent_requests` in progress 503 at once; one slower to arrive than
+  `body_timeout_s` 408. The signature (`X-Hub-Signature-256`, HMAC-SHA256 of the raw body with
+  the app's secret: intake/trust.py) is checked in constant time before anything is parsed:
+  missing or no app's, 401 and nothing produced; a content type other than JSON 415. Then the
+  body is parsed (meta/) keeping only what the signing app's accounts received, our ids found
+  and the provider's word recorded (intake/provider_word.py), and what it carries stored
+  (intake/storing.py): 200 once stored, 503 when it cannot be (Meta retries).
 """
 
 from __future__ import annotations
@@ -20,18 +22,22 @@ from typing import Any
 
 import orjson
 
+from chat4all_workers.accounts.model import Directory
 from chat4all_workers.config import CHANNELS, Settings
+from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.inbound import inbound_record
 from chat4all_workers.formats.status_update import status_record
 from chat4all_workers.intake.accounting import Accounting
 from chat4all_workers.intake.answers import JSON, Answer, error
+from chat4all_workers.intake.failures import Failures
 from chat4all_workers.intake.provider_word import ProviderWord
 from chat4all_workers.intake.storing import Storing
+from chat4all_workers.intake.trust import Trust
 from chat4all_workers.kafka.producer import OutgoingRecord
 from chat4all_workers.meta.events import Parsed, StatusEvent, parse_body
 from chat4all_workers.meta.instagram_webhooks import parse_instagram
-from chat4all_workers.meta.signature import SIGNATURE_HEADER, challenge_answer, signature_matches
+from chat4all_workers.meta.signature import SIGNATURE_HEADER
 from chat4all_workers.meta.whatsapp_webhooks import parse_whatsapp
 from chat4all_workers.resources import TRANSIENT_ERRORS
 
@@ -46,9 +52,12 @@ class Webhooks:
         self,
         settings: Settings,
         *,
+        directory: Directory,
         max_body_bytes: int,
         max_concurrent_requests: int,
         word: ProviderWord,
+        failures: Failures,
+        windows: Windows,
         storing: Storing,
         accounting: Accounting,
     ) -> None:
@@ -56,27 +65,28 @@ class Webhooks:
         self._max_body_bytes = max_body_bytes
         self._max_concurrent = max_concurrent_requests
         self._word = word
+        self._failures = failures
+        self._windows = windows
         self._storing = storing
         self.accounting = accounting
-        self._secrets = {c: getattr(settings, c).app_secret.get() for c in CHANNELS}
-        self._tokens = {c: getattr(settings, c).verify_token.get() for c in CHANNELS}
-        phone, ig_user = settings.whatsapp.phone_number_id, settings.instagram.user_id
-        self._parsers: dict[str, Callable[[Any], Parsed]] = {
-            "whatsapp": lambda doc: parse_whatsapp(doc, phone_number_id=phone),
-            "instagram": lambda doc: parse_instagram(doc, user_id=ig_user),
+        self.trust = Trust(directory)
+        self._directory = directory
+        self._parsers: dict[str, Callable[..., Parsed]] = {
+            "whatsapp": parse_whatsapp,
+            "instagram": parse_instagram,
         }
 
     def accepting(self) -> dict[str, bool]:
-        """Channels whose POSTs are taken (those with an app secret)."""
-        return {channel: bool(self._secrets[channel]) for channel in CHANNELS}
+        """Channels whose POSTs are taken (some app with a secret may sign them)."""
+        return {channel: bool(self.trust.candidates(channel, None)) for channel in CHANNELS}
 
     def stats(self) -> dict[str, Any]:
         return {"accepting": self.accepting(), **self.accounting.stats()}
 
     # -- GET ------------------------------------------------------------------------------------
 
-    def verify(self, channel: str, query: Mapping[str, str]) -> Answer:
-        challenge = challenge_answer(query, self._tokens[channel])
+    def verify(self, channel: str, query: Mapping[str, str], app_id: str | None = None) -> Answer:
+        challenge = self.trust.challenge(channel, app_id, query)
         if challenge is None:
             text = "verification GET refused (wrong token or mode)"
             self.accounting.refused(channel, "verify_refused", text)
@@ -87,11 +97,14 @@ class Webhooks:
 
     # -- POST -----------------------------------------------------------------------------------
 
-    def refuse_early(self, channel: str, content_length: int | None) -> Answer | None:
+    def refuse_early(
+        self, channel: str, content_length: int | None, app_id: str | None = None
+    ) -> Answer | None:
         """The answer to a POST that is not to be read at all, or None to read it."""
-        if not self._secrets[channel]:
+        if not self.trust.candidates(channel, app_id):
             self.accounting.count(channel, "refused")
-            return error(403, f"{channel} webhooks are not configured", close=True)
+            what = f"app {app_id!r}" if app_id is not None else f"{channel} webhooks"
+            return error(403, f"{what} not configured (no app secret)", close=True)
         if content_length is not None and content_length > self._max_body_bytes:
             return self.too_large(channel)
         if self.accounting.in_flight >= self._max_concurrent:
@@ -110,9 +123,15 @@ class Webhooks:
         return error(413, f"body over {self._max_body_bytes} bytes", close=True)
 
     async def receive(
-        self, channel: str, body: bytes, signature: str | None, content_type: str
+        self,
+        channel: str,
+        body: bytes,
+        signature: str | None,
+        content_type: str,
+        app_id: str | None = None,
     ) -> Answer:
-        if not signature_matches(self._secrets[channel], body, signature):
+        signers = self.trust.signers(channel, app_id, body, signature)
+        if not signers:
             text = f"POST refused (401): missing or wrong {SIGNATURE_HEADER}"
             self.accounting.refused(channel, "bad_signature", text)
             return error(401, "missing or wrong signature")
@@ -120,7 +139,10 @@ class Webhooks:
             self.accounting.count(channel, "unsupported_media_type")
             return error(415, f"content type must be {JSON}")
         doc, problem = parse_body(body)
-        parsed = Parsed(problems=[problem]) if problem else self._parsers[channel](doc)
+        if problem:
+            parsed = Parsed(problems=[problem])
+        else:
+            parsed = self._parsers[channel](doc, ours=self.trust.ours(channel, signers))
         try:
             outcome, summary = await self._store(channel, body, parsed)
         except _CANNOT_STORE as exc:
@@ -134,10 +156,19 @@ class Webhooks:
         """Produce what `parsed` carries (and dead-letter the body if it has problems);
         (request outcome, summary). Raises RetryableError or an outage's error if it cannot."""
         statuses = await self._word.statuses(channel, parsed)
-        await self._word.record(statuses)
-        records = [self._status_record(s) for s in statuses]
+        failed = [s for s in statuses if s.status == "FAILED"]
+        went = [s for s in statuses if s.status != "FAILED"]
+        await self._word.record(went)
+        endings = await self._failures.end(failed)
+        await self._windows.record(parsed.windows)
+        statuses = went + endings.failed
+        records = [self._status_record(s) for s in statuses] + endings.resend
         topic = self._topics.inbound_messages
-        records += [inbound_record(topic, m) for m in parsed.inbound]
+        account_key = self.trust.account_key
+        records += [
+            inbound_record(topic, m, account=account_key(m.channel, m.account_id))
+            for m in parsed.inbound
+        ]
         problems, error_type = list(parsed.problems), "invalid_record"
         parked = False
         try:

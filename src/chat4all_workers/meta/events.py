@@ -88,6 +88,12 @@ class StatusEvent:
     message_id: str | None = None
     conversation_id: int | None = None
     error: StatusError | None = None
+    # The record the send came from ("{topic}:{partition}:{offset}", our callback data), and
+    # the user it was for: a failure reported here is ended from them (intake/failures.py).
+    origin: str | None = None
+    recipient: str | None = None
+    # Our account it came for (the phone number id, the Instagram account id).
+    account: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +114,24 @@ class InboundEvent:
     content: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class WindowEvent:
+    """A user wrote to one of our accounts (or did what opens a window: meta/windows.py)."""
+
+    channel: str
+    account: str  # our phone number id / Instagram account id
+    user: str  # wa_id / Instagram-scoped id
+    at: datetime
+
+
 @dataclass
 class Parsed:
     """Everything one POST carried."""
 
     statuses: list[StatusEvent] = field(default_factory=list)
     inbound: list[InboundEvent] = field(default_factory=list)
+    # Every user action that opens a conversation window (the inbound messages among them).
+    windows: list[WindowEvent] = field(default_factory=list)
     # (kind, reason) per event left alone: counted by the role, never an error.
     ignored: list[tuple[str, str]] = field(default_factory=list)
     # Out-of-band errors the provider reported (WhatsApp `value.errors[]`): logged by the role.

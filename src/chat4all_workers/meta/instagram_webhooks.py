@@ -4,6 +4,7 @@ format, its sources, and the rules).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from chat4all_workers.meta.events import (
     InboundEvent,
     Parsed,
     StatusEvent,
+    WindowEvent,
     entries,
     is_id,
     list_of,
@@ -23,9 +25,10 @@ from chat4all_workers.meta.events import (
 )
 
 
-def parse_instagram(doc: Any, *, user_id: str) -> Parsed:
-    """An Instagram Messaging notification; entries for another account than ours (when
-    `user_id` is set) are ignored as `foreign_account`."""
+def parse_instagram(doc: Any, *, ours: Callable[[str], bool]) -> Parsed:
+    """An Instagram Messaging notification; entries for an account id that is not `ours` (none
+    of our accounts, or not one of the app that signed the notification) are ignored as
+    `foreign_account`."""
     parsed = Parsed()
     if not object_is(doc, INSTAGRAM_OBJECT, parsed):
         return parsed
@@ -42,7 +45,7 @@ def parse_instagram(doc: Any, *, user_id: str) -> Parsed:
             parsed.ignored.append(("other", "unsupported_field"))
             continue
         events = list_of(entry, "messaging", where, parsed)
-        if user_id and entry_id != user_id:
+        if not ours(entry_id):
             parsed.ignored += [("event", "foreign_account")] * len(events)
             continue
         for k, event in enumerate(events):
@@ -65,24 +68,32 @@ def _instagram_event(event: Any, where: str, entry_id: str, parsed: Parsed) -> N
         if not is_id(mid):
             parsed.problems.append(f"{where}.message.mid is missing or not an id")
         elif message.get("is_echo") is True:
-            _instagram_echo(message, mid, at, parsed)
+            _instagram_echo(message, mid, at, entry_id, parsed)
         elif message.get("is_deleted") is True:
             parsed.ignored.append(("inbound", "deleted"))
         else:
             parsed.inbound.append(_instagram_inbound(message, mid, sender, entry_id, at))
+            parsed.windows.append(WindowEvent("instagram", entry_id, sender, at))
     elif isinstance(read, dict):
         mid = read.get("mid")
         if is_id(mid):
-            parsed.statuses.append(StatusEvent("read", "instagram", mid, "READ", at))
+            parsed.statuses.append(
+                StatusEvent("read", "instagram", mid, "READ", at, account=entry_id)
+            )
         else:
             parsed.ignored.append(("read", "no_mid"))
     elif message is not None or read is not None:
         parsed.problems.append(f"{where}.message or .read is not an object")
     else:  # reactions, postbacks, referrals, ...
+        if isinstance(event.get("reaction"), dict) or isinstance(event.get("postback"), dict):
+            # Not a message of ours to store, but the user acted: the window opens.
+            parsed.windows.append(WindowEvent("instagram", entry_id, sender, at))
         parsed.ignored.append(("other", "unsupported_event"))
 
 
-def _instagram_echo(message: dict[str, Any], mid: str, at: datetime, parsed: Parsed) -> None:
+def _instagram_echo(
+    message: dict[str, Any], mid: str, at: datetime, entry_id: str, parsed: Parsed
+) -> None:
     raw_callback = message.get("metadata")
     if raw_callback is None:  # sent from the Instagram app, not by us
         parsed.ignored.append(("echo", "no_callback_data"))
@@ -91,7 +102,9 @@ def _instagram_echo(message: dict[str, Any], mid: str, at: datetime, parsed: Par
     if ids is None:
         parsed.ignored.append(("echo", "bad_callback_data"))
         return
-    parsed.statuses.append(StatusEvent("echo", "instagram", mid, "SENT", at, *ids))
+    parsed.statuses.append(
+        StatusEvent("echo", "instagram", mid, "SENT", at, *ids, account=entry_id)
+    )
 
 
 def _instagram_inbound(

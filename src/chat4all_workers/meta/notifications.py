@@ -7,6 +7,10 @@ from typing import Any
 
 from chat4all_workers.meta.events import INSTAGRAM_OBJECT, WHATSAPP_OBJECT, StatusError
 
+# `errors[].href` of a failed status: "Link to error code documentation", as Meta's example
+# writes it (the status webhook reference).
+ERROR_CODES_HREF = "/documentation/business-messaging/whatsapp/support/error-codes"
+
 
 def whatsapp_status(
     provider_message_id: str,
@@ -29,9 +33,28 @@ def whatsapp_status(
     if error is not None:
         item["errors"] = [
             {"code": error.code, "title": error.title, "message": error.title,
-             "error_data": {"details": error.details}}
+             "error_data": {"details": error.details}, "href": ERROR_CODES_HREF}
         ]  # fmt: skip
     return item
+
+
+def whatsapp_message(
+    provider_message_id: str, *, sender: str, at_s: int, kind: str, content: dict[str, Any]
+) -> dict[str, Any]:
+    """One `messages[]` item: a user's message (`sender` their wa_id), `content` the object
+    named by its type (`text`: {"body"}, `reaction`: {"message_id", "emoji"}, ...)."""
+    return {
+        "from": sender,
+        "id": provider_message_id,
+        "timestamp": str(at_s),
+        "type": kind,
+        kind: content,
+    }
+
+
+def whatsapp_contact(wa_id: str, *, name: str) -> dict[str, Any]:
+    """One `contacts[]` item: the user a message came from, with their profile name."""
+    return {"profile": {"name": name}, "wa_id": wa_id}
 
 
 def whatsapp_notification(
@@ -79,6 +102,31 @@ def instagram_echo(
         "recipient": {"id": customer},
         "timestamp": at_ms,
         "message": message,
+    }
+
+
+def instagram_message(
+    mid: str, *, customer: str, account_id: str, at_ms: int, text: str
+) -> dict[str, Any]:
+    """A `messaging[]` event: a user's text message to our account."""
+    return {
+        "sender": {"id": customer},
+        "recipient": {"id": account_id},
+        "timestamp": at_ms,
+        "message": {"mid": mid, "text": text},
+    }
+
+
+def instagram_reaction(
+    mid: str, *, customer: str, account_id: str, at_ms: int, emoji: str, reaction: str = "love"
+) -> dict[str, Any]:
+    """A `messaging[]` event: the user reacted to message `mid` (the `message_reactions`
+    field, in Messenger's shape)."""
+    return {
+        "sender": {"id": customer},
+        "recipient": {"id": account_id},
+        "timestamp": at_ms,
+        "reaction": {"mid": mid, "action": "react", "reaction": reaction, "emoji": emoji},
     }
 
 

@@ -5,9 +5,10 @@ content).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from chat4all_workers.meta.callback import callback_ids
+from chat4all_workers.meta.callback import read_callback
 from chat4all_workers.meta.events import (
     MAX_DEPTH,
     MAX_ERROR_TEXT,
@@ -16,6 +17,7 @@ from chat4all_workers.meta.events import (
     Parsed,
     StatusError,
     StatusEvent,
+    WindowEvent,
     changes,
     clean_json,
     depth,
@@ -32,9 +34,10 @@ _WHATSAPP_STATUSES = {"sent": "SENT", "delivered": "DELIVERED", "read": "READ", 
 _WHATSAPP_MEDIA = frozenset({"image", "audio", "video", "document", "sticker"})
 
 
-def parse_whatsapp(doc: Any, *, phone_number_id: str) -> Parsed:
-    """A WhatsApp Cloud API notification; changes for another phone number than ours (when
-    `phone_number_id` is set) are ignored as `foreign_account`."""
+def parse_whatsapp(doc: Any, *, ours: Callable[[str], bool]) -> Parsed:
+    """A WhatsApp Cloud API notification; changes for a phone number id that is not `ours`
+    (none of our accounts, or not one of the app that signed the notification) are ignored as
+    `foreign_account`."""
     parsed = Parsed()
     for where, entry_id, change in changes(doc, WHATSAPP_OBJECT, parsed):
         field_name = change.get("field")
@@ -53,12 +56,12 @@ def parse_whatsapp(doc: Any, *, phone_number_id: str) -> Parsed:
         statuses = list_of(value, "statuses", f"{where}.value", parsed)
         messages = list_of(value, "messages", f"{where}.value", parsed)
         errors = list_of(value, "errors", f"{where}.value", parsed)
-        if phone_number_id and account != phone_number_id:
+        if not ours(account):
             parsed.ignored += [("status", "foreign_account")] * len(statuses)
             parsed.ignored += [("inbound", "foreign_account")] * len(messages)
             continue
         for k, item in enumerate(statuses):
-            _whatsapp_status(item, f"{where}.value.statuses[{k}]", parsed)
+            _whatsapp_status(item, f"{where}.value.statuses[{k}]", account, parsed)
         names = _contact_names(value.get("contacts"))
         for k, item in enumerate(messages):
             _whatsapp_message(
@@ -72,7 +75,7 @@ def parse_whatsapp(doc: Any, *, phone_number_id: str) -> Parsed:
     return parsed
 
 
-def _whatsapp_status(item: Any, where: str, parsed: Parsed) -> None:
+def _whatsapp_status(item: Any, where: str, account: str, parsed: Parsed) -> None:
     if not isinstance(item, dict):
         parsed.problems.append(f"{where} is not an object")
         return
@@ -92,13 +95,26 @@ def _whatsapp_status(item: Any, where: str, parsed: Parsed) -> None:
     if raw_callback is None:
         parsed.ignored.append(("status", "no_callback_data"))
         return
-    ids = callback_ids(raw_callback)
-    if ids is None:
+    callback = read_callback(raw_callback)
+    if callback is None:
         parsed.ignored.append(("status", "bad_callback_data"))
         return
     error = _status_error(item.get("errors")) if status == "FAILED" else None
+    recipient = item.get("recipient_id")
     parsed.statuses.append(
-        StatusEvent("status", "whatsapp", provider_id, status, at, *ids, error=error)
+        StatusEvent(
+            "status",
+            "whatsapp",
+            provider_id,
+            status,
+            at,
+            callback.message_id,
+            callback.conversation_id,
+            error=error,
+            origin=callback.origin,
+            recipient=recipient if is_id(recipient) else None,
+            account=account,
+        )
     )
 
 
@@ -140,6 +156,8 @@ def _whatsapp_message(
         text = text_of(content.get("text"))
     context = item.get("context")
     reply_to = context.get("id") if isinstance(context, dict) else None
+    # Any message of the user opens the window, whatever its type (a reaction, a button reply).
+    parsed.windows.append(WindowEvent("whatsapp", account, sender, at))
     parsed.inbound.append(
         InboundEvent(
             channel="whatsapp",

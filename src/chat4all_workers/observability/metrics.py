@@ -75,14 +75,15 @@ class Metrics:
         )
         self.channel_requests = Counter(
             "channel_requests_total",
-            "Calls to channel providers, by channel and outcome: sent, throttled, transient, "
-            "rejected, paused (an account-class answer).",
+            "Calls to channel providers, by channel, account (its key; `_other` past "
+            "router.account_label_limit accounts) and outcome: sent, throttled, transient, "
+            "in_doubt, rejected, paused (an account-class answer).",
             registry=r,
         )
         self.channel_paused = Gauge(
             "channel_paused",
-            "1 while a channel is paused in this process (an account-class answer), by channel "
-            "and reason (the provider's code); 0 once it resumed.",
+            "Sending accounts paused in this process (an account-class answer), by channel, "
+            "account (its key, or `_other`) and reason (the provider's code); 0 once resumed.",
             registry=r,
         )
         self.channel_pacing_wait = Histogram(
@@ -107,6 +108,15 @@ class Metrics:
             "marker held: sent (already known), lease (a send not marked yet: its answer on the "
             "way, or in doubt), failed (given up on, yet the provider had it), absent, other (a "
             "marker of another router).",
+            registry=r,
+        )
+        self.webhook_async_failures = Counter(
+            "webhook_async_failures_total",
+            "Sends the provider failed later, by a `failed` status webhook, by channel, the "
+            "code's class and what became of the send: dead_lettered (final: FAILED, the record "
+            "in the DLQ), resent (not final: the record published again), duplicate, stale "
+            "(another send of the message counts now), given_up (the router had given up on it), "
+            "gone (its record is no longer in Kafka), no_origin (a send of an older version).",
             registry=r,
         )
         self.webhook_requests = Counter(

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from chat4all_workers.accounts.model import DEFAULT_KEY
 from chat4all_workers.config import Settings
 
 READ, FAILED = "READ", "FAILED"
@@ -149,16 +150,23 @@ class _Progress:
 
 
 class _Pauses:
-    """The router's paused channels, from the workers' `/readyz`, each said once."""
+    """The router's paused accounts the message is sent from, from the workers' `/readyz`, each
+    said once."""
 
-    def __init__(self, workers: Sequence[str], notice: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        workers: Sequence[str],
+        notice: Callable[[str], None],
+        accounts: Mapping[str, str],
+    ) -> None:
         self._workers = list(workers)
         self._notice = notice
+        self._accounts = accounts
         self._silent: set[str] = set()
         self.paused: dict[str, str] = {}  # channel -> the provider's reason
 
     async def check(self, http: aiohttp.ClientSession, channels: Sequence[str]) -> None:
-        readings = await asyncio.gather(*(router_channels(http, url) for url in self._workers))
+        readings = await asyncio.gather(*(router_accounts(http, url) for url in self._workers))
         now_paused: dict[str, str] = {}
         for url, reading in zip(self._workers, readings, strict=True):
             if reading is None:
@@ -170,7 +178,8 @@ class _Pauses:
                     )
                 continue
             for channel in channels:
-                if (reason := paused_reason(reading, channel)) is not None:
+                ref = sender_ref(channel, self._accounts.get(channel))
+                if (reason := paused_reason(reading, ref)) is not None:
                     now_paused.setdefault(channel, reason)
         for channel, reason in now_paused.items():
             if channel not in self.paused:
@@ -180,24 +189,31 @@ class _Pauses:
         self.paused = now_paused
 
 
-def paused_reason(channels: dict[str, Any], channel: str) -> str | None:
-    """The provider's reason when `channel` is paused in a `/readyz` `channels` section."""
-    state = channels.get(channel)
+def sender_ref(channel: str, account: str | None) -> str:
+    """How /readyz names the account that sends on `channel` (`whatsapp/acme`)."""
+    return f"{channel}/{account or DEFAULT_KEY}"
+
+
+def paused_reason(accounts: dict[str, Any], ref: str) -> str | None:
+    """The provider's reason when the account `ref` is paused in a `/readyz` `accounts`
+    section."""
+    state = accounts.get(ref)
     if isinstance(state, dict) and state.get("state") == "paused":
         return str(state.get("reason") or "no reason given")
     return None
 
 
-async def router_channels(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
-    """A worker's `/readyz` `channels` section (the router's channel states: `state`, `reason`,
-    `since`, `held`); {} for a worker without a router, None when it does not answer."""
+async def router_accounts(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """A worker's `/readyz` `accounts` section (the router's sending accounts: `state`,
+    `reason`, `since`, `held`); {} for a worker without a router, None when it does not
+    answer."""
     try:
         async with http.get(url.rstrip("/") + "/readyz") as response:
             body = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return None
-    channels = body.get("channels") if isinstance(body, dict) else None
-    return channels if isinstance(channels, dict) else {}
+    accounts = body.get("accounts") if isinstance(body, dict) else None
+    return accounts if isinstance(accounts, dict) else {}
 
 
 async def follow(
@@ -212,10 +228,13 @@ async def follow(
     workers: Sequence[str],
     on_status: Callable[[StatusEvent], None],
     on_notice: Callable[[str], None],
+    accounts: Mapping[str, str] | None = None,
     poll_interval_s: float = 0.5,
     readiness_interval_s: float = 2.0,
 ) -> FollowResult:
-    """Report each new status until every channel is READ or FAILED, or `timeout_s` passed."""
+    """Report each new status until every channel is READ or FAILED, or `timeout_s` passed.
+    `accounts`: the message's account per channel (absent: the default), whose pause at the
+    router is reported."""
     started = time.monotonic()
     deadline = started + timeout_s
     progress = _Progress(channels)
@@ -225,7 +244,7 @@ async def follow(
         result.notices.append(text)
         on_notice(text)
 
-    pauses = _Pauses(workers, notice)
+    pauses = _Pauses(workers, notice, accounts or {})
     next_check = started + min(1.0, readiness_interval_s)
     last_row = 0
     async with (

@@ -60,11 +60,16 @@ class NewMessage:
     channels: tuple[str, ...]
     recipients: dict[str, str]
     created_at: datetime
+    account: str | None = None  # the sending account's key on every channel (None: default)
 
     @property
     def file_id(self) -> uuid.UUID | None:
         raw = self.payload.get("file_id")
         return uuid.UUID(raw) if isinstance(raw, str) else None
+
+    def accounts_by_channel(self) -> dict[str, str]:
+        """The account per channel (none: each channel's default)."""
+        return {} if self.account is None else dict.fromkeys(self.channels, self.account)
 
     def record_value(self) -> dict[str, Any]:
         """The `message_processing` value (contract section 3): the outbox event's payload."""
@@ -78,6 +83,8 @@ class NewMessage:
         }
         if self.sender_id is not None:
             value["sender_id"] = self.sender_id
+        if self.account is not None:
+            value["account"] = self.account
         return value
 
 
@@ -97,6 +104,7 @@ def compose(
     to: Sequence[str],
     conversation_id: int | None,
     sender_id: int | None,
+    account: str | None = None,
 ) -> NewMessage:
     """The message the arguments describe, checked as the router will read it; BadInputError
     says what is wrong."""
@@ -125,6 +133,7 @@ def compose(
         channels=chosen,
         recipients=recipients,
         created_at=datetime.now(UTC),
+        account=account,
     )
     try:  # the router's own reader: what it would dead-letter is refused here
         parse_message(

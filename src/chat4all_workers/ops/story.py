@@ -43,7 +43,13 @@ from chat4all_workers.delivery.markers import Kind, marker_key, read_marker
 from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.formats.message import ALL
 from chat4all_workers.ops.dead_letters import DEFAULT_LIMIT, DlqSearch, find_dead_letters
-from chat4all_workers.ops.follow import PAST_ROUTER, StatusEvent, history, router_channels
+from chat4all_workers.ops.follow import (
+    PAST_ROUTER,
+    StatusEvent,
+    history,
+    router_accounts,
+    sender_ref,
+)
 from chat4all_workers.roles.router import RouterSettings
 
 _TIMEOUT_S = 20.0
@@ -203,7 +209,8 @@ async def _outbox_events(
     narrow = "AND aggregate_id = $2" if row is not None else "AND $2::text IS NULL"
     rows = await conn.fetch(
         f"""SELECT id::text AS id, seq, aggregate_type, aggregate_id, event_type, topic,
-                   published, published_at, created_at, attempts, next_attempt_at, last_error
+                   published, published_at, created_at, attempts, next_attempt_at, last_error,
+                   (payload->'account')::text AS account
             FROM outbox_events
             WHERE event_type LIKE 'message.%' AND lower(payload->>'message_id') = $1 {narrow}
             ORDER BY seq""",
@@ -220,6 +227,8 @@ async def _outbox_events(
             "attempts": r["attempts"],
             "next_attempt_at": iso(r["next_attempt_at"]),
             "last_error": r["last_error"],
+            # The sending account the event names (absent: each channel's default).
+            "account": None if r["account"] is None else orjson.loads(r["account"]),
         }
         for r in rows
     ]
@@ -352,6 +361,17 @@ async def _index(settings: Settings, story: Story, client: aioredis.Redis, prefi
         story.provider_index.append(IndexEntry("instagram", mid, ref.message_id if ref else None))
 
 
+def _senders(story: Story) -> dict[str, str]:
+    """The message's account per channel, as its outbox event names it (none: the default)."""
+    for event in story.outbox:
+        named = event.get("account")
+        if isinstance(named, str):
+            return dict.fromkeys(CHANNELS, named)
+        if isinstance(named, dict):
+            return {str(c): str(k) for c, k in named.items() if isinstance(k, str)}
+    return {}
+
+
 async def _from_workers(story: Story, channels: Sequence[str], workers: Sequence[str]) -> None:
     """The router's state of the channels not past it yet, at each worker."""
     waiting = [
@@ -363,13 +383,14 @@ async def _from_workers(story: Story, channels: Sequence[str], workers: Sequence
         return
     timeout = aiohttp.ClientTimeout(total=_PROBE_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as http:
-        readings = await asyncio.gather(*(router_channels(http, url) for url in workers))
+        readings = await asyncio.gather(*(router_accounts(http, url) for url in workers))
+    senders = _senders(story)
     for url, reading in zip(workers, readings, strict=True):
         if reading is None:
             story.workers_silent.append(url)
             continue
         for channel in waiting:
-            state = reading.get(channel)
+            state = reading.get(sender_ref(channel, senders.get(channel)))
             if isinstance(state, dict):
                 held = state.get("held")
                 story.router.append(

@@ -17,10 +17,12 @@ engine's keyed concurrency):
    (the engine holds back only that conversation); one that finds its own `failed:` emits
    FAILED again. A send whose outcome is unknown waits for the provider's word
    (delivery/doubt.py).
-4. At the provider's pace and through its pauses (delivery/lanes.py): each call waits for its
-   slot of the sending account's rate and of the recipient's pair limit, taken before the lease
-   is claimed, so a long wait never holds a lease; an account-class answer pauses the channel,
-   whose sends are held until a probe goes through.
+4. From its account, at the provider's pace and through its pauses (delivery/accounts.py,
+   delivery/lanes.py): the message's `account` (or the channel's default) picks the lane; an
+   unknown or disabled account FAILS that channel with no call. Each call waits for its slot of
+   the account's rate and of the recipient's pair limit, taken before the lease is claimed, so
+   a long wait never holds a lease; an account-class answer pauses that account alone, whose
+   sends are held until a probe goes through.
 5. The attempts under the lease (delivery/attempts.py): the provider's answer, classified by its
    error code (meta/errors.py), decides: retried, waited for, paused, or failed.
 6. SENT or FAILED goes to `message_status_updates` (delivery/outcomes.py); if any channel
@@ -39,33 +41,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from chat4all_workers.channels import build_adapters
+from chat4all_workers.accounts.model import Account, Directory, FixedDirectory
+from chat4all_workers.channels import build_adapter
 from chat4all_workers.channels.base import ChannelAdapter
-from chat4all_workers.channels.pacing import Pacer
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.consuming import consume, dead_letter_record
-from chat4all_workers.delivery.attempts import Attempts, AttemptSettings
-from chat4all_workers.delivery.doubt import Doubts, DoubtSettings
 from chat4all_workers.delivery.failures import ChannelFailure, GivenUpError, dead_letter_reason
-from chat4all_workers.delivery.lanes import Lane, LaneSettings, describe, pace_settings
-from chat4all_workers.delivery.lease import Lease, Leases
-from chat4all_workers.delivery.markers import Claim, SendMarkers, State, marker_key
-from chat4all_workers.delivery.outbound import Outbound, Prepared
-from chat4all_workers.delivery.outcomes import Outcomes
-from chat4all_workers.delivery.provider_index import ProviderIndex
+from chat4all_workers.delivery.lanes import Lane
+from chat4all_workers.delivery.lease import Lease
+from chat4all_workers.delivery.markers import Claim, State, marker_key
+from chat4all_workers.delivery.outbound import Prepared
+from chat4all_workers.delivery.parts import Connect, Parts, RouterTuning, build_parts
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.message import Message, parse_message
-from chat4all_workers.kafka.held import held
+from chat4all_workers.formats.resend import History, history
 from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleReport, RoleSpec
-from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,9 @@ class RouterSettings:
     # this delay, doubling per failed probe up to the cap.
     pause_probe_base_s: float = 1.0
     pause_probe_cap_s: float = 60.0
+    # Metrics carry an `account` label for at most this many accounts per process (the first
+    # seen); the rest share `_other` (/readyz names every one).
+    account_label_limit: int = 100
 
 
 # The provider's answers a progress line shows per channel (channel_requests_total outcomes).
@@ -109,111 +112,42 @@ _REPORTED_OUTCOMES = ("sent", "throttled", "paused")
 
 
 class Router:
-    """Composes the parts (delivery/) for every record; holds no state of a send itself."""
+    """Orchestrates the parts (delivery/) for every record; holds no state of a send itself."""
 
-    def __init__(self, ctx: RoleContext, adapters: dict[str, ChannelAdapter]) -> None:
+    def __init__(self, ctx: RoleContext, parts: Parts, *, all_channels: tuple[str, ...]) -> None:
         self.ctx = ctx
-        settings = ctx.settings
-        self.all_channels = settings.section(RouterSettings).all_channels
-        r = settings.section(RouterSettings)
-        redis = ctx.resources.redis_client()
-        # A lease covers one attempt and the backoff before it, and is renewed per attempt; a
-        # worker that dies mid-send blocks its messages for at most this long.
-        timeout_s = max(getattr(settings, name).timeout_s for name in adapters)
-        lease_s = timeout_s + r.retry_cap_s + 2.0
-        markers = SendMarkers(
-            redis,
-            ctx.resources.redis_pipeline(),
-            ttl_s=settings.delivery.dedup_ttl_s,
-            lease_s=lease_s,
-        )
-        # Instagram's read receipts name only the provider's id: remembered when a send is
-        # marked done (riding the markers' pipeline).
-        index = ProviderIndex(
-            redis,
-            key=ctx.resources.redis_key,
-            ttl_s=settings.delivery.provider_index_ttl_s,
-            pipe=markers.pipe,
-        )
-        self.leases = Leases(ctx, markers, index)
-        self.outcomes = Outcomes(
-            ctx.resources.kafka(),
-            self.leases,
-            topic=settings.topics.message_status_updates,
-            metrics=ctx.metrics,
-        )
-        self.doubts = Doubts(
-            ctx,
-            self.leases,
-            self.outcomes,
-            settings=DoubtSettings(r.in_doubt_window_s, r.on_unknown_outcome, r.max_attempts),
-            channels=adapters,
-        )
-        self.attempts = Attempts(
-            self.leases,
-            self.outcomes,
-            self.doubts,
-            settings=AttemptSettings(r.max_attempts, r.retry_base_s, r.retry_cap_s),
-            metrics=ctx.metrics,
-            wait=self._wait,
-        )
-        self.outbound = Outbound(
-            pool=ctx.resources.postgres(),
-            s3=ctx.resources.s3_client(),
-            bucket=settings.s3.bucket,
-            link_expiry_s=settings.files.download_url_expiry_s,
-        )
-        self.lanes = {name: self._lane(adapter) for name, adapter in adapters.items()}
-        ctx.publish("channels", lambda: describe(self.lanes))
-
-    def _lane(self, adapter: ChannelAdapter) -> Lane:
-        r = self.ctx.settings.section(RouterSettings)
-        section = getattr(self.ctx.settings, adapter.name)
-        pacer = Pacer(
-            self.ctx.resources.redis_client(),
-            account_key=self.ctx.resources.redis_key(f"pace:{adapter.name}:{adapter.account}"),
-            settings=pace_settings(section, recovery_s=r.pacing_recovery_s),
-            sleep=self._wait,
-            hold=held,
-        )
-        settings = LaneSettings(
-            r.retry_base_s,
-            r.retry_cap_s,
-            r.throttle_deadline_s,
-            r.pacing_recovery_s,
-            r.pause_probe_base_s,
-            r.pause_probe_cap_s,
-        )
-        return Lane(
-            adapter,
-            pacer=pacer,
-            settings=settings,
-            timeout_s=section.timeout_s,
-            metrics=self.ctx.metrics,
-            wait=self._wait,
-        )
+        self.parts = parts
+        self.leases, self.outcomes, self.doubts = parts.leases, parts.outcomes, parts.doubts
+        self.windows, self.attempts, self.outbound = parts.windows, parts.attempts, parts.outbound
+        self.accounts = parts.accounts
+        self.all_channels = all_channels
+        ctx.publish("accounts", self.accounts.describe)
+        ctx.publish("channels", self.accounts.channels)
 
     def report(self) -> RoleReport:
         """For the log's progress lines: per channel, the provider's answers so far (sent,
-        throttled, paused: `channel_requests_total`), its state and the sends it holds."""
+        throttled, paused: `channel_requests_total`), its accounts paused and the sends they
+        hold."""
         requests = self.ctx.metrics.channel_requests
         counts: dict[str, int] = {}
         state: dict[str, Any] = {}
-        for name, lane in self.lanes.items():
+        for name in self.all_channels:
             for outcome in _REPORTED_OUTCOMES:
                 counts[f"{name}_{outcome}"] = total(requests, channel=name, outcome=outcome)
-            state[name] = "paused" if lane.pause.paused else "active"
-            state[f"{name}_held"] = lane.pause.held
+        for lane in self.accounts.lanes():
+            if lane.pause.paused:
+                state[lane.name] = "paused"
+                state[f"{lane.name}_held"] = lane.pause.held
         return RoleReport(counts=counts, state=state)
 
     def close(self) -> None:
-        """The process stops: sends held by a paused channel give their records back."""
-        for lane in self.lanes.values():
-            lane.pause.close()
+        """The process stops: sends held by a paused account give their records back."""
+        self.accounts.close()
 
     async def handle(self, record: ConsumedRecord) -> None:
         message = parse_message(record.value, self.all_channels)
         origin = f"{record.topic}:{record.partition}:{record.offset}"
+        past = history(record)
         with log_context(
             message_id=message.message_id,
             conversation_id=message.conversation_id,
@@ -222,13 +156,13 @@ class Router:
             prepared = await self.outbound.prepare(message, origin=origin)
             failures: list[ChannelFailure] = []
             if len(message.channels) == 1:  # the common case: nothing to run side by side
-                await self._deliver(message, message.channels[0], prepared, origin, failures)
+                await self._deliver(message, message.channels[0], prepared, origin, failures, past)
             else:
                 # gather, not a task group: one channel's trouble must not cancel the other's
                 # send halfway (a cancelled send may have reached the provider unmarked).
                 results = await asyncio.gather(
                     *(
-                        self._deliver(message, c, prepared, origin, failures)
+                        self._deliver(message, c, prepared, origin, failures, past)
                         for c in message.channels
                     ),
                     return_exceptions=True,
@@ -257,14 +191,17 @@ class Router:
         prepared: Prepared,
         origin: str,
         failures: list[ChannelFailure],
+        past: History,
     ) -> None:
-        outbound = prepared[channel]
-        if isinstance(outbound, PermanentError):
-            await self.outcomes.failed(message, ChannelFailure(channel, outbound, 0), failures)
+        admitted = await self._admit(message, channel, prepared)
+        if isinstance(admitted, PermanentError):
+            await self.outcomes.failed(message, ChannelFailure(channel, admitted, 0), failures)
             return
-        lane = self.lanes[channel]
+        lane, outbound = admitted
         key = self.ctx.resources.redis_key(marker_key(message.message_id, channel))
-        send = Send(message, channel, lane, key, origin, outbound, failures)
+        send = Send(message, channel, lane, key, origin, outbound, failures, past.attempts)
+        if past.throttled_since is not None:  # the copy's throttle deadline runs from the first
+            send.throttled_since = time.monotonic() - max(0.0, time.time() - past.throttled_since)
         if lane.pacer.enabled:
             # A redelivered message already sent (or being sent, or given up on) waits for no
             # slot of the pace.
@@ -280,8 +217,11 @@ class Router:
                 if probe:
                     lane.pause.probe_done()
                 raise
+            # An account-class answer for a message the account was shown to send around: the
+            # message's problem (the probe, if it was one, proved the account works).
+            refused = lane.refused_again(send) if verdict is Verdict.ACCOUNT else None
             if probe:
-                lane.settle_probe(verdict, send.last_error)
+                lane.settle_probe(Verdict.REJECTED if refused else verdict, send.last_error)
             if verdict is Verdict.THROTTLED:
                 deadline = await lane.after_throttle(send)
                 if deadline is None:
@@ -289,12 +229,31 @@ class Router:
                 await self.outcomes.give_up(send, None, deadline, send.throttles)
                 return
             if verdict is Verdict.ACCOUNT:
+                if refused is not None:
+                    await self.outcomes.give_up(send, None, refused, 1)
+                    return
                 if not probe:
                     lane.account_refused(send.last_error, probe=False)
                 continue  # held by the pause at the top, until a probe goes through
             if verdict is Verdict.HELD:
                 continue
             return
+
+    async def _admit(
+        self, message: Message, channel: str, prepared: Prepared
+    ) -> tuple[Lane, OutboundMessage] | PermanentError:
+        """The account that sends it and what is sent, or why nothing may be sent on this
+        channel (no such account, a disabled one, the content, a closed window): no call."""
+        lane = self.accounts.lane(channel, message.account(channel))
+        if isinstance(lane, PermanentError):
+            return lane
+        outbound = prepared[channel]
+        if isinstance(outbound, PermanentError):
+            return outbound
+        admitted = await self.windows.admit(
+            channel, lane.account.provider_id, outbound, human_agent=message.human_agent
+        )
+        return admitted if isinstance(admitted, PermanentError) else (lane, admitted)
 
     async def _round(self, send: Send, *, probe: bool) -> Verdict:
         """Wait for a slot, claim the send, and try it; the verdict says what the channel
@@ -335,6 +294,11 @@ class Router:
             else:
                 await self.outcomes.sent(send, claim.provider_message_id, outcome="duplicate")
             return
+        if claim.state is State.ENDED:
+            # The provider failed this record's send later; the webhooks role ended it (a DLQ
+            # record, or a copy published again): nothing more for this record to say.
+            self.outcomes.count(send.channel, "duplicate")
+            return
         if claim.state is State.GIVEN_UP:
             reason = (
                 f"given up on by an earlier delivery of this record ({claim.error_type}); "
@@ -347,17 +311,46 @@ class Router:
             retry_after_s=max(0.5, claim.retry_after_s),
         )
 
-    async def _wait(self, delay_s: float) -> None:
-        """Sleep, or hand the record back (RetryableError) once the process stops."""
-        if self.ctx.stopping.is_set():
-            raise RetryableError("the process is stopping; handing the record back")
-        if delay_s > 0 and await wait_event(self.ctx.stopping, timeout_s=delay_s):
-            raise RetryableError("the process is stopping; handing the record back")
+
+def build_router(
+    ctx: RoleContext, *, directory: Directory | None = None, connect: Connect | None = None
+) -> Router:
+    """The router with its parts, over the context's resources: its accounts from `directory`
+    (default: the process's), each sending through `connect(account)` (default: the real
+    adapter over the process's HTTP client)."""
+    own = ctx.settings.section(RouterSettings)
+    tuning = RouterTuning(
+        own.max_attempts,
+        own.retry_base_s,
+        own.retry_cap_s,
+        own.in_doubt_window_s,
+        own.on_unknown_outcome,
+        own.throttle_deadline_s,
+        own.pacing_recovery_s,
+        own.pause_probe_base_s,
+        own.pause_probe_cap_s,
+        own.account_label_limit,
+    )
+    if directory is None:
+        directory = FixedDirectory.from_settings(ctx.settings)
+    if connect is None:
+        settings, http = ctx.settings, ctx.resources.http_client()
+
+        def connect(account: Account) -> ChannelAdapter:
+            return build_adapter(
+                account.channel,
+                settings,
+                http,
+                provider_id=account.provider_id,
+                token=account.token,
+            )
+
+    parts = build_parts(ctx, directory, connect, tuning)
+    return Router(ctx, parts, all_channels=own.all_channels)
 
 
 async def run(ctx: RoleContext) -> None:
-    adapters = build_adapters(ctx.settings, ctx.resources.http_client())
-    router = Router(ctx, adapters)
+    router = build_router(ctx)
 
     async def close_on_stop() -> None:
         await ctx.stopping.wait()
@@ -376,8 +369,8 @@ async def run(ctx: RoleContext) -> None:
             finally:
                 closer.cancel()
     finally:
-        for adapter in adapters.values():
-            await adapter.aclose()
+        for lane in router.accounts.lanes():
+            await lane.adapter.aclose()
 
 
 ROLE = RoleSpec(

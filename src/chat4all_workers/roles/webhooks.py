@@ -15,14 +15,18 @@ import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from chat4all_workers.accounts.model import Directory, FixedDirectory
 from chat4all_workers.config import CHANNELS, NON_EMPTY, Settings
 from chat4all_workers.delivery.markers import ProviderVerdicts
 from chat4all_workers.delivery.provider_index import ProviderIndex
+from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.intake.accounting import Accounting
+from chat4all_workers.intake.failures import Failures
 from chat4all_workers.intake.provider_word import ProviderWord
 from chat4all_workers.intake.server import LINGER_S, Listener, build_app, until_quiet
 from chat4all_workers.intake.service import Webhooks
 from chat4all_workers.intake.storing import Storing
+from chat4all_workers.kafka.originals import OriginalRecords
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.serving import serving
@@ -50,8 +54,13 @@ class WebhookSettings:
     store_timeout_s: float = 5.0
 
 
-def build(ctx: RoleContext) -> Webhooks:
-    """The endpoint's service, over the process's Redis and Kafka producer."""
+def build(
+    ctx: RoleContext, originals: OriginalRecords, directory: Directory | None = None
+) -> Webhooks:
+    """The endpoint's service, over the process's Redis and Kafka producer; the apps and
+    accounts it trusts from `directory` (default: the process's)."""
+    if directory is None:
+        directory = FixedDirectory.from_settings(ctx.settings)
     settings, own = ctx.settings, ctx.settings.section(WebhookSettings)
     redis = ctx.resources.redis_client()
     index = ProviderIndex(
@@ -60,6 +69,18 @@ def build(ctx: RoleContext) -> Webhooks:
     pipe = ctx.resources.redis_pipeline()
     verdicts = ProviderVerdicts(redis, pipe, ttl_s=settings.delivery.dedup_ttl_s)
     word = ProviderWord(index, verdicts, key=ctx.resources.redis_key, metrics=ctx.metrics)
+    windows = Windows(
+        redis, pipe, key=ctx.resources.redis_key, memory_s=settings.delivery.window_memory_s
+    )
+    failures = Failures(
+        verdicts,
+        originals,
+        windows,
+        ctx.resources.kafka(),
+        key=ctx.resources.redis_key,
+        dlq_topic=settings.topics.dlq,
+        metrics=ctx.metrics,
+    )
     storing = Storing(
         ctx.resources.kafka(),
         spawn=ctx.resources.spawn(),
@@ -69,28 +90,34 @@ def build(ctx: RoleContext) -> Webhooks:
     )
     return Webhooks(
         settings,
+        directory=directory,
         max_body_bytes=own.max_body_bytes,
         max_concurrent_requests=own.max_concurrent_requests,
         word=word,
+        failures=failures,
+        windows=windows,
         storing=storing,
         accounting=Accounting(ctx.metrics),
     )
 
 
-def _warn_unconfigured(settings: Settings) -> None:
-    missing = [
-        f"{channel} ({channel}.app_secret, env {settings.env_of(f'{channel}.app_secret')})"
-        for channel in CHANNELS
-        if not getattr(settings, channel).app_secret
-    ]
-    if missing:
-        log.warning("webhooks: POSTs refused (403) for %s: no app secret set", ", ".join(missing))
+def _warn_unconfigured(settings: Settings, service: Webhooks) -> None:
+    refused = [channel for channel, taken in service.accepting().items() if not taken]
+    if refused:
+        envs = ", ".join(settings.env_of(f"{channel}.app_secret") for channel in refused)
+        log.warning(
+            "webhooks: POSTs refused (403) for %s: no Meta app's secret (set %s, or add an "
+            "app: chat4all-workers accounts app-add)",
+            ", ".join(refused),
+            envs,
+        )
 
 
 async def run(ctx: RoleContext) -> None:
     settings, own = ctx.settings, ctx.settings.section(WebhookSettings)
-    service, listener = build(ctx), Listener()
-    _warn_unconfigured(settings)
+    originals = OriginalRecords(settings.kafka)
+    service, listener = build(ctx, originals), Listener()
+    _warn_unconfigured(settings, service)
     app = build_app(
         service, listener, max_body_bytes=own.max_body_bytes, body_timeout_s=own.body_timeout_s
     )
@@ -117,6 +144,7 @@ async def run(ctx: RoleContext) -> None:
             await until_quiet(service, listener, ctx.shutdown)
     finally:
         ctx.mark_unready()
+        await originals.aclose()
 
 
 ROLE = RoleSpec(

@@ -1,13 +1,15 @@
 """The channel mocks' webhooks: signed POSTs to the configured URL, as Meta calls an app back.
 
 A mock schedules a chain of callbacks per accepted message (WhatsApp: `sent` at once, then
-`delivered`, then `read`; Instagram: the echo, then the read receipt), each at its delay after
-the acceptance and never before the previous one of its chain was answered 200. Each body is
-written with channels/meta_webhooks.py's writers, timestamped when it falls due, and signed with
-the app secret (`X-Hub-Signature-256`), so the webhooks role checks it exactly as it checks
-Meta's. Like Meta, anything but a 200 (or no answer) is sent again after a backoff (here
-`_RETRY_BASE_S` doubling to `_RETRY_CAP_S` with jitter: short, because a developer wants the
-statuses soon after the webhooks role is back), for as long as the mock runs.
+`delivered` and `read`, or `failed`; Instagram: the echo, then the read receipt) and one per
+user's message, each at its delay after the scheduling (plus `delay_s`, for every one) and never
+before the previous one of its chain was answered 200. Each body is written with
+meta/notifications.py's writers, timestamped when it falls due (a user's message carries its
+own time), and signed with the app secret (`X-Hub-Signature-256`), so the webhooks role checks
+it exactly as it checks Meta's. Like Meta, anything but a 200 (or no answer) is sent again after
+a backoff (here `_RETRY_BASE_S` doubling to `_RETRY_CAP_S` with jitter: short, because a
+developer wants the statuses soon after the webhooks role is back), for as long as the mock
+runs.
 
 Bounded: at most `max_pending` chains wait (more are dropped and counted) and `max_in_flight`
 POSTs are under way at once. On shutdown (`flush`), what is pending is sent at once, delays
@@ -78,12 +80,14 @@ class Callbacks:
         secret: str,
         max_pending: int = 50_000,
         max_in_flight: int = 64,
+        delay_s: float = 0.0,
     ) -> None:
         self._http = http
         self._name = name
         self.url = url
         self._secret = secret
         self._max_pending = max_pending
+        self._delay_s = delay_s  # every callback waits this much more (`mocks.webhook_delay_ms`)
         self._slots = asyncio.Semaphore(max_in_flight)
         self._heap: list[_Pending] = []
         self._seq = itertools.count()
@@ -129,7 +133,7 @@ class Callbacks:
             self._warn("full", f"more than {self._max_pending} webhooks pending; dropping one")
             return
         now = asyncio.get_running_loop().time()
-        due = now if self._flushing else now + stages[0].after_s
+        due = now if self._flushing else now + stages[0].after_s + self._delay_s
         self._push(_Pending(due, next(self._seq), now, stages))
 
     async def run(self) -> None:
@@ -216,7 +220,7 @@ class Callbacks:
         item.stage += 1
         item.attempts, item.body = 0, None
         loop_time = asyncio.get_running_loop().time()
-        due = item.accepted_at + item.stages[item.stage].after_s
+        due = item.accepted_at + item.stages[item.stage].after_s + self._delay_s
         item.due = loop_time if self._flushing else max(loop_time, due)
         item.seq = next(self._seq)
         self._push(item)
