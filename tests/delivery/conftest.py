@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from chat4all_workers.accounts.model import DEFAULT_KEY, Account, default_app_id
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.instagram import InstagramAdapter
-from chat4all_workers.channels.pacing import Pacer, PaceSettings
+from chat4all_workers.channels.pacing import Pacer, PaceSettings, media_key
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import InstagramSettings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
@@ -166,6 +166,7 @@ class RigFactory(Protocol):
         lease_s: float = ...,
         pace: PaceSettings = ...,
         pace_debounce_s: float = ...,
+        media_pace: PaceSettings | None = ...,
     ) -> Rig: ...
 
 
@@ -192,6 +193,7 @@ async def delivery(
             lease_s: float = 30.0,
             pace: PaceSettings = UNPACED,
             pace_debounce_s: float = 1.0,
+            media_pace: PaceSettings | None = None,
         ) -> Rig:
             status_topic = await kafka_topic(prefix="statuses")
             settings = settings_for(
@@ -229,6 +231,15 @@ async def delivery(
                 settings=pace,
                 debounce_s=pace_debounce_s,
             )
+            media_pacer = (
+                None
+                if media_pace is None
+                else Pacer(
+                    redis,
+                    account_key=media_key(resources.redis_key(f"pace:{channel}:{adapter.account}")),
+                    settings=media_pace,
+                )
+            )
             lane = Lane(
                 Account(
                     channel=channel,
@@ -242,6 +253,7 @@ async def delivery(
                 ),
                 adapter,
                 pacer=pacer,
+                media_pacer=media_pacer,
                 settings=LaneSettings(
                     retry_base_s,
                     retry_cap_s,

@@ -7,7 +7,9 @@ is real (Redis); the lane's waits are recorded, not slept."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
 
 import pytest
 
@@ -276,3 +278,29 @@ async def test_lane_refused_again_after_a_probe_went_through_is_the_messages_pro
     assert "this message is what the provider refuses" in str(again)
     assert unrelated is None
     assert not rig.lane.pause.paused
+
+
+async def test_lane_paces_instagram_audio_and_video_apart_from_text(
+    delivery: RigFactory,
+) -> None:
+    """Instagram takes audio and video at 10 calls/s against 300 for text (meta/limits.py
+    SLOW_MEDIA): slow media waits for its own pace, text never waits for it."""
+    media_pace = PaceSettings.media(max_rate_per_s=4.0, recovery_s=30.0)
+    rig = await delivery(channel="instagram", media_pace=media_pace)
+    audio = dataclasses.replace(
+        rig.send().outbound, kind="media", media_type="audio", media_url="https://x/a.mp3"
+    )
+    image = dataclasses.replace(audio, media_type="image")
+
+    started = time.monotonic()
+    for _ in range(6):  # a burst of 4, then one per 0.25 s
+        assert await rig.lane.slot(audio, probe=False) is not None
+    audio_s = time.monotonic() - started
+    started = time.monotonic()
+    for _ in range(6):
+        await rig.lane.slot(rig.send().outbound, probe=False)
+        await rig.lane.slot(image, probe=False)
+    others_s = time.monotonic() - started
+
+    assert audio_s >= 0.4
+    assert others_s < 0.2

@@ -132,7 +132,7 @@ class Attempts:
         """A retry is a call too: it waits for a slot, and renews the lease; a verdict when the
         send ended meanwhile (the channel paused, the provider's word came, the lease lost)."""
         lane = send.lane
-        waited = await lane.pacer.acquire(send.outbound.recipient, wanted=lane.wanted(probe))
+        waited = await lane.slot(send.outbound, probe=probe)
         if waited is None or (lane.pause.paused and not probe):
             await self._leases.release(lease)  # not taken by the provider: the record tries again
             return Verdict.HELD

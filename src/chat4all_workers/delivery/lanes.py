@@ -38,6 +38,8 @@ from chat4all_workers.errors import (
     ThrottledError,
 )
 from chat4all_workers.kafka.held import held
+from chat4all_workers.meta.limits import SLOW_MEDIA
+from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class Lane:
         adapter: ChannelAdapter,
         *,
         pacer: Pacer,
+        media_pacer: Pacer | None = None,
         settings: LaneSettings,
         timeout_s: float,
         metrics: Metrics,
@@ -73,6 +76,8 @@ class Lane:
         self.account = account
         self.adapter = adapter
         self.pacer = pacer
+        # Slow media's own pace (Instagram's audio and video: meta/limits.py SLOW_MEDIA), or None.
+        self.media_pacer = media_pacer
         self.timeout_s = timeout_s
         # The `account` label of its metrics (bounded: delivery/accounts.py).
         self.label = account.key if label is None else label
@@ -97,11 +102,18 @@ class Lane:
     def channel(self) -> str:
         return self.account.channel
 
-    def refresh(self, account: Account, adapter: ChannelAdapter, pacer: Pacer) -> None:
+    @property
+    def paced(self) -> bool:
+        return self.pacer.enabled or (self.media_pacer is not None and self.media_pacer.enabled)
+
+    def refresh(
+        self, account: Account, adapter: ChannelAdapter, pacer: Pacer, media_pacer: Pacer | None
+    ) -> None:
         """The account changed (a rotated token, a new rate): the next call uses the new
         adapter and pace; a paused account probes at once with a new token."""
         new_token = account.token != self.account.token
         self.account, self.adapter, self.pacer = account, adapter, pacer
+        self.media_pacer = media_pacer
         if new_token:
             self.pause.probe_now()
 
@@ -116,6 +128,25 @@ class Lane:
                 return await self.pause.wait_turn()
         finally:
             self.pause.held -= 1
+
+    async def slot(self, outbound: OutboundMessage, *, probe: bool) -> float | None:
+        """Wait for this call's slot of the account's pace (and first of its slow-media pace,
+        for audio and video where the channel paces them apart): the seconds waited, or None
+        once the account paused meanwhile (unless this is the probe)."""
+        wanted = self.wanted(probe)
+        waited = 0.0
+        media = self._media_pacer(outbound)
+        if media is not None:
+            media_wait = await media.acquire(outbound.recipient, wanted=wanted)
+            if media_wait is None:
+                return None
+            waited = media_wait
+        account_wait = await self.pacer.acquire(outbound.recipient, wanted=wanted)
+        return None if account_wait is None else waited + account_wait
+
+    def _media_pacer(self, outbound: OutboundMessage) -> Pacer | None:
+        slow = outbound.kind == "media" and outbound.media_type in SLOW_MEDIA.get(self.channel, ())
+        return self.media_pacer if slow else None
 
     def wanted(self, probe: bool) -> Callable[[], bool]:
         """Whether a send waiting for its slot still wants it: not once its account paused
@@ -166,7 +197,9 @@ class Lane:
             )
             error.__cause__ = exc
             return error
-        throttle = await self.pacer.throttled(
+        # A slow-media send's throttle is its media pace's: the account's other sends go on.
+        pacer = self._media_pacer(send.outbound) or self.pacer
+        throttle = await pacer.throttled(
             send.outbound.recipient, pair=exc.pair, retry_after_s=exc.retry_after_s
         )
         if self.throttled_at is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from chat4all_workers.accounts.model import Account, Directory
 from chat4all_workers.channels.base import ChannelAdapter
-from chat4all_workers.channels.pacing import Pacer
+from chat4all_workers.channels.pacing import Pacer, PaceSettings, media_key
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.delivery.accounts import SendingAccounts
 from chat4all_workers.delivery.attempts import Attempts, AttemptSettings, Wait
@@ -119,7 +119,8 @@ def build_parts(
         return _lane(ctx, account, connect(account), tuning, wait, label)
 
     def refresh(lane: Lane, account: Account) -> None:
-        lane.refresh(account, connect(account), _pacer(ctx, account, tuning, wait))
+        pacer, media = _pacers(ctx, account, tuning, wait)
+        lane.refresh(account, connect(account), pacer, media)
 
     label_limit = tuning.account_label_limit
     senders = SendingAccounts(
@@ -128,16 +129,32 @@ def build_parts(
     return Parts(leases, outcomes, doubts, windows, attempts, outbound, senders)
 
 
-def _pacer(ctx: RoleContext, account: Account, tuning: RouterTuning, wait: Wait) -> Pacer:
+def _pacers(
+    ctx: RoleContext, account: Account, tuning: RouterTuning, wait: Wait
+) -> tuple[Pacer, Pacer | None]:
     """The account's pace, keyed by its provider id: what Meta counts its limits against, so
-    every router (and any key naming the same number) shares it."""
-    return Pacer(
-        ctx.resources.redis_client(),
-        account_key=ctx.resources.redis_key(f"pace:{account.channel}:{account.provider_id}"),
-        settings=pace_settings(account, recovery_s=tuning.pacing_recovery_s),
+    every router (and any key naming the same number) shares it; and its slow-media pace where
+    the channel has one (`instagram.media_rate_per_s`)."""
+    redis, recovery_s = ctx.resources.redis_client(), tuning.pacing_recovery_s
+    key = ctx.resources.redis_key(f"pace:{account.channel}:{account.provider_id}")
+    pacer = Pacer(
+        redis,
+        account_key=key,
+        settings=pace_settings(account, recovery_s=recovery_s),
         sleep=wait,
         hold=held,
     )
+    media_rate = getattr(getattr(ctx.settings, account.channel), "media_rate_per_s", 0.0)
+    if not media_rate:
+        return pacer, None
+    media = Pacer(
+        redis,
+        account_key=media_key(key),
+        settings=PaceSettings.media(max_rate_per_s=media_rate, recovery_s=recovery_s),
+        sleep=wait,
+        hold=held,
+    )
+    return pacer, media
 
 
 def _lane(
@@ -149,6 +166,7 @@ def _lane(
     label: str,
 ) -> Lane:
     section = getattr(ctx.settings, account.channel)
+    pacer, media = _pacers(ctx, account, tuning, wait)
     settings = LaneSettings(
         tuning.retry_base_s,
         tuning.retry_cap_s,
@@ -160,7 +178,8 @@ def _lane(
     return Lane(
         account,
         adapter,
-        pacer=_pacer(ctx, account, tuning, wait),
+        pacer=pacer,
+        media_pacer=media,
         settings=settings,
         timeout_s=section.timeout_s,
         metrics=ctx.metrics,

@@ -202,7 +202,7 @@ class Router:
         send = Send(message, channel, lane, key, origin, outbound, failures, past.attempts)
         if past.throttled_since is not None:  # the copy's throttle deadline runs from the first
             send.throttled_since = time.monotonic() - max(0.0, time.time() - past.throttled_since)
-        if lane.pacer.enabled:
+        if lane.paced:
             # A redelivered message already sent (or being sent, or given up on) waits for no
             # slot of the pace.
             seen = await self.leases.markers.peek(key, origin)
@@ -259,10 +259,10 @@ class Router:
         """Wait for a slot, claim the send, and try it; the verdict says what the channel
         learned."""
         lane = send.lane
-        waited = await lane.pacer.acquire(send.outbound.recipient, wanted=lane.wanted(probe))
+        waited = await lane.slot(send.outbound, probe=probe)
         if waited is None or (lane.pause.paused and not probe):
-            return Verdict.HELD  # the channel paused while it waited for its slot
-        if lane.pacer.enabled:
+            return Verdict.HELD  # the account paused while it waited for its slot
+        if lane.paced:
             self.ctx.metrics.channel_pacing_wait.observe({"channel": send.channel}, waited)
         claim = await self.leases.claim(send.key, send.origin)
         if claim.state is not State.CLAIMED and claim.state is not State.ORPHANED:
