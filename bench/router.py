@@ -70,8 +70,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import orjson
 import psutil
 import redis.asyncio as aioredis
@@ -84,6 +86,7 @@ from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import KafkaSettings, Settings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
+from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.roles import load_settings
@@ -97,6 +100,7 @@ from bench.procs import CpuMeter, RssSampler, read_line, service_pids, stop_proc
 MB = 1024 * 1024
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 REDIS = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+DATABASE = os.environ.get("DATABASE_URL", Settings().postgres.url.get())
 out = sys.stdout.write
 
 # The fake provider, run with `python -c`: no import of our package, and its own CPU.
@@ -240,6 +244,9 @@ def router_group(doc: dict[str, Any]) -> str:
 class Scratch:
     run: str
     partitions: int
+    # A migrated database of the run's own: the router and the webhooks role read the accounts
+    # tables at start-up (accounts/directory.py).
+    database_url: str = ""
     topics: dict[str, str] = field(default_factory=dict)
     groups: list[str] = field(default_factory=list)
 
@@ -261,11 +268,21 @@ async def scratch(
     partitions: int,
     names: tuple[str, ...] = ("in", "status-a", "status-b", "dlq", "bare", "serial", "floor"),
 ) -> AsyncIterator[Scratch]:
-    """Topics created up front; topics, consumer groups and Redis keys removed afterwards."""
+    """Topics and a migrated database created up front; topics, consumer groups, the database
+    and Redis keys removed afterwards."""
     s = Scratch(uuid.uuid4().hex[:8], partitions)
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
+    database = f"bench_router_{s.run}"
+    pg = await asyncpg.connect(DATABASE)
     try:
+        await pg.execute(f'CREATE DATABASE "{database}"')
+        s.database_url = urlunsplit(urlsplit(DATABASE)._replace(path=f"/{database}"))
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
         await admin.create_topics(
             [NewTopic(s.topic(n), num_partitions=partitions, replication_factor=1) for n in names]
         )
@@ -282,6 +299,9 @@ async def scratch(
                 node = await admin.find_coordinator(group)
                 await admin._send_request(DeleteGroupsRequest([group]), node)
         await admin.close()
+        with contextlib.suppress(Exception):
+            await pg.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await pg.close()
         removed = await delete_redis_keys(f"bench-router-{s.run}-")
         out(f"cleanup: topics, {len(s.groups)} consumer groups, {removed} Redis keys removed\n")
 
@@ -415,7 +435,7 @@ def router_settings(
             "dlq": s.topic("dlq"),
         },
         "redis": {"url": REDIS, "key_prefix": s.redis_prefix(phase)},
-        "postgres": {"url": os.environ.get("DATABASE_URL", Settings().postgres.url.get())},
+        "postgres": {"url": s.database_url},
         "s3": {
             "endpoint": os.environ.get("MINIO_ENDPOINT", "127.0.0.1:9000"),
             "access_key": os.environ.get("MINIO_ACCESS_KEY", "chat4all"),

@@ -301,6 +301,7 @@ async def run_webhooks(
         "kafka": {"bootstrap_servers": KAFKA},
         "topics": {"message_status_updates": topic, "dlq": s.topic("dlq")},
         "redis": {"url": REDIS, "key_prefix": s.redis_prefix(f"wh-{label}")},
+        "postgres": {"url": s.database_url},
         "webhooks": {"port": port},
         "whatsapp": {"phone_number_id": PHONE, "app_secret": SECRET},
         "observability": {"log_level": "WARNING"},

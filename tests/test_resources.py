@@ -14,7 +14,7 @@ from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, Resources
 from chat4all_workers.role import RoleContext, RoleSpec
 from chat4all_workers.storage.s3 import new_client
-from harness.deployment import free_port, settings_for
+from harness.deployment import Deployment, free_port, settings_for
 from harness.stack import StackEndpoints
 from harness.waiting import eventually
 from tests.support import own_redis
@@ -51,6 +51,31 @@ async def test_resources_backfill_only_opens_no_postgres_pool(stack: StackEndpoi
         assert app.resources.pg is None
         assert app.resources.redis is not None
         assert app.resources.producer is not None
+
+
+async def test_resources_accounts_opens_postgres_and_the_directory_shown_in_readyz(
+    deployment: Deployment,
+) -> None:
+    settings = deployment.settings()
+
+    async with (
+        App(settings, roles=[role_needing(Need.ACCOUNTS)]) as app,
+        aiohttp.ClientSession() as http,
+    ):
+        await app.wait_ready(10)
+        assert app.resources is not None
+        assert app.http_port is not None
+        default = app.resources.accounts().find("whatsapp", None)
+        status, body = await readyz(http, app.http_port)
+
+    assert app.resources.pg is not None
+    assert default is not None
+    assert default.provider_id == "1000"
+    assert status == 200
+    accounts = body["accounts"]
+    assert isinstance(accounts, dict)
+    assert accounts["accounts"]["whatsapp"] == {"enabled": 1, "disabled": 0}
+    assert accounts["listening"] is True
 
 
 async def readyz(session: aiohttp.ClientSession, port: int) -> tuple[int, dict[str, object]]:

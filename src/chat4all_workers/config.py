@@ -311,6 +311,37 @@ class InstagramSettings:
     pair_interval_s: float = field(default=0.0, metadata=ZERO_OK)
 
 
+@dataclass(frozen=True, kw_only=True)
+class AccountsSettings:
+    """The sending accounts kept in PostgreSQL (accounts/): the key their tokens and app secrets
+    are sealed with, and how often the directory reloads them all besides its notifications.
+
+    The key is `ID:BASE64KEY` (32 bytes: AES-256), several comma-separated while keys rotate:
+    the first seals, every one opens (`chat4all-workers accounts new-key` makes one). Set it, or
+    name a file holding it (a mounted secret; read when the directory or a command opens, never
+    by a process that does not need it), not both. Unset, the table's accounts are left out
+    and the environment's single account is the only one.
+    """
+
+    key: Secret = field(
+        default=Secret(""), metadata=env("ACCOUNTS_KEY", check=config_checks.accounts_keys)
+    )
+    key_file: str = field(default="", metadata=env("ACCOUNTS_KEY_FILE"))
+    # The safety net under the notifications (LISTEN chat4all_accounts): a full reload this often.
+    reload_interval_s: float = 30.0
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.key and self.key_file:
+            return [
+                (
+                    "key_file",
+                    "set one of accounts.key (ACCOUNTS_KEY) and accounts.key_file "
+                    "(ACCOUNTS_KEY_FILE), not both",
+                )
+            ]
+        return []
+
+
 # Keys that moved to a shared section (several roles read them): named in the error, not dropped.
 MOVED_KEYS = {
     "router.dedup_ttl_s": "delivery.dedup_ttl_s",
@@ -351,6 +382,7 @@ class Settings:
     files: FilesSettings = field(default_factory=FilesSettings)
     whatsapp: WhatsAppSettings = field(default_factory=WhatsAppSettings)
     instagram: InstagramSettings = field(default_factory=InstagramSettings)
+    accounts: AccountsSettings = field(default_factory=AccountsSettings)
     # Roles' own sections, by name (`section`): those of the roles this process was loaded for.
     sections: Mapping[str, Any] = field(default_factory=dict)
     # "section.key" -> where its value came from ("default", "supervisor.toml", "env X", "--flag").

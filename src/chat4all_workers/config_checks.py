@@ -11,6 +11,7 @@ kept for all of them rather than remembered for some. Only `cron` names the fiel
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from collections.abc import Callable
@@ -58,6 +59,50 @@ def bucket_name(text: str) -> str | None:
 
 def api_version(text: str) -> str | None:
     return None if _API_VERSION.fullmatch(text) else "expected a Graph API version like v21.0"
+
+
+# An accounts key id: what a sealed value names its key by (accounts/sealing.py). No `:`, the
+# separator of `ID:BASE64KEY`.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)
+ACCOUNTS_KEY_BYTES = 32  # AES-256
+
+
+def parse_key_list(text: str) -> list[tuple[str, bytes]]:
+    """`ID:BASE64KEY` entries separated by commas (or whitespace: a mounted file may hold one a
+    line), each key 32 bytes of standard base64; ValueError says which entry is wrong and why,
+    never quoting a key. The first entry seals, every entry opens (accounts/sealing.py)."""
+    entries = [entry for entry in re.split(r"[,\s]+", text) if entry]
+    if not entries:
+        raise ValueError("holds no key")
+    keys: list[tuple[str, bytes]] = []
+    for n, entry in enumerate(entries, 1):
+        key_id, colon, encoded = entry.partition(":")
+        if not colon or not _KEY_ID.fullmatch(key_id):
+            raise ValueError(f"entry {n}: expected ID:BASE64KEY, ID of 1-32 of A-Z a-z 0-9 _ -")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise ValueError(f"entry {n} ({key_id}): the key is not base64") from None
+        if len(key) != ACCOUNTS_KEY_BYTES:
+            raise ValueError(
+                f"entry {n} ({key_id}): the key is {len(key)} bytes, AES-256 takes "
+                f"{ACCOUNTS_KEY_BYTES} (chat4all-workers accounts new-key makes one)"
+            )
+        if any(key_id == known for known, _ in keys):
+            raise ValueError(f"entry {n}: key id {key_id} appears twice")
+        keys.append((key_id, key))
+    return keys
+
+
+def accounts_keys(text: str) -> str | None:
+    """The accounts key setting: empty (no key), or a valid key list (`parse_key_list`)."""
+    if not text.strip():
+        return None
+    try:
+        parse_key_list(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def cron(text: str) -> str | None:

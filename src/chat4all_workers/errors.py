@@ -7,6 +7,8 @@ happens to the work item, not the place where the error was raised::
     +-- ConfigError            bad settings: the process refuses to start (exit code 2)
     +-- DependencyRefusedError a backing service refused us for good at start-up (wrong
     |                          password, no such database): exit code 1 at once, no retries
+    +-- UnsealError            a stored token or app secret does not open (wrong key,
+    |                          altered, copied from another row): that row is left out
     +-- RetryableError         transient: retry in place with backoff, the item stays owned
     |   +-- CircuitOpenError   the Kafka breaker is open: do not even try, wait or fall back
     |   +-- TransientProviderError*  a channel API failed this once (a 5xx without Meta's error
@@ -64,6 +66,17 @@ class DependencyRefusedError(Chat4AllError):
         self.service = service
         self.reason = reason
         super().__init__(f"{service}: {reason}")
+
+
+class UnsealError(Chat4AllError):
+    """A sealed value (an account's token, an app's secret: accounts/sealing.py) does not open:
+    sealed with a key the process does not hold, altered, or copied from another row. `ref`
+    names the row (`whatsapp/acme`, `app/123`), never the value."""
+
+    def __init__(self, ref: str, problem: str) -> None:
+        self.ref = ref
+        self.problem = problem
+        super().__init__(f"{ref}: {problem}")
 
 
 class RetryableError(Chat4AllError):

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaConnectionError
 from miniopy_async.api import Minio
 from miniopy_async.error import S3Error, ServerError
 
+from chat4all_workers.accounts.directory import AccountDirectory
 from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.background import Background, Spawn
 from chat4all_workers.backoff import backoff_delay_s
@@ -96,6 +97,8 @@ class Need(enum.Enum):
     REDIS = "redis"
     S3 = "s3"
     HTTP = "http"
+    # The sending accounts and Meta apps, kept current (accounts/directory.py); implies POSTGRES.
+    ACCOUNTS = "accounts"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Resources:
     # Owns the tasks that serve many callers at once (batches: background.py).
     background: Background | None = None
     pipeline: AutoPipeline | None = None
+    directory: AccountDirectory | None = None
     # The last probe's problem per dependency (None: it answered), so a change is logged once.
     probe_problems: dict[str, str | None] = field(default_factory=dict, compare=False)
 
@@ -128,6 +132,10 @@ class Resources:
 
     def http_client(self) -> HttpClient:
         return _present(self.http, Need.HTTP)
+
+    def accounts(self) -> AccountDirectory:
+        """Every sending account and Meta app, kept current while the process runs."""
+        return _present(self.directory, Need.ACCOUNTS)
 
     def redis_pipeline(self) -> AutoPipeline:
         """The process's one auto-pipeline: Redis commands of one loop iteration, in one
@@ -223,7 +231,9 @@ async def open_resources(
     async with contextlib.AsyncExitStack() as stack:
         opener = _Opener(settings, metrics, stack, deadline, connect_timeout_s)
         redis_client = await opener.redis() if Need.REDIS in needs else None
-        pg = await opener.postgres() if Need.POSTGRES in needs else None
+        needs_pg = Need.POSTGRES in needs or Need.ACCOUNTS in needs
+        pg = await opener.postgres() if needs_pg else None
+        directory = await opener.accounts() if Need.ACCOUNTS in needs else None
         producer = await opener.kafka(redis_client) if Need.KAFKA in needs else None
         s3 = await opener.s3() if Need.S3 in needs else None
         # No connection cap of its own: kafka.max_in_flight already bounds concurrent sends
@@ -236,7 +246,16 @@ async def open_resources(
             None if redis_client is None else AutoPipeline(redis_client, spawn=background.spawn)
         )
         yield Resources(
-            settings, metrics, producer, pg, redis_client, s3, http, background, pipeline
+            settings,
+            metrics,
+            producer,
+            pg,
+            redis_client,
+            s3,
+            http,
+            background,
+            pipeline,
+            directory=directory,
         )
 
 
@@ -284,6 +303,14 @@ class _Opener:
         )
         self._stack.push_async_callback(_close_pool, pool, self._deadline)
         return pool
+
+    async def accounts(self) -> AccountDirectory:
+        """The directory, once its database answers (retried like the pool: the listener is a
+        connection of its own); a missing table or a bad accounts key is final."""
+        directory = AccountDirectory(self._settings)
+        return await _connect(
+            "postgres", partial(self._stack.enter_async_context, directory), self._timeout_s
+        )
 
     async def kafka(self, redis_client: aioredis.Redis | None) -> Producer:
         """The producer; with Redis, records are parked in the fallback list while the breaker

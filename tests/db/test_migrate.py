@@ -67,6 +67,8 @@ async def test_migrate_applies_every_bundled_migration_to_an_empty_schema(
         "outbox_events",
         "files",
         "file_chunks",
+        "meta_apps",
+        "accounts",
     }
     assert await conn.fetchval("SELECT to_regclass('outbox_events_waiting_idx') IS NOT NULL")
 

@@ -17,7 +17,8 @@ the commands that read it (`run`, `run-once`, `config show`: load_settings).
 The package: this module reads argv and the settings and dispatches; `output.py` holds what every
 command shares (the one-line usage error, stdout that knows a closed pipe); one module per group
 of commands: `running.py` (run, run-once, the signal handlers), `admin.py` (roles, config, db,
-topics, status, dlq), `messages.py` (send, message).
+topics, status, dlq), `messages.py` (send, message), `accounts.py` (accounts: the sending
+accounts and Meta apps in the database).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from chat4all_workers import roles
-from chat4all_workers.cli import admin, messages, running
+from chat4all_workers.cli import accounts, admin, messages, running
 from chat4all_workers.cli.output import (
     EXIT_STDOUT_CLOSED,
     Parser,
@@ -59,6 +60,13 @@ COMMANDS: dict[str, Handler] = {
     "dlq": admin.replay,
     "send": messages.send_message,
     "message": messages.show_message,
+    "accounts add": accounts.add_account,
+    "accounts app-add": accounts.add_app,
+    "accounts list": accounts.list_accounts,
+    "accounts disable": accounts.set_enabled,
+    "accounts enable": accounts.set_enabled,
+    "accounts rotate-token": accounts.rotate_token,
+    "accounts new-key": accounts.new_key,
 }
 
 
@@ -82,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.add(commands)
     admin.add(commands)
     messages.add(commands)
+    accounts.add(commands)
     return parser
 
 
@@ -145,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    outcome = COMMANDS[args.command](settings, args)
+    action = getattr(args, f"{args.command}_command", None)
+    handler = COMMANDS.get(f"{args.command} {action}") or COMMANDS[args.command]
+    outcome = handler(settings, args)
     if isinstance(outcome, int):
         return outcome
     return _run_async(outcome)

@@ -375,7 +375,7 @@ async def run(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="router",
-    needs=frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3}),
+    needs=frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3, Need.ACCOUNTS}),
     run=run,
     settings=RouterSettings,
 )

@@ -149,7 +149,7 @@ async def run(ctx: RoleContext) -> None:
 
 ROLE = RoleSpec(
     name="webhooks",
-    needs=frozenset({Need.KAFKA, Need.REDIS}),
+    needs=frozenset({Need.KAFKA, Need.REDIS, Need.ACCOUNTS}),
     run=run,
     settings=WebhookSettings,
 )
