@@ -624,7 +624,7 @@ async def _is(value: Awaitable[str], expected: str) -> bool:
 async def a_router(settings: Any) -> AsyncIterator[tuple[Router, aioredis.Redis]]:
     """A Router over real resources, outside any engine: its `handle` is awaited (and
     cancelled) by the test itself, as a revocation or a shutdown past its deadline would."""
-    needs = frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3})
+    needs = frozenset({Need.KAFKA, Need.REDIS, Need.HTTP, Need.POSTGRES, Need.S3, Need.ACCOUNTS})
     async with open_resources(settings, Metrics(), needs) as resources:
         ctx = RoleContext(
             name="router",

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from chat4all_workers.accounts.model import Account, Directory, FixedDirectory
+from chat4all_workers.accounts.model import Account, Directory
 from chat4all_workers.channels import build_adapter
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.config import CHANNELS
@@ -332,7 +332,7 @@ def build_router(
         own.account_label_limit,
     )
     if directory is None:
-        directory = FixedDirectory.from_settings(ctx.settings)
+        directory = ctx.resources.accounts()
     if connect is None:
         settings, http = ctx.settings, ctx.resources.http_client()
 

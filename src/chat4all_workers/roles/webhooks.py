@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from chat4all_workers.accounts.model import Directory, FixedDirectory
+from chat4all_workers.accounts.model import Directory
 from chat4all_workers.config import CHANNELS, NON_EMPTY, Settings
 from chat4all_workers.delivery.markers import ProviderVerdicts
 from chat4all_workers.delivery.provider_index import ProviderIndex
@@ -60,7 +60,7 @@ def build(
     """The endpoint's service, over the process's Redis and Kafka producer; the apps and
     accounts it trusts from `directory` (default: the process's)."""
     if directory is None:
-        directory = FixedDirectory.from_settings(ctx.settings)
+        directory = ctx.resources.accounts()
     settings, own = ctx.settings, ctx.settings.section(WebhookSettings)
     redis = ctx.resources.redis_client()
     index = ProviderIndex(
