@@ -17,6 +17,11 @@ ROLES ?= all,whatsapp_mock,instagram_mock
 # (it is also the Kubernetes ConfigMap); a real deployment sets them from a secret store.
 WHATSAPP_APP_SECRET ?= dev-mock-app-secret
 INSTAGRAM_APP_SECRET ?= dev-mock-app-secret
+# `make run` only: the key that seals the accounts table's tokens and app secrets. A development
+# key, like the secrets above; a real deployment mounts its own (ACCOUNTS_KEY_FILE; a new one:
+# chat4all-workers accounts new-key).
+ACCOUNTS_KEY ?= dev:942Xsz5BrXZ3RSNwLZoFlCZjuujzH9Z1QoTV/zzxZdo=
+RUN_ENV = $(WITH_ENV) export ACCOUNTS_KEY='$(ACCOUNTS_KEY)' &&
 # `make test` also needs Prometheus (tests/e2e/test_prometheus.py); `make run` does not.
 TEST_SERVICES := kafka postgres redis s3 prometheus
 # Tests that run a 3-node Kafka cluster of their own (marker `cluster`): in `make soak` and
@@ -36,13 +41,14 @@ SOAK_FAULTS ?= FAULT_RATE_PER_S=50 FAULT_SECONDS=30 FAULT_CONVERSATIONS=16 FAULT
 	FAILOVER_RATE_PER_S=20 FAILOVER_SECONDS=60 FAILOVER_KILL_AFTER_S=20 FAILOVER_WORKERS=2 \
 	FAILOVER_TIMEOUT_S=600
 
-.PHONY: help venv tools stack test-stack migrate topics run check test test-cluster lint down status soak
+.PHONY: help venv tools stack test-stack migrate topics businesses run check test test-cluster lint down status soak
 
 help:
 	@echo "make venv     create .venv and install the package with its dev extras"
 	@echo "make stack    start Kafka, PostgreSQL, Redis and S3 (scripts/devstack up)"
 	@echo "make migrate  apply the database migrations"
 	@echo "make topics   create the Kafka topics"
+	@echo "make businesses  register a second business (Globex) in the accounts table"
 	@echo "make run      everything above, then run all roles and the channel mocks"
 	@echo "make check    lint and every test that needs no service (starts nothing; under a minute)"
 	@echo "make test     venv + stack + Prometheus + lint, then the whole suite, 15 slowest listed"
@@ -88,8 +94,19 @@ migrate: venv stack
 topics: venv stack
 	$(WITH_ENV) $(BIN)/chat4all-workers topics ensure
 
-run: venv stack migrate topics
-	$(WITH_ENV) WHATSAPP_APP_SECRET='$(WHATSAPP_APP_SECRET)' INSTAGRAM_APP_SECRET='$(INSTAGRAM_APP_SECRET)' \
+# A second business, Globex, with its own Meta app, WhatsApp number and Instagram account, in the
+# accounts table (the environment's account is the first, `default`); the mocks play its
+# accounts (supervisor.toml mocks.accounts: the same tokens and app secret). Idempotent.
+businesses: venv migrate
+	@$(RUN_ENV) printf 'dev-globex-secret\ndev-globex-verify-token\n' \
+		| $(BIN)/chat4all-workers accounts app-add globex-dev --update
+	@$(RUN_ENV) echo dev-globex-token | $(BIN)/chat4all-workers accounts add whatsapp globex \
+		--provider-id 109000000000002 --app globex-dev --update
+	@$(RUN_ENV) echo dev-globex-ig-token | $(BIN)/chat4all-workers accounts add instagram globex \
+		--provider-id 17841400000000002 --app globex-dev --update
+
+run: venv stack migrate topics businesses
+	$(RUN_ENV) WHATSAPP_APP_SECRET='$(WHATSAPP_APP_SECRET)' INSTAGRAM_APP_SECRET='$(INSTAGRAM_APP_SECRET)' \
 		exec $(BIN)/chat4all-workers run --roles $(ROLES)
 
 # Lint and the tests that need no service (a test using the stack fixture must carry the

@@ -72,7 +72,7 @@ async def test_resources_accounts_opens_postgres_and_the_directory_shown_in_read
     assert default is not None
     assert default.provider_id == "1000"
     assert status == 200
-    accounts = body["accounts"]
+    accounts = body["accounts_directory"]
     assert isinstance(accounts, dict)
     assert accounts["accounts"]["whatsapp"] == {"enabled": 1, "disabled": 0}
     assert accounts["listening"] is True

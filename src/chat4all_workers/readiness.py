@@ -2,11 +2,11 @@
 
 It reads self-descriptions (STYLE 11) and decides nothing else: the supervisor's `stats()` per
 child, a probe of each opened dependency, the Kafka breaker's state, the accounts directory's
-(`accounts`, when a role needs it), and the sections roles publish through `RoleContext.publish`
-(the router's channel states, for instance). Ready means: not stopping, every dependency
-answers, every role runs and reported ready. A published section, like `accounts`, is
-information for operators and `chat4all-workers status`; it never makes the process unready (a
-paused channel leaves the other channel, and the rest of the process, serving).
+(`accounts_directory`, when a role needs it), and the sections roles publish through
+`RoleContext.publish` (the router's sending accounts, for instance). Ready means: not stopping,
+every dependency answers, every role runs and reported ready. A published section, like the
+router's `accounts`, is information for operators and `chat4all-workers status`; it never makes
+the process unready (a paused account leaves the others, and the rest of the process, serving).
 """
 
 from __future__ import annotations
@@ -72,6 +72,6 @@ class Readiness:
         if resources is not None and resources.producer is not None:
             body["circuit_breakers"] = {"kafka": resources.producer.breaker.stats().state}
         if resources is not None and resources.directory is not None:
-            body["accounts"] = resources.directory.stats()
+            body["accounts_directory"] = resources.directory.stats()
         body.update(self._published())
         return ready, body
