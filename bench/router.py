@@ -89,6 +89,7 @@ from chat4all_workers.config_values import Secret
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
 from chat4all_workers.meta.payloads import OutboundMessage
+from chat4all_workers.observability.metrics import total
 from chat4all_workers.roles import load_settings
 
 # Run as a script, so the repository is put on the path for the shared bench helpers.
@@ -149,7 +150,7 @@ asyncio.run(main())
 async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
     """A router (or the mocks) in this process, until drained or SIGTERM. Prints READY, then at
     the end `DONE <restarts>` and `STATS <json>`: the channel calls by outcome, and each change
-    of a channel's state (paused, active) with its time and probes."""
+    of a sending account's state (paused, active) with its time and probes."""
     from chat4all_workers.app import App
     from chat4all_workers.observability.logging import configure_logging
     from chat4all_workers.observability.tracing import configure_tracing
@@ -166,32 +167,31 @@ async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
         sys.stdout.flush()
         changes: list[dict[str, Any]] = []
 
-        async def watch_channels() -> None:
+        async def watch_accounts() -> None:
             last: dict[str, str] = {}
             while True:
-                for name, state in sup.published().get("channels", {}).items():
+                for name, state in sup.published().get("accounts", {}).items():
                     if last.get(name, "active") != state["state"]:
-                        changes.append({"channel": name, **state})
+                        changes.append({"account": name, **state})
                     elif state["state"] == "paused" and changes:
                         changes[-1]["probes"] = state["probes"]
                     last[name] = state["state"]
                 await asyncio.sleep(0.05)
 
         async with asyncio.TaskGroup() as tasks:
-            watcher = tasks.create_task(watch_channels())
+            watcher = tasks.create_task(watch_accounts())
             await sup.wait()
             watcher.cancel()
         restarts = sum(s.restarts_total for s in sup.stats())
         requests = {}
         for channel in ("whatsapp", "instagram"):
-            for outcome in ("sent", "throttled", "transient", "rejected", "paused"):
-                labels = {"channel": channel, "outcome": outcome}
-                with contextlib.suppress(KeyError):
-                    requests[f"{channel}:{outcome}"] = sup.metrics.channel_requests.get(labels)
+            for outcome in ("sent", "throttled", "transient", "in_doubt", "rejected", "paused"):
+                count = total(sup.metrics.channel_requests, channel=channel, outcome=outcome)
+                requests[f"{channel}:{outcome}"] = count
         stats = {
             "requests": requests,
             "changes": changes,
-            "channels": sup.published().get("channels", {}),
+            "accounts": sup.published().get("accounts", {}),
         }
         sys.stdout.write(f"DONE {restarts}\nSTATS {orjson.dumps(stats).decode()}\n")
         sys.stdout.flush()
@@ -1097,11 +1097,14 @@ def paced_report(
         for n, router in enumerate(routers):
             requests = router.stats.get("requests", {})
             paused_answers = int(requests.get("whatsapp:paused", 0))
-            changes = [c for c in router.stats.get("changes", []) if c["channel"] == "whatsapp"]
+            changes = [
+                c for c in router.stats.get("changes", []) if c["account"] == "whatsapp/default"
+            ]
             paused = next((c for c in changes if c["state"] == "paused"), None)
             resumed = next((c for c in changes if c["state"] == "active"), None)
             # Probes of the last pause (the final one went through, when it resumed).
-            probes = int(router.stats.get("channels", {}).get("whatsapp", {}).get("probes", 0))
+            accounts = router.stats.get("accounts", {})
+            probes = int(accounts.get("whatsapp/default", {}).get("probes", 0))
             failed_probes = probes - 1 if resumed is not None else probes
             before_hold = paused_answers - failed_probes
             label = f"router-{n + 1}"
@@ -1109,7 +1112,7 @@ def paced_report(
             row(f"{label}: failed calls before holding", str(before_hold), "<= 1 + in flight",
                 before_hold <= 3)  # fmt: skip
             if len(changes) != 2 or before_hold > 3:
-                out(f"    {label} channel changes: {changes}\n")
+                out(f"    {label} account changes: {changes}\n")
             if paused is None or resumed is None:
                 row(f"{label}: paused and resumed", "no", "yes", False)
                 continue

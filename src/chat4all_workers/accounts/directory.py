@@ -21,6 +21,9 @@ that keeps them current:
   snapshot keeps serving.
 - A full reload every `accounts.reload_interval_s` is the safety net (a connection that died
   silently shows up there too: its query times out).
+- A lookup that missed may ask for a reload at once (`refresh`): the router does before it fails
+  a message naming an unknown account, since an account added a moment ago may reach the router
+  before its notification does.
 
 The task never ends the process: a failure is logged once per change of state and retried.
 """
@@ -29,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -57,6 +62,7 @@ _CONNECT_TIMEOUT_S = 10.0
 _CLOSE_TIMEOUT_S = 2.0
 _RECONNECT_BASE_S = 0.2
 _RECONNECT_CAP_S = 5.0
+_REFRESH_SPACING_S = 1.0  # reloads asked for by lookups that missed: at most one this often
 # A database that is away or restarting; anything else is logged with its traceback (a bug).
 _EXPECTED = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -90,6 +96,12 @@ class AccountDirectory:
         self._listening = False
         self._conn: asyncpg.Connection | None = None  # the one listening now
         self._reloads: collections.Counter[str] = collections.Counter()
+        # Reloads started and finished, so `refresh` can wait for one that began after it asked.
+        self._started = 0
+        self._finished = 0
+        self._finished_event = asyncio.Event()
+        self._refresh_due: asyncio.TimerHandle | None = None
+        self._last_refresh = -math.inf
         self._last_reload: datetime | None = None
         self._problem: str | None = None  # the watch's failure, logged once per change
         self._reported: dict[str, str] = {}  # rows left out, as last logged
@@ -127,6 +139,27 @@ class AccountDirectory:
         while self._generation <= since:
             await self._change.wait()
         return self._generation
+
+    async def refresh(self, *, timeout_s: float = 5.0) -> None:
+        """Look again now, and return once a reload that began after this call is done (or
+        `timeout_s` passed: the last snapshot stays). For a lookup that missed: an account
+        added a moment ago whose notification is still on its way. Misses share reloads, and
+        start at most one per `_REFRESH_SPACING_S`, so a flood of messages naming no account
+        costs the database one small query a second."""
+        wanted = self._started + 1
+        loop = asyncio.get_running_loop()
+        if self._refresh_due is None:
+            delay = max(0.0, self._last_refresh + _REFRESH_SPACING_S - loop.time())
+            self._refresh_due = loop.call_later(delay, self._refresh_now)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._finished < wanted:
+                    await self._finished_event.wait()
+
+    def _refresh_now(self) -> None:
+        self._refresh_due = None
+        self._last_refresh = asyncio.get_running_loop().time()
+        self._wake.set()
 
     def stats(self) -> dict[str, Any]:
         """For /readyz: how many accounts per channel, apps, the listener, the last reload, and
@@ -178,6 +211,8 @@ class AccountDirectory:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._refresh_due is not None:
+            self._refresh_due.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
         if self._tasks is not None:
@@ -264,9 +299,15 @@ class AccountDirectory:
             self._wake.set()
 
     async def _reload(self, conn: asyncpg.Connection, cause: str) -> None:
-        app_rows, account_rows = await store.load(
-            conn, timeout_s=self._settings.postgres.command_timeout_s
-        )
+        self._started += 1
+        try:
+            app_rows, account_rows = await store.load(
+                conn, timeout_s=self._settings.postgres.command_timeout_s
+            )
+        finally:
+            self._finished = self._started
+            self._finished_event.set()
+            self._finished_event = asyncio.Event()
         snapshot = build_snapshot(self._settings, self._unsealer, app_rows, account_rows)
         self._reloads[cause] += 1
         self._last_reload = datetime.now(UTC)

@@ -16,6 +16,7 @@ message without `account` is sent from: the environment's single account (`WHATS
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -106,6 +107,19 @@ class Directory(Protocol):
 
     def accounts(self) -> Sequence[Account]: ...
 
+    async def refresh(self) -> None:
+        """Look again now (a lookup missed: the account may be a moment old)."""
+        ...
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every change of what the lookups answer."""
+        ...
+
+    async def wait_changed(self, since: int) -> int:
+        """Wait until `generation` is past `since`; the new one."""
+        ...
+
 
 class FixedDirectory:
     """A directory that never changes: the environment's accounts (a process without the
@@ -134,3 +148,15 @@ class FixedDirectory:
 
     def accounts(self) -> Sequence[Account]:
         return list(self._accounts.values())
+
+    async def refresh(self) -> None:
+        """Nothing to look at again: the list never changes."""
+
+    @property
+    def generation(self) -> int:
+        return 0
+
+    async def wait_changed(self, since: int) -> int:
+        """Never: the list never changes."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")

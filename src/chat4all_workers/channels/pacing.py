@@ -91,9 +91,10 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
@@ -309,13 +310,25 @@ def _no_hold() -> AbstractAsyncContextManager[None]:
     return contextlib.nullcontext()
 
 
+class Script(Protocol):
+    """A Lua script as the pacer runs it (`keys`, `args` -> the reply)."""
+
+    def __call__(self, *, keys: Sequence[Any], args: Sequence[Any]) -> Awaitable[Any]: ...
+
+
+ScriptFactory = Callable[[str], Script]
+
+
 class Pacer:
     """The pace of one sending account of one channel, in this process and shared with the others.
 
     `acquire(recipient)` returns once the send may go (the seconds it waited); `throttled(...)`
     feeds a throttled answer back. `sleep` waits (the router's returns early when the process
-    stops); `hold` wraps the long waits of one recipient (the engine's `held()`); `debounce_s`
-    is how long after a decrease throttled answers are one signal (tests shorten it).
+    stops); `hold` wraps the waits on the account's pace and the long waits of one recipient
+    (the engine's `held()`); `debounce_s` is how long after a decrease throttled answers are one
+    signal (tests shorten it); `scripts` makes a script of a Lua source (default: the client's
+    `register_script`; the router's runs them through the process's auto-pipeline, so the
+    decisions of many accounts share one round trip).
     """
 
     def __init__(
@@ -327,6 +340,7 @@ class Pacer:
         sleep: Sleep = asyncio.sleep,
         hold: Hold = _no_hold,
         debounce_s: float = _DECREASE_DEBOUNCE_S,
+        scripts: ScriptFactory | None = None,
     ) -> None:
         self.settings = settings
         self.enabled = settings.paced
@@ -342,9 +356,10 @@ class Pacer:
         self._pair_interval_us = settings.pair_interval_s * 1e6 if pair else 0.0
         # One below the provider's burst: a send arriving a little early still fits.
         self._pair_tolerance_us = max(0, settings.pair_burst - 2) * self._pair_interval_us
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._throttled = redis.register_script(_THROTTLED)
-        self._stats = redis.register_script(_STATS)
+        script: ScriptFactory = scripts or redis.register_script
+        self._acquire = script(_ACQUIRE)
+        self._throttled = script(_THROTTLED)
+        self._stats = script(_STATS)
 
     def pair_key(self, recipient: str) -> str:
         return f"{self._account_key}:to:{recipient}"
@@ -370,7 +385,11 @@ class Pacer:
             self._debounce_us if self.settings.max_rate_per_s else -1,
         ]
         while True:
-            async with self._turn:  # only the head of this process's queue asks Redis
+            # Queued behind this account's other sends, it waits on the account's pace: held
+            # (kafka/held.py), so one busy account's queue does not eat the in-flight budget the
+            # other accounts' sends need.
+            queued = self._hold() if self._turn.locked() else contextlib.nullcontext()
+            async with queued, self._turn:  # only the head of this process's queue asks Redis
                 while True:
                     await self._sleep(0)  # a checkpoint: stop before booking a slot
                     if not wanted():
@@ -383,7 +402,8 @@ class Pacer:
                     # behind it too (they would be refused alike), until half the horizon is
                     # free again, and then books a run of slots: with several processes
                     # competing, about one refused call per run, not one per slot.
-                    await self._sleep(max(_MIN_WAIT_S, wait_s - _HORIZON_S / 2))
+                    async with self._hold():
+                        await self._sleep(max(_MIN_WAIT_S, wait_s - _HORIZON_S / 2))
             if booked:
                 if wait_s > 0:
                     await self._sleep(wait_s)  # outside the turn: the next one books meanwhile

@@ -117,18 +117,21 @@ class AccountPause:
             self._next_probe_at = self._clock() + self._delay_s
             self._notify()
 
-    def resume(self) -> None:
-        """The probe went through: every held send goes on."""
+    def resume(self, *, why: str | None = None) -> None:
+        """The probe went through: every held send goes on. `why`: not a probe, something else
+        ended the pause (the account was disabled: its held sends go on to fail)."""
         self._probing = False
         if self.paused:
             log.info(
-                "%s resumed after %.1fs paused (%s)",
+                "%s %s after %.1fs paused (%s)",
                 self.name,
+                "resumed" if why is None else f"no longer paused ({why})",
                 self._clock() - self._paused_at,
                 self.reason,
             )
             self.paused, self.reason = False, None
-            self.resumes += 1
+            if why is None:
+                self.resumes += 1
             self._since = datetime.now(UTC)
             self._on_change(PauseChange(self.name, False, self._label))
         self._notify()

@@ -7,14 +7,15 @@ account has its own pace (its rate and pair limits, keyed in Redis by its provid
 routers share it), its own pause and probe, and its own throttle state. One business's expired
 token pauses that business's lane only; the others never wait for it.
 
-An account that changed since its lane was built (the directory's `version`: a rotated token, a
-new rate) gets a new adapter and pace before its next call: a rotated token is used from the
-next call, and a paused account probes at once with it. An account that points at another
-provider id is another sender: a new lane (a new pace, no pause).
+An account that changed since its lane was built (a rotated token, a new rate, another number)
+gets a new adapter and pace at once (`follow` watches the directory): a rotated token is used
+from the next call, and a paused account probes at once with it. An account disabled or removed
+meanwhile retires its lane: the sends it holds fail with the reason, no call.
 
-A name the directory does not know, or a disabled account, fails that channel of the message
-(`unknown_account`, `account_disabled`) with no call: the caller dead-letters it with the
-reason.
+A name the directory does not know is looked up once more (the directory reloads: an account
+added a moment ago may have beaten its notification here); still unknown, or a disabled
+account, it fails that channel of the message (`unknown_account`, `account_disabled`) with no
+call: the caller dead-letters it with the reason.
 
 Metrics carry an `account` label only up to `label_limit` accounts per process (the first seen
 keep their key; the rest share `_other`), so a deployment with thousands of accounts keeps a
@@ -47,29 +48,49 @@ class SendingAccounts:
         self._lanes: dict[tuple[str, str], Lane] = {}
         self._labels: set[str] = set()
 
-    def lane(self, channel: str, key: str | None) -> Lane | PermanentError:
+    async def lane(self, channel: str, key: str | None) -> Lane | PermanentError:
         """The lane of the account that sends on `channel` (`key` None: the default), or why
-        nothing may be sent."""
+        nothing may be sent. A name the directory does not know is looked up once more in the
+        database first: an account added a moment ago may not have reached it yet."""
         account = self._directory.find(channel, key)
+        if account is None:
+            await self._directory.refresh()
+            account = self._directory.find(channel, key)
         if account is None:
             return UnknownAccountError(_unknown(channel, key))
         if not account.enabled:
-            return AccountDisabledError(
-                f"{account.ref} is disabled (chat4all-workers accounts enable {channel} "
-                f"{account.key}); nothing sent"
-            )
+            return _disabled(account)
         lane = self._lanes.get((channel, account.key))
-        if lane is None or lane.account.provider_id != account.provider_id:
-            if lane is not None:
-                lane.pause.close()
+        if lane is None:
             lane = self._make_lane(account, self._label(account.key))
             self._lanes[(channel, account.key)] = lane
-        elif lane.account.version != account.version or lane.account is not account:
-            if lane.account != account:
-                self._refresh(lane, account)
-            else:
-                lane.account = account  # the same values, a new object: nothing to rebuild
+        else:
+            self._bring_up_to_date(lane, account)
         return lane
+
+    async def follow(self) -> None:
+        """Run for as long as the router does: every change of the directory reaches the lanes
+        at once, not at their next message: a rotated token ends a pause's wait (the probe goes
+        now, with it), a disabled account's held sends stop waiting and fail."""
+        directory = self._directory
+        while True:
+            await directory.wait_changed(directory.generation)
+            for (channel, key), lane in list(self._lanes.items()):
+                account = directory.find(channel, key)
+                if account is None:
+                    lane.retire(UnknownAccountError(_unknown(channel, key)))
+                elif not account.enabled:
+                    lane.retire(_disabled(account))
+                else:
+                    self._bring_up_to_date(lane, account)
+
+    def _bring_up_to_date(self, lane: Lane, account: Account) -> None:
+        if lane.account is account and lane.retired is None:
+            return
+        if lane.account != account or lane.retired is not None:
+            self._refresh(lane, account)  # a new token, rate or number; or enabled again
+        else:
+            lane.account = account  # the same values, a new object: nothing to rebuild
 
     def lanes(self) -> Iterable[Lane]:
         return list(self._lanes.values())
@@ -105,6 +126,13 @@ class SendingAccounts:
             self._labels.add(key)
             return key
         return OTHER_LABEL
+
+
+def _disabled(account: Account) -> AccountDisabledError:
+    return AccountDisabledError(
+        f"{account.ref} is disabled (chat4all-workers accounts enable {account.channel} "
+        f"{account.key}); nothing sent"
+    )
 
 
 def _unknown(channel: str, key: str | None) -> str:

@@ -32,6 +32,7 @@ from chat4all_workers.channels.pause import AccountPause, PauseChange
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import (
     AccountError,
+    PermanentError,
     ProviderError,
     ProviderRejectedError,
     ThrottleDeadlineError,
@@ -91,6 +92,8 @@ class Lane:
             on_change=self._paused_gauge,
         )
         self.throttled_at: float | None = None  # the last throttled answer, while throttling lasts
+        # Why nothing may be sent from this account any more (disabled, removed), or None.
+        self.retired: PermanentError | None = None
         self.holding = False  # the pace held against throttles that are not the rate (logged once)
 
     @property
@@ -106,12 +109,20 @@ class Lane:
     def paced(self) -> bool:
         return self.pacer.enabled or (self.media_pacer is not None and self.media_pacer.enabled)
 
+    def retire(self, error: PermanentError) -> None:
+        """The account was disabled or removed: its held sends stop waiting, and fail with
+        `error` (no call)."""
+        self.retired = error
+        if self.pause.paused:
+            self.pause.resume(why=str(error))
+
     def refresh(
         self, account: Account, adapter: ChannelAdapter, pacer: Pacer, media_pacer: Pacer | None
     ) -> None:
         """The account changed (a rotated token, a new rate): the next call uses the new
         adapter and pace; a paused account probes at once with a new token."""
         new_token = account.token != self.account.token
+        self.retired = None
         self.account, self.adapter, self.pacer = account, adapter, pacer
         self.media_pacer = media_pacer
         if new_token:

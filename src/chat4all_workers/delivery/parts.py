@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chat4all_workers.accounts.model import Account, Directory
+from chat4all_workers.autopipeline import PipedScript
 from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.pacing import Pacer, PaceSettings, media_key
 from chat4all_workers.config import CHANNELS
@@ -136,6 +137,11 @@ def _pacers(
     every router (and any key naming the same number) shares it; and its slow-media pace where
     the channel has one (`instagram.media_rate_per_s`)."""
     redis, recovery_s = ctx.resources.redis_client(), tuning.pacing_recovery_s
+    pipe = ctx.resources.redis_pipeline()
+
+    def scripts(source: str) -> PipedScript:
+        return PipedScript(pipe, redis, source)
+
     key = ctx.resources.redis_key(f"pace:{account.channel}:{account.provider_id}")
     pacer = Pacer(
         redis,
@@ -143,6 +149,7 @@ def _pacers(
         settings=pace_settings(account, recovery_s=recovery_s),
         sleep=wait,
         hold=held,
+        scripts=scripts,
     )
     media_rate = getattr(getattr(ctx.settings, account.channel), "media_rate_per_s", 0.0)
     if not media_rate:
@@ -153,6 +160,7 @@ def _pacers(
         settings=PaceSettings.media(max_rate_per_s=media_rate, recovery_s=recovery_s),
         sleep=wait,
         hold=held,
+        scripts=scripts,
     )
     return pacer, media
 

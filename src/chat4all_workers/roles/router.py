@@ -211,6 +211,11 @@ class Router:
                 return
         while True:
             probe = await lane.turn()
+            if lane.retired is not None:  # disabled or removed while this send waited
+                if probe:
+                    lane.pause.probe_done()
+                await self.outcomes.give_up(send, None, lane.retired, 0)
+                return
             try:
                 verdict = await self._round(send, probe=probe)
             except BaseException:
@@ -244,7 +249,7 @@ class Router:
     ) -> tuple[Lane, OutboundMessage] | PermanentError:
         """The account that sends it and what is sent, or why nothing may be sent on this
         channel (no such account, a disabled one, the content, a closed window): no call."""
-        lane = self.accounts.lane(channel, message.account(channel))
+        lane = await self.accounts.lane(channel, message.account(channel))
         if isinstance(lane, PermanentError):
             return lane
         outbound = prepared[channel]
@@ -260,8 +265,8 @@ class Router:
         learned."""
         lane = send.lane
         waited = await lane.slot(send.outbound, probe=probe)
-        if waited is None or (lane.pause.paused and not probe):
-            return Verdict.HELD  # the account paused while it waited for its slot
+        if waited is None or (lane.pause.paused and not probe) or lane.retired is not None:
+            return Verdict.HELD  # the account paused (or was disabled) while it waited
         if lane.paced:
             self.ctx.metrics.channel_pacing_wait.observe({"channel": send.channel}, waited)
         claim = await self.leases.claim(send.key, send.origin)
@@ -359,6 +364,7 @@ async def run(ctx: RoleContext) -> None:
     try:
         async with asyncio.TaskGroup() as tasks:
             closer = tasks.create_task(close_on_stop())
+            following = tasks.create_task(router.accounts.follow())
             try:
                 await consume(
                     ctx,
@@ -368,6 +374,7 @@ async def run(ctx: RoleContext) -> None:
                 )
             finally:
                 closer.cancel()
+                following.cancel()
     finally:
         for lane in router.accounts.lanes():
             await lane.adapter.aclose()
