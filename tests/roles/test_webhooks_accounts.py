@@ -126,7 +126,7 @@ async def test_webhooks_route_two_apps_notifications_for_25_accounts_each_status
                 body = orjson.dumps(
                     instagram_notification(account_id=provider_id, events=[receipt])
                 )
-                reads.append(await post(channel, None, body, APPS[app_id]))
+                reads.append(await post(channel, None, raw, APPS[app_id]))
                 expected.add((sent.message_id, channel, "READ"))
         # Wrong secrets, for either app: 401 on its own URL and on the shared one.
         wa_body = posts[0][2] if posts[0][0] == "whatsapp" else posts[1][2]
