@@ -123,9 +123,7 @@ async def test_webhooks_route_two_apps_notifications_for_25_accounts_each_status
                 receipt = instagram_read(
                     f"mid.{provider_id}", customer="c", account_id=provider_id, at_ms=AT_S * 1000
                 )
-                raw = orjson.dumps(
-                    instagram_notification(account_id=provider_id, events=[receipt])
-                )
+                raw = orjson.dumps(instagram_notification(account_id=provider_id, events=[receipt]))
                 reads.append(await post(channel, None, raw, APPS[app_id]))
                 expected.add((sent.message_id, channel, "READ"))
         # Wrong secrets, for either app: 401 on its own URL and on the shared one.
