@@ -13,8 +13,11 @@ same deadline, begun once when the stop is requested, and its named points in ti
                                               cancels what
                                               still runs
 
-The last fifth of the budget (at most 5 s), the reserve, is split evenly between the four steps
-after the drain, the last one shared by the producer and then the pools. Before `begin()` every
+The last fifth of the budget (at most 5 s), the reserve, is shared by the steps after the
+drain: its first half is the unwinding's (the one step whose work grows with the work in
+flight: a thousand cancelled sends each settle their lease), the second half is split evenly
+between the hand-back, the clean-up and the close, the last shared by the producer and then the
+pools. Before `begin()` every
 point is infinitely far away, so code that merely runs (a test's engine, a `run-once` pass) is
 never cut short by a deadline nobody started.
 """
@@ -59,16 +62,16 @@ class ShutdownDeadline:
         return self._point(self.reserve_s)
 
     def unwind_end(self) -> float:
-        return self._point(self.reserve_s * 3 / 4)
-
-    def handback_end(self) -> float:
         return self._point(self.reserve_s / 2)
 
+    def handback_end(self) -> float:
+        return self._point(self.reserve_s / 3)
+
     def cleanup_end(self) -> float:
-        return self._point(self.reserve_s / 4)
+        return self._point(self.reserve_s / 6)
 
     def flush_end(self) -> float:
-        return self._point(self.reserve_s / 8)
+        return self._point(self.reserve_s / 12)
 
     def end(self) -> float:
         return self._point(0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 
 import pytest
@@ -126,8 +127,10 @@ async def test_lane_after_throttle_says_once_when_the_throttles_are_not_the_rate
 
     held = [r.getMessage() for r in caplog.records if "not the rate" in r.getMessage()]
     assert len(held) == 1
-    assert held[0].startswith(
-        f"{rig.lane.name}: throttles that are not the rate: rate held at 500."
+    # Held at the rate the halving left (climbing back by a little since, on a slow machine).
+    assert re.match(
+        rf"{re.escape(rig.lane.name)}: throttles that are not the rate: rate held at 50\d\.\d/s",
+        held[0],
     )
 
 

@@ -131,13 +131,17 @@ class Router:
         requests = self.ctx.metrics.channel_requests
         counts: dict[str, int] = {}
         state: dict[str, Any] = {}
+        channels = self.accounts.channels()
         for name in self.all_channels:
             for outcome in _REPORTED_OUTCOMES:
                 counts[f"{name}_{outcome}"] = total(requests, channel=name, outcome=outcome)
-        for lane in self.accounts.lanes():
-            if lane.pause.paused:
-                state[lane.name] = "paused"
-                state[f"{lane.name}_held"] = lane.pause.held
+            summary = channels.get(name, {})
+            state[name] = summary.get("state", "active")  # active, partly (paused), paused
+            state[f"{name}_held"] = sum(
+                lane.pause.held for lane in self.accounts.lanes() if lane.channel == name
+            )
+            if summary.get("paused"):
+                state[f"{name}_paused"] = ",".join(summary["paused"][:10])
         return RoleReport(counts=counts, state=state)
 
     def close(self) -> None:
