@@ -52,7 +52,7 @@ def test_media_type_reads_mime_parameters_and_case_and_falls_back_to_the_extensi
 def test_media_type_refuses_a_file_over_its_types_limit_naming_it() -> None:
     media_type("whatsapp", mime_type="video/mp4", filename="v.mp4", size=16 * MB)
 
-    with pytest.raises(ContentLimitError, match=r"video is 30\.0 MB; Whatsapp takes video/mp4"):
+    with pytest.raises(ContentLimitError, match=r"video is 30\.0 MB; WhatsApp takes video/mp4"):
         media_type("whatsapp", mime_type="video/mp4", filename="v.mp4", size=30 * MB)
     with pytest.raises(ContentLimitError, match=r"up to 8\.0 MB"):
         media_type("instagram", mime_type="image/png", filename="p.png", size=9 * MB)

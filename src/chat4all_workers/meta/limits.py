@@ -32,6 +32,7 @@ WHATSAPP_TEXT_CHARACTERS = 4096
 INSTAGRAM_TEXT_BYTES = 1000
 WHATSAPP_CAPTION_CHARACTERS = 1024
 KB, MB = 1024, 1024 * 1024
+_NAMES = {"whatsapp": "WhatsApp", "instagram": "Instagram"}  # as a reason names them
 
 
 @dataclass(frozen=True)
@@ -145,20 +146,20 @@ def media_type(channel: str, *, mime_type: str, filename: str, size: int | None)
         if mime in kind.mime_types:
             if size is not None and size > kind.max_bytes:
                 raise ContentLimitError(
-                    f"{kind.name} is {_size(size)}; {channel.capitalize()} takes {mime} "
+                    f"{kind.name} is {_size(size)}; {_NAMES.get(channel, channel)} takes {mime} "
                     f"{kind.name}s up to {_size(kind.max_bytes)}"
                 )
             return kind
     known = ", ".join(sorted(m for kind in MEDIA[channel] for m in kind.mime_types))
     raise ContentLimitError(
-        f"unsupported media type {mime or 'unknown'!r}; {channel.capitalize()} takes {known}"
+        f"unsupported media type {mime or 'unknown'!r}; {_NAMES.get(channel, channel)} takes {known}"
     )
 
 
 def check_caption(channel: str, kind: MediaType, caption: str) -> None:
     if kind.caption and len(caption) > WHATSAPP_CAPTION_CHARACTERS:
         raise ContentLimitError(
-            f"caption is {len(caption)} characters; {channel.capitalize()} takes at most "
+            f"caption is {len(caption)} characters; {_NAMES.get(channel, channel)} takes at most "
             f"{WHATSAPP_CAPTION_CHARACTERS}"
         )
 
@@ -167,7 +168,7 @@ def check_template(channel: str) -> None:
     """Templates are WhatsApp's: UnsupportedMessageError on any other channel."""
     if channel != "whatsapp":
         raise UnsupportedMessageError(
-            f"{channel.capitalize()} has no template messages; a template goes to WhatsApp only"
+            f"{_NAMES.get(channel, channel)} has no template messages; a template goes to WhatsApp only"
         )
 
 

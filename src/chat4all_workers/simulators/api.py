@@ -114,6 +114,7 @@ class Accepted:
     text: str
     accepted_at: float
     account: str
+    kind: str = "text"  # text, template, or the media type it went as
 
 
 class MockChannel:
@@ -350,6 +351,7 @@ class MockChannel:
             text=send.text,
             accepted_at=time.time(),
             account=account.id,
+            kind=send.kind,
         )
         self.accepted.append(accepted)
         self.stats["accepted"] += 1
