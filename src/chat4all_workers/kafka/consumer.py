@@ -45,7 +45,7 @@ from chat4all_workers.kafka.partitions import Assignment, Partition, Scope
 from chat4all_workers.kafka.rebalance import Listener
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
-from chat4all_workers.observability.tracing import context_from_headers, tracer
+from chat4all_workers.observability.tracing import record_span
 from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class ConsumerEngine:
         self.topics = tuple(topics)
         self.group_id = group_id
         self.role = role
+        self._span_name = f"{role} process"
         self._handler = handler
         self._on_permanent = on_permanent
         self._metrics = metrics
@@ -317,9 +318,9 @@ class ConsumerEngine:
         """Run the handler until it finishes the record; False if handed back (draining or
         revoked) while a retry was pending."""
         started = time.perf_counter()
-        with tracer.start_as_current_span(
-            f"{self.role} process",
-            context=context_from_headers(record.headers),
+        with record_span(
+            self._span_name,
+            record.headers,
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "kafka",

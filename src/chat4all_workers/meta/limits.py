@@ -32,7 +32,12 @@ WHATSAPP_TEXT_CHARACTERS = 4096
 INSTAGRAM_TEXT_BYTES = 1000
 WHATSAPP_CAPTION_CHARACTERS = 1024
 KB, MB = 1024, 1024 * 1024
-_NAMES = {"whatsapp": "WhatsApp", "instagram": "Instagram"}  # as a reason names them
+_NAMES = {"whatsapp": "WhatsApp", "instagram": "Instagram"}
+
+
+def _name(channel: str) -> str:
+    """The channel as a reason names it (WhatsApp, not Whatsapp)."""
+    return _NAMES.get(channel, channel)
 
 
 @dataclass(frozen=True)
@@ -146,20 +151,20 @@ def media_type(channel: str, *, mime_type: str, filename: str, size: int | None)
         if mime in kind.mime_types:
             if size is not None and size > kind.max_bytes:
                 raise ContentLimitError(
-                    f"{kind.name} is {_size(size)}; {_NAMES.get(channel, channel)} takes {mime} "
+                    f"{kind.name} is {_size(size)}; {_name(channel)} takes {mime} "
                     f"{kind.name}s up to {_size(kind.max_bytes)}"
                 )
             return kind
     known = ", ".join(sorted(m for kind in MEDIA[channel] for m in kind.mime_types))
     raise ContentLimitError(
-        f"unsupported media type {mime or 'unknown'!r}; {_NAMES.get(channel, channel)} takes {known}"
+        f"unsupported media type {mime or 'unknown'!r}; {_name(channel)} takes {known}"
     )
 
 
 def check_caption(channel: str, kind: MediaType, caption: str) -> None:
     if kind.caption and len(caption) > WHATSAPP_CAPTION_CHARACTERS:
         raise ContentLimitError(
-            f"caption is {len(caption)} characters; {_NAMES.get(channel, channel)} takes at most "
+            f"caption is {len(caption)} characters; {_name(channel)} takes at most "
             f"{WHATSAPP_CAPTION_CHARACTERS}"
         )
 
@@ -168,7 +173,7 @@ def check_template(channel: str) -> None:
     """Templates are WhatsApp's: UnsupportedMessageError on any other channel."""
     if channel != "whatsapp":
         raise UnsupportedMessageError(
-            f"{_NAMES.get(channel, channel)} has no template messages; a template goes to WhatsApp only"
+            f"{_name(channel)} has no template messages; a template goes to WhatsApp only"
         )
 
 

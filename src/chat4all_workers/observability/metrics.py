@@ -8,13 +8,54 @@ from __future__ import annotations
 
 import contextlib
 
-from aioprometheus.collectors import Collector, Counter, Gauge, Histogram, Registry
+import orjson
+from aioprometheus import collectors, histogram
+from aioprometheus.collectors import Collector, Gauge, Registry
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Provider timestamps have a resolution of one second (WhatsApp): lag below that is noise, and a
 # webhook retried by Meta after an outage is hours late.
 _WEBHOOK_LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0)
 _PACING_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+_KEY_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS  # aioprometheus's own keys
+
+
+class Counter(collectors.Counter):
+    """aioprometheus's Counter, counted in half the work: its `add` transforms the labels into
+    the series' key twice and checks the label names every time (4 µs; the router counts
+    several times a message). Same series, same keys, same rendering."""
+
+    def add(self, labels: dict[str, str], value: float) -> None:  # type: ignore[override]
+        if value < 0:
+            raise ValueError("Counters can't decrease")
+        key = orjson.dumps(labels, option=_KEY_OPTIONS) if labels else self.values.EMPTY_KEY
+        store = self.values.store
+        current = store.get(key)
+        if current is None:
+            self._check_labels(labels)  # once per series
+            current = 0
+        store[key] = current + value
+
+    def inc(self, labels: dict[str, str]) -> None:
+        self.add(labels, 1)
+
+
+class Histogram(collectors.Histogram):
+    """aioprometheus's Histogram, observed without its second key transform and label check
+    per observation (as Counter above)."""
+
+    def add(self, labels: dict[str, str], value: float) -> None:  # type: ignore[override]
+        key = orjson.dumps(labels, option=_KEY_OPTIONS) if labels else self.values.EMPTY_KEY
+        store = self.values.store
+        aggregate = store.get(key)
+        if aggregate is None:
+            self._check_labels(labels)
+            aggregate = store[key] = histogram.Histogram(*self.upper_bounds)
+        aggregate.observe(float(value))
+
+    observe = add  # type: ignore[assignment]
 
 
 class Metrics:
