@@ -13,20 +13,23 @@ DATABASE_URL, MINIO_*). One input topic of --messages text messages (--conversat
 conversations, key `conversation:{id}`, --partitions partitions) is produced once; every phase
 reads it with its own consumer group and writes to its own output topic:
 
-(a) provider latency 0: the router vs a bare aiokafka loop (getmany, produce one status record per
-    record, await the acks, commit); target router/bare >= 0.5.
-(b) provider latency --latency-ms: the router vs one record at a time per partition (one task per
-    partition: fetch one record, send it through the same WhatsApp adapter, produce its status and
-    await the ack, next; no Redis dedup, so this baseline is if anything flattered), time-boxed to
-    --baseline-seconds; target router/baseline >= 20.
+(a) provider latency 0: the router against its library floor (below); target router/floor
+    >= 0.9. A bare aiokafka loop (getmany, produce one status record per record, await the
+    acks, commit) is shown too, as the machine's ceiling for Kafka alone (no target: it does no
+    HTTP and no Redis, so a ratio to it measures the provider, not the router).
+(b) provider latency --latency-ms: the router against its library floor at that latency;
+    target router/floor >= 0.9. One record at a time per partition (fetch, send through the
+    same adapter, produce its status, await the ack, next) is shown too, time-boxed to
+    --baseline-seconds (no target: it is latency-bound, so a ratio to it measures the machine).
 (c) the router's RSS during (b), sampled with psutil every 100 ms; target peak < 250 MB.
 
-Both phases also run a "library floor" (`library_floor`): the I/O the router does per record
-(two Redis SETs, the adapter's POST, the status produce) with none of its logic, on the same
-libraries. It is not a target; it shows how much of the router's cost is its own. Every phase
-reports CPU per message of each process involved (the loop or router, the fake provider, Kafka,
-Redis) and how busy it kept the machine: on a small machine the ratios are bounded by cores, and
-those figures say by how much.
+The library floor (`library_floor`) is the I/O the router does per record (the recipient's
+window read, the dedup claim and mark: the same Redis commands, pipelined; the adapter's POST;
+the status produce) with none of its logic (validation, per-conversation order, leases,
+retries, tracing, metrics), on the same libraries: the router's own cost is the gap to it.
+Every phase reports CPU per message of each process involved (the loop or router, the fake
+provider, Kafka, Redis) and how busy it kept the machine: on a small machine the ratios are
+bounded by cores, and those figures say by how much.
 
 (paced) `--paced-messages` WhatsApp messages over `--paced-conversations` conversations, through
     `--routers` router processes in one consumer group, against the real WhatsApp mock
@@ -641,9 +644,10 @@ async def library_floor(
 ) -> tuple[float, CpuMeter]:
     """Records/s of the I/O the router does per record and nothing else, on the same libraries.
 
-    Per fetched batch: one Redis pipeline of `SET NX` claims, then every record's POST through
-    the same WhatsApp adapter and its status produce, awaited (concurrently, up to
-    `max_in_flight` records), then one pipeline of `SET` marks. No validation, no per-key order,
+    Per fetched batch: one Redis pipeline of the recipients' window reads (`GET`) and the
+    `SET NX` claims, then every record's POST through the same WhatsApp adapter and its status
+    produce, awaited (concurrently, up to `max_in_flight` records), then one pipeline of `SET`
+    marks: the Redis commands the router issues per message. No validation, no per-key order,
     no leases, retries, tracing, logging context or metrics; offsets committed once at the end.
     What any router built on these clients (ours for HTTP, aiokafka, redis-py) pays at least: the
     router's own logic is the gap between this and the router.
@@ -672,9 +676,11 @@ async def library_floor(
             clock: dict[str, float] = {}
 
             async def batch(records: list[ConsumerRecord[bytes, bytes]]) -> None:
-                keys = [prefix + orjson.loads(r.value)["message_id"] for r in records]
+                docs = [orjson.loads(r.value) for r in records]
+                keys = [prefix + doc["message_id"] for doc in docs]
                 async with redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
+                    for key, doc in zip(keys, docs, strict=True):
+                        pipe.get(f"{prefix}window:{doc['recipients']['whatsapp']}")
                         pipe.set(key, "lease", nx=True, ex=86_400)
                     await pipe.execute()
                 topic = s.topic("floor")
@@ -715,6 +721,11 @@ async def library_floor(
 
 
 # -- the report -----------------------------------------------------------------------------------
+
+
+def cpu_us(cpu: CpuMeter, name: str, messages: int) -> float:
+    """One process's CPU per message over the phase (µs)."""
+    return cpu.seconds.get(name, 0.0) / max(messages, 1) * 1e6
 
 
 def check(ok: bool) -> str:
@@ -784,15 +795,18 @@ async def bench(args: argparse.Namespace) -> bool:
             fast = await run_router(s, "a", 0.0, args.messages, args.max_in_flight)
             out(router_line("(a) router", fast, args.messages))
             out(fast.cpu.report("(a) router", args.messages))
-            ratio_a = fast.rate / bare
+            ratio_a = fast.rate / floor_a
             problems += router_problems("(a) router", fast, args.messages)
             result["a"] = {"bare": bare, "floor": floor_a, "router": router_summary(fast)}
             rows += [
-                ("(a) bare consume+produce loop", f"{bare:,.0f}", "", "", ""),
-                ("(a) library floor (same I/O, no router logic)", f"{floor_a:,.0f}",
-                 f"{floor_a / bare:.2f}", "", ""),
-                ("(a) router, 0 ms provider", f"{fast.rate:,.0f}", f"{ratio_a:.2f}", ">= 0.5",
-                 check(ratio_a >= 0.5)),
+                ("(a) bare consume+produce loop (no HTTP, no Redis)", f"{bare:,.0f}", "", "", ""),
+                ("(a) library floor (same I/O, no router logic)", f"{floor_a:,.0f}", "", "", ""),
+                ("(a) router, 0 ms provider / its floor", f"{fast.rate:,.0f}", f"{ratio_a:.2f}",
+                 ">= 0.9", check(ratio_a >= 0.9)),
+                ("(a) CPU per message: router / floor (us)",
+                 f"{cpu_us(fast.cpu, 'router', args.messages):.0f}/"
+                 f"{cpu_us(floor_a_cpu, 'bench loop', args.messages):.0f}",
+                 "", "", ""),
             ]  # fmt: skip
         if args.only != "a":
             serial, done, serial_cpu = await one_at_a_time(
@@ -809,17 +823,20 @@ async def bench(args: argparse.Namespace) -> bool:
             slow = await run_router(s, "b", args.latency_ms, args.messages, args.max_in_flight)
             out(router_line("(b) router", slow, args.messages))
             out(slow.cpu.report("(b) router", args.messages))
-            ratio_b = slow.rate / serial
+            ratio_b = slow.rate / floor
             problems += router_problems("(b) router", slow, args.messages)
             result["b"] = {"serial": serial, "floor": floor, "router": router_summary(slow)}
             peak, ready = slow.rss_peak / MB, slow.rss_ready / MB
             rows += [
                 (f"(b) one at a time/partition, {args.latency_ms:.0f} ms", f"{serial:,.0f}",
                  "", "", ""),
-                ("(b) library floor (same I/O, no router logic)", f"{floor:,.0f}",
-                 f"{floor / serial:.1f}", "", ""),
-                (f"(b) router, {args.latency_ms:.0f} ms provider", f"{slow.rate:,.0f}",
-                 f"{ratio_b:.1f}", ">= 20", check(ratio_b >= 20)),
+                ("(b) library floor (same I/O, no router logic)", f"{floor:,.0f}", "", "", ""),
+                (f"(b) router, {args.latency_ms:.0f} ms provider / its floor", f"{slow.rate:,.0f}",
+                 f"{ratio_b:.2f}", ">= 0.9", check(ratio_b >= 0.9)),
+                ("(b) CPU per message: router / floor (us)",
+                 f"{cpu_us(slow.cpu, 'router', args.messages):.0f}/"
+                 f"{cpu_us(floor_cpu, 'bench loop', args.messages):.0f}",
+                 "", "", ""),
                 (f"(c) router RSS peak; ready {ready:.0f}, mid {slow.rss_mid / MB:.0f}, "
                  f"end {slow.rss_done / MB:.0f} MB",
                  f"{peak:.0f} MB", f"+{peak - ready:.0f} MB", "< 250 MB", check(peak < 250)),
