@@ -21,7 +21,7 @@ from chat4all_workers.config import InstagramSettings, WhatsAppSettings
 from chat4all_workers.resources import Need
 from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from chat4all_workers.simulators.accounts import Account, AccountConfig
-from chat4all_workers.simulators.api import MockChannel
+from chat4all_workers.simulators.mock import MockChannel
 from chat4all_workers.simulators.settings import MockSettings
 
 log = logging.getLogger(__name__)
