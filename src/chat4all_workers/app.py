@@ -21,7 +21,6 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 from chat4all_workers.config import Settings
@@ -172,12 +171,7 @@ class App:
         )
         tasks.create_task(self._reporter.run(), name="reporter")
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
         if self._reporter is not None:
             self._reporter.drain_summary()
