@@ -31,13 +31,9 @@ def _account(ctx: RoleContext, channel: str) -> Account:
     """The settings' one account of `channel`."""
     settings = ctx.settings
     own = settings.section(MockSettings)
-    provider: WhatsAppSettings | InstagramSettings
-    if channel == "whatsapp":
-        provider, account_id = settings.whatsapp, settings.whatsapp.phone_number_id
-    else:
-        provider, account_id = settings.instagram, settings.instagram.user_id
+    provider: WhatsAppSettings | InstagramSettings = getattr(settings, channel)
     config = AccountConfig(
-        id=account_id,
+        id=provider.provider_id,
         access_token=provider.access_token.get(),
         rate_per_s=getattr(own, f"{channel}_rate_per_s"),
         webhook_url=getattr(own, f"{channel}_webhook_url"),
