@@ -77,7 +77,8 @@ class MetaAdapter:
         )
         return SendResult(self.message_id(answer))
 
-    def body(self, message: OutboundMessage) -> dict[str, Any]:
+    @staticmethod
+    def body(message: OutboundMessage) -> dict[str, Any]:
         """The request body of `message`, in the channel's format (meta/payloads.py)."""
         raise NotImplementedError
 

@@ -18,15 +18,13 @@ from typing import Any
 from chat4all_workers.channels.base import MetaAdapter
 from chat4all_workers.errors import TransientProviderError
 from chat4all_workers.meta.errors import INSTAGRAM_CODES
-from chat4all_workers.meta.payloads import OutboundMessage, instagram_body
+from chat4all_workers.meta.payloads import instagram_body
 
 
 class InstagramAdapter(MetaAdapter):
     name = "instagram"
     codes = INSTAGRAM_CODES
-
-    def body(self, message: OutboundMessage) -> dict[str, Any]:
-        return instagram_body(message)
+    body = staticmethod(instagram_body)
 
     def message_id(self, answer: dict[str, Any]) -> str:
         message_id = answer.get("message_id")

@@ -19,15 +19,13 @@ from typing import Any
 from chat4all_workers.channels.base import MetaAdapter
 from chat4all_workers.errors import TransientProviderError
 from chat4all_workers.meta.errors import WHATSAPP_CODES
-from chat4all_workers.meta.payloads import OutboundMessage, whatsapp_body
+from chat4all_workers.meta.payloads import whatsapp_body
 
 
 class WhatsAppAdapter(MetaAdapter):
     name = "whatsapp"
     codes = WHATSAPP_CODES
-
-    def body(self, message: OutboundMessage) -> dict[str, Any]:
-        return whatsapp_body(message)
+    body = staticmethod(whatsapp_body)
 
     def message_id(self, answer: dict[str, Any]) -> str:
         try:

@@ -33,27 +33,6 @@ class AppRow:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AccountRow:
-    channel: str
-    key: str
-    provider_id: str
-    app_id: str
-    token_sealed: bytes
-    # None: the channel section's value.
-    max_rate_per_s: float | None
-    pair_burst: int | None
-    pair_interval_s: float | None
-    enabled: bool
-    version: int
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def ref(self) -> str:
-        return f"{self.channel}/{self.key}"
-
-
-@dataclass(frozen=True, kw_only=True)
 class AccountFields:
     """What a writer sets of an account (the rest is the table's: enabled, version, times)."""
 
@@ -62,9 +41,24 @@ class AccountFields:
     provider_id: str
     app_id: str
     token_sealed: bytes
+    # None: the channel section's value.
     max_rate_per_s: float | None = None
     pair_burst: int | None = None
     pair_interval_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccountRow(AccountFields):
+    """An account as stored: what its writer set, and the table's own columns."""
+
+    enabled: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.channel}/{self.key}"
 
 
 class ProviderIdTakenError(ValueError):

@@ -38,6 +38,7 @@ import itertools
 import random
 import time
 from collections.abc import Mapping
+from dataclasses import KW_ONLY, dataclass
 
 import orjson
 from aiohttp import web
@@ -56,48 +57,42 @@ from chat4all_workers.simulators.sends import (
 from chat4all_workers.simulators.settings import MockSettings
 
 
+@dataclass(eq=False)
 class ProviderApi:
-    def __init__(
-        self,
-        channel: str,
-        settings: MockSettings,
-        accounts: Mapping[str, Account],
-        *,
-        ledger: Ledger,
-        processing: Processing,
-        draws: random.Random,
-    ) -> None:
-        self._channel = channel
-        self._settings = settings
-        self._accounts = accounts
-        self._ledger = ledger
-        self._processing = processing
-        self._random = draws
+    channel: str
+    settings: MockSettings
+    accounts: Mapping[str, Account]
+    _: KW_ONLY
+    ledger: Ledger
+    processing: Processing
+    draws: random.Random  # every outcome drawn at random (throttles, failures, timeouts)
+
+    def __post_init__(self) -> None:
         self._ids = itertools.count(1)
-        self._whatsapp = channel == "whatsapp"
+        self._whatsapp = self.channel == "whatsapp"
         self._throttle_code = 130429 if self._whatsapp else 613
-        self._templates = settings.template_params()
+        self._templates = self.settings.template_params()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/{version}/{account}/messages", self._messages)
 
     async def _messages(self, request: web.Request) -> web.Response:
-        self._ledger.count("requests")
+        self.ledger.count("requests")
         account = self._authorized(request)
         if isinstance(account, web.Response):
             return account
         try:
-            send = parse_send(self._channel, orjson.loads(await request.read()))
+            send = parse_send(self.channel, orjson.loads(await request.read()))
         except (orjson.JSONDecodeError, ValueError, AttributeError, TypeError, KeyError) as exc:
-            self._ledger.count("rejected")
+            self.ledger.count("rejected")
             return answers.error(400, f"(#100) Invalid parameter: {exc}", 100)
-        if self._settings.latency_ms:
-            await asyncio.sleep(self._settings.latency_ms / 1000)
+        if self.settings.latency_ms:
+            await asyncio.sleep(self.settings.latency_ms / 1000)
         if (throttled := self._throttled(account, send)) is not None:
             return throttled
-        if self._draw(self._settings.error_rate):
-            self._ledger.count("failed")
-            code = self._settings.error_code or (131000 if self._whatsapp else 2)
+        if self._draw(self.settings.error_rate):
+            self.ledger.count("failed")
+            code = self.settings.error_code or (131000 if self._whatsapp else 2)
             return answers.error(500, "simulated provider failure", code)
         for outcome, refusal_of in (
             ("rejected", self._content_refusal),
@@ -105,11 +100,11 @@ class ProviderApi:
             ("template_rejected", self._template_refusal),
         ):
             if (refusal := refusal_of(send)) is not None:
-                self._ledger.count(outcome)
+                self.ledger.count(outcome)
                 return refusal
         accepted = self._accept(account, send)
-        if self._draw(self._settings.gateway_timeout_rate):
-            self._ledger.count("gateway_timeout")
+        if self._draw(self.settings.gateway_timeout_rate):
+            self.ledger.count("gateway_timeout")
             return answers.gateway_timeout()
         if self._whatsapp:
             return web.json_response(
@@ -129,22 +124,22 @@ class ProviderApi:
         header = request.headers.get("Authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         named = request.match_info["account"]
-        if self._settings.check_credentials:
-            owner = next((a for a in self._accounts.values() if token == a.access_token), None)
+        if self.settings.check_credentials:
+            owner = next((a for a in self.accounts.values() if token == a.access_token), None)
             if not token or owner is None:
-                self._ledger.count("unauthorized")
+                self.ledger.count("unauthorized")
                 return answers.error(
                     401, "Invalid OAuth access token - Cannot parse access token", 190
                 )
         else:
-            owner = self._accounts.get(named) or next(iter(self._accounts.values()))
+            owner = self.accounts.get(named) or next(iter(self.accounts.values()))
         if owner.token_expired:
-            self._ledger.count("unauthorized")
+            self.ledger.count("unauthorized")
             return answers.error(
                 401, "Error validating access token: Session has expired", 190, 463
             )
-        if self._settings.check_credentials and self._accounts.get(named) is not owner:
-            self._ledger.count("unknown_account")
+        if self.settings.check_credentials and self.accounts.get(named) is not owner:
+            self.ledger.count("unknown_account")
             return answers.error(
                 400,
                 f"Unsupported post request. Object with ID '{named}' does not exist, cannot be "
@@ -157,8 +152,8 @@ class ProviderApi:
 
     def _throttled(self, account: Account, send: Send) -> web.Response | None:
         """Meta's throttling answers (the message not taken), or None."""
-        if self._draw(self._settings.random_throttle_rate):
-            self._ledger.count("randomly_throttled")
+        if self._draw(self.settings.random_throttle_rate):
+            self.ledger.count("randomly_throttled")
             if self._whatsapp:
                 return answers.error(
                     429, "(#130429) Rate limit hit", 130429,
@@ -167,15 +162,15 @@ class ProviderApi:
             return answers.error(429, "(#4) Application request limit reached", 4)
         now = time.monotonic()
         if account.rate is not None and not account.rate.allow(account.id, now):
-            self._ledger.count("throttled")
+            self.ledger.count("throttled")
             return answers.error(
-                self._settings.throttle_status,
+                self.settings.throttle_status,
                 f"(#{self._throttle_code}) Rate limit hit",
                 self._throttle_code,
                 details="too many messages sent from this account in a short period of time",
             )
         if account.pairs is not None and not account.pairs.allow(send.user, now):
-            self._ledger.count("pair_throttled")
+            self.ledger.count("pair_throttled")
             return answers.error(
                 400,
                 "(#131056) (Business Account, Consumer Account) pair rate limit hit",
@@ -185,22 +180,22 @@ class ProviderApi:
         return None
 
     def _content_refusal(self, send: Send) -> web.Response | None:
-        return content_refusal(self._channel, send)
+        return content_refusal(self.channel, send)
 
     def _window_refusal(self, account: Account, send: Send) -> web.Response | None:
-        if self._settings.windows == "open":
+        if self.settings.windows == "open":
             return None
         return window_refusal(
-            self._channel,
+            self.channel,
             send,
             account.windows,
             now_s=time.time(),
-            window_s=self._settings.window_s,
-            human_agent_window_s=self._settings.human_agent_window_s,
+            window_s=self.settings.window_s,
+            human_agent_window_s=self.settings.human_agent_window_s,
         )
 
     def _template_refusal(self, send: Send) -> web.Response | None:
-        if not self._settings.check_templates:
+        if not self.settings.check_templates:
             return None
         return template_refusal(send, self._templates)
 
@@ -222,11 +217,11 @@ class ProviderApi:
             accepted_at=time.time(),
             account=account.id,
         )
-        self._ledger.accept(accepted)
-        fails_later = self._whatsapp and self._draw(self._settings.async_failure_rate)
-        self._processing.start(account, accepted, send, fails_later=fails_later)
+        self.ledger.accept(accepted)
+        fails_later = self._whatsapp and self._draw(self.settings.async_failure_rate)
+        self.processing.start(account, accepted, send, fails_later=fails_later)
         return accepted
 
     def _draw(self, share: float) -> bool:
         """True for `share` of the calls, at random."""
-        return share > 0 and self._random.random() < share
+        return share > 0 and self.draws.random() < share
