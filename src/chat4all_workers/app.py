@@ -127,12 +127,7 @@ class App:
     def _child(self, spec: RoleSpec, resources: Resources) -> ChildSpec:
         """A role as a child of the supervisor: its context, and how it starts."""
         ctx = RoleContext(
-            name=spec.name,
-            settings=self.settings,
-            resources=resources,
-            metrics=self.metrics,
-            stopping=self.stopping,
-            drain=self.drain,
+            spec.name, self.settings, resources, self.metrics, self.stopping, drain=self.drain
         )
         ctx.shutdown = self.shutdown
         self.contexts[spec.name] = ctx
