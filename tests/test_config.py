@@ -365,3 +365,12 @@ def test_settings_env_of_names_the_variable_that_sets_a_key(key: str, env: str) 
     settings = load_settings({}, roles=["router", "outbox"])
 
     assert settings.env_of(key) == env
+
+
+def test_channel_sections_name_the_environments_account_by_provider_id() -> None:
+    settings = load_settings(
+        {"WHATSAPP_PHONE_NUMBER_ID": "1001", "INSTAGRAM_USER_ID": "17841400000000000"}
+    )
+
+    assert settings.whatsapp.provider_id == "1001"
+    assert settings.instagram.provider_id == "17841400000000000"

@@ -21,7 +21,6 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 from chat4all_workers.config import Settings
@@ -128,12 +127,7 @@ class App:
     def _child(self, spec: RoleSpec, resources: Resources) -> ChildSpec:
         """A role as a child of the supervisor: its context, and how it starts."""
         ctx = RoleContext(
-            name=spec.name,
-            settings=self.settings,
-            resources=resources,
-            metrics=self.metrics,
-            stopping=self.stopping,
-            drain=self.drain,
+            spec.name, self.settings, resources, self.metrics, self.stopping, drain=self.drain
         )
         ctx.shutdown = self.shutdown
         self.contexts[spec.name] = ctx
@@ -172,12 +166,7 @@ class App:
         )
         tasks.create_task(self._reporter.run(), name="reporter")
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()
         if self._reporter is not None:
             self._reporter.drain_summary()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Generic, TypeVar
 
 from chat4all_workers.background import Spawn
@@ -23,23 +24,19 @@ from chat4all_workers.background import Spawn
 T = TypeVar("T")
 
 
+@dataclass(eq=False)
 class IterationBatcher(Generic[T]):
-    def __init__(
-        self,
-        send: Callable[[list[T]], Coroutine[Any, Any, None]],
-        *,
-        spawn: Spawn,
-        max_batch: int | None = None,
-    ) -> None:
-        """`send(batch)` runs in a task `spawn` owns, one per batch."""
-        self._send = send
-        self._spawn = spawn
-        self._max_batch = max_batch
-        self._queue: list[T] = []
+    """`send(batch)` runs in a task `spawn` owns, one per batch."""
+
+    send: Callable[[list[T]], Coroutine[Any, Any, None]]
+    _: KW_ONLY
+    spawn: Spawn
+    max_batch: int | None = None
+    _queue: list[T] = field(default_factory=list, init=False)
 
     def add(self, item: T) -> None:
         self._queue.append(item)
-        if self._max_batch is not None and len(self._queue) >= self._max_batch:
+        if self.max_batch is not None and len(self._queue) >= self.max_batch:
             self._flush()
         elif len(self._queue) == 1:
             asyncio.get_running_loop().call_soon(self._flush)
@@ -47,4 +44,4 @@ class IterationBatcher(Generic[T]):
     def _flush(self) -> None:
         batch, self._queue = self._queue, []
         if batch:
-            self._spawn(self._send(batch))
+            self.spawn(self.send(batch))

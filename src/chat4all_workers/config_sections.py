@@ -264,6 +264,11 @@ class WhatsAppSettings:
     pair_burst: int = field(default=45, metadata=ZERO_OK)
     pair_interval_s: float = field(default=6.0, metadata=ZERO_OK)
 
+    @property
+    def provider_id(self) -> str:
+        """The environment's account: its phone number id."""
+        return self.phone_number_id
+
 
 @dataclass(frozen=True, kw_only=True)
 class InstagramSettings:
@@ -287,6 +292,11 @@ class InstagramSettings:
     # Meta documents no pair limit for Instagram: off (0) unless set.
     pair_burst: int = field(default=0, metadata=ZERO_OK)
     pair_interval_s: float = field(default=0.0, metadata=ZERO_OK)
+
+    @property
+    def provider_id(self) -> str:
+        """The environment's account: its Instagram account id."""
+        return self.user_id
 
 
 @dataclass(frozen=True, kw_only=True)

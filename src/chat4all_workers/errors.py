@@ -103,7 +103,7 @@ class InvalidRecordError(PermanentError):
     error_type = "invalid_record"
 
 
-class ProviderError:
+class ProviderError(Chat4AllError):
     """What a channel provider answered, attached to the error it was classified as.
 
     `error_class` is one of throttled | transient | rejected | account (the classes of the
@@ -113,8 +113,13 @@ class ProviderError:
     """
 
     error_class: ClassVar[str]
-    provider_code: int | None
-    fbtrace_id: str | None
+
+    def __init__(
+        self, message: str, *, provider_code: int | None = None, fbtrace_id: str | None = None
+    ) -> None:
+        super().__init__(message)  # the family's (RetryableError, PermanentError), next in line
+        self.provider_code = provider_code
+        self.fbtrace_id = fbtrace_id
 
 
 class TransientProviderError(ProviderError, RetryableError):
@@ -137,9 +142,8 @@ class TransientProviderError(ProviderError, RetryableError):
         retry_after_s: float | None = None,
         in_doubt: bool = False,
     ) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
-        self.provider_code = provider_code
-        self.fbtrace_id = fbtrace_id
+        super().__init__(message, provider_code=provider_code, fbtrace_id=fbtrace_id)
+        self.retry_after_s = retry_after_s
         self.in_doubt = in_doubt
 
 
@@ -164,9 +168,8 @@ class ThrottledError(ProviderError, RetryableError):
         pair: bool = False,
         app: bool = False,
     ) -> None:
-        super().__init__(message, retry_after_s=retry_after_s)
-        self.provider_code = provider_code
-        self.fbtrace_id = fbtrace_id
+        super().__init__(message, provider_code=provider_code, fbtrace_id=fbtrace_id)
+        self.retry_after_s = retry_after_s
         self.pair = pair
         self.app = app
 
@@ -179,13 +182,6 @@ class AccountError(ProviderError, RetryableError):
 
     error_class = "account"
 
-    def __init__(
-        self, message: str, *, provider_code: int | None = None, fbtrace_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.provider_code = provider_code
-        self.fbtrace_id = fbtrace_id
-
 
 class ProviderRejectedError(ProviderError, PermanentError):
     """A channel provider refused this message for good (an invalid recipient, outside the
@@ -193,13 +189,6 @@ class ProviderRejectedError(ProviderError, PermanentError):
 
     error_type = "provider_rejected"
     error_class = "rejected"
-
-    def __init__(
-        self, message: str, *, provider_code: int | None = None, fbtrace_id: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.provider_code = provider_code
-        self.fbtrace_id = fbtrace_id
 
 
 class WindowClosedError(ProviderRejectedError):

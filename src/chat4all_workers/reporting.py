@@ -61,30 +61,22 @@ class _Reading:
     dead_lettered_total: int
 
 
+@dataclass(eq=False, kw_only=True)
 class Reporter:
     """`await reporter.run()` writes the ready and progress lines until `stopping`;
     `drain_summary()` the drain's, once the roles have stopped."""
 
-    def __init__(
-        self,
-        *,
-        contexts: Mapping[str, RoleContext],
-        children: Callable[[], Sequence[ChildStats]],
-        metrics: Metrics,
-        interval_s: float,
-        operations_port: int | None,
-        stopping: asyncio.Event,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._contexts = contexts
-        self._children = children
-        self._metrics = metrics
-        self.interval_s = interval_s
-        self._operations_port = operations_port
-        self._stopping = stopping
-        self._clock = clock
-        self._tallies = {name: _Tally() for name in contexts}
-        self._last_line_at = clock()
+    contexts: Mapping[str, RoleContext]
+    children: Callable[[], Sequence[ChildStats]]
+    metrics: Metrics
+    interval_s: float
+    operations_port: int | None
+    stopping: asyncio.Event
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._tallies = {name: _Tally() for name in self.contexts}
+        self._last_line_at = self.clock()
 
     async def run(self) -> None:
         if not await self._until_ready():
@@ -92,17 +84,17 @@ class Reporter:
         self.ready_line()
         if self.interval_s <= 0:
             return
-        while not self._stopping.is_set():
-            await wait_event(self._stopping, timeout_s=self.interval_s)
-            if not self._stopping.is_set():
+        while not self.stopping.is_set():
+            await wait_event(self.stopping, timeout_s=self.interval_s)
+            if not self.stopping.is_set():
                 self.progress_lines()
 
     async def _until_ready(self) -> bool:
         """True once every role is ready (at that moment, not a poll later: a stop that follows
         at once still finds the line written); False if the process stops first."""
-        contexts = self._contexts.values()
+        contexts = self.contexts.values()
         async with asyncio.TaskGroup() as tasks:
-            stop = tasks.create_task(self._stopping.wait())
+            stop = tasks.create_task(self.stopping.wait())
             try:
                 while not all(ctx.is_ready for ctx in contexts):
                     waits = [tasks.create_task(c.wait_ready()) for c in contexts if not c.is_ready]
@@ -119,19 +111,19 @@ class Reporter:
 
     def ready_line(self) -> None:
         roles: dict[str, dict[str, Any]] = {}
-        for name in self._contexts:
+        for name in self.contexts:
             reading = self._read(name)
             roles[name] = {} if reading is None else _described(reading.report)
-        parts = [f"roles {','.join(roles)}", f"operations port {self._operations_port}"]
+        parts = [f"roles {','.join(roles)}", f"operations port {self.operations_port}"]
         parts += [f"{name} {_pairs(figures)}" for name, figures in roles.items() if figures]
-        fields = {"event": "ready", "operations_port": self._operations_port, "roles": roles}
+        fields = {"event": "ready", "operations_port": self.operations_port, "roles": roles}
         log.info("ready: %s", "; ".join(parts), extra={"fields": fields})
 
     def progress_lines(self) -> None:
-        now = self._clock()
+        now = self.clock()
         elapsed_s = max(now - self._last_line_at, 1e-9)
         self._last_line_at = now
-        for name in self._contexts:
+        for name in self.contexts:
             reading = self._read(name)
             if reading is None or reading.processed_total is None:
                 continue  # nothing it counts (a periodic role: its passes say what they did)
@@ -175,7 +167,7 @@ class Reporter:
         flush_repeats()  # what the repeat limiter still owes comes before the summary
         committed = handed_back = cancelled = 0
         longest_s = 0.0
-        for child in self._children():
+        for child in self.children():
             reading = self._read(child.role)
             engine = reading.report.engine if reading is not None else None
             fields: dict[str, Any] = {
@@ -230,7 +222,7 @@ class Reporter:
     # -- reading the roles --------------------------------------------------------------------
 
     def _read(self, name: str) -> _Reading | None:
-        describe = self._contexts[name].reporter
+        describe = self.contexts[name].reporter
         if describe is None:
             return None
         tally = self._tallies[name]
@@ -248,7 +240,7 @@ class Reporter:
         if engine is not None:
             processed = tally.carried_finished + engine.finished_total
             committed += engine.committed_total
-        dead_lettered = total(self._metrics.dlq_messages, source=name)
+        dead_lettered = total(self.metrics.dlq_messages, source=name)
         return _Reading(report, processed, committed, dead_lettered)
 
     @staticmethod

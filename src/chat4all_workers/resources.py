@@ -259,38 +259,31 @@ async def open_resources(
         )
 
 
+@dataclass(frozen=True)
 class _Opener:
     """Opens one resource at a time onto the exit stack, each closed by the deadline's end."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics,
-        stack: contextlib.AsyncExitStack,
-        deadline: ShutdownDeadline,
-        connect_timeout_s: float,
-    ) -> None:
-        self._settings = settings
-        self._metrics = metrics
-        self._stack = stack
-        self._deadline = deadline
-        self._timeout_s = connect_timeout_s
+    settings: Settings
+    metrics: Metrics
+    stack: contextlib.AsyncExitStack
+    deadline: ShutdownDeadline
+    connect_timeout_s: float
 
     async def redis(self) -> aioredis.Redis:
         # A blocking pool: above max_connections a command waits for a free connection (the
         # plain pool raises MaxConnectionsError at once, crashing busy roles).
-        settings = self._settings.redis
+        settings = self.settings.redis
         client = aioredis.Redis.from_pool(
             aioredis.BlockingConnectionPool.from_url(
                 settings.url.get(), max_connections=settings.max_connections
             )
         )
-        self._stack.push_async_callback(_close_within, "redis", client.aclose, self._deadline)
-        await _connect("redis", client.ping, self._timeout_s)
+        self.stack.push_async_callback(_close_within, "redis", client.aclose, self.deadline)
+        await _connect("redis", client.ping, self.connect_timeout_s)
         return client
 
     async def postgres(self) -> asyncpg.Pool:
-        settings = self._settings.postgres
+        settings = self.settings.postgres
         pool = await _connect(
             "postgres",
             lambda: asyncpg.create_pool(
@@ -299,23 +292,23 @@ class _Opener:
                 max_size=settings.pool_max_size,
                 command_timeout=settings.command_timeout_s,
             ),
-            self._timeout_s,
+            self.connect_timeout_s,
         )
-        self._stack.push_async_callback(_close_pool, pool, self._deadline)
+        self.stack.push_async_callback(_close_pool, pool, self.deadline)
         return pool
 
     async def accounts(self) -> AccountDirectory:
         """The directory, once its database answers (retried like the pool: the listener is a
         connection of its own); a missing table or a bad accounts key is final."""
-        directory = AccountDirectory(self._settings)
+        directory = AccountDirectory(self.settings)
         return await _connect(
-            "postgres", partial(self._stack.enter_async_context, directory), self._timeout_s
+            "postgres", partial(self.stack.enter_async_context, directory), self.connect_timeout_s
         )
 
     async def kafka(self, redis_client: aioredis.Redis | None) -> Producer:
         """The producer; with Redis, records are parked in the fallback list while the breaker
         is open."""
-        settings, metrics = self._settings, self._metrics
+        settings, metrics = self.settings, self.metrics
 
         async def start_producer() -> Producer:
             # A fresh client per attempt: aiokafka cannot restart one whose start failed.
@@ -331,9 +324,9 @@ class _Opener:
                 raise
             return candidate
 
-        producer = await _connect("kafka", start_producer, self._timeout_s)
+        producer = await _connect("kafka", start_producer, self.connect_timeout_s)
         _breaker_gauge(metrics, BreakerState.CLOSED)
-        self._stack.push_async_callback(_stop_producer, producer, self._deadline)
+        self.stack.push_async_callback(_stop_producer, producer, self.deadline)
         if redis_client is not None:
             queue = f"{settings.redis.key_prefix}{settings.fallback.queue_key}"
             client = redis_client
@@ -345,10 +338,10 @@ class _Opener:
         return producer
 
     async def s3(self) -> Minio:
-        client = new_client(self._settings.s3)
-        self._stack.push_async_callback(_close_within, "s3", client.close_session, self._deadline)
-        bucket = self._settings.s3.bucket
-        await _connect("s3", partial(_bucket_exists, client, bucket), self._timeout_s)
+        client = new_client(self.settings.s3)
+        self.stack.push_async_callback(_close_within, "s3", client.close_session, self.deadline)
+        bucket = self.settings.s3.bucket
+        await _connect("s3", partial(_bucket_exists, client, bucket), self.connect_timeout_s)
         return client
 
 

@@ -26,8 +26,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from types import TracebackType
 
+from chat4all_workers.background import TaskOwner
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import SupervisorSettings
 from chat4all_workers.deadline import ShutdownDeadline
@@ -81,7 +81,7 @@ class _Child:
     task: asyncio.Task[None] | None = None
 
 
-class Supervisor:
+class Supervisor(TaskOwner):
     """`async with Supervisor(children, settings=..., metrics=...) as sup: await sup.wait()`."""
 
     def __init__(
@@ -104,28 +104,18 @@ class Supervisor:
         self._children = {spec.id: _Child(spec) for spec in children}
         self._failure: RoleFailedError | None = None
         self._stop_requested_at: float | None = None
-        self._tasks: asyncio.TaskGroup | None = None
 
     async def __aenter__(self) -> Supervisor:
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
+        tasks = await self._open_tasks()
         for child in self._children.values():
-            child.task = self._tasks.create_task(self._supervise(child), name=child.spec.id)
+            child.task = tasks.create_task(self._supervise(child), name=child.spec.id)
             child.task.add_done_callback(partial(self._ended, child))
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self) -> None:
         await self.stop()
-        if self._tasks is not None:
-            tasks, self._tasks = self._tasks, None
-            # Every child has ended, so the group exits quietly; the body's own exception (if
-            # any) propagates unchanged instead of wrapped in an ExceptionGroup.
-            await tasks.__aexit__(None, None, None)
+        # Every child has ended, so the group exits at once.
+        await self._close_tasks()
 
     # -- stopping -------------------------------------------------------------------------------
 

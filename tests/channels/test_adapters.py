@@ -182,7 +182,7 @@ async def test_whatsapp_adapter_classifies_errors_by_meta_code_then_http_status(
     scripted = Scripted([(status, body, headers)])
     runner = await serve(scripted)
     try:
-        with pytest.raises(expected) as error:  # type: ignore[type-var]
+        with pytest.raises(expected) as error:
             await whatsapp(scripted.port, http).send(TEXT)
     finally:
         await runner.cleanup()

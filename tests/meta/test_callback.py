@@ -6,7 +6,7 @@ import uuid
 
 import orjson
 
-from chat4all_workers.meta.callback import callback_data, callback_ids
+from chat4all_workers.meta.callback import callback_data, callback_ids, our_callback
 
 MESSAGE_ID = str(uuid.UUID(int=7))
 CALLBACK = orjson.dumps({"message_id": MESSAGE_ID, "conversation_id": 42}).decode()
@@ -42,3 +42,16 @@ def test_callback_ids_gives_the_message_id_in_its_canonical_form() -> None:
     shouted = orjson.dumps({"message_id": MESSAGE_ID.upper(), "conversation_id": 42}).decode()
 
     assert callback_ids(shouted) == (MESSAGE_ID, 42)
+
+
+def test_our_callback_says_why_an_event_carries_none_of_ours() -> None:
+    ignored: list[tuple[str, str]] = []
+
+    ours = our_callback(CALLBACK, "status", ignored)
+    absent = our_callback(None, "echo", ignored)
+    foreign = our_callback("order-1234", "status", ignored)
+
+    assert ours is not None
+    assert (ours.message_id, ours.conversation_id) == (MESSAGE_ID, 42)
+    assert (absent, foreign) == (None, None)
+    assert ignored == [("echo", "no_callback_data"), ("status", "bad_callback_data")]

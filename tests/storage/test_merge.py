@@ -12,6 +12,7 @@ from miniopy_async.api import Minio
 from chat4all_workers.storage.merge import (
     MIN_PART_SIZE,
     ChecksumMismatchError,
+    MergeJob,
     SourceChunk,
     can_compose,
     merge_streaming,
@@ -44,16 +45,16 @@ async def test_merge_streaming_recuts_unaligned_chunks_into_parts(
     sources = await put_chunks(s3_client, s3_bucket, chunks)
     whole = hashlib.sha256(b"".join(chunks)).hexdigest()
 
-    await merge_streaming(
-        s3_client,
-        s3_bucket,
-        "files/t/out.bin",
-        sources,
+    job = MergeJob(
+        bucket=s3_bucket,
+        key="files/t/out.bin",
+        chunks=sources,
         content_type=None,
         expected_sha256=whole,
-        part_size_bytes=MIN_PART_SIZE,
         block_bytes=256 * 1024,
+        part_size_bytes=MIN_PART_SIZE,
     )
+    await merge_streaming(s3_client, job)
 
     assert await object_sha256(s3_client, s3_bucket, "files/t/out.bin") == whole
 
@@ -65,17 +66,18 @@ async def test_merge_streaming_rejects_a_chunk_whose_recorded_checksum_differs(
     sources = await put_chunks(s3_client, s3_bucket, [os.urandom(MIB), os.urandom(MIB)])
     sources[1] = SourceChunk(sources[1].key, sources[1].size, hashlib.sha256(b"no").hexdigest())
 
+    job = MergeJob(
+        bucket=s3_bucket,
+        key="files/t/out.bin",
+        chunks=sources,
+        content_type=None,
+        expected_sha256=None,
+        block_bytes=MIB,
+        part_size_bytes=MIN_PART_SIZE,
+    )
+
     with pytest.raises(ChecksumMismatchError, match="chunk-00002"):
-        await merge_streaming(
-            s3_client,
-            s3_bucket,
-            "files/t/out.bin",
-            sources,
-            content_type=None,
-            expected_sha256=None,
-            part_size_bytes=MIN_PART_SIZE,
-            block_bytes=MIB,
-        )
+        await merge_streaming(s3_client, job)
 
     assert await object_keys(s3_client, s3_bucket, "files/") == []
 

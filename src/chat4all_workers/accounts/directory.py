@@ -38,7 +38,6 @@ import math
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from types import TracebackType
 from typing import Any
 
 import asyncpg
@@ -46,6 +45,7 @@ import asyncpg
 from chat4all_workers.accounts.keys import load_keyring
 from chat4all_workers.accounts.model import DEFAULT_KEY, Account, MetaApp
 from chat4all_workers.accounts.snapshot import Snapshot, Unsealer, build_snapshot
+from chat4all_workers.background import TaskOwner
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import CHANNELS, Settings
 from chat4all_workers.db import accounts as store
@@ -76,7 +76,7 @@ async def listener_connection(settings: Settings) -> asyncpg.Connection:
     )
 
 
-class AccountDirectory:
+class AccountDirectory(TaskOwner):
     """`async with AccountDirectory(settings) as directory: directory.find("whatsapp", "acme")`.
 
     `connect` opens the listening connection (default: `listener_connection`); opening raises
@@ -105,7 +105,6 @@ class AccountDirectory:
         self._last_reload: datetime | None = None
         self._problem: str | None = None  # the watch's failure, logged once per change
         self._reported: dict[str, str] = {}  # rows left out, as last logged
-        self._tasks: asyncio.TaskGroup | None = None
         self._watcher: asyncio.Task[None] | None = None
 
     # -- what readers use: no I/O ------------------------------------------------------------------
@@ -189,10 +188,10 @@ class AccountDirectory:
             await self._listen(conn)
             await self._reload(conn, "open")
         except asyncpg.UndefinedTableError:
-            await _close(conn)
+            await _close_connection(conn)
             raise DependencyRefusedError("postgres", MIGRATE_HINT) from None
         except BaseException:
-            await _close(conn)
+            await _close_connection(conn)
             raise
         stats = self.stats()
         log.info(
@@ -200,27 +199,19 @@ class AccountDirectory:
             ", ".join(f"{ch} {n['enabled']} enabled" for ch, n in stats["accounts"].items()),
             stats["apps"],
         )
-        self._tasks = asyncio.TaskGroup()
-        await self._tasks.__aenter__()
-        self._watcher = self._tasks.create_task(self._watch(conn), name="accounts-directory")
+        tasks = await self._open_tasks()
+        self._watcher = tasks.create_task(self._watch(conn), name="accounts-directory")
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def _close(self) -> None:
         if self._refresh_due is not None:
             self._refresh_due.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
-        if self._tasks is not None:
-            tasks, self._tasks = self._tasks, None
-            await tasks.__aexit__(None, None, None)
+        await self._close_tasks()
         # A watch cancelled before it first ran never reached its `finally`.
         if self._conn is not None:
-            await _close(self._conn)
+            await _close_connection(self._conn)
         self._listening = False
 
     # -- the watch ------------------------------------------------------------------------------
@@ -235,10 +226,10 @@ class AccountDirectory:
                 except Exception as exc:  # noqa: BLE001 - the last snapshot keeps serving: log, reconnect
                     self._failed("the listener connection failed", exc)
                 self._listening = False
-                await _close(conn)
+                await _close_connection(conn)
                 conn = await self._reconnect()
         finally:
-            await _close(conn)
+            await _close_connection(conn)
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
         interval_s = self._settings.accounts.reload_interval_s
@@ -265,12 +256,12 @@ class AccountDirectory:
             except Exception as exc:  # noqa: BLE001 - retried with backoff, logged once
                 self._listening = False
                 if conn is not None:
-                    await _close(conn)
+                    await _close_connection(conn)
                 self._failed("reconnecting the listener failed", exc)
                 continue
             except BaseException:
                 if conn is not None:
-                    await _close(conn)
+                    await _close_connection(conn)
                 raise
             if self._problem is not None:
                 log.info("accounts: listening again (after %d attempts); reloaded", attempt)
@@ -345,7 +336,7 @@ class AccountDirectory:
         self._problem = problem
 
 
-async def _close(conn: asyncpg.Connection) -> None:
+async def _close_connection(conn: asyncpg.Connection) -> None:
     """Close gracefully, or drop the connection: never waits long, never raises."""
     if conn.is_closed():
         return

@@ -71,9 +71,7 @@ def environment_accounts(settings: Settings) -> tuple[list[Account], list[MetaAp
         apps.append(
             MetaApp(app_id=app_id, secret=section.app_secret, verify_token=section.verify_token)
         )
-        provider_id = (
-            section.phone_number_id if isinstance(section, WhatsAppSettings) else section.user_id
-        )
+        provider_id = section.provider_id
         if not provider_id:
             continue
         accounts.append(

@@ -13,48 +13,21 @@ and the error codes (meta/errors.py) are Meta's protocol, written once there. So
 
 from __future__ import annotations
 
-from chat4all_workers.channels.base import SendResult, post_json
-from chat4all_workers.channels.http import HttpClient
-from chat4all_workers.config import InstagramSettings
-from chat4all_workers.config_values import Secret
+from typing import Any
+
+from chat4all_workers.channels.base import MetaAdapter
 from chat4all_workers.errors import TransientProviderError
 from chat4all_workers.meta.errors import INSTAGRAM_CODES
-from chat4all_workers.meta.payloads import OutboundMessage, instagram_body
+from chat4all_workers.meta.payloads import instagram_body
 
 
-class InstagramAdapter:
+class InstagramAdapter(MetaAdapter):
     name = "instagram"
+    codes = INSTAGRAM_CODES
+    body = staticmethod(instagram_body)
 
-    def __init__(
-        self,
-        settings: InstagramSettings,
-        http: HttpClient,
-        *,
-        provider_id: str | None = None,
-        token: Secret | None = None,
-    ) -> None:
-        """`provider_id` and `token`: the sending account's (accounts/); by default the
-        environment's single account, from `settings`."""
-        self._settings = settings
-        self._http = http
-        self.account = settings.user_id if provider_id is None else provider_id
-        self._token = settings.access_token if token is None else token
-        base = settings.base_url.rstrip("/")
-        self._url = f"{base}/{settings.api_version}/{self.account}/messages"
-
-    async def send(self, message: OutboundMessage) -> SendResult:
-        answer = await post_json(
-            self._http,
-            self._url,
-            token=self._token.get(),
-            body=instagram_body(message),
-            timeout_s=self._settings.timeout_s,
-            codes=INSTAGRAM_CODES,
-        )
+    def message_id(self, answer: dict[str, Any]) -> str:
         message_id = answer.get("message_id")
         if not message_id:
             raise TransientProviderError("success answer without a message_id", in_doubt=True)
-        return SendResult(str(message_id))
-
-    async def aclose(self) -> None:
-        """Nothing of its own to close: the HTTP client belongs to the process."""
+        return str(message_id)

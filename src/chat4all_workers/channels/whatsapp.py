@@ -14,50 +14,23 @@ one user, bursts up to 45, 131056).
 
 from __future__ import annotations
 
-from chat4all_workers.channels.base import SendResult, post_json
-from chat4all_workers.channels.http import HttpClient
-from chat4all_workers.config import WhatsAppSettings
-from chat4all_workers.config_values import Secret
+from typing import Any
+
+from chat4all_workers.channels.base import MetaAdapter
 from chat4all_workers.errors import TransientProviderError
 from chat4all_workers.meta.errors import WHATSAPP_CODES
-from chat4all_workers.meta.payloads import OutboundMessage, whatsapp_body
+from chat4all_workers.meta.payloads import whatsapp_body
 
 
-class WhatsAppAdapter:
+class WhatsAppAdapter(MetaAdapter):
     name = "whatsapp"
+    codes = WHATSAPP_CODES
+    body = staticmethod(whatsapp_body)
 
-    def __init__(
-        self,
-        settings: WhatsAppSettings,
-        http: HttpClient,
-        *,
-        provider_id: str | None = None,
-        token: Secret | None = None,
-    ) -> None:
-        """`provider_id` and `token`: the sending account's (accounts/); by default the
-        environment's single account, from `settings`."""
-        self._settings = settings
-        self._http = http
-        self.account = settings.phone_number_id if provider_id is None else provider_id
-        self._token = settings.access_token if token is None else token
-        base = settings.base_url.rstrip("/")
-        self._url = f"{base}/{settings.api_version}/{self.account}/messages"
-
-    async def send(self, message: OutboundMessage) -> SendResult:
-        answer = await post_json(
-            self._http,
-            self._url,
-            token=self._token.get(),
-            body=whatsapp_body(message),
-            timeout_s=self._settings.timeout_s,
-            codes=WHATSAPP_CODES,
-        )
+    def message_id(self, answer: dict[str, Any]) -> str:
         try:
-            return SendResult(str(answer["messages"][0]["id"]))
+            return str(answer["messages"][0]["id"])
         except (KeyError, IndexError, TypeError):
             raise TransientProviderError(
                 "success answer without a message id", in_doubt=True
             ) from None
-
-    async def aclose(self) -> None:
-        """Nothing of its own to close: the HTTP client belongs to the process."""

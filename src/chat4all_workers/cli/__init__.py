@@ -17,7 +17,7 @@ the commands that read it (`run`, `run-once`, `config show`: load_settings).
 The package: this module reads argv and the settings and dispatches; `output.py` holds what every
 command shares (the one-line usage error, stdout that knows a closed pipe); one module per group
 of commands: `running.py` (run, run-once, the signal handlers), `admin.py` (roles, config, db,
-topics, status, dlq), `messages.py` (send, message), `accounts.py` (accounts: the sending
+topics, status, dlq), `messages.py` (send, message), `accounts/` (accounts: the sending
 accounts and Meta apps in the database).
 """
 
@@ -32,7 +32,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from chat4all_workers import roles
-from chat4all_workers.cli import accounts, admin, messages, running
+from chat4all_workers.cli import admin, messages, running
+from chat4all_workers.cli.accounts import actions as account_actions
+from chat4all_workers.cli.accounts import parsers as account_parsers
 from chat4all_workers.cli.output import (
     EXIT_STDOUT_CLOSED,
     Parser,
@@ -60,13 +62,13 @@ COMMANDS: dict[str, Handler] = {
     "dlq": admin.replay,
     "send": messages.send_message,
     "message": messages.show_message,
-    "accounts add": accounts.add_account,
-    "accounts app-add": accounts.add_app,
-    "accounts list": accounts.list_accounts,
-    "accounts disable": accounts.set_enabled,
-    "accounts enable": accounts.set_enabled,
-    "accounts rotate-token": accounts.rotate_token,
-    "accounts new-key": accounts.new_key,
+    "accounts add": account_actions.add_account,
+    "accounts app-add": account_actions.add_app,
+    "accounts list": account_actions.list_accounts,
+    "accounts disable": account_actions.set_enabled,
+    "accounts enable": account_actions.set_enabled,
+    "accounts rotate-token": account_actions.rotate_token,
+    "accounts new-key": account_actions.new_key,
 }
 
 
@@ -90,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     running.add(commands)
     admin.add(commands)
     messages.add(commands)
-    accounts.add(commands)
+    account_parsers.add(commands)
     return parser
 
 

@@ -20,7 +20,10 @@ from chat4all_workers.cli.output import (
 from chat4all_workers.config import Settings
 
 if TYPE_CHECKING:
-    from chat4all_workers.ops.follow import StatusEvent
+    import asyncpg
+
+    from chat4all_workers.ops.follow import FollowResult, StatusEvent
+    from chat4all_workers.ops.send import Written
 
 
 def add(commands: Any) -> None:
@@ -124,7 +127,7 @@ def _add_message(commands: Any) -> None:
 async def send_message(settings: Settings, args: argparse.Namespace) -> int:
     import asyncpg
 
-    from chat4all_workers.ops import follow, send
+    from chat4all_workers.ops import send
 
     try:
         message = send.compose(
@@ -146,38 +149,9 @@ async def send_message(settings: Settings, args: argparse.Namespace) -> int:
                 out(f"{message.message_id}\n")
             if not args.wait:
                 if args.json:
-                    out(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+                    out(_json(doc))
                 return 0
-            if not args.json:
-                to = ", ".join(f"{c} {r}" for c, r in message.recipients.items())
-                out(
-                    f"following it to READ on {to} (conversation {message.conversation_id}; "
-                    f"up to {args.timeout:g} s)\n"
-                )
-
-            def on_status(event: StatusEvent) -> None:
-                if not args.json:
-                    out(follow.status_line(event) + "\n")
-                    flush_stdout()
-
-            def on_notice(text: str) -> None:
-                if not args.json:
-                    out(f"  {text}\n")
-                    flush_stdout()
-
-            result = await follow.follow(
-                settings,
-                conn,
-                message_id=message.message_id,
-                conversation_id=message.conversation_id,
-                channels=message.channels,
-                event_id=written.event_id,
-                timeout_s=args.timeout,
-                workers=workers(settings, args.workers),
-                on_status=on_status,
-                on_notice=on_notice,
-                accounts=message.accounts_by_channel(),
-            )
+            result = await _follow(settings, args, conn, written)
         finally:
             await conn.close()
     except send.BadInputError as exc:
@@ -186,8 +160,53 @@ async def send_message(settings: Settings, args: argparse.Namespace) -> int:
     except asyncpg.PostgresError as exc:  # e.g. a database without the migrations
         sys.stderr.write(f"chat4all-workers send: postgres: {exc}\n")
         return 1
+    return _report(args, doc, result)
+
+
+async def _follow(
+    settings: Settings, args: argparse.Namespace, conn: asyncpg.Connection, written: Written
+) -> FollowResult:
+    """`--wait`: each status as a line (none with --json) until READ or FAILED, or the
+    timeout."""
+    from chat4all_workers.ops import follow
+
+    message = written.message
+    if not args.json:
+        to = ", ".join(f"{c} {r}" for c, r in message.recipients.items())
+        out(
+            f"following it to READ on {to} (conversation {message.conversation_id}; "
+            f"up to {args.timeout:g} s)\n"
+        )
+
+    def on_status(event: StatusEvent) -> None:
+        if not args.json:
+            out(follow.status_line(event) + "\n")
+            flush_stdout()
+
+    def on_notice(text: str) -> None:
+        if not args.json:
+            out(f"  {text}\n")
+            flush_stdout()
+
+    return await follow.follow(
+        settings,
+        conn,
+        message_id=message.message_id,
+        conversation_id=message.conversation_id,
+        channels=message.channels,
+        event_id=written.event_id,
+        timeout_s=args.timeout,
+        workers=workers(settings, args.workers),
+        on_status=on_status,
+        on_notice=on_notice,
+        accounts=message.accounts_by_channel(),
+    )
+
+
+def _report(args: argparse.Namespace, doc: dict[str, Any], result: FollowResult) -> int:
+    """How the wait ended: exit 0 when READ on every channel, else 1."""
     if args.json:
-        out(orjson.dumps({**doc, **result.as_dict()}, option=orjson.OPT_INDENT_2).decode() + "\n")
+        out(_json({**doc, **result.as_dict()}))
     elif result.outcome == "read":
         out(f"{result.reason} in {result.elapsed_s:.1f} s\n")
     elif result.outcome == "failed":
@@ -195,6 +214,10 @@ async def send_message(settings: Settings, args: argparse.Namespace) -> int:
     else:
         out(f"timed out after {args.timeout:g} s: {result.reason}\n")
     return 0 if result.outcome == "read" else 1
+
+
+def _json(doc: dict[str, Any]) -> str:
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n"
 
 
 async def show_message(settings: Settings, args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import asyncpg
 
@@ -32,27 +33,6 @@ class AppRow:
 
 
 @dataclass(frozen=True, kw_only=True)
-class AccountRow:
-    channel: str
-    key: str
-    provider_id: str
-    app_id: str
-    token_sealed: bytes
-    # None: the channel section's value.
-    max_rate_per_s: float | None
-    pair_burst: int | None
-    pair_interval_s: float | None
-    enabled: bool
-    version: int
-    created_at: datetime
-    updated_at: datetime
-
-    @property
-    def ref(self) -> str:
-        return f"{self.channel}/{self.key}"
-
-
-@dataclass(frozen=True, kw_only=True)
 class AccountFields:
     """What a writer sets of an account (the rest is the table's: enabled, version, times)."""
 
@@ -61,9 +41,24 @@ class AccountFields:
     provider_id: str
     app_id: str
     token_sealed: bytes
+    # None: the channel section's value.
     max_rate_per_s: float | None = None
     pair_burst: int | None = None
     pair_interval_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccountRow(AccountFields):
+    """An account as stored: what its writer set, and the table's own columns."""
+
+    enabled: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.channel}/{self.key}"
 
 
 class ProviderIdTakenError(ValueError):
@@ -190,27 +185,30 @@ async def set_enabled(
     conn: asyncpg.Connection, channel: str, key: str, *, enabled: bool
 ) -> AccountRow | None:
     """Enable or disable the account; None: no such account."""
-    async with conn.transaction():
-        row = await conn.fetchrow(
-            f"""UPDATE accounts SET enabled = $3 WHERE channel = $1 AND key = $2
-                RETURNING {_ACCOUNT_COLUMNS}""",
-            channel,
-            key,
-            enabled,
-        )
-    return None if row is None else _account(row)
+    return await _set(conn, channel, key, "enabled", enabled)
 
 
 async def set_token(
     conn: asyncpg.Connection, channel: str, key: str, *, token_sealed: bytes
 ) -> AccountRow | None:
     """Replace the account's token (rotation); None: no such account."""
+    return await _set(conn, channel, key, "token_sealed", token_sealed)
+
+
+async def _set(
+    conn: asyncpg.Connection,
+    channel: str,
+    key: str,
+    column: Literal["enabled", "token_sealed"],
+    value: object,
+) -> AccountRow | None:
+    """Set one column of the account; None: no such account."""
     async with conn.transaction():
         row = await conn.fetchrow(
-            f"""UPDATE accounts SET token_sealed = $3 WHERE channel = $1 AND key = $2
+            f"""UPDATE accounts SET {column} = $3 WHERE channel = $1 AND key = $2
                 RETURNING {_ACCOUNT_COLUMNS}""",
             channel,
             key,
-            token_sealed,
+            value,
         )
     return None if row is None else _account(row)

@@ -191,13 +191,18 @@ class Fields:
             self.problem(name, "missing" if name not in self.doc else "must not be null")
         return value
 
+    def _typed(self, name: str, kind: type[T], what: str, *, required: bool) -> T | None:
+        """The raw value when it is a `kind`; anything else is a problem (`must be {what}`)."""
+        value = self.get(name, required=required)
+        if value is None or isinstance(value, kind):
+            return value
+        self.problem(name, f"must be {what}, got {describe(value)}")
+        return None
+
     def uuid(self, name: str, *, required: bool = True) -> str | None:
         """A UUID in its 8-4-4-4-12 form, in lower case (any case accepted)."""
-        value = self.get(name, required=required)
+        value = self._typed(name, str, "a UUID string", required=required)
         if value is None:
-            return None
-        if not isinstance(value, str):
-            self.problem(name, f"must be a UUID string, got {describe(value)}")
             return None
         if not _UUID.fullmatch(value):
             self.problem(name, f"not a UUID: {quote(value)}")
@@ -231,11 +236,8 @@ class Fields:
         max_chars: int | None = None,
         allow_empty: bool = False,
     ) -> str | None:
-        value = self.get(name, required=required)
+        value = self._typed(name, str, "a string", required=required)
         if value is None:
-            return None
-        if not isinstance(value, str):
-            self.problem(name, f"must be a string, got {describe(value)}")
             return None
         if not value and not allow_empty:
             self.problem(name, "must not be empty")
@@ -258,11 +260,8 @@ class Fields:
     def timestamp(self, name: str, *, required: bool = True) -> datetime | None:
         """An RFC 3339 date-time with its offset (`2026-11-28T10:30:00Z`), within the years
         1-9999 once in UTC."""
-        value = self.get(name, required=required)
+        value = self._typed(name, str, "an RFC 3339 string", required=required)
         if value is None:
-            return None
-        if not isinstance(value, str):
-            self.problem(name, f"must be an RFC 3339 string, got {describe(value)}")
             return None
         match = _RFC3339.fullmatch(value) if len(value) <= _MAX_TIMESTAMP_CHARS else None
         if match is None:
@@ -283,13 +282,8 @@ class Fields:
 
     def object(self, name: str, *, required: bool = True) -> Fields | None:
         """A nested object, read with the same rules; its problems join this record's."""
-        value = self.get(name, required=required)
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            self.problem(name, f"must be an object, got {describe(value)}")
-            return None
-        return Fields(value, self.problems, where=self.path(name))
+        value = self._typed(name, dict, "an object", required=required)
+        return None if value is None else Fields(value, self.problems, where=self.path(name))
 
     def storable(self, name: str, *, required: bool = False) -> dict[str, Any] | None:
         """A free-form object stored as jsonb: any content, except what PostgreSQL refuses

@@ -58,6 +58,19 @@ def read_callback(raw: Any) -> Callback | None:
     return Callback(message_id, conversation_id, origin if valid else None)
 
 
+def our_callback(raw: Any, kind: str, ignored: list[tuple[str, str]]) -> Callback | None:
+    """The callback data of a webhook event (`kind`) about a message, or None, said in `ignored`:
+    `no_callback_data` when it carries none (sent from Meta's own apps, not by us),
+    `bad_callback_data` when what it carries is not ours."""
+    if raw is None:
+        ignored.append((kind, "no_callback_data"))
+        return None
+    callback = read_callback(raw)
+    if callback is None:
+        ignored.append((kind, "bad_callback_data"))
+    return callback
+
+
 def callback_ids(raw: Any) -> tuple[str, int] | None:
     """(message_id, conversation_id) of our callback data, or None if it is not ours."""
     callback = read_callback(raw)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from chat4all_workers.meta.callback import callback_ids
+from chat4all_workers.meta.callback import our_callback
 from chat4all_workers.meta.events import (
     INSTAGRAM_OBJECT,
     InboundEvent,
@@ -94,14 +94,10 @@ def _instagram_event(event: Any, where: str, entry_id: str, parsed: Parsed) -> N
 def _instagram_echo(
     message: dict[str, Any], mid: str, at: datetime, entry_id: str, parsed: Parsed
 ) -> None:
-    raw_callback = message.get("metadata")
-    if raw_callback is None:  # sent from the Instagram app, not by us
-        parsed.ignored.append(("echo", "no_callback_data"))
+    callback = our_callback(message.get("metadata"), "echo", parsed.ignored)
+    if callback is None:
         return
-    ids = callback_ids(raw_callback)
-    if ids is None:
-        parsed.ignored.append(("echo", "bad_callback_data"))
-        return
+    ids = callback.message_id, callback.conversation_id
     parsed.statuses.append(
         StatusEvent("echo", "instagram", mid, "SENT", at, *ids, account=entry_id)
     )

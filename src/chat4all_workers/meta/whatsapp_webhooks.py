@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from chat4all_workers.meta.callback import read_callback
+from chat4all_workers.meta.callback import our_callback
 from chat4all_workers.meta.events import (
     MAX_DEPTH,
     MAX_ERROR_TEXT,
@@ -91,13 +91,8 @@ def _whatsapp_status(item: Any, where: str, account: str, parsed: Parsed) -> Non
     if status is None:
         parsed.ignored.append(("status", "unknown_status"))
         return
-    raw_callback = item.get("biz_opaque_callback_data")
-    if raw_callback is None:
-        parsed.ignored.append(("status", "no_callback_data"))
-        return
-    callback = read_callback(raw_callback)
+    callback = our_callback(item.get("biz_opaque_callback_data"), "status", parsed.ignored)
     if callback is None:
-        parsed.ignored.append(("status", "bad_callback_data"))
         return
     error = _status_error(item.get("errors")) if status == "FAILED" else None
     recipient = item.get("recipient_id")

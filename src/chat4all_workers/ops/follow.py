@@ -137,6 +137,14 @@ class _Progress:
     def done(self) -> bool:
         return all(READ in s or FAILED in s for s in self.seen.values())
 
+    def outcome(self, channels: Sequence[str]) -> tuple[str, str]:
+        """Once done: ("failed", which and why) when a channel FAILED without READ, else
+        ("read", ...)."""
+        failed = {c: r for c, r in self.failures.items() if READ not in self.seen[c]}
+        if failed:
+            return "failed", "; ".join(f"{c} FAILED: {r}" for c, r in failed.items())
+        return "read", f"READ on every channel ({', '.join(channels)})"
+
     def stuck_before_the_provider(self) -> list[str]:
         return [c for c, s in self.seen.items() if not PAST_ROUTER.intersection(s)]
 
@@ -267,15 +275,9 @@ async def follow(
             await woken(min(poll_interval_s, max(0.0, deadline - time.monotonic())))
     result.elapsed_s = time.monotonic() - started
     if progress.done():
-        failed = {c: r for c, r in progress.failures.items() if READ not in progress.seen[c]}
-        if failed:
-            result.outcome = "failed"
-            result.reason = "; ".join(f"{c} FAILED: {r}" for c, r in failed.items())
-        else:
-            result.outcome = "read"
-            result.reason = f"READ on every channel ({', '.join(channels)})"
-        return result
-    result.reason = await _why_not_done(conn, progress, pauses, channels, event_id)
+        result.outcome, result.reason = progress.outcome(channels)
+    else:
+        result.reason = await _why_not_done(conn, progress, pauses, channels, event_id)
     return result
 
 

@@ -39,7 +39,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from chat4all_workers.config import CHANNELS, Settings
-from chat4all_workers.delivery.markers import Kind, marker_key, read_marker
+from chat4all_workers.delivery.markers import Kind, Marker, marker_key, read_marker
 from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.formats.message import ALL
 from chat4all_workers.ops.dead_letters import DEFAULT_LIMIT, DlqSearch, find_dead_letters
@@ -304,37 +304,42 @@ def _marker_view(
         if reason:
             view.summary += f": {reason}"
     elif marker.kind is Kind.LEASE:
-        token = marker.value.removeprefix("lease:").rsplit(":", 1)[0]
-        worker, send = token[:_PROCESS_TOKEN_CHARS], token[_PROCESS_TOKEN_CHARS:]
-        view.worker = worker
-        who = f"worker {worker}" + (f" (its send {send})" if send else "")
-        if marker.deadline <= 0:
-            view.state = "in_doubt"
-            view.summary = (
-                f"in doubt: {who} stopped mid-send and handed it over; the next router waits "
-                "for the provider's word (router.in_doubt_window_s)"
-            )
-        else:
-            deadline = datetime.fromtimestamp(marker.deadline, UTC)
-            view.deadline = iso(deadline)
-            if marker.deadline > now:
-                view.summary = (
-                    f"leased by {who} until {iso(deadline)} "
-                    f"(for {marker.deadline - now:.0f} s more): a send is under way"
-                )
-            else:
-                view.state = "in_doubt"
-                view.summary = (
-                    f"in doubt since {iso(deadline)}: the lease of {who} expired mid-send "
-                    f"({_ago(now - marker.deadline)}); the provider may have the message, and "
-                    "its word (a status webhook) or router.in_doubt_window_s settles it"
-                )
+        _lease(view, marker, now=now)
     else:
         view.summary = (
             f"foreign marker {marker.value[:60]!r}: not written by these workers (the original "
             "router's flag): read as sent, never sent again"
         )
     return view
+
+
+def _lease(view: MarkerView, marker: Marker, *, now: float) -> None:
+    """A lease marker: who holds it and until when; expired (or handed over), in doubt."""
+    token = marker.value.removeprefix("lease:").rsplit(":", 1)[0]
+    worker, send = token[:_PROCESS_TOKEN_CHARS], token[_PROCESS_TOKEN_CHARS:]
+    view.worker = worker
+    who = f"worker {worker}" + (f" (its send {send})" if send else "")
+    if marker.deadline <= 0:
+        view.state = "in_doubt"
+        view.summary = (
+            f"in doubt: {who} stopped mid-send and handed it over; the next router waits "
+            "for the provider's word (router.in_doubt_window_s)"
+        )
+        return
+    deadline = datetime.fromtimestamp(marker.deadline, UTC)
+    view.deadline = iso(deadline)
+    if marker.deadline > now:
+        view.summary = (
+            f"leased by {who} until {iso(deadline)} "
+            f"(for {marker.deadline - now:.0f} s more): a send is under way"
+        )
+    else:
+        view.state = "in_doubt"
+        view.summary = (
+            f"in doubt since {iso(deadline)}: the lease of {who} expired mid-send "
+            f"({_ago(now - marker.deadline)}); the provider may have the message, and "
+            "its word (a status webhook) or router.in_doubt_window_s settles it"
+        )
 
 
 async def _index(settings: Settings, story: Story, client: aioredis.Redis, prefix: str) -> None:

@@ -221,29 +221,17 @@ class Merger:
     async def _write(
         self, key: str, chunks: Sequence[s3merge.SourceChunk], file: files_db.FileRow
     ) -> None:
-        client = self._resources.s3_client()
         merge = self._settings.section(MergeSettings)
-        if s3merge.can_compose([c.size for c in chunks]):
-            await s3merge.merge_server_side(
-                client,
-                self._bucket,
-                key,
-                chunks,
-                content_type=file.mime_type,
-                expected_sha256=file.checksum_sha256,
-                block_bytes=merge.read_block_bytes,
-            )
-        else:
-            await s3merge.merge_streaming(
-                client,
-                self._bucket,
-                key,
-                chunks,
-                content_type=file.mime_type,
-                expected_sha256=file.checksum_sha256,
-                part_size_bytes=merge.stream_part_size_bytes,
-                block_bytes=merge.read_block_bytes,
-            )
+        job = s3merge.MergeJob(
+            bucket=self._bucket,
+            key=key,
+            chunks=chunks,
+            content_type=file.mime_type,
+            expected_sha256=file.checksum_sha256,
+            block_bytes=merge.read_block_bytes,
+            part_size_bytes=merge.stream_part_size_bytes,
+        )
+        await s3merge.merge(self._resources.s3_client(), job)
 
     async def _announce(
         self, file: files_db.FileRow, key: str, size: int, completed_at: datetime

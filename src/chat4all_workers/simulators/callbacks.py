@@ -30,7 +30,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -70,25 +70,19 @@ class _Pending:
     body: bytes | None = field(default=None, compare=False)
 
 
+@dataclass(eq=False)
 class Callbacks:
-    def __init__(
-        self,
-        http: HttpClient,
-        *,
-        name: str,
-        url: str,
-        secret: str,
-        max_pending: int = 50_000,
-        max_in_flight: int = 64,
-        delay_s: float = 0.0,
-    ) -> None:
-        self._http = http
-        self._name = name
-        self.url = url
-        self._secret = secret
-        self._max_pending = max_pending
-        self._delay_s = delay_s  # every callback waits this much more (`mocks.webhook_delay_ms`)
-        self._slots = asyncio.Semaphore(max_in_flight)
+    http: HttpClient
+    _: KW_ONLY
+    name: str
+    url: str
+    secret: str = field(repr=False)
+    max_pending: int = 50_000
+    max_in_flight: int = 64
+    delay_s: float = 0.0  # every callback waits this much more (`mocks.webhook_delay_ms`)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.max_in_flight)
         self._heap: list[_Pending] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
@@ -103,7 +97,7 @@ class Callbacks:
     @property
     def not_sent(self) -> str | None:
         """Why no webhook is sent, or None when they are."""
-        if not self._secret:
+        if not self.secret:
             return "no app secret: webhooks cannot be signed, none is sent"
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -118,7 +112,7 @@ class Callbacks:
         not_sent = self.not_sent
         return {
             "url": self.url,
-            "signed": bool(self._secret),
+            "signed": bool(self.secret),
             **({"not_sent": not_sent} if not_sent else {}),
             **self.counts,
             "pending": len(self._heap) + self._in_flight,
@@ -128,12 +122,12 @@ class Callbacks:
         """The chain of callbacks for a message accepted now."""
         if not self._enabled or not stages:
             return
-        if len(self._heap) + self._in_flight >= self._max_pending:
+        if len(self._heap) + self._in_flight >= self.max_pending:
             self.counts["dropped"] += 1
-            self._warn("full", f"more than {self._max_pending} webhooks pending; dropping one")
+            self._warn("full", f"more than {self.max_pending} webhooks pending; dropping one")
             return
         now = asyncio.get_running_loop().time()
-        due = now if self._flushing else now + stages[0].after_s + self._delay_s
+        due = now if self._flushing else now + stages[0].after_s + self.delay_s
         self._push(_Pending(due, next(self._seq), now, stages))
 
     async def run(self) -> None:
@@ -178,7 +172,7 @@ class Callbacks:
         if left_over:
             why = "nobody listens there" if self._unreachable else "the shutdown deadline came"
             log.warning(
-                "mock %s: %d webhook(s) to %s not sent: %s", self._name, left_over, self.url, why
+                "mock %s: %d webhook(s) to %s not sent: %s", self.name, left_over, self.url, why
             )
             self.counts["dropped"] += left_over
             self._heap.clear()
@@ -191,12 +185,12 @@ class Callbacks:
                 item.body = item.stages[item.stage].write(time.time())
             headers = {
                 "Content-Type": "application/json",
-                SIGNATURE_HEADER: sign(self._secret, item.body),
+                SIGNATURE_HEADER: sign(self.secret, item.body),
             }
             problem: str | None = None
             refused = False
             try:
-                response = await self._http.post(
+                response = await self.http.post(
                     self.url, body=item.body, headers=headers, timeout_s=_TIMEOUT_S
                 )
             except (HTTPTransportError, RequestTimeoutError) as exc:
@@ -220,7 +214,7 @@ class Callbacks:
         item.stage += 1
         item.attempts, item.body = 0, None
         loop_time = asyncio.get_running_loop().time()
-        due = item.accepted_at + item.stages[item.stage].after_s + self._delay_s
+        due = item.accepted_at + item.stages[item.stage].after_s + self.delay_s
         item.due = loop_time if self._flushing else max(loop_time, due)
         item.seq = next(self._seq)
         self._push(item)
@@ -257,4 +251,4 @@ class Callbacks:
             return
         self._unwarned[kind], self._warned_at[kind] = 0, now
         more = f" ({count - 1} more like this since the last such line)" if count > 1 else ""
-        log.warning("mock %s: %s%s", self._name, text, more)
+        log.warning("mock %s: %s%s", self.name, text, more)

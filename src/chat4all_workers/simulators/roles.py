@@ -21,7 +21,7 @@ from chat4all_workers.config import InstagramSettings, WhatsAppSettings
 from chat4all_workers.resources import Need
 from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from chat4all_workers.simulators.accounts import Account, AccountConfig
-from chat4all_workers.simulators.api import MockChannel
+from chat4all_workers.simulators.mock import MockChannel
 from chat4all_workers.simulators.settings import MockSettings
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,9 @@ def _account(ctx: RoleContext, channel: str) -> Account:
     """The settings' one account of `channel`."""
     settings = ctx.settings
     own = settings.section(MockSettings)
-    provider: WhatsAppSettings | InstagramSettings
-    if channel == "whatsapp":
-        provider, account_id = settings.whatsapp, settings.whatsapp.phone_number_id
-    else:
-        provider, account_id = settings.instagram, settings.instagram.user_id
+    provider: WhatsAppSettings | InstagramSettings = getattr(settings, channel)
     config = AccountConfig(
-        id=account_id,
+        id=provider.provider_id,
         access_token=provider.access_token.get(),
         rate_per_s=getattr(own, f"{channel}_rate_per_s"),
         webhook_url=getattr(own, f"{channel}_webhook_url"),
@@ -79,34 +75,24 @@ def _more_accounts(ctx: RoleContext, channel: str) -> list[Account]:
     ]
 
 
-async def _serve(ctx: RoleContext, channel: str, port: int) -> None:
-    own = ctx.settings.section(MockSettings)
-    mock = MockChannel(channel, own, [_account(ctx, channel), *_more_accounts(ctx, channel)])
-    async with mock.serving(own.host, port, shutdown=ctx.shutdown):
-        ctx.mark_ready()
-        await ctx.stopping.wait()
+def _mock_role(channel: str) -> RoleSpec:
+    """The role that serves `channel`'s mock on its port (`mocks.<channel>_port`)."""
+
+    async def run(ctx: RoleContext) -> None:
+        own = ctx.settings.section(MockSettings)
+        mock = MockChannel(channel, own, [_account(ctx, channel), *_more_accounts(ctx, channel)])
+        async with mock.serving(own.host, getattr(own, f"{channel}_port"), shutdown=ctx.shutdown):
+            ctx.mark_ready()
+            await ctx.stopping.wait()
+
+    return RoleSpec(
+        name=f"{channel}_mock",
+        needs=frozenset({Need.HTTP}),
+        run=run,
+        settings=MockSettings,
+        restart=Restart.TEMPORARY,
+    )
 
 
-async def run_whatsapp(ctx: RoleContext) -> None:
-    await _serve(ctx, "whatsapp", ctx.settings.section(MockSettings).whatsapp_port)
-
-
-async def run_instagram(ctx: RoleContext) -> None:
-    await _serve(ctx, "instagram", ctx.settings.section(MockSettings).instagram_port)
-
-
-WHATSAPP = RoleSpec(
-    name="whatsapp_mock",
-    needs=frozenset({Need.HTTP}),
-    run=run_whatsapp,
-    settings=MockSettings,
-    restart=Restart.TEMPORARY,
-)
-
-INSTAGRAM = RoleSpec(
-    name="instagram_mock",
-    needs=frozenset({Need.HTTP}),
-    run=run_instagram,
-    settings=MockSettings,
-    restart=Restart.TEMPORARY,
-)
+WHATSAPP = _mock_role("whatsapp")
+INSTAGRAM = _mock_role("instagram")

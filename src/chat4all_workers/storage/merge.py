@@ -56,9 +56,30 @@ class SourceChunk:
     sha256: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class MergeJob:
+    """The chunks, in order, joined into the object `key` of `bucket`."""
+
+    bucket: str
+    key: str
+    chunks: Sequence[SourceChunk]
+    content_type: str | None
+    expected_sha256: str | None  # the whole file's: a mismatch leaves no object behind
+    block_bytes: int  # each chunk is read in blocks of at most this
+    part_size_bytes: int  # the parts of a streaming merge (at least MIN_PART_SIZE)
+
+
 def can_compose(sizes: Sequence[int]) -> bool:
     """Server-side merge is possible when every part but the last meets the S3 minimum."""
     return bool(sizes) and all(size >= MIN_PART_SIZE for size in sizes[:-1])
+
+
+async def merge(client: Minio, job: MergeJob) -> None:
+    """The job done the way its chunk sizes allow: server-side, else streaming."""
+    if can_compose([c.size for c in job.chunks]):
+        await merge_server_side(client, job)
+    else:
+        await merge_streaming(client, job)
 
 
 async def list_sizes(client: Minio, bucket: str, prefix: str) -> dict[str, int]:
@@ -73,77 +94,54 @@ async def list_sizes(client: Minio, bucket: str, prefix: str) -> dict[str, int]:
     return found
 
 
-async def merge_server_side(
-    client: Minio,
-    bucket: str,
-    key: str,
-    chunks: Sequence[SourceChunk],
-    *,
-    content_type: str | None,
-    expected_sha256: str | None,
-    block_bytes: int,
-) -> None:
-    if expected_sha256 is not None:
+async def merge_server_side(client: Minio, job: MergeJob) -> None:
+    bucket, key = job.bucket, job.key
+    if job.expected_sha256 is not None:
         hasher = hashlib.sha256()
-        for chunk in chunks:
-            async with contextlib.aclosing(
-                _read_chunk(client, bucket, chunk, block_bytes)
-            ) as blocks:
-                async for block in blocks:
-                    hasher.update(block)
-        _check_digest(hasher, expected_sha256)
+        async with contextlib.aclosing(_read_chunks(client, job)) as blocks:
+            async for block in blocks:
+                hasher.update(block)
+        _check_digest(hasher, job.expected_sha256)
     try:
         await client.compose_object(
             bucket,
             key,
-            [ComposeSource(bucket, chunk.key) for chunk in chunks],
-            metadata={"Content-Type": content_type or DEFAULT_CONTENT_TYPE},
+            [ComposeSource(bucket, chunk.key) for chunk in job.chunks],
+            metadata={"Content-Type": job.content_type or DEFAULT_CONTENT_TYPE},
         )
     except S3_ERRORS as exc:
         raise RetryableError(f"compose of s3://{bucket}/{key} failed: {exc!r}") from exc
 
 
-async def merge_streaming(
-    client: Minio,
-    bucket: str,
-    key: str,
-    chunks: Sequence[SourceChunk],
-    *,
-    content_type: str | None,
-    expected_sha256: str | None,
-    part_size_bytes: int,
-    block_bytes: int,
-) -> None:
+async def merge_streaming(client: Minio, job: MergeJob) -> None:
     """Multipart upload of the chunks' concatenation; memory stays near one part."""
-    part_size = max(part_size_bytes, MIN_PART_SIZE)
+    bucket, key = job.bucket, job.key
+    part_size = max(job.part_size_bytes, MIN_PART_SIZE)
     hasher = hashlib.sha256()
     uploader = client.multipart_uploader(
-        bucket, key, content_type=content_type or DEFAULT_CONTENT_TYPE
+        bucket, key, content_type=job.content_type or DEFAULT_CONTENT_TYPE
     )
     completed = False
     try:
         buffer = bytearray()
         part_number = 0
-        for chunk in chunks:
-            async with contextlib.aclosing(
-                _read_chunk(client, bucket, chunk, block_bytes)
-            ) as blocks:
-                async for block in blocks:
-                    hasher.update(block)
-                    buffer += block
-                    if len(buffer) >= part_size:
-                        part_number += 1
-                        with memoryview(buffer) as view:
-                            part = bytes(view[:part_size])
-                        del buffer[:part_size]
-                        await _upload_part(uploader, part, part_number)
-                        del part
+        async with contextlib.aclosing(_read_chunks(client, job)) as blocks:
+            async for block in blocks:
+                hasher.update(block)
+                buffer += block
+                if len(buffer) >= part_size:
+                    part_number += 1
+                    with memoryview(buffer) as view:
+                        part = bytes(view[:part_size])
+                    del buffer[:part_size]
+                    await _upload_part(uploader, part, part_number)
+                    del part
         if buffer or part_number == 0:
             part_number += 1
             await _upload_part(uploader, bytes(buffer), part_number)
         del buffer
-        if expected_sha256 is not None:
-            _check_digest(hasher, expected_sha256)
+        if job.expected_sha256 is not None:
+            _check_digest(hasher, job.expected_sha256)
         try:
             await uploader.complete()
         except S3_ERRORS as exc:
@@ -205,6 +203,17 @@ async def abort_multipart_uploads(
         if not page.is_truncated:
             return aborted
         key_marker, upload_id_marker = page.next_key_marker, page.next_upload_id_marker
+
+
+async def _read_chunks(client: Minio, job: MergeJob) -> AsyncGenerator[bytes, None]:
+    """Every chunk's bytes, in order, in blocks (`_read_chunk`); callers wrap it in
+    `contextlib.aclosing` too."""
+    for chunk in job.chunks:
+        async with contextlib.aclosing(
+            _read_chunk(client, job.bucket, chunk, job.block_bytes)
+        ) as blocks:
+            async for block in blocks:
+                yield block
 
 
 async def _read_chunk(
