@@ -164,6 +164,8 @@ async def test_backfill_killed_between_take_and_ack_loses_nothing(
         )
         child.send_signal(signal.SIGKILL)
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            child.kill()  # a failed wait above must not leave the worker running
         await child.wait()
     assert await _holding(redis, queue), "the kill did not land between take and ack"
 
