@@ -53,10 +53,12 @@ async def test_held_counts_the_keys_records_as_held_while_inside() -> None:
         async with held():
             return (worker.budget.in_flight, worker.budget.held)
 
+    before = (worker.budget.in_flight, worker.budget.held)
     inside = await in_key_worker(worker, hold)
 
-    assert inside == (0, 3)
-    assert (worker.budget.in_flight, worker.budget.held) == (3, 0)
+    assert before == (1, 2)  # the head in flight, the two behind it waiting (held)
+    assert inside == (0, 3)  # the head waits too
+    assert (worker.budget.in_flight, worker.budget.held) == (1, 2)
 
 
 async def test_held_outside_an_engine_does_nothing() -> None:
