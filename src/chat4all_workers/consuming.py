@@ -8,7 +8,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
-from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
+from chat4all_workers.errors import InvalidRecordError, PermanentError
 from chat4all_workers.kafka.backlog import warn_of_reread
 from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHandler
 from chat4all_workers.kafka.dlq import dead_letter
@@ -43,12 +43,6 @@ async def consume(
     router's channels).
     """
 
-    async def outage_is_retryable(record: ConsumedRecord) -> None:
-        try:
-            await handler(record)
-        except TRANSIENT_ERRORS as exc:
-            raise RetryableError(f"{type(exc).__name__}: {exc}") from exc
-
     async def dead_letter_it(record: ConsumedRecord, exc: PermanentError) -> None:
         # A record that breaks its format was never tried on anything: 0 attempts.
         attempts = 0 if isinstance(exc, InvalidRecordError) else 1
@@ -63,7 +57,8 @@ async def consume(
         topics=[topic],
         group_id=group,
         role=ctx.name,
-        handler=outage_is_retryable,
+        handler=handler,
+        outages=TRANSIENT_ERRORS,
         on_permanent=on_permanent or dead_letter_it,
         metrics=ctx.metrics,
         max_in_flight=max_in_flight,

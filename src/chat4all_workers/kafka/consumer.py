@@ -93,6 +93,7 @@ class ConsumerEngine:
         handler: Handler,
         on_permanent: PermanentHandler,
         metrics: Metrics,
+        outages: tuple[type[Exception], ...] = (),
         max_in_flight: int | None = None,
         commit_interval_s: float = 1.0,
         drain: bool = False,
@@ -105,6 +106,9 @@ class ConsumerEngine:
         self._span_name = f"{role} process"
         self._handler = handler
         self._on_permanent = on_permanent
+        # A backing service unreachable (the client libraries' own errors): retried in place,
+        # like a RetryableError (caught here, not by a wrapper around every handler call).
+        self._outages = outages
         self._metrics = metrics
         self._commit_interval_s = commit_interval_s
         self._until_caught_up = drain
@@ -357,6 +361,11 @@ class ConsumerEngine:
                     break
                 except RetryableError as exc:
                     if not await self._back_off(partition, record, attempt, exc):
+                        return False
+                    attempt += 1
+                except self._outages as exc:
+                    retry = RetryableError(f"{type(exc).__name__}: {exc}")
+                    if not await self._back_off(partition, record, attempt, retry):
                         return False
                     attempt += 1
         self._metrics.processing_duration.observe(
