@@ -24,7 +24,7 @@ another (`--client`: raw HTTP/1.1 over asyncio with pre-signed requests and http
 so it costs as little CPU as it can). Throughput is statuses acknowledged (200) per second of
 the generator's wall clock; ack latency is each request's time from write to complete answer.
 Every status must come back as one `message_status_updates` record (checked by reading the
-topic), or the run reports a problem. `--profile DIR` samples the role's phases with py-spy
+topic), or the run reports a problem. `--profile DIR` samples each server's phases with py-spy
 (raw collapsed stacks, one file per phase; the profiled figures are then not comparable).
 
 On this machine the servers, the generator, Kafka and Redis share the cores, so rates are bounded
@@ -495,7 +495,7 @@ async def bench(args: argparse.Namespace) -> bool:
             for server, runs in (("floor", floor), ("role", role)):
                 run = await run_webhooks(
                     s, server, statuses=args.webhooks, batch=batch, connections=connections,
-                    profile=args.profile if server == "role" else None,
+                    profile=args.profile,
                 )  # fmt: skip
                 runs[run.label] = run
                 out(webhook_line(run))
@@ -559,9 +559,7 @@ async def main() -> int:
     parser.add_argument("--router-messages", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    parser.add_argument(
-        "--profile", type=Path, metavar="DIR", help="py-spy the role's phases into DIR"
-    )
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each server into DIR")
     parser.add_argument("--worker", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--client", metavar="LOAD_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
