@@ -1,8 +1,10 @@
-"""Webhooks benchmark: signed status webhooks per second on one worker process, next to the
-router's send rate measured in the same run.
+"""Webhooks benchmark: signed status webhooks per second on one worker process and its CPU per
+status, next to the leanest server doing the same work (the floor) and to the router's CPU per
+message, all measured in the same run.
 
-    python bench/webhooks.py [--webhooks 40000] [--batch 10] [--connections 64]
+    python bench/webhooks.py [--webhooks 40000] [--batch 10] [--connections 32,64]
                              [--router-messages 20000] [--partitions 12] [--json PATH]
+                             [--profile DIR]
 
 Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, ...).
 
@@ -10,22 +12,28 @@ Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS
     answering at once, --router-messages messages); its msg/s and CPU per message.
 (1) one status per POST, as Meta mostly sends them: --webhooks signed WhatsApp `delivered`
     notifications (each about 900 bytes, with Meta's `conversation` and `pricing` objects) for
-    distinct messages, from a load generator holding --connections keep-alive connections, each
-    sending its next request when the last was answered (closed loop).
-(2) the same statuses --batch per POST (Meta batches under load).
+    distinct messages, from a load generator holding N keep-alive connections, each sending its
+    next request when the last was answered (closed loop); once per N of --connections.
+(2) the same statuses --batch per POST (Meta batches under load), over the first N.
 
-The webhooks role runs as a subprocess (`--worker`): a real `App(roles=["webhooks"])`
-producing to a topic of its own; the load generator is another (`--client`: raw HTTP/1.1 over
-asyncio with pre-signed requests and httptools parsing, so it costs as little CPU as it can).
-Throughput is statuses acknowledged (200) per second of the generator's wall clock; ack latency
-is each request's time from write to complete answer. Every status must come back as one
-`message_status_updates` record (checked by reading the topic), or the run reports a problem.
+Each phase runs twice, against the webhooks role and against the floor (bench/webhook_floor.py:
+the signature, the JSON parse, one Redis verdict and one Kafka record acknowledged per status,
+on an httptools/asyncio server with nothing else), each its own subprocess: the role is a real
+`App(roles=["webhooks"])` (`--worker`) producing to a topic of its own. The load generator is
+another (`--client`: raw HTTP/1.1 over asyncio with pre-signed requests and httptools parsing,
+so it costs as little CPU as it can). Throughput is statuses acknowledged (200) per second of
+the generator's wall clock; ack latency is each request's time from write to complete answer.
+Every status must come back as one `message_status_updates` record (checked by reading the
+topic), or the run reports a problem. `--profile DIR` samples each server's phases with py-spy
+(raw collapsed stacks, one file per phase; the profiled figures are then not comparable).
 
-On this machine the worker, the generator, Kafka and Redis share the cores, so rates are bounded
-by the machine; CPU per status of each process says where the time goes, and the worker's CPU
-per status against the router's CPU per message is the comparison that survives a busy machine:
-one webhooks process keeps up with one router process when it spends at most a third of the
-router's CPU per message on a status (Meta sends about three statuses per message).
+On this machine the servers, the generator, Kafka and Redis share the cores, so rates are bounded
+by the machine; CPU per status of each process says where the time goes. The targets are ratios
+to figures of the same run, which survive a busy machine, for one status per POST at each N:
+- CPU per status at most a third of the router's CPU per message (Meta sends about three
+  statuses per message: one webhooks process then keeps up with one router process);
+- ack p99 under 100 ms;
+- at least half the floor's statuses/s.
 """
 
 from __future__ import annotations
@@ -271,7 +279,10 @@ async def count_statuses(topic: str, partitions: int) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class WebhookRun:
-    label: str
+    label: str  # "1@32": one status per POST over 32 connections
+    server: str  # "role" or "floor"
+    batch: int
+    connections: int
     statuses: int  # posted in all, warm-up included (each must be in the topic once)
     measured: int  # statuses in the timed requests
     requests: int  # timed requests
@@ -290,26 +301,55 @@ class WebhookRun:
     def rate(self) -> float:
         return self.measured / self.seconds
 
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU per status posted (warm-up included, as the CPU is)."""
+        return cpu_us(self.cpu, self.server, self.statuses)
 
-async def run_webhooks(
-    s: Scratch, label: str, *, statuses: int, batch: int, connections: int
-) -> WebhookRun:
-    topic = s.topic(f"wh-{label}")
-    await create_topics(s, [f"wh-{label}"])
-    port = free_port()
-    doc = {
+
+def role_settings(s: Scratch, topic: str, prefix: str, port: int) -> dict[str, Any]:
+    return {
         "kafka": {"bootstrap_servers": KAFKA},
         "topics": {"message_status_updates": topic, "dlq": s.topic("dlq")},
-        "redis": {"url": REDIS, "key_prefix": s.redis_prefix(f"wh-{label}")},
+        "redis": {"url": REDIS, "key_prefix": prefix},
         "postgres": {"url": s.database_url},
         "webhooks": {"port": port},
         "whatsapp": {"phone_number_id": PHONE, "app_secret": SECRET},
         "observability": {"log_level": "WARNING"},
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--worker", orjson.dumps(doc).decode(),
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+
+
+async def start_server(
+    server: str, s: Scratch, topic: str, prefix: str, port: int
+) -> asyncio.subprocess.Process:
+    """The role (`--worker`: a real App) or the floor (bench/webhook_floor.py) on `port`."""
+    if server == "role":
+        doc = role_settings(s, topic, prefix, port)
+        argv = [__file__, "--worker", orjson.dumps(doc).decode()]
+    else:
+        doc = {"kafka": KAFKA, "topic": topic, "redis_url": REDIS, "redis_prefix": prefix,
+               "port": port, "secret": SECRET, "phone": PHONE}  # fmt: skip
+        argv = [str(REPO / "bench" / "webhook_floor.py"), orjson.dumps(doc).decode()]
+    return await asyncio.create_subprocess_exec(
+        sys.executable, *argv, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def run_webhooks(
+    s: Scratch,
+    server: str,
+    *,
+    statuses: int,
+    batch: int,
+    connections: int,
+    profile: Path | None = None,
+) -> WebhookRun:
+    label = f"{1 if batch == 1 else 2}@{connections}"
+    name = f"wh-{server}-{label.replace('@', '-')}"
+    topic = s.topic(name)
+    await create_topics(s, [name])
+    port = free_port()
+    proc = await start_server(server, s, topic, s.redis_prefix(name), port)
     # Warm-up: a few answers per connection, left out of the figures (counted for correctness).
     warmup = min(4 * connections, statuses // batch // 10)
     load = {"port": port, "webhooks": statuses, "batch": batch, "connections": connections,
@@ -318,11 +358,14 @@ async def run_webhooks(
         sys.executable, __file__, "--client", orjson.dumps({**load, "seed": 1}).decode(),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    spy = None
     try:
         with RssSampler(proc.pid) as sampler:
             await read_line(proc, "READY", 90)
             await read_line(gen, "READY", 120)
-            cpu = CpuMeter({"webhooks": proc.pid, "generator": gen.pid, **service_pids()})
+            cpu = CpuMeter({server: proc.pid, "generator": gen.pid, **service_pids()})
+            if profile is not None:
+                spy = await start_profile(proc.pid, profile / f"{server}-{label}.raw")
             cpu.start()
             assert gen.stdin is not None
             gen.stdin.write(b"go\n")
@@ -330,11 +373,18 @@ async def run_webhooks(
             done = orjson.loads((await read_line(gen, "DONE", 3600)).split(" ", 1)[1])
             cpu.stop()
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            async with asyncio.timeout(30):
+                await spy.wait()
         await stop_process(gen)
         await stop_process(proc)
     records, distinct = await count_statuses(topic, s.partitions)
     return WebhookRun(
         label=label,
+        server=server,
+        batch=batch,
+        connections=connections,
         statuses=statuses,
         measured=done["requests"] * batch,
         requests=done["requests"],
@@ -351,26 +401,38 @@ async def run_webhooks(
     )
 
 
+async def start_profile(pid: int, path: Path) -> asyncio.subprocess.Process:
+    """py-spy sampling `pid` (200 Hz, raw collapsed stacks to `path`) until stopped. It slows the
+    process it samples: the figures of a profiled run are not comparable."""
+    spy = Path(sys.executable).with_name("py-spy")
+    return await asyncio.create_subprocess_exec(
+        str(spy), "record", "-p", str(pid), "-r", "200", "--format", "raw", "-o", str(path),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 # -- the report -----------------------------------------------------------------------------------
 
 
 def webhook_line(run: WebhookRun) -> str:
     return (
-        f"    ({run.label}) {run.rate:,.0f} statuses/s ({run.requests / run.seconds:,.0f} "
-        f"requests/s), ack p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, max "
-        f"{run.max_ms:.1f} ms (after {run.warmup} warm-up requests); answers {run.codes}; "
-        f"records {run.records} ({run.distinct} "
-        f"messages) for {run.statuses} statuses; RSS peak {run.rss_peak / 2**20:.0f} MB\n"
+        f"    ({run.label} {run.server}) {run.rate:,.0f} statuses/s "
+        f"({run.requests / run.seconds:,.0f} requests/s), {run.cpu_us:.0f} us CPU per status, "
+        f"ack p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, max {run.max_ms:.1f} ms (after "
+        f"{run.warmup} warm-up requests); answers {run.codes}; records {run.records} "
+        f"({run.distinct} messages) for {run.statuses} statuses; RSS peak "
+        f"{run.rss_peak / 2**20:.0f} MB\n"
     )
 
 
 def webhook_problems(run: WebhookRun) -> list[str]:
     problems = []
     if run.codes != {"200": run.requests + run.warmup}:
-        problems.append(f"({run.label}) answers other than 200: {run.codes}")
+        problems.append(f"({run.label} {run.server}) answers other than 200: {run.codes}")
     if (run.records, run.distinct) != (run.statuses, run.statuses):
         problems.append(
-            f"({run.label}) {run.records} records for {run.distinct} of {run.statuses} statuses"
+            f"({run.label} {run.server}) {run.records} records for {run.distinct} of "
+            f"{run.statuses} statuses"
         )
     return problems
 
@@ -379,12 +441,45 @@ def cpu_us(cpu: CpuMeter, name: str, count: int) -> float:
     return cpu.seconds.get(name, 0.0) / count * 1e6
 
 
+def run_figures(run: WebhookRun) -> dict[str, Any]:
+    return {
+        "server": run.server, "batch": run.batch, "connections": run.connections,
+        "rate": run.rate, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms, "codes": run.codes,
+        "records": run.records, "distinct": run.distinct, "cpu_us": run.cpu_us,
+    }  # fmt: skip
+
+
+def targets(
+    router_cpu: float, role: dict[str, WebhookRun], floor: dict[str, WebhookRun]
+) -> list[tuple[str, str, str, bool]]:
+    """The standing targets, each against a figure of the same run: (what, measured, target,
+    met). One status per POST: CPU per status at most a third of the router's per message,
+    ack p99 under 100 ms, and at least half the floor's rate, at each number of connections."""
+    rows = []
+    for label, run in role.items():
+        if run.batch != 1:
+            continue
+        share = run.cpu_us / router_cpu
+        ratio = run.rate / floor[label].rate
+        rows += [
+            (f"({label}) CPU per status / router CPU per message", f"{share:.2f}", "<= 0.33",
+             share <= 1 / 3),
+            (f"({label}) ack p99", f"{run.p99_ms:.0f} ms", "< 100 ms", run.p99_ms < 100),
+            (f"({label}) statuses/s / the floor's", f"{ratio:.2f}", ">= 0.5", ratio >= 0.5),
+        ]  # fmt: skip
+    return rows
+
+
 async def bench(args: argparse.Namespace) -> bool:
     out(
-        f"webhooks benchmark: {args.webhooks} statuses, batch {args.batch}, {args.connections} "
-        f"connections; router {args.router_messages} messages; {args.partitions} partitions; "
+        f"webhooks benchmark: {args.webhooks} statuses per phase, one per POST over "
+        f"{args.connections} connections, {args.batch} per POST over {args.connections[0]}; "
+        f"router {args.router_messages} messages; {args.partitions} partitions; "
         f"Kafka {KAFKA}, {psutil.cpu_count()} CPUs\n"
     )
+    if args.profile is not None:
+        out(f"PROFILING (py-spy into {args.profile}): the figures are not comparable\n")
+        args.profile.mkdir(parents=True, exist_ok=True)
     async with scratch(args.partitions) as s:
         await produce_messages(s.topic("in"), args.router_messages, 2000)
         router: RouterRun = await run_router(s, "a", 0.0, args.router_messages, None)
@@ -393,42 +488,37 @@ async def bench(args: argparse.Namespace) -> bool:
             f"{router.provider_sends} sends, DLQ {router.dlq}\n"
         )
         out(router.cpu.report("(r) router", args.router_messages))
-        single = await run_webhooks(
-            s, "1", statuses=args.webhooks, batch=1, connections=args.connections
-        )
-        out(webhook_line(single))
-        out(single.cpu.report("(1) one per POST", args.webhooks))
-        batched = await run_webhooks(
-            s, "2", statuses=args.webhooks, batch=args.batch, connections=args.connections
-        )
-        out(webhook_line(batched))
-        out(batched.cpu.report(f"(2) {args.batch} per POST", args.webhooks))
+        role: dict[str, WebhookRun] = {}
+        floor: dict[str, WebhookRun] = {}
+        phases = [(1, c) for c in args.connections] + [(args.batch, args.connections[0])]
+        for batch, connections in phases:
+            for server, runs in (("floor", floor), ("role", role)):
+                run = await run_webhooks(
+                    s, server, statuses=args.webhooks, batch=batch, connections=connections,
+                    profile=args.profile,
+                )  # fmt: skip
+                runs[run.label] = run
+                out(webhook_line(run))
+                out(run.cpu.report(f"({run.label} {server})", args.webhooks))
 
         router_cpu = cpu_us(router.cpu, "router", args.router_messages)
-        rows = []
-        for run in (single, batched):
-            x_router = run.rate / router.rate
-            status_cpu = cpu_us(run.cpu, "webhooks", run.statuses)
-            goal_met = x_router >= 3 and run.p99_ms < 100
-            rows.append(
-                (
-                    f"({run.label}) {'one' if run.label == '1' else args.batch} per POST",
-                    f"{run.rate:,.0f}",
-                    f"{x_router:.2f}",
-                    f"{run.p99_ms:.0f}",
-                    f"{status_cpu:.0f}",
-                    f"{router_cpu / status_cpu:.2f}",
-                    "yes" if goal_met else "NO",
-                )
-            )
         out(
             f"\nrouter: {router.rate:,.0f} msg/s, {router_cpu:.0f} us CPU per message\n"
-            f"{'':22} {'statuses/s':>11} {'x router':>9} {'p99 ms':>7} {'CPU us':>7} "
-            f"{'router CPU/status CPU':>22} {'>=3x & p99<100':>15}\n"
+            f"{'':18} {'statuses/s':>11} {'CPU us/status':>14} {'p50 ms':>7} {'p99 ms':>7}  "
+            f"{'floor statuses/s':>16} {'floor CPU us':>12} {'floor p99':>9}\n"
         )
-        for label, rate, ratio, p99, cpu, cpu_ratio, met in rows:
-            out(f"{label:22} {rate:>11} {ratio:>9} {p99:>7} {cpu:>7} {cpu_ratio:>22} {met:>15}\n")
-        problems = webhook_problems(single) + webhook_problems(batched)
+        for label, run in role.items():
+            base = floor[label]
+            what = f"({label}) {'one' if run.batch == 1 else run.batch} per POST"
+            out(
+                f"{what:18} {run.rate:>11,.0f} {run.cpu_us:>14.0f} {run.p50_ms:>7.1f} "
+                f"{run.p99_ms:>7.1f}  {base.rate:>16,.0f} {base.cpu_us:>12.0f} "
+                f"{base.p99_ms:>9.1f}\n"
+            )
+        out(f"\n{'target':52} {'measured':>9} {'target':>9} {'met':>4}\n")
+        for what, measured, target, met in targets(router_cpu, role, floor):
+            out(f"{what:52} {measured:>9} {target:>9} {'yes' if met else 'NO':>4}\n")
+        problems = [p for run in (*floor.values(), *role.values()) for p in webhook_problems(run)]
         if router.provider_sends != args.router_messages or router.dlq:
             problems.append(f"(r) router: {router.provider_sends} sends, {router.dlq} DLQ")
         for problem in problems:
@@ -438,29 +528,38 @@ async def bench(args: argparse.Namespace) -> bool:
         if args.json:
             figures = {
                 "router": {"rate": router.rate, "cpu_us": router_cpu},
-                "runs": {
-                    run.label: {
-                        "rate": run.rate, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms,
-                        "codes": run.codes, "records": run.records, "distinct": run.distinct,
-                        "cpu_us": cpu_us(run.cpu, "webhooks", run.statuses),
-                    }
-                    for run in (single, batched)
-                },
+                "runs": {label: run_figures(run) for label, run in role.items()},
+                "floors": {label: run_figures(run) for label, run in floor.items()},
+                "targets": [
+                    {"what": what, "measured": measured, "target": target, "met": met}
+                    for what, measured, target, met in targets(router_cpu, role, floor)
+                ],
                 "problems": problems,
-            }  # fmt: skip
+            }
             data = orjson.dumps(figures, option=orjson.OPT_INDENT_2)
             await asyncio.to_thread(Path(args.json).write_bytes, data)
         return not problems
+
+
+def connection_counts(text: str) -> list[int]:
+    counts = [int(c) for c in text.split(",") if c.strip()]
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("a comma list of connection counts, e.g. 32,64")
+    return counts
 
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--webhooks", type=int, default=40_000, help="statuses per phase")
     parser.add_argument("--batch", type=int, default=10, help="statuses per POST in (2)")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--connections", type=connection_counts, default=[32, 64],
+        help="one per POST over each of these (a comma list); --batch over the first",
+    )  # fmt: skip
     parser.add_argument("--router-messages", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy each server into DIR")
     parser.add_argument("--worker", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--client", metavar="LOAD_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()

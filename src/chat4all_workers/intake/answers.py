@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -15,6 +16,7 @@ class Answer:
     body: bytes
     content_type: str = JSON
     close: bool = False  # the request body was not read: do not keep the connection
+    headers: Sequence[tuple[str, str]] = ()  # more headers (405's Allow)
 
 
 def error(status: int, text: str, *, close: bool = False) -> Answer:

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 
 from chat4all_workers.delivery.markers import ProviderVerdicts, marker_key
 from chat4all_workers.delivery.provider_index import MessageRef, ProviderIndex
+from chat4all_workers.intake.accounting import Accounting
 from chat4all_workers.meta.events import Parsed, StatusEvent
-from chat4all_workers.observability.metrics import Metrics
 
 
 class ProviderWord:
@@ -31,12 +31,12 @@ class ProviderWord:
         verdicts: ProviderVerdicts,
         *,
         key: Callable[[str], str],
-        metrics: Metrics,
+        accounting: Accounting,
     ) -> None:
         self._index = index
         self._verdicts = verdicts
         self._key = key
-        self._metrics = metrics
+        self._accounting = accounting
 
     async def statuses(self, channel: str, parsed: Parsed) -> list[StatusEvent]:
         """Every status with our message's ids; a read receipt's are looked up (an unknown one
@@ -57,7 +57,8 @@ class ProviderWord:
                 ref = MessageRef(status.message_id, status.conversation_id)
                 echoes.append((status.provider_message_id, ref))
             statuses.append(status)
-        await self._index.remember(channel, echoes)
+        if echoes:
+            await self._index.remember(channel, echoes)
         return statuses
 
     async def record(self, statuses: Sequence[StatusEvent]) -> None:
@@ -72,4 +73,4 @@ class ProviderWord:
             return
         found = await self._verdicts.record([(k, p) for k, (_, p) in entries.items()])
         for (channel, _), marker in zip(entries.values(), found, strict=True):
-            self._metrics.webhook_verdicts.inc({"channel": channel, "marker": marker})
+            self._accounting.verdict(channel, marker)

@@ -157,18 +157,22 @@ class Webhooks:
         (request outcome, summary). Raises RetryableError or an outage's error if it cannot."""
         statuses = await self._word.statuses(channel, parsed)
         failed = [s for s in statuses if s.status == "FAILED"]
-        went = [s for s in statuses if s.status != "FAILED"]
+        went = [s for s in statuses if s.status != "FAILED"] if failed else statuses
         await self._word.record(went)
-        endings = await self._failures.end(failed)
-        await self._windows.record(parsed.windows)
-        statuses = went + endings.failed
-        records = [self._status_record(s) for s in statuses] + endings.resend
-        topic = self._topics.inbound_messages
-        account_key = self.trust.account_key
-        records += [
-            inbound_record(topic, m, account=account_key(m.channel, m.account_id))
-            for m in parsed.inbound
-        ]
+        records = [self._status_record(s) for s in went]
+        if failed:
+            endings = await self._failures.end(failed)
+            statuses = went + endings.failed
+            records += [self._status_record(s) for s in endings.failed] + endings.resend
+        if parsed.windows:
+            await self._windows.record(parsed.windows)
+        if parsed.inbound:
+            topic = self._topics.inbound_messages
+            account_key = self.trust.account_key
+            records += [
+                inbound_record(topic, m, account=account_key(m.channel, m.account_id))
+                for m in parsed.inbound
+            ]
         problems, error_type = list(parsed.problems), "invalid_record"
         parked = False
         try:

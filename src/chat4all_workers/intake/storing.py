@@ -5,7 +5,8 @@ open, once they are parked in the Redis fallback list (the backfill role replays
 failure to store them raises, for a 503: Meta's own retries cover our outage. A request waits for
 Kafka at most `webhooks.store_timeout_s`, then leaves its records with the producer (which owns
 their fate and still delivers them: the copy Meta sends again is a harmless duplicate). The
-records of concurrent requests go to Kafka in one call per loop iteration (kafka/coalescing.py).
+records of concurrent requests go to Kafka in one call per loop iteration (kafka/coalescing.py),
+and their waits are timed by one timer (`_Deadlines`), not a timeout per request.
 
 A signed body that violates the format is dead-lettered as it came (`dlq.source=webhooks`,
 `invalid_record`, the reason naming what is wrong; not replayable: it belongs to no topic of
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from typing import Any
 
 from chat4all_workers.background import Spawn
 from chat4all_workers.errors import CircuitOpenError, RetryableError
@@ -44,6 +47,7 @@ class Storing:
         self._coalescer = ProduceCoalescer(producer, spawn=spawn)
         self._dlq_topic = dlq_topic
         self._timeout_s = timeout_s
+        self._deadlines = _Deadlines(timeout_s)
         self._metrics = metrics
 
     async def produce(self, records: list[OutgoingRecord]) -> bool:
@@ -52,9 +56,9 @@ class Storing:
             return False
         # With the records of the other requests of this loop iteration, in one call.
         sending = self._coalescer.send_each(records)
+        self._deadlines.watch(sending)
         try:
-            async with asyncio.timeout(self._timeout_s):
-                outcomes = await sending
+            outcomes = await sending
         except TimeoutError:
             # Not abandoned: the producer keeps the records and delivers them (its verdict is
             # final); the answer says only that they are not stored yet.
@@ -89,3 +93,41 @@ class Storing:
             original_topic="",
             metrics=self._metrics,
         )
+
+
+class _Deadlines:
+    """Futures failed with TimeoutError when not done `timeout_s` after they were watched.
+
+    One timer for them all, armed for the oldest: every future gets the same time, so they
+    expire in the order they were watched, and the ones done meanwhile are dropped as new ones
+    come (a request's wait is a few milliseconds; the time-out, seconds).
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._watched: deque[tuple[float, asyncio.Future[Any]]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, future: asyncio.Future[Any]) -> None:
+        watched = self._watched
+        while watched and watched[0][1].done():
+            watched.popleft()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        watched.append((deadline, future))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        watched = self._watched
+        while watched:
+            deadline, future = watched[0]
+            if not future.done():
+                if deadline > now:
+                    self._timer = loop.call_at(deadline, self._expire)
+                    return
+                future.set_exception(TimeoutError())
+            watched.popleft()

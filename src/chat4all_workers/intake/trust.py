@@ -15,6 +15,9 @@ too: statuses of what they sent before still land); changes for any other id are
 The single-account environment keeps working as before: an app of the environment
 (`default-whatsapp`, `default-instagram`) whose channel has no provider id configured (a
 webhooks-only container without WHATSAPP_PHONE_NUMBER_ID) speaks for every id of its channel.
+
+The apps a path's POST may be signed by are worked out once per change of the directory (its
+`generation`), not per request.
 """
 
 from __future__ import annotations
@@ -29,11 +32,25 @@ from chat4all_workers.meta.signature import challenge_answer, signature_matches
 class Trust:
     def __init__(self, directory: Directory) -> None:
         self._directory = directory
+        self._generation = -1
+        self._candidates: dict[tuple[str, str | None], list[MetaApp]] = {}
 
     def candidates(self, channel: str, app_id: str | None) -> list[MetaApp]:
         """The apps whose secret may have signed a POST to `channel`'s path: the path's app, or
         every app but the environment's app of another channel (the environment has one app
         secret per channel)."""
+        generation = self._directory.generation
+        if generation != self._generation:
+            self._candidates.clear()
+            self._generation = generation
+        found = self._candidates.get((channel, app_id))
+        if found is None:
+            found = self._find_candidates(channel, app_id)
+            if len(self._candidates) < 1024:  # paths name apps: bounded by what is sent
+                self._candidates[channel, app_id] = found
+        return found
+
+    def _find_candidates(self, channel: str, app_id: str | None) -> list[MetaApp]:
         if app_id is None:
             others = {default_app_id(c) for c in CHANNELS if c != channel}
             return [

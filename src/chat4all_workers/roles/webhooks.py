@@ -22,14 +22,15 @@ from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.intake.accounting import Accounting
 from chat4all_workers.intake.failures import Failures
+from chat4all_workers.intake.http_exchange import Limits
+from chat4all_workers.intake.http_server import HttpServer
 from chat4all_workers.intake.provider_word import ProviderWord
-from chat4all_workers.intake.server import LINGER_S, Listener, build_app, until_quiet
+from chat4all_workers.intake.server import Endpoint, Listener, until_quiet
 from chat4all_workers.intake.service import Webhooks
 from chat4all_workers.intake.storing import Storing
 from chat4all_workers.kafka.originals import OriginalRecords
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleSpec
-from chat4all_workers.serving import serving
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,10 @@ class WebhookSettings:
     max_concurrent_requests: int = 1000
     # A POST whose body takes longer to arrive is answered 408: slow senders cannot hold the slots.
     body_timeout_s: float = 10.0
+    # A request's line and headers: at most this many bytes (431 above), arrived within this
+    # long of their first byte (408 after it; a new connection's first byte too).
+    max_header_bytes: int = field(default=16 * 1024, metadata={"min": 1024})
+    header_timeout_s: float = 10.0
     # How long a POST waits for Kafka to acknowledge its records before it answers 503 (Meta
     # retries; the records stay with the producer, which still delivers them: a status is
     # idempotent). Below Meta's own time-out for a webhook.
@@ -68,7 +73,8 @@ def build(
     )
     pipe = ctx.resources.redis_pipeline()
     verdicts = ProviderVerdicts(redis, pipe, ttl_s=settings.delivery.dedup_ttl_s)
-    word = ProviderWord(index, verdicts, key=ctx.resources.redis_key, metrics=ctx.metrics)
+    accounting = Accounting(ctx.metrics)
+    word = ProviderWord(index, verdicts, key=ctx.resources.redis_key, accounting=accounting)
     windows = Windows(
         redis, pipe, key=ctx.resources.redis_key, memory_s=settings.delivery.window_memory_s
     )
@@ -97,7 +103,7 @@ def build(
         failures=failures,
         windows=windows,
         storing=storing,
-        accounting=Accounting(ctx.metrics),
+        accounting=accounting,
     )
 
 
@@ -118,19 +124,18 @@ async def run(ctx: RoleContext) -> None:
     originals = OriginalRecords(settings.kafka)
     service, listener = build(ctx, originals), Listener()
     _warn_unconfigured(settings, service)
-    app = build_app(
-        service, listener, max_body_bytes=own.max_body_bytes, body_timeout_s=own.body_timeout_s
+    limits = Limits(
+        max_body_bytes=own.max_body_bytes,
+        body_timeout_s=own.body_timeout_s,
+        header_timeout_s=own.header_timeout_s,
+        max_head_bytes=own.max_header_bytes,
     )
+    server = HttpServer(Endpoint(service, listener), limits=limits)
     # An in-flight request waits for Kafka at most store_timeout_s; let it finish.
     grace_s = min(own.store_timeout_s + 1.0, settings.supervisor.shutdown_timeout_s)
     try:
-        async with serving(
-            app,
-            host=own.host,
-            port=own.port,
-            backlog=1024,
-            shutdown_timeout=grace_s,
-            lingering_time=LINGER_S,
+        async with server.serving(
+            host=own.host, port=own.port, backlog=1024, grace_s=grace_s
         ) as port:
             listening = f"{own.host}:{port}"
             ctx.publish("webhooks", lambda: {"listening": listening, **service.stats()})
