@@ -3,7 +3,13 @@
     python bench/pipeline.py [--rate 200] [--seconds 20] [--conversations 100] [--partitions 12]
                              [--baseline-rate 5] [--baseline-seconds 5] [--drain-timeout 60]
                              [--delivered-after-ms 10] [--read-after-ms 20] [--json PATH]
-                             [--keep-logs]
+                             [--keep-logs] [--paced LIMIT]
+
+At the provider's pace (`--paced 80`): the mocks answer as an account limited to LIMIT sends/s
+per channel (throttling above it, and WhatsApp's pair limit), the routers pace at LIMIT, and the
+load defaults to 80 % of it (`--rate`); the report then gives commit -> SENT and commit -> READ
+(p50/p99/max) with the mocks' READ delay subtracted: the pipeline's own latency at a pace a
+real account imposes. `--paced 80 --seconds 300 --conversations 400` is the README's figure.
 
 Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL,
 REDIS_URL, MINIO_*) in a deployment of its own (every topic, a migrated database, a bucket, a
@@ -496,6 +502,19 @@ def print_report(r: Report) -> None:
         f"this benchmark's own process (inserts, pub/sub, same machine): "
         f"{own.ru_utime + own.ru_stime:.1f} CPU s in all\n"
     )
+    if a.paced:
+        load, view = r.phases[-1], r.db[-1]
+        sent = view.stages.get("SENT")
+        delay_s = a.read_after_ms / 1000
+        read = load.latency
+        out(
+            f"at the provider's pace ({a.paced:g}/s per account, offered {load.rate:g}/s = "
+            f"{load.rate / a.paced:.0%}): commit -> SENT "
+            + (f"p50 {ms(sent[0])} p99 {ms(sent[1])} max {ms(sent[2])} ms" if sent else "-")
+            + f"; commit -> READ less the mocks' READ delay ({a.read_after_ms:.0f} ms) p50 "
+            f"{ms(read.percentile(0.5) - delay_s)} p99 {ms(read.percentile(0.99) - delay_s)} "
+            f"max {ms(read.max_s - delay_s)} ms\n"
+        )
     levels = ", ".join(f"{k} {v}" for k, v in sorted(r.levels.items()))
     kept = f"kept in {r.log_dir}" if r.keep_logs else "deleted; --keep-logs keeps them"
     out(f"worker logs: {levels or 'empty'} ({kept})\n")
@@ -531,7 +550,19 @@ def as_json(r: Report) -> dict[str, Any]:
 
 async def bench(args: argparse.Namespace) -> int:
     stack = StackEndpoints.from_environ({**DEFAULT_ENDPOINTS, **os.environ})
-    mocks = {"delivered_after_ms": args.delivered_after_ms, "read_after_ms": args.read_after_ms}
+    mocks: dict[str, Any] = {
+        "delivered_after_ms": args.delivered_after_ms,
+        "read_after_ms": args.read_after_ms,
+    }
+    sections: dict[str, dict[str, Any]] = {"mocks": mocks}
+    if args.paced:
+        mocks |= {"whatsapp_rate_per_s": args.paced, "instagram_rate_per_s": args.paced}
+        sections["whatsapp"] = {"max_rate_per_s": args.paced}
+        sections["instagram"] = {"max_rate_per_s": args.paced}
+        if args.rate is None:
+            args.rate = 0.8 * args.paced
+    elif args.rate is None:
+        args.rate = 200.0
     out(
         f"pipeline benchmark: `run --roles all` + the two channel mocks (2 processes), "
         f"{args.partitions} partitions, {args.conversations} conversations, 2 channels per "
@@ -549,7 +580,7 @@ async def bench(args: argparse.Namespace) -> int:
     usage: dict[str, list[Usage]] = {"worker": [], "mocks": []}
     async with (
         isolated_deployment(stack, partitions=args.partitions, label="bench-pipeline") as dep,
-        deployment_running(dep, log_dir, mocks=mocks) as procs,
+        deployment_running(dep, log_dir, **sections) as procs,
         asyncpg.create_pool(dep.database_url, min_size=4, max_size=16) as pool,
         asyncio.TaskGroup() as tasks,
     ):
@@ -605,7 +636,9 @@ async def bench(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=200.0, help="offered messages/s (load)")
+    parser.add_argument(
+        "--rate", type=float, help="offered messages/s (load; default 200, or 80 %% of --paced)"
+    )
     parser.add_argument("--seconds", type=float, default=20.0, help="load duration")
     parser.add_argument("--conversations", type=int, default=100)
     parser.add_argument("--partitions", type=int, default=12)
@@ -617,6 +650,12 @@ def main() -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the counts as JSON")
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the worker logs (kept anyway on trouble)"
+    )
+    parser.add_argument(
+        "--paced",
+        type=float,
+        metavar="LIMIT",
+        help="the mocks limit each channel's account to LIMIT sends/s and the routers pace at it",
     )
     return asyncio.run(bench(parser.parse_args()))
 
