@@ -503,18 +503,7 @@ def print_report(r: Report) -> None:
         f"{own.ru_utime + own.ru_stime:.1f} CPU s in all\n"
     )
     if a.paced:
-        load, view = r.phases[-1], r.db[-1]
-        sent = view.stages.get("SENT")
-        delay_s = a.read_after_ms / 1000
-        read = load.latency
-        out(
-            f"at the provider's pace ({a.paced:g}/s per account, offered {load.rate:g}/s = "
-            f"{load.rate / a.paced:.0%}): commit -> SENT "
-            + (f"p50 {ms(sent[0])} p99 {ms(sent[1])} max {ms(sent[2])} ms" if sent else "-")
-            + f"; commit -> READ less the mocks' READ delay ({a.read_after_ms:.0f} ms) p50 "
-            f"{ms(read.percentile(0.5) - delay_s)} p99 {ms(read.percentile(0.99) - delay_s)} "
-            f"max {ms(read.max_s - delay_s)} ms\n"
-        )
+        print_paced(r)
     levels = ", ".join(f"{k} {v}" for k, v in sorted(r.levels.items()))
     kept = f"kept in {r.log_dir}" if r.keep_logs else "deleted; --keep-logs keeps them"
     out(f"worker logs: {levels or 'empty'} ({kept})\n")
@@ -522,6 +511,24 @@ def print_report(r: Report) -> None:
         out(f"  {count:6}x {text}\n")
     not_read = r.not_read()
     out("RESULT: every message READ\n" if not not_read else f"RESULT: {not_read} NOT READ\n")
+
+
+def print_paced(r: Report) -> None:
+    """The load phase at the provider's pace: commit -> SENT and commit -> READ, the mocks'
+    READ delay subtracted (the pipeline's own latency)."""
+    a = r.args
+    phase, view = r.phases[-1], r.db[-1]
+    sent = view.stages.get("SENT")
+    delay_s = a.read_after_ms / 1000
+    read = phase.latency
+    out(
+        f"at the provider's pace ({a.paced:g}/s per account, offered {phase.rate:g}/s = "
+        f"{phase.rate / a.paced:.0%}): commit -> SENT "
+        + (f"p50 {ms(sent[0])} p99 {ms(sent[1])} max {ms(sent[2])} ms" if sent else "-")
+        + f"; commit -> READ less the mocks' READ delay ({a.read_after_ms:.0f} ms) p50 "
+        f"{ms(read.percentile(0.5) - delay_s)} p99 {ms(read.percentile(0.99) - delay_s)} "
+        f"max {ms(read.max_s - delay_s)} ms\n"
+    )
 
 
 def as_json(r: Report) -> dict[str, Any]:
