@@ -260,7 +260,9 @@ class SettingRow(typing.NamedTuple):
 
 def env_name(section: str, f: dataclasses.Field[Any]) -> str:
     legacy = f.metadata.get("env")
-    return str(legacy) if legacy else f"CHAT4ALL_{section}_{f.name}".upper()
+    if legacy:
+        return str(legacy).replace("{SECTION}", section.upper())
+    return f"CHAT4ALL_{section}_{f.name}".upper()
 
 
 def _read_toml(toml: Mapping[str, Any] | Path | None) -> tuple[Mapping[str, Any], str]:

@@ -16,7 +16,8 @@ from chat4all_workers.config_values import Secret
 
 
 def env(name: str, **rules: Any) -> dict[str, Any]:
-    """Field metadata: the legacy environment name, plus any rule (`check`, `min`, ...)."""
+    """Field metadata: the legacy environment name (`{SECTION}` in it: the section's name in
+    capitals), plus any rule (`check`, `min`, ...)."""
     return {"env": name, **rules}
 
 
@@ -241,26 +242,39 @@ class FilesSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class WhatsAppSettings:
+class MetaChannelSettings:
+    """What both Meta channels (sections `whatsapp`, `instagram`) are set by: the Graph API,
+    the app's secrets, the pace. `{SECTION}` in an environment name is the section's
+    (WHATSAPP_ACCESS_TOKEN, INSTAGRAM_ACCESS_TOKEN)."""
+
     base_url: str = field(
         default="https://graph.facebook.com",
-        metadata=env("WHATSAPP_API_BASE_URL", check=config_checks.http_url),
+        metadata=env("{SECTION}_API_BASE_URL", check=config_checks.http_url),
     )
     api_version: str = field(default="v21.0", metadata={"check": config_checks.api_version})
-    access_token: Secret = field(default=Secret(""), metadata=env("WHATSAPP_ACCESS_TOKEN"))
-    phone_number_id: str = field(default="", metadata=env("WHATSAPP_PHONE_NUMBER_ID"))
+    access_token: Secret = field(default=Secret(""), metadata=env("{SECTION}_ACCESS_TOKEN"))
     # The Meta app's secret signs every webhook (X-Hub-Signature-256): the webhooks role checks
     # it, the mock signs with it. Empty: the channel's webhooks are refused (403).
-    app_secret: Secret = field(default=Secret(""), metadata=env("WHATSAPP_APP_SECRET"))
+    app_secret: Secret = field(default=Secret(""), metadata=env("{SECTION}_APP_SECRET"))
     # Chosen by us and typed into the app dashboard; Meta's verification GET echoes it.
-    verify_token: Secret = field(default=Secret(""), metadata=env("WHATSAPP_VERIFY_TOKEN"))
+    verify_token: Secret = field(default=Secret(""), metadata=env("{SECTION}_VERIFY_TOKEN"))
     timeout_s: float = 10.0
-    # Sends per second per business number, shared by every router of the deployment through
-    # Redis (Meta: 80 by default, 1,000 after an upgrade, 20 for numbers shared with the
-    # WhatsApp Business app). 0 = no pacing.
+    # Sends per second per account, shared by every router of the deployment through Redis
+    # (each channel's default below). 0 = no pacing.
+    max_rate_per_s: float = field(default=0.0, metadata=ZERO_OK)
+    # Per (account, recipient): a burst of pair_burst, then one per pair_interval_s (Meta
+    # documents no pair limit for Instagram: off unless set). 0 = no pair pacing.
+    pair_burst: int = field(default=0, metadata=ZERO_OK)
+    pair_interval_s: float = field(default=0.0, metadata=ZERO_OK)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhatsAppSettings(MetaChannelSettings):
+    phone_number_id: str = field(default="", metadata=env("WHATSAPP_PHONE_NUMBER_ID"))
+    # Per business number (Meta: 80 by default, 1,000 after an upgrade, 20 for numbers shared
+    # with the WhatsApp Business app).
     max_rate_per_s: float = field(default=80.0, metadata=ZERO_OK)
-    # Per (business number, recipient): a burst of pair_burst, then one per pair_interval_s
-    # (Meta: about 45, then one per 6 s). 0 = no pair pacing.
+    # Per (business number, recipient), Meta: about 45, then one per 6 s.
     pair_burst: int = field(default=45, metadata=ZERO_OK)
     pair_interval_s: float = field(default=6.0, metadata=ZERO_OK)
 
@@ -271,27 +285,14 @@ class WhatsAppSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
-class InstagramSettings:
-    base_url: str = field(
-        default="https://graph.facebook.com",
-        metadata=env("INSTAGRAM_API_BASE_URL", check=config_checks.http_url),
-    )
-    api_version: str = field(default="v21.0", metadata={"check": config_checks.api_version})
-    access_token: Secret = field(default=Secret(""), metadata=env("INSTAGRAM_ACCESS_TOKEN"))
+class InstagramSettings(MetaChannelSettings):
     user_id: str = field(default="", metadata=env("INSTAGRAM_USER_ID"))
-    app_secret: Secret = field(default=Secret(""), metadata=env("INSTAGRAM_APP_SECRET"))
-    verify_token: Secret = field(default=Secret(""), metadata=env("INSTAGRAM_VERIFY_TOKEN"))
-    timeout_s: float = 10.0
-    # Sends per second per Instagram account, shared through Redis (Meta: 300 calls/s for text;
-    # 250 leaves headroom). 0 = no pacing.
+    # Per Instagram account (Meta: 300 calls/s for text; 250 leaves headroom).
     max_rate_per_s: float = field(default=250.0, metadata=ZERO_OK)
     # Audio and video sends per second per account, paced apart from (and as well as) the
     # account's rate, shared through Redis (Meta: 10 calls/s for audio or video; 8 leaves
     # headroom; meta/limits.py SLOW_MEDIA names the types). 0 = no separate pace.
     media_rate_per_s: float = field(default=8.0, metadata=ZERO_OK)
-    # Meta documents no pair limit for Instagram: off (0) unless set.
-    pair_burst: int = field(default=0, metadata=ZERO_OK)
-    pair_interval_s: float = field(default=0.0, metadata=ZERO_OK)
 
     @property
     def provider_id(self) -> str:

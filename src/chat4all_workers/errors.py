@@ -32,7 +32,8 @@ happens to the work item, not the place where the error was raised::
     +-- RoleFailedError        a supervised role crashed past its restart intensity
 
     * also a ProviderError: what the provider answered (`error_class`, `provider_code`,
-      `fbtrace_id`), classified by the channel's code table (meta/errors.py).
+      `fbtrace_id`), classified by the channel's code table (meta/errors.py); the transient and
+      throttled ones through RetryAfterError (`retry_after_s`).
 
 Anything else is a bug: it crashes the child task and the supervisor restarts it. The exception
 is a backing service that is unreachable (`resources.TRANSIENT_ERRORS`, the client libraries'
@@ -41,7 +42,7 @@ own errors): the roles treat it as retryable and wait the outage out.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, TypedDict, Unpack
 
 
 class Chat4AllError(Exception):
@@ -103,6 +104,19 @@ class InvalidRecordError(PermanentError):
     error_type = "invalid_record"
 
 
+class ProviderSaid(TypedDict, total=False):
+    """The details of a provider's answer every ProviderError takes (keywords of its own)."""
+
+    provider_code: int | None
+    fbtrace_id: str | None
+
+
+class RetrySaid(ProviderSaid, total=False):
+    """And how long to wait, for the answers to try again after (RetryAfterError)."""
+
+    retry_after_s: float | None
+
+
 class ProviderError(Chat4AllError):
     """What a channel provider answered, attached to the error it was classified as.
 
@@ -122,7 +136,18 @@ class ProviderError(Chat4AllError):
         self.fbtrace_id = fbtrace_id
 
 
-class TransientProviderError(ProviderError, RetryableError):
+class RetryAfterError(ProviderError, RetryableError):
+    """An answer to try again after: `retry_after_s` when the provider said how long (its
+    Retry-After header). The base of the transient and the throttled answers."""
+
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, **said: Unpack[ProviderSaid]
+    ) -> None:
+        super().__init__(message, **said)
+        self.retry_after_s = retry_after_s
+
+
+class TransientProviderError(RetryAfterError):
     """The provider failed this call (5xx, codes 1/2/131000, a timeout, a reset): try again,
     counted against `router.max_attempts`.
 
@@ -133,21 +158,12 @@ class TransientProviderError(ProviderError, RetryableError):
 
     error_class = "transient"
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider_code: int | None = None,
-        fbtrace_id: str | None = None,
-        retry_after_s: float | None = None,
-        in_doubt: bool = False,
-    ) -> None:
-        super().__init__(message, provider_code=provider_code, fbtrace_id=fbtrace_id)
-        self.retry_after_s = retry_after_s
+    def __init__(self, message: str, *, in_doubt: bool = False, **said: Unpack[RetrySaid]) -> None:
+        super().__init__(message, **said)
         self.in_doubt = in_doubt
 
 
-class ThrottledError(ProviderError, RetryableError):
+class ThrottledError(RetryAfterError):
     """The provider refused the call as too fast (130429, 131056, 4, 613, HTTP 429, ...): it did
     not take the message. Wait for the pace and try again; never a spent attempt.
 
@@ -159,17 +175,9 @@ class ThrottledError(ProviderError, RetryableError):
     error_class = "throttled"
 
     def __init__(
-        self,
-        message: str,
-        *,
-        provider_code: int | None = None,
-        fbtrace_id: str | None = None,
-        retry_after_s: float | None = None,
-        pair: bool = False,
-        app: bool = False,
+        self, message: str, *, pair: bool = False, app: bool = False, **said: Unpack[RetrySaid]
     ) -> None:
-        super().__init__(message, provider_code=provider_code, fbtrace_id=fbtrace_id)
-        self.retry_after_s = retry_after_s
+        super().__init__(message, **said)
         self.pair = pair
         self.app = app
 

@@ -9,8 +9,13 @@ this one function (anyio scopes work on any asyncio task).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import anyio
+
+# A pause of some seconds (a backoff, a slot of the pace) as the router's parts are given it:
+# delivery/parts.py `handing_back` hands the record back instead once the process stops.
+Wait = Callable[[float], Awaitable[None]]
 
 
 async def wait_event(event: asyncio.Event, *, timeout_s: float | None) -> bool:

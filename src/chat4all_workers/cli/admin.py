@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chat4all_workers.cli.output import at_least, connect_postgres, out, since_arg, workers
+from chat4all_workers.cli.output import connect_postgres, count, out, seconds, since_arg, workers
 from chat4all_workers.config import Settings
 from chat4all_workers.roles import CATALOGUE, resolve_names
 
@@ -52,16 +52,12 @@ def _add_status(commands: Any) -> None:
     )
     status.add_argument(
         "--max-lag",
-        type=at_least(0, int),
-        default=10_000,
-        metavar="N",
+        **count(0, 10_000),
         help="lag above this per group and topic is unhealthy (default 10000)",
     )
     status.add_argument(
         "--max-outbox-age-s",
-        type=at_least(0, float),
-        default=300.0,
-        metavar="S",
+        **seconds(0, 300.0),
         help="an unpublished outbox event older than this is unhealthy (300)",
     )
 
@@ -72,9 +68,7 @@ def _add_dlq(commands: Any) -> None:
     replay = dlq_commands.add_parser(
         "replay", help="re-publish DLQ records to their original topic (not repeated next time)"
     )
-    replay.add_argument(
-        "--limit", type=at_least(1, int), metavar="N", help="replay at most N records (N >= 1)"
-    )
+    replay.add_argument("--limit", **count(1), help="replay at most N records (N >= 1)")
     replay.add_argument(
         "--since",
         type=since_arg,

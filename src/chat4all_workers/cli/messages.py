@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from chat4all_workers.cli.output import (
-    at_least,
     connect_postgres,
+    count,
     flush_stdout,
     out,
+    seconds,
     uuid_arg,
     workers,
 )
@@ -66,11 +67,10 @@ def _add_send(commands: Any) -> None:
     )
     send.add_argument(
         "--conversation-id",
-        type=at_least(1, int),
-        metavar="N",
+        **count(1),
         help="the conversation (default: a fresh one)",
     )
-    send.add_argument("--sender-id", type=at_least(1, int), metavar="N", help="the sender")
+    send.add_argument("--sender-id", **count(1), help="the sender")
     send.add_argument(
         "--account",
         metavar="KEY",
@@ -81,9 +81,7 @@ def _add_send(commands: Any) -> None:
     )
     send.add_argument(
         "--timeout",
-        type=at_least(0.1, float),
-        default=60.0,
-        metavar="S",
+        **seconds(0.1, 60.0),
         help="with --wait: give up after S seconds, exit 1 (default 60)",
     )
     send.add_argument(
@@ -110,9 +108,7 @@ def _add_message(commands: Any) -> None:
     message.add_argument("message_id", type=uuid_arg, metavar="ID", help="the message id (UUID)")
     message.add_argument(
         "--dlq-limit",
-        type=at_least(1, int),
-        default=10_000,
-        metavar="N",
+        **count(1, 10_000),
         help="read at most N records of the DLQ partition (default 10000)",
     )
     message.add_argument(

@@ -44,6 +44,16 @@ def flush_stdout() -> None:
         raise StdoutClosedError from None
 
 
+def count(low: int, default: int | None = None) -> dict[str, Any]:
+    """An option's keywords for a whole number of at least `low` (shown as N)."""
+    return {"type": at_least(low, int), "default": default, "metavar": "N"}
+
+
+def seconds(low: float, default: float | None = None) -> dict[str, Any]:
+    """An option's keywords for a number of seconds of at least `low` (shown as S)."""
+    return {"type": at_least(low, float), "default": default, "metavar": "S"}
+
+
 def at_least(low: int | float, kind: type[int] | type[float]) -> Any:
     """An argparse type: a number of `kind`, at least `low`."""
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from chat4all_workers.backoff import retry_delay_s
 from chat4all_workers.channels.http import RequestCancelledError
@@ -39,10 +38,9 @@ from chat4all_workers.errors import (
     WindowClosedError,
 )
 from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.waiting import Wait
 
 log = logging.getLogger(__name__)
-
-Wait = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -52,40 +50,33 @@ class AttemptSettings:
     retry_cap_s: float
 
 
+@dataclass(eq=False, slots=True)
 class Attempts:
-    def __init__(
-        self,
-        leases: Leases,
-        outcomes: Outcomes,
-        doubts: Doubts,
-        windows: Windows,
-        *,
-        settings: AttemptSettings,
-        metrics: Metrics,
-        wait: Wait,
-    ) -> None:
-        self._leases = leases
-        self._outcomes = outcomes
-        self._doubts = doubts
-        self._windows = windows
-        self._settings = settings
-        self._metrics = metrics
-        self._wait = wait
+    """The attempts of every send of the router; one per router, shared by its lanes."""
+
+    leases: Leases
+    outcomes: Outcomes
+    doubts: Doubts
+    windows: Windows
+    _: KW_ONLY
+    settings: AttemptSettings
+    metrics: Metrics
+    wait: Wait
 
     async def run(self, send: Send, lease: Lease, *, probe: bool, orphaned: bool) -> Verdict:
         """Try the send under `lease` until it ends; the verdict says what the channel learned.
         An orphaned lease (a worker stopped mid-send) first waits for the provider's word."""
         attempts = send.prior_attempts
-        if attempts >= self._settings.max_attempts:  # a copy with no attempt left
+        if attempts >= self.settings.max_attempts:  # a copy with no attempt left
             exhausted = RetriesExhaustedError(
                 f"{attempts} attempt(s) spent before this copy (router.max_attempts = "
-                f"{self._settings.max_attempts})"
+                f"{self.settings.max_attempts})"
             )
-            return await self._outcomes.give_up(send, lease, exhausted, attempts)
+            return await self.outcomes.give_up(send, lease, exhausted, attempts)
         slot_taken = True  # the round's slot, for the first attempt
         if orphaned:
             cause = "a worker stopped mid-send"
-            resolved = await self._doubts.settle(send, lease, attempts=0, cause=cause, error=None)
+            resolved = await self.doubts.settle(send, lease, attempts=0, cause=cause, error=None)
             if resolved is not None:
                 return resolved
             slot_taken = False  # the window took a while: a slot of the pace now
@@ -103,7 +94,7 @@ class Attempts:
                 lease.in_doubt = True  # cancelled twice: the answer is unknown
                 raise
             except TransientProviderError as exc:
-                self._outcomes.request(send, "in_doubt" if exc.in_doubt else "transient")
+                self.outcomes.request(send, "in_doubt" if exc.in_doubt else "transient")
                 verdict = await self._transient(send, lease, exc, attempts)
                 if verdict is None:
                     continue
@@ -113,16 +104,16 @@ class Attempts:
             except AccountError as exc:
                 return await self._not_taken(send, lease, exc, "paused", Verdict.ACCOUNT)
             except ProviderRejectedError as exc:
-                self._outcomes.request(send, "rejected")
+                self.outcomes.request(send, "rejected")
                 if isinstance(exc, WindowClosedError):  # remembered: the next ones cost no call
                     account, user = send.lane.account.provider_id, send.outbound.recipient
-                    await self._windows.close(send.channel, account, user, sent_at_s=sent_at)
-                await self._outcomes.give_up(send, lease, exc, attempts)
+                    await self.windows.close(send.channel, account, user, sent_at_s=sent_at)
+                await self.outcomes.give_up(send, lease, exc, attempts)
                 return Verdict.REJECTED
-            self._outcomes.request(send, "sent")
+            self.outcomes.request(send, "sent")
             pid = result.provider_message_id
-            await self._leases.mark_sent(lease, pid, channel=send.channel, ref=send.ref)
-            await self._outcomes.sent(send, pid)
+            await self.leases.mark_sent(lease, pid, channel=send.channel, ref=send.ref)
+            await self.outcomes.sent(send, pid)
             send.lane.calm()
             return Verdict.SENT
 
@@ -134,16 +125,16 @@ class Attempts:
         lane = send.lane
         waited = await lane.slot(send.outbound, probe=probe)
         if waited is None or (lane.pause.paused and not probe):
-            await self._leases.release(lease)  # not taken by the provider: the record tries again
+            await self.leases.release(lease)  # not taken by the provider: the record tries again
             return Verdict.HELD
-        marker = await self._leases.renew(lease)
+        marker = await self.leases.renew(lease)
         if marker is None:
             return None
         if marker.kind is Kind.SENT:
-            await self._outcomes.sent(send, marker.provider_message_id)
+            await self.outcomes.sent(send, marker.provider_message_id)
             return Verdict.SENT
         error = LeaseLostError("lost the send lease to another worker")
-        await self._outcomes.fail(send, error, attempts)
+        await self.outcomes.fail(send, error, attempts)
         return Verdict.OTHER
 
     async def _not_taken(
@@ -155,8 +146,8 @@ class Attempts:
         verdict: Verdict,
     ) -> Verdict:
         """Throttled, or the account refused: the provider did not take it; the lease goes."""
-        self._outcomes.request(send, outcome)
-        await self._leases.release(lease)
+        self.outcomes.request(send, outcome)
+        await self.leases.release(lease)
         send.last_error = exc
         return verdict
 
@@ -164,16 +155,16 @@ class Attempts:
         self, send: Send, lease: Lease, exc: TransientProviderError, attempts: int
     ) -> Verdict | None:
         """A failed attempt: None to try again (after its backoff), else how the send ended."""
-        settings, channel = self._settings, send.channel
+        settings, channel = self.settings, send.channel
         if exc.in_doubt:  # written, then no answer: the provider may have it
             lease.in_doubt = True
             # None: silent for the whole window: sent again, no further backoff
-            return await self._doubts.settle(
+            return await self.doubts.settle(
                 send, lease, attempts=attempts, cause=str(exc), error=exc
             )
         if attempts >= settings.max_attempts:
             log.warning("%s send failed after %d attempt(s): %s", channel, attempts, exc)
-            return await self._outcomes.give_up(send, lease, exc, attempts)
+            return await self.outcomes.give_up(send, lease, exc, attempts)
         delay = retry_delay_s(
             attempts - 1,
             base_s=settings.retry_base_s,
@@ -181,5 +172,5 @@ class Attempts:
             retry_after_s=exc.retry_after_s,
         )
         log.info("%s attempt %d failed (%s); retrying in %.2fs", channel, attempts, exc, delay)
-        await self._wait(delay)
+        await self.wait(delay)
         return None

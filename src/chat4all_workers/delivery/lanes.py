@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,10 +42,9 @@ from chat4all_workers.kafka.held import held
 from chat4all_workers.meta.limits import SLOW_MEDIA
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.metrics import Metrics
+from chat4all_workers.waiting import Wait
 
 log = logging.getLogger(__name__)
-
-Wait = Callable[[float], Awaitable[None]]
 
 
 @dataclass(frozen=True)

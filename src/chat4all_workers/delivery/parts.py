@@ -18,7 +18,7 @@ from chat4all_workers.channels.base import ChannelAdapter
 from chat4all_workers.channels.pacing import Pacer, PaceSettings, media_key
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.delivery.accounts import SendingAccounts
-from chat4all_workers.delivery.attempts import Attempts, AttemptSettings, Wait
+from chat4all_workers.delivery.attempts import Attempts, AttemptSettings
 from chat4all_workers.delivery.doubt import Doubts, DoubtSettings
 from chat4all_workers.delivery.lanes import Lane, LaneSettings, pace_settings
 from chat4all_workers.delivery.lease import Leases
@@ -30,7 +30,7 @@ from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.errors import RetryableError
 from chat4all_workers.kafka.held import held
 from chat4all_workers.role import RoleContext
-from chat4all_workers.waiting import wait_event
+from chat4all_workers.waiting import Wait, wait_event
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from chat4all_workers.delivery.markers import ProviderVerdicts, marker_key
 from chat4all_workers.delivery.windows import Windows
@@ -56,25 +56,18 @@ class Endings:
     resend: list[OutgoingRecord] = field(default_factory=list)
 
 
+@dataclass(eq=False, slots=True)
 class Failures:
-    def __init__(
-        self,
-        verdicts: ProviderVerdicts,
-        originals: OriginalRecords,
-        windows: Windows,
-        producer: Producer,
-        *,
-        key: Callable[[str], str],
-        dlq_topic: str,
-        metrics: Metrics,
-    ) -> None:
-        self._verdicts = verdicts
-        self._originals = originals
-        self._windows = windows
-        self._producer = producer
-        self._key = key
-        self._dlq_topic = dlq_topic
-        self._metrics = metrics
+    """Ends the sends that failed statuses report (one per webhooks role)."""
+
+    verdicts: ProviderVerdicts
+    originals: OriginalRecords
+    windows: Windows
+    producer: Producer
+    _: KW_ONLY
+    key: Callable[[str], str]
+    dlq_topic: str
+    metrics: Metrics
 
     async def end(self, statuses: list[StatusEvent]) -> Endings:
         """End each failed status's send; the rest of the request goes on as usual."""
@@ -98,8 +91,8 @@ class Failures:
                 endings.failed.append(status)
             return
         error_type = error.error_type if isinstance(error, PermanentError) else RESENT
-        key = self._key(marker_key(status.message_id, status.channel))
-        found = await self._verdicts.provider_failed(
+        key = self.key(marker_key(status.message_id, status.channel))
+        found = await self.verdicts.provider_failed(
             key, status.provider_message_id, error_type=error_type, origin=status.origin
         )
         if found != "failed":  # a duplicate webhook, another send counts now, or given up
@@ -108,12 +101,12 @@ class Failures:
                 endings.failed.append(status)  # the status is idempotent; the DLQ copy is not
             return
         topic, partition, offset = origin
-        record = await self._originals.fetch(topic, partition, offset)
+        record = await self.originals.fetch(topic, partition, offset)
         if isinstance(error, PermanentError):
             endings.failed.append(status)
             await self._dead_letter(status, error, record, origin, error_class)
             if isinstance(error, WindowClosedError) and status.recipient:
-                await self._windows.close(
+                await self.windows.close(
                     status.channel,
                     status.account or "",
                     status.recipient,
@@ -160,8 +153,8 @@ class Failures:
         if found is None:
             headers.append(("dlq.value_dropped", b"the original record is no longer in Kafka"))
         await dead_letter(
-            self._producer,
-            dlq_topic=self._dlq_topic,
+            self.producer,
+            dlq_topic=self.dlq_topic,
             value=None if found is None else found.value,
             key=None if found is None else found.key,
             source="webhooks",
@@ -172,12 +165,12 @@ class Failures:
             original_partition=partition,
             original_offset=offset,
             extra_headers=headers,
-            metrics=self._metrics,
+            metrics=self.metrics,
         )
 
     def _count(self, status: StatusEvent, error_class: str, action: str) -> None:
         labels = {"channel": status.channel, "error_class": error_class, "action": action}
-        self._metrics.webhook_async_failures.inc(labels)
+        self.metrics.webhook_async_failures.inc(labels)
 
 
 def _text(status: StatusEvent) -> str:

@@ -24,25 +24,21 @@ from chat4all_workers.intake.accounting import Accounting
 from chat4all_workers.meta.events import Parsed, StatusEvent
 
 
+@dataclasses.dataclass(eq=False, slots=True)
 class ProviderWord:
-    def __init__(
-        self,
-        index: ProviderIndex,
-        verdicts: ProviderVerdicts,
-        *,
-        key: Callable[[str], str],
-        accounting: Accounting,
-    ) -> None:
-        self._index = index
-        self._verdicts = verdicts
-        self._key = key
-        self._accounting = accounting
+    """Completes the statuses' ids and records the provider's word they prove."""
+
+    index: ProviderIndex
+    verdicts: ProviderVerdicts
+    _: dataclasses.KW_ONLY
+    key: Callable[[str], str]
+    accounting: Accounting
 
     async def statuses(self, channel: str, parsed: Parsed) -> list[StatusEvent]:
         """Every status with our message's ids; a read receipt's are looked up (an unknown one
         is ignored), an echo's are remembered for the receipts to come."""
         unknown = [s.provider_message_id for s in parsed.statuses if s.message_id is None]
-        found = await self._index.lookup(channel, unknown) if unknown else {}
+        found = await self.index.lookup(channel, unknown) if unknown else {}
         statuses, echoes = [], []
         for status in parsed.statuses:
             if status.message_id is None:
@@ -58,7 +54,7 @@ class ProviderWord:
                 echoes.append((status.provider_message_id, ref))
             statuses.append(status)
         if echoes:
-            await self._index.remember(channel, echoes)
+            await self.index.remember(channel, echoes)
         return statuses
 
     async def record(self, statuses: Sequence[StatusEvent]) -> None:
@@ -67,10 +63,10 @@ class ProviderWord:
         for status in statuses:
             if status.message_id is None:
                 continue
-            key = self._key(marker_key(status.message_id, status.channel))
+            key = self.key(marker_key(status.message_id, status.channel))
             entries.setdefault(key, (status.channel, status.provider_message_id))
         if not entries:
             return
-        found = await self._verdicts.record([(k, p) for k, (_, p) in entries.items()])
+        found = await self.verdicts.record([(k, p) for k, (_, p) in entries.items()])
         for (channel, _), marker in zip(entries.values(), found, strict=True):
-            self._accounting.verdict(channel, marker)
+            self.accounting.verdict(channel, marker)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from chat4all_workers.meta.events import is_int64
+from chat4all_workers.meta.events import is_int64, json_object
 
 _MAX_ORIGIN = 300
 
@@ -38,13 +38,8 @@ def callback_data(message_id: str, conversation_id: int, *, origin: str = "") ->
 
 def read_callback(raw: Any) -> Callback | None:
     """The callback data our adapters set on a send, or None if it is not ours."""
-    if not isinstance(raw, str):
-        return None
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(doc, dict):
+    doc = json_object(raw) if isinstance(raw, str) else None
+    if doc is None:
         return None
     message_id, conversation_id = doc.get("message_id"), doc.get("conversation_id")
     if not isinstance(message_id, str) or not is_int64(conversation_id):

@@ -49,8 +49,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import orjson
-
 from chat4all_workers.errors import (
     AccountError,
     ProviderRejectedError,
@@ -59,6 +57,7 @@ from chat4all_workers.errors import (
     TransientProviderError,
     WindowClosedError,
 )
+from chat4all_workers.meta.events import json_object
 
 _MAX_ERROR_TEXT = 300
 
@@ -291,11 +290,7 @@ def error_for_verdict(
 
 def _error_object(raw: bytes) -> dict[str, Any]:
     """Meta's `{"error": {...}}`, or {} for a body that is not one (a proxy's HTML page)."""
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return {}
-    error = doc.get("error") if isinstance(doc, dict) else None
+    error = (json_object(raw) or {}).get("error")
     return error if isinstance(error, dict) else {}
 
 

@@ -148,6 +148,15 @@ def parse_body(body: bytes) -> tuple[Any, str | None]:
         return None, f"body is not JSON: {exc}"
 
 
+def json_object(raw: str | bytes) -> dict[str, Any] | None:
+    """The JSON object `raw` holds, or None when it holds no JSON, or JSON of another kind."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def object_is(doc: Any, expected: str, parsed: Parsed) -> bool:
     if not isinstance(doc, dict):
         parsed.problems.append("body is not a JSON object")

@@ -17,6 +17,12 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 # webhook retried by Meta after an outage is hours late.
 _WEBHOOK_LAG_BUCKETS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0, 21600.0)
 _PACING_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Each histogram's buckets, by its name.
+_BUCKETS = {
+    "worker_processing_duration_seconds": _LATENCY_BUCKETS,
+    "channel_pacing_wait_seconds": _PACING_BUCKETS,
+    "webhook_lag_seconds": _WEBHOOK_LAG_BUCKETS,
+}
 
 
 _KEY_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SORT_KEYS  # aioprometheus's own keys
@@ -58,127 +64,101 @@ class Histogram(collectors.Histogram):
     observe = add  # type: ignore[assignment]
 
 
+# Each metric's help, by its name (SPEC section 7); the label names come with its first series.
+_HELP = {
+    "messages_processed_total": "Records finished, by role, channel and outcome.",
+    "worker_processing_duration_seconds": "Time from taking a record to finishing it.",
+    "dlq_messages_total": "Records dead-lettered, by source and reason.",
+    "outbox_pending_events": "Unpublished rows in outbox_events.",
+    "redis_fallback_queue_length": "Items waiting in the Redis fallback list.",
+    "files_stuck_merging": "Files in MERGING for longer than files.merging_stuck_minutes.",
+    "uploads_cleaned_total": "Abandoned uploads cleaned by the GC.",
+    "circuit_breaker_state": "0 closed, 1 open, 2 half-open.",
+    "supervisor_restarts_total": "Restarts of a role after a crash.",
+    "supervisor_role_state": "0 stopped, 1 running, 2 backing off, 3 failed.",
+    "kafka_consumer_lag": "Records between the committed offset and the log end.",
+    "event_loop_lag_seconds": "How late the event loop ran a timer, last sample.",
+    "worker_in_flight_records": "Records taken from Kafka and not yet finished.",
+    "channel_requests_total": (
+        "Calls to channel providers, by channel, account (its key; `_other` past "
+        "router.account_label_limit accounts) and outcome: sent, throttled, transient, in_doubt, "
+        "rejected, paused (an account-class answer)."
+    ),
+    "channel_paused": (
+        "Sending accounts paused in this process (an account-class answer), by channel, account "
+        "(its key, or `_other`) and reason (the provider's code); 0 once resumed."
+    ),
+    "channel_pacing_wait_seconds": (
+        "Time a send waited for its slot of the provider's pace (account and pair)."
+    ),
+    "router_in_doubt_total": (
+        "Sends whose outcome was unknown (a worker stopped mid-send, a request timed out or reset "
+        "after it was written), by channel and resolution: confirmed (the provider's word came), "
+        "resent (silent for router.in_doubt_window_s: sent again), dead_lettered (silent, "
+        "on_unknown_outcome = dead_letter), exhausted (silent on the last attempt), handed_back "
+        "(stopped or revoked while waiting: the next owner resolves it)."
+    ),
+    "webhook_verdicts_total": (
+        "Provider statuses recorded in the router's dedup markers, by channel and what the marker "
+        "held: sent (already known), lease (a send not marked yet: its answer on the way, or in "
+        "doubt), failed (given up on, yet the provider had it), absent, other (a marker of another "
+        "router)."
+    ),
+    "webhook_async_failures_total": (
+        "Sends the provider failed later, by a `failed` status webhook, by channel, the code's "
+        "class and what became of the send: dead_lettered (final: FAILED, the record in the DLQ), "
+        "resent (not final: the record published again), duplicate, stale (another send of the "
+        "message counts now), given_up (the router had given up on it), gone (its record is no "
+        "longer in Kafka), no_origin (a send of an older version)."
+    ),
+    "webhook_requests_total": (
+        "Requests to the webhooks endpoint, by channel and outcome (accepted, parked, invalid, "
+        "bad_signature, too_large, timeout, unsupported_media_type, refused, overloaded, "
+        "unavailable, verify_ok, verify_refused)."
+    ),
+    "webhook_events_total": (
+        "Events in signed webhooks, by channel, kind (status, read, echo, inbound, event, other) "
+        "and outcome (produced, or the reason it was ignored)."
+    ),
+    "webhook_lag_seconds": "From the provider's timestamp of an event to its webhook being stored.",
+}
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = Registry()
-        r = self.registry
-        self.messages_processed = Counter(
-            "messages_processed_total",
-            "Records finished, by role, channel and outcome.",
-            registry=r,
-        )
-        self.processing_duration = Histogram(
-            "worker_processing_duration_seconds",
-            "Time from taking a record to finishing it.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.dlq_messages = Counter(
-            "dlq_messages_total", "Records dead-lettered, by source and reason.", registry=r
-        )
-        self.outbox_pending = Gauge(
-            "outbox_pending_events", "Unpublished rows in outbox_events.", registry=r
-        )
-        self.fallback_queue_length = Gauge(
-            "redis_fallback_queue_length", "Items waiting in the Redis fallback list.", registry=r
-        )
-        self.files_stuck_merging = Gauge(
-            "files_stuck_merging",
-            "Files in MERGING for longer than files.merging_stuck_minutes.",
-            registry=r,
-        )
-        self.uploads_cleaned = Counter(
-            "uploads_cleaned_total", "Abandoned uploads cleaned by the GC.", registry=r
-        )
-        self.breaker_state = Gauge(
-            "circuit_breaker_state", "0 closed, 1 open, 2 half-open.", registry=r
-        )
-        self.supervisor_restarts = Counter(
-            "supervisor_restarts_total", "Restarts of a role after a crash.", registry=r
-        )
-        self.role_state = Gauge(
-            "supervisor_role_state",
-            "0 stopped, 1 running, 2 backing off, 3 failed.",
-            registry=r,
-        )
-        self.consumer_lag = Gauge(
-            "kafka_consumer_lag",
-            "Records between the committed offset and the log end.",
-            registry=r,
-        )
-        self.loop_lag = Gauge(
-            "event_loop_lag_seconds",
-            "How late the event loop ran a timer, last sample.",
-            registry=r,
-        )
-        self.in_flight = Gauge(
-            "worker_in_flight_records", "Records taken from Kafka and not yet finished.", registry=r
-        )
-        self.channel_requests = Counter(
-            "channel_requests_total",
-            "Calls to channel providers, by channel, account (its key; `_other` past "
-            "router.account_label_limit accounts) and outcome: sent, throttled, transient, "
-            "in_doubt, rejected, paused (an account-class answer).",
-            registry=r,
-        )
-        self.channel_paused = Gauge(
-            "channel_paused",
-            "Sending accounts paused in this process (an account-class answer), by channel, "
-            "account (its key, or `_other`) and reason (the provider's code); 0 once resumed.",
-            registry=r,
-        )
-        self.channel_pacing_wait = Histogram(
-            "channel_pacing_wait_seconds",
-            "Time a send waited for its slot of the provider's pace (account and pair).",
-            buckets=_PACING_BUCKETS,
-            registry=r,
-        )
-        self.router_in_doubt = Counter(
-            "router_in_doubt_total",
-            "Sends whose outcome was unknown (a worker stopped mid-send, a request timed out or "
-            "reset after it was written), by channel and resolution: confirmed (the provider's "
-            "word came), resent (silent for router.in_doubt_window_s: sent again), "
-            "dead_lettered (silent, on_unknown_outcome = dead_letter), exhausted (silent on the "
-            "last attempt), handed_back (stopped or revoked while waiting: the next owner "
-            "resolves it).",
-            registry=r,
-        )
-        self.webhook_verdicts = Counter(
-            "webhook_verdicts_total",
-            "Provider statuses recorded in the router's dedup markers, by channel and what the "
-            "marker held: sent (already known), lease (a send not marked yet: its answer on the "
-            "way, or in doubt), failed (given up on, yet the provider had it), absent, other (a "
-            "marker of another router).",
-            registry=r,
-        )
-        self.webhook_async_failures = Counter(
-            "webhook_async_failures_total",
-            "Sends the provider failed later, by a `failed` status webhook, by channel, the "
-            "code's class and what became of the send: dead_lettered (final: FAILED, the record "
-            "in the DLQ), resent (not final: the record published again), duplicate, stale "
-            "(another send of the message counts now), given_up (the router had given up on it), "
-            "gone (its record is no longer in Kafka), no_origin (a send of an older version).",
-            registry=r,
-        )
-        self.webhook_requests = Counter(
-            "webhook_requests_total",
-            "Requests to the webhooks endpoint, by channel and outcome (accepted, parked, "
-            "invalid, bad_signature, too_large, timeout, unsupported_media_type, refused, "
-            "overloaded, unavailable, verify_ok, verify_refused).",
-            registry=r,
-        )
-        self.webhook_events = Counter(
-            "webhook_events_total",
-            "Events in signed webhooks, by channel, kind (status, read, echo, inbound, event, "
-            "other) and outcome (produced, or the reason it was ignored).",
-            registry=r,
-        )
-        self.webhook_lag = Histogram(
-            "webhook_lag_seconds",
-            "From the provider's timestamp of an event to its webhook being stored.",
-            buckets=_WEBHOOK_LAG_BUCKETS,
-            registry=r,
-        )
+        counter, gauge, histogram = self._counter, self._gauge, self._histogram
+        self.messages_processed = counter("messages_processed_total")
+        self.processing_duration = histogram("worker_processing_duration_seconds")
+        self.dlq_messages = counter("dlq_messages_total")
+        self.outbox_pending = gauge("outbox_pending_events")
+        self.fallback_queue_length = gauge("redis_fallback_queue_length")
+        self.files_stuck_merging = gauge("files_stuck_merging")
+        self.uploads_cleaned = counter("uploads_cleaned_total")
+        self.breaker_state = gauge("circuit_breaker_state")
+        self.supervisor_restarts = counter("supervisor_restarts_total")
+        self.role_state = gauge("supervisor_role_state")
+        self.consumer_lag = gauge("kafka_consumer_lag")
+        self.loop_lag = gauge("event_loop_lag_seconds")
+        self.in_flight = gauge("worker_in_flight_records")
+        self.channel_requests = counter("channel_requests_total")
+        self.channel_paused = gauge("channel_paused")
+        self.channel_pacing_wait = histogram("channel_pacing_wait_seconds")
+        self.router_in_doubt = counter("router_in_doubt_total")
+        self.webhook_verdicts = counter("webhook_verdicts_total")
+        self.webhook_async_failures = counter("webhook_async_failures_total")
+        self.webhook_requests = counter("webhook_requests_total")
+        self.webhook_events = counter("webhook_events_total")
+        self.webhook_lag = histogram("webhook_lag_seconds")
+
+    def _counter(self, name: str) -> Counter:
+        return Counter(name, _HELP[name], registry=self.registry)
+
+    def _gauge(self, name: str) -> Gauge:
+        return Gauge(name, _HELP[name], registry=self.registry)
+
+    def _histogram(self, name: str) -> Histogram:
+        return Histogram(name, _HELP[name], buckets=_BUCKETS[name], registry=self.registry)
 
 
 def total(collector: Collector, **match: str) -> int:

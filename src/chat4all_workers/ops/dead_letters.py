@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import murmur2
 
 from chat4all_workers.config import Settings
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.records import ConsumedRecord
+from chat4all_workers.meta.events import json_object
 
 DEFAULT_LIMIT = 10_000
 SKEW_S = 300.0
@@ -158,13 +158,8 @@ def _about(value: bytes | None, message_id: str) -> bool:
     JSON object (a malformed record), its bytes naming the id."""
     if not value or message_id.encode() not in value.lower():
         return False
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return True
-    if not isinstance(doc, dict):
-        return True
-    return str(doc.get("message_id", "")).lower() == message_id
+    doc = json_object(value)
+    return doc is None or str(doc.get("message_id", "")).lower() == message_id
 
 
 def _dead_letter(record: ConsumedRecord) -> DeadLetter:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chat4all_workers.cli.accounts.inputs import SECRETS_HELP
-from chat4all_workers.cli.output import at_least
+from chat4all_workers.cli.output import at_least, count
 from chat4all_workers.config import CHANNELS
 
 _MAX_PACE = 1e9
@@ -94,8 +94,7 @@ def _add_account_parser(actions: Any) -> None:
     )
     account.add_argument(
         "--pair-burst",
-        type=at_least(0, int),
-        metavar="N",
+        **count(0),
         help="per recipient: a burst of N (0: no pair limit)",
     )
     account.add_argument(
