@@ -1,4 +1,5 @@
-"""wait_event (waiting.py): an event, or a deadline, whichever comes first."""
+"""waiting.py: wait_event (an event, or a deadline, whichever comes first) and sweep (deadlines
+checked every period while busy, none while idle)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 
 import pytest
 
-from chat4all_workers.waiting import wait_event
+from chat4all_workers.waiting import sweep, wait_event
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -58,3 +59,31 @@ async def test_wait_event_is_cancelled_like_any_wait() -> None:
 
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_sweep_expires_while_busy_idles_until_woken_and_ends_once_done() -> None:
+    woken = asyncio.Event()
+    busy = False
+    done = False
+    expired: list[float] = []
+    twice = asyncio.Event()
+
+    def expire(now: float) -> None:
+        expired.append(now)
+        if len(expired) == 2:
+            twice.set()
+
+    sweeper = asyncio.ensure_future(
+        sweep(0.01, expire, busy=lambda: busy, woken=woken, done=lambda: done)
+    )
+
+    await asyncio.sleep(0.05)
+    assert expired == []  # idle: not a single check
+
+    busy = True
+    woken.set()
+    await asyncio.wait_for(twice.wait(), 5)
+    assert expired == sorted(expired)  # the loop's time at each check
+
+    done = True
+    await asyncio.wait_for(sweeper, 5)

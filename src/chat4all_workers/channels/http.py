@@ -43,6 +43,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from chat4all_workers.waiting import sweep
+
 _MAX_BODY_BYTES = 1024 * 1024  # a channel API answers with a few hundred bytes of JSON
 _SWEEP_S = 0.05  # how late a request may time out
 
@@ -292,17 +294,18 @@ class HttpClient:
     async def _sweep(self) -> None:
         """Fail every request past its deadline, checking every `_SWEEP_S` while any is under
         way (a request times out at most that late); idle while none is, until closed."""
-        loop = asyncio.get_running_loop()
-        while not self._closed:
-            if not self._busy:
-                self._working.clear()
-                await self._working.wait()
-                continue
-            await asyncio.sleep(_SWEEP_S)
-            now = loop.time()
-            for connection, deadline in list(self._busy.items()):
-                if deadline <= now:
-                    connection.time_out()
+        await sweep(
+            _SWEEP_S,
+            self._time_out,
+            busy=lambda: bool(self._busy),
+            woken=self._working,
+            done=lambda: self._closed,
+        )
+
+    def _time_out(self, now: float) -> None:
+        for connection, deadline in list(self._busy.items()):
+            if deadline <= now:
+                connection.time_out()
 
     # -- connections -------------------------------------------------------------------------
 

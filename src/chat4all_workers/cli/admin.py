@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from chat4all_workers.cli.output import connect_postgres, count, out, seconds, since_arg, workers
+from chat4all_workers.cli.output import (
+    add_workers,
+    connect_postgres,
+    count,
+    out,
+    seconds,
+    since_arg,
+    workers,
+)
 from chat4all_workers.config import Settings
 from chat4all_workers.roles import CATALOGUE, resolve_names
 
@@ -44,12 +52,7 @@ def _add_status(commands: Any) -> None:
         "status", help="lag, outbox, fallback queue, DLQ, stuck files, workers; exit 1 if unhealthy"
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.add_argument(
-        "--workers",
-        metavar="URLS",
-        help="comma-separated base URLs of workers' operations ports "
-        "(default: http://127.0.0.1:$METRICS_PORT)",
-    )
+    add_workers(status, "comma-separated base URLs of workers' operations ports")
     status.add_argument(
         "--max-lag",
         **count(0, 10_000),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from chat4all_workers.cli.output import (
+    add_workers,
     connect_postgres,
     count,
     flush_stdout,
@@ -84,12 +85,7 @@ def _add_send(commands: Any) -> None:
         **seconds(0.1, 60.0),
         help="with --wait: give up after S seconds, exit 1 (default 60)",
     )
-    send.add_argument(
-        "--workers",
-        metavar="URLS",
-        help="with --wait: operations ports read for a paused channel "
-        "(default: http://127.0.0.1:$METRICS_PORT)",
-    )
+    add_workers(send, "with --wait: operations ports read for a paused channel")
     send.add_argument("--json", action="store_true", help="one JSON document at the end")
 
 
@@ -111,11 +107,10 @@ def _add_message(commands: Any) -> None:
         **count(1, 10_000),
         help="read at most N records of the DLQ partition (default 10000)",
     )
-    message.add_argument(
-        "--workers",
-        metavar="URLS",
-        help="operations ports read for the router's state of a channel not sent yet "
-        "(default: http://127.0.0.1:$METRICS_PORT; '' for none)",
+    add_workers(
+        message,
+        "operations ports read for the router's state of a channel not sent yet",
+        empty_reads_none=True,
     )
     message.add_argument("--json", action="store_true", help="one JSON document")
 

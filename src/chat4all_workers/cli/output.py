@@ -54,6 +54,15 @@ def seconds(low: float, default: float | None = None) -> dict[str, Any]:
     return {"type": at_least(low, float), "default": default, "metavar": "S"}
 
 
+def add_workers(
+    parser: argparse.ArgumentParser, what: str, *, empty_reads_none: bool = False
+) -> None:
+    """`--workers URLS`: `what` the operations ports are read for, then the default (this host's,
+    as `workers` takes it; `empty_reads_none`: the help says '' reads none)."""
+    default = "http://127.0.0.1:$METRICS_PORT" + ("; '' for none" if empty_reads_none else "")
+    parser.add_argument("--workers", metavar="URLS", help=f"{what} (default: {default})")
+
+
 def at_least(low: int | float, kind: type[int] | type[float]) -> Any:
     """An argparse type: a number of `kind`, at least `low`."""
 

@@ -45,6 +45,7 @@ from typing import Any
 
 from chat4all_workers.intake.http_connection import SWEEP_S, Connection
 from chat4all_workers.intake.http_exchange import Application, Limits
+from chat4all_workers.waiting import sweep
 
 log = logging.getLogger(__name__)
 
@@ -127,14 +128,11 @@ class HttpServer:
 
     async def _sweep(self) -> None:
         """Every `SWEEP_S`, each connection past its deadline acts on it (time-outs)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._connections:
-                self._changed.clear()
-                await self._changed.wait()
-                continue
-            await asyncio.sleep(SWEEP_S)
-            now = loop.time()
-            for connection in list(self._connections):
-                if connection.deadline <= now:
-                    connection.expire(now)
+        await sweep(
+            SWEEP_S, self._expire, busy=lambda: bool(self._connections), woken=self._changed
+        )
+
+    def _expire(self, now: float) -> None:
+        for connection in list(self._connections):
+            if connection.deadline <= now:
+                connection.expire(now)
