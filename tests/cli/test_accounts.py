@@ -264,6 +264,28 @@ async def test_accounts_cli_add_refuses_a_token_that_is_not_one_line(
 
 
 @pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("add", "whatsapp", "acme", "--provider-id", "1", "--app", "123", "--token"), "--token"),
+        (("rotate-token", "whatsapp", "acme", "--token"), "--token"),
+        (("app-add", "123", "--secret"), "--secret"),
+        (("app-add", "123", "--verify-token"), "--verify-token"),
+    ],
+)
+async def test_accounts_cli_refuses_a_secret_on_the_command_line_without_repeating_it(
+    cli: Cli, args: tuple[str, ...], option: str
+) -> None:
+    # Without its own option, `--token SECRET` would be argparse's abbreviation of
+    # `--token-file SECRET`, and the secret printed as a missing file's name.
+    run = await cli(*args, TOKEN)
+
+    assert run.code == 2
+    assert run.err.startswith(f"chat4all-workers accounts {args[0]}: {option} is not taken:")
+    assert TOKEN not in run.err
+    assert TOKEN not in run.out
+
+
+@pytest.mark.parametrize(
     ("key", "problem"),
     [
         ("default", "the default whatsapp account is the environment's"),

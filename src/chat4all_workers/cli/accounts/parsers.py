@@ -34,6 +34,7 @@ def add(commands: Any) -> None:
     app.add_argument("app_id", metavar="APP_ID", help="the app's id (1-64 of a-z 0-9 _ . -)")
     app.add_argument("--secret-file", metavar="PATH", help="a file holding the app secret")
     app.add_argument("--verify-token-file", metavar="PATH", help="a file holding the verify token")
+    _refuse_on_the_command_line(app, "--secret", "--app-secret", "--verify-token")
     app.add_argument("--update", action="store_true", help="replace an existing app's secrets")
     listing = actions.add_parser(
         "list", help="the table's accounts and apps (never a secret: `set`)"
@@ -52,6 +53,7 @@ def add(commands: Any) -> None:
     )
     _channel_and_key(rotate)
     rotate.add_argument("--token-file", metavar="PATH", help="a file holding the token")
+    _refuse_on_the_command_line(rotate, "--token")
     new_key = actions.add_parser(
         "new-key",
         help="print a fresh accounts key line (ID:BASE64KEY) for ACCOUNTS_KEY",
@@ -104,12 +106,35 @@ def _add_account_parser(actions: Any) -> None:
         help="per recipient: then one per S seconds",
     )
     account.add_argument("--token-file", metavar="PATH", help="a file holding the token")
+    _refuse_on_the_command_line(account, "--token")
     account.add_argument(
         "--update",
         action="store_true",
         help="redefine an existing account (a pace left out goes back to the channel's; "
         "the token is replaced; enabled or not stays)",
     )
+
+
+class _SecretOnTheCommandLine(argparse.Action):
+    """A secret given as an argument: refused without repeating it. Without this option,
+    argparse would take `--token SECRET` for `--token-file SECRET` (an abbreviation) and
+    print the secret as a missing file's name."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        parser.error(
+            f"{option_string or self.option_strings[0]} is not taken: a secret on the command "
+            "line stays in the shell's history and in `ps`; give it on standard input or in a file"
+        )
+
+
+def _refuse_on_the_command_line(parser: argparse.ArgumentParser, *names: str) -> None:
+    parser.add_argument(*names, action=_SecretOnTheCommandLine, help=argparse.SUPPRESS)
 
 
 def _channel_and_key(parser: argparse.ArgumentParser) -> None:
