@@ -177,17 +177,9 @@ async def deployment(
     )
 
 
-# Where the suite's longest tests live (a worker process, a cluster, a fault, a bench each):
-# run first, so that `make test`'s parallel workers end on short tests instead of one of them
-# idling while another runs a minute-long test it took last.
-_LONG_FIRST = ("tests/e2e/", "tests/bench/", "tests/infra/", "tests/test_shutdown.py")
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that uses the backing services must say so (`stack` marker): `make check` runs
-    `-m "not stack"` and must start nothing. The long tests run first (`_LONG_FIRST`); the
-    order is otherwise the collection's, the same on every worker."""
-    items.sort(key=lambda item: not item.nodeid.startswith(_LONG_FIRST))
+    `-m "not stack"` and must start nothing."""
     unmarked = [
         item.nodeid
         for item in items
