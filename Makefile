@@ -115,28 +115,27 @@ check: venv tools lint
 	env -u KAFKA_BOOTSTRAP_SERVERS -u DATABASE_URL -u REDIS_URL -u MINIO_ENDPOINT \
 		$(BIN)/pytest -m "not stack" --durations=5 $(PYTEST_ARGS)
 
-# The tools hold the line: lint first, then every test against the real stack.
-# In two runs: every test that shares the stack politely on TEST_WORKERS pytest-xdist workers
-# (most of a stack test's time is waiting on a service, so three share two cores well), then
-# the `faults` tests alone, since they stop and start the shared services. Each prints its
-# 15 slowest.
+# The tools hold the line: lint first, then every test against the real stack, on TEST_WORKERS
+# pytest-xdist workers (most of a stack test's time is waiting on a service, so three share two
+# cores well). The `faults` tests stop and start services: they have a stack of their own
+# (tests/e2e/faults/conftest.py) and run one at a time on one worker (`--dist loadgroup`, group
+# `faults`) while the other workers share the rest. Prints the 15 slowest.
 test: venv test-stack tools lint
-	$(WITH_ENV) $(BIN)/pytest -m "($(TEST_MARKERS)) and not faults" -n $(TEST_WORKERS) \
+	$(WITH_ENV) $(BIN)/pytest -m "$(TEST_MARKERS)" -n $(TEST_WORKERS) --dist loadgroup \
 		--durations=15 $(PYTEST_ARGS)
-	$(WITH_ENV) $(BIN)/pytest -m "($(TEST_MARKERS)) and faults" --durations=15 $(PYTEST_ARGS)
 
 # Each cluster test brings up a cluster of its own (CLUSTER_TEST_PORTS=LOW-HIGH picks its ports);
 # the pipeline's failover test also needs the stack's PostgreSQL, Redis and S3.
 test-cluster: venv stack
 	$(WITH_ENV) $(BIN)/pytest -m cluster --durations=5 $(PYTEST_ARGS)
 
-# Not part of `make test`: the fault tests stop and start the shared services, so nothing else
-# may use the stack meanwhile. Sizes: SOAK_FAULTS (env for tests/e2e/test_faults.py,
+# Not part of `make test`: bigger sizes, so nothing else should load the machine meanwhile (the
+# fault tests break a stack of their own, tests/e2e/faults/conftest.py). Sizes: SOAK_FAULTS (env for tests/e2e/faults/test_faults.py,
 # test_hostile_input.py and the webhook tests), SOAK_EXAMPLES, SOAK_SECONDS, SOAK_RATE (keep it
 # below what the pipeline sustains, see bench/pipeline.py: a growing backlog fails the drain, by design).
 soak: venv stack
-	$(WITH_ENV) $(SOAK_FAULTS) $(BIN)/pytest -p no:cacheprovider tests/e2e/test_faults.py \
-		tests/e2e/test_outbox_outage.py tests/e2e/test_hostile_input.py \
+	$(WITH_ENV) $(SOAK_FAULTS) $(BIN)/pytest -p no:cacheprovider tests/e2e/faults/test_faults.py \
+		tests/e2e/faults/test_outbox_outage.py tests/e2e/test_hostile_input.py \
 		tests/e2e/test_webhook_statuses.py tests/e2e/test_webhook_hostile.py \
 		tests/e2e/test_router_kills.py \
 		tests/infra/test_kafka_cluster.py tests/e2e/test_broker_failover.py $(PYTEST_ARGS)

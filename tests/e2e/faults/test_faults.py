@@ -1,5 +1,6 @@
 """Faults during a steady stream: a worker killed with -9, and each backing service (Kafka,
-PostgreSQL, Redis, S3) stopped and started again, for real, through `scripts/devstack`.
+PostgreSQL, Redis, S3) stopped and started again, for real, through `scripts/devstack`, on the
+directory's own stack (conftest.py), so the rest of the suite runs on meanwhile.
 
 Afterwards every message reached READ, or FAILED with a DLQ reason; every file is COMPLETED; no
 message was sent twice on a channel; per-conversation order held; and no worker needed a manual
@@ -21,13 +22,13 @@ import orjson
 import pytest
 from miniopy_async.api import Minio
 
-from harness import REPO
 from harness.deployment import Deployment
 from harness.pipeline import Sent, insert_one
 from harness.processes import WorkerProcess, deployment_running
 from harness.topics import read_topic
 from harness.waiting import eventually
 from tests.e2e.pipeline import check_deliveries, file_status, mock_sent, statuses, upload_file
+from tests.own_stack import OwnStack
 from tests.roles.uploads import MIB
 
 # The steady stream each fault hits, and each test's time limit; `make soak` raises them
@@ -38,7 +39,13 @@ CONVERSATIONS = range(1, 1 + int(os.environ.get("FAULT_CONVERSATIONS", "8")))
 OUTAGE_S = float(os.environ.get("FAULT_OUTAGE_S", "3"))
 TIMEOUT_S = float(os.environ.get("FAULT_TIMEOUT_S", "120"))
 
-pytestmark = [pytest.mark.stack, pytest.mark.faults, pytest.mark.timeout(TIMEOUT_S)]
+# On the directory's own stack (conftest.py), one test at a time on one xdist worker.
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.faults,
+    pytest.mark.xdist_group("faults"),
+    pytest.mark.timeout(TIMEOUT_S),
+]
 FAST = {
     "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0},
     "outbox": {"poll_interval_ms": 200, "backoff_base_s": 0.2},
@@ -51,26 +58,13 @@ FAST = {
 }
 
 
-async def devstack(*args: str) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        str(REPO / "scripts" / "devstack"),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await asyncio.wait_for(proc.communicate(), 120)
-    text = out.decode(errors="replace")
-    if proc.returncode != 0 or "not started by devstack" in text:
-        pytest.fail(f"devstack {' '.join(args)} could not act on the service:\n{text}")
-
-
 @contextlib.asynccontextmanager
-async def service_down(name: str, *, kill: bool = False) -> AsyncIterator[None]:
-    await devstack("stop", *(["--kill"] if kill else []), name)
+async def service_down(stack: OwnStack, name: str, *, kill: bool = False) -> AsyncIterator[None]:
+    await stack.adevstack("stop", *(["--kill"] if kill else []), name, timeout_s=120)
     try:
         yield
     finally:
-        await devstack("start", name)
+        await stack.adevstack("start", name, timeout_s=120)
 
 
 async def insert_while_up(deployment: Deployment, *, tag: str) -> list[Sent]:
@@ -174,6 +168,7 @@ async def test_fault_worker_killed_with_sigkill_and_restarted(
 async def test_fault_service_stopped_and_started(
     deployment: Deployment,
     s3_client: Minio,
+    own_stack: OwnStack,
     tmp_path: Path,
     record_summary: Callable[[str], None],
     service: str,
@@ -181,7 +176,7 @@ async def test_fault_service_stopped_and_started(
     async with deployment_running(deployment, tmp_path, **FAST) as procs:
 
         async def outage() -> None:
-            async with service_down(service):
+            async with service_down(own_stack, service):
                 await asyncio.sleep(OUTAGE_S)
 
         sent = await steady_stream(deployment, outage)

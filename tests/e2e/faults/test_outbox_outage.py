@@ -29,7 +29,7 @@ from harness.deployment import Deployment
 from harness.processes import WorkerProcess
 from harness.topics import read_topic
 from harness.waiting import eventually
-from tests.e2e.test_faults import devstack
+from tests.own_stack import OwnStack
 
 OUTAGE_S = float(os.environ.get("OUTBOX_OUTAGE_S", "20"))
 ROUNDS = 20
@@ -37,7 +37,13 @@ AGGREGATES = 50
 BREAKER_OPEN_WITHIN_S = 5.0
 MAX_LOUD_LINES = 20
 
-pytestmark = [pytest.mark.stack, pytest.mark.faults, pytest.mark.timeout(OUTAGE_S * 3 + 150)]
+# On the directory's own stack (conftest.py), one test at a time on one xdist worker.
+pytestmark = [
+    pytest.mark.stack,
+    pytest.mark.faults,
+    pytest.mark.xdist_group("faults"),
+    pytest.mark.timeout(OUTAGE_S * 3 + 150),
+]
 
 
 @dataclass(frozen=True)
@@ -54,9 +60,12 @@ class Summary:
 
 
 async def test_fault_outbox_publishes_each_event_once_in_order_through_a_kafka_outage(
-    deployment: Deployment, tmp_path: Path, record_summary: Callable[[str], None]
+    deployment: Deployment,
+    own_stack: OwnStack,
+    tmp_path: Path,
+    record_summary: Callable[[str], None],
 ) -> None:
-    summary = await outbox_through_outage(deployment, tmp_path, outage_s=OUTAGE_S)
+    summary = await outbox_through_outage(deployment, own_stack, tmp_path, outage_s=OUTAGE_S)
 
     record_summary(
         f"outbox, kafka stopped {OUTAGE_S:.0f} s: events={summary.events} "
@@ -79,7 +88,7 @@ async def test_fault_outbox_publishes_each_event_once_in_order_through_a_kafka_o
 
 
 async def outbox_through_outage(
-    deployment: Deployment, log_dir: Path, *, outage_s: float
+    deployment: Deployment, stack: OwnStack, log_dir: Path, *, outage_s: float
 ) -> Summary:
     env = deployment.environ(outbox={"poll_interval_ms": 200, "batch_size": 100})
     worker = WorkerProcess("outbox", env, log_dir / "outbox.log")
@@ -93,7 +102,7 @@ async def outbox_through_outage(
             await insert_round(pool, n)
             await asyncio.sleep(pace_s)
         async with asyncio.TaskGroup() as tasks:
-            stopped = tasks.create_task(devstack("stop", "kafka"))
+            stopped = tasks.create_task(stack.adevstack("stop", "kafka", timeout_s=120))
             outage_began = await port_closed(kafka)
             await insert_round(pool, ROUNDS // 4)  # traffic from the first moment of the outage
             await stopped
@@ -101,7 +110,7 @@ async def outbox_through_outage(
             await asyncio.sleep(pace_s)
             await insert_round(pool, n)
         await asyncio.sleep(max(0.0, outage_began + outage_s - time.time()))
-        await devstack("start", "kafka")
+        await stack.adevstack("start", "kafka", timeout_s=120)
         for n in range(ROUNDS * 3 // 4, ROUNDS):
             await insert_round(pool, n)
         await eventually(
