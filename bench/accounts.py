@@ -47,7 +47,6 @@ import aiohttp
 import asyncpg
 import orjson
 import psutil
-from aiokafka import AIOKafkaProducer
 
 from chat4all_workers.accounts.sealing import Keyring, new_key_line
 from chat4all_workers.accounts.writer import put_account, put_app
@@ -70,6 +69,7 @@ from bench.router import (  # noqa: E402
     stop_spawned,
     until,
 )
+from harness.topics import produce_documents  # noqa: E402
 
 out = sys.stdout.write
 APP = "bench-app"
@@ -183,36 +183,22 @@ async def produce(
     """`count` messages round-robin over the senders, over `conversations` conversations (one
     recipient each) shared out evenly among them."""
     per_account = max(1, conversations // len(senders))
-    producer = AIOKafkaProducer(
-        bootstrap_servers=KAFKA, acks="all", linger_ms=20, max_batch_size=256 * 1024
-    )
-    await producer.start()
-    docs: list[dict[str, Any]] = []
-    try:
-        pending = []
-        for n in range(count):
-            index = n % len(senders)
-            sender = senders[index]
-            conversation = index * per_account + (n // len(senders)) % per_account
-            doc = {
-                "message_id": str(uuid.uuid4()),
-                "conversation_id": conversation,
-                "sender_id": 7,
-                "payload": {"type": "text", "content": f"message {n} of {conversation}"},
-                "channels": [sender.channel],
-                "recipients": {sender.channel: f"+55{conversation:011d}"},
-                "account": sender.key,
-            }
-            docs.append(doc)
-            key = f"conversation:{conversation}".encode()
-            pending.append(await producer.send(topic, orjson.dumps(doc), key=key))
-            if len(pending) >= 10_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return docs
+
+    def doc(n: int) -> dict[str, Any]:
+        index = n % len(senders)
+        sender = senders[index]
+        conversation = index * per_account + (n // len(senders)) % per_account
+        return {
+            "message_id": str(uuid.uuid4()),
+            "conversation_id": conversation,
+            "sender_id": 7,
+            "payload": {"type": "text", "content": f"message {n} of {conversation}"},
+            "channels": [sender.channel],
+            "recipients": {sender.channel: f"+55{conversation:011d}"},
+            "account": sender.key,
+        }
+
+    return await produce_documents(KAFKA, topic, (doc(n) for n in range(count)))
 
 
 async def run_phase(args: argparse.Namespace, s: Scratch, phase: Phase, key: str) -> None:

@@ -100,6 +100,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from bench.procs import CpuMeter, RssSampler, read_line, service_pids, stop_process  # noqa: E402
+from harness.topics import produce_documents  # noqa: E402
 
 MB = 1024 * 1024
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -331,39 +332,22 @@ async def produce_messages(
 ) -> list[dict[str, Any]]:
     """`count` text messages round-robin over `conversations` (and over `channels`: conversation
     c goes to channels[c % len]); the documents produced, in order."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=KAFKA, acks="all", linger_ms=20, max_batch_size=256 * 1024
-    )
-    await producer.start()
-    docs: list[dict[str, Any]] = []
-    try:
-        pending = []
-        for n in range(count):
-            conversation = n % conversations
-            channel = channels[conversation % len(channels)]
-            doc = {
-                "message_id": str(uuid.uuid4()),
-                "conversation_id": conversation,
-                "sender_id": 7,
-                "sender_username": "ana",
-                "payload": {
-                    "type": "text",
-                    "content": f"message {n} of conversation {conversation}",
-                },
-                "channels": [channel],
-                "recipients": {channel: f"+55{conversation:011d}"},
-                "created_at": "2026-11-28T10:30:00Z",
-            }
-            docs.append(doc)
-            key = f"conversation:{conversation}".encode()
-            pending.append(await producer.send(topic, orjson.dumps(doc), key=key))
-            if len(pending) >= 10_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return docs
+
+    def doc(n: int) -> dict[str, Any]:
+        conversation = n % conversations
+        channel = channels[conversation % len(channels)]
+        return {
+            "message_id": str(uuid.uuid4()),
+            "conversation_id": conversation,
+            "sender_id": 7,
+            "sender_username": "ana",
+            "payload": {"type": "text", "content": f"message {n} of conversation {conversation}"},
+            "channels": [channel],
+            "recipients": {channel: f"+55{conversation:011d}"},
+            "created_at": "2026-11-28T10:30:00Z",
+        }
+
+    return await produce_documents(KAFKA, topic, (doc(n) for n in range(count)))
 
 
 async def end_offsets_total(topic: str, partitions: int) -> int:
