@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
-from chat4all_workers.autopipeline import AutoPipeline
+from chat4all_workers.autopipeline import AutoPipeline, _Packer
 from chat4all_workers.background import Background
 from harness.stack import StackEndpoints
 
@@ -111,5 +111,41 @@ async def test_an_unreachable_redis_reaches_every_caller_as_a_connection_error(
             *(pipe.execute("SET", f"k{i}", "v") for i in range(5)), return_exceptions=True
         )
         assert all(isinstance(r, redis_errors.ConnectionError) for r in results), results
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("SET", "k", "v", "NX", "EX", 86_400),
+        ("EVALSHA", "ab" * 20, 1, "chat4all:message:dedup:ü", b"\xff\x00", 1.5, 0.1, 1e20, -3),
+        (b"GET", b"k"),
+        ("CONFIG GET", "maxmemory-policy"),  # a name redis-py splits in two
+        ("SET", "k", memoryview(b"v")),  # an argument hiredis does not take
+    ],
+)
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them(
+    command: tuple[Any, ...],
+) -> None:
+    client = aioredis.Redis()
+    packed = _Packer(client.get_encoder())(command)
+    assert packed == b"".join(aioredis.Connection().pack_command(*command))
+
+
+async def test_an_argument_of_no_redis_type_fails_only_its_caller_with_redis_pys_error(
+    stack: StackEndpoints, redis_prefix: str, background: Background
+) -> None:
+    client = aioredis.Redis.from_url(stack.redis_url)
+    pipe = AutoPipeline(client, spawn=background.spawn)
+    try:
+        refused = pipe.execute("SET", f"{redis_prefix}k", None)  # type: ignore[arg-type]
+        taken = pipe.execute("SET", f"{redis_prefix}k", "é", "EX", 60)  # the same loop iteration
+        results = await asyncio.gather(refused, taken, return_exceptions=True)
+        assert isinstance(results[0], redis_errors.DataError)
+        assert "NoneType" in str(results[0])
+        assert results[1] is True
+        assert await client.get(f"{redis_prefix}k") == "é".encode()
+        assert await pipe.execute("CONFIG GET", "maxmemory-policy") is not None
     finally:
         await client.aclose()

@@ -1,0 +1,32 @@
+"""scripts/devstack's own logic, without starting anything (it is loaded as a module)."""
+
+from __future__ import annotations
+
+import base64
+import importlib.machinery
+import importlib.util
+import sys
+from types import ModuleType
+
+from harness import REPO
+
+
+def load_devstack() -> ModuleType:
+    path = REPO / "scripts" / "devstack"
+    loader = importlib.machinery.SourceFileLoader("devstack_script", str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = module  # its dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+def test_a_kafka_cluster_id_never_begins_with_a_dash_the_tools_read_as_an_option() -> None:
+    # One URL-safe base64 id in 64 begins with "-": `kafka-storage format -t -STd...` failed
+    # with "expected one argument" (a fresh clone's own-stack test, once).
+    devstack = load_devstack()
+    ids = [devstack.kafka_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == len(ids)
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
