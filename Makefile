@@ -130,9 +130,10 @@ test-cluster: venv stack
 	$(WITH_ENV) $(BIN)/pytest -m cluster --durations=5 $(PYTEST_ARGS)
 
 # Not part of `make test`: bigger sizes, so nothing else should load the machine meanwhile (the
-# fault tests break a stack of their own, tests/e2e/faults/conftest.py). Sizes: SOAK_FAULTS (env for tests/e2e/faults/test_faults.py,
-# test_hostile_input.py and the webhook tests), SOAK_EXAMPLES, SOAK_SECONDS, SOAK_RATE (keep it
-# below what the pipeline sustains, see bench/pipeline.py: a growing backlog fails the drain, by design).
+# fault tests break a stack of their own, tests/e2e/faults/conftest.py). Sizes: SOAK_FAULTS (env
+# for tests/e2e/faults/test_faults.py, test_hostile_input.py and the webhook tests),
+# SOAK_EXAMPLES, SOAK_SECONDS, SOAK_RATE (keep it below what the pipeline sustains, see
+# bench/pipeline.py: a growing backlog fails the drain, by design).
 soak: venv stack
 	$(WITH_ENV) $(SOAK_FAULTS) $(BIN)/pytest -p no:cacheprovider tests/e2e/faults/test_faults.py \
 		tests/e2e/faults/test_outbox_outage.py tests/e2e/test_hostile_input.py \

@@ -129,7 +129,7 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them(
     command: tuple[Any, ...],
 ) -> None:
     client = aioredis.Redis()
-    packed = _Packer(client.get_encoder())(command)
+    packed = _Packer(client.get_encoder().encode)(command)
     assert packed == b"".join(aioredis.Connection().pack_command(*command))
 
 

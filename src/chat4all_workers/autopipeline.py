@@ -26,13 +26,12 @@ import asyncio
 import contextlib
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis._parsers.encoders import Encoder
 from redis.asyncio.connection import AbstractConnection
 from redis.connection import PythonRespSerializer
 from redis.typing import EncodableT
@@ -58,7 +57,7 @@ class AutoPipeline:
         self._redis = redis
         self._timeout_s = timeout_s
         self._batcher = IterationBatcher(self._send, spawn=spawn, max_batch=max_batch)
-        self._pack = _Packer(redis.get_encoder())  # type: ignore[no-untyped-call]
+        self._pack = _Packer(redis.get_encoder().encode)  # type: ignore[no-untyped-call]
 
     async def execute(self, *args: EncodableT) -> Any:
         """Run one command (`"SET", key, value, "NX"`) with the others of this loop iteration."""
@@ -149,8 +148,9 @@ class _Packer:
     redis-py splits) or an argument hiredis does not take goes through redis-py's own packing,
     for its splitting and its error (DataError naming the type)."""
 
-    def __init__(self, encoder: Encoder) -> None:
-        self._redis_py = PythonRespSerializer(_BUFFER_CUTOFF, encoder.encode)
+    def __init__(self, encode: Callable[[EncodableT], bytes]) -> None:
+        """`encode`: the client's own argument encoder (`Redis.get_encoder().encode`)."""
+        self._redis_py = PythonRespSerializer(_BUFFER_CUTOFF, encode)
 
     def __call__(self, command: tuple[EncodableT, ...]) -> bytes:
         name = command[0]
