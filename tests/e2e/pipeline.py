@@ -92,6 +92,19 @@ async def mock_sent(deployment: Deployment, channel: str) -> list[dict[str, Any]
         return list(await response.json())
 
 
+async def mock_callbacks_pending(deployment: Deployment) -> int:
+    """The webhooks both channel mocks still have to call back (scheduled, waiting for a retry,
+    or under way), from their /__mock__/stats (one account's, or each account's)."""
+    pending = 0
+    async with aiohttp.ClientSession() as http:
+        for port in (deployment.whatsapp_port, deployment.instagram_port):
+            async with http.get(f"http://127.0.0.1:{port}/__mock__/stats") as response:
+                webhooks = (await response.json())["webhooks"]
+            accounts = [webhooks] if "pending" in webhooks else list(webhooks.values())
+            pending += sum(int(a["pending"]) for a in accounts)
+    return pending
+
+
 def check_deliveries(sent: list[Sent], accepted: list[dict[str, Any]]) -> tuple[int, int]:
     """(duplicates, out-of-order conversations) among what one channel accepted."""
     texts = [a["text"] for a in accepted]

@@ -40,7 +40,7 @@ from harness.pipeline import Sent
 from harness.processes import WorkerProcess, workers_running
 from harness.stack import unique_name
 from harness.waiting import eventually
-from tests.e2e.pipeline import insert_messages, statuses, upload_file
+from tests.e2e.pipeline import insert_messages, mock_callbacks_pending, statuses, upload_file
 from tests.promql import (
     Query,
     alert_queries,
@@ -164,7 +164,14 @@ async def cause_events(deployment: Deployment, s3: Minio, worker: WorkerProcess)
         return set((await statuses(deployment, [s.message_id for s in sent])).values()) == {"READ"}
 
     await eventually(all_read, timeout_s=60, interval_s=0.25, message="every message READ")
-    # Once the mocks have called every status back, so that only these requests hold slots.
+
+    async def called_back() -> bool:
+        return await mock_callbacks_pending(deployment) == 0
+
+    # Once the mocks have called every status back, so that only these requests hold slots: a
+    # message is READ with the first channel's read, the other channel's may still be on its
+    # way (a fresh-clone run once lost a held slot to it, and waited for 4 held in vain).
+    await eventually(called_back, timeout_s=60, interval_s=0.25, message="every webhook called")
     await webhook_traffic(deployment, worker)
     # A crash: the outbox's table goes away under it (a bad migration would do that), and comes
     # back once the supervisor restarted the role.
