@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -50,24 +51,32 @@ async def test_concurrent_commands_share_one_round_trip_and_keep_their_replies(
         await client.aclose()
 
 
-async def test_one_failing_command_fails_only_its_caller(
-    stack: StackEndpoints, redis_prefix: str, background: Background
-) -> None:
+@pytest.fixture
+async def piped(
+    stack: StackEndpoints, background: Background
+) -> AsyncIterator[tuple[aioredis.Redis, AutoPipeline]]:
+    """A client of the stack's Redis and an auto-pipeline over it; the client closed after."""
     client = aioredis.Redis.from_url(stack.redis_url)
-    pipe = AutoPipeline(client, spawn=background.spawn)
     try:
-        await client.rpush(f"{redis_prefix}list", "x")
-        results: tuple[Any, ...] = await asyncio.gather(
-            pipe.execute("SET", f"{redis_prefix}fine", "1"),
-            pipe.execute("GET", f"{redis_prefix}list"),  # WRONGTYPE
-            return_exceptions=True,
-        )
-        good, bad = results
-        assert good is True
-        assert isinstance(bad, redis_errors.ResponseError)
-        assert "WRONGTYPE" in str(bad)
+        yield client, AutoPipeline(client, spawn=background.spawn)
     finally:
         await client.aclose()
+
+
+async def test_one_failing_command_fails_only_its_caller(
+    piped: tuple[aioredis.Redis, AutoPipeline], redis_prefix: str
+) -> None:
+    client, pipe = piped
+    await client.rpush(f"{redis_prefix}list", "x")
+    results: tuple[Any, ...] = await asyncio.gather(
+        pipe.execute("SET", f"{redis_prefix}fine", "1"),
+        pipe.execute("GET", f"{redis_prefix}list"),  # WRONGTYPE
+        return_exceptions=True,
+    )
+    good, bad = results
+    assert good is True
+    assert isinstance(bad, redis_errors.ResponseError)
+    assert "WRONGTYPE" in str(bad)
 
 
 async def test_execute_many_rides_the_same_round_trip_with_each_reply_or_error_in_order(
@@ -134,18 +143,14 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them(
 
 
 async def test_an_argument_of_no_redis_type_fails_only_its_caller_with_redis_pys_error(
-    stack: StackEndpoints, redis_prefix: str, background: Background
+    piped: tuple[aioredis.Redis, AutoPipeline], redis_prefix: str
 ) -> None:
-    client = aioredis.Redis.from_url(stack.redis_url)
-    pipe = AutoPipeline(client, spawn=background.spawn)
-    try:
-        refused = pipe.execute("SET", f"{redis_prefix}k", None)  # type: ignore[arg-type]
-        taken = pipe.execute("SET", f"{redis_prefix}k", "é", "EX", 60)  # the same loop iteration
-        results = await asyncio.gather(refused, taken, return_exceptions=True)
-        assert isinstance(results[0], redis_errors.DataError)
-        assert "NoneType" in str(results[0])
-        assert results[1] is True
-        assert await client.get(f"{redis_prefix}k") == "é".encode()
-        assert await pipe.execute("CONFIG GET", "maxmemory-policy") is not None
-    finally:
-        await client.aclose()
+    client, pipe = piped
+    refused = pipe.execute("SET", f"{redis_prefix}k", None)  # type: ignore[arg-type]
+    taken = pipe.execute("SET", f"{redis_prefix}k", "é", "EX", 60)  # the same loop iteration
+    results = await asyncio.gather(refused, taken, return_exceptions=True)
+    assert isinstance(results[0], redis_errors.DataError)
+    assert "NoneType" in str(results[0])
+    assert results[1] is True
+    assert await client.get(f"{redis_prefix}k") == "é".encode()
+    assert await pipe.execute("CONFIG GET", "maxmemory-policy") is not None

@@ -18,6 +18,7 @@ reset, timeout) is transient, and says whether the request may have reached the 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -45,7 +46,7 @@ class ChannelAdapter(Protocol):
     async def aclose(self) -> None: ...
 
 
-class MetaAdapter:
+class MetaAdapter(ABC):
     name: str
     codes: ClassVar[CodeTable]
 
@@ -78,16 +79,16 @@ class MetaAdapter:
         return SendResult(self.message_id(answer))
 
     @staticmethod
+    @abstractmethod
     def body(message: OutboundMessage) -> dict[str, Any]:
         """The request body of `message`, in the channel's format (meta/payloads.py)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def message_id(self, answer: dict[str, Any]) -> str:
         """The provider's id of the message in a success answer; TransientProviderError (in
         doubt) when it holds none."""
-        raise NotImplementedError
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - a default, not a hook to fill in
         """Nothing of its own to close: the HTTP client belongs to the process."""
 
 
