@@ -85,6 +85,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.protocol.admin import DeleteGroupsRequest
 from aiokafka.structs import ConsumerRecord
 
+from chat4all_workers import collector
 from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import KafkaSettings, Settings, WhatsAppSettings
@@ -165,6 +166,7 @@ async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
     configure_logging(level="WARNING", service="supervisor")
     configure_tracing(service_name="bench-router", otlp_endpoint="")
     async with App(settings, roles=roles, drain=drain, serve_http=False) as sup:
+        collector.freeze()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sup.request_stop)
         await sup.wait_ready(timeout_s=60)
         sys.stdout.write("READY\n")
@@ -1160,6 +1162,9 @@ async def main() -> int:
     parser.add_argument("--worker-roles", default="router", help=argparse.SUPPRESS)
     parser.add_argument("--until-stopped", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    # The collector as `chat4all-workers run` sets it, in the workers and the floors alike.
+    collector.tune()
+    collector.freeze()
     if args.worker:
         roles = args.worker_roles.split(",")
         await worker(orjson.loads(args.worker), roles=roles, drain=not args.until_stopped)

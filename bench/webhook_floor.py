@@ -34,6 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from chat4all_workers import collector
 from chat4all_workers.delivery.markers import _VERDICT
 
 _STATUSES = {"sent": "SENT", "delivered": "DELIVERED", "read": "READ", "failed": "FAILED"}
@@ -157,6 +158,7 @@ def statuses(doc: dict[str, Any], phone: str) -> _Work:
 
 
 async def main(doc: dict[str, Any]) -> None:
+    collector.tune()  # as `chat4all-workers run` and the role beside it
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -168,6 +170,7 @@ async def main(doc: dict[str, Any]) -> None:
             server = await loop.create_server(
                 lambda: _Conn(floor), "127.0.0.1", doc["port"], backlog=1024
             )
+            collector.freeze()
             sys.stdout.write("READY\n")
             sys.stdout.flush()
             await stop.wait()

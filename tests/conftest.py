@@ -7,6 +7,7 @@ consumer group, Redis key prefix, PostgreSQL database or S3 bucket, removed afte
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
@@ -221,3 +222,13 @@ async def background() -> AsyncIterator[Background]:
     """The owner of batch sends (background.py), for a test that builds a batcher itself."""
     async with Background() as owner:
         yield owner
+
+
+@pytest.fixture
+def restored_collector() -> Iterator[None]:
+    """The test process's garbage collector as it was, for tests of `chat4all-workers run`'s
+    settings (chat4all_workers/collector.py): pytest's own objects stay collectable."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)

@@ -88,6 +88,10 @@ def test_bench_webhooks_acknowledges_and_produces_every_status_once(
             assert (phase["records"], phase["distinct"]) == (600, 600), phase
             assert min(phase["rate"], phase["cpu_us"]) > 0, phase
     assert figures["router"]["rate"] > 0
+    # The standing targets, one status per POST at each N: each against the floor, and p99.
+    standing = ("CPU per status / the floor's", "ack p99", "statuses/s / the floor's")
+    printed = [target["what"] for target in figures["targets"]]
+    assert printed == [f"({label}) {what}" for label in ("1@4", "1@8") for what in standing]
     assert "RESULT: every status acknowledged 200 and produced once" in run.stdout
 
 

@@ -34,6 +34,7 @@ def add(commands: Any) -> None:
 async def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run until a signal; a signal while start-up still waits for a dependency ends it too, with
     exit code 0 (an orchestrator stopping a pod that never became ready is not a failure)."""
+    from chat4all_workers import collector
     from chat4all_workers.app import App
     from chat4all_workers.observability.tracing import configure_tracing
 
@@ -66,9 +67,11 @@ async def run(settings: Settings, args: argparse.Namespace) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    collector.tune()
     try:
         async with App(settings, roles=names) as app:
             running = app
+            collector.freeze()  # what start-up made lives as long as the process
             log.info("running roles %s; operations on port %s", ",".join(names), app.http_port)
             try:
                 await app.wait()
