@@ -39,9 +39,16 @@ def test_callback_ids_refuses_json_that_is_not_an_object() -> None:
 
 
 def test_callback_ids_gives_the_message_id_in_its_canonical_form() -> None:
-    shouted = orjson.dumps({"message_id": MESSAGE_ID.upper(), "conversation_id": 42}).decode()
+    def ids(message_id: str) -> tuple[str, int] | None:
+        return callback_ids(
+            orjson.dumps({"message_id": message_id, "conversation_id": 42}).decode()
+        )
 
-    assert callback_ids(shouted) == (MESSAGE_ID, 42)
+    for spelling in (MESSAGE_ID.upper(), f"{{{MESSAGE_ID}}}", f"urn:uuid:{MESSAGE_ID}"):
+        assert ids(spelling) == (MESSAGE_ID, 42), spelling
+    assert ids(MESSAGE_ID.replace("-", "")) == (MESSAGE_ID, 42)
+    assert ids(MESSAGE_ID[:-1] + "g") is None  # the canonical shape, not hexadecimal
+    assert ids(MESSAGE_ID + "\n") is None
 
 
 def test_our_callback_says_why_an_event_carries_none_of_ours() -> None:
