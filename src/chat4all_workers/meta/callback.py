@@ -21,7 +21,8 @@ from chat4all_workers.meta.events import is_int64, json_object
 
 _MAX_ORIGIN = 300
 # A message id as our sends write it (str(uuid.UUID)): taken as it is, without building a UUID
-# (two of them per status were 2 % of the webhooks role's CPU). Any other spelling is normalised.
+# and printing it again (1.9 us against the pattern's 0.3; 2 % of the webhooks role's profile).
+# Any other spelling is normalised.
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
