@@ -50,7 +50,10 @@ FAST = {
     "mocks": {"delivered_after_ms": 50.0, "read_after_ms": 100.0},
     "outbox": {"poll_interval_ms": 200, "backoff_base_s": 0.2},
     "fallback": {"poll_interval_s": 0.5},
-    "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5},
+    # A send in doubt waits this long for the provider's word before it goes again: long enough
+    # for a mock that took it to call the webhooks role back once the fault is over (its retries
+    # are capped at 5 s), and well under the default 60 s when the mock never had it.
+    "router": {"retry_base_s": 0.05, "retry_cap_s": 0.5, "in_doubt_window_s": 20.0 + OUTAGE_S},
     "whatsapp": {"timeout_s": 2.0},
     "instagram": {"timeout_s": 2.0},
     "breaker": {"failure_threshold": 3, "cooldown_s": 1.0, "ack_timeout_s": 3.0},
