@@ -110,6 +110,16 @@ class CpuMeter:
         self.wall_s = time.perf_counter() - self._wall
         self.seconds = {n: self._cpu(p) - self._started[n] for n, p in self._processes.items()}
 
+    @classmethod
+    def total(cls, meters: list[CpuMeter]) -> CpuMeter:
+        """The CPU and wall time of `meters` (stopped), added up per process name."""
+        total = cls({})
+        for meter in meters:
+            total.wall_s += meter.wall_s
+            for name, seconds in meter.seconds.items():
+                total.seconds[name] = total.seconds.get(name, 0.0) + seconds
+        return total
+
     def report(self, label: str, messages: int) -> str:
         per = ", ".join(f"{n} {s / messages * 1e6:,.0f}" for n, s in self.seconds.items())
         busy = sum(self.seconds.values()) / (self.wall_s * (psutil.cpu_count() or 1))

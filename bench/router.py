@@ -1,8 +1,9 @@
 """Router benchmark: throughput and memory against a fake provider, next to two baselines, one run;
 and the router at a provider's pace, against the real channel mocks.
 
-    python bench/router.py [--messages 100000] [--partitions 12] [--conversations 2000]
-                           [--latency-ms 50] [--baseline-seconds 20] [--max-in-flight N]
+    python bench/router.py [--messages 50000] [--rounds 3] [--partitions 12]
+                           [--conversations 2000] [--latency-ms 50] [--baseline-seconds 20]
+                           [--max-in-flight N]
     python bench/router.py --phase paced [--paced-messages 5000] [--paced-conversations 500]
                            [--paced-rate 80] [--routers 3] [--random-throttle SHARE]
     python bench/router.py --phase pause [--paced-messages 5000] [--paced-rate 80]
@@ -22,6 +23,13 @@ reads it with its own consumer group and writes to its own output topic:
     same adapter, produce its status, await the ack, next) is shown too, time-boxed to
     --baseline-seconds (no target: it is latency-bound, so a ratio to it measures the machine).
 (c) the router's RSS during (b), sampled with psutil every 100 ms; target peak < 250 MB.
+
+In (a) and (b) the floor and the router take turns, --rounds each (floor, router, floor, ...),
+every turn reading all --messages with a consumer group of its own; each one's rate is its
+messages over its time summed over its turns, and each turn's ratio is printed too. Why turns:
+this machine's speed drifts by tens of percent from one minute to the next (the floor's CPU per
+message ranged 152-209 us over one day's runs of the same tree, 2026-12-06), and a floor
+measured a minute before the router made a ratio of that drift.
 
 The library floor (`library_floor`) is the I/O the router does per record (the recipient's
 window read, the dedup claim and mark: the same Redis commands, pipelined; the adapter's POST;
@@ -739,6 +747,58 @@ def router_problems(label: str, run: RouterRun, messages: int) -> list[str]:
     return problems
 
 
+def combined(runs: list[RouterRun]) -> RouterRun:
+    """The router's turns of a phase as one run: its messages over its time, summed."""
+    seconds = sum(r.seconds for r in runs)
+    last = runs[-1]
+    return RouterRun(
+        rate=sum(r.rate * r.seconds for r in runs) / seconds,
+        seconds=seconds,
+        provider_sends=sum(r.provider_sends for r in runs),
+        statuses=StatusSummary(
+            records=sum(r.statuses.records for r in runs),
+            sent_messages=sum(r.statuses.sent_messages for r in runs),
+            first_ms=runs[0].statuses.first_ms,
+            last_ms=last.statuses.last_ms,
+        ),
+        dlq=last.dlq,  # the topic's, shared by the turns
+        restarts=sum(r.restarts for r in runs),
+        rss_ready=runs[0].rss_ready,
+        rss_mid=max(r.rss_mid for r in runs),
+        rss_peak=max(r.rss_peak for r in runs),
+        rss_done=last.rss_done,
+        cpu=CpuMeter.total([r.cpu for r in runs]),
+    )
+
+
+def turn_tags(phase: str, rounds: int) -> list[str]:
+    """The name of each turn of `phase`: "a", "a2", "a3", ..."""
+    return [phase if turn == 0 else f"{phase}{turn + 1}" for turn in range(rounds)]
+
+
+async def turns(
+    s: Scratch, phase: str, latency_ms: float, args: argparse.Namespace, max_in_flight: int
+) -> tuple[float, CpuMeter, RouterRun]:
+    """The floor and the router in turns, `args.rounds` each: (the floor's rate, its CPU, the
+    router's turns as one run)."""
+    floor_seconds = 0.0
+    floor_cpus: list[CpuMeter] = []
+    runs: list[RouterRun] = []
+    for tag in turn_tags(phase, args.rounds):
+        floor, floor_cpu = await library_floor(s, tag, latency_ms, args.messages, max_in_flight)
+        out(f"({tag}) library floor: {floor:,.0f} msg/s\n")
+        out(floor_cpu.report(f"({tag}) library floor", args.messages))
+        run = await run_router(s, tag, latency_ms, args.messages, args.max_in_flight)
+        out(router_line(f"({tag}) router", run, args.messages))
+        out(run.cpu.report(f"({tag}) router", args.messages))
+        out(f"    ({tag}) router / its floor, this turn: {run.rate / floor:.2f}\n")
+        floor_seconds += args.messages / floor
+        floor_cpus.append(floor_cpu)
+        runs.append(run)
+    floor_rate = args.rounds * args.messages / floor_seconds
+    return floor_rate, CpuMeter.total(floor_cpus), combined(runs)
+
+
 def router_summary(run: RouterRun) -> dict[str, Any]:
     return {
         "rate": run.rate,
@@ -757,32 +817,30 @@ async def bench(args: argparse.Namespace) -> bool:
     defaults = Settings().kafka
     max_in_flight = args.max_in_flight or defaults.max_in_flight
     out(
-        f"router benchmark: {args.messages} messages, {args.partitions} partitions, "
+        f"router benchmark: {args.messages} messages per turn, {args.rounds} turns of the floor "
+        f"and the router in (a) and (b), {args.partitions} partitions, "
         f"{args.conversations} conversations, Kafka {KAFKA}, {psutil.cpu_count()} CPUs\n"
         f"router settings: kafka.max_in_flight={max_in_flight}, kafka.fetch_max_records="
         f"{defaults.fetch_max_records}, kafka.linger_ms={defaults.linger_ms}, "
         f"redis.max_connections={Settings().redis.max_connections}, dedup on "
         f"(delivery.dedup_ttl_s={Settings().delivery.dedup_ttl_s}), channels [whatsapp]\n"
     )
-    async with scratch(args.partitions) as s:
+    statuses = [f"status-{tag}" for p in ("a", "b") for tag in turn_tags(p, args.rounds)]
+    async with scratch(args.partitions, ("in", "dlq", "bare", "serial", "floor", *statuses)) as s:
         started = time.perf_counter()
         await produce_messages(s.topic("in"), args.messages, args.conversations)
         out(f"produced {args.messages} messages in {time.perf_counter() - started:.1f} s\n")
         rows: list[tuple[str, str, str, str, str]] = []
+        total = args.messages * args.rounds  # the router's and the floor's, over their turns
         problems: list[str] = []
-        result: dict[str, Any] = {"messages": args.messages}
+        result: dict[str, Any] = {"messages": args.messages, "rounds": args.rounds}
         if args.only != "b":
             bare, bare_cpu = await bare_loop(s, args.messages)
             out(f"(a) bare loop done: {bare:,.0f} msg/s\n")
             out(bare_cpu.report("(a) bare loop", args.messages))
-            floor_a, floor_a_cpu = await library_floor(s, "a", 0.0, args.messages, max_in_flight)
-            out(f"(a) library floor: {floor_a:,.0f} msg/s\n")
-            out(floor_a_cpu.report("(a) library floor", args.messages))
-            fast = await run_router(s, "a", 0.0, args.messages, args.max_in_flight)
-            out(router_line("(a) router", fast, args.messages))
-            out(fast.cpu.report("(a) router", args.messages))
+            floor_a, floor_a_cpu, fast = await turns(s, "a", 0.0, args, max_in_flight)
             ratio_a = fast.rate / floor_a
-            problems += router_problems("(a) router", fast, args.messages)
+            problems += router_problems("(a) router", fast, total)
             result["a"] = {"bare": bare, "floor": floor_a, "router": router_summary(fast)}
             rows += [
                 ("(a) bare consume+produce loop (no HTTP, no Redis)", f"{bare:,.0f}", "", "", ""),
@@ -790,8 +848,8 @@ async def bench(args: argparse.Namespace) -> bool:
                 ("(a) router, 0 ms provider / its floor", f"{fast.rate:,.0f}", f"{ratio_a:.2f}",
                  ">= 0.9", check(ratio_a >= 0.9)),
                 ("(a) CPU per message: router / floor (us)",
-                 f"{cpu_us(fast.cpu, 'router', args.messages):.0f}/"
-                 f"{cpu_us(floor_a_cpu, 'bench loop', args.messages):.0f}",
+                 f"{cpu_us(fast.cpu, 'router', total):.0f}/"
+                 f"{cpu_us(floor_a_cpu, 'bench loop', total):.0f}",
                  "", "", ""),
             ]  # fmt: skip
         if args.only != "a":
@@ -801,16 +859,9 @@ async def bench(args: argparse.Namespace) -> bool:
             out(f"(b) one-at-a-time baseline: {serial:,.0f} msg/s ({done} in "
                 f"{args.baseline_seconds:.0f} s)\n")  # fmt: skip
             out(serial_cpu.report("(b) one at a time", done))
-            floor, floor_cpu = await library_floor(
-                s, "b", args.latency_ms, args.messages, max_in_flight
-            )
-            out(f"(b) library floor: {floor:,.0f} msg/s\n")
-            out(floor_cpu.report("(b) library floor", args.messages))
-            slow = await run_router(s, "b", args.latency_ms, args.messages, args.max_in_flight)
-            out(router_line("(b) router", slow, args.messages))
-            out(slow.cpu.report("(b) router", args.messages))
+            floor, floor_cpu, slow = await turns(s, "b", args.latency_ms, args, max_in_flight)
             ratio_b = slow.rate / floor
-            problems += router_problems("(b) router", slow, args.messages)
+            problems += router_problems("(b) router", slow, total)
             result["b"] = {"serial": serial, "floor": floor, "router": router_summary(slow)}
             peak, ready = slow.rss_peak / MB, slow.rss_ready / MB
             rows += [
@@ -820,8 +871,8 @@ async def bench(args: argparse.Namespace) -> bool:
                 (f"(b) router, {args.latency_ms:.0f} ms provider / its floor", f"{slow.rate:,.0f}",
                  f"{ratio_b:.2f}", ">= 0.9", check(ratio_b >= 0.9)),
                 ("(b) CPU per message: router / floor (us)",
-                 f"{cpu_us(slow.cpu, 'router', args.messages):.0f}/"
-                 f"{cpu_us(floor_cpu, 'bench loop', args.messages):.0f}",
+                 f"{cpu_us(slow.cpu, 'router', total):.0f}/"
+                 f"{cpu_us(floor_cpu, 'bench loop', total):.0f}",
                  "", "", ""),
                 (f"(c) router RSS peak; ready {ready:.0f}, mid {slow.rss_mid / MB:.0f}, "
                  f"end {slow.rss_done / MB:.0f} MB",
@@ -1136,7 +1187,8 @@ def paced_report(
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--messages", type=int, default=50_000, help="per turn in (a), (b)")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of floor and router")
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--conversations", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, default=50.0, help="provider latency in (b)")

@@ -2,9 +2,9 @@
 status, next to the leanest server doing the same work (the floor) and to the router's CPU per
 message, all measured in the same run.
 
-    python bench/webhooks.py [--webhooks 40000] [--batch 10] [--connections 32,64]
-                             [--router-messages 20000] [--partitions 12] [--json PATH]
-                             [--profile DIR]
+    python bench/webhooks.py [--webhooks 20000] [--rounds 3] [--batch 10]
+                             [--connections 32,64] [--router-messages 20000]
+                             [--partitions 12] [--json PATH] [--profile DIR]
 
 Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS_URL, ...).
 
@@ -16,13 +16,20 @@ Runs against the real services (the devstack env: KAFKA_BOOTSTRAP_SERVERS, REDIS
     next request when the last was answered (closed loop); once per N of --connections.
 (2) the same statuses --batch per POST (Meta batches under load), over the first N.
 
-Each phase runs twice, against the webhooks role and against the floor (bench/webhook_floor.py:
-the signature, the JSON parse, one Redis verdict and one Kafka record acknowledged per status,
-on an httptools/asyncio server with nothing else), each its own subprocess: the role is a real
-`App(roles=["webhooks"])` (`--worker`) producing to a topic of its own. The load generator is
-another (`--client`: raw HTTP/1.1 over asyncio with pre-signed requests and httptools parsing,
-so it costs as little CPU as it can). Throughput is statuses acknowledged (200) per second of
-the generator's wall clock; ack latency is each request's time from write to complete answer.
+Each phase runs against the webhooks role and against the floor (bench/webhook_floor.py: the
+signature, the JSON parse, one Redis verdict and one Kafka record acknowledged per status, on an
+httptools/asyncio server with nothing else), each its own subprocess, both started for the phase:
+the role is a real `App(roles=["webhooks"])` (`--worker`) producing to a topic of its own. The
+load goes to them in turns, --rounds times each (floor, role, floor, role, ...), --webhooks
+statuses a turn, and each server's figures are the sums over its turns. Why turns: this machine's
+speed drifts by tens of percent from one minute to the next (the floor's CPU per status ranged
+73-132 us over four one-turn runs of the same tree, 2026-12-06), and a floor measured a minute
+before the role made a ratio of that drift; turns of a few seconds see the same machine. The
+ratio of each round is printed too. The load generator is its own subprocess per turn
+(`--client`: raw HTTP/1.1 over asyncio with pre-signed requests and httptools parsing, so it costs
+as little CPU as it can). Throughput is statuses acknowledged (200) per second of the generator's
+wall clock, summed over the turns; ack latency is each request's time from write to complete
+answer (p50 and p99 over every turn's requests).
 Every status must come back as one `message_status_updates` record (checked by reading the
 topic), or the run reports a problem. `--profile DIR` samples each server's phases with py-spy
 (raw collapsed stacks, one file per phase; the profiled figures are then not comparable).
@@ -84,6 +91,7 @@ from bench.router import (  # noqa: E402
 from harness.deployment import free_port  # noqa: E402
 
 SECRET = "bench-app-secret"
+_DONE_LINE_LIMIT = 64 * 2**20  # the generator's DONE line carries every request's latency
 PHONE = "1000"
 out = sys.stdout.write
 
@@ -207,15 +215,11 @@ async def client(doc: dict[str, Any]) -> None:
         await loop.create_connection(lambda: _Connection(state), "127.0.0.1", doc["port"])
     await state.done
     elapsed = time.perf_counter() - state.started
-    lat = sorted(state.latencies)
     result = {
-        "requests": len(lat),
         "warmup": doc["warmup"],
         "codes": {str(k): v for k, v in state.codes.items()},
         "seconds": elapsed,
-        "p50_ms": lat[len(lat) // 2] * 1000,
-        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
-        "max_ms": lat[-1] * 1000,
+        "latencies_ms": [round(s * 1000, 3) for s in state.latencies],
     }
     sys.stdout.write("DONE " + orjson.dumps(result).decode() + "\n")
     sys.stdout.flush()
@@ -285,33 +289,78 @@ async def count_statuses(topic: str, partitions: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
+class Turn:
+    """One turn of the load against one server."""
+
+    requests: int  # timed requests
+    warmup: int  # requests before the timing started
+    codes: Counter[str]
+    seconds: float
+    latencies_ms: list[float]
+    cpu: CpuMeter
+
+
+@dataclass(frozen=True)
 class WebhookRun:
+    """One server's figures over its turns of one phase."""
+
     label: str  # "1@32": one status per POST over 32 connections
     server: str  # "role" or "floor"
     batch: int
     connections: int
-    statuses: int  # posted in all, warm-up included (each must be in the topic once)
-    measured: int  # statuses in the timed requests
-    requests: int  # timed requests
-    warmup: int  # requests before the timing started
-    codes: dict[str, int]
-    seconds: float
-    p50_ms: float
-    p99_ms: float
-    max_ms: float
+    statuses: int  # posted in all turns, warm-ups included (each must be in the topic once)
+    turns: list[Turn]
     records: int
     distinct: int
     rss_peak: int
-    cpu: CpuMeter
+
+    @property
+    def requests(self) -> int:
+        return sum(t.requests for t in self.turns)
+
+    @property
+    def warmup(self) -> int:
+        return sum(t.warmup for t in self.turns)
+
+    @property
+    def codes(self) -> dict[str, int]:
+        return dict(sum((t.codes for t in self.turns), Counter()))
+
+    @property
+    def seconds(self) -> float:
+        return sum(t.seconds for t in self.turns)
 
     @property
     def rate(self) -> float:
-        return self.measured / self.seconds
+        return self.requests * self.batch / self.seconds
+
+    @property
+    def cpu(self) -> CpuMeter:
+        return CpuMeter.total([t.cpu for t in self.turns])
 
     @property
     def cpu_us(self) -> float:
-        """The server's CPU per status posted (warm-up included, as the CPU is)."""
+        """The server's CPU per status posted (warm-ups included, as the CPU is)."""
         return cpu_us(self.cpu, self.server, self.statuses)
+
+    def turn_cpu_us(self, turn: Turn) -> float:
+        return cpu_us(turn.cpu, self.server, self.statuses // len(self.turns))
+
+    def latency_ms(self, quantile: float) -> float:
+        lat = sorted(ms for t in self.turns for ms in t.latencies_ms)
+        return lat[min(len(lat) - 1, int(len(lat) * quantile))]
+
+    @property
+    def p50_ms(self) -> float:
+        return self.latency_ms(0.5)
+
+    @property
+    def p99_ms(self) -> float:
+        return self.latency_ms(0.99)
+
+    @property
+    def max_ms(self) -> float:
+        return max(ms for t in self.turns for ms in t.latencies_ms)
 
 
 def role_settings(s: Scratch, topic: str, prefix: str, port: int) -> dict[str, Any]:
@@ -342,68 +391,97 @@ async def start_server(
     )
 
 
-async def run_webhooks(
+async def run_phase(
     s: Scratch,
-    server: str,
     *,
     statuses: int,
     batch: int,
     connections: int,
+    rounds: int,
     profile: Path | None = None,
-) -> WebhookRun:
+) -> dict[str, WebhookRun]:
+    """Both servers started, the load sent to them in turns (floor first), `rounds` each."""
     label = f"{1 if batch == 1 else 2}@{connections}"
-    name = f"wh-{server}-{label.replace('@', '-')}"
-    topic = s.topic(name)
-    await create_topics(s, [name])
-    port = free_port()
-    proc = await start_server(server, s, topic, s.redis_prefix(name), port)
-    # Warm-up: a few answers per connection, left out of the figures (counted for correctness).
-    warmup = min(4 * connections, statuses // batch // 10)
-    load = {"port": port, "webhooks": statuses, "batch": batch, "connections": connections,
-            "warmup": warmup}  # fmt: skip
-    gen = await asyncio.create_subprocess_exec(
-        sys.executable, __file__, "--client", orjson.dumps({**load, "seed": 1}).decode(),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    spy = None
+    servers = ("floor", "role")
+    names = {server: f"wh-{server}-{label.replace('@', '-')}" for server in servers}
+    await create_topics(s, list(names.values()))
+    ports = {server: free_port() for server in servers}
+    procs: dict[str, asyncio.subprocess.Process] = {}
+    spies: list[asyncio.subprocess.Process] = []
+    turns: dict[str, list[Turn]] = {server: [] for server in servers}
     try:
-        with RssSampler(proc.pid) as sampler:
-            await read_line(proc, "READY", 90)
-            await read_line(gen, "READY", 120)
-            cpu = CpuMeter({server: proc.pid, "generator": gen.pid, **service_pids()})
-            if profile is not None:
-                spy = await start_profile(proc.pid, profile / f"{server}-{label}.raw")
-            cpu.start()
-            assert gen.stdin is not None
-            gen.stdin.write(b"go\n")
-            await gen.stdin.drain()
-            done = orjson.loads((await read_line(gen, "DONE", 3600)).split(" ", 1)[1])
-            cpu.stop()
+        with contextlib.ExitStack() as samplers:
+            rss: dict[str, RssSampler] = {}
+            for server in servers:
+                name = names[server]
+                procs[server] = await start_server(
+                    server, s, s.topic(name), s.redis_prefix(name), ports[server]
+                )
+                rss[server] = samplers.enter_context(RssSampler(procs[server].pid))
+            for server in servers:
+                await read_line(procs[server], "READY", 90)
+                if profile is not None:
+                    path = profile / f"{server}-{label}.raw"
+                    spies.append(await start_profile(procs[server].pid, path))
+            for turn in range(rounds):
+                for server in servers:
+                    load = {"statuses": statuses, "batch": batch, "connections": connections}
+                    got = await drive(server, procs[server].pid, ports[server], turn + 1, load)
+                    turns[server].append(got)
     finally:
-        if spy is not None:
+        for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             async with asyncio.timeout(30):
                 await spy.wait()
+        for proc in procs.values():
+            await stop_process(proc)
+    runs = {}
+    for server in servers:
+        records, distinct = await count_statuses(s.topic(names[server]), s.partitions)
+        runs[server] = WebhookRun(
+            label=label,
+            server=server,
+            batch=batch,
+            connections=connections,
+            statuses=statuses * rounds,
+            turns=turns[server],
+            records=records,
+            distinct=distinct,
+            rss_peak=rss[server].peak,
+        )
+    return runs
+
+
+async def drive(server: str, pid: int, port: int, seed: int, load: dict[str, int]) -> Turn:
+    """One turn: a load generator sends `load["statuses"]` (new ones for each `seed`) to the
+    server on `port`, `load["batch"]` per POST over `load["connections"]`; CPU measured."""
+    statuses, batch, connections = load["statuses"], load["batch"], load["connections"]
+    # Warm-up: a few answers per connection, left out of the figures (counted for correctness).
+    warmup = min(4 * connections, statuses // batch // 10)
+    load = {"port": port, "webhooks": statuses, "batch": batch, "connections": connections,
+            "warmup": warmup, "seed": seed}  # fmt: skip
+    gen = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--client", orjson.dumps(load).decode(),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        limit=_DONE_LINE_LIMIT,
+    )  # fmt: skip
+    try:
+        await read_line(gen, "READY", 120)
+        cpu = CpuMeter({server: pid, "generator": gen.pid, **service_pids()})
+        cpu.start()
+        assert gen.stdin is not None
+        gen.stdin.write(b"go\n")
+        await gen.stdin.drain()
+        done = orjson.loads((await read_line(gen, "DONE", 3600)).split(" ", 1)[1])
+        cpu.stop()
+    finally:
         await stop_process(gen)
-        await stop_process(proc)
-    records, distinct = await count_statuses(topic, s.partitions)
-    return WebhookRun(
-        label=label,
-        server=server,
-        batch=batch,
-        connections=connections,
-        statuses=statuses,
-        measured=done["requests"] * batch,
-        requests=done["requests"],
+    return Turn(
+        requests=len(done["latencies_ms"]),
         warmup=done["warmup"],
-        codes=done["codes"],
+        codes=Counter(done["codes"]),
         seconds=done["seconds"],
-        p50_ms=done["p50_ms"],
-        p99_ms=done["p99_ms"],
-        max_ms=done["max_ms"],
-        records=records,
-        distinct=distinct,
-        rss_peak=sampler.peak,
+        latencies_ms=done["latencies_ms"],
         cpu=cpu,
     )
 
@@ -426,8 +504,8 @@ def webhook_line(run: WebhookRun) -> str:
         f"    ({run.label} {run.server}) {run.rate:,.0f} statuses/s "
         f"({run.requests / run.seconds:,.0f} requests/s), {run.cpu_us:.0f} us CPU per status, "
         f"ack p50 {run.p50_ms:.1f} ms, p99 {run.p99_ms:.1f} ms, max {run.max_ms:.1f} ms (after "
-        f"{run.warmup} warm-up requests); answers {run.codes}; records {run.records} "
-        f"({run.distinct} messages) for {run.statuses} statuses; RSS peak "
+        f"{run.warmup} warm-up requests, {len(run.turns)} turns); answers {run.codes}; records "
+        f"{run.records} ({run.distinct} messages) for {run.statuses} statuses; RSS peak "
         f"{run.rss_peak / 2**20:.0f} MB\n"
     )
 
@@ -453,6 +531,8 @@ def run_figures(run: WebhookRun) -> dict[str, Any]:
         "server": run.server, "batch": run.batch, "connections": run.connections,
         "rate": run.rate, "p50_ms": run.p50_ms, "p99_ms": run.p99_ms, "codes": run.codes,
         "records": run.records, "distinct": run.distinct, "cpu_us": run.cpu_us,
+        "turns": len(run.turns),
+        "turn_cpu_us": [run.turn_cpu_us(turn) for turn in run.turns],
     }  # fmt: skip
 
 
@@ -478,7 +558,8 @@ def targets(
 
 async def bench(args: argparse.Namespace) -> bool:
     out(
-        f"webhooks benchmark: {args.webhooks} statuses per phase, one per POST over "
+        f"webhooks benchmark: {args.webhooks} statuses per turn, {args.rounds} turns per server "
+        f"and phase, one per POST over "
         f"{args.connections} connections, {args.batch} per POST over {args.connections[0]}; "
         f"router {args.router_messages} messages; {args.partitions} partitions; "
         f"Kafka {KAFKA}, {psutil.cpu_count()} CPUs\n"
@@ -498,14 +579,22 @@ async def bench(args: argparse.Namespace) -> bool:
         floor: dict[str, WebhookRun] = {}
         phases = [(1, c) for c in args.connections] + [(args.batch, args.connections[0])]
         for batch, connections in phases:
-            for server, runs in (("floor", floor), ("role", role)):
-                run = await run_webhooks(
-                    s, server, statuses=args.webhooks, batch=batch, connections=connections,
-                    profile=args.profile,
-                )  # fmt: skip
-                runs[run.label] = run
+            runs = await run_phase(
+                s, statuses=args.webhooks, batch=batch, connections=connections,
+                rounds=args.rounds, profile=args.profile,
+            )  # fmt: skip
+            floor[runs["floor"].label] = runs["floor"]
+            role[runs["role"].label] = runs["role"]
+            for run in runs.values():
                 out(webhook_line(run))
-                out(run.cpu.report(f"({run.label} {server})", args.webhooks))
+                out(run.cpu.report(f"({run.label} {run.server})", run.statuses))
+            turns = zip(runs["role"].turns, runs["floor"].turns, strict=True)
+            each = [runs["role"].turn_cpu_us(r) / runs["floor"].turn_cpu_us(f) for r, f in turns]
+            out(
+                f"    ({runs['role'].label}) CPU per status / the floor's, turn by turn: "
+                + ", ".join(f"{ratio:.2f}" for ratio in each)
+                + "\n"
+            )
 
         router_cpu = cpu_us(router.cpu, "router", args.router_messages)
         out(
@@ -560,7 +649,8 @@ def connection_counts(text: str) -> list[int]:
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--webhooks", type=int, default=40_000, help="statuses per phase")
+    parser.add_argument("--webhooks", type=int, default=20_000, help="statuses per turn")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of each server per phase")
     parser.add_argument("--batch", type=int, default=10, help="statuses per POST in (2)")
     parser.add_argument(
         "--connections", type=connection_counts, default=[32, 64],

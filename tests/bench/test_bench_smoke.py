@@ -55,14 +55,14 @@ def test_bench_router_runs_every_phase_and_delivers_each_message_once(
     stack: StackEndpoints, tmp_path: Path
 ) -> None:
     result = tmp_path / "result.json"
-    args = ["--messages", "600", "--partitions", "3", "--conversations", "30"]
+    args = ["--messages", "300", "--rounds", "2", "--partitions", "3", "--conversations", "30"]
     args += ["--latency-ms", "5", "--baseline-seconds", "1", "--json", str(result)]
     run = run_bench("router.py", args, stack)
 
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     figures = orjson.loads(result.read_bytes())
     assert figures["problems"] == []
-    for phase in ("a", "b"):
+    for phase in ("a", "b"):  # two turns each: every turn sends all 300 once
         router = figures[phase]["router"]
         assert (router["sent_messages"], router["provider_sends"]) == (600, 600), router
         assert (router["dlq"], router["restarts"]) == (0, 0), router
@@ -75,17 +75,18 @@ def test_bench_webhooks_acknowledges_and_produces_every_status_once(
     stack: StackEndpoints, tmp_path: Path
 ) -> None:
     result = tmp_path / "result.json"
-    args = ["--webhooks", "600", "--batch", "10", "--connections", "4,8"]
+    args = ["--webhooks", "300", "--rounds", "2", "--batch", "10", "--connections", "4,8"]
     args += ["--router-messages", "300", "--partitions", "3", "--json", str(result)]
     run = run_bench("webhooks.py", args, stack)
 
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}"
     figures = orjson.loads(result.read_bytes())
     assert figures["problems"] == []
-    for runs in ("runs", "floors"):  # the role's and the floor's, each phase
+    for runs in ("runs", "floors"):  # the role's and the floor's, each phase, two turns each
         assert sorted(figures[runs]) == ["1@4", "1@8", "2@4"]
         for phase in figures[runs].values():
             assert (phase["records"], phase["distinct"]) == (600, 600), phase
+            assert phase["turns"] == 2, phase
             assert min(phase["rate"], phase["cpu_us"]) > 0, phase
     assert figures["router"]["rate"] > 0
     # The standing targets, one status per POST at each N: each against the floor, and p99.

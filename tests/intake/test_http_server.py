@@ -24,13 +24,15 @@ LIMITS = Limits(max_body_bytes=1000, body_timeout_s=0.3, header_timeout_s=0.3, m
 
 @dataclass
 class Recorder:
-    """The application: echoes each POST's body, answers `/early` and GETs at their head, raises
-    on `/bug`; `gates` hold a path's answers until set."""
+    """The application: echoes each POST's body (`_Echo.respond`: now, by a future or by a
+    coroutine), answers `/early` and GETs at their head, raises on `/bug`; `gates` hold a path's
+    answers until set."""
 
     heads: list[Head] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
     finished: int = 0
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    settling: set[asyncio.Future[None]] = field(default_factory=set)  # the futures' setters
 
     def head(self, head: Head) -> Answer | Exchange:
         self.heads.append(head)
@@ -56,8 +58,29 @@ class _Echo:
             raise RuntimeError("a bug")
         return Answer(200, self._head.path.encode() + b" " + body, "text/plain")
 
-    def respond(self, body: bytes) -> Awaitable[Answer]:
+    def respond(self, body: bytes) -> Answer | Awaitable[Answer]:
+        """`/now...` answered at once, `/future...` by a future (failed at `/future-bug`,
+        cancelled at `/future-cancelled`), any other path by a coroutine."""
+        path = self._head.path
+        if path.startswith("/now"):
+            return Answer(200, path.encode() + b" " + body, "text/plain")
+        if path.startswith("/future"):
+            future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            self._recorder.settling.add(asyncio.ensure_future(self._settle(future, body)))
+            return future
         return self._answer(body)
+
+    async def _settle(self, future: asyncio.Future[Answer], body: bytes) -> None:
+        path = self._head.path
+        gate = self._recorder.gates.get(path)
+        if gate is not None:
+            await gate.wait()
+        if path == "/future-bug":
+            future.set_exception(RuntimeError("a bug"))
+        elif path == "/future-cancelled":
+            future.cancel()
+        else:
+            future.set_result(Answer(200, path.encode() + b" " + body, "text/plain"))
 
     def refused(self, reason: str) -> Answer:
         self._recorder.refusals.append(reason)
@@ -173,6 +196,57 @@ async def test_http_server_answers_pipelined_requests_in_order(serve: Serve) -> 
 
     assert [r.body for r in got] == [b"/slow 1", b"/fast 2", b"query x=1"]
     assert served.app.finished == 2
+
+
+async def test_http_server_answers_in_order_whether_an_answer_is_now_a_future_or_a_coroutine(
+    serve: Serve,
+) -> None:
+    async with serve() as served:
+        served.app.gates["/future-held"] = future_gate = asyncio.Event()
+        served.app.gates["/held"] = coroutine_gate = asyncio.Event()
+        reader, writer = await served.connect()
+        writer.write(
+            post("/future-held", b"1")
+            + post("/now", b"2")
+            + post("/held", b"3")
+            + post("/future", b"4")
+            + post("/now", b"5")
+        )
+        await eventually(lambda: len(served.app.heads) == 5)
+        coroutine_gate.set()
+        assert served.app.finished == 0  # nothing answered before the first, held
+        future_gate.set()
+        got = await answers(reader, 5)
+        writer.close()
+
+    assert [r.body for r in got] == [
+        b"/future-held 1",
+        b"/now 2",
+        b"/held 3",
+        b"/future 4",
+        b"/now 5",
+    ]
+    assert served.app.finished == 5
+
+
+async def test_http_server_answers_a_failed_future_500_and_a_cancelled_one_503(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serve() as served:
+        got = []
+        for path in ("/future-bug", "/future-cancelled", "/future"):
+            reader, writer = await served.connect()
+            writer.write(post(path, b"x"))
+            got += await answers(reader, 1)
+            writer.close()
+
+    assert [(r.status, r.headers.get("connection")) for r in got] == [
+        (500, "close"),
+        (503, "close"),
+        (200, None),
+    ]
+    assert [r.levelname for r in caplog.records if r.exc_info] == ["ERROR"]
+    assert served.app.finished == 3
 
 
 async def test_http_server_reads_a_chunked_body(serve: Serve) -> None:

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.partitioning import partition_for
 from chat4all_workers.kafka.producer import Producer
-from chat4all_workers.ops.dead_letters import partition_for
 from harness.deployment import Deployment
 from tests.ops.cli_support import CliRun, run_cli
 from tests.support import produce

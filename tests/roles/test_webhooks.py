@@ -239,6 +239,48 @@ async def test_webhooks_record_the_providers_word_in_the_routers_dedup_markers(
     assert counted == {"lease": 1.0, "failed": 1.0, "sent": 1.0}
 
 
+async def test_webhooks_concurrent_statuses_each_record_their_word_and_get_their_answer(
+    deployment: Deployment,
+) -> None:
+    """Many POSTs at once, most of them statuses only (stored together, in batches of a loop
+    iteration), one a failure (stored on its own): each is answered as if alone, each request's
+    word counted in the markers, every record produced once."""
+    message = str(uuid.uuid4())
+    failed = str(uuid.uuid4())
+    marker = f"{deployment.redis_prefix}message:dedup:{message}:whatsapp"
+    redis = aioredis.from_url(deployment.stack.redis_url)
+    failure = ProviderError(131026, "Message undeliverable", "Unable to deliver message")
+    try:
+        await redis.set(marker, "lease:abc1:1.000", ex=600)  # a router killed mid-send
+        async with running(webhook_settings(deployment)) as endpoint:
+            answers = await asyncio.gather(
+                *(
+                    endpoint.post("whatsapp", statuses_body(status(message, "read")))
+                    for _ in range(24)
+                ),
+                endpoint.post(
+                    "whatsapp",
+                    statuses_body(status(failed, "failed", wamid="wamid.F", error=failure)),
+                ),
+            )
+            verdicts = endpoint.supervisor.metrics.webhook_verdicts
+            counted = {
+                m: metric_value(verdicts, {"channel": "whatsapp", "marker": m})
+                for m in ("lease", "sent")
+            }
+        held = await redis.get(marker)
+    finally:
+        await redis.aclose()
+    records = await read_topic(deployment.stack, deployment.topics["message_status_updates"])
+
+    summary = {"statuses": 1, "inbound": 0, "ignored": 0, "dead_lettered": False, "parked": False}
+    assert answers == [(200, summary)] * 25
+    assert held == b"sent:wamid.1"
+    assert counted == {"lease": 1.0, "sent": 23.0}  # the first took the lease's place
+    by_message = sorted((v["message_id"], v["new_status"]) for v in values(records))
+    assert by_message == sorted([(message, "READ")] * 24 + [(failed, "FAILED")])
+
+
 async def test_webhooks_ignore_foreign_and_unknown_statuses_counting_each_reason(
     deployment: Deployment,
 ) -> None:

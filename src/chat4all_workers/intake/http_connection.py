@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import math
 import time
 from collections import deque
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -57,6 +59,10 @@ class _Pending:
     head_only: bool  # a HEAD request: the answer has no body
 
 
+# A request under way in the worker: its answer, to await.
+_Job = tuple[_Pending, Awaitable[Answer]]
+
+
 class _Stop(Exception):
     """Raised in a parser callback to stop parsing the connection (the answer is owed)."""
 
@@ -82,11 +88,12 @@ class Connection(asyncio.Protocol):
         # Answers owed, in order: the first may be under way (`_handling`).
         self._owed: deque[_Ready | _Pending] = deque()
         self._handling = False
-        # The connection's task that handles its requests, one after the other: started with
-        # the first, it waits on `_idle` for the next (a task per request cost more).
+        # The connection's task that awaits the answers given as coroutines, one after the
+        # other: started with the first, it waits on `_idle` for the next (a task per request
+        # cost more). Answers given now or as futures need no task.
         self._worker = False
-        self._next: _Pending | None = None
-        self._idle: asyncio.Future[_Pending | None] | None = None
+        self._next: _Job | None = None
+        self._idle: asyncio.Future[_Job | None] | None = None
         self._closing = False  # after the owed answers, close
         self._unread = False  # input may still arrive after the last answer: linger
         self._draining = False  # stopping: no new request after the current one
@@ -283,39 +290,66 @@ class Connection(asyncio.Protocol):
             self.deadline = self._idle_deadline()
 
     def _dispatch(self, item: _Pending) -> None:
-        """Hand `item` to the worker (started for it if there is none yet)."""
+        """Start handling `item`: its answer now, when its future is done, or from the
+        connection's worker task (started for it if there is none yet)."""
         self._handling = True
-        if self._idle is not None:
+        try:
+            answer = item.exchange.respond(item.body)
+        except Exception:  # a bug of the application: logged, answered 500
+            log.exception("webhooks: error handling a request")
+            answer = _INTERNAL_ERROR
+        if isinstance(answer, Answer):
+            self._answered(item, answer)
+        elif isinstance(answer, asyncio.Future):
+            answer.add_done_callback(functools.partial(self._settled, item))
+        elif self._idle is not None:
             idle, self._idle = self._idle, None
-            idle.set_result(item)
+            idle.set_result((item, answer))
         elif self._worker:  # between two requests: it takes this one next
-            self._next = item
+            self._next = (item, answer)
         else:
             self._worker = True
-            self._server.spawn(self._work(item))
+            self._server.spawn(self._work((item, answer)))
 
-    async def _work(self, item: _Pending | None) -> None:
+    def _settled(self, item: _Pending, future: asyncio.Future[Answer]) -> None:
+        """The future `item`'s application gave is done: its answer written in turn."""
+        if future.cancelled():  # stopping: the application gave up on it
+            answer = _answer_of(503)
+        elif (exc := future.exception()) is not None:  # a bug of the application
+            log.error("webhooks: error handling a request", exc_info=exc)
+            answer = _INTERNAL_ERROR
+        else:
+            answer = future.result()
+        self._answered(item, answer)
+
+    async def _work(self, job: _Job | None) -> None:
         try:
-            while item is not None:
-                await self._handle(item)
-                item, self._next = self._next, None
-                if item is None and self._transport is not None and not self._gone:
+            while job is not None:
+                await self._handle(*job)
+                job, self._next = self._next, None
+                if job is None and self._transport is not None and not self._gone:
                     self._idle = self._loop.create_future()
-                    item = await self._idle  # None: the connection is gone
+                    job = await self._idle  # None: the connection is gone
         finally:
             self._worker = False
             self._idle = None
 
-    async def _handle(self, item: _Pending) -> None:
+    async def _handle(self, item: _Pending, answering: Awaitable[Answer]) -> None:
         try:
-            try:
-                answer = await item.exchange.respond(item.body)
-            except Exception:  # a bug of the application: logged, answered 500
-                log.exception("webhooks: error handling a request")
-                answer = _INTERNAL_ERROR
-        finally:
-            item.exchange.finish()
+            answer = await answering
+        except Exception:  # a bug of the application: logged, answered 500
+            log.exception("webhooks: error handling a request")
+            answer = _INTERNAL_ERROR
+        except BaseException:
             self._handling = False
+            item.exchange.finish()
+            raise
+        self._answered(item, answer)
+
+    def _answered(self, item: _Pending, answer: Answer) -> None:
+        """`item`, under way, has its answer: written, and the next request started."""
+        item.exchange.finish()
+        self._handling = False
         if not self._owed or self._owed[0] is not item:
             return  # the connection is gone
         self._owed.popleft()

@@ -28,7 +28,9 @@ class Head:
 class Exchange(Protocol):
     """A request whose head the application accepted: the server reads its body."""
 
-    def respond(self, body: bytes) -> Awaitable[Answer]: ...
+    def respond(self, body: bytes) -> Answer | Awaitable[Answer]:
+        """The answer to the body: now, or an asyncio future the connection awaits by callback
+        (its answer written when set), or a coroutine run in the connection's task."""
 
     def refused(self, reason: Refusal) -> Answer: ...
 

@@ -26,10 +26,14 @@ what the endpoint needs, the way channels/http.py does for the client side:
   answer (our side of the connection shut once the answer is out), so that a sender still
   writing reads the answer rather than a reset; then it is closed.
 - Time-outs are checked every `SWEEP_S` by one task per server, not a timer per request.
-- A request's handling runs in a task of the server's task group. An exception from the
-  application is a bug: logged with its traceback, answered 500 (closing), and the server goes
-  on serving the others. A peer gone mid-request does not cancel its handling (the application
-  decides what happened then, as the records it produced stay produced).
+- A request's handling is the application's answer (`Exchange.respond`): given at once, or a
+  future whose answer is written when it is set (the application runs it: the webhooks role
+  stores the common notifications of a loop iteration together), or a coroutine run in the
+  connection's task, a task of the server's task group. An exception from the application is a
+  bug: logged with its traceback, answered 500 (closing), and the server goes on serving the
+  others; a future cancelled (the application stopping) is answered 503 (closing). A peer gone
+  mid-request does not cancel its handling (the application decides what happened then, as the
+  records it produced stay produced).
 - Stop (leaving `serving`): the listening socket is closed, idle connections are closed, and
   requests under way finish (answered with `Connection: close`) until `grace_s`; then their
   tasks are cancelled and every connection still open is aborted.

@@ -59,14 +59,25 @@ class ProviderWord:
 
     async def record(self, statuses: Sequence[StatusEvent]) -> None:
         """The provider's word for each (message, channel) into its dedup marker."""
-        entries: dict[str, tuple[str, str]] = {}
-        for status in statuses:
-            if status.message_id is None:
-                continue
-            key = self.key(marker_key(status.message_id, status.channel))
-            entries.setdefault(key, (status.channel, status.provider_message_id))
-        if not entries:
+        await self.record_each([statuses])
+
+    async def record_each(self, requests: Sequence[Sequence[StatusEvent]]) -> None:
+        """`record` for the statuses of several requests, in one call: each request's marker
+        once, counted as if each had recorded its own."""
+        keys: list[tuple[str, str]] = []  # (marker key, provider message id)
+        channels: list[str] = []
+        for statuses in requests:
+            seen: set[str] = set()
+            for status in statuses:
+                if status.message_id is None:
+                    continue
+                key = self.key(marker_key(status.message_id, status.channel))
+                if key not in seen:
+                    seen.add(key)
+                    keys.append((key, status.provider_message_id))
+                    channels.append(status.channel)
+        if not keys:
             return
-        found = await self.verdicts.record([(k, p) for k, (_, p) in entries.items()])
-        for (channel, _), marker in zip(entries.values(), found, strict=True):
+        found = await self.verdicts.record(keys)
+        for channel, marker in zip(channels, found, strict=True):
             self.accounting.verdict(channel, marker)

@@ -86,7 +86,7 @@ class _Post:
         self._app_id = app_id
         self._head = head
 
-    def respond(self, body: bytes) -> Awaitable[Answer]:
+    def respond(self, body: bytes) -> Answer | Awaitable[Answer]:
         headers = self._head.headers
         content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
         return self._service.receive(

@@ -52,24 +52,47 @@ class Storing:
 
     async def produce(self, records: list[OutgoingRecord]) -> bool:
         """Produce and await the acks; True when parked instead (the breaker is open)."""
-        if not records:
-            return False
+        (outcome,) = await self.produce_each([records])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    async def produce_each(self, requests: list[list[OutgoingRecord]]) -> list[bool | Exception]:
+        """`produce` for the records of several requests, in one call: for each, parked or
+        not, or the failure `produce` would raise (its first record's that failed)."""
+        if not any(requests):
+            return [False] * len(requests)
         # With the records of the other requests of this loop iteration, in one call.
-        sending = self._coalescer.send_each(records)
+        sending = self._coalescer.send_each([record for mine in requests for record in mine])
         self._deadlines.watch(sending)
         try:
             outcomes = await sending
         except TimeoutError:
             # Not abandoned: the producer keeps the records and delivers them (its verdict is
             # final); the answer says only that they are not stored yet.
-            raise RetryableError(f"kafka did not acknowledge within {self._timeout_s}s") from None
+            late = RetryableError(f"kafka did not acknowledge within {self._timeout_s}s")
+            return [late if mine else False for mine in requests]
         except CircuitOpenError:
+            parking = [self._park(mine) for mine in requests]
+            return list(await asyncio.gather(*parking))
+        found: list[bool | Exception] = []
+        start = 0
+        for mine in requests:
+            end = start + len(mine)
+            failed = (o for o in outcomes[start:end] if not isinstance(o, Delivery))
+            found.append(next(failed, False))
+            start = end
+        return found
+
+    async def _park(self, records: list[OutgoingRecord]) -> bool | Exception:
+        """The breaker is open: `records` go through the producer's fallback, parked."""
+        if not records:
+            return False
+        try:
             deliveries = await self._producer.send_many(records, fallback=True)
-            return any(d.parked for d in deliveries)
-        for outcome in outcomes:
-            if not isinstance(outcome, Delivery):
-                raise outcome  # the first failure, in record order (as send_many raises it)
-        return False
+        except Exception as exc:  # noqa: BLE001 - not swallowed: the request's answer says it
+            return exc
+        return any(d.parked for d in deliveries)
 
     async def dead_letter(
         self, channel: str, body: bytes, problems: list[str], error_type: str

@@ -53,6 +53,7 @@ from chat4all_workers.config import BreakerSettings, KafkaSettings
 from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.breaker import BreakerState, CircuitBreaker
+from chat4all_workers.kafka.partitioning import KeyPartitioner
 from chat4all_workers.observability.tracing import (
     KafkaHeaders,
     context_from_headers,
@@ -167,6 +168,7 @@ class Producer:
             enable_idempotence=True,
             linger_ms=kafka.linger_ms,
             request_timeout_ms=kafka.request_timeout_ms,
+            partitioner=KeyPartitioner(),
         )
         _never_expire_batches(self._client)
         self._unacknowledged = 0  # records handed to the client, without a verdict yet

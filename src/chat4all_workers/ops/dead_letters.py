@@ -24,10 +24,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from chat4all_workers.config import Settings
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
+from chat4all_workers.kafka.partitioning import partition_for
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.meta.events import json_object
 
@@ -71,11 +71,6 @@ class DlqSearch:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The partition Kafka's default partitioner gives `key` (Java's and aiokafka's alike)."""
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 async def find_dead_letters(

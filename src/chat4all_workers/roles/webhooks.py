@@ -104,6 +104,7 @@ def build(
         windows=windows,
         storing=storing,
         accounting=accounting,
+        spawn=ctx.resources.spawn(),
     )
 
 
