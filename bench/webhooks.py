@@ -25,7 +25,7 @@ statuses a turn, and each server's figures are the sums over its turns. Why turn
 speed drifts by tens of percent from one minute to the next (the floor's CPU per status ranged
 73-132 us over four one-turn runs of the same tree, 2026-12-06), and a floor measured a minute
 before the role made a ratio of that drift; turns of a few seconds see the same machine. The
-ratio of each round is printed too. The load generator is its own subprocess per turn
+ratio of each turn is printed too. The load generator is its own subprocess per turn
 (`--client`: raw HTTP/1.1 over asyncio with pre-signed requests and httptools parsing, so it costs
 as little CPU as it can). Throughput is statuses acknowledged (200) per second of the generator's
 wall clock, summed over the turns; ack latency is each request's time from write to complete

@@ -20,8 +20,10 @@ records in one call, the contract's order kept (every verdict before any record)
 request's answer set on its future, which its connection writes from a callback. Why: stored
 in its connection's task, a request woke that task three times (for the request, for the Redis
 verdict, for Kafka's ack), about 6 us each through the coroutine chain; the batch's task wakes
-twice for all of them (bench/webhooks.py has the CPU per status before and after). Any other
-notification takes the general path (`_store`) in its connection's task.
+twice for all of them. Measured with bench/webhooks.py (one status per POST, 32 and 64
+connections, in turns with the floor, 2026-12-07), the role's CPU per status went from 1.41-1.71x
+its floor's to 1.27-1.49x. Any other notification takes the general path (`_store`) in its
+connection's task.
 """
 
 from __future__ import annotations
