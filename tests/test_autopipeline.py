@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -122,6 +123,25 @@ async def test_an_unreachable_redis_reaches_every_caller_as_a_connection_error(
         assert all(isinstance(r, redis_errors.ConnectionError) for r in results), results
     finally:
         await client.aclose()
+
+
+async def test_execute_many_raises_an_outage_once_and_leaves_no_error_unread(
+    background: Background, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    pipe = AutoPipeline(client, spawn=background.spawn)
+    raised: type[BaseException] | None = None
+    try:
+        try:
+            await pipe.execute_many([("SET", f"k{i}", "v") for i in range(5)])
+        except redis_errors.ConnectionError as exc:
+            raised = type(exc)  # not the exception: its traceback would keep the futures alive
+    finally:
+        await client.aclose()
+    gc.collect()  # an unread future's error is logged when it is collected
+
+    assert raised is redis_errors.ConnectionError
+    assert [r.getMessage() for r in caplog.records if "never retrieved" in r.getMessage()] == []
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,12 @@ class AutoPipeline:
                 results.append(await reply)
             except redis_errors.ResponseError as exc:
                 results.append(exc)
+            except BaseException:
+                # The first failure speaks for the rest (a batch fails as one): theirs are
+                # read too, or asyncio would log each as never retrieved.
+                for rest in replies:
+                    rest.add_done_callback(_retrieved)
+                raise
         return results
 
     def _enqueue(self, args: tuple[EncodableT, ...]) -> asyncio.Future[Any]:
@@ -140,6 +146,11 @@ class AutoPipeline:
             name.decode() if isinstance(name, bytes) else str(name)
         )
         return callback(raw) if callback is not None else raw
+
+
+def _retrieved(reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled():
+        reply.exception()
 
 
 class _Packer:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import uuid
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
@@ -26,7 +27,7 @@ from chat4all_workers.roles.webhooks import WebhookSettings
 from harness.deployment import Deployment
 from harness.topics import read_topic
 from harness.waiting import eventually
-from tests.roles.durable_support import KafkaProxy, wait_for_records
+from tests.roles.durable_support import KafkaProxy, TcpProxy, wait_for_records
 from tests.roles.webhook_support import (
     IG_SECRET,
     IG_TOKEN,
@@ -643,6 +644,40 @@ async def test_webhooks_answer_503_while_kafka_fails_and_200_parked_once_the_bre
     (envelope,) = [orjson.loads(item) for item in queue]
     assert envelope["topic"] == deployment.topics["message_status_updates"]
     assert (envelope["value"]["message_id"], envelope["value"]["new_status"]) == (ids[3], "READ")
+
+
+async def test_webhooks_answer_503_to_statuses_while_redis_is_away_and_store_them_after(
+    deployment: Deployment,
+) -> None:
+    """The provider's word goes to Redis before any record: with Redis unreachable, statuses
+    posted at once (stored together) are each answered 503 and nothing is produced; Meta's retry
+    once Redis is back is stored."""
+    proxy = TcpProxy(urlsplit(deployment.stack.redis_url).netloc)
+    await proxy.start()
+    redis_url = urlsplit(deployment.stack.redis_url)._replace(netloc=f"127.0.0.1:{proxy.port}")
+    settings = webhook_settings(deployment, redis={"url": urlunsplit(redis_url)})
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    try:
+        async with running(settings) as endpoint:
+            await proxy.stop()
+            away = await asyncio.gather(
+                *(endpoint.post("whatsapp", statuses_body(status(i, "read"))) for i in ids)
+            )
+            produced_while_away = await read_topic(
+                deployment.stack, deployment.topics["message_status_updates"]
+            )
+            await proxy.start()
+            again = [
+                (await endpoint.post("whatsapp", statuses_body(status(i, "read"))))[0] for i in ids
+            ]
+    finally:
+        await proxy.stop()
+    records = await read_topic(deployment.stack, deployment.topics["message_status_updates"])
+
+    assert [code for code, _ in away] == [503] * 4
+    assert produced_while_away == []
+    assert again == [200] * 4
+    assert sorted(v["message_id"] for v in values(records)) == sorted(ids)
 
 
 async def test_webhooks_readiness_publishes_the_listening_address(deployment: Deployment) -> None:
