@@ -1,4 +1,6 @@
-"""Test helpers for the durable pipeline: wait for a topic's records, and a Kafka outage on demand.
+"""Test helpers for the durable pipeline: wait for a topic's records, and an outage on demand.
+
+`TcpProxy` is a loopback TCP proxy: a client set to its address loses its server when it stops.
 
 `KafkaProxy` is a loopback TCP proxy in front of the shared broker that also rewrites Metadata
 responses so the broker appears to live at the proxy's address. Without the rewrite only the
@@ -42,7 +44,11 @@ async def wait_for_records(
     return [(r.partition, r.key, r.value or b"", dict(r.headers)) for r in records]
 
 
-class KafkaProxy:
+class TcpProxy:
+    """A loopback TCP proxy in front of `upstream` ("host:port"): `stop()` refuses new
+    connections and cuts the open ones (an outage for the clients behind it only), `start()`
+    listens again on the same port. Bytes pass as they are (`_relay`)."""
+
     def __init__(self, upstream: str) -> None:
         host, _, port = upstream.rpartition(":")
         self._upstream = (host, int(port))
@@ -78,10 +84,7 @@ class KafkaProxy:
         try:
             upstream_r, upstream_w = await asyncio.open_connection(*self._upstream)
             self._writers.add(upstream_w)
-            pending: dict[int, tuple[int, int]] = {}  # correlation id -> (api key, version)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._requests(client_r, upstream_w, pending))
-                tg.create_task(self._responses(upstream_r, client_w, pending))
+            await self._relay(client_r, client_w, upstream_r, upstream_w)
         except (OSError, asyncio.IncompleteReadError, ExceptionGroup):
             pass
         finally:
@@ -90,6 +93,41 @@ class KafkaProxy:
                     self._writers.discard(writer)
                     writer.transport.abort()
             self._tasks.discard(task)
+
+    async def _relay(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        upstream_r: asyncio.StreamReader,
+        upstream_w: asyncio.StreamWriter,
+    ) -> None:
+        """Both ways until either side closes."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(_pipe(client_r, upstream_w))
+            tg.create_task(_pipe(upstream_r, client_w))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.transport.abort()  # one side closed: the connection is over
+
+
+class KafkaProxy(TcpProxy):
+    """A TcpProxy in front of the broker that reads Kafka's frames, rewriting Metadata (above)."""
+
+    async def _relay(
+        self,
+        client_r: asyncio.StreamReader,
+        client_w: asyncio.StreamWriter,
+        upstream_r: asyncio.StreamReader,
+        upstream_w: asyncio.StreamWriter,
+    ) -> None:
+        pending: dict[int, tuple[int, int]] = {}  # correlation id -> (api key, version)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._requests(client_r, upstream_w, pending))
+            tg.create_task(self._responses(upstream_r, client_w, pending))
 
     async def _requests(
         self,
@@ -131,58 +169,3 @@ async def _frames(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
         while True:
             (size,) = struct.unpack(">i", await reader.readexactly(4))
             yield await reader.readexactly(size)
-
-
-class TcpProxy:
-    """A loopback TCP proxy in front of `upstream` ("host:port"), bytes passed as they are:
-    `stop()` refuses new connections and cuts the open ones (an outage for the clients behind
-    it only), `start()` listens again on the same port."""
-
-    def __init__(self, upstream: str) -> None:
-        host, _, port = upstream.rpartition(":")
-        self._upstream = (host, int(port))
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in list(self._writers):
-            writer.transport.abort()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(client_w)
-        upstream_w: asyncio.StreamWriter | None = None
-        try:
-            upstream_r, upstream_w = await asyncio.open_connection(*self._upstream)
-            self._writers.add(upstream_w)
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(_pipe(client_r, upstream_w))
-                tg.create_task(_pipe(upstream_r, client_w))
-        except (OSError, ExceptionGroup):
-            pass
-        finally:
-            for writer in (client_w, upstream_w):
-                if writer is not None:
-                    self._writers.discard(writer)
-                    writer.transport.abort()
-            self._tasks.discard(task)
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(65536):
-        writer.write(data)
-        await writer.drain()
-    writer.transport.abort()  # one side closed: the connection is over

@@ -9,17 +9,15 @@ import enum
 import functools
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
 from typing import cast
 
 import httptools
 
 from chat4all_workers.intake.answers import Answer
+from chat4all_workers.intake.http_encoding import INTERNAL_ERROR, answer_of, encode
 from chat4all_workers.intake.http_exchange import Exchange, Head, Host, Refusal
 
 log = logging.getLogger(__name__)
@@ -129,7 +127,7 @@ class Connection(asyncio.Protocol):
             # as each whole header is (`on_header`, `on_headers_complete`).
             self._head_size += len(data)
             if self._head_size > self._limits.max_head_bytes:
-                self._fail(_answer_of(431))
+                self._fail(answer_of(431))
 
     def eof_received(self) -> bool:
         if self._lingering or not self._owed:
@@ -209,7 +207,7 @@ class Connection(asyncio.Protocol):
             taken = self._server.application.head(head)
         except Exception:  # a bug of the application: logged, answered 500
             log.exception("webhooks: error handling the head of %s %s", method, path)
-            taken = _INTERNAL_ERROR
+            taken = INTERNAL_ERROR
         if isinstance(taken, Answer):
             close = taken.close or has_body or not self._parser.should_keep_alive()
             self._owe(_Ready(self._encode(taken, close=close, head_only=self._head_only), close))
@@ -297,7 +295,7 @@ class Connection(asyncio.Protocol):
             answer = item.exchange.respond(item.body)
         except Exception:  # a bug of the application: logged, answered 500
             log.exception("webhooks: error handling a request")
-            answer = _INTERNAL_ERROR
+            answer = INTERNAL_ERROR
         if isinstance(answer, Answer):
             self._answered(item, answer)
         elif isinstance(answer, asyncio.Future):
@@ -314,10 +312,10 @@ class Connection(asyncio.Protocol):
     def _settled(self, item: _Pending, future: asyncio.Future[Answer]) -> None:
         """The future `item`'s application gave is done: its answer written in turn."""
         if future.cancelled():  # stopping: the application gave up on it
-            answer = _answer_of(503)
+            answer = answer_of(503)
         elif (exc := future.exception()) is not None:  # a bug of the application
             log.error("webhooks: error handling a request", exc_info=exc)
-            answer = _INTERNAL_ERROR
+            answer = INTERNAL_ERROR
         else:
             answer = future.result()
         self._answered(item, answer)
@@ -339,7 +337,7 @@ class Connection(asyncio.Protocol):
             answer = await answering
         except Exception:  # a bug of the application: logged, answered 500
             log.exception("webhooks: error handling a request")
-            answer = _INTERNAL_ERROR
+            answer = INTERNAL_ERROR
         except BaseException:
             self._handling = False
             item.exchange.finish()
@@ -359,32 +357,14 @@ class Connection(asyncio.Protocol):
         self._advance()
 
     def _encode(self, answer: Answer, *, close: bool, head_only: bool = False) -> bytes:
-        lines = [
-            _status_line(answer.status),
-            b"Content-Type: ",
-            answer.content_type.encode("latin-1"),
-            b"\r\nContent-Length: ",
-            str(len(answer.body)).encode(),
-            b"\r\nDate: ",
-            _http_date(),
-            b"\r\n",
-        ]
-        for name, value in answer.headers:
-            lines.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if close:
-            lines.append(b"Connection: close\r\n")
-        elif self._parser.get_http_version() == "1.0":
-            lines.append(b"Connection: keep-alive\r\n")
-        lines.append(b"\r\n")
-        if not head_only:
-            lines.append(answer.body)
-        return b"".join(lines)
+        http_1_0 = self._parser.get_http_version() == "1.0"
+        return encode(answer, close=close, head_only=head_only, http_1_0=http_1_0)
 
     # -- refusals, time-outs, closing --------------------------------------------------------
 
     def _refuse_head(self, status: int, text: bytes = b"") -> None:
         """In a parser callback: the head breaks a limit; answered, nothing more parsed."""
-        answer = _answer_of(status)
+        answer = answer_of(status)
         self._fail(Answer(status, text, answer.content_type, close=True) if text else answer)
         raise _Stop
 
@@ -416,7 +396,7 @@ class Connection(asyncio.Protocol):
         elif state is _Reading.BODY and self._exchange is not None:
             self._refuse_body("too_slow")
         elif state is _Reading.HEAD:
-            self._fail(_answer_of(408))
+            self._fail(answer_of(408))
         elif not self._owed and not self._handling:
             self._close()  # idle past the keep-alive time, or a new connection that sent nothing
         else:
@@ -476,36 +456,3 @@ class Connection(asyncio.Protocol):
 
     def _idle_deadline(self) -> float:
         return self._loop.time() + self._limits.keepalive_timeout_s
-
-
-def _answer_of(status: int) -> Answer:
-    """The server's own answer: the status and its phrase, as text."""
-    text = f"{status}: {HTTPStatus(status).phrase}"
-    return Answer(status, text.encode(), "text/plain", close=True)
-
-
-_INTERNAL_ERROR = _answer_of(500)
-_STATUS_LINES: dict[int, bytes] = {}
-
-
-def _status_line(status: int) -> bytes:
-    line = _STATUS_LINES.get(status)
-    if line is None:
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = ""
-        line = _STATUS_LINES[status] = f"HTTP/1.1 {status} {phrase}\r\n".encode("latin-1")
-    return line
-
-
-_date: tuple[int, bytes] = (0, b"")
-
-
-def _http_date() -> bytes:
-    """The Date header's value, made once per second."""
-    global _date
-    now = int(time.time())
-    if _date[0] != now:
-        _date = (now, formatdate(now, usegmt=True).encode("ascii"))
-    return _date[1]
