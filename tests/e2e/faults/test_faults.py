@@ -63,8 +63,11 @@ FAST = {
 
 @contextlib.asynccontextmanager
 async def service_down(stack: OwnStack, name: str, *, kill: bool = False) -> AsyncIterator[None]:
-    await stack.adevstack("stop", *(["--kill"] if kill else []), name, timeout_s=120)
+    """`name` stopped for the block, and started again however the block ends: a test that
+    fails (its task group cancelling this) while the stop is under way still leaves the
+    service up for the tests after it."""
     try:
+        await stack.adevstack("stop", *(["--kill"] if kill else []), name, timeout_s=120)
         yield
     finally:
         await stack.adevstack("start", name, timeout_s=120)
@@ -86,6 +89,11 @@ async def insert_while_up(deployment: Deployment, *, tag: str) -> list[Sent]:
                     await conn.close()
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                await asyncio.sleep(0.1)
+            except asyncpg.exceptions.InternalClientError:
+                # A new connection told of the server's shutdown (57P01) while it was reading
+                # that error out: asyncpg refuses a query on it ("cannot switch to state 15;
+                # another operation (2) is in progress"). The server is going down: try again.
                 await asyncio.sleep(0.1)
         else:
             pytest.fail(f"PostgreSQL did not accept a write for 30 s (conversation {conversation})")
