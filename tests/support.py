@@ -243,14 +243,16 @@ def router_record(conversation: int, content: str) -> tuple[bytes, bytes]:
 
 @contextlib.contextmanager
 def own_redis(
-    port: int, workdir: Path, *, password: str | None = None
+    port: int, workdir: Path, *, password: str | None = None, unix_socket: Path | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A Redis server this test owns, so it can stop it without disturbing anyone (and, with
-    `password`, one that requires it: the shared one does not)."""
+    `password`, one that requires it: the shared one does not; with `unix_socket`, one that
+    listens there too)."""
     binary = shutil.which("redis-server")
     assert binary, "redis-server is not installed"
     options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "no"}
     options |= {"dir": str(workdir)} | ({"requirepass": password} if password else {})
+    options |= {"unixsocket": str(unix_socket)} if unix_socket else {}
     proc = subprocess.Popen(
         [binary, *(arg for name, value in options.items() for arg in (f"--{name}", value))],
         stdout=subprocess.DEVNULL,

@@ -8,9 +8,16 @@ together; coalesced, the same command costs about 11 us, and one connection carr
 Each caller still gets its own reply (or its own error), in the order Redis ran the commands; a
 pipeline is not a transaction, so one command's error does not affect the others.
 
-The batch is written and read on a pooled connection directly, under ONE deadline, rather than
-through redis-py's Pipeline, which arms a timer per reply and wraps the batch in its retry
-machinery (an eighth of the router's CPU per message: 200 us became 175 in bench/router.py).
+The batch goes out as one write on the pipeline's own connection (redis_link.py), and each
+reply reaches its caller as hiredis parses it, under one deadline for every command. Through
+redis-py's Pipeline, a timer armed per reply and its retry machinery were an eighth of the
+router's CPU per message; through a pooled connection's reader, a coroutine per reply and a
+checkout per batch were 13 % more (bench/router.py, 2026-12-07: the router's CPU per message
+went from 1.25 to 1.15 times its floor's).
+Replies are Redis's own, as hiredis reads them in RESP2 (`SET` gives b"OK", a refused
+`SET NX` None), not reshaped by the client's response callbacks: those follow the protocol
+redis-py negotiates, which changed to RESP3 by default in redis-py 8, and no caller here needs
+them.
 The batch is packed by hiredis in one call per command (`_Packer`): redis-py's own packing runs
 each argument through its Python encoder first, 5 us a command against hiredis's 0.5, and was
 6.7 % of the router's CPU (three commands a message).
@@ -25,19 +32,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
-from redis.asyncio.connection import AbstractConnection
 from redis.connection import PythonRespSerializer
 from redis.typing import EncodableT
 
 from chat4all_workers.background import Spawn
 from chat4all_workers.batching import IterationBatcher
+from chat4all_workers.redis_link import RedisLink, open_link
 
 _Pending = tuple[tuple[EncodableT, ...], asyncio.Future[Any]]
 # redis-py's: a larger argument is sent as a chunk of its own (here only on its packing path).
@@ -53,15 +59,21 @@ class AutoPipeline:
         max_batch: int = 1000,
         timeout_s: float = 5.0,
     ) -> None:
-        """`spawn` owns the task each batch is sent in (background.py)."""
+        """`spawn` owns the task each batch is sent in (background.py). The commands go on a
+        connection of the pipeline's own, opened as `redis`'s pool opens its connections;
+        `close()` closes it."""
         self._redis = redis
         self._timeout_s = timeout_s
         self._batcher = IterationBatcher(self._send, spawn=spawn, max_batch=max_batch)
         self._pack = _Packer(redis.get_encoder().encode)  # type: ignore[no-untyped-call]
+        self._link: RedisLink | None = None
+        self._opening = asyncio.Lock()
 
-    async def execute(self, *args: EncodableT) -> Any:
-        """Run one command (`"SET", key, value, "NX"`) with the others of this loop iteration."""
-        return await self._enqueue(args)
+    def execute(self, *args: EncodableT) -> asyncio.Future[Any]:
+        """Run one command (`"SET", key, value, "NX"`) with the others of this loop iteration.
+        Awaited: Redis's reply (`b"OK"`), or its error reply raised as redis-py's exception for
+        it. A future, not a coroutine: one frame fewer to resume on every reply."""
+        return self._enqueue(args)
 
     async def execute_many(self, commands: Sequence[tuple[EncodableT, ...]]) -> list[Any]:
         """Run several commands with the others of this loop iteration; each one's reply, or
@@ -81,71 +93,53 @@ class AutoPipeline:
                 raise
         return results
 
+    def close(self) -> None:
+        """Close the pipeline's connection (commands still unanswered fail with a
+        ConnectionError); a later command opens a new one."""
+        if self._link is not None:
+            self._link.close()
+            self._link = None
+
     def _enqueue(self, args: tuple[EncodableT, ...]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Any] = loop.create_future()
+        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._batcher.add((args, reply))
         return reply
 
     async def _send(self, batch: list[_Pending]) -> None:
         packed: list[bytes] = []
-        sending: list[_Pending] = []
+        sending: list[asyncio.Future[Any]] = []
         for args, reply in batch:
             try:
                 packed.append(self._pack(args))
             except redis_errors.DataError as exc:  # an argument Redis cannot take: its caller's
                 reply.set_exception(exc)
             else:
-                sending.append((args, reply))
+                sending.append(reply)
         if not sending:
             return
         try:
-            replies = await self._round_trip(b"".join(packed), [args for args, _ in sending])
+            link = await self._connected()
         except asyncio.CancelledError:
-            for _, reply in sending:
+            for reply in sending:
                 reply.cancel()
             raise
         except Exception as exc:  # noqa: BLE001 - not swallowed: each caller gets it
-            for _, reply in sending:
+            for reply in sending:
                 if not reply.done():
                     reply.set_exception(exc)
             return
-        for (_, reply), value in zip(sending, replies, strict=True):
-            if reply.done():  # the caller was cancelled; the command ran anyway
-                continue
-            if isinstance(value, Exception):
-                reply.set_exception(value)
-            else:
-                reply.set_result(value)
+        link.send(b"".join(packed), sending)
 
-    async def _round_trip(self, packed: bytes, commands: list[tuple[EncodableT, ...]]) -> list[Any]:
-        """Every command's reply (a ResponseError in its place for a refused one), as the
-        client's own commands would return it (`SET` gives True, for instance)."""
-        pool = self._redis.connection_pool
-        # Untyped in redis-py; it returns the pool's connection class.
-        connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await connection.send_packed_command(packed, check_health=False)
-                return [await self._reply(connection, command) for command in commands]
-        except BaseException:
-            # The connection is mid-exchange (a reply unread): never hand it out again.
-            await connection.disconnect(nowait=True)
-            raise
-        finally:
-            await pool.release(connection)
-
-    async def _reply(self, connection: AbstractConnection, command: tuple[EncodableT, ...]) -> Any:
-        try:
-            # math.inf: no timer per reply; the batch's one deadline bounds them all.
-            raw = await connection.read_response(timeout=math.inf)
-        except redis_errors.ResponseError as exc:
-            return exc
-        name = command[0]
-        callback = self._redis.response_callbacks.get(
-            name.decode() if isinstance(name, bytes) else str(name)
-        )
-        return callback(raw) if callback is not None else raw
+    async def _connected(self) -> RedisLink:
+        """The pipeline's connection, opened again once it failed (by one batch, if several
+        find it so at once)."""
+        link = self._link
+        if link is not None and link.usable:
+            return link
+        async with self._opening:
+            if self._link is None or not self._link.usable:
+                self._link = await open_link(self._redis.connection_pool, timeout_s=self._timeout_s)
+            return self._link
 
 
 def _retrieved(reply: asyncio.Future[Any]) -> None:
@@ -194,10 +188,13 @@ class PipedScript:
         self._sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(self, *, keys: Sequence[EncodableT], args: Sequence[EncodableT] = ()) -> Any:
-        (reply,) = await self.many([(keys, args)])
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
+        """The script's reply; its error reply raised."""
+        command = ("EVALSHA", self._sha, len(keys), *keys, *args)
+        try:
+            return await self._pipe.execute(*command)
+        except redis_errors.NoScriptError:
+            await self._redis.script_load(self._source)
+            return await self._pipe.execute(*command)
 
     async def many(
         self, calls: Sequence[tuple[Sequence[EncodableT], Sequence[EncodableT]]]

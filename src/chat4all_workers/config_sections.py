@@ -126,6 +126,7 @@ class RedisSettings:
         metadata=env("REDIS_URL", check=config_checks.redis_url),
     )
     key_prefix: str = ""
+    # The pool's; the auto-pipeline (autopipeline.py) holds one connection of its own besides.
     max_connections: int = 50
 
 

@@ -240,11 +240,15 @@ async def open_resources(
         # (aiohttp's hidden default of 100 once capped the router at 100 / provider latency
         # sends/s, whatever max_in_flight said).
         http = await stack.enter_async_context(HttpClient()) if Need.HTTP in needs else None
-        # Opened last, so it closes first: batches under way finish while the clients are open.
-        background = await stack.enter_async_context(Background(shutdown=deadline))
+        # Opened last, so it closes first: batches under way finish while the clients (and the
+        # pipeline's connection) are open.
+        background = Background(shutdown=deadline)
         pipeline = (
             None if redis_client is None else AutoPipeline(redis_client, spawn=background.spawn)
         )
+        if pipeline is not None:
+            stack.callback(pipeline.close)
+        await stack.enter_async_context(background)
         yield Resources(
             settings,
             metrics,

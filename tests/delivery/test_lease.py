@@ -58,8 +58,8 @@ async def test_leases_mark_sent_waits_out_a_redis_outage(
     send = rig.send()
     port = free_port()  # a Redis that is down until the test starts it
     down = aioredis.from_url(f"redis://127.0.0.1:{port}")
+    pipe = AutoPipeline(down, spawn=rig.ctx.resources.spawn())
     try:
-        pipe = AutoPipeline(down, spawn=rig.ctx.resources.spawn())
         markers = SendMarkers(down, pipe, ttl_s=MARKER_TTL_S, lease_s=30.0)
         index = ProviderIndex(down, key=str, ttl_s=MARKER_TTL_S, pipe=markers.pipe)
         leases = Leases(rig.ctx, markers, index)
@@ -77,6 +77,7 @@ async def test_leases_mark_sent_waits_out_a_redis_outage(
                 await asyncio.wait_for(marking, 10)
                 marked = await down.get(send.key)
     finally:
+        pipe.close()
         await down.aclose()
 
     assert marked == b"sent:wamid.1"
@@ -249,8 +250,8 @@ async def test_leases_settle_on_the_way_out_logs_an_unreachable_redis_and_goes_o
     rig = await delivery()
     send = rig.send()
     down = aioredis.from_url(f"redis://127.0.0.1:{free_port()}")
+    pipe = AutoPipeline(down, spawn=rig.ctx.resources.spawn())
     try:
-        pipe = AutoPipeline(down, spawn=rig.ctx.resources.spawn())
         markers = SendMarkers(down, pipe, ttl_s=MARKER_TTL_S, lease_s=30.0)
         leases = Leases(rig.ctx, markers, ProviderIndex(down, key=str, ttl_s=MARKER_TTL_S))
         lease = Lease(send.key, "lease:ours:9999999999.000")
@@ -259,6 +260,7 @@ async def test_leases_settle_on_the_way_out_logs_an_unreachable_redis_and_goes_o
                 lease, channel="whatsapp", ref=send.ref
             )
     finally:
+        pipe.close()
         await down.aclose()
 
     assert handed_back is False

@@ -37,7 +37,7 @@ async def redis(stack: StackEndpoints, background: Background) -> AsyncIterator[
     try:
         yield client
     finally:
-        del _PIPES[id(client)]
+        _PIPES.pop(id(client)).close()
         await client.aclose()
 
 

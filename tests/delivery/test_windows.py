@@ -30,10 +30,11 @@ async def windows(
     stack: StackEndpoints, background: Background, redis_prefix: str
 ) -> AsyncIterator[Windows]:
     client = aioredis.from_url(stack.redis_url)
+    pipe = AutoPipeline(client, spawn=background.spawn)
     try:
-        pipe = AutoPipeline(client, spawn=background.spawn)
         yield Windows(client, pipe, key=lambda k: redis_prefix + k, memory_s=MEMORY_S)
     finally:
+        pipe.close()
         await client.aclose()
 
 

@@ -293,9 +293,13 @@ async def test_backfill_continues_the_trace_an_item_was_parked_with(
 
 
 async def _holding(redis: aioredis.Redis, queue: str) -> bool:
-    """Some worker holds taken, unacknowledged items right now."""
-    async for key in redis.scan_iter(match=f"{queue}:processing:*"):
-        if await redis.llen(key):
+    """Some registered worker holds taken, unacknowledged items right now. Its processing list
+    is found through the members' set, not by SCAN: a SCAN walks the whole shared keyspace, and
+    with a few tens of thousands of other keys one look took longer than the worker holds a
+    batch (a red run)."""
+    for worker in await redis.smembers(f"{queue}:workers"):
+        name = worker.decode() if isinstance(worker, bytes) else worker
+        if await redis.llen(f"{queue}:processing:{name}"):
             return True
     return False
 
