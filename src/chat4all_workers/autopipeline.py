@@ -12,8 +12,10 @@ The batch goes out as one write on the pipeline's own connection (redis_link.py)
 reply reaches its caller as hiredis parses it, under one deadline for every command. Through
 redis-py's Pipeline, a timer armed per reply and its retry machinery were an eighth of the
 router's CPU per message; through a pooled connection's reader, a coroutine per reply and a
-checkout per batch were 13 % more (bench/router.py, 2026-12-07: the router's CPU per message
-went from 1.25 to 1.15 times its floor's).
+checkout per batch cost more than the I/O itself (bench/router.py, 2026-12-07, runs of both
+ways alternating: the router's CPU per message went from 1.25 to 1.15 times that of a floor on
+redis-py's Pipeline, nine runs each, and from 1.62 to 1.55 times that of a floor on this
+pipeline, three each).
 Replies are Redis's own, as hiredis reads them in RESP2 (`SET` gives b"OK", a refused
 `SET NX` None), not reshaped by the client's response callbacks: those follow the protocol
 redis-py negotiates, which changed to RESP3 by default in redis-py 8, and no caller here needs

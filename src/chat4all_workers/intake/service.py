@@ -22,8 +22,9 @@ in its connection's task, a request woke that task three times (for the request,
 verdict, for Kafka's ack), about 6 us each through the coroutine chain; the batch's task wakes
 twice for all of them. Measured with bench/webhooks.py (one status per POST, 32 and 64
 connections, in turns with the floor, 2026-12-07), the role's CPU per status went from 1.41-1.71x
-its floor's to 1.27-1.49x. Any other notification takes the general path (`_store`) in its
-connection's task.
+the floor's to 1.27-1.49x (a floor whose verdicts went through redis-py's Pipeline, since made
+as cheap as the role's own path: bench/webhook_floor.py). Any other notification takes the
+general path (`_store`) in its connection's task.
 """
 
 from __future__ import annotations
