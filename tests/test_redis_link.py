@@ -4,9 +4,11 @@ client's pool would open it, failed and opened again as an outage needs."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
@@ -216,3 +218,65 @@ async def test_a_server_that_does_not_speak_redis_fails_the_callers_not_the_loop
         await server.wait_closed()
 
     assert [type(r) for r in results] == [redis_errors.InvalidResponse] * 3
+
+
+async def test_a_tls_url_is_opened_over_tls_and_checks_the_servers_certificate(
+    pipe_of: PipeOf, stack: StackEndpoints, redis_prefix: str, tmp_path: Path
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    made = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await made.wait() == 0
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    redis_host, redis_port = _host_port(stack.redis_url)
+    handshakes: list[bool] = []
+
+    async def terminate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """TLS in front of the stack's Redis (as a managed Redis with TLS would be)."""
+        handshakes.append(writer.get_extra_info("ssl_object") is not None)
+        up_reader, up_writer = await asyncio.open_connection(redis_host, redis_port)
+        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+
+    server = await asyncio.start_server(terminate, "127.0.0.1", 0, ssl=tls)
+    port = server.sockets[0].getsockname()[1]
+    trusted = aioredis.Redis.from_url(f"rediss://127.0.0.1:{port}/0", ssl_ca_certs=str(cert))
+    untrusted = aioredis.Redis.from_url(f"rediss://127.0.0.1:{port}/0")  # the system's CAs
+    plain = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        stored = await pipe_of(trusted).execute("SET", f"{redis_prefix}tls", "over tls")
+        refused = await asyncio.gather(
+            pipe_of(untrusted).execute("GET", f"{redis_prefix}tls"), return_exceptions=True
+        )
+        read = await plain.get(f"{redis_prefix}tls")
+    finally:
+        for client in (trusted, untrusted, plain):
+            await client.aclose()
+        server.close()
+
+    assert stored == b"OK"
+    assert read == b"over tls"
+    assert handshakes[0] is True
+    # A self-signed certificate the client was not told to trust: refused, as an outage is.
+    assert [type(r) for r in refused] == [redis_errors.ConnectionError]
+    assert "CERTIFICATE_VERIFY_FAILED" in str(refused[0])
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
