@@ -6,7 +6,9 @@ router's cost per message. Hundreds of messages are in flight at once, so their 
 together; coalesced, the same command costs about 11 us, and one connection carries them all.
 
 Each caller still gets its own reply (or its own error), in the order Redis ran the commands; a
-pipeline is not a transaction, so one command's error does not affect the others.
+pipeline is not a transaction, so one command's error does not affect the others. Blocking
+commands (BLPOP and the like) do not belong here: every later reply waits behind them, and the
+deadline below fails the connection under them.
 
 The batch goes out as one write on the pipeline's own connection (redis_link.py), and each
 reply reaches its caller as hiredis parses it, under one deadline for every command. Through
