@@ -19,6 +19,7 @@ from chat4all_workers.background import Background
 from harness.deployment import free_port
 from harness.stack import StackEndpoints
 from harness.waiting import eventually
+from tests.roles.durable_support import TcpProxy
 from tests.support import own_redis
 
 pytestmark = pytest.mark.stack
@@ -233,50 +234,33 @@ async def test_a_tls_url_is_opened_over_tls_and_checks_the_servers_certificate(
     assert await made.wait() == 0
     tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     tls.load_cert_chain(cert, key)
-    redis_host, redis_port = _host_port(stack.redis_url)
-    handshakes: list[bool] = []
-
-    async def terminate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """TLS in front of the stack's Redis (as a managed Redis with TLS would be)."""
-        handshakes.append(writer.get_extra_info("ssl_object") is not None)
-        up_reader, up_writer = await asyncio.open_connection(redis_host, redis_port)
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
-
-    server = await asyncio.start_server(terminate, "127.0.0.1", 0, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
-    trusted = aioredis.Redis.from_url(f"rediss://127.0.0.1:{port}/0", ssl_ca_certs=str(cert))
-    untrusted = aioredis.Redis.from_url(f"rediss://127.0.0.1:{port}/0")  # the system's CAs
+    parts = urlsplit(stack.redis_url)
+    proxy = TcpProxy(f"{parts.hostname}:{parts.port or 6379}", tls=tls)  # TLS, then the stack's
+    await proxy.start()
+    url = f"rediss://{proxy.address}/0"
+    trusted = aioredis.Redis.from_url(url, ssl_ca_certs=str(cert))
+    untrusted = aioredis.Redis.from_url(url)  # the system's CAs only
+    cleartext = aioredis.Redis.from_url(f"redis://{proxy.address}/0", socket_timeout=2)
     plain = aioredis.Redis.from_url(stack.redis_url)
     try:
         stored = await pipe_of(trusted).execute("SET", f"{redis_prefix}tls", "over tls")
         refused = await asyncio.gather(
             pipe_of(untrusted).execute("GET", f"{redis_prefix}tls"), return_exceptions=True
         )
+        without_tls = await asyncio.gather(
+            pipe_of(cleartext, timeout_s=2).execute("GET", f"{redis_prefix}tls"),
+            return_exceptions=True,
+        )
         read = await plain.get(f"{redis_prefix}tls")
     finally:
-        for client in (trusted, untrusted, plain):
+        for client in (trusted, untrusted, cleartext, plain):
             await client.aclose()
-        server.close()
+        await proxy.stop()
 
     assert stored == b"OK"
     assert read == b"over tls"
-    assert handshakes[0] is True
     # A self-signed certificate the client was not told to trust: refused, as an outage is.
     assert [type(r) for r in refused] == [redis_errors.ConnectionError]
     assert "CERTIFICATE_VERIFY_FAILED" in str(refused[0])
-
-
-def _host_port(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or 6379
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (ConnectionError, ssl.SSLError):
-        pass
-    finally:
-        writer.close()
+    # The listener speaks only TLS (the same command in clear text is cut): it went over TLS.
+    assert [type(r) for r in without_tls] == [redis_errors.ConnectionError]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 from collections.abc import AsyncIterator
 
@@ -47,11 +48,13 @@ async def wait_for_records(
 class TcpProxy:
     """A loopback TCP proxy in front of `upstream` ("host:port"): `stop()` refuses new
     connections and cuts the open ones (an outage for the clients behind it only), `start()`
-    listens again on the same port. Bytes pass as they are (`_relay`)."""
+    listens again on the same port. Bytes pass as they are (`_relay`). With `tls`, clients
+    reach it over TLS only (a managed service's TLS in front of a plain one)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, tls: ssl.SSLContext | None = None) -> None:
         host, _, port = upstream.rpartition(":")
         self._upstream = (host, int(port))
+        self._tls = tls
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -62,7 +65,9 @@ class TcpProxy:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, ssl=self._tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
