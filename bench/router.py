@@ -542,7 +542,8 @@ async def send_and_report(
 
 async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
     """Records/s of the simplest at-least-once relay: getmany, produce a status per record (same
-    producer settings as the router's: acks=all, idempotent, linger 5 ms), await acks, commit."""
+    producer settings as the router's: acks=all, idempotent, linger 5 ms, kafka.max_batch_bytes),
+    await acks, commit."""
     consumer = AIOKafkaConsumer(
         s.topic("in"),
         bootstrap_servers=KAFKA,
@@ -551,7 +552,11 @@ async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
         auto_offset_reset="earliest",
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=KAFKA, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=KAFKA,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=KafkaSettings().max_batch_bytes,  # the router's producer settings
     )
     await consumer.start()
     await producer.start()
@@ -662,7 +667,11 @@ async def library_floor(
         auto_offset_reset="earliest",
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=KAFKA, acks="all", enable_idempotence=True, linger_ms=5
+        bootstrap_servers=KAFKA,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=KafkaSettings().max_batch_bytes,  # the router's producer settings
     )
     redis = aioredis.Redis.from_url(REDIS)
     opened: list[AutoPipeline] = []  # its connection closed after the sends' owner

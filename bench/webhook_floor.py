@@ -40,6 +40,7 @@ from aiokafka import AIOKafkaProducer
 from chat4all_workers import collector
 from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.background import Background, Spawn
+from chat4all_workers.config import KafkaSettings
 from chat4all_workers.delivery.markers import _VERDICT
 
 _STATUSES = {"sent": "SENT", "delivered": "DELIVERED", "read": "READ", "failed": "FAILED"}
@@ -67,7 +68,11 @@ class Floor:
         self.redis = aioredis.Redis.from_url(doc["redis_url"])
         self.pipe = AutoPipeline(self.redis, spawn=spawn)
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=doc["kafka"], acks="all", enable_idempotence=True, linger_ms=5
+            bootstrap_servers=doc["kafka"],
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=KafkaSettings().max_batch_bytes,  # the role's producer settings
         )
         self._sha = hashlib.sha1(_VERDICT.encode()).hexdigest()
         self._pending: list[tuple[_Conn, _Work]] = []

@@ -93,7 +93,7 @@ class AutoPipeline:
                 # The first failure speaks for the rest (a batch fails as one): theirs are
                 # read too, or asyncio would log each as never retrieved.
                 for rest in replies:
-                    rest.add_done_callback(_retrieved)
+                    rest.add_done_callback(retrieved)
                 raise
         return results
 
@@ -146,7 +146,9 @@ class AutoPipeline:
             return self._link
 
 
-def _retrieved(reply: asyncio.Future[Any]) -> None:
+def retrieved(reply: asyncio.Future[Any]) -> None:
+    """A reply's error read (as a done callback), so that asyncio does not log it as never
+    retrieved when nobody awaits it."""
     if not reply.cancelled():
         reply.exception()
 

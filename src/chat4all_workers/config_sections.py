@@ -64,6 +64,12 @@ class KafkaSettings:
     # Keep it well above session_timeout_ms / 3 (the heartbeat that notices a rebalance).
     rebalance_timeout_ms: int = 30_000
     linger_ms: int = field(default=5, metadata=ZERO_OK)
+    # The producer's batch per partition, at most (aiokafka's max_batch_size). aiokafka keeps one
+    # open batch per partition, and a send that finds it full waits until it has gone to Kafka
+    # (one request in flight per partition, idempotence): at the library's 16 KiB, about 48
+    # status records, 7 sends in 10 waited under the router's load, each a wakeup more
+    # (bench/router.py). Up to Kafka's own request limit (1 MiB).
+    max_batch_bytes: int = field(default=131_072, metadata={"max": 1_048_576})
     default_partitions: int = 12
     replication_factor: int = field(default=1, metadata={"max": 32767})
     dlq_retention_ms: int = field(default=7 * 24 * 3600 * 1000, metadata={"max": 2**63 - 1})

@@ -112,8 +112,15 @@ class Attempts:
                 return Verdict.REJECTED
             self.outcomes.request(send, "sent")
             pid = result.provider_message_id
-            await self.leases.mark_sent(lease, pid, channel=send.channel, ref=send.ref)
-            await self.outcomes.sent(send, pid)
+            # The mark and the SENT at once: both outlast an outage, and a redelivery finds
+            # either (a `sent:` marker emits SENT again).
+            marking = self.leases.mark_sent(lease, pid, channel=send.channel, ref=send.ref)
+            try:
+                await self.outcomes.sent(send, pid)
+            except BaseException:
+                marking.close()  # recorded on the way out (`settle_on_the_way_out`)
+                raise
+            await marking
             send.lane.calm()
             return Verdict.SENT
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
-from chat4all_workers.delivery.markers import Claim, Marker, SendMarkers
+from chat4all_workers.autopipeline import retrieved
+from chat4all_workers.delivery.markers import Asked, Claim, Marker, SendMarkers
 from chat4all_workers.delivery.provider_index import MessageRef, ProviderIndex
 from chat4all_workers.resources import TRANSIENT_ERRORS
 from chat4all_workers.role import RoleContext, outlast_outages
@@ -48,20 +51,45 @@ class Leases:
         self.markers = markers
         self._index = index
 
-    async def claim(self, key: str, origin: str) -> Claim:
-        return await self.markers.claim(key, origin)
+    async def claim(self, key: str, origin: str, *, asked: Asked | None = None) -> Claim:
+        return await self.markers.claim(key, origin, asked=asked)
 
-    async def mark_sent(
+    def mark_sent(
         self, lease: Lease, provider_message_id: str, *, channel: str, ref: MessageRef
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """The provider has it: record that through a Redis outage, or a redelivery would find
-        an expired lease and wait for the provider's word to learn it."""
+        an expired lease and wait for the provider's word to learn it.
+
+        The mark is on its way to Redis when this returns, and awaiting the result waits until
+        it is recorded: the router produces the SENT meanwhile, and finds the mark's reply in
+        when Kafka's ack comes (one wait a message fewer). A caller that fails before awaiting
+        it `close()`s it; `settle_on_the_way_out` then records the mark again."""
         lease.sent_as = provider_message_id
-        await outlast_outages(
-            self._ctx,
-            lambda: self._record_sent(lease, channel=channel, ref=ref),
-            what="marking the send done",
-        )
+        issued = None
+        if channel not in _INDEXED:  # an indexed channel's two writes go in `_record_sent`
+            issued = self.markers.mark_sent(lease.key, provider_message_id)
+            issued.add_done_callback(retrieved)  # read, even by a caller that never awaits
+        return self._marked(lease, issued, channel=channel, ref=ref)
+
+    async def _marked(
+        self,
+        lease: Lease,
+        issued: asyncio.Future[Any] | None,
+        *,
+        channel: str,
+        ref: MessageRef,
+    ) -> None:
+        if issued is not None:
+            try:
+                await issued
+            except TRANSIENT_ERRORS:
+                issued = None  # again, until Redis is back
+        if issued is None:
+            await outlast_outages(
+                self._ctx,
+                lambda: self._record_sent(lease, channel=channel, ref=ref),
+                what="marking the send done",
+            )
         lease.settled = True
 
     async def release(self, lease: Lease) -> None:
@@ -72,6 +100,19 @@ class Leases:
             what="releasing the lease",
         )
         lease.settled = True
+
+    async def withdraw(self, asked: Asked) -> None:
+        """A claim asked for ahead of its send (`SendMarkers.ask`) that goes no further now
+        (its window closed, its account paused while it was asked): released if it was taken,
+        through an outage. Its reply is not waited for: the release follows it on the same
+        connection, and removes only this lease."""
+        await self.release(Lease(asked.key, asked.lease))
+
+    async def withdraw_on_the_way_out(self, asked: Asked) -> None:
+        """`withdraw`, time-boxed and best effort (cancelled, stopping, an outage)."""
+        await self.settle_on_the_way_out(
+            Lease(asked.key, asked.lease), channel="", ref=MessageRef("", 0)
+        )
 
     async def renew(self, lease: Lease) -> Marker | None:
         """Renew the lease before another attempt: None when renewed; else it is not ours any

@@ -38,16 +38,18 @@ answer, a send held by a paused channel, a cancel before anything was written).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from chat4all_workers.autopipeline import AutoPipeline, PipedScript
+from chat4all_workers.autopipeline import AutoPipeline, PipedScript, retrieved
 
 _SENT = "sent:"
 _LEASE = "lease:"
@@ -178,6 +180,15 @@ class Claim:
     foreign: bool = False  # SENT by a marker this code did not write
 
 
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """A claim asked for (`SendMarkers.ask`), its reply not read yet."""
+
+    key: str
+    lease: str
+    reply: asyncio.Future[Any]
+
+
 class SendMarkers:
     def __init__(
         self, redis: aioredis.Redis, pipe: AutoPipeline, *, ttl_s: int, lease_s: float
@@ -194,10 +205,21 @@ class SendMarkers:
     def _new_lease(self, token: str) -> str:
         return f"{_LEASE}{token}:{time.time() + self.lease_s:.3f}"
 
-    async def claim(self, key: str, origin: str) -> Claim:
-        """Claim the send for the record at `origin` ("{topic}:{partition}:{offset}")."""
+    def ask(self, key: str) -> Asked:
+        """A claim's `SET NX`, on its way when this returns: issued with another command of
+        the send (its window read) it costs no round trip of its own; `claim(..., asked=)`
+        reads its reply. Asked and not claimed after all: `release` the lease."""
         lease = self._new_lease(f"{_PROCESS_TOKEN}{next(_lease_numbers):x}")
-        if await self.pipe.execute("SET", key, lease, "NX", "EX", self._ttl_s):
+        reply = self.pipe.execute("SET", key, lease, "NX", "EX", self._ttl_s)
+        reply.add_done_callback(retrieved)  # read, even when the send goes no further
+        return Asked(key, lease, reply)
+
+    async def claim(self, key: str, origin: str, *, asked: Asked | None = None) -> Claim:
+        """Claim the send for the record at `origin` ("{topic}:{partition}:{offset}")."""
+        if asked is None:
+            asked = self.ask(key)
+        lease = asked.lease
+        if await asked.reply:
             return Claim(State.CLAIMED, lease=lease)
         marker = await self.read(key)
         if marker.kind is Kind.ABSENT:  # expired between the two calls: try again from the top
@@ -215,11 +237,19 @@ class SendMarkers:
         assert seen is not None
         return seen
 
-    async def peek(self, key: str, origin: str) -> Claim | None:
+    def look(self, key: str) -> asyncio.Future[Any]:
+        """The marker's `GET`, on its way when this returns (for `peek(..., looked=)`)."""
+        reply = self.pipe.execute("GET", key)
+        reply.add_done_callback(retrieved)
+        return reply
+
+    async def peek(
+        self, key: str, origin: str, *, looked: asyncio.Future[Any] | None = None
+    ) -> Claim | None:
         """SENT, GIVEN_UP or BUSY (another worker's live lease) without claiming; None when the
         send is free to be claimed. Lets a paced send skip its wait for a message it will not
         send."""
-        return _seen(await self.read(key), origin)
+        return _seen(read_marker(await (looked or self.look(key))), origin)
 
     async def read(self, key: str) -> Marker:
         return read_marker(await self.pipe.execute("GET", key))
@@ -230,8 +260,10 @@ class SendMarkers:
         fresh = self._new_lease(token)
         return fresh if await self._swap(keys=[key], args=[lease, fresh]) else None
 
-    async def mark_sent(self, key: str, provider_message_id: str) -> None:
-        await self.pipe.execute("SET", key, f"{_SENT}{provider_message_id}", "EX", self._ttl_s)
+    def mark_sent(self, key: str, provider_message_id: str) -> asyncio.Future[Any]:
+        """The `sent:` mark, on its way when this returns (awaited: Redis's reply), so that a
+        caller can do something else while Redis records it."""
+        return self.pipe.execute("SET", key, f"{_SENT}{provider_message_id}", "EX", self._ttl_s)
 
     async def release(self, key: str, lease: str) -> None:
         """Forget a send the provider certainly did not take, for the same record to try again."""

@@ -45,7 +45,7 @@ from chat4all_workers.kafka.partitions import Assignment, Partition, Scope
 from chat4all_workers.kafka.rebalance import Listener
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
-from chat4all_workers.observability.tracing import record_span
+from chat4all_workers.observability.tracing import RecordSpan
 from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
@@ -338,11 +338,11 @@ class ConsumerEngine:
         """Run the handler until it finishes the record; False if handed back (draining or
         revoked) while a retry was pending."""
         started = time.perf_counter()
-        with record_span(
+        with RecordSpan(
             self._span_name,
             record.headers,
             kind=trace.SpanKind.CONSUMER,
-            attributes={
+            attributes=lambda: {
                 "messaging.system": "kafka",
                 "messaging.destination.name": record.topic,
                 "messaging.kafka.partition": record.partition,

@@ -167,6 +167,7 @@ class Producer:
             acks="all",
             enable_idempotence=True,
             linger_ms=kafka.linger_ms,
+            max_batch_size=kafka.max_batch_bytes,
             request_timeout_ms=kafka.request_timeout_ms,
             partitioner=KeyPartitioner(),
         )

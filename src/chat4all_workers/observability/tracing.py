@@ -14,7 +14,8 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -88,27 +89,54 @@ def context_from_headers(headers: Sequence[tuple[str, bytes]] | None) -> otel_co
     return trace.set_span_in_context(NonRecordingSpan(parent), otel_context.Context())
 
 
-@contextlib.contextmanager
-def record_span(
-    name: str,
-    headers: Sequence[tuple[str, bytes]] | None,
-    *,
-    kind: trace.SpanKind,
-    attributes: Mapping[str, str | int] | None = None,
-) -> Iterator[None]:
+class RecordSpan:
     """The current span while a record is handled: a child of the context in its headers (or a
     new trace). Recorded (and exported) only with an exporter; else a non-recording span with
-    its own ids, enough for logs and the headers of what the handler produces."""
-    if _exporting:
-        parent = context_from_headers(headers)
-        with tracer.start_as_current_span(name, context=parent, kind=kind, attributes=attributes):
-            yield
-        return
-    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(_child_of(headers))))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
+    its own ids, enough for logs and the headers of what the handler produces. `attributes` is
+    called only when the span is recorded.
+
+    A class rather than a generator: entered once per record, the generator's machinery cost
+    the router more than the span's ids did."""
+
+    __slots__ = ("_attributes", "_headers", "_kind", "_name", "_recorded", "_token")
+
+    def __init__(
+        self,
+        name: str,
+        headers: Sequence[tuple[str, bytes]] | None,
+        *,
+        kind: trace.SpanKind,
+        attributes: Callable[[], Mapping[str, str | int]] | None = None,
+    ) -> None:
+        self._name, self._headers, self._kind = name, headers, kind
+        self._attributes = attributes
+        self._recorded: contextlib.AbstractContextManager[trace.Span] | None = None
+        self._token: object = None
+
+    def __enter__(self) -> None:
+        if _exporting:
+            attributes = None if self._attributes is None else self._attributes()
+            self._recorded = tracer.start_as_current_span(
+                self._name,
+                context=context_from_headers(self._headers),
+                kind=self._kind,
+                attributes=attributes,
+            )
+            self._recorded.__enter__()
+            return
+        span = NonRecordingSpan(_child_of(self._headers))
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._recorded is not None:
+            self._recorded.__exit__(kind, error, traceback)
+        else:
+            otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 def headers_with_trace(
@@ -134,6 +162,29 @@ def headers_with_trace(
 def _parent(headers: Sequence[tuple[str, bytes]] | None) -> SpanContext | None:
     """The `traceparent` (and `tracestate`) of `headers`, W3C Trace Context level 1: version
     00 (or a later one read as 00), non-zero ids; None when absent or malformed."""
+    read = _read(headers)
+    if read is None:
+        return None
+    trace_id, span_id, flags, state = read
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=state)
+
+
+def _child_of(headers: Sequence[tuple[str, bytes]] | None) -> SpanContext:
+    """A new span's context under the parent in `headers`, or the root of a new trace (not
+    sampled: nothing records it)."""
+    read = _read(headers)
+    span_id = random.getrandbits(64) or 1
+    if read is None:
+        return SpanContext(random.getrandbits(128) or 1, span_id, is_remote=False)
+    trace_id, _, flags, state = read
+    return SpanContext(trace_id, span_id, is_remote=False, trace_flags=flags, trace_state=state)
+
+
+def _read(
+    headers: Sequence[tuple[str, bytes]] | None,
+) -> tuple[int, int, TraceFlags, TraceState | None] | None:
+    """`_parent`'s fields, unwrapped: a child's context is made from them without building its
+    parent's first (each SpanContext is validated as it is made)."""
     traceparent = tracestate = None
     for name, value in headers or ():
         if name == "traceparent":
@@ -151,24 +202,6 @@ def _parent(headers: Sequence[tuple[str, bytes]] | None) -> SpanContext | None:
     trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
     if not trace_id or not span_id:
         return None
-    flags = int(flags_hex, 16)
+    flags = TraceFlags(int(flags_hex, 16) & 1)
     state = TraceState.from_header([tracestate.decode("latin-1")]) if tracestate else None
-    return SpanContext(
-        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags & 1), trace_state=state
-    )
-
-
-def _child_of(headers: Sequence[tuple[str, bytes]] | None) -> SpanContext:
-    """A new span's context under the parent in `headers`, or the root of a new trace (not
-    sampled: nothing records it)."""
-    parent = _parent(headers)
-    span_id = random.getrandbits(64) or 1
-    if parent is None:
-        return SpanContext(random.getrandbits(128) or 1, span_id, is_remote=False)
-    return SpanContext(
-        parent.trace_id,
-        span_id,
-        is_remote=False,
-        trace_flags=parent.trace_flags,
-        trace_state=parent.trace_state,
-    )
+    return trace_id, span_id, flags, state

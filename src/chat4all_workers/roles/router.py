@@ -16,7 +16,9 @@ engine's keyed concurrency):
    `sent:` re-emits SENT and sends nothing; one that finds another worker's live lease waits
    (the engine holds back only that conversation); one that finds its own `failed:` emits
    FAILED again. A send whose outcome is unknown waits for the provider's word
-   (delivery/doubt.py).
+   (delivery/doubt.py). The marker's first look rides the window read's round trip: a send
+   free to go at once (an unpaced account, not paused) asks for its claim there, released if
+   the window refuses; a paced one reads the marker there.
 4. From its account, at the provider's pace and through its pauses (delivery/accounts.py,
    delivery/lanes.py): the message's `account` (or the channel's default) picks the lane; an
    unknown or disabled account FAILS that channel with no call. Each call waits for its slot of
@@ -53,7 +55,7 @@ from chat4all_workers.consuming import consume, dead_letter_record
 from chat4all_workers.delivery.failures import ChannelFailure, GivenUpError, dead_letter_reason
 from chat4all_workers.delivery.lanes import Lane
 from chat4all_workers.delivery.lease import Lease
-from chat4all_workers.delivery.markers import Claim, State, marker_key
+from chat4all_workers.delivery.markers import Asked, Claim, State, marker_key
 from chat4all_workers.delivery.outbound import Prepared
 from chat4all_workers.delivery.parts import Connect, Parts, RouterTuning, build_parts
 from chat4all_workers.delivery.send import Send, Verdict
@@ -106,6 +108,10 @@ class RouterSettings:
     # seen); the rest share `_other` (/readyz names every one).
     account_label_limit: int = 100
 
+
+# What a send learned of its marker with its window read (Router._ahead): a claim asked for, the
+# marker's GET, or nothing yet.
+Ahead = Asked | asyncio.Future[Any] | None
 
 # The provider's answers a progress line shows per channel (channel_requests_total outcomes).
 _REPORTED_OUTCOMES = ("sent", "throttled", "paused")
@@ -197,19 +203,26 @@ class Router:
         failures: list[ChannelFailure],
         past: History,
     ) -> None:
-        admitted = await self._admit(message, channel, prepared)
+        key = self.ctx.resources.redis_key(marker_key(message.message_id, channel))
+        admitted = await self._admit(message, channel, prepared, key)
         if isinstance(admitted, PermanentError):
             await self.outcomes.failed(message, ChannelFailure(channel, admitted, 0), failures)
             return
-        lane, outbound = admitted
-        key = self.ctx.resources.redis_key(marker_key(message.message_id, channel))
+        lane, outbound, ahead = admitted
         send = Send(message, channel, lane, key, origin, outbound, failures, past.attempts)
         if past.throttled_since is not None:  # the copy's throttle deadline runs from the first
             send.throttled_since = time.monotonic() - max(0.0, time.time() - past.throttled_since)
+        asked = ahead if isinstance(ahead, Asked) else None
+        if asked is not None and (lane.paced or lane.pause.paused or lane.retired is not None):
+            # The account paused or changed while the window was read: no lease held through
+            # the wait; the claim is asked again when the send's turn comes.
+            await self.leases.withdraw(asked)
+            asked = None
         if lane.paced:
             # A redelivered message already sent (or being sent, or given up on) waits for no
             # slot of the pace.
-            seen = await self.leases.markers.peek(key, origin)
+            looked = None if isinstance(ahead, Asked) else ahead
+            seen = await self.leases.markers.peek(key, origin, looked=looked)
             if seen is not None:
                 await self._not_ours(send, seen)
                 return
@@ -221,11 +234,12 @@ class Router:
                 await self.outcomes.give_up(send, None, lane.retired, 0)
                 return
             try:
-                verdict = await self._round(send, probe=probe)
+                verdict = await self._round(send, probe=probe, asked=asked)
             except BaseException:
                 if probe:
                     lane.pause.probe_done()
                 raise
+            asked = None
             # An account-class answer for a message the account was shown to send around: the
             # message's problem (the probe, if it was one, proved the account works).
             refused = lane.refused_again(send) if verdict is Verdict.ACCOUNT else None
@@ -249,31 +263,55 @@ class Router:
             return
 
     async def _admit(
-        self, message: Message, channel: str, prepared: Prepared
-    ) -> tuple[Lane, OutboundMessage] | PermanentError:
-        """The account that sends it and what is sent, or why nothing may be sent on this
-        channel (no such account, a disabled one, the content, a closed window): no call."""
+        self, message: Message, channel: str, prepared: Prepared, key: str
+    ) -> tuple[Lane, OutboundMessage, Ahead] | PermanentError:
+        """The account that sends it, what is sent, and the marker's first look (`_ahead`); or
+        why nothing may be sent on this channel (no such account, a disabled one, the content,
+        a closed window): no call."""
         lane = await self.accounts.lane(channel, message.account(channel))
         if isinstance(lane, PermanentError):
             return lane
         outbound = prepared[channel]
         if isinstance(outbound, PermanentError):
             return outbound
-        admitted = await self.windows.admit(
-            channel, lane.account.provider_id, outbound, human_agent=message.human_agent
-        )
-        return admitted if isinstance(admitted, PermanentError) else (lane, admitted)
+        ahead = self._ahead(lane, key)
+        try:
+            admitted = await self.windows.admit(
+                channel, lane.account.provider_id, outbound, human_agent=message.human_agent
+            )
+        except BaseException:
+            if isinstance(ahead, Asked):
+                await self.leases.withdraw_on_the_way_out(ahead)
+            raise
+        if isinstance(admitted, PermanentError):
+            if isinstance(ahead, Asked):
+                await self.leases.withdraw(ahead)
+            return admitted
+        return lane, admitted, ahead
 
-    async def _round(self, send: Send, *, probe: bool) -> Verdict:
-        """Wait for a slot, claim the send, and try it; the verdict says what the channel
-        learned."""
+    def _ahead(self, lane: Lane, key: str) -> Ahead:
+        """The marker's first look, issued now so that it rides the window read's round trip:
+        a send free to go at once (an unpaced account, not paused) asks for its claim; a paced
+        one reads the marker (its peek)."""
+        if lane.paced:
+            return self.leases.markers.look(key)
+        if lane.pause.paused or lane.retired is not None:
+            return None
+        return self.leases.markers.ask(key)
+
+    async def _round(self, send: Send, *, probe: bool, asked: Asked | None = None) -> Verdict:
+        """Wait for a slot, claim the send (`asked`: the claim asked for with the window read,
+        in the first round of an unpaced account), and try it; the verdict says what the
+        channel learned."""
         lane = send.lane
         waited = await lane.slot(send.outbound, probe=probe)
         if waited is None or (lane.pause.paused and not probe) or lane.retired is not None:
+            if asked is not None:
+                await self.leases.withdraw(asked)
             return Verdict.HELD  # the account paused (or was disabled) while it waited
         if lane.paced:
             self.ctx.metrics.channel_pacing_wait.observe({"channel": send.channel}, waited)
-        claim = await self.leases.claim(send.key, send.origin)
+        claim = await self.leases.claim(send.key, send.origin, asked=asked)
         if claim.state is not State.CLAIMED and claim.state is not State.ORPHANED:
             await self._not_ours(send, claim)
             return Verdict.OTHER
