@@ -39,6 +39,29 @@ async def test_leases_mark_sent_records_the_providers_id_and_settles_the_lease(
     assert await rig.index.lookup("whatsapp", ["wamid.1"]) == {}  # WhatsApp echoes our ids
 
 
+async def test_leases_mark_sent_is_on_its_way_before_it_is_awaited(
+    delivery: RigFactory,
+) -> None:
+    """The router produces the SENT while Redis records the mark: the mark is written without
+    being awaited; a caller that fails first closes it, and the way out records it (settled)."""
+    rig = await delivery()
+    send = rig.send()
+    lease = await rig.claim(send)
+
+    marking = rig.leases.mark_sent(lease, "wamid.2", channel="whatsapp", ref=send.ref)
+
+    async def marked() -> bool:
+        return (await rig.marker(send)).kind is Kind.SENT
+
+    await eventually(marked, timeout_s=5, message="the mark written, not awaited")
+    marking.close()  # the caller failed before awaiting it (say, producing the SENT)
+    assert (lease.settled, lease.sent_as) == (False, "wamid.2")
+    handed_back = await rig.leases.settle_on_the_way_out(lease, channel="whatsapp", ref=send.ref)
+    marker = await rig.marker(send)
+    assert (handed_back, lease.settled) == (False, True)
+    assert (marker.kind, marker.provider_message_id) == (Kind.SENT, "wamid.2")
+
+
 async def test_leases_mark_sent_of_an_instagram_send_remembers_its_mid(
     delivery: RigFactory,
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -18,11 +19,14 @@ import aiohttp
 import asyncpg
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from miniopy_async.api import Minio
 
 from chat4all_workers.app import App
 from chat4all_workers.config import Settings
+from chat4all_workers.delivery.markers import marker_key
 from chat4all_workers.kafka.replay import ReplayFilter, replay_dlq
+from chat4all_workers.meta.windows import user_key
 from harness.deployment import Deployment
 from harness.topics import read_topic
 from harness.waiting import eventually
@@ -96,11 +100,15 @@ END = ("SENT", "FAILED")
 
 
 @contextlib.asynccontextmanager
-async def platform(deployment: Deployment, **mocks: Any) -> AsyncIterator[Platform]:
+async def platform(
+    deployment: Deployment, *, pace_per_s: float = 2000.0, **mocks: Any
+) -> AsyncIterator[Platform]:
+    """The mocks and the webhooks role, and a router whose accounts send at `pace_per_s` (0: an
+    unpaced account, whose sends claim their marker with their window read)."""
     settings = deployment.settings(
         mocks={**FAST, **QUICK_CALLBACKS, "windows": "open", **mocks},
-        whatsapp={"max_rate_per_s": 2000.0, "pair_burst": 0},
-        instagram={"max_rate_per_s": 2000.0, "media_rate_per_s": 0.0},
+        whatsapp={"max_rate_per_s": pace_per_s, "pair_burst": 0},
+        instagram={"max_rate_per_s": pace_per_s, "media_rate_per_s": 0.0},
         router={"retry_base_s": 0.01, "retry_cap_s": 0.05, "in_doubt_window_s": 30.0},
     )
     roles = ["whatsapp_mock", "instagram_mock", "webhooks"]
@@ -192,6 +200,45 @@ async def test_windows_fail_outside_users_after_one_call_and_send_the_rest_once(
     assert sent >= {d["message_id"] for d in docs if d not in closed_docs} | {
         template["message_id"]
     }
+
+
+@pytest.mark.parametrize("pace_per_s", [0.0, 2000.0], ids=["unpaced", "paced"])
+async def test_a_window_known_closed_fails_its_messages_with_no_call_and_no_lease_left(
+    deployment: Deployment, pace_per_s: float
+) -> None:
+    """A user who last wrote 30 h ago: each of 20 messages FAILED window_closed with no call,
+    and its dedup marker is left absent. An unpaced account's send asks for its claim in the
+    window read's round trip: refused by the window, the claim is released; a paced one only
+    reads the marker there."""
+    user = "+5511988887777"
+    docs = [message(9, "whatsapp", user, f"late #{k}") for k in range(20)]
+    async with platform(deployment, pace_per_s=pace_per_s, windows="enforce") as run:
+        redis = aioredis.from_url(deployment.stack.redis_url)
+        try:
+            account = run.settings.whatsapp.phone_number_id
+            window = (
+                f"{deployment.redis_prefix}window:whatsapp:{account}:{user_key('whatsapp', user)}"
+            )
+            wrote_ms = int((time.time() - 30 * 3600) * 1000)
+            await redis.set(window, str(wrote_ms), ex=3600)
+            await run.send(docs)
+            await eventually(lambda: run.ended(docs), timeout_s=30, message="every message")
+            markers = [
+                await redis.get(
+                    f"{deployment.redis_prefix}{marker_key(d['message_id'], 'whatsapp')}"
+                )
+                for d in docs
+            ]
+        finally:
+            await redis.aclose()
+        stats = await run.mock("whatsapp", "/__mock__/stats")
+        statuses, dead = await run.statuses(), await run.dead()
+
+    assert {s["new_status"] for s in statuses} == {"FAILED"}
+    assert {s["message_id"] for s in statuses} == {d["message_id"] for d in docs}
+    assert [d["dlq.error_type"] for d in dead] == ["window_closed"] * len(docs)
+    assert stats["requests"] == 0  # no call at all
+    assert markers == [None] * len(docs)
 
 
 async def test_gateway_504s_after_meta_took_the_message_send_nothing_twice(
