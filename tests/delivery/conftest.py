@@ -216,7 +216,13 @@ async def delivery(
                 redis, key=resources.redis_key, ttl_s=MARKER_TTL_S, pipe=markers.pipe
             )
             leases = Leases(ctx, markers, index)
-            outcomes = Outcomes(resources.kafka(), leases, topic=status_topic, metrics=metrics)
+            outcomes = Outcomes(
+                resources.kafka(),
+                leases,
+                topic=status_topic,
+                metrics=metrics,
+                spawn=resources.spawn(),
+            )
             doubts = Doubts(
                 ctx,
                 leases,

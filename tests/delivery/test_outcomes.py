@@ -3,6 +3,9 @@ FAILED status update, its end in the marker when it is given up on, and the coun
 
 from __future__ import annotations
 
+import asyncio
+
+import orjson
 import pytest
 
 from chat4all_workers.delivery.failures import ChannelFailure
@@ -38,6 +41,30 @@ async def test_outcomes_sent_emits_sent_with_the_providers_id_keyed_by_conversat
     assert (update.channel, update.status) == ("whatsapp", "SENT")
     assert update.details == {"provider_message_id": "wamid.1"}
     assert rig.processed("sent") == 1
+
+
+async def test_outcomes_sent_while_kafkas_breaker_is_open_is_parked_in_the_fallback_list(
+    delivery: RigFactory,
+) -> None:
+    """The statuses go with the others of their loop iteration in one call; refused by the
+    open breaker, nothing was handed to Kafka, so each is parked in Redis for the backfill."""
+    rig = await delivery()
+    sends = [rig.send(conversation=n) for n in (41, 42)]
+    breaker = rig.ctx.resources.kafka().breaker
+    breaker.record_failure(count=breaker.failure_threshold)
+
+    await asyncio.gather(*(rig.outcomes.sent(s, f"wamid.{n}") for n, s in enumerate(sends)))
+
+    queue = rig.ctx.resources.redis_key(rig.ctx.settings.fallback.queue_key)
+    parked = [orjson.loads(e) for e in await rig.redis.lrange(queue, 0, -1)]
+    assert await read_topic(rig.stack, rig.status_topic) == []
+    assert [(e["topic"], e["key"]) for e in parked] == [
+        (rig.status_topic, "conversation:41"),
+        (rig.status_topic, "conversation:42"),
+    ]
+    assert [e["value"]["new_status"] for e in parked] == ["SENT", "SENT"]
+    assert [e["value"]["message_id"] for e in parked] == [s.message.message_id for s in sends]
+    assert rig.processed("sent") == 2
 
 
 async def test_outcomes_sent_of_a_redelivery_counts_a_duplicate(delivery: RigFactory) -> None:

@@ -93,7 +93,11 @@ def build_parts(
     )
     leases = Leases(ctx, markers, index)
     outcomes = Outcomes(
-        resources.kafka(), leases, topic=settings.topics.message_status_updates, metrics=ctx.metrics
+        resources.kafka(),
+        leases,
+        topic=settings.topics.message_status_updates,
+        metrics=ctx.metrics,
+        spawn=resources.spawn(),
     )
     doubt = DoubtSettings(tuning.in_doubt_window_s, tuning.on_unknown_outcome, tuning.max_attempts)
     doubts = Doubts(ctx, leases, outcomes, settings=doubt, channels=CHANNELS)

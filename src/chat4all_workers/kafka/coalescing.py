@@ -1,10 +1,11 @@
 """Records that concurrent callers produce in one event-loop iteration, sent in one call.
 
-Why: the webhooks role produces the one or few records of each request, and many requests are in
-flight at once. One `Producer.send_each` per request costs a task, a shield, a timer and the
-call's bookkeeping for a single record: measured in-process (64 concurrent callers, one record
-each, the shared devstack broker) 76-86 us of CPU per record, against 53-58 us when the records
-of one loop iteration go out in one call (batching.py, as autopipeline.py does for Redis commands).
+Why: the webhooks role produces the one or few records of each request, and the router one status
+per send, with many requests or sends in flight at once. One `Producer.send_each` per request costs
+a task, a shield, a timer and the call's bookkeeping for a single record: measured in-process (64
+concurrent callers, one record each, the shared devstack broker) 76-86 us of CPU per record, against
+53-58 us when the records of one loop iteration go out in one call (batching.py, as autopipeline.py
+does for Redis commands).
 
 Each caller gets a future of its own records' outcomes (a Delivery, RetryableError or
 PermanentError each, in order), or the call's CircuitOpenError; it may stop waiting (a timeout, a

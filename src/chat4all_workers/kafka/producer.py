@@ -332,6 +332,12 @@ class Producer:
             return False
         return True
 
+    async def park(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
+        """Park records that were never handed to Kafka in the fallback list, as a `fallback`
+        send does with them (a caller that sent them through another path: kafka/coalescing.py).
+        Needs `fallback_sink`."""
+        return await self._park(records)
+
     async def _park(self, records: Sequence[OutgoingRecord]) -> list[Delivery]:
         assert self.fallback_sink is not None
         for r in records:
