@@ -62,6 +62,25 @@ async def test_leases_mark_sent_is_on_its_way_before_it_is_awaited(
     assert (marker.kind, marker.provider_message_id) == (Kind.SENT, "wamid.2")
 
 
+async def test_leases_withdraw_releases_a_claim_asked_ahead_and_nothing_else(
+    delivery: RigFactory,
+) -> None:
+    """A claim asked for with the window read (`SendMarkers.ask`) whose send goes no further:
+    withdrawn, ours is released; one that found another worker's lease leaves it alone."""
+    rig = await delivery()
+    ours, theirs = rig.send(), rig.send()
+    await rig.redis.set(theirs.key, "lease:other:9999999999.000", ex=60)
+
+    asked_ours = rig.markers.ask(ours.key)
+    asked_theirs = rig.markers.ask(theirs.key)
+    await rig.leases.withdraw(asked_ours)
+    await rig.leases.withdraw_on_the_way_out(asked_theirs)
+
+    assert (await asked_ours.reply, await asked_theirs.reply) == (b"OK", None)
+    assert await rig.redis.get(ours.key) is None
+    assert await rig.redis.get(theirs.key) == b"lease:other:9999999999.000"
+
+
 async def test_leases_mark_sent_of_an_instagram_send_remembers_its_mid(
     delivery: RigFactory,
 ) -> None:

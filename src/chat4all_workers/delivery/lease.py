@@ -109,10 +109,13 @@ class Leases:
         await self.release(Lease(asked.key, asked.lease))
 
     async def withdraw_on_the_way_out(self, asked: Asked) -> None:
-        """`withdraw`, time-boxed and best effort (cancelled, stopping, an outage)."""
-        await self.settle_on_the_way_out(
-            Lease(asked.key, asked.lease), channel="", ref=MessageRef("", 0)
-        )
+        """`withdraw`, time-boxed and best effort (cancelled, stopping, an outage): a lease
+        left behind expires, and its next owner waits for the provider's word first."""
+        try:
+            async with asyncio.timeout(_SETTLE_S):
+                await self.markers.release(asked.key, asked.lease)
+        except TRANSIENT_ERRORS as exc:
+            log.warning("could not release the send lease %s on the way out: %r", asked.key, exc)
 
     async def renew(self, lease: Lease) -> Marker | None:
         """Renew the lease before another attempt: None when renewed; else it is not ours any

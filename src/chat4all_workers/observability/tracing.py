@@ -15,6 +15,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import Token
 from types import TracebackType
 
 from opentelemetry import context as otel_context
@@ -111,7 +112,7 @@ class RecordSpan:
         self._name, self._headers, self._kind = name, headers, kind
         self._attributes = attributes
         self._recorded: contextlib.AbstractContextManager[trace.Span] | None = None
-        self._token: object = None
+        self._token: Token[otel_context.Context] | None = None
 
     def __enter__(self) -> None:
         if _exporting:
@@ -135,8 +136,8 @@ class RecordSpan:
     ) -> None:
         if self._recorded is not None:
             self._recorded.__exit__(kind, error, traceback)
-        else:
-            otel_context.detach(self._token)  # type: ignore[arg-type]
+        elif self._token is not None:
+            otel_context.detach(self._token)
 
 
 def headers_with_trace(
