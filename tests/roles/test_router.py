@@ -271,6 +271,68 @@ async def test_router_handler_bug_on_one_record_lets_the_other_sends_finish_then
     assert await dead_letters(deployment) == []  # no delivery_unknown, nothing else either
 
 
+async def test_router_holds_no_lease_for_a_send_whose_account_paused_during_its_window_read(
+    deployment: Deployment,
+) -> None:
+    """An unpaced account's send asks for its claim with its window read. The account pauses
+    while that read is in flight (here: as it returns): the claim is released, so no lease is
+    held while the send waits for the pause to end; the probe then sends it, once."""
+    doc = message(3, "paused while its window was read")
+    key = f"{deployment.redis_prefix}message:dedup:{doc['message_id']}:whatsapp"
+    lanes: list[Any] = []
+
+    async def run_router_pausing(ctx: RoleContext) -> None:
+        router = build_router(ctx)
+        admit = router.windows.admit
+
+        async def admit_then_pause(
+            channel: str, account: str, outbound: Any, *, human_agent: bool
+        ) -> Any:
+            admitted = await admit(channel, account, outbound, human_agent=human_agent)
+            (lane,) = [lane for lane in router.accounts.lanes() if lane.channel == channel]
+            if not lanes:  # the first send only
+                assert not lane.paced  # the case under test: its claim was asked already
+                lanes.append(lane)
+                lane.pause.pause("paused by the test", label="test", probe=False)
+            return admitted
+
+        router.windows.admit = admit_then_pause  # type: ignore[method-assign]
+        await consume(ctx, topic=ctx.settings.topics.message_processing, handler=router.handle)
+
+    pausing = dataclasses.replace(REGISTRY["router"], run=run_router_pausing)
+    redis = aioredis.from_url(deployment.stack.redis_url)
+    try:
+        async with FakeChannelApi(latency_s=0.0) as channel:
+            settings = deployment.settings(
+                whatsapp={"base_url": channel.base_url, "max_rate_per_s": 0.0, "pair_burst": 0},
+                router={"pause_probe_base_s": 2.0},
+            )
+            async with App(settings, roles=[pausing], serve_http=False) as app:
+                await app.wait_ready(30)
+                await produce(
+                    deployment.stack, deployment.topics["message_processing"], [record(doc)]
+                )
+                await eventually(
+                    lambda: bool(lanes) and lanes[0].pause.held == 1,
+                    timeout_s=30,
+                    message="the send held by the pause",
+                )
+                held_marker = await redis.get(key)
+                await eventually(
+                    lambda: channel.texts() == [doc["payload"]["content"]],
+                    timeout_s=30,
+                    message="the send goes as the probe",
+                )
+        marker = await redis.get(key)
+    finally:
+        await redis.aclose()
+
+    assert held_marker is None  # no lease while it waited
+    assert channel.texts() == [doc["payload"]["content"]]  # once
+    assert isinstance(marker, bytes)
+    assert marker.startswith(b"sent:")
+
+
 async def test_router_waits_for_a_redis_connection_when_more_sends_are_in_flight(
     deployment: Deployment,
 ) -> None:
