@@ -89,7 +89,7 @@ class Outcomes:
             details=details,
         )
         # With the statuses of the other sends of this loop iteration, in one call: a call of
-        # its own per status cost the router about 6 us a message in the call's bookkeeping.
+        # its own per status cost 25-31 us of CPU against 19-22 us (500 at once, in-process).
         outcome: SendOutcome
         try:
             (outcome,) = await self._coalescer.send_each([record])
