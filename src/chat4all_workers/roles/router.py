@@ -212,20 +212,10 @@ class Router:
         send = Send(message, channel, lane, key, origin, outbound, failures, past.attempts)
         if past.throttled_since is not None:  # the copy's throttle deadline runs from the first
             send.throttled_since = time.monotonic() - max(0.0, time.time() - past.throttled_since)
-        asked = ahead if isinstance(ahead, Asked) else None
-        if asked is not None and (lane.paced or lane.pause.paused or lane.retired is not None):
-            # The account paused or changed while the window was read: no lease held through
-            # the wait; the claim is asked again when the send's turn comes.
-            await self.leases.withdraw(asked)
-            asked = None
-        if lane.paced:
-            # A redelivered message already sent (or being sent, or given up on) waits for no
-            # slot of the pace.
-            looked = None if isinstance(ahead, Asked) else ahead
-            seen = await self.leases.markers.peek(key, origin, looked=looked)
-            if seen is not None:
-                await self._not_ours(send, seen)
-                return
+        asked = await self._after_window(send, ahead)
+        if isinstance(asked, Claim):
+            await self._not_ours(send, asked)
+            return
         while True:
             probe = await lane.turn()
             if lane.retired is not None:  # disabled or removed while this send waited
@@ -289,15 +279,30 @@ class Router:
             return admitted
         return lane, admitted, ahead
 
+    async def _after_window(self, send: Send, ahead: Ahead) -> Asked | Claim | None:
+        """What the first look leaves the send, now that its window let it go: the claim asked
+        for, still wanted; a marker that says the send is not ours to make (a paced send's
+        peek: a redelivered message already sent, being sent or given up on waits for no slot
+        of the pace); or None, the claim to be asked in the send's turn."""
+        lane = send.lane
+        if isinstance(ahead, Asked):
+            if _goes_at_once(lane):
+                return ahead
+            # The account paused or changed while the window was read: no lease held through
+            # the wait; the claim is asked again when the send's turn comes.
+            await self.leases.withdraw(ahead)
+            ahead = None
+        if not lane.paced:
+            return None
+        return await self.leases.markers.peek(send.key, send.origin, looked=ahead)
+
     def _ahead(self, lane: Lane, key: str) -> Ahead:
         """The marker's first look, issued now so that it rides the window read's round trip:
         a send free to go at once (an unpaced account, not paused) asks for its claim; a paced
         one reads the marker (its peek)."""
         if lane.paced:
             return self.leases.markers.look(key)
-        if lane.pause.paused or lane.retired is not None:
-            return None
-        return self.leases.markers.ask(key)
+        return self.leases.markers.ask(key) if _goes_at_once(lane) else None
 
     async def _round(self, send: Send, *, probe: bool, asked: Asked | None = None) -> Verdict:
         """Wait for a slot, claim the send (`asked`: the claim asked for with the window read,
@@ -357,6 +362,11 @@ class Router:
             "another worker is sending this message",
             retry_after_s=max(0.5, claim.retry_after_s),
         )
+
+
+def _goes_at_once(lane: Lane) -> bool:
+    """A send on `lane` waits for nothing before its claim: no pace, no pause, not retired."""
+    return not (lane.paced or lane.pause.paused or lane.retired is not None)
 
 
 def build_router(
