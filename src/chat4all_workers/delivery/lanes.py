@@ -143,6 +143,8 @@ class Lane:
         """Wait for this call's slot of the account's pace (and first of its slow-media pace,
         for audio and video where the channel paces them apart): the seconds waited, or None
         once the account paused meanwhile (unless this is the probe)."""
+        if not self.paced:  # what both pacers would answer, without their calls: most sends
+            return 0.0
         wanted = self.wanted(probe)
         waited = 0.0
         media = self._media_pacer(outbound)

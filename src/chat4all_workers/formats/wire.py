@@ -161,12 +161,22 @@ class Fields:
     """The fields of one JSON object, read with their rules; every problem is kept, under the
     field's path (`payload.content`), and `done()` raises them all as one InvalidRecordError."""
 
+    __slots__ = ("_name", "_parent", "doc", "problems")
+
     def __init__(
-        self, doc: Mapping[str, Any], problems: list[str] | None = None, where: str = ""
+        self,
+        doc: Mapping[str, Any],
+        problems: list[str] | None = None,
+        *,
+        parent: Fields | None = None,
+        name: str = "",
     ) -> None:
+        """`parent` and `name`: a nested object's place, made into its path only when one of
+        its fields has a problem (a record read without one never builds a path)."""
         self.doc = doc
         self.problems = problems if problems is not None else []
-        self._where = where  # this object's own path; "" for the record
+        self._parent = parent
+        self._name = name
 
     def done(self) -> None:
         if self.problems:
@@ -175,7 +185,11 @@ class Fields:
             raise InvalidRecordError("; ".join(shown) + (f"; and {more} more" if more else ""))
 
     def path(self, name: str) -> str:
-        return _child(self._where, name)
+        return _child(self._where(), name)
+
+    def _where(self) -> str:
+        """This object's own path; "" for the record."""
+        return "" if self._parent is None else self._parent.path(self._name)
 
     def problem(self, name: str, what: str) -> None:
         self.problem_at(self.path(name), what)
@@ -188,13 +202,21 @@ class Fields:
         """The raw value; a required field that is absent (or null) is a problem."""
         value = self.doc.get(name)
         if value is None and required:
-            self.problem(name, "missing" if name not in self.doc else "must not be null")
+            self._absent(name)
         return value
 
+    def _absent(self, name: str) -> None:
+        self.problem(name, "missing" if name not in self.doc else "must not be null")
+
     def _typed(self, name: str, kind: type[T], what: str, *, required: bool) -> T | None:
-        """The raw value when it is a `kind`; anything else is a problem (`must be {what}`)."""
-        value = self.get(name, required=required)
-        if value is None or isinstance(value, kind):
+        """The raw value when it is a `kind`; anything else is a problem (`must be {what}`).
+        (`get` written out: read for nearly every field of every record.)"""
+        value = self.doc.get(name)
+        if value is None:
+            if required:
+                self._absent(name)
+            return None
+        if isinstance(value, kind):
             return value
         self.problem(name, f"must be {what}, got {describe(value)}")
         return None
@@ -283,7 +305,7 @@ class Fields:
     def object(self, name: str, *, required: bool = True) -> Fields | None:
         """A nested object, read with the same rules; its problems join this record's."""
         value = self._typed(name, dict, "an object", required=required)
-        return None if value is None else Fields(value, self.problems, where=self.path(name))
+        return None if value is None else Fields(value, self.problems, parent=self, name=name)
 
     def storable(self, name: str, *, required: bool = False) -> dict[str, Any] | None:
         """A free-form object stored as jsonb: any content, except what PostgreSQL refuses

@@ -74,6 +74,8 @@ def _closed_reason(channel: str, human_agent: bool, age_s: float | None, closed:
 def user_key(channel: str, user: str) -> str:
     """A user as the window knows them: WhatsApp's wa_id is the number's digits (our recipients
     carry a '+', Meta's webhooks do not); an Instagram-scoped id as it is."""
-    if channel == "whatsapp":
-        return "".join(c for c in user if c.isdigit())
-    return user
+    if channel != "whatsapp":
+        return user
+    if user.isdigit() or (user[1:].isdigit() and user.startswith("+")):  # as most are written
+        return user.lstrip("+")
+    return "".join(c for c in user if c.isdigit())
