@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator
 
 import orjson
 import pytest
+from opentelemetry import trace
 
 from chat4all_workers.background import Background
 from chat4all_workers.errors import CircuitOpenError
 from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
+from chat4all_workers.observability.tracing import RecordSpan
 from harness.deployment import settings_for
 from harness.stack import StackEndpoints
 from harness.topics import read_topic
@@ -71,3 +73,36 @@ async def test_an_open_breaker_reaches_every_caller(
     )
 
     assert all(isinstance(r, CircuitOpenError) for r in results), results
+
+
+async def test_each_record_carries_its_own_callers_trace(
+    stack: StackEndpoints,
+    kafka_topic: KafkaTopicFactory,
+    producer: Producer,
+    background: Background,
+) -> None:
+    topic = await kafka_topic(partitions=1)
+    coalescer = ProduceCoalescer(producer, spawn=background.spawn)
+    parents = {n: f"00-{n + 1:032x}-{n + 1:016x}-01".encode() for n in range(3)}
+
+    async def caller(n: int) -> None:
+        """Handling a record of trace n + 1 (the last caller: a record without a trace)."""
+        headers = [("traceparent", parents[n])] if n < 2 else []
+        with RecordSpan("handle", headers, kind=trace.SpanKind.CONSUMER):
+            (outcome,) = await coalescer.send_each(
+                [OutgoingRecord(topic, orjson.dumps({"n": n}), b"k", [("h", b"v")])]
+            )
+            assert isinstance(outcome, Delivery)
+
+    # One loop iteration, one producer call, run in a task the first caller's span spawned.
+    await asyncio.gather(*(caller(n) for n in range(3)))
+
+    traces = {}
+    for record in await read_topic(stack, topic):
+        headers = dict(record.headers)
+        assert headers["h"] == b"v"
+        traceparent = headers.get("traceparent", b"")
+        traces[orjson.loads(record.value)["n"]] = traceparent[3:35]
+    assert traces[0] == b"%032x" % 1
+    assert traces[1] == b"%032x" % 2
+    assert traces[2] not in (traces[0], traces[1])  # a trace of its own, not a neighbour's

@@ -18,15 +18,11 @@ never handed over, and their callers send them again.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import Sequence
-
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 
 from chat4all_workers.background import Spawn
 from chat4all_workers.batching import IterationBatcher
-from chat4all_workers.kafka.producer import OutgoingRecord, Producer, SendOutcome
+from chat4all_workers.kafka.producer import OutgoingRecord, Producer, SendOutcome, with_trace
 
 _Waiting = tuple[Sequence[OutgoingRecord], asyncio.Future[list[SendOutcome]]]
 
@@ -41,14 +37,8 @@ class ProduceCoalescer:
         """The outcome of each of `records`, sent with the others of this loop iteration."""
         loop = asyncio.get_running_loop()
         outcomes: asyncio.Future[list[SendOutcome]] = loop.create_future()
-        if trace.get_current_span().get_span_context().is_valid:
-            # The call runs in a task of its own: each record keeps its caller's trace.
-            current = otel_context.get_current()
-            records = [
-                r if r.context is not None else dataclasses.replace(r, context=current)
-                for r in records
-            ]
-        self._batcher.add((records, outcomes))
+        # The call runs in a task of its own: each record keeps its caller's trace.
+        self._batcher.add(([with_trace(r) for r in records], outcomes))
         return outcomes
 
     async def _send(self, batch: list[_Waiting]) -> None:

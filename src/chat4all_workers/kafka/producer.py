@@ -58,6 +58,7 @@ from chat4all_workers.observability.tracing import (
     KafkaHeaders,
     context_from_headers,
     headers_with_trace,
+    kafka_injects_trace,
     tracer,
 )
 
@@ -72,6 +73,9 @@ class OutgoingRecord:
     headers: KafkaHeaders = field(default_factory=list)
     # The trace context to inject (a span per event, see roles/outbox.py); else the current one.
     context: otel_context.Context | None = None
+    # The headers carry the trace context already (put there where the record was made, by
+    # `with_trace`): sent as they are, whatever context the sending task runs in.
+    traced: bool = False
 
 
 @dataclass(frozen=True)
@@ -112,10 +116,29 @@ def fallback_envelope(record: OutgoingRecord) -> bytes:
             # With its trace context, which the backfill continues when it sends it on.
             "headers": {
                 k: v.decode("latin-1")
-                for k, v in headers_with_trace(record.headers, context=record.context)
+                for k, v in (
+                    record.headers
+                    if record.traced
+                    else headers_with_trace(record.headers, context=record.context)
+                )
             },
         }
     )
+
+
+def with_trace(record: OutgoingRecord) -> OutgoingRecord:
+    """`record` carrying the current trace context (or its own `context`'s) in its headers, so
+    that a task running in another context sends it under its maker's trace
+    (kafka/coalescing.py). Under the aiokafka instrumentation, which injects its send span's
+    context where the record is handed over, the context itself goes with the record instead."""
+    if record.traced:
+        return record
+    if kafka_injects_trace():
+        if record.context is not None:
+            return record
+        return dataclasses.replace(record, context=otel_context.get_current())
+    headers = headers_with_trace(record.headers, context=record.context)
+    return OutgoingRecord(record.topic, record.value, record.key, headers, traced=True)
 
 
 @contextlib.contextmanager
@@ -271,6 +294,7 @@ class Producer:
                     await _settled(future)  # never abandoned: the client's verdict is final
         finally:
             call.over = True
+            self._hand_back(call.futures)
         outcomes: list[SendOutcome] = [_outcome(f) for f in call.futures]
         answered = len(outcomes) > 0
         if refused is not None:
@@ -303,20 +327,39 @@ class Producer:
             )  # fmt: skip
 
     async def _append(self, record: OutgoingRecord) -> asyncio.Future[RecordMetadata]:
-        token = None if record.context is None else otel_context.attach(record.context)
-        try:
+        if record.traced:
             future: asyncio.Future[RecordMetadata] = await self._client.send(
-                record.topic,
-                record.value,
-                key=record.key,
-                headers=headers_with_trace(record.headers),
+                record.topic, record.value, key=record.key, headers=record.headers
             )
-        finally:
-            if token is not None:
-                otel_context.detach(token)
+        else:
+            token = None if record.context is None else otel_context.attach(record.context)
+            try:
+                future = await self._client.send(
+                    record.topic,
+                    record.value,
+                    key=record.key,
+                    headers=headers_with_trace(record.headers),
+                )
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
         self._unacknowledged += 1
-        future.add_done_callback(self._acknowledged)
         return future
+
+    def _hand_back(self, futures: Sequence[asyncio.Future[RecordMetadata]]) -> None:
+        """A call is over: its records with a verdict are no longer unacknowledged (their
+        errors read, or asyncio would log them), and those without one (the caller cancelled)
+        stop counting when theirs comes. Counted here rather than by a done callback on every
+        record: a callback is an event-loop turn per record."""
+        answered = 0
+        for future in futures:
+            if not future.done():
+                future.add_done_callback(self._acknowledged)
+                continue
+            answered += 1
+            if not future.cancelled():
+                future.exception()
+        self._unacknowledged -= answered
 
     def _acknowledged(self, future: asyncio.Future[RecordMetadata]) -> None:
         self._unacknowledged -= 1

@@ -140,6 +140,12 @@ class RecordSpan:
             otel_context.detach(self._token)
 
 
+def kafka_injects_trace() -> bool:
+    """Whether the aiokafka instrumentation injects each produced record's trace context (its
+    send span's) itself, from the context current where the record is handed to the client."""
+    return _kafka_instrumented
+
+
 def headers_with_trace(
     headers: Iterable[tuple[str, bytes]] = (), *, context: otel_context.Context | None = None
 ) -> KafkaHeaders:
