@@ -6,6 +6,7 @@ one test process without their counters colliding.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 
 import orjson
@@ -48,9 +49,38 @@ class Counter(collectors.Counter):
         self.add(labels, 1)
 
 
+class Buckets(histogram.Histogram):
+    """One series' buckets, as aioprometheus's aggregate keeps and shows them (`buckets`:
+    cumulative counts by upper bound, `sum`, `observations`), observed in one bisection: its own
+    `observe` adds one to every bucket at or above the value, a pass over all of them (1.3 us; the
+    router observes once a message, the webhooks role once a status). The counts are made
+    cumulative when read, at a scrape."""
+
+    @property
+    def buckets(self) -> dict[float, int]:
+        cumulative, total = {}, 0
+        for bound, count in zip(self._bounds, self._counts, strict=True):
+            total += count
+            cumulative[bound] = total
+        return cumulative
+
+    @buckets.setter
+    def buckets(self, empty: dict[float, int]) -> None:
+        """Set once, by aioprometheus's constructor (its checked bounds, ending with +Inf,
+        each counting 0)."""
+        self._bounds = list(empty)
+        self._counts = [0] * len(self._bounds)
+
+    def observe(self, value: float) -> None:
+        if value == value:  # a NaN falls in no bucket, as aioprometheus has it
+            self._counts[bisect.bisect_left(self._bounds, value)] += 1
+        self.sum += value
+        self.observations += 1
+
+
 class Histogram(collectors.Histogram):
     """aioprometheus's Histogram, observed without its second key transform and label check
-    per observation (as Counter above)."""
+    per observation (as Counter above), into `Buckets`."""
 
     def add(self, labels: dict[str, str], value: float) -> None:  # type: ignore[override]
         key = orjson.dumps(labels, option=_KEY_OPTIONS) if labels else self.values.EMPTY_KEY
@@ -58,7 +88,7 @@ class Histogram(collectors.Histogram):
         aggregate = store.get(key)
         if aggregate is None:
             self._check_labels(labels)
-            aggregate = store[key] = histogram.Histogram(*self.upper_bounds)
+            aggregate = store[key] = Buckets(*self.upper_bounds)
         aggregate.observe(float(value))
 
     observe = add  # type: ignore[assignment]
