@@ -106,11 +106,13 @@ class Leases:
         (its window closed, its account paused while it was asked): released if it was taken,
         through an outage. Its reply is not waited for: the release follows it on the same
         connection, and removes only this lease."""
+        asked.reply.add_done_callback(retrieved)
         await self.release(Lease(asked.key, asked.lease))
 
     async def withdraw_on_the_way_out(self, asked: Asked) -> None:
         """`withdraw`, time-boxed and best effort (cancelled, stopping, an outage): a lease
         left behind expires, and its next owner waits for the provider's word first."""
+        asked.reply.add_done_callback(retrieved)
         try:
             async with asyncio.timeout(_SETTLE_S):
                 await self.markers.release(asked.key, asked.lease)

@@ -208,10 +208,11 @@ class SendMarkers:
     def ask(self, key: str) -> Asked:
         """A claim's `SET NX`, on its way when this returns: issued with another command of
         the send (its window read) it costs no round trip of its own; `claim(..., asked=)`
-        reads its reply. Asked and not claimed after all: `release` the lease."""
+        reads its reply. Asked and not claimed after all: `release` the lease, and read the
+        reply (`retrieved`) so that asyncio does not log an error reply nobody awaited (a
+        callback on every reply instead was an event-loop turn per send)."""
         lease = self._new_lease(f"{_PROCESS_TOKEN}{next(_lease_numbers):x}")
         reply = self.pipe.execute("SET", key, lease, "NX", "EX", self._ttl_s)
-        reply.add_done_callback(retrieved)  # read, even when the send goes no further
         return Asked(key, lease, reply)
 
     async def claim(self, key: str, origin: str, *, asked: Asked | None = None) -> Claim:
