@@ -107,6 +107,7 @@ from chat4all_workers.config import KafkaSettings, Settings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.admin import wait_for_leaders
+from chat4all_workers.kafka.partitioning import KeyPartitioner
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.roles import load_settings
@@ -542,8 +543,8 @@ async def send_and_report(
 
 async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
     """Records/s of the simplest at-least-once relay: getmany, produce a status per record (same
-    producer settings as the router's: acks=all, idempotent, linger 5 ms, kafka.max_batch_bytes),
-    await acks, commit."""
+    producer settings as the router's: acks=all, idempotent, linger 5 ms, kafka.max_batch_bytes,
+    the key's partition hashed once per key), await acks, commit."""
     consumer = AIOKafkaConsumer(
         s.topic("in"),
         bootstrap_servers=KAFKA,
@@ -557,6 +558,7 @@ async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
         enable_idempotence=True,
         linger_ms=5,
         max_batch_size=KafkaSettings().max_batch_bytes,  # the router's producer settings
+        partitioner=KeyPartitioner(),  # and its partitioner (murmur2 once per key)
     )
     await consumer.start()
     await producer.start()
@@ -654,8 +656,9 @@ async def library_floor(
     `SET NX` claims, then every record's POST through the same WhatsApp adapter and its status
     produce, awaited (concurrently, up to `max_in_flight` records), then one pipeline of `SET`
     marks: the Redis commands the router issues per message, through the router's own
-    auto-pipeline. No validation, no per-key order, no leases, retries, tracing, logging
-    context or metrics; offsets committed once at the end. What any router built on this I/O
+    auto-pipeline; the statuses on the router's producer settings and partitioner. No
+    validation, no per-key order, no leases, retries, tracing, logging context or metrics;
+    offsets committed once at the end. What any router built on this I/O
     code (ours for HTTP and Redis, aiokafka) pays at least: the router's own logic is the gap
     between this and the router.
     """
@@ -672,6 +675,7 @@ async def library_floor(
         enable_idempotence=True,
         linger_ms=5,
         max_batch_size=KafkaSettings().max_batch_bytes,  # the router's producer settings
+        partitioner=KeyPartitioner(),  # and its partitioner (murmur2 once per key)
     )
     redis = aioredis.Redis.from_url(REDIS)
     opened: list[AutoPipeline] = []  # its connection closed after the sends' owner

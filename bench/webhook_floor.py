@@ -12,13 +12,16 @@ no limits, timeouts, metrics, tracing, logging or accounts: an asyncio.Protocol 
 request parser, answering each request in the order it came. The work of all requests completed
 in one event-loop iteration goes out together: one Redis pipeline for their verdicts (through the
 role's own Redis path, the auto-pipeline on its connection: autopipeline.py), then their
-records handed to aiokafka's producer (acks=all, idempotent, linger 5 ms, as the role's) and
-their answers written once every ack of the iteration is in.
+records handed to aiokafka's producer (acks=all, idempotent, linger 5 ms, the key's partition
+hashed once per key: as the role's) and their answers written once every ack of the iteration is
+in.
 
 What it pays is what any server of this work pays on this I/O code (httptools, hmac, orjson,
 our Redis auto-pipeline, aiokafka) and this interpreter: the role's cost above it is its own.
-Until 2026-12-07 its verdicts went through redis-py's Pipeline, dearer than the role's path: a
-floor must do its I/O as cheaply as the role can, or the role's ratio to it flatters the role.
+Until 2026-12-07 its verdicts went through redis-py's Pipeline, dearer than the role's path, and
+until a later stop of that day its producer hashed every record's key (aiokafka's murmur2, in
+Python; the role remembers each key's): a floor must do its I/O as cheaply as the role can, or
+the role's ratio to it flatters the role.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.background import Background, Spawn
 from chat4all_workers.config import KafkaSettings
 from chat4all_workers.delivery.markers import _VERDICT
+from chat4all_workers.kafka.partitioning import KeyPartitioner
 
 _STATUSES = {"sent": "SENT", "delivered": "DELIVERED", "read": "READ", "failed": "FAILED"}
 _OK = b'{"ok":true}'
@@ -73,6 +77,7 @@ class Floor:
             enable_idempotence=True,
             linger_ms=5,
             max_batch_size=KafkaSettings().max_batch_bytes,  # the role's producer settings
+            partitioner=KeyPartitioner(),  # and its partitioner (murmur2 once per key)
         )
         self._sha = hashlib.sha1(_VERDICT.encode()).hexdigest()
         self._pending: list[tuple[_Conn, _Work]] = []
