@@ -13,7 +13,14 @@ import redis.exceptions as redis_errors
 from chat4all_workers.config import Settings
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Resources
-from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, is_outage, outlast_outages
+from chat4all_workers.role import (
+    RoleContext,
+    RoleReport,
+    RoleSpec,
+    describe_outage,
+    is_outage,
+    outlast_outages,
+)
 from harness.deployment import free_port
 from harness.waiting import eventually
 
@@ -123,6 +130,19 @@ def test_is_outage_knows_each_client_library_and_looks_inside_task_group_errors(
     assert is_outage(ExceptionGroup("tasks", [refused, redis_errors.TimeoutError("slow")]))
     assert not is_outage(ValueError("a bug"))
     assert not is_outage(ExceptionGroup("tasks", [refused, KeyError("a bug")]))
+
+
+def test_an_outage_of_a_task_group_is_described_by_its_own_errors() -> None:
+    refused = ConnectionRefusedError(111, "Connect call failed")
+    nested = ExceptionGroup("tasks", [ExceptionGroup("inner", [refused]), TimeoutError("slow")])
+
+    assert describe_outage(ExceptionGroup("tasks", [refused])) == (
+        "ConnectionRefusedError: [Errno 111] Connect call failed"
+    )
+    assert describe_outage(nested) == (
+        "ConnectionRefusedError: [Errno 111] Connect call failed (and 1 more)"
+    )
+    assert describe_outage(redis_errors.ConnectionError("gone")) == "ConnectionError: gone"
 
 
 async def test_outlast_outages_retries_an_outage_until_the_call_succeeds() -> None:

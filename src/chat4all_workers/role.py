@@ -158,14 +158,28 @@ async def outlast_outages(ctx: RoleContext, call: Callable[[], Awaitable[T]], *,
             delay = backoff_delay_s(attempt, base_s=_OUTAGE_BASE_S, cap_s=_OUTAGE_CAP_S)
             attempt += 1
             log.warning(
-                "%s: %s failed, a backing service looks unreachable (%s: %s); again in %.1fs",
+                "%s: %s failed, a backing service looks unreachable (%s); again in %.1fs",
                 ctx.name,
                 what,
-                type(exc).__name__,
-                exc,
+                describe_outage(exc),
                 delay,
             )
             await wait_event(ctx.stopping, timeout_s=delay)
+
+
+def describe_outage(exc: BaseException) -> str:
+    """The error an operator reads: a task group's own errors rather than the group ("unhandled
+    errors in a TaskGroup" names none of them), the first of them and how many more."""
+    errors = _leaves(exc)
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{type(first).__name__}: {first}{more}"
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
 
 
 def is_outage(exc: BaseException) -> bool:
