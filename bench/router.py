@@ -541,6 +541,20 @@ async def send_and_report(
     await producer.send_and_wait(topic, status, key=record.key)
 
 
+def routers_producer() -> AIOKafkaProducer:
+    """A producer on the router's settings (acks=all, idempotent, linger 5 ms,
+    kafka.max_batch_bytes) and its partitioner (murmur2 once per key): what the baselines produce
+    their statuses with."""
+    return AIOKafkaProducer(
+        bootstrap_servers=KAFKA,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
+        max_batch_size=KafkaSettings().max_batch_bytes,
+        partitioner=KeyPartitioner(),
+    )
+
+
 async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
     """Records/s of the simplest at-least-once relay: getmany, produce a status per record (same
     producer settings as the router's: acks=all, idempotent, linger 5 ms, kafka.max_batch_bytes,
@@ -552,14 +566,7 @@ async def bare_loop(s: Scratch, messages: int) -> tuple[float, CpuMeter]:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=KAFKA,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=KafkaSettings().max_batch_bytes,  # the router's producer settings
-        partitioner=KeyPartitioner(),  # and its partitioner (murmur2 once per key)
-    )
+    producer = routers_producer()
     await consumer.start()
     await producer.start()
     cpu = CpuMeter({"bench loop": os.getpid(), **service_pids()})
@@ -669,14 +676,7 @@ async def library_floor(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=KAFKA,
-        acks="all",
-        enable_idempotence=True,
-        linger_ms=5,
-        max_batch_size=KafkaSettings().max_batch_bytes,  # the router's producer settings
-        partitioner=KeyPartitioner(),  # and its partitioner (murmur2 once per key)
-    )
+    producer = routers_producer()
     redis = aioredis.Redis.from_url(REDIS)
     opened: list[AutoPipeline] = []  # its connection closed after the sends' owner
     prefix = s.redis_prefix(f"floor-{phase}")
