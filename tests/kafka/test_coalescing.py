@@ -12,7 +12,8 @@ from opentelemetry import trace
 from chat4all_workers.background import Background
 from chat4all_workers.errors import CircuitOpenError
 from chat4all_workers.kafka.coalescing import ProduceCoalescer
-from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
+from chat4all_workers.kafka.outgoing import OutgoingRecord
+from chat4all_workers.kafka.producer import Delivery, Producer
 from chat4all_workers.observability.tracing import RecordSpan
 from harness.deployment import settings_for
 from harness.stack import StackEndpoints

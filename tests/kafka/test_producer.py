@@ -18,7 +18,8 @@ import redis.asyncio as aioredis
 
 from chat4all_workers.errors import CircuitOpenError
 from chat4all_workers.kafka.breaker import BreakerState
-from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
+from chat4all_workers.kafka.outgoing import OutgoingRecord
+from chat4all_workers.kafka.producer import Delivery, Producer
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, open_resources
 from harness.deployment import settings_for

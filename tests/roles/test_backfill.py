@@ -21,7 +21,7 @@ from chat4all_workers.app import App
 from chat4all_workers.config import Settings
 from chat4all_workers.db.migrate import migrate
 from chat4all_workers.kafka.breaker import BreakerState
-from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.outgoing import OutgoingRecord
 from harness.deployment import free_port, settings_for
 from harness.stack import StackEndpoints
 from harness.waiting import eventually

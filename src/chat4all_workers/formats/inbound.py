@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.outgoing import OutgoingRecord
 from chat4all_workers.meta.events import InboundEvent
 
 

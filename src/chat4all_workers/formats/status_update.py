@@ -19,7 +19,7 @@ import orjson
 
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.formats.wire import present, read_record
-from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.outgoing import OutgoingRecord
 
 PROGRESS = ("ACCEPTED", "PROCESSING", "SENT", "DELIVERED", "READ")
 FAILED = "FAILED"

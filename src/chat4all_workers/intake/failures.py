@@ -35,7 +35,8 @@ from chat4all_workers.errors import PermanentError, WindowClosedError
 from chat4all_workers.formats.resend import history, resend_headers
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.originals import OriginalRecords
-from chat4all_workers.kafka.producer import OutgoingRecord, Producer
+from chat4all_workers.kafka.outgoing import OutgoingRecord
+from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.meta.callback import parse_origin
 from chat4all_workers.meta.errors import CODES, classify, error_for_verdict

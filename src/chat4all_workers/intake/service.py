@@ -51,7 +51,7 @@ from chat4all_workers.intake.failures import Failures
 from chat4all_workers.intake.provider_word import ProviderWord
 from chat4all_workers.intake.storing import Storing
 from chat4all_workers.intake.trust import Trust
-from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.outgoing import OutgoingRecord
 from chat4all_workers.meta.events import Parsed, StatusEvent, parse_body
 from chat4all_workers.meta.instagram_webhooks import parse_instagram
 from chat4all_workers.meta.signature import SIGNATURE_HEADER

@@ -24,7 +24,8 @@ from chat4all_workers.background import Spawn
 from chat4all_workers.errors import CircuitOpenError, RetryableError
 from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.dlq import dead_letter
-from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
+from chat4all_workers.kafka.outgoing import OutgoingRecord
+from chat4all_workers.kafka.producer import Delivery, Producer
 from chat4all_workers.observability.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 
 from chat4all_workers.background import Spawn
 from chat4all_workers.batching import IterationBatcher
-from chat4all_workers.kafka.producer import OutgoingRecord, Producer, SendOutcome, with_trace
+from chat4all_workers.kafka.outgoing import OutgoingRecord, with_trace
+from chat4all_workers.kafka.producer import Producer, SendOutcome
 
 _Waiting = tuple[Sequence[OutgoingRecord], asyncio.Future[list[SendOutcome]]]
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from chat4all_workers.errors import PermanentError
-from chat4all_workers.kafka.producer import Delivery, OutgoingRecord, Producer
+from chat4all_workers.kafka.outgoing import OutgoingRecord
+from chat4all_workers.kafka.producer import Delivery, Producer
 from chat4all_workers.observability.metrics import Metrics
 
 DLQ_HEADER_PREFIX = "dlq."

@@ -35,47 +35,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import BrokerResponseError, KafkaError, ProducerClosed
 from aiokafka.structs import RecordMetadata
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 
 from chat4all_workers.config import BreakerSettings, KafkaSettings
 from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.breaker import BreakerState, CircuitBreaker
+from chat4all_workers.kafka.outgoing import OutgoingRecord, fallback_envelope
 from chat4all_workers.kafka.partitioning import KeyPartitioner
 from chat4all_workers.observability.tracing import (
-    KafkaHeaders,
-    context_from_headers,
     headers_with_trace,
-    kafka_injects_trace,
-    tracer,
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class OutgoingRecord:
-    topic: str
-    value: bytes | None  # None: a tombstone (only a dead-lettered or replayed one)
-    key: bytes | None = None
-    headers: KafkaHeaders = field(default_factory=list)
-    # The trace context to inject (a span per event, see roles/outbox.py); else the current one.
-    context: otel_context.Context | None = None
-    # The headers carry the trace context already (put there where the record was made, by
-    # `with_trace`): sent as they are, whatever context the sending task runs in.
-    traced: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,72 +79,6 @@ class NotSentError(RetryableError):
 
 SendOutcome = Delivery | RetryableError | PermanentError
 FallbackSink = Callable[[bytes], Awaitable[None]]
-
-
-def fallback_envelope(record: OutgoingRecord) -> bytes:
-    """The SPEC section 5 envelope for a record parked while Kafka is unreachable."""
-    value: object = None
-    if record.value is not None:
-        try:
-            value = orjson.loads(record.value)
-        except orjson.JSONDecodeError:
-            value = record.value.decode("utf-8", errors="replace")
-    return orjson.dumps(
-        {
-            "topic": record.topic,
-            "key": record.key.decode("utf-8", errors="replace") if record.key is not None else None,
-            "value": value,
-            # With its trace context, which the backfill continues when it sends it on.
-            "headers": {
-                k: v.decode("latin-1")
-                for k, v in (
-                    record.headers
-                    if record.traced
-                    else headers_with_trace(record.headers, context=record.context)
-                )
-            },
-        }
-    )
-
-
-def with_trace(record: OutgoingRecord) -> OutgoingRecord:
-    """`record` carrying the current trace context (or its own `context`'s) in its headers, so
-    that a task running in another context sends it under its maker's trace
-    (kafka/coalescing.py). Under the aiokafka instrumentation, which injects its send span's
-    context where the record is handed over, the context itself goes with the record instead."""
-    if record.traced:
-        return record
-    if kafka_injects_trace():
-        if record.context is not None:
-            return record
-        return dataclasses.replace(record, context=otel_context.get_current())
-    headers = headers_with_trace(record.headers, context=record.context)
-    return OutgoingRecord(record.topic, record.value, record.key, headers, traced=True)
-
-
-@contextlib.contextmanager
-def span_per_record(name: str, records: Sequence[OutgoingRecord]) -> Iterator[list[OutgoingRecord]]:
-    """A PRODUCER span per record, continuing the trace in the record's own headers (a parked
-    record's `traceparent`) or starting one; the records yielded carry their span's context, so
-    each `traceparent` sent names its own span. The spans end when the block does (after the
-    verdicts, when the block awaits the send)."""
-    spans = [
-        tracer.start_span(
-            name,
-            context=context_from_headers(r.headers),
-            kind=trace.SpanKind.PRODUCER,
-            attributes={"messaging.system": "kafka", "messaging.destination.name": r.topic},
-        )
-        for r in records
-    ]
-    try:
-        yield [
-            dataclasses.replace(r, context=trace.set_span_in_context(span))
-            for r, span in zip(records, spans, strict=True)
-        ]
-    finally:
-        for span in spans:
-            span.end()
 
 
 class Producer:

@@ -21,7 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from chat4all_workers.config import DLQ_REPLAY_GROUP, Settings
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.dlq import DLQ_HEADER_PREFIX
-from chat4all_workers.kafka.producer import OutgoingRecord, Producer
+from chat4all_workers.kafka.outgoing import OutgoingRecord
+from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.kafka.records import ConsumedRecord
 
 log = logging.getLogger(__name__)

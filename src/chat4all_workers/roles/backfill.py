@@ -55,7 +55,8 @@ from chat4all_workers.errors import (
 )
 from chat4all_workers.formats.wire import Fields, describe, present, quote, read_record
 from chat4all_workers.kafka.breaker import BreakerState
-from chat4all_workers.kafka.producer import OutgoingRecord, Producer, span_per_record
+from chat4all_workers.kafka.outgoing import OutgoingRecord, span_per_record
+from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_outages
@@ -139,7 +140,7 @@ def _from_envelope(fields: Fields) -> OutgoingRecord:
             headers.problem(name, f"must be a string, got {describe(text)}")
     _done(fields)
     value = fields.doc["value"]
-    # A value that was not JSON was parked as text (see producer.fallback_envelope).
+    # A value that was not JSON was parked as text (see kafka/outgoing.py, fallback_envelope).
     body = value.encode() if isinstance(value, str) else orjson.dumps(value)
     return OutgoingRecord(
         present(topic),

@@ -52,7 +52,7 @@ from chat4all_workers.consuming import consume
 from chat4all_workers.db import files as files_db
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.wire import INTEGER, present, read_record
-from chat4all_workers.kafka.producer import OutgoingRecord
+from chat4all_workers.kafka.outgoing import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources

@@ -53,7 +53,8 @@ from chat4all_workers.db import outbox as db
 from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
 from chat4all_workers.kafka.dlq import dead_letter
-from chat4all_workers.kafka.producer import Delivery, NotSentError, OutgoingRecord, span_per_record
+from chat4all_workers.kafka.outgoing import OutgoingRecord, span_per_record
+from chat4all_workers.kafka.producer import Delivery, NotSentError
 from chat4all_workers.observability.metrics import total
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need
 from chat4all_workers.role import RoleContext, RoleReport, RoleSpec, outlast_outages
