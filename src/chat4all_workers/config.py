@@ -20,7 +20,7 @@ import dataclasses
 import tomllib
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -57,6 +57,7 @@ from chat4all_workers.config_values import (
     validate,
 )
 from chat4all_workers.errors import ConfigError
+from chat4all_workers.frozen import frozen
 
 __all__ = [
     "CHANNELS",
@@ -107,7 +108,7 @@ class Section(typing.Protocol):
     SECTION: ClassVar[str]
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class Settings:
     """Every setting of the process: one frozen section per shared concern, and the sections of
     the roles it runs (`section`)."""

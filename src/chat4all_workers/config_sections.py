@@ -8,11 +8,12 @@ role's own section lives with the role.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from chat4all_workers import config_checks
 from chat4all_workers.config_values import Secret
+from chat4all_workers.frozen import frozen
 
 
 def env(name: str, **rules: Any) -> dict[str, Any]:
@@ -36,7 +37,7 @@ CHANNELS = ("whatsapp", "instagram")
 RESTART_TYPES = ("permanent", "transient", "temporary")
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class KafkaSettings:
     bootstrap_servers: str = field(
         default="127.0.0.1:9092",
@@ -91,7 +92,7 @@ class KafkaSettings:
 DLQ_REPLAY_GROUP = "dlq-replay"
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class TopicSettings:
     """Topic names; overridable so that tests and tenants can run side by side."""
 
@@ -108,7 +109,7 @@ class TopicSettings:
     inbound_messages: str = field(default="inbound_messages", metadata=TOPIC)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class PostgresSettings:
     url: Secret = field(
         default=Secret("postgresql://chat4all:chat4all@127.0.0.1:5432/chat4all"),
@@ -125,7 +126,7 @@ class PostgresSettings:
         return []
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class RedisSettings:
     url: Secret = field(
         default=Secret("redis://127.0.0.1:6379/0"),
@@ -136,7 +137,7 @@ class RedisSettings:
     max_connections: int = 50
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class S3Settings:
     endpoint: str = field(
         default="127.0.0.1:9000", metadata=env("MINIO_ENDPOINT", check=config_checks.host_port)
@@ -150,7 +151,7 @@ class S3Settings:
     region: str = field(default="us-east-1", metadata=NON_EMPTY)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class BreakerSettings:
     # Consecutive records (not calls) that Kafka did not acknowledge within ack_timeout_s.
     failure_threshold: int = 5
@@ -160,7 +161,7 @@ class BreakerSettings:
     ack_timeout_s: float = 3.0
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class SupervisorSettings:
     max_restarts: int = field(default=5, metadata=ZERO_OK)
     restart_window_s: float = 60.0
@@ -172,7 +173,7 @@ class SupervisorSettings:
     loop_lag_warn_s: float = 1.0
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class RoleSettings:
     # "all" is every production role of the registry (roles/__init__.py), so the list of roles
     # is written once.
@@ -180,7 +181,7 @@ class RoleSettings:
     restart: dict[str, str] = field(default_factory=dict, metadata={"choices": RESTART_TYPES})
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class ObservabilitySettings:
     # Loopback unless told otherwise: the ops port serves /metrics and /readyz unauthenticated.
     # Containers bind every interface explicitly (the image, compose and Kubernetes set
@@ -210,7 +211,7 @@ class ObservabilitySettings:
     log_format: str = field(default="auto", metadata={"choices": ("auto", "text", "json")})
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class FallbackSettings:
     queue_key: str = field(default="fallback:message_queue", metadata=NON_EMPTY)
     poll_interval_s: float = field(default=10.0, metadata=env("FALLBACK_POLL_INTERVAL"))
@@ -220,7 +221,7 @@ class FallbackSettings:
     heartbeat_ttl_s: float = 30.0
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class DeliverySettings:
     """What the router and the webhooks role share about a send, in Redis."""
 
@@ -236,7 +237,7 @@ class DeliverySettings:
     window_memory_s: int = 30 * 86_400
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class FilesSettings:
     """What the file roles (merge, gc), the router and `status` share about uploaded files."""
 
@@ -248,7 +249,7 @@ class FilesSettings:
     merging_stuck_minutes: float = 60.0
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class MetaChannelSettings:
     """What both Meta channels (sections `whatsapp`, `instagram`) are set by: the Graph API,
     the app's secrets, the pace. `{SECTION}` in an environment name is the section's
@@ -275,7 +276,7 @@ class MetaChannelSettings:
     pair_interval_s: float = field(default=0.0, metadata=ZERO_OK)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class WhatsAppSettings(MetaChannelSettings):
     phone_number_id: str = field(default="", metadata=env("WHATSAPP_PHONE_NUMBER_ID"))
     # Per business number (Meta: 80 by default, 1,000 after an upgrade, 20 for numbers shared
@@ -291,7 +292,7 @@ class WhatsAppSettings(MetaChannelSettings):
         return self.phone_number_id
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class InstagramSettings(MetaChannelSettings):
     user_id: str = field(default="", metadata=env("INSTAGRAM_USER_ID"))
     # Per Instagram account (Meta: 300 calls/s for text; 250 leaves headroom).
@@ -307,7 +308,7 @@ class InstagramSettings(MetaChannelSettings):
         return self.user_id
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class AccountsSettings:
     """The sending accounts kept in PostgreSQL (accounts/): the key their tokens and app secrets
     are sealed with, and how often the directory reloads them all besides its notifications.

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.resources import Resources
 
 
-@dataclass(frozen=True)
+@frozen
 class ChildStats:
     """One supervised role, as the supervisor describes it."""
 

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.consumer import ConsumerStats
 from chat4all_workers.observability.logging import flush_repeats, log_context
 from chat4all_workers.observability.metrics import Metrics, total
@@ -51,7 +52,7 @@ class _Tally:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@frozen
 class _Reading:
     """A role's report, with its totals over the process's life."""
 

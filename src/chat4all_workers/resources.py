@@ -15,7 +15,7 @@ import enum
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import partial
 from typing import TypeVar
 
@@ -35,6 +35,7 @@ from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.config import Settings
 from chat4all_workers.deadline import ShutdownDeadline, timeout_at
 from chat4all_workers.errors import DependencyRefusedError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.producer import Producer
 from chat4all_workers.observability.metrics import Metrics
@@ -101,7 +102,7 @@ class Need(enum.Enum):
     ACCOUNTS = "accounts"
 
 
-@dataclass(frozen=True)
+@frozen
 class Resources:
     settings: Settings
     metrics: Metrics
@@ -263,7 +264,7 @@ async def open_resources(
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class _Opener:
     """Opens one resource at a time onto the exit stack, each closed by the deadline's end."""
 

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import Section, Settings
 from chat4all_workers.deadline import ShutdownDeadline
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.consumer import ConsumerStats
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
@@ -37,7 +38,7 @@ class Restart(enum.StrEnum):
     TEMPORARY = "temporary"  # never restarted
 
 
-@dataclass(frozen=True)
+@frozen
 class RoleReport:
     """What a role says about its work in the lines an operator follows (reporting.py): the
     ready line, a progress line every `observability.progress_interval_s`, the drain summary.
@@ -116,7 +117,7 @@ class RoleContext:
 RunFn = Callable[[RoleContext], Awaitable[None]]
 
 
-@dataclass(frozen=True)
+@frozen
 class RoleSpec:
     name: str  # its line in the registry (roles/__init__.py) describes it
     needs: frozenset[Need]

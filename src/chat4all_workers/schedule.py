@@ -8,8 +8,9 @@ cronie, a day field is restricted unless it starts with `*` (so `*/2` is not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+from chat4all_workers.frozen import frozen
 
 _BOUNDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 _NAMES = ("minute", "hour", "day of month", "month", "day of week")
@@ -19,7 +20,7 @@ _LONGEST_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # February in
 _CALENDAR_CYCLE = timedelta(days=146_097)
 
 
-@dataclass(frozen=True)
+@frozen
 class Cron:
     expression: str
     minutes: frozenset[int]

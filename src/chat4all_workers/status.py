@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from chat4all_workers.config import Settings
 from chat4all_workers.db.files import count_stuck_merging
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.replay import replay_group
 from chat4all_workers.observability.metrics import Metrics
@@ -27,10 +28,13 @@ T = TypeVar("T")
 _PROBE_TIMEOUT_S = 5.0
 
 
-@dataclass(frozen=True)
+@frozen
 class Thresholds:
     max_lag: int = 10_000
     max_outbox_age_s: float = 300.0
+
+
+DEFAULT_THRESHOLDS = Thresholds()
 
 
 @dataclass
@@ -76,7 +80,7 @@ class StatusReport:
 
 
 async def collect_status(
-    settings: Settings, *, workers: list[str], thresholds: Thresholds = Thresholds()
+    settings: Settings, *, workers: list[str], thresholds: Thresholds = DEFAULT_THRESHOLDS
 ) -> StatusReport:
     report = StatusReport()
     await asyncio.gather(

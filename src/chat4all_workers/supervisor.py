@@ -32,6 +32,7 @@ from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.config import SupervisorSettings
 from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.errors import RoleFailedError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.observability.logging import bind_service
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.readiness import ChildStats
@@ -56,7 +57,7 @@ def _nothing() -> None:
     return None
 
 
-@dataclass(frozen=True)
+@frozen
 class ChildSpec:
     """One child: `start()` runs it until it returns (a stop, or the end of its work in drain
     mode); `ready()` says whether it serves; `on_exit()` runs after each run."""

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from chat4all_workers.config import CHANNELS, InstagramSettings, Settings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
+from chat4all_workers.frozen import frozen
 
 DEFAULT_KEY = "default"
 
@@ -32,14 +32,14 @@ def default_app_id(channel: str) -> str:
     return f"default-{channel}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class MetaApp:
     app_id: str
     secret: Secret  # signs every webhook of the app (X-Hub-Signature-256)
     verify_token: Secret  # Meta's subscription check (hub.verify_token) echoes it
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class Account:
     channel: str  # whatsapp | instagram
     key: str  # what messages name it by; unique per channel

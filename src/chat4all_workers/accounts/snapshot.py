@@ -11,7 +11,7 @@ the `default` key at all (a check constraint).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from chat4all_workers.accounts.keys import NO_KEY_HINT
 from chat4all_workers.accounts.model import Account, MetaApp, environment_accounts
@@ -20,9 +20,10 @@ from chat4all_workers.config import InstagramSettings, Settings, WhatsAppSetting
 from chat4all_workers.config_values import Secret
 from chat4all_workers.db.accounts import AccountRow, AppRow
 from chat4all_workers.errors import UnsealError
+from chat4all_workers.frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class Snapshot:
     accounts: dict[tuple[str, str], Account]  # (channel, key)
     by_provider: dict[tuple[str, str], Account]  # (channel, provider id)

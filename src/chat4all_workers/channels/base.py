@@ -19,7 +19,6 @@ reset, timeout) is transient, and says whether the request may have reached the 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import orjson
@@ -28,11 +27,12 @@ from chat4all_workers.channels.http import HttpClient, HTTPTransportError, Reque
 from chat4all_workers.config import InstagramSettings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
 from chat4all_workers.errors import TransientProviderError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.errors import CodeTable, error_for_answer
 from chat4all_workers.meta.payloads import OutboundMessage
 
 
-@dataclass(frozen=True)
+@frozen
 class SendResult:
     provider_message_id: str
 

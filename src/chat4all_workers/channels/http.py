@@ -37,12 +37,12 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import cast
 from urllib.parse import urlsplit
 
 import httptools
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.waiting import sweep
 
 _MAX_BODY_BYTES = 1024 * 1024  # a channel API answers with a few hundred bytes of JSON
@@ -72,21 +72,21 @@ class RequestTimeoutError(TimeoutError):
         self.request_written = request_written
 
 
-@dataclass(frozen=True)
+@frozen
 class Response:
     status: int
     headers: Mapping[str, str]  # names lower-cased
     body: bytes
 
 
-@dataclass(frozen=True)
+@frozen
 class _Origin:
     secure: bool
     host: str
     port: int
 
 
-@dataclass(frozen=True)
+@frozen
 class _Target:
     origin: _Origin
     head: bytes  # "POST /path HTTP/1.1\r\nHost: ...\r\n"

@@ -93,10 +93,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+
+from chat4all_workers.frozen import frozen
 
 _HORIZON_S = 0.25  # how far ahead a slot may be booked
 _DECREASE_DEBOUNCE_S = 1.0  # throttled answers within this long of a decrease are one signal
@@ -265,7 +266,7 @@ def media_key(account_key: str) -> str:
     return account_key + _MEDIA_SUFFIX
 
 
-@dataclass(frozen=True)
+@frozen
 class PaceSettings:
     max_rate_per_s: float  # 0 = no pacing of the account
     pair_burst: int  # 0 = no pair pacing
@@ -284,7 +285,7 @@ class PaceSettings:
         return self.max_rate_per_s > 0 or (self.pair_burst > 0 and self.pair_interval_s > 0)
 
 
-@dataclass(frozen=True)
+@frozen
 class Throttle:
     """What a throttled answer did to the pace: the account's rate now; whether this answer
     decreased it; whether it held it (its throttles are not the rate: the send waits alone).
@@ -295,7 +296,7 @@ class Throttle:
     held: bool = False
 
 
-@dataclass(frozen=True)
+@frozen
 class PaceStats:
     """The account's pace as Redis has it: the rate now, the calls and throttled answers
     counted since the last decrease, and the throttle share that caused it (None: none yet)."""

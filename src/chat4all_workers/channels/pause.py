@@ -27,17 +27,17 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from chat4all_workers.errors import RetryableError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen
 class PauseChange:
     """A state change, for the metric: `reason` is the label (the provider's code)."""
 

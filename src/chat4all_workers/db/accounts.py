@@ -10,16 +10,17 @@ notifies the directories too. A write that changes nothing notifies no one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
 import asyncpg
 
+from chat4all_workers.frozen import frozen
+
 NOTIFY_CHANNEL = "chat4all_accounts"
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class AppRow:
     app_id: str
     secret_sealed: bytes
@@ -32,7 +33,7 @@ class AppRow:
         return f"app/{self.app_id}"
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class AccountFields:
     """What a writer sets of an account (the rest is the table's: enabled, version, times)."""
 
@@ -47,7 +48,7 @@ class AccountFields:
     pair_interval_s: float | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class AccountRow(AccountFields):
     """An account as stored: what its writer set, and the table's own columns."""
 

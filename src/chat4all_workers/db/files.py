@@ -12,10 +12,11 @@ so it never fails a merge that is still running, however long it takes.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
+
+from chat4all_workers.frozen import frozen
 
 # Advisory lock keys (two-int form: class, object). The classes keep these apart from any other
 # advisory lock of the application (migrations use the one-bigint form).
@@ -26,7 +27,7 @@ GC_LOCK_ID = 1
 ABANDONED_PREFIX = "abandoned upload"
 
 
-@dataclass(frozen=True)
+@frozen
 class FileRow:
     id: uuid.UUID
     conversation_id: int | None
@@ -59,7 +60,7 @@ class FileRow:
         )
 
 
-@dataclass(frozen=True)
+@frozen
 class ChunkRow:
     chunk_number: int
     chunk_size: int
@@ -173,7 +174,7 @@ _STALE = """(
 )"""
 
 
-@dataclass(frozen=True)
+@frozen
 class StaleUpload:
     id: uuid.UUID
     status: str

@@ -9,14 +9,15 @@ idempotent.
 from __future__ import annotations
 
 import importlib.resources
-from dataclasses import dataclass
 
 import asyncpg
+
+from chat4all_workers.frozen import frozen
 
 _LOCK_KEY = 0x43_34_41_4D  # "C4AM": one advisory lock id for migrations, cluster-wide
 
 
-@dataclass(frozen=True)
+@frozen
 class Migration:
     version: str
     sql: str

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import asyncpg
+
+from chat4all_workers.frozen import frozen
 
 # First key of the two-int advisory lock: a namespace so the outbox never collides with the
 # migration lock or with an application's own advisory locks.
@@ -60,7 +61,7 @@ FOR UPDATE SKIP LOCKED
 """
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class OutboxEvent:
     id: uuid.UUID
     seq: int
@@ -77,7 +78,7 @@ class OutboxEvent:
         return (self.aggregate_type, self.aggregate_id)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Failure:
     event_id: uuid.UUID
     error: str

@@ -37,13 +37,14 @@ from chat4all_workers.errors import (
     TransientProviderError,
     WindowClosedError,
 )
+from chat4all_workers.frozen import frozen
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.waiting import Wait
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen
 class AttemptSettings:
     max_attempts: int
     retry_base_s: float

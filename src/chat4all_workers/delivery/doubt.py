@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from chat4all_workers.delivery.failures import UnknownOutcomeError
 from chat4all_workers.delivery.lease import Lease, Leases
@@ -24,6 +23,7 @@ from chat4all_workers.delivery.markers import Kind, Marker
 from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import RetryableError, TransientProviderError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.held import held, wait_unless_handed_back
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.role import RoleContext
@@ -38,7 +38,7 @@ _VERDICT_POLL_FIRST_S = 0.05
 _VERDICT_POLL_CAP_S = 1.0
 
 
-@dataclass(frozen=True)
+@frozen
 class DoubtSettings:
     in_doubt_window_s: float
     on_unknown_outcome: str  # "resend" | "dead_letter"

@@ -7,10 +7,10 @@ reason naming each failed channel (`dead_letter_reason`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from chat4all_workers.errors import PermanentError, ProviderError, RetryableError
+from chat4all_workers.frozen import frozen
 
 
 class UnknownOutcomeError(PermanentError):
@@ -43,7 +43,7 @@ class GivenUpError(PermanentError):
         self.error_type = error_type or PermanentError.error_type
 
 
-@dataclass(frozen=True)
+@frozen
 class ChannelFailure:
     channel: str
     error: PermanentError | RetryableError
@@ -69,7 +69,7 @@ class ChannelFailure:
         return details
 
 
-@dataclass(frozen=True)
+@frozen
 class DeadLetter:
     """What the record's DLQ copy says about its failed channels."""
 

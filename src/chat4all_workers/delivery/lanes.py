@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from chat4all_workers.accounts.model import Account
@@ -38,6 +37,7 @@ from chat4all_workers.errors import (
     ThrottleDeadlineError,
     ThrottledError,
 )
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.held import held
 from chat4all_workers.meta.limits import SLOW_MEDIA
 from chat4all_workers.meta.payloads import OutboundMessage
@@ -47,7 +47,7 @@ from chat4all_workers.waiting import Wait
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen
 class LaneSettings:
     """The router's settings a lane reads."""
 

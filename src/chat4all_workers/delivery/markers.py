@@ -44,12 +44,12 @@ import itertools
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from chat4all_workers.autopipeline import AutoPipeline, PipedScript, retrieved
+from chat4all_workers.frozen import frozen
 
 _SENT = "sent:"
 _LEASE = "lease:"
@@ -125,7 +125,7 @@ class Kind(enum.Enum):
     FOREIGN = "foreign"  # not written by this code: the original router's flag
 
 
-@dataclass(frozen=True)
+@frozen
 class Marker:
     """A marker's value, read."""
 
@@ -170,7 +170,7 @@ class State(enum.Enum):
     ENDED = "ended"  # the provider failed this record's send later; the webhooks role ended it
 
 
-@dataclass(frozen=True)
+@frozen
 class Claim:
     state: State
     provider_message_id: str = ""
@@ -180,7 +180,7 @@ class Claim:
     foreign: bool = False  # SENT by a marker this code did not write
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Asked:
     """A claim asked for (`SendMarkers.ask`), its reply not read yet."""
 

@@ -15,7 +15,6 @@ naming the limit, with nothing called: no file (`file_unavailable`), no recipien
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import timedelta
 
 import asyncpg
@@ -25,6 +24,7 @@ from miniopy_async.error import S3Error
 from chat4all_workers.db.files import get_file
 from chat4all_workers.errors import InvalidRecordError, PermanentError, RetryableError
 from chat4all_workers.formats.message import Message
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.limits import check_caption, check_template, check_text, media_type
 from chat4all_workers.meta.payloads import OutboundMessage
 
@@ -37,7 +37,7 @@ class FileUnavailableError(PermanentError):
     error_type = "file_unavailable"
 
 
-@dataclass(frozen=True)
+@frozen
 class FileLink:
     url: str
     filename: str

@@ -10,7 +10,6 @@ all use: a sleep that hands the record back (RetryableError) once the process st
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from chat4all_workers.accounts.model import Account, Directory
 from chat4all_workers.autopipeline import PipedScript
@@ -28,12 +27,13 @@ from chat4all_workers.delivery.outcomes import Outcomes
 from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.delivery.windows import Windows
 from chat4all_workers.errors import RetryableError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.held import held
 from chat4all_workers.role import RoleContext
 from chat4all_workers.waiting import Wait, wait_event
 
 
-@dataclass(frozen=True)
+@frozen
 class RouterTuning:
     """The router's own settings the parts read (roles/router.py RouterSettings)."""
 
@@ -53,7 +53,7 @@ class RouterTuning:
 Connect = Callable[[Account], ChannelAdapter]
 
 
-@dataclass(frozen=True)
+@frozen
 class Parts:
     leases: Leases
     outcomes: Outcomes

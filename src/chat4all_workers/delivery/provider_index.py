@@ -18,16 +18,16 @@ within the TTL.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
 
 from chat4all_workers.autopipeline import AutoPipeline
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.callback import callback_ids
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class MessageRef:
     message_id: str
     conversation_id: int

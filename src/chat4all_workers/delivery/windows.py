@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from chat4all_workers.autopipeline import AutoPipeline, PipedScript
 from chat4all_workers.errors import WindowClosedError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.events import WindowEvent
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.meta.windows import decide, user_key
@@ -59,7 +60,7 @@ return 1
 """
 
 
-@dataclasses.dataclass(frozen=True)
+@frozen
 class WindowState:
     age_s: float | None  # since the user's last message; None: never seen here
     closed: bool  # a provider's window error said so, and the user has not written since

@@ -27,7 +27,7 @@ Fields the format does not name are ignored, so the API can add some first.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ import orjson
 
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.formats.wire import Fields, describe, present, quote, read_record
+from chat4all_workers.frozen import frozen
 
 MAX_USERNAME_CHARS = 255
 MAX_RECIPIENT_CHARS = 256
@@ -46,7 +47,7 @@ MAX_TEMPLATE_NAME_CHARS = 512  # Meta: template names up to 512 characters
 MAX_TEMPLATE_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True)
+@frozen
 class Message:
     message_id: str
     conversation_id: int

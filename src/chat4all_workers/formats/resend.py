@@ -11,8 +11,8 @@ key are kept: order, dedup and tracing read them as before).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.records import ConsumedRecord
 
 ATTEMPTS = "c4a.attempts"
@@ -21,7 +21,7 @@ RESENT_FROM = "c4a.resent_from"
 _OURS = (ATTEMPTS, THROTTLED_SINCE, RESENT_FROM)
 
 
-@dataclass(frozen=True)
+@frozen
 class History:
     attempts: int = 0
     throttled_since: float | None = None  # Unix seconds

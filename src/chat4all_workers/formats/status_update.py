@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,13 +18,14 @@ import orjson
 
 from chat4all_workers.config import CHANNELS
 from chat4all_workers.formats.wire import present, read_record
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.outgoing import OutgoingRecord
 
 PROGRESS = ("ACCEPTED", "PROCESSING", "SENT", "DELIVERED", "READ")
 FAILED = "FAILED"
 
 
-@dataclass(frozen=True)
+@frozen
 class StatusUpdate:
     message_id: uuid.UUID
     conversation_id: int

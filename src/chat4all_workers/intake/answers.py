@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import orjson
+
+from chat4all_workers.frozen import frozen
 
 JSON = "application/json"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Answer:
     status: int
     body: bytes

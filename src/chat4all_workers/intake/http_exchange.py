@@ -5,15 +5,15 @@ connection needs of its server (`Host`)."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.intake.answers import Answer
 
 Refusal = Literal["too_large", "too_slow"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Head:
     """A request's line and headers. Header names are lower-cased; a repeated header keeps its
     first value."""
@@ -43,7 +43,7 @@ class Application(Protocol):
         """At the end of a request's head: the answer now, or an Exchange to read the body."""
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class Limits:
     max_body_bytes: int
     body_timeout_s: float

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from chat4all_workers.config import Settings
+from chat4all_workers.frozen import frozen
 
 
-@dataclass(frozen=True)
+@frozen
 class TopicPlan:
     name: str
     partitions: int

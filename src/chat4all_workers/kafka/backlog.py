@@ -19,19 +19,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from chat4all_workers.config import Settings
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 
 log = logging.getLogger(__name__)
 _CHECK_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True)
+@frozen
 class Backlog:
     """One group's view of one topic, for the partitions it has no committed offset on."""
 

@@ -17,9 +17,9 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from chat4all_workers.errors import CircuitOpenError
+from chat4all_workers.frozen import frozen
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class BreakerState(enum.IntEnum):
     HALF_OPEN = 2
 
 
-@dataclass(frozen=True)
+@frozen
 class BreakerStats:
     service: str
     state: str

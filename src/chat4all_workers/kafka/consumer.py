@@ -26,7 +26,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -37,6 +36,7 @@ from chat4all_workers.backoff import retry_delay_s
 from chat4all_workers.config import KafkaSettings, SupervisorSettings
 from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.budget import Budget
 from chat4all_workers.kafka.commits import Commits, report_lag, total_lag
 from chat4all_workers.kafka.draining import Drain
@@ -60,7 +60,7 @@ _RETRY_CAP_S = 30.0
 _FULL_BEFORE_PAUSE_S = 5.0
 
 
-@dataclass(frozen=True)
+@frozen
 class ConsumerStats:
     """The engine as it describes itself (STYLE 11): `/readyz` and the log lines an operator
     follows (reporting.py) read it. Counts are since this engine was created."""

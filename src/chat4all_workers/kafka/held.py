@@ -22,8 +22,8 @@ import contextlib
 import contextvars
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.budget import Budget
 from chat4all_workers.kafka.draining import Drain
 from chat4all_workers.kafka.partitions import Scope
@@ -31,7 +31,7 @@ from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.waiting import wait_event
 
 
-@dataclass(frozen=True)
+@frozen
 class KeyWorker:
     """One key's worker in an engine: its records (`queue`, the one being handled first)."""
 

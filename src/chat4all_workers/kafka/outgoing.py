@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 
 import orjson
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.observability.tracing import (
     KafkaHeaders,
     context_from_headers,
@@ -24,7 +25,7 @@ from chat4all_workers.observability.tracing import (
 )
 
 
-@dataclass(frozen=True)
+@frozen
 class OutgoingRecord:
     topic: str
     value: bytes | None  # None: a tombstone (only a dead-lettered or replayed one)

@@ -49,6 +49,7 @@ from opentelemetry import context as otel_context
 from chat4all_workers.config import BreakerSettings, KafkaSettings
 from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.breaker import BreakerState, CircuitBreaker
 from chat4all_workers.kafka.outgoing import OutgoingRecord, fallback_envelope
 from chat4all_workers.kafka.partitioning import KeyPartitioner
@@ -59,7 +60,7 @@ from chat4all_workers.observability.tracing import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen
 class Delivery:
     """Where the record went: Kafka (topic/partition/offset) or the fallback list (offset None)."""
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from aiokafka.structs import ConsumerRecord
 
+from chat4all_workers.frozen import frozen
 
-@dataclass(frozen=True, slots=True)
+
+@frozen(slots=True)
 class ConsumedRecord:
     topic: str
     partition: int

@@ -19,6 +19,7 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from chat4all_workers.config import DLQ_REPLAY_GROUP, Settings
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.dlq import DLQ_HEADER_PREFIX
 from chat4all_workers.kafka.outgoing import OutgoingRecord
@@ -28,7 +29,7 @@ from chat4all_workers.kafka.records import ConsumedRecord
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@frozen
 class ReplayFilter:
     limit: int | None = None
     since: datetime | None = None

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.events import is_int64, json_object
 
 _MAX_ORIGIN = 300
@@ -26,7 +26,7 @@ _MAX_ORIGIN = 300
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class Callback:
     message_id: str
     conversation_id: int

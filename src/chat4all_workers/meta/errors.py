@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from chat4all_workers.errors import (
@@ -57,6 +56,7 @@ from chat4all_workers.errors import (
     TransientProviderError,
     WindowClosedError,
 )
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.events import json_object
 
 _MAX_ERROR_TEXT = 300
@@ -75,7 +75,7 @@ class ErrorClass(enum.StrEnum):
 Scope = Literal["account", "pair", "app"]
 
 
-@dataclass(frozen=True)
+@frozen
 class Verdict:
     error_class: ErrorClass
     # Throttled: whose pace to slow. "account": the sending number or account; "pair": one
@@ -214,7 +214,7 @@ def classify(status: int, code: int | None, subcode: int | None, table: CodeTabl
     return REJECTED
 
 
-@dataclass(frozen=True)
+@frozen
 class ErrorAnswer:
     """An error answer as Meta gives it: its code, subcode, words and trace id."""
 

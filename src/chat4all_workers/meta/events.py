@@ -49,6 +49,8 @@ from typing import Any, TypeGuard
 
 import orjson
 
+from chat4all_workers.frozen import frozen
+
 WHATSAPP_OBJECT = "whatsapp_business_account"
 INSTAGRAM_OBJECT = "instagram"
 _MAX_ID = 512  # a provider or account id longer than this is not one
@@ -61,7 +63,7 @@ _INT64 = 2**63
 MAX_DEPTH = 32
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class StatusError:
     """Why the provider failed a message (WhatsApp `statuses[].errors[0]`)."""
 
@@ -70,7 +72,7 @@ class StatusError:
     details: str
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class StatusEvent:
     """A provider's word about one of our messages.
 
@@ -96,7 +98,7 @@ class StatusEvent:
     account: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class InboundEvent:
     """A message a user sent to our number or account (docs/contract.md, `inbound_messages`)."""
 
@@ -114,7 +116,7 @@ class InboundEvent:
     content: dict[str, Any] | None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(slots=True)
 class WindowEvent:
     """A user wrote to one of our accounts (or did what opens a window: meta/windows.py)."""
 

@@ -24,9 +24,9 @@ the message later, by webhook (131053 "Media upload error"). Templates exist on 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from chat4all_workers.errors import ContentLimitError, UnsupportedMessageError
+from chat4all_workers.frozen import frozen
 
 WHATSAPP_TEXT_CHARACTERS = 4096
 INSTAGRAM_TEXT_BYTES = 1000
@@ -40,7 +40,7 @@ def _name(channel: str) -> str:
     return _NAMES.get(channel, channel)
 
 
-@dataclass(frozen=True)
+@frozen
 class MediaType:
     """One kind of media a channel sends: its name in the Send API, the MIME types it takes
     (with their file extensions, for a file that came without a MIME type) and its size."""

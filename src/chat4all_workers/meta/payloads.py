@@ -15,15 +15,15 @@ Meta echoes in its webhooks.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.callback import callback_data
 
 HUMAN_AGENT = "HUMAN_AGENT"
 
 
-@dataclass(frozen=True)
+@frozen
 class OutboundMessage:
     """What one channel is asked to deliver (built per channel: the media type is the
     channel's)."""

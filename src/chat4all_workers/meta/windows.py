@@ -26,15 +26,14 @@ receipts and deliveries are statuses of OUR messages: they open nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.payloads import HUMAN_AGENT
 
 WINDOW_S = 24 * 3600  # both channels' standard window
 HUMAN_AGENT_WINDOW_S = 7 * 24 * 3600  # Instagram, a human agent with the HUMAN_AGENT tag
 
 
-@dataclass(frozen=True)
+@frozen
 class Decision:
     send: bool
     tag: str | None = None  # the message tag the send must carry

@@ -26,6 +26,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from chat4all_workers.config import Settings
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.admin import new_admin, topic_partitions
 from chat4all_workers.kafka.partitioning import partition_for
 from chat4all_workers.kafka.records import ConsumedRecord
@@ -36,7 +37,7 @@ SKEW_S = 300.0
 _READ_TIMEOUT_S = 15.0
 
 
-@dataclass(frozen=True)
+@frozen
 class DeadLetter:
     """One DLQ record of the message, with its `dlq.*` headers."""
 

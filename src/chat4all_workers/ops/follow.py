@@ -33,6 +33,7 @@ from redis import exceptions as redis_errors
 
 from chat4all_workers.accounts.model import DEFAULT_KEY
 from chat4all_workers.config import Settings
+from chat4all_workers.frozen import frozen
 
 READ, FAILED = "READ", "FAILED"
 # Statuses only the provider's side produces: a channel with one of them is past the router.
@@ -40,7 +41,7 @@ PAST_ROUTER = frozenset({"SENT", "DELIVERED", READ, FAILED})
 _PROBE_TIMEOUT_S = 2.0
 
 
-@dataclass(frozen=True)
+@frozen
 class StatusEvent:
     """One row of `message_status_history`."""
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +32,7 @@ from chat4all_workers.config import CHANNELS, Settings
 from chat4all_workers.db.files import get_file
 from chat4all_workers.errors import InvalidRecordError
 from chat4all_workers.formats.message import ALL, parse_message
+from chat4all_workers.frozen import frozen
 from chat4all_workers.roles.router import RouterSettings
 
 # What the mocks accept (anything without "invalid"); the contract's example recipients.
@@ -47,7 +47,7 @@ class BadInputError(ValueError):
     """A `send` the user got wrong: one line, exit 2, nothing written."""
 
 
-@dataclass(frozen=True)
+@frozen
 class NewMessage:
     """One message as the API would write it."""
 
@@ -88,7 +88,7 @@ class NewMessage:
         return value
 
 
-@dataclass(frozen=True)
+@frozen
 class Written:
     message: NewMessage
     event_id: uuid.UUID

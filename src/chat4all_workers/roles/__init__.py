@@ -14,18 +14,18 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from chat4all_workers.config import DLQ_REPLAY_GROUP, Settings
 from chat4all_workers.errors import ConfigError
+from chat4all_workers.frozen import frozen
 
 if TYPE_CHECKING:
     from chat4all_workers.role import RoleSpec
 
 
-@dataclass(frozen=True)
+@frozen
 class RoleEntry:
     """One registry line: what `chat4all-workers roles` lists, and `module:attr`, the spec."""
 

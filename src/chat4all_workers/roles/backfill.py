@@ -39,7 +39,6 @@ import re
 import socket
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import orjson
 import redis.asyncio as aioredis
@@ -54,6 +53,7 @@ from chat4all_workers.errors import (
     RetryableError,
 )
 from chat4all_workers.formats.wire import Fields, describe, present, quote, read_record
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.breaker import BreakerState
 from chat4all_workers.kafka.outgoing import OutgoingRecord, span_per_record
 from chat4all_workers.kafka.producer import Producer
@@ -85,7 +85,7 @@ class InvalidItemError(ValueError):
     """The item is neither form of SPEC section 5."""
 
 
-@dataclass(frozen=True)
+@frozen
 class _Keys:
     queue: str
     processing: str

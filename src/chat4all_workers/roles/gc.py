@@ -27,6 +27,7 @@ from miniopy_async.api import Minio
 from chat4all_workers import config_checks
 from chat4all_workers.config import Settings, env
 from chat4all_workers.db import files as files_db
+from chat4all_workers.frozen import frozen
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleSpec
@@ -35,7 +36,7 @@ from chat4all_workers.storage import merge as s3merge
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class GcSettings:
     """`[gc]`: what counts as abandoned, and when gc runs."""
 

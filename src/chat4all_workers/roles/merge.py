@@ -40,7 +40,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -52,6 +52,7 @@ from chat4all_workers.consuming import consume
 from chat4all_workers.db import files as files_db
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.wire import INTEGER, present, read_record
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.outgoing import OutgoingRecord
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.logging import log_context
@@ -64,7 +65,7 @@ from chat4all_workers.waiting import wait_event
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class MergeSettings:
     """`[merge]`: how many merges at once, and how they stream."""
 
@@ -98,7 +99,7 @@ class MergeRejectedError(PermanentError):
     error_type = "merge_rejected"
 
 
-@dataclass(frozen=True)
+@frozen
 class MergeRequest:
     upload_id: uuid.UUID
     filename: str | None

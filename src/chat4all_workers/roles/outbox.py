@@ -52,6 +52,7 @@ from chat4all_workers.config import NON_EMPTY, TOPIC, Settings, env
 from chat4all_workers.db import outbox as db
 from chat4all_workers.deadline import timeout_at
 from chat4all_workers.errors import CircuitOpenError, PermanentError, RetryableError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.dlq import dead_letter
 from chat4all_workers.kafka.outgoing import OutgoingRecord, span_per_record
 from chat4all_workers.kafka.producer import Delivery, NotSentError
@@ -63,7 +64,7 @@ from chat4all_workers.waiting import wait_event
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class OutboxSettings:
     """`[outbox]`: how the outbox polls, retries and routes."""
 

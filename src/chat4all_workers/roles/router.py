@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, ClassVar
 
 from chat4all_workers.accounts.model import Account, Directory
@@ -62,6 +62,7 @@ from chat4all_workers.delivery.send import Send, Verdict
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.formats.message import Message, parse_message
 from chat4all_workers.formats.resend import History, history
+from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.logging import log_context
@@ -72,7 +73,7 @@ from chat4all_workers.role import RoleContext, RoleReport, RoleSpec
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class RouterSettings:
     """`[router]`: how the router retries, waits and pauses."""
 

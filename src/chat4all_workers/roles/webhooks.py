@@ -12,7 +12,7 @@ unready at once and keeps answering until no POST came for half a second (intake
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar
 
 from chat4all_workers.accounts.model import Directory
@@ -20,6 +20,7 @@ from chat4all_workers.config import CHANNELS, NON_EMPTY, Settings
 from chat4all_workers.delivery.markers import ProviderVerdicts
 from chat4all_workers.delivery.provider_index import ProviderIndex
 from chat4all_workers.delivery.windows import Windows
+from chat4all_workers.frozen import frozen
 from chat4all_workers.intake.accounting import Accounting
 from chat4all_workers.intake.failures import Failures
 from chat4all_workers.intake.http_exchange import Limits
@@ -35,7 +36,7 @@ from chat4all_workers.role import RoleContext, RoleSpec
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class WebhookSettings:
     """`[webhooks]`: the HTTP endpoint Meta calls back (the apps' secrets and verify tokens are
     the channel sections': `whatsapp.app_secret`, ...)."""

@@ -8,9 +8,8 @@ webhook URL and app secret. Today each mock has the one account of the settings
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from chat4all_workers.channels.http import HttpClient
+from chat4all_workers.frozen import frozen
 from chat4all_workers.simulators.callbacks import Callbacks
 from chat4all_workers.simulators.settings import MockSettings
 
@@ -55,7 +54,7 @@ class Windows:
         return None if last is None else now_s - last
 
 
-@dataclass(frozen=True)
+@frozen
 class AccountConfig:
     """What one simulated account is."""
 

@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 
 from chat4all_workers.backoff import backoff_delay_s
 from chat4all_workers.channels.http import HttpClient, HTTPTransportError, RequestTimeoutError
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.signature import SIGNATURE_HEADER, sign
 from chat4all_workers.waiting import wait_event
 
@@ -51,7 +52,7 @@ _WARN_EVERY_S = 10.0
 BodyWriter = Callable[[float], bytes]
 
 
-@dataclass(frozen=True)
+@frozen
 class Stage:
     """One callback of a chain: `after_s` from the acceptance."""
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.windows import user_key
 from chat4all_workers.simulators.accounts import Account
 from chat4all_workers.simulators.callbacks import Stage
@@ -24,7 +24,7 @@ from chat4all_workers.simulators.reports import user_message
 OPENING_TEXT = "hi (mocks.open_windows_for)"
 
 
-@dataclass(frozen=True)
+@frozen
 class UserMessage:
     """What a user writes: a text, or a reaction to one of the account's messages."""
 

@@ -5,8 +5,8 @@ taken and how often it was refused."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.windows import user_key
 
 MAX_REMEMBERED = 100_000  # accepted messages kept for /__mock__/sent
@@ -17,7 +17,7 @@ OUTCOMES = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
+@frozen
 class Accepted:
     provider_message_id: str
     message_id: str | None

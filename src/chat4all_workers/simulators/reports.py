@@ -10,11 +10,11 @@ status at all). A user's message: WhatsApp a `messages[]` item from the user's w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.events import StatusError
 from chat4all_workers.meta.notifications import (
     instagram_echo,
@@ -32,7 +32,7 @@ from chat4all_workers.simulators.callbacks import Stage
 USER_MESSAGE_TYPES = ("text", "reaction")
 
 
-@dataclass(frozen=True)
+@frozen
 class Delivery:
     """What the app hears of an accepted message, and when (seconds after it is scheduled)."""
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.limits import INSTAGRAM_TEXT_BYTES, WHATSAPP_TEXT_CHARACTERS
 from chat4all_workers.meta.payloads import HUMAN_AGENT
 from chat4all_workers.meta.windows import user_key
@@ -27,7 +27,7 @@ from chat4all_workers.simulators.accounts import Windows
 _WHATSAPP_MEDIA = frozenset({"image", "video", "audio", "document", "sticker"})
 
 
-@dataclass(frozen=True)
+@frozen
 class Send:
     """A send as the mock reads it."""
 

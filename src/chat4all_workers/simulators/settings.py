@@ -7,10 +7,11 @@ ask for exactly the provider it wants. supervisor.toml documents each key with i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar
 
 from chat4all_workers.config import CHANNELS, NON_EMPTY, ZERO_OK
+from chat4all_workers.frozen import frozen
 from chat4all_workers.meta.windows import HUMAN_AGENT_WINDOW_S, WINDOW_S
 from chat4all_workers.simulators.answers import ASYNC_FAILURES
 
@@ -18,7 +19,7 @@ WINDOW_MODES = ("enforce", "open")
 SHARE = {"min": 0, "max": 1}  # a fraction of calls or messages
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class MockSettings:
     """`[mocks]`: the simulated accounts (both mocks share the section)."""
 
@@ -137,7 +138,7 @@ class MockSettings:
         }
 
 
-@dataclass(frozen=True)
+@frozen
 class MoreAccount:
     """One of `accounts`."""
 

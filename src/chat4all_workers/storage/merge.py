@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncGenerator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import aiohttp
@@ -30,6 +29,7 @@ from miniopy_async.deleteobjects import DeleteObject
 from miniopy_async.error import MinioException
 
 from chat4all_workers.errors import PermanentError, RetryableError
+from chat4all_workers.frozen import frozen
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ChecksumMismatchError(PermanentError):
     error_type = "checksum_mismatch"
 
 
-@dataclass(frozen=True)
+@frozen
 class SourceChunk:
     key: str
     size: int
@@ -56,7 +56,7 @@ class SourceChunk:
     sha256: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@frozen(kw_only=True)
 class MergeJob:
     """The chunks, in order, joined into the object `key` of `bucket`."""
 
