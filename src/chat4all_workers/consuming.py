@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from chat4all_workers.errors import InvalidRecordError, PermanentError
 from chat4all_workers.kafka.backlog import warn_of_reread
-from chat4all_workers.kafka.consumer import ConsumerEngine, Handler, PermanentHandler
+from chat4all_workers.kafka.consumer import ConsumerEngine
 from chat4all_workers.kafka.dlq import dead_letter
+from chat4all_workers.kafka.handling import Handler, PermanentHandler
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.resources import TRANSIENT_ERRORS
 from chat4all_workers.role import RoleContext, RoleReport

@@ -1,4 +1,4 @@
-"""What the webhooks role counts, and how it tells an operator about refused requests.
+"""What the webhooks role counts, and how it tells an operator about the requests it refused.
 
 `webhook_requests_total{channel,outcome}` counts every request by how it was answered,
 `webhook_events_total{channel,kind,outcome}` every event by what became of it, and

@@ -6,7 +6,7 @@ finished (budget.py). When that bound is reached the engine pauses fetching (`pa
 resumes as work finishes, so memory stays bounded whatever the backlog. Offsets are committed per
 partition up to the lowest record not yet finished, never past it (partitions.py, commits.py).
 
-What the handler raises decides the record's fate (see errors.py): RetryableError retries in place
+What the handler raises decides the record's fate (handling.py): RetryableError retries in place
 with backoff, holding back only that key; PermanentError goes to `on_permanent` (the role
 dead-letters it) and the record counts as finished; anything else is a bug. A bug does not take
 the other keys down with it: fetching stops, the other keys' handlers finish what they are doing,
@@ -14,47 +14,38 @@ finished work is committed, and only then does `run` raise the bug, for the supe
 the role (draining.py).
 
 The engine is the orchestrator over those parts: it fetches, dispatches each record to its key's
-worker, and handles and retries it. It cancels a running handler at exactly two points, each the
-end of a bounded wait: at the shutdown deadline's drain end (draining.py) and on a revocation
-(rebalance.py). A handler waiting on an outside condition says so with `held()` (held.py).
+worker, and has it handled (handling.py). It cancels a running handler at exactly two points,
+each the end of a bounded wait: at the shutdown deadline's drain end (draining.py) and on a
+revocation (rebalance.py). A handler waiting on an outside condition says so with `held()`
+(held.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord
-from opentelemetry import trace
 
-from chat4all_workers.backoff import retry_delay_s
 from chat4all_workers.config import KafkaSettings, SupervisorSettings
 from chat4all_workers.deadline import ShutdownDeadline
-from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.budget import Budget
 from chat4all_workers.kafka.commits import Commits, report_lag, total_lag
 from chat4all_workers.kafka.draining import Drain
+from chat4all_workers.kafka.handling import Handler, Handling, PermanentHandler
 from chat4all_workers.kafka.held import KeyWorker, enter_key_worker
 from chat4all_workers.kafka.partitions import Assignment, Partition, Scope
 from chat4all_workers.kafka.rebalance import Listener
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
-from chat4all_workers.observability.tracing import RecordSpan
-from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[ConsumedRecord], Awaitable[None]]
-PermanentHandler = Callable[[ConsumedRecord, PermanentError], Awaitable[None]]
-
-_RETRY_BASE_S = 0.5
-_RETRY_CAP_S = 30.0
 # Full this long (records held by a paused account, a slow provider), the engine pauses its
 # partitions and polls, so the group keeps it (max.poll.interval.ms).
 _FULL_BEFORE_PAUSE_S = 5.0
@@ -103,12 +94,6 @@ class ConsumerEngine:
         self.topics = tuple(topics)
         self.group_id = group_id
         self.role = role
-        self._span_name = f"{role} process"
-        self._handler = handler
-        self._on_permanent = on_permanent
-        # A backing service unreachable (the client libraries' own errors): retried in place,
-        # like a RetryableError (caught here, not by a wrapper around every handler call).
-        self._outages = outages
         self._metrics = metrics
         self._commit_interval_s = commit_interval_s
         self._until_caught_up = drain
@@ -120,6 +105,16 @@ class ConsumerEngine:
             role=role,
             shutdown=shutdown or ShutdownDeadline(SupervisorSettings().shutdown_timeout_s),
             on_interrupt=self._budget.wake,
+        )
+        # A backing service unreachable (`outages`: the client libraries' own errors) is
+        # retried in place, like a RetryableError.
+        self._handling = Handling(
+            role=role,
+            handler=handler,
+            on_permanent=on_permanent,
+            outages=outages,
+            metrics=metrics,
+            drain=self._drain,
         )
         self._assignment = Assignment()
         self._commits = Commits()
@@ -313,7 +308,7 @@ class ConsumerEngine:
             while queue and not self._drain.hands_back(partition):
                 record = queue[0]
                 try:
-                    handled = await self._handle(partition, record)
+                    handled = await self._handling.handle(partition, record)
                 except Exception as exc:  # noqa: BLE001 - a bug: deferred (raised by run)
                     if self._drain.defer_bug(record, exc):
                         self._drain_begins()
@@ -331,64 +326,6 @@ class ConsumerEngine:
             del self._queues[scope]
             del self._workers[scope]
             self._budget.drop(scope, abandoned)
-
-    # -- handling ---------------------------------------------------------------------------
-
-    async def _handle(self, partition: Partition, record: ConsumedRecord) -> bool:
-        """Run the handler until it finishes the record; False if handed back (draining or
-        revoked) while a retry was pending."""
-        started = time.perf_counter()
-        with RecordSpan(
-            self._span_name,
-            record.headers,
-            kind=trace.SpanKind.CONSUMER,
-            attributes=lambda: {
-                "messaging.system": "kafka",
-                "messaging.destination.name": record.topic,
-                "messaging.kafka.partition": record.partition,
-                "messaging.kafka.offset": record.offset,
-            },
-        ):
-            attempt = 0
-            while True:
-                try:
-                    try:
-                        await self._handler(record)
-                    except PermanentError as exc:
-                        # Dead-lettering can meet an outage too (the breaker open): then the
-                        # record is retried like any other, not taken for a bug.
-                        await self._on_permanent(record, exc)
-                    break
-                except RetryableError as exc:
-                    if not await self._back_off(partition, record, attempt, exc):
-                        return False
-                    attempt += 1
-                except self._outages as exc:
-                    retry = RetryableError(f"{type(exc).__name__}: {exc}")
-                    if not await self._back_off(partition, record, attempt, retry):
-                        return False
-                    attempt += 1
-        self._metrics.processing_duration.observe(
-            {"role": self.role}, time.perf_counter() - started
-        )
-        return True
-
-    async def _back_off(
-        self, partition: Partition, record: ConsumedRecord, attempt: int, exc: RetryableError
-    ) -> bool:
-        """Wait before retrying in place; False (at once, or when woken) if the record is to be
-        handed back instead."""
-        if self._drain.hands_back(partition):
-            return False
-        delay = retry_delay_s(
-            attempt, base_s=_RETRY_BASE_S, cap_s=_RETRY_CAP_S, retry_after_s=exc.retry_after_s
-        )
-        log.warning(
-            "retrying record %s-%d@%d in %.2fs: %s",
-            record.topic, record.partition, record.offset, delay, exc,
-        )  # fmt: skip
-        await wait_event(self._drain.wakeup, timeout_s=delay)
-        return not self._drain.hands_back(partition)
 
     # -- committing -------------------------------------------------------------------------
 
