@@ -4,6 +4,7 @@ named by its field, nothing but InvalidRecordError for anything a producer can w
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat4all_workers.errors import InvalidRecordError
-from chat4all_workers.formats.message import parse_message
+from chat4all_workers.formats.message import Message, _read_fully, _usual, parse_message
+from chat4all_workers.formats.wire import read_record
 from tests.e2e.hostile import (
     MESSAGE_HOSTILE_FIELDS,
     MESSAGE_REQUIRED,
@@ -22,6 +24,7 @@ from tests.e2e.hostile import (
     encode,
     junk_bytes,
     message_doc,
+    not_rfc3339,
 )
 
 CHANNELS = ("whatsapp", "instagram")
@@ -148,3 +151,137 @@ def test_parse_message_accepts_every_valid_value(
 
     assert (message.sender_username, message.sender_id) == (username, sender)
     assert message.created_at == created
+
+
+# -- the usual record's one-pass reading (`_usual`) against the full one ---------------------------
+
+# Each field's variations: valid ones, the edges of its limits, and wrong ones.
+VARIATIONS: dict[str, st.SearchStrategy[Any]] = {
+    "message_id": st.one_of(
+        st.uuids().map(lambda u: str(u).upper()), st.just("3F2504E0-4F89-11D3-9A0C-0305E82C3301")
+    ),
+    "conversation_id": st.one_of(
+        st.integers(-(2**63), 2**63 - 1), st.sampled_from([2**63, -(2**63) - 1, True, 4.0])
+    ),
+    "sender_id": st.one_of(st.integers(-(2**63), 2**63 - 1), st.sampled_from([2**63, False])),
+    "sender_username": st.one_of(st.text(max_size=3), st.text(min_size=254, max_size=257)),
+    "payload": st.one_of(
+        st.fixed_dictionaries(
+            {"type": st.just("text"), "content": st.sampled_from(["x", "", 5, None])}
+        ),
+        st.fixed_dictionaries(
+            {
+                "type": st.just("text"),
+                "content": st.just("x"),
+                "human_agent": st.sampled_from([True, False, None, "yes", 1, 0]),
+            }
+        ),
+        st.just({"type": "file", "file_id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301"}),
+        st.just({"type": "template", "template": {"name": "hi", "language": {"code": "en"}}}),
+        st.just({"content": "no type"}),
+    ),
+    "channels": st.sampled_from(
+        [
+            "all",
+            "whatsapp",
+            ["whatsapp"],
+            ["instagram", "whatsapp"],
+            ["whatsapp", "whatsapp"],
+            ["all"],
+            ["whatsapp", "all"],
+            [],
+            ["sms"],
+            [1],
+            [[]],
+            [{}],
+            {"whatsapp": True},
+        ]
+    ),
+    "recipients": st.one_of(
+        st.dictionaries(
+            st.sampled_from(["whatsapp", "instagram", "x"]),
+            st.one_of(
+                st.text(max_size=3), st.text(min_size=255, max_size=257), st.none(), st.just(5)
+            ),
+            max_size=3,
+        ),
+        st.fixed_dictionaries({"whatsapp": st.text(min_size=255, max_size=257)}),
+        st.just([]),
+    ),
+    "created_at": st.one_of(
+        st.sampled_from(
+            [
+                "2026-11-28T10:30:00Z",
+                "2026-11-28t10:30:00z",
+                "2026-11-28 10:30:00.123456789+05:30",
+                "2026-11-28T10:30:00.1234567Z",
+                "0001-01-01T00:30:00+01:00",
+                "9999-12-31T23:59:59-01:00",
+                "2026-02-30T00:00:00Z",
+            ]
+        ),
+        st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat()),
+        not_rfc3339(),
+    ),
+    "account": st.sampled_from(["default", {"whatsapp": "b"}, 5, ""]),
+    "note": st.sampled_from(["anything", None, [1]]),
+}
+
+
+@st.composite
+def varied_document(draw: st.DrawFn) -> dict[str, Any]:
+    """message_doc() with one or two of its fields varied, nulled or removed: the edges of the
+    usual shape, where the two readings could part."""
+    doc = message_doc()
+    for name in draw(st.lists(st.sampled_from(sorted(VARIATIONS)), min_size=1, max_size=2)):
+        change = draw(st.sampled_from(["vary", "vary", "vary", "null", "absent"]))
+        if change == "vary":
+            doc[name] = draw(VARIATIONS[name])
+        elif change == "null":
+            doc[name] = None
+        else:
+            doc.pop(name, None)
+    return doc
+
+
+def read_both(value: bytes) -> tuple[Message | None, Message | InvalidRecordError]:
+    """(the one-pass reading, None when it declines; the full reading, or its refusal)."""
+    fields = read_record(value)
+    usual = None if fields.problems else _usual(fields.doc, CHANNELS)
+    try:
+        full: Message | InvalidRecordError = _read_fully(read_record(value), CHANNELS)
+    except InvalidRecordError as refused:
+        full = refused
+    return usual, full
+
+
+@settings(max_examples=UNIT_EXAMPLES * 5, deadline=None)
+@given(doc=varied_document())
+def test_the_one_pass_reading_reads_what_the_full_one_does(doc: dict[str, Any]) -> None:
+    usual, full = read_both(encode(doc, "utf8"))
+
+    if usual is not None:  # it takes a record only as the full reading reads it
+        assert usual == full
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        message_doc(),
+        message_doc(channels="all", created_at=None, sender_id=None, sender_username=None),
+        message_doc(channels=["instagram", "whatsapp", "instagram"], recipients={}),
+        message_doc(payload={"type": "text", "content": "hi", "human_agent": True}, note=[1]),
+        message_doc(
+            message_id="3F2504E0-4F89-11D3-9A0C-0305E82C3301",
+            created_at="2026-11-28 10:30:00.5+05:30",
+            sender_username="",
+            recipients={"whatsapp": ""},
+        ),
+    ],
+)
+def test_the_usual_record_is_read_in_one_pass(doc: dict[str, Any]) -> None:
+    usual, full = read_both(orjson.dumps(doc))
+
+    assert usual is not None
+    assert usual == full
+    assert parse_message(orjson.dumps(doc), CHANNELS) == full

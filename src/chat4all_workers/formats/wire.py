@@ -157,6 +157,37 @@ def describe(value: Any) -> str:
     return "an object"
 
 
+def uuid_text(value: str) -> str | None:
+    """A UUID in its 8-4-4-4-12 form (any case), in lower case: the form uuid.UUID prints,
+    without its cost on every record; None if it is not one."""
+    return value.lower() if _UUID.fullmatch(value) else None
+
+
+def rfc3339(value: str) -> datetime | str:
+    """The moment an RFC 3339 date-time with its offset names (`2026-11-28T10:30:00Z`), in UTC
+    and within the years 1-9999; else what is wrong with it, as a reason says it."""
+    match = _RFC3339.fullmatch(value) if len(value) <= _MAX_TIMESTAMP_CHARS else None
+    if match is None:
+        return f"not an RFC 3339 date-time: {quote(value)}"
+    if value[-1] == "Z" and value[10] == "T":
+        # The usual spelling, in UTC, read as it is (Python reads `Z` since 3.11, and cuts a
+        # finer fraction to microseconds as the rebuilt one below is cut): 0.6 us a record less.
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return f"not a valid date and time: {quote(value)}"
+    date, time, fraction, offset = match.groups()
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        moment = datetime.fromisoformat(f"{date}T{time}{(fraction or '')[:7]}{offset}")
+    except ValueError:
+        return f"not a valid date and time: {quote(value)}"
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        return f"outside the years 1-9999 in UTC: {quote(value)}"
+
+
 class Fields:
     """The fields of one JSON object, read with their rules; every problem is kept, under the
     field's path (`payload.content`), and `done()` raises them all as one InvalidRecordError."""
@@ -226,10 +257,10 @@ class Fields:
         value = self._typed(name, str, "a UUID string", required=required)
         if value is None:
             return None
-        if not _UUID.fullmatch(value):
+        canonical = uuid_text(value)
+        if canonical is None:
             self.problem(name, f"not a UUID: {quote(value)}")
-            return None
-        return value.lower()  # the form uuid.UUID prints, without its cost on every record
+        return canonical
 
     def integer(
         self, name: str, *, required: bool = True, bounds: tuple[int, int] = BIGINT
@@ -280,27 +311,15 @@ class Fields:
         return value
 
     def timestamp(self, name: str, *, required: bool = True) -> datetime | None:
-        """An RFC 3339 date-time with its offset (`2026-11-28T10:30:00Z`), within the years
-        1-9999 once in UTC."""
+        """An RFC 3339 date-time with its offset (`rfc3339`)."""
         value = self._typed(name, str, "an RFC 3339 string", required=required)
         if value is None:
             return None
-        match = _RFC3339.fullmatch(value) if len(value) <= _MAX_TIMESTAMP_CHARS else None
-        if match is None:
-            self.problem(name, f"not an RFC 3339 date-time: {quote(value)}")
+        moment = rfc3339(value)
+        if isinstance(moment, str):
+            self.problem(name, moment)
             return None
-        date, time, fraction, offset = match.groups()
-        offset = "+00:00" if offset in ("Z", "z") else offset
-        try:
-            moment = datetime.fromisoformat(f"{date}T{time}{(fraction or '')[:7]}{offset}")
-        except ValueError:
-            self.problem(name, f"not a valid date and time: {quote(value)}")
-            return None
-        try:
-            return moment.astimezone(UTC)
-        except OverflowError:
-            self.problem(name, f"outside the years 1-9999 in UTC: {quote(value)}")
-            return None
+        return moment
 
     def object(self, name: str, *, required: bool = True) -> Fields | None:
         """A nested object, read with the same rules; its problems join this record's."""
