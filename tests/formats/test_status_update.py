@@ -41,6 +41,24 @@ def test_status_record_writes_the_contracts_fields_keyed_by_conversation() -> No
     }
 
 
+@pytest.mark.parametrize(
+    "at",
+    [
+        AT,
+        datetime(2026, 11, 28, 10, 30, tzinfo=UTC),  # no fraction written when it has none
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ],
+)
+def test_status_record_writes_the_time_as_isoformat_does(at: datetime) -> None:
+    record = status_record(
+        "statuses", message_id=MESSAGE_ID, conversation_id=1, channel="whatsapp", status="READ",
+        details={}, at=at,
+    )  # fmt: skip
+
+    assert orjson.loads(record.value or b"")["timestamp"] == at.isoformat()
+
+
 def test_status_record_without_a_time_is_stamped_now_in_utc() -> None:
     before = datetime.now(UTC)
 
