@@ -122,25 +122,9 @@ def _usual(doc: Mapping[str, Any], all_channels: tuple[str, ...]) -> Message | N
         return None
     if human_agent is not None and type(human_agent) is not bool:
         return None
-    if type(channels) is not list or not channels:
-        if channels != ALL:
-            return None
-        chosen = all_channels
-    elif len(channels) == 1 and _named(channels[0]):
-        chosen = (channels[0],)
-    else:
-        for channel in channels:
-            if not _named(channel):
-                return None
-        chosen = tuple(dict.fromkeys(channels))
-    if recipients is None:
-        recipients = {}
-    elif type(recipients) is not dict:
+    chosen, recipients = _usual_channels(channels, all_channels), _usual_recipients(recipients)
+    if chosen is None or recipients is None:
         return None
-    else:
-        for recipient in recipients.values():
-            if type(recipient) is not str or len(recipient) > MAX_RECIPIENT_CHARS:
-                return None
     stamp, created_at = get("created_at"), None
     if stamp is not None:
         moment = rfc3339(stamp) if type(stamp) is str else None  # str: what is wrong with it
@@ -157,11 +141,37 @@ def _usual(doc: Mapping[str, Any], all_channels: tuple[str, ...]) -> Message | N
         content,
         None,  # file_id
         chosen,
-        dict(recipients),
+        recipients,
         created_at,
         None,  # template
         human_agent is True,
     )
+
+
+def _usual_channels(value: Any, all_channels: tuple[str, ...]) -> tuple[str, ...] | None:
+    """`channels` of the usual record: `all`, or a list of known names (duplicates once each,
+    in order); None for anything else."""
+    if type(value) is not list or not value:
+        return all_channels if value == ALL else None
+    if len(value) == 1:  # the common case
+        return (value[0],) if _named(value[0]) else None
+    for channel in value:
+        if not _named(channel):
+            return None
+    return tuple(dict.fromkeys(value))
+
+
+def _usual_recipients(value: Any) -> dict[str, str] | None:
+    """`recipients` of the usual record, copied: absent, or strings within their limit; None
+    for anything else (a null one, a number: read by `_read_fully`)."""
+    if value is None:
+        return {}
+    if type(value) is not dict:
+        return None
+    for recipient in value.values():
+        if type(recipient) is not str or len(recipient) > MAX_RECIPIENT_CHARS:
+            return None
+    return dict(value)
 
 
 def _named(channel: object) -> bool:
