@@ -3,7 +3,7 @@ and the router at a provider's pace, against the real channel mocks.
 
     python bench/router.py [--messages 50000] [--rounds 3] [--partitions 12]
                            [--conversations 2000] [--latency-ms 50] [--baseline-seconds 20]
-                           [--max-in-flight N]
+                           [--max-in-flight N] [--engine-floor]
     python bench/router.py --phase paced [--paced-messages 5000] [--paced-conversations 500]
                            [--paced-rate 80] [--routers 3] [--random-throttle SHARE]
     python bench/router.py --phase pause [--paced-messages 5000] [--paced-rate 80]
@@ -40,6 +40,12 @@ cost is the gap to it. Until 2026-12-07 the floor's Redis went through redis-py'
 which costs about 30 us per message more than the router's path (three commands): a floor
 that is not the router's I/O is not its floor, and made the router's ratio look 10 to 20 %
 better than its logic deserved.
+With --engine-floor, (a) and (b) also run the engine floor after each router turn (`engine_floor`,
+its own process, as the router): the router's consumer engine (per-conversation order, commits
+of finished work, the record's span and retries) and its status path (the status record, the
+coalescer, the trace headers) over the library floor's I/O, without the router's own logic
+(validation, accounts, leases, windows, pace, attempts, counters, log context). No target: it
+splits the router's gap to its library floor into the engine's share and the router logic's.
 Every phase reports CPU per message of each process involved (the loop or router, the fake
 provider, Kafka, Redis) and how busy it kept the machine: on a small machine the ratios are
 bounded by cores, and those figures say by how much.
@@ -76,6 +82,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -105,12 +112,18 @@ from chat4all_workers.channels.http import HttpClient
 from chat4all_workers.channels.whatsapp import WhatsAppAdapter
 from chat4all_workers.config import KafkaSettings, Settings, WhatsAppSettings
 from chat4all_workers.config_values import Secret
+from chat4all_workers.consuming import consume
 from chat4all_workers.db.migrate import migrate
+from chat4all_workers.formats.status_update import status_record
 from chat4all_workers.kafka.admin import wait_for_leaders
+from chat4all_workers.kafka.coalescing import ProduceCoalescer
 from chat4all_workers.kafka.partitioning import KeyPartitioner
+from chat4all_workers.kafka.producer import Delivery
+from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.meta.payloads import OutboundMessage
 from chat4all_workers.observability.metrics import total
-from chat4all_workers.roles import load_settings
+from chat4all_workers.role import RoleContext, RoleSpec
+from chat4all_workers.roles import REGISTRY, load_settings
 
 # Run as a script, so the repository is put on the path for the shared bench helpers.
 REPO = Path(__file__).resolve().parent.parent
@@ -168,7 +181,7 @@ asyncio.run(main())
 # -- the router subprocess ------------------------------------------------------------------------
 
 
-async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
+async def worker(doc: dict[str, Any], *, roles: list[str | RoleSpec], drain: bool) -> None:
     """A router (or the mocks) in this process, until drained or SIGTERM. Prints READY, then at
     the end `DONE <restarts>` and `STATS <json>`: the channel calls by outcome, and each change
     of a sending account's state (paused, active) with its time and probes."""
@@ -217,6 +230,57 @@ async def worker(doc: dict[str, Any], *, roles: list[str], drain: bool) -> None:
         }
         sys.stdout.write(f"DONE {restarts}\nSTATS {orjson.dumps(stats).decode()}\n")
         sys.stdout.flush()
+
+
+async def engine_floor(ctx: RoleContext) -> None:
+    """The engine floor's role: the router's consumer engine (keyed order, commits of finished
+    work, the record's span, its retries) and its status path (`status_record`, the
+    coalescer, the trace headers), over the library floor's I/O per record (the window `GET`
+    and the claim's `SET NX` on the router's auto-pipeline, the adapter's POST, the mark's
+    `SET`, the SENT status). None of the router's own logic: no validation, accounts, leases,
+    windows, pace, attempts, counters or log context. The router's gap to it is that logic."""
+    resources, settings = ctx.resources, ctx.settings
+    pipe, key = resources.redis_pipeline(), resources.redis_key
+    coalescer = ProduceCoalescer(resources.kafka(), spawn=resources.spawn())
+    adapter = WhatsAppAdapter(settings.whatsapp, resources.http_client())
+    topic = settings.topics.message_status_updates
+
+    async def handle(record: ConsumedRecord) -> None:
+        assert record.value is not None
+        doc = orjson.loads(record.value)
+        marker = key(f"message:dedup:{doc['message_id']}:whatsapp")
+        recipient = doc["recipients"]["whatsapp"]
+        window = pipe.execute("GET", key(f"window:whatsapp:1000:{recipient}"))
+        claim = pipe.execute("SET", marker, "lease", "NX", "EX", 86_400)
+        await window
+        await claim
+        message = OutboundMessage(
+            message_id=doc["message_id"],
+            conversation_id=doc["conversation_id"],
+            recipient=recipient,
+            kind="text",
+            text=doc["payload"]["content"],
+        )
+        pid = (await adapter.send(message)).provider_message_id
+        mark = pipe.execute("SET", marker, f"sent:{pid}", "EX", 86_400)
+        status = status_record(
+            topic,
+            message_id=doc["message_id"],
+            conversation_id=doc["conversation_id"],
+            channel="whatsapp",
+            status="SENT",
+            details={"provider_message_id": pid},
+        )
+        (outcome,) = await coalescer.send_each([status])
+        await mark
+        if not isinstance(outcome, Delivery):
+            raise outcome
+
+    await consume(ctx, topic=settings.topics.message_processing, handler=handle)
+
+
+# The router's role with `engine_floor` for its run: the router's settings, group and needs.
+ENGINE_FLOOR = dataclasses.replace(REGISTRY["router"], run=engine_floor)
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -464,20 +528,26 @@ def router_settings(
 
 
 async def run_router(
-    s: Scratch, phase: str, latency_ms: float, messages: int, max_in_flight: int | None
+    s: Scratch,
+    phase: str,
+    latency_ms: float,
+    messages: int,
+    max_in_flight: int | None,
+    role: str = "router",
 ) -> RouterRun:
+    """The router (or `role`: "engine_floor") through every message, in its own process."""
     async with fake_provider(latency_ms) as provider:
         doc = router_settings(s, phase, provider.base_url, max_in_flight)
         s.groups.append(router_group(doc))  # the engine's group, for cleanup
         proc = await asyncio.create_subprocess_exec(
             sys.executable, __file__, "--worker", orjson.dumps(doc).decode(),
-            stdout=asyncio.subprocess.PIPE,
+            "--worker-roles", role, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         try:
             with RssSampler(proc.pid) as sampler:
                 await read_line(proc, "READY", 90)
                 rss_ready = sampler.rss()
-                cpu = CpuMeter({"router": proc.pid, "provider": provider.pid, **service_pids()})
+                cpu = CpuMeter({role: proc.pid, "provider": provider.pid, **service_pids()})
                 cpu.start()
                 done = await read_line(proc, "DONE", 3600)
                 cpu.stop()
@@ -800,14 +870,26 @@ def turn_tags(phase: str, rounds: int) -> list[str]:
     return [phase if turn == 0 else f"{phase}{turn + 1}" for turn in range(rounds)]
 
 
+@dataclass
+class Turns:
+    """A phase's turns: the library floor's rate and CPU, the router's turns as one run, and
+    the engine floor's (with --engine-floor)."""
+
+    floor: float
+    floor_cpu: CpuMeter
+    router: RouterRun
+    engine: RouterRun | None
+
+
 async def turns(
     s: Scratch, phase: str, latency_ms: float, args: argparse.Namespace, max_in_flight: int
-) -> tuple[float, CpuMeter, RouterRun]:
-    """The floor and the router in turns, `args.rounds` each: (the floor's rate, its CPU, the
-    router's turns as one run)."""
+) -> Turns:
+    """The floor and the router in turns, `args.rounds` each (and the engine floor after the
+    router, with --engine-floor)."""
     floor_seconds = 0.0
     floor_cpus: list[CpuMeter] = []
     runs: list[RouterRun] = []
+    engines: list[RouterRun] = []
     for tag in turn_tags(phase, args.rounds):
         floor, floor_cpu = await library_floor(s, tag, latency_ms, args.messages, max_in_flight)
         out(f"({tag}) library floor: {floor:,.0f} msg/s\n")
@@ -816,11 +898,46 @@ async def turns(
         out(router_line(f"({tag}) router", run, args.messages))
         out(run.cpu.report(f"({tag}) router", args.messages))
         out(f"    ({tag}) router / its floor, this turn: {run.rate / floor:.2f}\n")
+        if args.engine_floor:
+            engine = await run_router(
+                s, f"{tag}e", latency_ms, args.messages, args.max_in_flight, "engine_floor"
+            )
+            out(router_line(f"({tag}) engine floor", engine, args.messages))
+            out(engine.cpu.report(f"({tag}) engine floor", args.messages))
+            out(
+                f"    ({tag}) engine floor / library floor, this turn: "
+                f"{engine.rate / floor:.2f}; router / engine floor: {run.rate / engine.rate:.2f}\n"
+            )
+            engines.append(engine)
         floor_seconds += args.messages / floor
         floor_cpus.append(floor_cpu)
         runs.append(run)
     floor_rate = args.rounds * args.messages / floor_seconds
-    return floor_rate, CpuMeter.total(floor_cpus), combined(runs)
+    engine_run = combined(engines) if engines else None
+    return Turns(floor_rate, CpuMeter.total(floor_cpus), combined(runs), engine_run)
+
+
+def engine_rows(
+    label: str, phase: Turns, total: int, result: dict[str, Any], problems: list[str]
+) -> list[tuple[str, str, str, str, str]]:
+    """The engine floor's rows of the report (no target: where the router's gap is), its
+    figures in `result` and what went wrong with it in `problems`."""
+    engine = phase.engine
+    if engine is None:
+        return []
+    problems += router_problems(f"{label} engine floor", engine, total)
+    result["engine_floor"] = router_summary(engine)
+    return [
+        (f"{label} engine floor (its engine, no router logic)", f"{engine.rate:,.0f}",
+         f"{engine.rate / phase.floor:.2f}", "", ""),
+        (f"{label} router / its engine floor", f"{phase.router.rate:,.0f}",
+         f"{phase.router.rate / engine.rate:.2f}", "", ""),
+        (f"{label} CPU/message: router/engine/floor (us)",
+         f"{cpu_us(phase.router.cpu, 'router', total):.0f}/"
+         f"{cpu_us(engine.cpu, 'engine_floor', total):.0f}/"
+         f"{cpu_us(phase.floor_cpu, 'bench loop', total):.0f}",
+         "", "", ""),
+    ]  # fmt: skip
 
 
 def router_summary(run: RouterRun) -> dict[str, Any]:
@@ -849,7 +966,10 @@ async def bench(args: argparse.Namespace) -> bool:
         f"redis.max_connections={Settings().redis.max_connections}, dedup on "
         f"(delivery.dedup_ttl_s={Settings().delivery.dedup_ttl_s}), channels [whatsapp]\n"
     )
-    statuses = [f"status-{tag}" for p in ("a", "b") for tag in turn_tags(p, args.rounds)]
+    tags = [tag for p in ("a", "b") for tag in turn_tags(p, args.rounds)]
+    statuses = [f"status-{tag}" for tag in tags]
+    if args.engine_floor:
+        statuses += [f"status-{tag}e" for tag in tags]
     async with scratch(args.partitions, ("in", "dlq", "bare", "serial", "floor", *statuses)) as s:
         started = time.perf_counter()
         await produce_messages(s.topic("in"), args.messages, args.conversations)
@@ -862,7 +982,8 @@ async def bench(args: argparse.Namespace) -> bool:
             bare, bare_cpu = await bare_loop(s, args.messages)
             out(f"(a) bare loop done: {bare:,.0f} msg/s\n")
             out(bare_cpu.report("(a) bare loop", args.messages))
-            floor_a, floor_a_cpu, fast = await turns(s, "a", 0.0, args, max_in_flight)
+            a = await turns(s, "a", 0.0, args, max_in_flight)
+            floor_a, floor_a_cpu, fast = a.floor, a.floor_cpu, a.router
             ratio_a = fast.rate / floor_a
             problems += router_problems("(a) router", fast, total)
             result["a"] = {"bare": bare, "floor": floor_a, "router": router_summary(fast)}
@@ -876,6 +997,7 @@ async def bench(args: argparse.Namespace) -> bool:
                  f"{cpu_us(floor_a_cpu, 'bench loop', total):.0f}",
                  "", "", ""),
             ]  # fmt: skip
+            rows += engine_rows("(a)", a, total, result["a"], problems)
         if args.only != "a":
             serial, done, serial_cpu = await one_at_a_time(
                 s, args.latency_ms, args.baseline_seconds
@@ -883,7 +1005,8 @@ async def bench(args: argparse.Namespace) -> bool:
             out(f"(b) one-at-a-time baseline: {serial:,.0f} msg/s ({done} in "
                 f"{args.baseline_seconds:.0f} s)\n")  # fmt: skip
             out(serial_cpu.report("(b) one at a time", done))
-            floor, floor_cpu, slow = await turns(s, "b", args.latency_ms, args, max_in_flight)
+            b = await turns(s, "b", args.latency_ms, args, max_in_flight)
+            floor, floor_cpu, slow = b.floor, b.floor_cpu, b.router
             ratio_b = slow.rate / floor
             problems += router_problems("(b) router", slow, total)
             result["b"] = {"serial": serial, "floor": floor, "router": router_summary(slow)}
@@ -898,6 +1021,7 @@ async def bench(args: argparse.Namespace) -> bool:
                  f"{cpu_us(slow.cpu, 'router', total):.0f}/"
                  f"{cpu_us(floor_cpu, 'bench loop', total):.0f}",
                  "", "", ""),
+                *engine_rows("(b)", b, total, result["b"], problems),
                 (f"(c) router RSS peak; ready {ready:.0f}, mid {slow.rss_mid / MB:.0f}, "
                  f"end {slow.rss_done / MB:.0f} MB",
                  f"{peak:.0f} MB", f"+{peak - ready:.0f} MB", "< 250 MB", check(peak < 250)),
@@ -1220,6 +1344,11 @@ async def main() -> int:
     parser.add_argument("--max-in-flight", type=int, help="kafka.max_in_flight for the router")
     parser.add_argument("--only", choices=("a", "b"))
     parser.add_argument(
+        "--engine-floor",
+        action="store_true",
+        help="also run the engine floor in (a) and (b): the router's engine, no router logic",
+    )
+    parser.add_argument(
         "--phase", choices=("paced", "pause"), help="run this phase alone (against the mocks)"
     )
     parser.add_argument("--paced-messages", type=int, default=5000)
@@ -1242,7 +1371,10 @@ async def main() -> int:
     collector.tune()
     collector.freeze()
     if args.worker:
-        roles = args.worker_roles.split(",")
+        roles: list[str | RoleSpec] = [
+            ENGINE_FLOOR if name == "engine_floor" else name
+            for name in args.worker_roles.split(",")
+        ]
         await worker(orjson.loads(args.worker), roles=roles, drain=not args.until_stopped)
         return 0
     if args.phase:
