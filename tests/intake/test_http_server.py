@@ -391,6 +391,8 @@ async def test_http_server_closes_a_connection_that_sends_nothing(serve: Serve) 
     [
         (b"POST /a HTTP/1.1\r\nHost: x\r\nX-Big: " + b"v" * 3000 + b"\r\n\r\n", 431),
         (b"POST /a HTTP/1.1\r\n" + b"X-N: 1\r\n" * 101 + b"\r\n", 431),
+        (b"POST /a HTTP/1.1\r\n" + (b"X-Forty: " + b"v" * 31 + b"\r\n") * 60 + b"\r\n", 431),
+        (b"GET /" + b"u" * 3000 + b" HTTP/1.1\r\n\r\n", 431),
         (b"GET /" + b"u" * 9000 + b" HTTP/1.1\r\n\r\n", 414),
         (b"NOT HTTP AT ALL\r\n\r\n", 400),
         (b"POST /a HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc", 400),
@@ -405,6 +407,8 @@ async def test_http_server_closes_a_connection_that_sends_nothing(serve: Serve) 
     ids=[
         "header-too-large",
         "too-many-headers",
+        "headers-too-large-together",
+        "target-and-headers-too-large",
         "url-too-long",
         "garbage",
         "length-and-chunked",

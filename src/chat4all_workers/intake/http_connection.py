@@ -77,7 +77,8 @@ class Connection(asyncio.Protocol):
         # The request being parsed.
         self._url: list[bytes] = []
         self._headers: dict[str, str] = {}
-        self._head_size = 0
+        self._head_size = 0  # bytes received of a head not parsed whole yet
+        self._head_parsed = 0  # bytes of its request target and headers parsed so far
         self._header_count = 0
         self._exchange: Exchange | None = None
         self._head_only = False
@@ -168,28 +169,31 @@ class Connection(asyncio.Protocol):
             raise _Stop
         self._reading = _Reading.HEAD
         self._url, self._headers = [], {}
-        self._head_size = 0
+        self._head_size = self._head_parsed = 0
         self._header_count = 0
         self.deadline = self._loop.time() + self._limits.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self._url.append(url)
-        if sum(map(len, self._url)) > _MAX_URL_BYTES:
+        self._head_parsed += len(url)  # the target comes before any header
+        if self._head_parsed > _MAX_URL_BYTES:
             self._refuse_head(414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # The head's size counted as it comes (a repeated header too), not summed again at its
+        # end: a head over the limit is refused at the header that breaks it.
         self._header_count += 1
-        if self._header_count > _MAX_HEADERS:
+        self._head_parsed += len(name) + len(value)
+        if self._header_count > _MAX_HEADERS or self._head_parsed > self._limits.max_head_bytes:
             self._refuse_head(431)
         self._headers.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
 
     def on_headers_complete(self) -> None:
+        if self._head_parsed > self._limits.max_head_bytes:  # a long target, few headers
+            self._refuse_head(431)
         url = b"".join(self._url)
         self._url = []
         headers, self._headers = self._headers, {}
-        size = len(url) + sum(len(k) + len(v) for k, v in headers.items())
-        if size > self._limits.max_head_bytes:
-            self._refuse_head(431)
         if self._parser.should_upgrade():  # Upgrade (h2c, websocket) or CONNECT
             self._refuse_head(400, b"400: protocol upgrades are not supported")
         method = self._parser.get_method().decode("ascii")

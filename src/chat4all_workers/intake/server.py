@@ -25,6 +25,7 @@ a moment to notice, and a channel mock in the same process flushes its pending w
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable
 from urllib.parse import parse_qsl, unquote
 
@@ -102,8 +103,10 @@ class _Post:
         self._service.accounting.in_flight -= 1
 
 
+@functools.lru_cache(maxsize=1024)
 def _route(path: str) -> tuple[str, str | None] | None:
-    """(channel, app id or None) of a webhooks path, None for any other path."""
+    """(channel, app id or None) of a webhooks path, None for any other path. Remembered per
+    path: a deployment's paths are few (a path per channel and app), and every POST asks."""
     if not path.startswith(_PREFIX):
         return None
     channel, _, app_id = path[len(_PREFIX) :].partition("/")

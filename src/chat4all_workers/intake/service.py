@@ -30,6 +30,7 @@ general path (`_store`) in its connection's task.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -271,17 +272,12 @@ class Webhooks:
         self.accounting.ignored(channel, parsed.ignored)
         for text in parsed.provider_errors:
             log.warning("webhooks: the provider reported an error: %s", text)
-        summary = {
-            "statuses": len(statuses),
-            "inbound": len(parsed.inbound),
-            "ignored": len(parsed.ignored),
-            "dead_lettered": bool(problems),
-            "parked": parked,
-        }
         self.accounting.count(
             channel, "invalid" if problems else "parked" if parked else "accepted"
         )
-        return Answer(200, orjson.dumps(summary))
+        return _summary(
+            len(statuses), len(parsed.inbound), len(parsed.ignored), bool(problems), parked
+        )
 
     def _status_record(self, status: StatusEvent) -> OutgoingRecord:
         details: dict[str, Any] = {"provider_message_id": status.provider_message_id}
@@ -326,6 +322,23 @@ def _common(parsed: Parsed) -> bool:
         s.kind == "status" and s.message_id is not None and s.status != "FAILED"
         for s in parsed.statuses
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _summary(
+    statuses: int, inbound: int, ignored: int, dead_lettered: bool, parked: bool
+) -> Answer:
+    """The 200 of a stored notification, counting what it did. Made once per summary: most
+    notifications say the same (one status, nothing else), and the server then writes the same
+    answer's bytes again (intake/http_encoding.py)."""
+    summary = {
+        "statuses": statuses,
+        "inbound": inbound,
+        "ignored": ignored,
+        "dead_lettered": dead_lettered,
+        "parked": parked,
+    }
+    return Answer(200, orjson.dumps(summary))
 
 
 def _settle(future: asyncio.Future[Answer], answer: Answer) -> None:
