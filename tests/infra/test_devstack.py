@@ -6,7 +6,11 @@ import base64
 import importlib.machinery
 import importlib.util
 import sys
+import threading
+from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 from harness import REPO
 
@@ -30,3 +34,31 @@ def test_a_kafka_cluster_id_never_begins_with_a_dash_the_tools_read_as_an_option
     assert not [i for i in ids if i.startswith("-")]
     assert len(set(ids)) == len(ids)
     assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+
+
+def test_the_broker_count_is_recorded_whole_for_readers_at_the_same_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The test workers run `up` at the same time: one read the record empty while another
+    # wrote it, and `up` failed with int('') (a CI-like run, about one in ten).
+    monkeypatch.setenv("DEVSTACK_HOME", str(tmp_path))
+    monkeypatch.delenv("DEVSTACK_KAFKA_BROKERS", raising=False)
+    devstack = load_devstack()
+    devstack.RUN.mkdir(parents=True)
+    devstack._record_brokers(1)
+    writing = threading.Event()
+
+    def record_again() -> None:
+        while not writing.is_set():
+            devstack._record_brokers(1)
+
+    writer = threading.Thread(target=record_again)
+    writer.start()
+    try:
+        read = [devstack._recorded_brokers() for _ in range(20_000)]
+    finally:
+        writing.set()
+        writer.join()
+
+    assert set(read) == {1}
+    assert [p.name for p in devstack.RUN.iterdir()] == ["kafka-brokers"]  # no partial left
