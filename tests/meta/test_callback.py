@@ -6,7 +6,7 @@ import uuid
 
 import orjson
 
-from chat4all_workers.meta.callback import callback_data, callback_ids, our_callback
+from chat4all_workers.meta.callback import callback_data, callback_ids, our_callback, parse_origin
 
 MESSAGE_ID = str(uuid.UUID(int=7))
 CALLBACK = orjson.dumps({"message_id": MESSAGE_ID, "conversation_id": 42}).decode()
@@ -62,3 +62,11 @@ def test_our_callback_says_why_an_event_carries_none_of_ours() -> None:
     assert (ours.message_id, ours.conversation_id) == (MESSAGE_ID, 42)
     assert (absent, foreign) == (None, None)
     assert ignored == [("echo", "no_callback_data"), ("status", "bad_callback_data")]
+
+
+def test_parse_origin_reads_only_ascii_digits() -> None:
+    assert parse_origin("message_processing:3:1200") == ("message_processing", 3, 1200)
+    assert parse_origin("a:b:message_processing:3:1200") == ("a:b:message_processing", 3, 1200)
+    assert parse_origin("message_processing:²:1") is None  # a digit to isdigit, not to int()
+    assert parse_origin("message_processing:3:-1") is None
+    assert parse_origin(":3:1") is None

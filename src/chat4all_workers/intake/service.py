@@ -222,7 +222,13 @@ class Webhooks:
             records = [[self._status_record(s) for s in item.parsed.statuses] for item in batch]
             outcomes = await self._storing.produce_each(records)
             for item, outcome in zip(batch, outcomes, strict=True):
-                _settle(item.answer, await self._answer_stored(item, outcome))
+                if isinstance(outcome, bool):  # produced, or parked: nothing left to await
+                    statuses = item.parsed.statuses
+                    self.accounting.events(item.channel, statuses, item.parsed.inbound)
+                    answer = self._summarize(item.channel, item.parsed, statuses, parked=outcome)
+                else:
+                    answer = await self._answer_failed(item, outcome)
+                _settle(item.answer, answer)
         except BaseException as exc:  # a bug, or cancelled: the requests still waiting learn it
             for item in batch:
                 if item.answer.done():
@@ -234,18 +240,16 @@ class Webhooks:
             if not isinstance(exc, Exception):
                 raise
 
-    async def _answer_stored(self, item: _Common, outcome: bool | Exception) -> Answer:
-        """The answer to a common notification whose records met `outcome` (parked or not, or
-        the failure `Storing.produce` would have raised)."""
+    async def _answer_failed(self, item: _Common, outcome: Exception) -> Answer:
+        """The answer to a common notification whose records met the failure `Storing.produce`
+        would have raised."""
         channel, statuses = item.channel, item.parsed.statuses
         try:
             if isinstance(outcome, PermanentError):
                 return await self._stored(
                     channel, item.body, item.parsed, statuses, refused=outcome
                 )
-            if isinstance(outcome, Exception):
-                raise outcome
-            return await self._stored(channel, item.body, item.parsed, statuses, parked=outcome)
+            raise outcome
         except _CANNOT_STORE as exc:
             return self._unavailable(channel, exc)
 
@@ -269,15 +273,25 @@ class Webhooks:
             self.accounting.events(channel, statuses, parsed.inbound)
         if problems:
             await self._storing.dead_letter(channel, body, problems, error_type)
+        return self._summarize(channel, parsed, statuses, parked=parked, invalid=bool(problems))
+
+    def _summarize(
+        self,
+        channel: str,
+        parsed: Parsed,
+        statuses: list[StatusEvent],
+        *,
+        parked: bool,
+        invalid: bool = False,
+    ) -> Answer:
+        """A stored notification (its events counted, its problems dead-lettered): what it
+        ignored counted, the provider's errors it reported logged, the request counted, the 200
+        with its summary."""
         self.accounting.ignored(channel, parsed.ignored)
         for text in parsed.provider_errors:
             log.warning("webhooks: the provider reported an error: %s", text)
-        self.accounting.count(
-            channel, "invalid" if problems else "parked" if parked else "accepted"
-        )
-        return _summary(
-            len(statuses), len(parsed.inbound), len(parsed.ignored), bool(problems), parked
-        )
+        self.accounting.count(channel, "invalid" if invalid else "parked" if parked else "accepted")
+        return _summary(len(statuses), len(parsed.inbound), len(parsed.ignored), invalid, parked)
 
     def _status_record(self, status: StatusEvent) -> OutgoingRecord:
         details: dict[str, Any] = {"provider_message_id": status.provider_message_id}

@@ -84,6 +84,6 @@ def parse_origin(origin: str) -> tuple[str, int, int] | None:
     if len(parts) != 3 or not parts[0]:
         return None
     topic, partition, offset = parts
-    if not (partition.isdigit() and offset.isdigit()):
+    if not (partition.isascii() and partition.isdigit() and offset.isascii() and offset.isdigit()):
         return None
     return topic, int(partition), int(offset)

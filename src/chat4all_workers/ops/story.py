@@ -434,8 +434,13 @@ def _conversation(story: Story) -> tuple[int | None, datetime | None]:
     if story.row is not None:
         return int(story.row["conversation_id"]), datetime.fromisoformat(story.row["created_at"])
     for event in story.outbox:
-        if event["aggregate_type"] == "conversation" and event["aggregate_id"].isdigit():
-            return int(event["aggregate_id"]), datetime.fromisoformat(event["created_at"])
+        aggregate_id = event["aggregate_id"]
+        if (
+            event["aggregate_type"] == "conversation"
+            and aggregate_id.isascii()
+            and aggregate_id.isdigit()
+        ):
+            return int(aggregate_id), datetime.fromisoformat(event["created_at"])
     return None, None
 
 
