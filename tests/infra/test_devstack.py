@@ -62,3 +62,11 @@ def test_the_broker_count_is_recorded_whole_for_readers_at_the_same_time(
 
     assert set(read) == {1}
     assert [p.name for p in devstack.RUN.iterdir()] == ["kafka-brokers"]  # no partial left
+
+
+def test_an_empty_devstack_home_is_the_default_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVSTACK_HOME", "")  # not the working directory (Path("") is)
+
+    devstack = load_devstack()
+
+    assert devstack.HOME == REPO / ".devstack"
