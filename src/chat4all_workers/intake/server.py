@@ -103,10 +103,11 @@ class _Post:
         self._service.accounting.in_flight -= 1
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=128)
 def _route(path: str) -> tuple[str, str | None] | None:
     """(channel, app id or None) of a webhooks path, None for any other path. Remembered per
-    path: a deployment's paths are few (a path per channel and app), and every POST asks."""
+    path: a deployment's paths are few (a path per channel and app), and every POST asks; at
+    most 128, so that a stranger's paths (8 KiB each at most) hold at most 1 MiB."""
     if not path.startswith(_PREFIX):
         return None
     channel, _, app_id = path[len(_PREFIX) :].partition("/")
