@@ -121,11 +121,22 @@ class CpuMeter:
         return total
 
     def report(self, label: str, messages: int) -> str:
+        """Each process's CPU per message, how busy they kept the machine, and the busiest
+        process's share of one core: each process runs one event loop on one core, so a
+        process near 100 % is what bounds the rate, whichever it is. (On 2026-12-07 the fake
+        provider was the library floor's busiest process in (a) and (b), at 82-93 % of a core,
+        and the router its own: the rate ratio of the two compares different bottlenecks.)"""
         per = ", ".join(f"{n} {s / messages * 1e6:,.0f}" for n, s in self.seconds.items())
         busy = sum(self.seconds.values()) / (self.wall_s * (psutil.cpu_count() or 1))
+        busiest = max(self.seconds, key=self.seconds.__getitem__, default=None)
+        bound = (
+            f"; busiest: {busiest} at {self.seconds[busiest] / self.wall_s:.0%} of one core"
+            if busiest is not None and self.wall_s > 0
+            else ""
+        )
         return (
             f"    {label} CPU per message (us): {per}; these processes kept "
-            f"{busy:.0%} of the {psutil.cpu_count()} CPUs busy over {self.wall_s:.1f} s\n"
+            f"{busy:.0%} of the {psutil.cpu_count()} CPUs busy over {self.wall_s:.1f} s{bound}\n"
         )
 
 

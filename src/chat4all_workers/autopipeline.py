@@ -104,7 +104,7 @@ class AutoPipeline:
             self._link = None
 
     def _enqueue(self, args: tuple[EncodableT, ...]) -> asyncio.Future[Any]:
-        reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[Any] = self._batcher.future()
         self._batcher.add((args, reply))
         return reply
 

@@ -96,6 +96,9 @@ class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection: one request at a time, its response parsed as it arrives."""
 
     def __init__(self) -> None:
+        # Made by `create_connection`, in the loop it lives in: looked up once (on Python 3.11
+        # each look is a system call: batching.py).
+        self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[Response] | None = None
@@ -155,7 +158,7 @@ class _Connection(asyncio.Protocol):
     async def request(self, data: bytes) -> Response:
         assert self._transport is not None, "not connected"
         assert self._waiter is None, "one request at a time"
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         self._transport.write(data)
         return await self._waiter
 
@@ -166,7 +169,7 @@ class _Connection(asyncio.Protocol):
             return outcome
         if outcome is not None:
             raise outcome
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         return await self._waiter
 
     def time_out(self) -> None:
@@ -218,6 +221,7 @@ class HttpClient:
         self._busy: dict[_Connection, float] = {}  # requests under way, and their deadlines
         self._working = asyncio.Event()  # set while requests are under way: the sweeper sweeps
         self._tasks: asyncio.TaskGroup | None = None  # owns the sweeper while the client is open
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it is open in
         self._targets: dict[str, _Target] = {}
         self._closed = False
 
@@ -229,11 +233,11 @@ class HttpClient:
         Raises RequestTimeoutError or HTTPTransportError, each saying in `request_written`
         whether the request left this process.
         """
-        if self._closed or self._tasks is None:
+        loop = self._loop
+        if self._closed or loop is None:
             raise RuntimeError("the HTTP client is closed (or was never opened: async with)")
         target = self._target(url)
         data = b"".join((target.head, _header_block(headers, len(body)), body))
-        loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         connection = self._reuse(target.origin)
         if connection is None:
@@ -271,6 +275,7 @@ class HttpClient:
         await tasks.__aenter__()
         tasks.create_task(self._sweep(), name="http-client-sweeper")
         self._tasks = tasks
+        self._loop = asyncio.get_running_loop()
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -167,7 +167,7 @@ class Webhooks:
         else:
             parsed = self._parsers[channel](doc, ours=self.trust.ours(channel, signers))
         if _common(parsed):
-            answer: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            answer: asyncio.Future[Answer] = self._batcher.future()
             self._batcher.add(_Common(channel, body, parsed, answer))
             return answer
         return self._receive(channel, body, parsed)

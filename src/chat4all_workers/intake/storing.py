@@ -136,7 +136,7 @@ class _Deadlines:
         watched = self._watched
         while watched and watched[0][1].done():
             watched.popleft()
-        loop = asyncio.get_running_loop()
+        loop = future.get_loop()
         deadline = loop.time() + self._timeout_s
         watched.append((deadline, future))
         if self._timer is None:

@@ -36,8 +36,7 @@ class ProduceCoalescer:
 
     def send_each(self, records: Sequence[OutgoingRecord]) -> asyncio.Future[list[SendOutcome]]:
         """The outcome of each of `records`, sent with the others of this loop iteration."""
-        loop = asyncio.get_running_loop()
-        outcomes: asyncio.Future[list[SendOutcome]] = loop.create_future()
+        outcomes: asyncio.Future[list[SendOutcome]] = self._batcher.future()
         # The call runs in a task of its own: each record keeps its caller's trace.
         self._batcher.add(([with_trace(r) for r in records], outcomes))
         return outcomes
