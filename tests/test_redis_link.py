@@ -8,6 +8,7 @@ import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlsplit
 
 import pytest
@@ -16,6 +17,7 @@ import redis.exceptions as redis_errors
 
 from chat4all_workers.autopipeline import AutoPipeline
 from chat4all_workers.background import Background
+from chat4all_workers.redis_link import RedisLink
 from harness.deployment import free_port
 from harness.stack import StackEndpoints
 from harness.waiting import eventually
@@ -264,3 +266,33 @@ async def test_a_tls_url_is_opened_over_tls_and_checks_the_servers_certificate(
     assert "CERTIFICATE_VERIFY_FAILED" in str(refused[0])
     # The listener speaks only TLS (the same command in clear text is cut): it went over TLS.
     assert [type(r) for r in without_tls] == [redis_errors.ConnectionError]
+
+
+class _ForeignTransport:
+    """A stream transport of another event loop's making: uvloop's are not subclasses of
+    asyncio.Transport (a host program may embed the workers in its uvloop loop)."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_transport_not_of_asyncio_s_classes_carries_the_commands_and_replies() -> None:
+    link = RedisLink(timeout_s=5.0, encoding=None, errors="strict")
+    transport = _ForeignTransport()
+    link.connection_made(cast(asyncio.BaseTransport, transport))
+    reply: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    link.send(b"*1\r\n$4\r\nPING\r\n", [reply])
+    link.data_received(b"+PONG\r\n")
+
+    assert transport.written == [b"*1\r\n$4\r\nPING\r\n"]
+    assert await reply == b"PONG"
+    link.close()
+    assert transport.aborted
