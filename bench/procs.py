@@ -124,8 +124,9 @@ class CpuMeter:
         """Each process's CPU per message, how busy they kept the machine, and the busiest
         process's share of one core: each process runs one event loop on one core, so a
         process near 100 % is what bounds the rate, whichever it is. (On 2026-12-07 the fake
-        provider was the library floor's busiest process in (a) and (b), at 82-93 % of a core,
-        and the router its own: the rate ratio of the two compares different bottlenecks.)"""
+        provider was the library floor's busiest process in all 40 turns of (a) and (b), at
+        69-93 % of a core, and the router the router's: the rate ratio of the two compares
+        different bottlenecks. README, "Figures".)"""
         per = ", ".join(f"{n} {s / messages * 1e6:,.0f}" for n, s in self.seconds.items())
         busy = sum(self.seconds.values()) / (self.wall_s * (psutil.cpu_count() or 1))
         busiest = max(self.seconds, key=self.seconds.__getitem__, default=None)
