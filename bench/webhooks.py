@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import shutil
 import signal
 import sys
 import time
@@ -489,11 +490,17 @@ async def drive(server: str, pid: int, port: int, seed: int, load: dict[str, int
 async def start_profile(pid: int, path: Path) -> asyncio.subprocess.Process:
     """py-spy sampling `pid` (200 Hz, raw collapsed stacks to `path`) until stopped. It slows the
     process it samples: the figures of a profiled run are not comparable."""
-    spy = Path(sys.executable).with_name("py-spy")
+    spy = py_spy() or "py-spy"  # checked at start-up
     return await asyncio.create_subprocess_exec(
-        str(spy), "record", "-p", str(pid), "-r", "200", "--format", "raw", "-o", str(path),
+        spy, "record", "-p", str(pid), "-r", "200", "--format", "raw", "-o", str(path),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def py_spy() -> str | None:
+    """py-spy beside this interpreter (the project's venv) or on PATH; None if neither has it."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
 
 
 # -- the report -----------------------------------------------------------------------------------
@@ -673,6 +680,8 @@ async def main() -> int:
     parser.add_argument("--worker", metavar="SETTINGS_JSON", help=argparse.SUPPRESS)
     parser.add_argument("--client", metavar="LOAD_JSON", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile is not None and py_spy() is None:
+        parser.error("--profile samples with py-spy, which is not installed: pip install py-spy")
     # The collector as `chat4all-workers run` sets it, in the role and the floor alike.
     collector.tune()
     collector.freeze()
