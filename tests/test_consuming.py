@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from chat4all_workers.backoff import OUTAGE_CAP_S
 from chat4all_workers.config import Settings
 from chat4all_workers.consuming import consume, consumer_group, dead_letter_record
 from chat4all_workers.errors import InvalidRecordError, PermanentError
+from chat4all_workers.kafka import handling
 from chat4all_workers.kafka.records import ConsumedRecord
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import Need, Resources, open_resources
@@ -171,6 +173,37 @@ async def test_consume_retries_a_record_in_place_through_an_outage(
 
     assert attempts == [b"first", b"first", b"second"]  # retried, in order, nothing skipped
     assert await read_topic(stack, ctx.settings.topics.dlq) == []
+
+
+@pytest.mark.stack
+async def test_consume_retries_through_an_outage_at_most_the_outage_cap_apart(
+    stack: StackEndpoints,
+    kafka_topic: TopicFactory,
+    role_context: ContextFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However long the outage, the record is tried again within OUTAGE_CAP_S of the service's
+    return (a provider's refusal backs off up to 30 s; an outage must not inherit that)."""
+    topic = await kafka_topic()
+    await produce(stack, topic, [(b"k1", b"first")])
+    ctx = await role_context()
+    outage_retries = 12  # with the provider's schedule, the later delays would reach 30 s
+    waits: list[float | None] = []
+
+    async def no_wait(event: asyncio.Event, *, timeout_s: float | None) -> bool:
+        waits.append(timeout_s)  # the delay the engine chose, not slept
+        return event.is_set()
+
+    monkeypatch.setattr(handling, "wait_event", no_wait)
+
+    async def handler(record: ConsumedRecord) -> None:
+        if len(waits) < outage_retries:
+            raise ConnectionRefusedError(111, "Connection refused")
+
+    await asyncio.wait_for(consume(ctx, topic=topic, handler=handler), 30)
+
+    assert len(waits) == outage_retries
+    assert all(wait is not None and 0 <= wait <= OUTAGE_CAP_S for wait in waits), waits
 
 
 @pytest.mark.stack

@@ -12,6 +12,13 @@ from __future__ import annotations
 
 import random
 
+# Work that met an outage (a backing service unreachable or restarting) is tried again at most
+# OUTAGE_CAP_S apart, however long the outage: its end is the service's, not a sign that the work
+# is unwelcome, so once the service is back the work resumes within seconds. A provider's
+# refusals back off further (the consumer engine's own cap).
+OUTAGE_BASE_S = 0.2
+OUTAGE_CAP_S = 5.0
+
 
 def backoff_delay_s(
     attempt: int,

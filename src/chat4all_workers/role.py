@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from chat4all_workers.backoff import backoff_delay_s
+from chat4all_workers.backoff import OUTAGE_BASE_S, OUTAGE_CAP_S, backoff_delay_s
 from chat4all_workers.config import Section, Settings
 from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.frozen import frozen
@@ -24,8 +24,6 @@ from chat4all_workers.waiting import wait_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_OUTAGE_BASE_S = 0.2
-_OUTAGE_CAP_S = 5.0
 # Task groups wrap what their tasks raised; `is_outage` looks inside.
 _OUTAGE_SHAPED: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, ExceptionGroup)
 
@@ -156,7 +154,7 @@ async def outlast_outages(ctx: RoleContext, call: Callable[[], Awaitable[T]], *,
         except _OUTAGE_SHAPED as exc:
             if ctx.stopping.is_set() or not is_outage(exc):
                 raise
-            delay = backoff_delay_s(attempt, base_s=_OUTAGE_BASE_S, cap_s=_OUTAGE_CAP_S)
+            delay = backoff_delay_s(attempt, base_s=OUTAGE_BASE_S, cap_s=OUTAGE_CAP_S)
             attempt += 1
             log.warning(
                 "%s: %s failed, a backing service looks unreachable (%s); again in %.1fs",

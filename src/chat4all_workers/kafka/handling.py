@@ -4,7 +4,9 @@ What the handler raises decides it (errors.py):
 - nothing: the record is finished;
 - PermanentError: `on_permanent` has it (the role dead-letters it), and it counts as finished;
 - RetryableError, or one of `outages` (a backing service unreachable, the client libraries' own
-  errors): retried in place with backoff, holding back only the record's key;
+  errors): retried in place with backoff, holding back only the record's key; an outage's
+  retries at most `OUTAGE_CAP_S` apart (backoff.py), so the record goes on within seconds of
+  the service's return;
 - anything else is a bug: raised to the engine, which drains before raising it (draining.py).
 
 A pending retry gives way to the drain: a record whose partition is being handed back (a stop,
@@ -19,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 from opentelemetry import trace
 
-from chat4all_workers.backoff import retry_delay_s
+from chat4all_workers.backoff import OUTAGE_BASE_S, OUTAGE_CAP_S, retry_delay_s
 from chat4all_workers.errors import PermanentError, RetryableError
 from chat4all_workers.kafka.draining import Drain
 from chat4all_workers.kafka.partitions import Partition
@@ -90,7 +92,7 @@ class Handling:
                     attempt += 1
                 except self._outages as exc:
                     retry = RetryableError(f"{type(exc).__name__}: {exc}")
-                    if not await self._back_off(partition, record, attempt, retry):
+                    if not await self._back_off(partition, record, attempt, retry, outage=True):
                         return False
                     attempt += 1
         self._metrics.processing_duration.observe(
@@ -99,15 +101,20 @@ class Handling:
         return True
 
     async def _back_off(
-        self, partition: Partition, record: ConsumedRecord, attempt: int, exc: RetryableError
+        self,
+        partition: Partition,
+        record: ConsumedRecord,
+        attempt: int,
+        exc: RetryableError,
+        *,
+        outage: bool = False,
     ) -> bool:
         """Wait before retrying in place; False (at once, or when woken) if the record is to be
         handed back instead."""
         if self._drain.hands_back(partition):
             return False
-        delay = retry_delay_s(
-            attempt, base_s=_RETRY_BASE_S, cap_s=_RETRY_CAP_S, retry_after_s=exc.retry_after_s
-        )
+        base_s, cap_s = (OUTAGE_BASE_S, OUTAGE_CAP_S) if outage else (_RETRY_BASE_S, _RETRY_CAP_S)
+        delay = retry_delay_s(attempt, base_s=base_s, cap_s=cap_s, retry_after_s=exc.retry_after_s)
         log.warning(
             "retrying record %s-%d@%d in %.2fs: %s",
             record.topic, record.partition, record.offset, delay, exc,
