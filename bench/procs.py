@@ -90,17 +90,19 @@ class CpuMeter:
 
     def __init__(self, pids: dict[str, int]) -> None:
         self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
-        self._started: dict[str, float] = {}
+        self._started: dict[str, tuple[float, float]] = {}
         self._wall = 0.0
         self.seconds: dict[str, float] = {}
+        self.system: dict[str, float] = {}  # of `seconds`, those in the kernel
         self.wall_s = 0.0
 
-    def _cpu(self, process: psutil.Process) -> float:
+    def _cpu(self, process: psutil.Process) -> tuple[float, float]:
+        """(user + system, system) seconds so far."""
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:
-            return 0.0
-        return float(times.user + times.system)
+            return 0.0, 0.0
+        return float(times.user + times.system), float(times.system)
 
     def start(self) -> None:
         self._wall = time.perf_counter()
@@ -108,7 +110,9 @@ class CpuMeter:
 
     def stop(self) -> None:
         self.wall_s = time.perf_counter() - self._wall
-        self.seconds = {n: self._cpu(p) - self._started[n] for n, p in self._processes.items()}
+        for name, process in self._processes.items():
+            (cpu, system), (cpu0, system0) = self._cpu(process), self._started[name]
+            self.seconds[name], self.system[name] = cpu - cpu0, system - system0
 
     @classmethod
     def total(cls, meters: list[CpuMeter]) -> CpuMeter:
@@ -118,6 +122,7 @@ class CpuMeter:
             total.wall_s += meter.wall_s
             for name, seconds in meter.seconds.items():
                 total.seconds[name] = total.seconds.get(name, 0.0) + seconds
+                total.system[name] = total.system.get(name, 0.0) + meter.system.get(name, 0.0)
         return total
 
     def report(self, label: str, messages: int) -> str:
@@ -126,8 +131,13 @@ class CpuMeter:
         process near 100 % is what bounds the rate, whichever it is. (On 2026-12-07 the fake
         provider was the library floor's busiest process in all 40 turns of (a) and (b), at
         69-93 % of a core, and the router the router's: the rate ratio of the two compares
-        different bottlenecks. README, "Figures".)"""
-        per = ", ".join(f"{n} {s / messages * 1e6:,.0f}" for n, s in self.seconds.items())
+        different bottlenecks. README, "Figures".) Each figure gives the kernel's part of it
+        in brackets: the router's and its floor's were about a tenth that evening."""
+        us = {
+            n: (s / messages * 1e6, self.system[n] / messages * 1e6)
+            for n, s in self.seconds.items()
+        }
+        per = ", ".join(f"{n} {cpu:,.0f} (kernel {kernel:,.0f})" for n, (cpu, kernel) in us.items())
         busy = sum(self.seconds.values()) / (self.wall_s * (psutil.cpu_count() or 1))
         busiest = max(self.seconds, key=self.seconds.__getitem__, default=None)
         bound = (
