@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,15 @@ async def steady_stream(
 
 
 async def settle_and_count(
-    deployment: Deployment, sent: list[Sent], record_summary: Callable[[str], None], fault: str
+    deployment: Deployment,
+    sent: list[Sent],
+    record_summary: Callable[[str], None],
+    fault: str,
+    *,
+    fault_ended: float | None = None,
 ) -> None:
+    """Wait until every message is READ or dead-lettered, then check and summarise; with
+    `fault_ended` (monotonic), the summary says how long after it everything settled."""
     ids = [s.message_id for s in sent]
     dead = set()
 
@@ -129,6 +137,9 @@ async def settle_and_count(
         return all(states.get(i) == "READ" or i in dead for i in ids)
 
     await eventually(finished, timeout_s=120, interval_s=0.5, message="every message settled")
+    settled = (
+        "" if fault_ended is None else f" settled_after_s={time.monotonic() - fault_ended:.1f}"
+    )
     states = await statuses(deployment, ids)
     counts = []
     for channel in ("whatsapp", "instagram"):
@@ -140,6 +151,7 @@ async def settle_and_count(
     record_summary(
         f"{fault}: messages={len(ids)} read={read} dlq={len(dead & set(ids))} lost={lost} "
         + " ".join(f"{c}: sent={n} duplicates={d} out_of_order={o}" for c, n, d, o in counts)
+        + settled
     )
     assert lost == 0
     assert all(d == 0 and o == 0 for _, _, d, o in counts)
@@ -185,14 +197,18 @@ async def test_fault_service_stopped_and_started(
     service: str,
 ) -> None:
     async with deployment_running(deployment, tmp_path, **FAST) as procs:
+        ended: list[float] = []
 
         async def outage() -> None:
             async with service_down(own_stack, service):
                 await asyncio.sleep(OUTAGE_S)
+            ended.append(time.monotonic())
 
         sent = await steady_stream(deployment, outage)
         upload_id = await upload_file(deployment, s3_client, [b"x" * 5 * MIB, b"y" * MIB])
-        await settle_and_count(deployment, sent, record_summary, f"{service} restart")
+        await settle_and_count(
+            deployment, sent, record_summary, f"{service} restart", fault_ended=ended[0]
+        )
 
         async def completed() -> bool:
             return await file_status(deployment, upload_id) == "COMPLETED"
