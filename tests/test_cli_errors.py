@@ -361,6 +361,33 @@ def test_cli_exits_at_once_when_s3_refuses_the_secret(
     assert_refused(run, "s3", "AccessDenied")
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("send", "--text", "hello", "--channel", "whatsapp", "--to", "whatsapp=+5511999990000"),
+        ("accounts", "list"),
+        ("db", "migrate"),
+    ],
+)
+def test_cli_names_an_unreachable_postgres_and_its_address_in_one_line(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    port = free_port()  # nobody listens
+    env: dict[str, str | None] = {
+        "DATABASE_URL": f"postgresql://chat4all:{PG_PASSWORD}@127.0.0.1:{port}/chat4all"
+    }
+
+    run = cli(*command, env=env, tmp_path=tmp_path)
+
+    line = assert_one_line(run)
+    assert run.code == 1, run.stderr
+    message = orjson.loads(line)["message"]
+    assert message.startswith(
+        f"postgres: unreachable at postgresql://chat4all:***@127.0.0.1:{port}/chat4all: "
+    ), message
+    assert_no_secret(run)
+
+
 @pytest.mark.stack
 def test_cli_status_reports_a_refusal_without_a_secret(
     stack: StackEndpoints, tmp_path: Path

@@ -106,12 +106,20 @@ def workers(settings: Settings, urls: str | None) -> list[str]:
 
 
 async def connect_postgres(settings: Settings) -> Any:
-    """One connection for a command; a refusal (wrong password, no database) is final."""
+    """One connection for a command; a refusal (wrong password, no database) is final, and an
+    unreachable server is named with its address (the driver's own error names neither:
+    "[Errno 111] Connect call failed ('127.0.0.1', 5432)")."""
     import asyncpg
 
+    from chat4all_workers.config_checks import masked_url
     from chat4all_workers.resources import REFUSAL_ERRORS, refusal
 
+    url = settings.postgres.url.get()
     try:
-        return await asyncpg.connect(settings.postgres.url.get(), timeout=10)
+        return await asyncpg.connect(url, timeout=10)
     except REFUSAL_ERRORS as exc:
         raise DependencyRefusedError("postgres", refusal(exc) or type(exc).__name__) from None
+    except (OSError, TimeoutError, asyncpg.PostgresConnectionError) as exc:
+        error = str(exc) or type(exc).__name__
+        where = masked_url(url) or "postgres.url"
+        raise ConnectionError(f"postgres: unreachable at {where}: {error}") from None
