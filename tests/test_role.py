@@ -127,6 +127,8 @@ def test_is_outage_knows_each_client_library_and_looks_inside_task_group_errors(
     assert is_outage(refused)
     assert is_outage(redis_errors.ConnectionError("gone"))
     assert is_outage(asyncpg.CannotConnectNowError("starting up"))
+    # What a pooled connection raises when the server was killed under it (asyncpg#1069).
+    assert is_outage(asyncpg.InternalClientError("cannot switch to state 15; another operation"))
     assert is_outage(ExceptionGroup("tasks", [refused, redis_errors.TimeoutError("slow")]))
     assert not is_outage(ValueError("a bug"))
     assert not is_outage(ExceptionGroup("tasks", [refused, KeyError("a bug")]))

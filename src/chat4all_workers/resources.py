@@ -54,6 +54,11 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis_errors.TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,  # the connection was closed under the query
+    # The server died (kill -9, a crash, a lost node) under a pooled connection: asyncpg loses
+    # track of its protocol state ("cannot switch to state 15; another operation (2) is in
+    # progress", MagicStack/asyncpg#1069; SQLAlchemy reads it as a disconnect since
+    # sqlalchemy/sqlalchemy#13241). The pool terminates that connection on release.
+    asyncpg.InternalClientError,
     asyncpg.exceptions.OperatorInterventionError,  # admin/crash shutdown, cannot connect now
     asyncpg.InsufficientResourcesError,  # too many connections, out of memory or disk
     asyncpg.DeadlockDetectedError,

@@ -1,10 +1,11 @@
 """Faults during a steady stream: a worker killed with -9, and each backing service (Kafka,
-PostgreSQL, Redis, S3) stopped and started again, for real, through `scripts/devstack`, on the
-directory's own stack (conftest.py), so the rest of the suite runs on meanwhile.
+PostgreSQL, Redis, S3) stopped and started again (PostgreSQL also killed with -9), for real,
+through `scripts/devstack`, on the directory's own stack (conftest.py), so the rest of the suite
+runs on meanwhile.
 
 Afterwards every message reached READ, or FAILED with a DLQ reason; every file is COMPLETED; no
-message was sent twice on a channel; per-conversation order held; and no worker needed a manual
-restart. Each test records a summary line (shown at the end of the run).
+message was sent twice on a channel; per-conversation order held; no worker needed a manual
+restart, and no role crashed. Each test records a summary line (shown at the end of the run).
 """
 
 from __future__ import annotations
@@ -166,9 +167,17 @@ async def dead_lettered(deployment: Deployment) -> set[str]:
 
 
 def no_restart_needed(procs: list[WorkerProcess]) -> None:
+    """No process died, and no role in one crashed (an outage is waited out, not crashed on:
+    a crash spends the supervisor's restart intensity)."""
     for proc in procs:
         assert proc.proc is not None
         assert proc.proc.returncode is None, f"a worker died:\n{proc.log_tail()}"
+        crashes = [
+            r.get("message", "")
+            for r in proc.log_records()
+            if r.get("level") == "ERROR" and " crashed: " in r.get("message", "")
+        ]
+        assert crashes == [], crashes
 
 
 async def test_fault_worker_killed_with_sigkill_and_restarted(
@@ -187,7 +196,11 @@ async def test_fault_worker_killed_with_sigkill_and_restarted(
         no_restart_needed([workers, mocks])
 
 
-@pytest.mark.parametrize("service", ["kafka", "postgres", "redis", "s3"])
+@pytest.mark.parametrize(
+    ("service", "kill"),
+    [("kafka", False), ("postgres", False), ("postgres", True), ("redis", False), ("s3", False)],
+    ids=["kafka", "postgres", "postgres-kill-9", "redis", "s3"],
+)
 async def test_fault_service_stopped_and_started(
     deployment: Deployment,
     s3_client: Minio,
@@ -195,19 +208,24 @@ async def test_fault_service_stopped_and_started(
     tmp_path: Path,
     record_summary: Callable[[str], None],
     service: str,
+    kill: bool,
 ) -> None:
     async with deployment_running(deployment, tmp_path, **FAST) as procs:
         ended: list[float] = []
 
         async def outage() -> None:
-            async with service_down(own_stack, service):
+            async with service_down(own_stack, service, kill=kill):
                 await asyncio.sleep(OUTAGE_S)
             ended.append(time.monotonic())
 
         sent = await steady_stream(deployment, outage)
         upload_id = await upload_file(deployment, s3_client, [b"x" * 5 * MIB, b"y" * MIB])
         await settle_and_count(
-            deployment, sent, record_summary, f"{service} restart", fault_ended=ended[0]
+            deployment,
+            sent,
+            record_summary,
+            f"{service} {'killed' if kill else 'stopped'} and started",
+            fault_ended=ended[0],
         )
 
         async def completed() -> bool:
