@@ -18,6 +18,7 @@ import pytest
 from chat4all_workers.app import App, run_once
 from chat4all_workers.config import Settings
 from chat4all_workers.errors import ConfigError, RoleFailedError
+from chat4all_workers.listening import Address
 from chat4all_workers.resources import Need
 from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from harness.waiting import eventually
@@ -325,3 +326,59 @@ async def test_run_once_runs_one_pass_of_a_periodic_role_in_drain_mode() -> None
 async def test_run_once_refuses_a_role_that_is_not_periodic() -> None:
     with pytest.raises(ConfigError, match=r"run-once \(argv\): role 'steady' is not periodic"):
         await run_once(fast_settings(), "steady", registry={"steady": spec("steady", serve)})
+
+
+class Greeter:
+    """A role that listens (`RoleSpec.listens`) and answers each connection with its run's
+    number; its first run crashes after its first answer."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def spec(self) -> RoleSpec:
+        address = Address("127.0.0.1", 0, "greeter.host, greeter.port")
+        return spec("greeter", self.run, listens=lambda settings: address)
+
+    async def run(self, ctx: RoleContext) -> None:
+        self.runs += 1
+        run, answered = self.runs, asyncio.Event()
+
+        async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"run %d\n" % run)
+            await writer.drain()
+            writer.close()
+            answered.set()
+
+        async with ctx.sockets(Address("127.0.0.1", 0, "unused")) as (sock,):
+            server = await asyncio.start_server(greet, sock=sock)
+            async with server:
+                ctx.mark_ready()
+                if run == 1:
+                    await answered.wait()
+                    raise RuntimeError("greeter crashed")
+                await ctx.stopping.wait()
+
+
+async def ask(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        return await asyncio.wait_for(reader.readline(), timeout=10)
+    finally:
+        writer.close()
+
+
+async def test_app_binds_a_role_port_once_and_a_restarted_role_serves_the_same() -> None:
+    greeter = Greeter()
+    async with App(fast_settings(), roles=[greeter.spec()], serve_http=False) as app:
+        listening = app.contexts["greeter"].listening
+        assert listening is not None
+        port = listening.port
+        first = await ask(port)
+        # The crash closed the first run's server; a connection now waits in the process's
+        # backlog until the restarted role serves the same socket.
+        second = await ask(port)
+
+    assert (first, second) == (b"run 1\n", b"run 2\n")
+    assert greeter.runs == 2
+    with pytest.raises(ConnectionRefusedError):
+        await ask(port)  # stopped: the port is closed

@@ -388,6 +388,51 @@ def test_cli_names_an_unreachable_postgres_and_its_address_in_one_line(
     assert_no_secret(run)
 
 
+@pytest.mark.parametrize(
+    ("roles", "port_env", "server", "settings"),
+    [
+        (
+            "webhooks",
+            "CHAT4ALL_WEBHOOKS_PORT",
+            "webhooks",
+            "webhooks.host, webhooks.port; env CHAT4ALL_WEBHOOKS_HOST, CHAT4ALL_WEBHOOKS_PORT",
+        ),
+        (
+            "whatsapp_mock",
+            "CHAT4ALL_MOCKS_WHATSAPP_PORT",
+            "whatsapp_mock",
+            "mocks.host, mocks.whatsapp_port; "
+            "env CHAT4ALL_MOCKS_HOST, CHAT4ALL_MOCKS_WHATSAPP_PORT",
+        ),
+        (
+            "gc",
+            "METRICS_PORT",
+            "operations",
+            "observability.metrics_host, observability.metrics_port; "
+            "env CHAT4ALL_OBSERVABILITY_METRICS_HOST, METRICS_PORT",
+        ),
+    ],
+    ids=["webhooks", "mock", "operations"],
+)
+def test_cli_a_port_another_process_holds_stops_the_start_in_one_line_naming_its_settings(
+    roles: str, port_env: str, server: str, settings: str, tmp_path: Path
+) -> None:
+    # Bound before anything connects: no service is reachable here, and none is waited for.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+
+        run = cli("run", "--roles", roles, env={port_env: str(port)}, tmp_path=tmp_path)
+
+    line = assert_one_line(run)
+    assert run.code == 1, run.stderr
+    assert run.elapsed_s < REFUSAL_WITHIN_S, f"took {run.elapsed_s:.1f}s"
+    assert orjson.loads(line)["message"] == (
+        f"{server}: cannot listen on 127.0.0.1:{port} ({settings}): address already in use"
+    )
+
+
 @pytest.mark.stack
 def test_cli_status_reports_a_refusal_without_a_secret(
     stack: StackEndpoints, tmp_path: Path

@@ -26,6 +26,7 @@ from typing import Any
 from chat4all_workers.config import Settings
 from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.errors import ConfigError, RoleFailedError
+from chat4all_workers.listening import Address, Listening, listen
 from chat4all_workers.observability.http import serve_operations
 from chat4all_workers.observability.logging import bind_service
 from chat4all_workers.observability.loop_lag import watch_loop_lag
@@ -75,6 +76,7 @@ class App:
         self._serve_http = serve_http
         self._clock = clock
         self.contexts: dict[str, RoleContext] = {}
+        self._ports: dict[str, Listening] = {}  # the roles' ports, bound at start-up
         self.resources: Resources | None = None
         self.http_port: int | None = None
         self.supervisor: Supervisor | None = None
@@ -93,6 +95,9 @@ class App:
 
     async def __aenter__(self) -> App:
         async with contextlib.AsyncExitStack() as stack:
+            # The ports first: one that cannot be bound fails the start at once, before any
+            # dependency is waited for (listening.py).
+            operations = await self._listen_on_ports(stack)
             self.resources = await stack.enter_async_context(
                 open_resources(self.settings, self.metrics, self.needs, shutdown=self.shutdown)
             )
@@ -102,13 +107,11 @@ class App:
                 resources=self.resources,
                 stopping=self.stopping,
             )
-            if self._serve_http:
-                obs = self.settings.observability
+            if operations is not None:
                 self.http_port = await stack.enter_async_context(
-                    serve_operations(
-                        self.metrics, self.readiness, host=obs.metrics_host, port=obs.metrics_port
-                    )
+                    serve_operations(self.metrics, self.readiness, sockets=operations.lend())
                 )
+                operations.close()  # served by the copies from here on
             supervisor = Supervisor(
                 [self._child(spec, self.resources) for spec in self.specs],
                 settings=self.settings.supervisor,
@@ -124,12 +127,33 @@ class App:
             self._stack = stack.pop_all()
         return self
 
+    async def _listen_on_ports(self, stack: contextlib.AsyncExitStack) -> Listening | None:
+        """Bind the operations port (when served) and each role's (`RoleSpec.listens`); the
+        roles' are lent to them at each start and closed once the process stops or fails to
+        start. PortUnavailableError names the first that cannot be bound."""
+        operations = None
+        if self._serve_http:
+            obs = self.settings.observability
+            keys = ("observability.metrics_host", "observability.metrics_port")
+            port = Address.of(
+                obs.metrics_host, obs.metrics_port, keys=keys, env_of=self.settings.env_of
+            )
+            operations = await listen("operations", port)
+            stack.callback(operations.close)
+        for spec in self.specs:
+            if spec.listens is not None:
+                bound = await listen(spec.name, spec.listens(self.settings))
+                stack.callback(bound.close)
+                self._ports[spec.name] = bound
+        return operations
+
     def _child(self, spec: RoleSpec, resources: Resources) -> ChildSpec:
         """A role as a child of the supervisor: its context, and how it starts."""
         ctx = RoleContext(
             spec.name, self.settings, resources, self.metrics, self.stopping, drain=self.drain
         )
         ctx.shutdown = self.shutdown
+        ctx.listening = self._ports.get(spec.name)
         self.contexts[spec.name] = ctx
         start: Callable[[], Awaitable[None]]
         if spec.run is not None:
@@ -165,6 +189,14 @@ class App:
             stopping=self.stopping,
         )
         tasks.create_task(self._reporter.run(), name="reporter")
+        tasks.create_task(self._release_ports(), name="ports")
+
+    async def _release_ports(self) -> None:
+        """Once the process stops, its own copies of the roles' ports close: a role's server
+        finishes what it has, and the port refuses new connections as soon as that closes."""
+        await self.stopping.wait()
+        for bound in self._ports.values():
+            bound.close()
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.stop()

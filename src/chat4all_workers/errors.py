@@ -7,6 +7,8 @@ happens to the work item, not the place where the error was raised::
     +-- ConfigError            bad settings: the process refuses to start (exit code 2)
     +-- DependencyRefusedError a backing service refused us for good at start-up (wrong
     |                          password, no such database): exit code 1 at once, no retries
+    +-- PortUnavailableError   a port the process is to serve cannot be bound (another process
+    |                          holds it): exit code 1 at once, naming its setting
     +-- UnsealError            a stored token or app secret does not open (wrong key,
     |                          altered, copied from another row): that row is left out
     +-- RetryableError         transient: retry in place with backoff, the item stays owned
@@ -67,6 +69,17 @@ class DependencyRefusedError(Chat4AllError):
         self.service = service
         self.reason = reason
         super().__init__(f"{service}: {reason}")
+
+
+class PortUnavailableError(Chat4AllError):
+    """A port the process is to serve cannot be bound at start-up (another process holds it, a
+    privileged port, an address this host does not have); `server` says whose (a role, or
+    "operations") and `reason` where, which setting and why (listening.py)."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        self.server = server
+        self.reason = reason
+        super().__init__(f"{server}: {reason}")
 
 
 class UnsealError(Chat4AllError):

@@ -7,9 +7,11 @@ registry. Roles never import the supervisor or each other; they receive a `RoleC
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,6 +20,7 @@ from chat4all_workers.config import Section, Settings
 from chat4all_workers.deadline import ShutdownDeadline
 from chat4all_workers.frozen import frozen
 from chat4all_workers.kafka.consumer import ConsumerStats
+from chat4all_workers.listening import Address, Listening, listen
 from chat4all_workers.observability.metrics import Metrics
 from chat4all_workers.resources import TRANSIENT_ERRORS, Need, Resources
 from chat4all_workers.waiting import wait_event
@@ -74,6 +77,8 @@ class RoleContext:
     _published: dict[str, Callable[[], Mapping[str, Any]]] = field(default_factory=dict)
     # How the role reports its work (`report`); None until it says.
     reporter: Callable[[], RoleReport] | None = None
+    # Its `RoleSpec.listens` address, bound by the process (App); None: the role binds it.
+    listening: Listening | None = None
 
     def __post_init__(self) -> None:
         self.shutdown = ShutdownDeadline(self.settings.supervisor.shutdown_timeout_s)
@@ -111,6 +116,23 @@ class RoleContext:
         restarted role reports again with its new objects; the reporter keeps the totals."""
         self.reporter = describe
 
+    @contextlib.asynccontextmanager
+    async def sockets(self, address: Address) -> AsyncIterator[list[socket.socket]]:
+        """The listening sockets the role serves for the block, closed at its end: copies of the
+        ones the process bound at start-up, or, in a context made elsewhere (tests, benchmarks),
+        its own, bound now (PortUnavailableError when they cannot be)."""
+        if self.listening is not None:
+            sockets = self.listening.lend()
+        else:
+            own = await listen(self.name, address)
+            sockets = own.lend()
+            own.close()  # the role's are the only ones: its server's stop closes the port
+        try:
+            yield sockets
+        finally:
+            for sock in sockets:
+                sock.close()
+
 
 RunFn = Callable[[RoleContext], Awaitable[None]]
 
@@ -132,6 +154,9 @@ class RoleSpec:
     # The role's own settings section (a frozen dataclass with `SECTION`), read with
     # `ctx.settings.section(cls)`; its registry line names the same section.
     settings: type[Section] | None = None
+    # The address the role serves, bound by the process at start-up (listening.py): a port
+    # that cannot be bound stops the start with one line, not the role with a crash.
+    listens: Callable[[Settings], Address] | None = None
 
     def __post_init__(self) -> None:
         if (self.run is None) == (self.run_once is None):

@@ -15,6 +15,7 @@ import pytest
 from chat4all_workers.intake.answers import Answer
 from chat4all_workers.intake.http_exchange import Exchange, Head, Limits
 from chat4all_workers.intake.http_server import HttpServer
+from chat4all_workers.listening import Address, listen
 from harness.waiting import eventually
 
 pytestmark = pytest.mark.timeout(30)
@@ -108,7 +109,11 @@ def serve() -> Serve:
     async def running(limits: Limits = LIMITS, grace_s: float = 2.0) -> AsyncIterator[Served]:
         app = Recorder()
         server = HttpServer(app, limits=limits)
-        async with server.serving(host="127.0.0.1", port=0, grace_s=grace_s) as port:
+        address = Address("127.0.0.1", 0, "webhooks.host, webhooks.port")
+        listening = await listen("webhooks", address)
+        sockets = listening.lend()
+        listening.close()  # the server's copies are the only ones: its stop closes the port
+        async with server.serving(sockets=sockets, grace_s=grace_s) as port:
             yield Served(app, port)
 
     return running

@@ -42,7 +42,7 @@ from chat4all_workers.cli.output import (
     flush_stdout,
 )
 from chat4all_workers.config import Settings
-from chat4all_workers.errors import ConfigError, DependencyRefusedError
+from chat4all_workers.errors import ConfigError, DependencyRefusedError, PortUnavailableError
 from chat4all_workers.observability.console import LOG_FORMATS, choose_formatter
 from chat4all_workers.observability.logging import configure_logging
 from chat4all_workers.roles import check_role_keys
@@ -170,7 +170,7 @@ def _run_async(work: Awaitable[int]) -> int:
 
     try:
         return asyncio.run(main())
-    except DependencyRefusedError as exc:
+    except (DependencyRefusedError, PortUnavailableError) as exc:
         log.error("%s", exc)
         return 1
     except (ConnectionError, OSError) as exc:

@@ -44,11 +44,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+import socket
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 from chat4all_workers.intake.http_connection import SWEEP_S, Connection
 from chat4all_workers.intake.http_exchange import Application, Limits
+from chat4all_workers.listening import BACKLOG
 from chat4all_workers.waiting import sweep
 
 log = logging.getLogger(__name__)
@@ -66,19 +68,23 @@ class HttpServer:
 
     @contextlib.asynccontextmanager
     async def serving(
-        self, *, host: str, port: int, backlog: int = 128, grace_s: float
+        self, *, sockets: Sequence[socket.socket], grace_s: float
     ) -> AsyncIterator[int]:
-        """Listen on host:port (0: any free port) for the block; yields the bound port. On exit
-        the stop described above, within `grace_s`."""
+        """Serve the listening `sockets` (listening.py) for the block, closing them at its end;
+        yields the bound port. On exit the stop described above, within `grace_s`."""
         loop = asyncio.get_running_loop()
         async with asyncio.TaskGroup() as tasks:
             self._tasks = tasks
-            server = await loop.create_server(lambda: Connection(self), host, port, backlog=backlog)
+            servers = [
+                await loop.create_server(lambda: Connection(self), sock=sock, backlog=BACKLOG)
+                for sock in sockets
+            ]
             sweeper = tasks.create_task(self._sweep(), name="http-server-sweeper")
             try:
-                yield int(server.sockets[0].getsockname()[1])
+                yield int(sockets[0].getsockname()[1])
             finally:
-                server.close()
+                for server in servers:
+                    server.close()
                 await self._drain(grace_s)
                 sweeper.cancel()
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -39,7 +40,8 @@ def build_app(metrics: Metrics, readiness: Readiness) -> web.Application:
 
 
 def serve_operations(
-    metrics: Metrics, readiness: Readiness, *, host: str, port: int
+    metrics: Metrics, readiness: Readiness, *, sockets: Sequence[socket.socket]
 ) -> contextlib.AbstractAsyncContextManager[int]:
-    """Serve the endpoints for the duration of the block; yields the bound port (0 picks one)."""
-    return serving(build_app(metrics, readiness), host=host, port=port)
+    """Serve the endpoints on the listening `sockets` (listening.py) for the duration of the
+    block; yields the bound port."""
+    return serving(build_app(metrics, readiness), sockets=sockets)

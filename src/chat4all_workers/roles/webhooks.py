@@ -30,6 +30,7 @@ from chat4all_workers.intake.server import Endpoint, Listener, until_quiet
 from chat4all_workers.intake.service import Webhooks
 from chat4all_workers.intake.storing import Storing
 from chat4all_workers.kafka.originals import OriginalRecords
+from chat4all_workers.listening import Address
 from chat4all_workers.resources import Need
 from chat4all_workers.role import RoleContext, RoleSpec
 
@@ -109,6 +110,13 @@ def build(
     )
 
 
+def address(settings: Settings) -> Address:
+    """Where the role listens: `[webhooks] host:port`."""
+    own = settings.section(WebhookSettings)
+    keys = ("webhooks.host", "webhooks.port")
+    return Address.of(own.host, own.port, keys=keys, env_of=settings.env_of)
+
+
 def _warn_unconfigured(settings: Settings, service: Webhooks) -> None:
     refused = [channel for channel, taken in service.accepting().items() if not taken]
     if refused:
@@ -136,9 +144,10 @@ async def run(ctx: RoleContext) -> None:
     # An in-flight request waits for Kafka at most store_timeout_s; let it finish.
     grace_s = min(own.store_timeout_s + 1.0, settings.supervisor.shutdown_timeout_s)
     try:
-        async with server.serving(
-            host=own.host, port=own.port, backlog=1024, grace_s=grace_s
-        ) as port:
+        async with (
+            ctx.sockets(address(settings)) as sockets,
+            server.serving(sockets=sockets, grace_s=grace_s) as port,
+        ):
             listening = f"{own.host}:{port}"
             ctx.publish("webhooks", lambda: {"listening": listening, **service.stats()})
             ctx.report(lambda: service.accounting.report(listening))
@@ -159,4 +168,5 @@ ROLE = RoleSpec(
     needs=frozenset({Need.KAFKA, Need.REDIS, Need.ACCOUNTS}),
     run=run,
     settings=WebhookSettings,
+    listens=address,
 )

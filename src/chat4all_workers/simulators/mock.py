@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
@@ -65,9 +66,15 @@ class MockChannel:
 
     @contextlib.asynccontextmanager
     async def serving(
-        self, host: str, port: int, *, shutdown: ShutdownDeadline | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        sockets: Sequence[socket.socket] = (),
+        shutdown: ShutdownDeadline | None = None,
     ) -> AsyncIterator[int]:
-        """Serve on host:port and call back until the block ends (the users of
+        """Serve on the listening `sockets` (else on host:port) and call back until the block
+        ends (the users of
         `open_windows_for` write first), then finish the requests and media fetches under way
         and flush the pending webhooks, until the shutdown deadline's unwind end (the
         supervisor cancels roles at the next point) and at most `_FLUSH_CAP_S`; yields the
@@ -84,6 +91,7 @@ class MockChannel:
                         self.app(),
                         host=host,
                         port=port,
+                        sockets=sockets,
                         handler_cancellation=False,
                         shutdown_timeout=5.0,
                     ) as bound:

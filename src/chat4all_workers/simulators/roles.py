@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 
-from chat4all_workers.config import InstagramSettings, WhatsAppSettings
+from chat4all_workers.config import InstagramSettings, Settings, WhatsAppSettings
+from chat4all_workers.listening import Address
 from chat4all_workers.resources import Need
 from chat4all_workers.role import Restart, RoleContext, RoleSpec
 from chat4all_workers.simulators.accounts import Account, AccountConfig
@@ -78,10 +79,19 @@ def _more_accounts(ctx: RoleContext, channel: str) -> list[Account]:
 def _mock_role(channel: str) -> RoleSpec:
     """The role that serves `channel`'s mock on its port (`mocks.<channel>_port`)."""
 
+    def address(settings: Settings) -> Address:
+        """Where the mock listens: `mocks.host` and its channel's port."""
+        own, keys = settings.section(MockSettings), ("mocks.host", f"mocks.{channel}_port")
+        port = getattr(own, f"{channel}_port")
+        return Address.of(own.host, port, keys=keys, env_of=settings.env_of)
+
     async def run(ctx: RoleContext) -> None:
         own = ctx.settings.section(MockSettings)
         mock = MockChannel(channel, own, [_account(ctx, channel), *_more_accounts(ctx, channel)])
-        async with mock.serving(own.host, getattr(own, f"{channel}_port"), shutdown=ctx.shutdown):
+        async with (
+            ctx.sockets(address(ctx.settings)) as sockets,
+            mock.serving(sockets=sockets, shutdown=ctx.shutdown),
+        ):
             ctx.mark_ready()
             await ctx.stopping.wait()
 
@@ -91,6 +101,7 @@ def _mock_role(channel: str) -> RoleSpec:
         run=run,
         settings=MockSettings,
         restart=Restart.TEMPORARY,
+        listens=address,
     )
 
 
