@@ -70,10 +70,26 @@ def settings_for(
 
 
 def free_port() -> int:
-    """A TCP port nobody listens on right now (for servers a test starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port for a server a test starts, kept from everyone else for a minute.
+
+    A port merely free when picked could be taken before the server binds it, seconds later
+    (a process starting on a busy machine): by another test's pick, or as the local port of some
+    client's outgoing connection. It happened: a mock exited 1 with `address already in use` for
+    a port picked by this function half a minute before. So the port is left in TIME_WAIT (a
+    connection to it accepted and closed from the server's side): for the next 60 s the kernel
+    hands it neither to an outgoing connection nor to another `bind(0)`, while a server that
+    binds it by number with SO_REUSEADDR, as every server the tests start does (asyncio, aiohttp,
+    Redis, PostgreSQL, the JVM), gets it."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = listener.getsockname()
+        with socket.create_connection(address) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server's side closes first: its end waits in TIME_WAIT
+            client.recv(1)  # the close has reached the client (end of stream)
+        return int(address[1])
 
 
 # The `[topics]` settings, so a topic added there is created for every test deployment too.
