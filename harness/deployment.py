@@ -78,8 +78,8 @@ def free_port() -> int:
     a port picked by this function half a minute before. So the port is left in TIME_WAIT (a
     connection to it accepted and closed from the server's side): for the next 60 s the kernel
     hands it neither to an outgoing connection nor to another `bind(0)`, while a server that
-    binds it by number with SO_REUSEADDR, as every server the tests start does (asyncio, aiohttp,
-    Redis, PostgreSQL, the JVM), gets it."""
+    binds it by number with SO_REUSEADDR, as the servers tests start on these ports do (ours,
+    asyncio's and aiohttp's, redis-server), gets it."""
     with socket.socket() as listener:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
