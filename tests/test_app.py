@@ -334,10 +334,10 @@ class Greeter:
 
     def __init__(self) -> None:
         self.runs = 0
+        self.address = Address("127.0.0.1", 0, "greeter.host, greeter.port")
 
     def spec(self) -> RoleSpec:
-        address = Address("127.0.0.1", 0, "greeter.host, greeter.port")
-        return spec("greeter", self.run, listens=lambda settings: address)
+        return spec("greeter", self.run, listens=lambda settings: self.address)
 
     async def run(self, ctx: RoleContext) -> None:
         self.runs += 1
@@ -349,7 +349,7 @@ class Greeter:
             writer.close()
             answered.set()
 
-        async with ctx.sockets(Address("127.0.0.1", 0, "unused")) as (sock,):
+        async with ctx.sockets(self.address) as (sock,):
             server = await asyncio.start_server(greet, sock=sock)
             async with server:
                 ctx.mark_ready()
