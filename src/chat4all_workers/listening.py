@@ -51,8 +51,7 @@ class Listening:
     """An address bound and listening: one socket per address the host resolves to, as asyncio's
     `create_server` binds them (`localhost` may be two)."""
 
-    def __init__(self, address: Address, sockets: list[socket.socket]) -> None:
-        self.address = address
+    def __init__(self, sockets: list[socket.socket]) -> None:
         self._sockets = sockets
 
     @property
@@ -76,7 +75,6 @@ async def listen(name: str, address: Address) -> Listening:
     """Bind and listen on `address` for `name` (the role, or "operations"); PortUnavailableError
     naming the address, its setting and the OS's reason when it cannot be."""
     loop = asyncio.get_running_loop()
-    where = f"{address.host}:{address.port}"
     try:
         infos = await loop.getaddrinfo(
             address.host,
@@ -86,7 +84,7 @@ async def listen(name: str, address: Address) -> Listening:
             flags=socket.AI_PASSIVE,
         )
     except OSError as exc:
-        raise _unavailable(name, address, where, exc) from None
+        raise _unavailable(name, address, exc) from None
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
@@ -101,12 +99,12 @@ async def listen(name: str, address: Address) -> Listening:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise _unavailable(name, address, where, exc) from None
-    return Listening(address, sockets)
+        raise _unavailable(name, address, exc) from None
+    return Listening(sockets)
 
 
-def _unavailable(name: str, address: Address, where: str, exc: OSError) -> PortUnavailableError:
-    reason = exc.strerror or str(exc)
+def _unavailable(name: str, address: Address, exc: OSError) -> PortUnavailableError:
+    where, reason = f"{address.host}:{address.port}", exc.strerror or str(exc)
     return PortUnavailableError(
         name, f"cannot listen on {where} ({address.settings}): {reason.lower()}"
     )
