@@ -61,33 +61,35 @@ def test_parse_message_takes_an_optional_field_absent_or_null(absent: str) -> No
         assert message.message_id == doc["message_id"]
 
 
-@pytest.mark.parametrize(
-    ("value", "reason"),
-    [
-        (None, "tombstone: the record has no value"),
-        (b"", "empty value: not JSON"),
-        (b"\xde\xad\xbe\xef", "not UTF-8: byte 0xbe at offset 2"),
-        (b"[1]", "not a JSON object but an array"),
-        (b"{" * 5000, "not JSON: unexpected character"),
-        (b"[" * 1100 + b"]" * 1100, "nested more than 1024 levels deep"),
-        (
-            orjson.dumps(message_doc(conversation_id=2**63)),
-            "conversation_id: 9223372036854775808 is",
-        ),
-        (encode(message_doc(sender_id=-(2**63) - 1), "ascii"), "sender_id: about -9.22e+18 is"),
-        (orjson.dumps(message_doc(conversation_id=4.2)), "conversation_id: must be an integer"),
-        (orjson.dumps(message_doc(sender_username=["ana"])), "sender_username: must be a string"),
-        (orjson.dumps(message_doc(created_at=1700000000)), "created_at: must be an RFC 3339"),
-        (orjson.dumps(message_doc(created_at="2026-11-28")), "created_at: not an RFC 3339"),
-        (orjson.dumps(message_doc(created_at="2026-02-30T00:00:00Z")), "created_at: not a valid"),
-        (orjson.dumps(message_doc(message_id="{x}")), 'message_id: not a UUID: "{x}"'),
-        (orjson.dumps(message_doc(channels=["sms"])), 'channels[0]: unknown channel "sms"'),
-        (orjson.dumps(message_doc(recipients={"whatsapp": 5})), "recipients.whatsapp: must be"),
-        (encode(message_doc(payload={"type": "text", "content": "\ud800"}), "ascii"), "payload.co"),
-        (encode(message_doc(note="\udfff"), "utf8"), "note: holds a lone surrogate"),
-        (b'{"a": 1e400}', "a: a number too large for a double"),
-    ],
-)
+# Each case named by its reason: the values hold a random message id, and a test's id must be the
+# same in every pytest-xdist worker's collection.
+_WRONG: list[tuple[bytes | None, str]] = [
+    (None, "tombstone: the record has no value"),
+    (b"", "empty value: not JSON"),
+    (b"\xde\xad\xbe\xef", "not UTF-8: byte 0xbe at offset 2"),
+    (b"[1]", "not a JSON object but an array"),
+    (b"{" * 5000, "not JSON: unexpected character"),
+    (b"[" * 1100 + b"]" * 1100, "nested more than 1024 levels deep"),
+    (
+        orjson.dumps(message_doc(conversation_id=2**63)),
+        "conversation_id: 9223372036854775808 is",
+    ),
+    (encode(message_doc(sender_id=-(2**63) - 1), "ascii"), "sender_id: about -9.22e+18 is"),
+    (orjson.dumps(message_doc(conversation_id=4.2)), "conversation_id: must be an integer"),
+    (orjson.dumps(message_doc(sender_username=["ana"])), "sender_username: must be a string"),
+    (orjson.dumps(message_doc(created_at=1700000000)), "created_at: must be an RFC 3339"),
+    (orjson.dumps(message_doc(created_at="2026-11-28")), "created_at: not an RFC 3339"),
+    (orjson.dumps(message_doc(created_at="2026-02-30T00:00:00Z")), "created_at: not a valid"),
+    (orjson.dumps(message_doc(message_id="{x}")), 'message_id: not a UUID: "{x}"'),
+    (orjson.dumps(message_doc(channels=["sms"])), 'channels[0]: unknown channel "sms"'),
+    (orjson.dumps(message_doc(recipients={"whatsapp": 5})), "recipients.whatsapp: must be"),
+    (encode(message_doc(payload={"type": "text", "content": "\ud800"}), "ascii"), "payload.co"),
+    (encode(message_doc(note="\udfff"), "utf8"), "note: holds a lone surrogate"),
+    (b'{"a": 1e400}', "a: a number too large for a double"),
+]
+
+
+@pytest.mark.parametrize(("value", "reason"), _WRONG, ids=[reason for _, reason in _WRONG])
 def test_parse_message_says_what_is_wrong(value: bytes | None, reason: str) -> None:
     assert reason in reason_of(value)
 
