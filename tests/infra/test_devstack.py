@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import importlib.machinery
 import importlib.util
+import os
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -70,3 +72,22 @@ def test_an_empty_devstack_home_is_the_default_one(monkeypatch: pytest.MonkeyPat
     devstack = load_devstack()
 
     assert devstack.HOME == REPO / ".devstack"
+
+
+def test_devstack_into_a_pipe_its_reader_closed_exits_141_without_a_traceback() -> None:
+    # `devstack status | head -1` once printed a BrokenPipeError traceback. Here the reader is
+    # gone before the first write: `status` only reads the ports, and starts nothing.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        run = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "devstack"), "status"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+
+    assert (run.returncode, run.stderr) == (141, "")
